@@ -1,0 +1,176 @@
+// Command sandpit-executor serves sandpit.executor.v1.ExecutorService: it
+// runs untrusted Node.js code in fresh, hardened containerd sandboxes.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/sandpit-run/sandpit/services/executor/internal/capacity"
+	"github.com/sandpit-run/sandpit/services/executor/internal/config"
+	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
+	"github.com/sandpit-run/sandpit/services/executor/internal/server"
+)
+
+func main() {
+	cfg, err := config.Parse(os.Args[1:], os.Getenv)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sandpit-executor:", err)
+		os.Exit(2)
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		fmt.Fprintln(os.Stderr, "sandpit-executor: log-level:", err)
+		os.Exit(2)
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg, log); err != nil {
+		log.Error("executor stopped", "error", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+	rt, err := sandbox.New(ctx, sandbox.Config{
+		Address:     cfg.ContainerdAddress,
+		Namespace:   cfg.ContainerdNamespace,
+		Snapshotter: cfg.Snapshotter,
+		RuncPath:    cfg.RuncPath,
+		StateDir:    cfg.StateDir,
+		UID:         uint32(cfg.SandboxUID),
+		GID:         uint32(cfg.SandboxGID),
+	}, log)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+
+	swept, err := rt.Sweep(ctx)
+	log.Info("removed leftovers of a previous executor", "containers", swept.Containers, "tasks", swept.Tasks,
+		"snapshots", swept.Snapshots, "code_dirs", swept.CodeDirs)
+	if err != nil {
+		return fmt.Errorf("sweep leftovers: %w", err)
+	}
+	if _, err := rt.ResolveImage(ctx, cfg.Image); err != nil {
+		return fmt.Errorf("default image: %w (make image imports it)", err)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	slots := capacity.New(cfg.MaxConcurrent, cfg.MaxQueue)
+	// Ending this context kills every running sandbox; it outlives ctx by
+	// the shutdown grace.
+	shutdownCtx, killAll := context.WithCancel(context.WithoutCancel(ctx))
+	defer killAll()
+	svc := server.New(shutdownCtx, server.Config{
+		Defaults:       cfg.Defaults,
+		Maxima:         cfg.Maxima,
+		DefaultImage:   cfg.Image,
+		ImageAllowlist: cfg.ImageAllowlist,
+		NodePath:       cfg.NodePath,
+	}, rt, slots, server.NewMetrics(reg, slots), log)
+	hs := health.NewServer()
+	srv := server.NewGRPCServer(svc, hs, reg, int(cfg.Maxima.CodeBytes)+1<<20, log)
+
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	if cfg.MetricsListen != "" {
+		mlis, err := net.Listen("tcp", cfg.MetricsListen)
+		if err != nil {
+			return fmt.Errorf("listen metrics: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		msrv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = msrv.Serve(mlis) }()
+		defer msrv.Close()
+	}
+
+	healthCtx, stopHealth := context.WithCancel(ctx)
+	healthDone := make(chan struct{})
+	go func() {
+		defer close(healthDone)
+		watchHealth(healthCtx, rt, hs, log)
+	}()
+	defer func() { stopHealth(); <-healthDone }()
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(lis) }()
+	log.Info("serving", "listen", lis.Addr().String(), "metrics_listen", cfg.MetricsListen, "image", cfg.Image)
+
+	select {
+	case err := <-serveErr:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", "grace", cfg.ShutdownGrace.String())
+	hs.Shutdown()
+	stopped := make(chan struct{})
+	go func() {
+		srv.GracefulStop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+		return nil
+	case <-time.After(cfg.ShutdownGrace):
+	}
+	log.Warn("grace over, killing running executions", "running", slots.InFlight())
+	killAll()
+	select {
+	case <-stopped:
+	case <-time.After(30 * time.Second):
+		srv.Stop()
+	}
+	return nil
+}
+
+// watchHealth keeps the gRPC health status in step with containerd.
+func watchHealth(ctx context.Context, rt *sandbox.Runtime, hs *health.Server, log *slog.Logger) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	last := healthpb.HealthCheckResponse_UNKNOWN
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := rt.Healthy(cctx)
+		cancel()
+		st := healthpb.HealthCheckResponse_SERVING
+		if err != nil {
+			st = healthpb.HealthCheckResponse_NOT_SERVING
+		}
+		if st != last {
+			log.Info("health", "status", st.String(), "error", err)
+			hs.SetServingStatus("", st)
+			hs.SetServingStatus("sandpit.executor.v1.ExecutorService", st)
+			last = st
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

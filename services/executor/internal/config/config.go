@@ -1,0 +1,205 @@
+// Package config reads the executor's configuration from flags, each with an
+// environment variable as fallback (SANDPIT_ plus the flag name in upper
+// snake case: --max-concurrent is SANDPIT_MAX_CONCURRENT).
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
+)
+
+// Config is the executor's whole configuration.
+type Config struct {
+	Listen        string
+	MetricsListen string
+	LogLevel      string
+
+	ContainerdAddress   string
+	ContainerdNamespace string
+	Snapshotter         string
+	RuncPath            string
+	StateDir            string
+	SandboxUID          uint
+	SandboxGID          uint
+
+	Image          string
+	ImageAllowlist []string
+	NodePath       string
+
+	Defaults, Maxima limits.Set
+
+	MaxConcurrent int
+	MaxQueue      int
+	ShutdownGrace time.Duration
+}
+
+// Parse reads args (without the program name) and the environment.
+func Parse(args []string, getenv func(string) string) (Config, error) {
+	var c Config
+	fs := flag.NewFlagSet("sandpit-executor", flag.ContinueOnError)
+	fs.StringVar(&c.Listen, "listen", "127.0.0.1:50051", "gRPC listen address")
+	fs.StringVar(&c.MetricsListen, "metrics-listen", "127.0.0.1:9464", "HTTP listen address of /metrics; empty disables it")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.ContainerdAddress, "containerd-address", "/run/containerd/containerd.sock", "containerd socket")
+	fs.StringVar(&c.ContainerdNamespace, "containerd-namespace", "sandpit", "containerd namespace the executor owns")
+	fs.StringVar(&c.Snapshotter, "snapshotter", "overlayfs", "containerd snapshotter")
+	fs.StringVar(&c.RuncPath, "runc", "/usr/local/lib/sandpit/runc", "runc binary the sandboxes run under")
+	fs.StringVar(&c.StateDir, "state-dir", "/run/sandpit/executor", "directory for per-execution files")
+	fs.UintVar(&c.SandboxUID, "sandbox-uid", 65532, "uid the program runs as (not 0)")
+	fs.UintVar(&c.SandboxGID, "sandbox-gid", 65532, "gid the program runs as (not 0)")
+	fs.StringVar(&c.Image, "image", "sandpit.local/node:24", "default sandbox image")
+	allow := fs.String("image-allowlist", "", "comma-separated images a request may name besides the default; a trailing * matches a prefix")
+	fs.StringVar(&c.NodePath, "node-path", "/usr/local/bin/node", "node binary inside the image")
+	fs.IntVar(&c.MaxConcurrent, "max-concurrent", 8, "executions running at once")
+	fs.IntVar(&c.MaxQueue, "max-queue", 16, "executions waiting for a slot; past it requests get ResourceExhausted")
+	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM, how long running executions may finish before they are killed")
+
+	c.Defaults, c.Maxima = limits.Defaults, limits.Maxima
+	limitFlags(fs, "default", &c.Defaults)
+	limitFlags(fs, "max", &c.Maxima)
+
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] {
+			return
+		}
+		env := EnvName(f.Name)
+		if v := getenv(env); v != "" {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", env, err))
+			}
+		}
+	})
+	if err := errors.Join(errs...); err != nil {
+		return c, err
+	}
+	if *allow != "" {
+		for _, a := range strings.Split(*allow, ",") {
+			if a = strings.TrimSpace(a); a != "" {
+				c.ImageAllowlist = append(c.ImageAllowlist, a)
+			}
+		}
+	}
+	return c, c.validate()
+}
+
+// EnvName is the environment variable that backs the flag name.
+func EnvName(flagName string) string {
+	return "SANDPIT_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+func (c Config) validate() error {
+	switch {
+	case c.SandboxUID == 0 || c.SandboxGID == 0:
+		return errors.New("sandbox-uid and sandbox-gid must not be 0")
+	case c.MaxConcurrent < 1:
+		return errors.New("max-concurrent must be at least 1")
+	case c.MaxQueue < 0:
+		return errors.New("max-queue must not be negative")
+	case c.ShutdownGrace < 0:
+		return errors.New("shutdown-grace must not be negative")
+	}
+	return limits.CheckConfig(c.Defaults, c.Maxima)
+}
+
+// limitFlags defines --PREFIX-timeout and friends over s.
+func limitFlags(fs *flag.FlagSet, prefix string, s *limits.Set) {
+	what := "default"
+	if prefix == "max" {
+		what = "maximum"
+	}
+	fs.DurationVar(&s.Timeout, prefix+"-timeout", s.Timeout, what+" wall-clock timeout")
+	fs.Var(byteSize{&s.MemoryBytes}, prefix+"-memory", what+" memory limit (bytes, or with KiB/MiB/GiB)")
+	fs.Var(uint32Value{&s.CPUMillicores}, prefix+"-cpu-millicores", what+" CPU quota in thousandths of a core")
+	fs.Var(uint32Value{&s.Pids}, prefix+"-pids", what+" processes and threads")
+	fs.Var(byteSize{&s.OutputBytes}, prefix+"-output", what+" stdout+stderr bytes")
+	fs.Var(byteSize{&s.CodeBytes}, prefix+"-code", what+" code, args, env and stdin bytes")
+	fs.Var(byteSize{&s.TmpBytes}, prefix+"-tmp", what+" /tmp size")
+	fs.Var(uint32Value{&s.OpenFiles}, prefix+"-open-files", what+" open file descriptors")
+}
+
+type uint32Value struct{ p *uint32 }
+
+func (v uint32Value) String() string {
+	if v.p == nil {
+		return "0"
+	}
+	return strconv.FormatUint(uint64(*v.p), 10)
+}
+
+func (v uint32Value) Set(s string) error {
+	n, err := strconv.ParseUint(s, 10, 32)
+	if err != nil {
+		return err
+	}
+	*v.p = uint32(n)
+	return nil
+}
+
+// byteSize parses "1048576", "512KiB", "64MiB" or "2GiB".
+type byteSize struct{ p *uint64 }
+
+func (v byteSize) String() string {
+	if v.p == nil {
+		return "0"
+	}
+	return FormatBytes(*v.p)
+}
+
+func (v byteSize) Set(s string) error {
+	n, err := ParseBytes(s)
+	if err != nil {
+		return err
+	}
+	*v.p = n
+	return nil
+}
+
+var units = []struct {
+	suffix string
+	mult   uint64
+}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}}
+
+// ParseBytes parses a byte count with an optional KiB, MiB, GiB or B suffix.
+func ParseBytes(s string) (uint64, error) {
+	mult := uint64(1)
+	num := s
+	for _, u := range units {
+		if strings.HasSuffix(s, u.suffix) {
+			mult, num = u.mult, strings.TrimSuffix(s, u.suffix)
+			break
+		}
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(num), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("byte size %q: want a whole number with an optional KiB, MiB or GiB suffix", s)
+	}
+	if n > ^uint64(0)/mult {
+		return 0, fmt.Errorf("byte size %q: too large", s)
+	}
+	return n * mult, nil
+}
+
+// FormatBytes writes n with the largest unit that divides it.
+func FormatBytes(n uint64) string {
+	for _, u := range units {
+		if n != 0 && n%u.mult == 0 && u.mult > 1 {
+			return strconv.FormatUint(n/u.mult, 10) + u.suffix
+		}
+	}
+	return strconv.FormatUint(n, 10)
+}

@@ -1,0 +1,189 @@
+// Package containerdtest starts a private containerd for integration tests
+// and imports the sandbox image into it. Nothing is mocked: the tests talk to
+// the real daemon, the real runc and the real image, and fail (never skip)
+// when one of them is missing.
+package containerdtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+)
+
+// Namespace is the containerd namespace tests run sandboxes in.
+const Namespace = "sandpit-test"
+
+// Env is a running private containerd with the sandbox image imported.
+type Env struct {
+	Dir      string
+	Address  string
+	RuncPath string
+	ImageRef string
+	// ImageTar is the archive the image was imported from.
+	ImageTar string
+	cmd      *exec.Cmd
+}
+
+// RepoRoot is the directory holding go.work, found from the working directory
+// up.
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("no go.work above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// Artifact returns the path in the environment variable env, or the default
+// path relative to the repository root, and fails when no file is there.
+func Artifact(env, rel string) (string, error) {
+	p := os.Getenv(env)
+	if p == "" {
+		root, err := RepoRoot()
+		if err != nil {
+			return "", err
+		}
+		p = filepath.Join(root, rel)
+	}
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("%s (set %s or run make test, which builds it): %w", p, env, err)
+	}
+	return p, nil
+}
+
+// Start starts containerd in a fresh temporary directory and imports the
+// image archive. The caller must call Stop.
+func Start(ctx context.Context) (*Env, error) {
+	bin, err := exec.LookPath("containerd")
+	if err != nil {
+		return nil, fmt.Errorf("containerd binary (make test installs Debian's containerd): %w", err)
+	}
+	runc, err := Artifact("SANDPIT_RUNC", "bin/runc")
+	if err != nil {
+		return nil, fmt.Errorf("runc: %w", err)
+	}
+	tar, err := Artifact("SANDPIT_IMAGE_TAR", "build/sandpit-node.tar")
+	if err != nil {
+		return nil, fmt.Errorf("image archive: %w", err)
+	}
+	dir, err := os.MkdirTemp("", "sandpit-ctd-")
+	if err != nil {
+		return nil, err
+	}
+	e := &Env{Dir: dir, Address: filepath.Join(dir, "c.sock"), RuncPath: runc, ImageRef: "sandpit.local/node:24", ImageTar: tar}
+	cfg := filepath.Join(dir, "config.toml")
+	// The CRI plugin is not used and would only slow start-up and log noise.
+	if err := os.WriteFile(cfg, []byte("version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"), 0o644); err != nil {
+		return nil, err
+	}
+	logf, err := os.Create(filepath.Join(dir, "containerd.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	e.cmd = exec.Command(bin, "--config", cfg, "--root", filepath.Join(dir, "root"), "--state", filepath.Join(dir, "state"), "--address", e.Address)
+	e.cmd.Stdout, e.cmd.Stderr = logf, logf
+	e.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	if err := e.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start containerd: %w", err)
+	}
+	if err := e.importImage(ctx); err != nil {
+		log, _ := os.ReadFile(filepath.Join(dir, "containerd.log"))
+		e.Stop()
+		return nil, fmt.Errorf("%w\ncontainerd log:\n%s", err, log)
+	}
+	return e, nil
+}
+
+// Client returns a client of the private containerd in Namespace.
+func (e *Env) Client() (*containerd.Client, error) {
+	return containerd.New(e.Address, containerd.WithDefaultNamespace(Namespace), containerd.WithTimeout(10*time.Second))
+}
+
+func (e *Env) importImage(ctx context.Context) error {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if _, err := os.Stat(e.Address); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return errors.New("containerd did not create its socket in 15s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	c, err := e.Client()
+	if err != nil {
+		return fmt.Errorf("connect to containerd: %w", err)
+	}
+	defer c.Close()
+	ctx = namespaces.WithNamespace(ctx, Namespace)
+	f, err := os.Open(e.ImageTar)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	imgs, err := c.Import(ctx, f)
+	if err != nil {
+		return fmt.Errorf("import %s: %w", e.ImageTar, err)
+	}
+	for _, im := range imgs {
+		if im.Name == e.ImageRef {
+			return nil
+		}
+	}
+	return fmt.Errorf("import %s: no image named %s in it", e.ImageTar, e.ImageRef)
+}
+
+// Stop stops containerd, unmounts what it left and removes its directory.
+func (e *Env) Stop() {
+	if e.cmd != nil && e.cmd.Process != nil {
+		_ = e.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = e.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = e.cmd.Process.Kill()
+			<-done
+		}
+	}
+	for _, m := range MountsUnder(e.Dir) {
+		_ = syscall.Unmount(m, syscall.MNT_DETACH)
+	}
+	_ = os.RemoveAll(e.Dir)
+}
+
+// MountsUnder lists the mount points of this mount namespace that contain
+// s, read from /proc/self/mountinfo.
+func MountsUnder(s string) []string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && strings.Contains(f[4], s) {
+			out = append(out, f[4])
+		}
+	}
+	return out
+}

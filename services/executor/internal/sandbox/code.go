@@ -1,0 +1,36 @@
+package sandbox
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// File is one file of the program, its path relative to the code directory.
+type File struct {
+	Path    string
+	Content []byte
+}
+
+// writeCode lays the files out under dir, readable by anyone and writable by
+// no one, since the sandbox user is not the owner and the mount is read-only
+// anyway. Paths were validated by the caller; filepath.IsLocal is checked
+// again because a path escaping dir would write onto the host.
+func writeCode(dir string, files []File) error {
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return fmt.Errorf("create code dir: %w", err)
+	}
+	for _, f := range files {
+		if !filepath.IsLocal(f.Path) {
+			return fmt.Errorf("write code: path %q is not local", f.Path)
+		}
+		p := filepath.Join(dir, filepath.FromSlash(f.Path))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return fmt.Errorf("create code dir: %w", err)
+		}
+		if err := os.WriteFile(p, f.Content, 0o444); err != nil {
+			return fmt.Errorf("write code: %w", err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,277 @@
+// Package sandbox runs one program in a fresh, hardened containerd container
+// and removes every trace of it afterwards.
+package sandbox
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/containerd/containerd/api/types/runc/options"
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
+
+	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
+)
+
+// ErrImageNotFound is returned when an image is not in containerd.
+var ErrImageNotFound = errors.New("image not found")
+
+// Config says how the Runtime reaches containerd and what it runs.
+type Config struct {
+	// Address is containerd's socket.
+	Address string
+	// Namespace is the containerd namespace the executor owns.
+	Namespace string
+	// Snapshotter unpacks images and holds the sandboxes' root views.
+	Snapshotter string
+	// RuncPath is the runc binary the runc v2 shim runs.
+	RuncPath string
+	// StateDir holds per-execution host files (the code directories).
+	StateDir string
+	// UID and GID the program runs as; never 0.
+	UID, GID uint32
+}
+
+// Runtime creates sandboxes through containerd.
+type Runtime struct {
+	client *containerd.Client
+	cfg    Config
+	log    *slog.Logger
+}
+
+// New connects to containerd and checks what every sandbox depends on.
+func New(ctx context.Context, cfg Config, log *slog.Logger) (*Runtime, error) {
+	if cfg.UID == 0 || cfg.GID == 0 {
+		return nil, errors.New("new runtime: sandbox uid and gid must not be 0")
+	}
+	if _, err := os.Stat(cfg.RuncPath); err != nil {
+		return nil, fmt.Errorf("new runtime: runc binary: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "executions"), 0o711); err != nil {
+		return nil, fmt.Errorf("new runtime: state dir: %w", err)
+	}
+	client, err := containerd.New(cfg.Address, containerd.WithDefaultNamespace(cfg.Namespace), containerd.WithTimeout(10*time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("connect to containerd at %s: %w", cfg.Address, err)
+	}
+	if _, err := client.Version(ctx); err != nil {
+		client.Close()
+		return nil, fmt.Errorf("connect to containerd at %s: %w", cfg.Address, err)
+	}
+	return &Runtime{client: client, cfg: cfg, log: log}, nil
+}
+
+// Close closes the connection to containerd.
+func (r *Runtime) Close() error { return r.client.Close() }
+
+// Healthy reports whether containerd answers.
+func (r *Runtime) Healthy(ctx context.Context) error {
+	_, err := r.client.Version(r.ns(ctx))
+	return err
+}
+
+func (r *Runtime) ns(ctx context.Context) context.Context {
+	return namespaces.WithNamespace(ctx, r.cfg.Namespace)
+}
+
+// Image is an image resolved in containerd and unpacked for the snapshotter.
+type Image struct {
+	Ref    string
+	Digest string
+	image  containerd.Image
+}
+
+// ResolveImage finds ref in containerd and unpacks it if needed.
+func (r *Runtime) ResolveImage(ctx context.Context, ref string) (Image, error) {
+	ctx = r.ns(ctx)
+	img, err := r.client.GetImage(ctx, ref)
+	if errdefs.IsNotFound(err) {
+		return Image{}, fmt.Errorf("resolve image %s: %w", ref, ErrImageNotFound)
+	}
+	if err != nil {
+		return Image{}, fmt.Errorf("resolve image %s: %w", ref, err)
+	}
+	ok, err := img.IsUnpacked(ctx, r.cfg.Snapshotter)
+	if err != nil {
+		return Image{}, fmt.Errorf("resolve image %s: %w", ref, err)
+	}
+	if !ok {
+		if err := img.Unpack(ctx, r.cfg.Snapshotter); err != nil {
+			return Image{}, fmt.Errorf("unpack image %s: %w", ref, err)
+		}
+	}
+	return Image{Ref: ref, Digest: img.Target().Digest.String(), image: img}, nil
+}
+
+// Spec is one execution's program and limits.
+type Spec struct {
+	Image      Image
+	NodePath   string
+	Files      []File
+	Entrypoint string
+	Args       []string
+	// Env is the complete environment, KEY=value.
+	Env    []string
+	Stdin  []byte
+	Limits limits.Set
+	Labels map[string]string
+	// Stdout and Stderr receive the program's output as it is written.
+	Stdout, Stderr io.Writer
+}
+
+// Outcome is how a sandbox ended.
+type Outcome struct {
+	ExitCode int32
+	// Signal is the signal that ended node, 0 if it exited.
+	Signal   syscall.Signal
+	TimedOut bool
+	// Killed is true when the sandbox was killed because its context ended.
+	Killed   bool
+	WallTime time.Duration
+	Usage    Usage
+}
+
+// NewID returns a fresh execution id, usable as a container id.
+func NewID() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return "x" + hex.EncodeToString(b)
+}
+
+// Run runs spec in a new sandbox named id. started is called once the sandbox
+// exists, just before the program starts; output written before it returns is
+// held. The sandbox is killed when the timeout passes or ctx ends. Run returns
+// after the program exited, its output was drained and its container, task,
+// snapshot and code directory are gone, whatever happened.
+func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func()) (out Outcome, err error) {
+	ctx = r.ns(ctx)
+	// Cleanup must run even when the caller has gone.
+	cleanupCtx := context.WithoutCancel(ctx)
+	log := r.log.With("execution_id", id)
+
+	codeDir := filepath.Join(r.cfg.StateDir, "executions", id)
+	if err := writeCode(codeDir, spec.Files); err != nil {
+		return out, err
+	}
+	defer func() {
+		if rmErr := os.RemoveAll(codeDir); rmErr != nil {
+			log.Error("remove code dir", "error", rmErr)
+		}
+	}()
+
+	cgroupPath := path.Join("/", r.cfg.Namespace, id)
+	labels := map[string]string{LabelManaged: "true", LabelExecution: id}
+	for k, v := range spec.Labels {
+		labels[LabelUserPrefix+k] = v
+	}
+	container, err := r.client.NewContainer(ctx, id,
+		containerd.WithContainerLabels(labels),
+		containerd.WithSnapshotter(r.cfg.Snapshotter),
+		containerd.WithNewSnapshotView(id, spec.Image.image, snapshots.WithLabels(map[string]string{LabelManaged: "true"})),
+		containerd.WithRuntime("io.containerd.runc.v2", &options.Options{BinaryName: r.cfg.RuncPath}),
+		containerd.WithNewSpec(specOpts(spec, cgroupPath, codeDir, r.cfg.UID, r.cfg.GID)...),
+	)
+	if err != nil {
+		return out, fmt.Errorf("create container: %w", err)
+	}
+	defer func() {
+		if delErr := container.Delete(cleanupCtx, containerd.WithSnapshotCleanup); delErr != nil && !errdefs.IsNotFound(delErr) {
+			log.Error("delete container", "error", delErr)
+		}
+	}()
+
+	var stdin io.Reader
+	if len(spec.Stdin) > 0 {
+		stdin = bytes.NewReader(spec.Stdin)
+	}
+	task, err := container.NewTask(ctx, cio.NewCreator(cio.WithStreams(stdin, spec.Stdout, spec.Stderr)))
+	if err != nil {
+		return out, fmt.Errorf("create task: %w", err)
+	}
+	defer func() {
+		if _, delErr := task.Delete(cleanupCtx, containerd.WithProcessKill); delErr != nil && !errdefs.IsNotFound(delErr) {
+			log.Error("delete task", "error", delErr)
+		}
+	}()
+
+	// Wait before Start, so that an exit right after start is not missed.
+	exitCh, err := task.Wait(cleanupCtx)
+	if err != nil {
+		return out, fmt.Errorf("wait task: %w", err)
+	}
+	started()
+	begin := time.Now()
+	if err := task.Start(ctx); err != nil {
+		return out, fmt.Errorf("start task: %w", err)
+	}
+
+	timer := time.NewTimer(spec.Limits.Timeout)
+	defer timer.Stop()
+	var status containerd.ExitStatus
+	select {
+	case status = <-exitCh:
+	case <-timer.C:
+		out.TimedOut = true
+		r.kill(cleanupCtx, task, log)
+		status = <-exitCh
+	case <-ctx.Done():
+		out.Killed = true
+		r.kill(cleanupCtx, task, log)
+		status = <-exitCh
+	}
+	out.WallTime = time.Since(begin)
+	if err := status.Error(); err != nil {
+		return out, fmt.Errorf("wait task: %w", err)
+	}
+	code := status.ExitCode()
+	out.ExitCode = int32(code)
+	if code > 128 && code < 128+65 {
+		out.Signal = syscall.Signal(code - 128)
+	}
+
+	// The PID namespace ends with node, so the pipes close and the copy
+	// finishes; the bound only guards against a stuck shim.
+	drained := make(chan struct{})
+	go func() {
+		task.IO().Wait()
+		close(drained)
+	}()
+	select {
+	case <-drained:
+	case <-time.After(5 * time.Second):
+		log.Warn("output not drained in time")
+		task.IO().Cancel()
+		<-drained
+	}
+
+	usage, err := readUsage(cgroupPath)
+	if err != nil {
+		log.Warn("read cgroup usage", "error", err)
+	}
+	out.Usage = usage
+	return out, nil
+}
+
+// kill sends SIGKILL to every process of the task on a fresh, bounded context,
+// so that a cancelled caller cannot stop the kill.
+func (r *Runtime) kill(ctx context.Context, task containerd.Task, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := task.Kill(ctx, syscall.SIGKILL, containerd.WithKillAll); err != nil && !errdefs.IsNotFound(err) {
+		log.Error("kill task", "error", err)
+	}
+}

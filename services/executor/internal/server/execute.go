@@ -1,0 +1,234 @@
+// Package server serves sandpit.executor.v1.ExecutorService: it validates a
+// request, admits it under the capacity limit, runs it in a sandbox and
+// streams the sandbox's events from a single sending goroutine.
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"syscall"
+
+	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
+	"github.com/sandpit-run/sandpit/services/executor/internal/capacity"
+	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
+	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
+)
+
+// Sandboxes runs programs in sandboxes; *sandbox.Runtime is the real one.
+type Sandboxes interface {
+	ResolveImage(ctx context.Context, ref string) (sandbox.Image, error)
+	Run(ctx context.Context, id string, spec sandbox.Spec, started func()) (sandbox.Outcome, error)
+}
+
+// Config is what the service needs to know of the executor's configuration.
+type Config struct {
+	Defaults, Maxima limits.Set
+	DefaultImage     string
+	// ImageAllowlist holds image references a request may name besides the
+	// default; an entry ending in * matches by prefix.
+	ImageAllowlist []string
+	// NodePath is node's path inside the image.
+	NodePath string
+}
+
+// Causes of a sandbox being killed before its program ended.
+var (
+	errShutdown    = errors.New("executor is shutting down")
+	errOutputLimit = errors.New("output limit reached")
+)
+
+// Service implements executorv1.ExecutorServiceServer.
+type Service struct {
+	executorv1.UnimplementedExecutorServiceServer
+
+	cfg      Config
+	sb       Sandboxes
+	slots    *capacity.Limiter
+	shutdown context.Context
+	log      *slog.Logger
+	metrics  *metrics
+}
+
+// New returns the service. Executions in flight are killed, with a result
+// saying so, when shutdown ends.
+func New(shutdown context.Context, cfg Config, sb Sandboxes, slots *capacity.Limiter, m *metrics, log *slog.Logger) *Service {
+	return &Service{cfg: cfg, sb: sb, slots: slots, shutdown: shutdown, log: log, metrics: m}
+}
+
+// Execute runs one program; see the proto for the contract.
+func (s *Service) Execute(req *executorv1.ExecuteRequest, stream grpc.ServerStreamingServer[executorv1.ExecuteResponse]) error {
+	ctx := stream.Context()
+	prog, vs := s.validate(req)
+	if len(vs) > 0 {
+		return invalidArgument(vs)
+	}
+
+	release, err := s.slots.Acquire(ctx)
+	if errors.Is(err, capacity.ErrFull) {
+		s.metrics.rejected.Inc()
+		return status.Error(codes.ResourceExhausted, "every execution slot is busy and the wait queue is full; retry later")
+	}
+	if err != nil {
+		return status.FromContextError(err).Err()
+	}
+	defer release()
+
+	img, err := s.sb.ResolveImage(ctx, prog.image)
+	if errors.Is(err, sandbox.ErrImageNotFound) {
+		return invalidArgument([]limits.Violation{{Field: "image", Reason: "image " + prog.image + " is not in the executor's containerd"}})
+	}
+	if err != nil {
+		return sandboxError(err)
+	}
+
+	id := sandbox.NewID()
+	log := s.log.With("execution_id", id)
+	runCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := context.AfterFunc(s.shutdown, func() { cancel(errShutdown) })
+	defer stop()
+
+	// The channel is the only way events reach the stream; its bound and the
+	// blocking writers keep a fast producer from growing the executor's
+	// memory: a slow client slows the program instead.
+	events := make(chan *executorv1.ExecuteResponse, 16)
+	budget := &outputBudget{left: prog.limits.OutputBytes, exceeded: func() { cancel(errOutputLimit) }}
+	stdout := &outputWriter{events: events, budget: budget}
+	stderr := &outputWriter{events: events, budget: budget, stderr: true}
+	spec := sandbox.Spec{
+		Image:      img,
+		NodePath:   s.cfg.NodePath,
+		Files:      prog.files,
+		Entrypoint: prog.entrypoint,
+		Args:       req.GetArgs(),
+		Env:        environment(req.GetEnv()),
+		Stdin:      req.GetStdin(),
+		Limits:     prog.limits,
+		Labels:     req.GetLabels(),
+		Stdout:     stdout,
+		Stderr:     stderr,
+	}
+	started := &executorv1.ExecuteResponse{Event: &executorv1.ExecuteResponse_Started{Started: &executorv1.Started{
+		ExecutionId: id,
+		Image:       img.Ref,
+		ImageDigest: img.Digest,
+		Limits:      prog.limits.Proto(),
+	}}}
+
+	log.Info("execution starting", "image", img.Ref, "image_digest", img.Digest, "files", len(prog.files))
+	s.metrics.running.Inc()
+	var (
+		out    sandbox.Outcome
+		runErr error
+	)
+	go func() {
+		defer close(events)
+		out, runErr = s.sb.Run(runCtx, id, spec, func() { events <- started })
+	}()
+	var sendErr error
+	for ev := range events {
+		if sendErr != nil {
+			continue // keep draining so the sandbox's writers never block
+		}
+		if sendErr = stream.Send(ev); sendErr != nil {
+			cancel(sendErr)
+		}
+	}
+	s.metrics.running.Dec()
+	if runErr != nil {
+		log.Error("execution failed", "error", runErr)
+		s.metrics.executions.WithLabelValues("error").Inc()
+		return sandboxError(runErr)
+	}
+
+	res := result(out, runCtx, budget, stdout, stderr)
+	term := res.GetTermination().String()
+	s.metrics.executions.WithLabelValues(term).Inc()
+	s.metrics.duration.Observe(out.WallTime.Seconds())
+	log.Info("execution ended", "termination", term, "exit_code", res.GetExitCode(), "wall_ms", out.WallTime.Milliseconds(),
+		"cpu_ms", out.Usage.CPU.Milliseconds(), "peak_memory_bytes", out.Usage.PeakMemory)
+	if sendErr != nil {
+		return sendErr
+	}
+	return stream.Send(&executorv1.ExecuteResponse{Event: &executorv1.ExecuteResponse_Result{Result: res}})
+}
+
+func result(out sandbox.Outcome, runCtx context.Context, budget *outputBudget, stdout, stderr *outputWriter) *executorv1.Result {
+	oom := out.Usage.OOMKills > 0
+	cause := context.Cause(runCtx)
+	term := executorv1.Termination_TERMINATION_EXITED
+	switch {
+	case out.TimedOut:
+		term = executorv1.Termination_TERMINATION_TIMEOUT
+	case out.Killed && errors.Is(cause, errOutputLimit):
+		term = executorv1.Termination_TERMINATION_OUTPUT_LIMIT
+	case out.Killed && errors.Is(cause, errShutdown):
+		term = executorv1.Termination_TERMINATION_SHUTDOWN
+	case oom && out.Signal == syscall.SIGKILL:
+		term = executorv1.Termination_TERMINATION_OOM
+	}
+	var sig string
+	if out.Signal != 0 {
+		sig = unix.SignalName(out.Signal)
+	}
+	return &executorv1.Result{
+		Termination:     term,
+		ExitCode:        out.ExitCode,
+		Signal:          sig,
+		TimedOut:        out.TimedOut,
+		OomKilled:       oom,
+		OutputTruncated: budget.wasTruncated(),
+		WallTime:        durationpb.New(out.WallTime),
+		CpuTime:         durationpb.New(out.Usage.CPU),
+		PeakMemoryBytes: out.Usage.PeakMemory,
+		StdoutBytes:     stdout.sent,
+		StderrBytes:     stderr.sent,
+	}
+}
+
+// environment is the program's complete environment: the request's variables
+// plus the ones the executor owns. /tmp is the only writable directory, so it
+// is HOME too.
+func environment(req map[string]string) []string {
+	env := []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + sandbox.TmpDir}
+	for k, v := range req {
+		env = append(env, k+"="+v)
+	}
+	return env
+}
+
+func invalidArgument(vs []limits.Violation) error {
+	st := status.New(codes.InvalidArgument, "invalid "+vs[0].Field+": "+vs[0].Reason)
+	br := &errdetails.BadRequest{}
+	for _, v := range vs {
+		br.FieldViolations = append(br.FieldViolations, &errdetails.BadRequest_FieldViolation{Field: v.Field, Description: v.Reason})
+	}
+	if withDetails, err := st.WithDetails(br); err == nil {
+		st = withDetails
+	}
+	return st.Err()
+}
+
+// sandboxError turns a failure of containerd or the sandbox into a status.
+func sandboxError(err error) error {
+	if errdefs.IsUnavailable(err) || status.Code(errors.Unwrap(err)) == codes.Unavailable || errors.Is(err, context.DeadlineExceeded) {
+		return status.Errorf(codes.Unavailable, "sandbox runtime unavailable: %v", err)
+	}
+	if errors.Is(err, context.Canceled) {
+		return status.Error(codes.Canceled, "execution cancelled")
+	}
+	return status.Errorf(codes.Internal, "sandbox failed: %v", err)
+}
+
+// metricsDuration buckets span a fast hello world to the maximum timeout.
+var metricsDuration = []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300}
+

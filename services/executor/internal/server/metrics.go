@@ -1,0 +1,46 @@
+package server
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sandpit-run/sandpit/services/executor/internal/capacity"
+)
+
+// metrics are the executor's own Prometheus metrics; the gRPC ones come from
+// the middleware.
+type metrics struct {
+	executions *prometheus.CounterVec
+	duration   prometheus.Histogram
+	running    prometheus.Gauge
+	rejected   prometheus.Counter
+}
+
+// NewMetrics registers the executor's metrics on reg.
+func NewMetrics(reg prometheus.Registerer, slots *capacity.Limiter) *metrics {
+	m := &metrics{
+		executions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sandpit_executions_total",
+			Help: "Executions ended, by termination (or error when the sandbox failed).",
+		}, []string{"termination"}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "sandpit_execution_wall_seconds",
+			Help:    "Wall time of executions from start to exit.",
+			Buckets: metricsDuration,
+		}),
+		running: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sandpit_executions_running",
+			Help: "Executions whose sandbox is being prepared, running or cleaned up.",
+		}),
+		rejected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sandpit_executions_rejected_total",
+			Help: "Executions refused with ResourceExhausted because slots and queue were full.",
+		}),
+	}
+	reg.MustRegister(m.executions, m.duration, m.running, m.rejected,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "sandpit_execution_queue_waiting",
+			Help: "Executions waiting for a slot.",
+		}, func() float64 { return float64(slots.Waiting()) }),
+	)
+	return m
+}

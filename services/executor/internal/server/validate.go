@@ -1,0 +1,189 @@
+package server
+
+import (
+	"fmt"
+	"path"
+	"regexp"
+	"slices"
+	"strings"
+	"unicode/utf8"
+
+	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
+	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
+	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
+)
+
+// Bounds on the shape of a request, beyond the byte budget of code_bytes.
+const (
+	maxFiles      = 1000
+	maxPathLen    = 255
+	maxArgs       = 256
+	maxEnv        = 256
+	maxLabels     = 32
+	maxLabelValue = 256
+	// defaultEntrypoint names a single-file program's file.
+	defaultEntrypoint = "main.js"
+)
+
+var (
+	envName  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	labelKey = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
+)
+
+// reservedEnv are set by the executor; a request may not override them.
+var reservedEnv = []string{"HOME", "PATH", "NODE_EXTRA_CA_CERTS"}
+
+// program is a validated request, ready for the sandbox.
+type program struct {
+	files      []sandbox.File
+	entrypoint string
+	image      string
+	limits     limits.Set
+}
+
+// validate checks req against the executor's configuration and returns the
+// program it describes, or every violation found.
+func (s *Service) validate(req *executorv1.ExecuteRequest) (program, []limits.Violation) {
+	var p program
+	var vs []limits.Violation
+	bad := func(field, format string, args ...any) {
+		vs = append(vs, limits.Violation{Field: field, Reason: fmt.Sprintf(format, args...)})
+	}
+
+	p.limits, vs = limits.Resolve(req.GetLimits(), s.cfg.Defaults, s.cfg.Maxima)
+
+	var size uint64
+	switch {
+	case req.GetCode() != "" && len(req.GetFiles()) > 0:
+		bad("code", "set either code or files, not both")
+	case req.GetCode() != "":
+		p.entrypoint = req.GetEntrypoint()
+		if p.entrypoint == "" {
+			p.entrypoint = defaultEntrypoint
+		}
+		if reason := checkPath(p.entrypoint); reason != "" {
+			bad("entrypoint", "%s", reason)
+		}
+		p.files = []sandbox.File{{Path: p.entrypoint, Content: []byte(req.GetCode())}}
+		size += uint64(len(req.GetCode()))
+	case len(req.GetFiles()) > 0:
+		if len(req.GetFiles()) > maxFiles {
+			bad("files", "%d files, at most %d are allowed", len(req.GetFiles()), maxFiles)
+			break
+		}
+		seen := map[string]bool{}
+		for i, f := range req.GetFiles() {
+			field := fmt.Sprintf("files[%d].path", i)
+			if reason := checkPath(f.GetPath()); reason != "" {
+				bad(field, "%s", reason)
+				continue
+			}
+			if seen[f.GetPath()] {
+				bad(field, "duplicate path %q", f.GetPath())
+				continue
+			}
+			seen[f.GetPath()] = true
+			p.files = append(p.files, sandbox.File{Path: f.GetPath(), Content: f.GetContent()})
+			size += uint64(len(f.GetContent()))
+		}
+		for _, f := range p.files {
+			for dir := path.Dir(f.Path); dir != "."; dir = path.Dir(dir) {
+				if seen[dir] {
+					bad("files", "%q is both a file and a directory", dir)
+				}
+			}
+		}
+		p.entrypoint = req.GetEntrypoint()
+		switch {
+		case p.entrypoint == "" && len(p.files) == 1:
+			p.entrypoint = p.files[0].Path
+		case p.entrypoint == "":
+			bad("entrypoint", "required when there is more than one file")
+		case !seen[p.entrypoint]:
+			bad("entrypoint", "%q is not one of the files", p.entrypoint)
+		}
+	default:
+		bad("code", "no code: set code or files")
+	}
+
+	if len(req.GetArgs()) > maxArgs {
+		bad("args", "%d arguments, at most %d are allowed", len(req.GetArgs()), maxArgs)
+	}
+	for i, a := range req.GetArgs() {
+		if strings.IndexByte(a, 0) >= 0 {
+			bad(fmt.Sprintf("args[%d]", i), "contains a NUL byte")
+		}
+		size += uint64(len(a))
+	}
+
+	if len(req.GetEnv()) > maxEnv {
+		bad("env", "%d variables, at most %d are allowed", len(req.GetEnv()), maxEnv)
+	}
+	for k, v := range req.GetEnv() {
+		field := fmt.Sprintf("env[%q]", k)
+		switch {
+		case !envName.MatchString(k):
+			bad(field, "name must match %s", envName)
+		case slices.Contains(reservedEnv, k):
+			bad(field, "%s is set by the executor", k)
+		case strings.IndexByte(v, 0) >= 0:
+			bad(field, "value contains a NUL byte")
+		}
+		size += uint64(len(k) + len(v))
+	}
+	size += uint64(len(req.GetStdin()))
+
+	if size > p.limits.CodeBytes {
+		bad("code", "code, args, env and stdin take %d bytes, above the limit of %d (limits.code_bytes)", size, p.limits.CodeBytes)
+	}
+
+	if len(req.GetLabels()) > maxLabels {
+		bad("labels", "%d labels, at most %d are allowed", len(req.GetLabels()), maxLabels)
+	}
+	for k, v := range req.GetLabels() {
+		field := fmt.Sprintf("labels[%q]", k)
+		switch {
+		case !labelKey.MatchString(k):
+			bad(field, "key must match %s", labelKey)
+		case len(v) > maxLabelValue || !utf8.ValidString(v):
+			bad(field, "value must be valid UTF-8 of at most %d bytes", maxLabelValue)
+		}
+	}
+
+	p.image = req.GetImage()
+	if p.image == "" {
+		p.image = s.cfg.DefaultImage
+	} else if !s.imageAllowed(p.image) {
+		bad("image", "%q is not on the executor's image allowlist", p.image)
+	}
+	slices.SortFunc(vs, func(a, b limits.Violation) int { return strings.Compare(a.Field, b.Field) })
+	return p, vs
+}
+
+// checkPath returns why p is not a usable file path under the code dir, or "".
+func checkPath(p string) string {
+	switch {
+	case p == "":
+		return "path is empty"
+	case len(p) > maxPathLen:
+		return fmt.Sprintf("path is longer than %d bytes", maxPathLen)
+	case !utf8.ValidString(p) || strings.ContainsAny(p, "\x00\\"):
+		return "path must be UTF-8 without NUL or backslash"
+	case strings.HasPrefix(p, "/"):
+		return "path must be relative to /sandbox"
+	case path.Clean(p) != p || p == "." || p == ".." || strings.HasPrefix(p, "../"):
+		return "path must be clean: no empty, . or .. segments, no trailing /"
+	}
+	return ""
+}
+
+// imageAllowed matches ref against the allowlist; an entry ending in * is a
+// prefix.
+func (s *Service) imageAllowed(ref string) bool {
+	for _, a := range s.cfg.ImageAllowlist {
+		if a == ref || (strings.HasSuffix(a, "*") && strings.HasPrefix(ref, strings.TrimSuffix(a, "*"))) {
+			return true
+		}
+	}
+	return ref == s.cfg.DefaultImage
+}
