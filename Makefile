@@ -1,0 +1,83 @@
+# sandpit — run `make help` for the targets.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-builtin-rules
+
+MODULES := gen/go services/executor deploy/image
+BIN := $(CURDIR)/bin
+BUILD := $(CURDIR)/build
+IMAGE_TAR := $(BUILD)/sandpit-node.tar
+IMAGE_REF := sandpit.local/node:24
+RUNC_INSTALL := /usr/local/lib/sandpit/runc
+CONTAINERD_SOCK ?= /run/containerd/containerd.sock
+NAMESPACE ?= sandpit
+GOTEST_FLAGS ?= -count=1 -timeout 40m
+
+export PATH := $(BIN):$(PATH)
+
+.PHONY: help
+help: ## show this help
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+.PHONY: deps
+deps: ## install Debian packages that are missing (containerd, nftables, libseccomp-dev, pkg-config)
+	hack/install-deps.sh
+
+$(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/grpcurl: tools/go.mod tools/go.sum
+	cd tools && GOWORK=off GOBIN=$(BIN) go install tool
+
+.PHONY: tools
+tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/grpcurl ## build buf, protoc plugins and grpcurl at the versions pinned in tools/go.mod
+
+$(BIN)/runc: tools/runc/go.mod tools/runc/go.sum
+	cd tools/runc && GOWORK=off CGO_ENABLED=1 go build -trimpath -tags seccomp -o $(BIN)/runc github.com/opencontainers/runc
+	$(BIN)/runc --version
+
+.PHONY: runc
+runc: deps $(BIN)/runc ## build runc at the version pinned in tools/runc/go.mod
+
+$(IMAGE_TAR): $(shell find deploy/image -name '*.go' -o -name 'go.*' -o -name '*.lock')
+	go run ./deploy/image/cmd/sandpit-image --out $(IMAGE_TAR)
+
+.PHONY: image
+image: $(IMAGE_TAR) ## build the node-only sandbox image archive
+
+.PHONY: generate
+generate: tools ## generate gen/ from proto/
+	buf generate
+	cd gen/go && GOWORK=off go mod tidy
+
+.PHONY: checkgenerate
+checkgenerate: generate ## fail when gen/ is not what proto/ generates
+	@if [ -n "$$(git status --porcelain -- gen)" ]; then git status --porcelain -- gen; git diff -- gen | head -50; echo "gen/ is stale: run make generate and commit"; exit 1; fi
+
+.PHONY: lint
+lint: tools ## buf lint, buf format check, gofmt and go vet over every module
+	buf lint
+	buf format --diff --exit-code
+	@out=$$(gofmt -l $(MODULES) tools); if [ -n "$$out" ]; then echo "gofmt: $$out"; exit 1; fi
+	for m in $(MODULES); do (cd $$m && go vet ./...); done
+
+.PHONY: test
+test: deps tools runc image checkgenerate lint ## run every test: unit, and integration against real containerd, runc and the image
+	for m in $(MODULES); do (cd $$m && SANDPIT_RUNC=$(BIN)/runc SANDPIT_IMAGE_TAR=$(IMAGE_TAR) SANDPIT_GRPCURL=$(BIN)/grpcurl go test $(GOTEST_FLAGS) ./...); done
+
+.PHONY: bench
+bench: deps tools runc image ## hello-world Execute latency next to bare node -e '' (p50, p95, ratio)
+	cd services/executor && SANDPIT_RUNC=$(BIN)/runc SANDPIT_IMAGE_TAR=$(IMAGE_TAR) go test -count=1 -run '^$$' -bench . -benchtime 40x -timeout 20m ./e2e/
+
+.PHONY: executor
+executor: ## build the executor binary
+	go build -o $(BIN)/sandpit-executor ./services/executor/cmd/sandpit-executor
+
+.PHONY: run
+run: deps runc image executor ## install what is missing, start containerd if none runs, run the executor in the foreground
+	install -D -m 0755 $(BIN)/runc $(RUNC_INSTALL)
+	hack/ensure-containerd.sh $(CONTAINERD_SOCK)
+	ctr --address $(CONTAINERD_SOCK) --namespace $(NAMESPACE) images import $(IMAGE_TAR)
+	exec $(BIN)/sandpit-executor --containerd-address $(CONTAINERD_SOCK) --containerd-namespace $(NAMESPACE) --runc $(RUNC_INSTALL) --image $(IMAGE_REF)
+
+.PHONY: clean
+clean: ## remove built binaries and images
+	rm -rf $(BIN) $(BUILD)

@@ -1,0 +1,156 @@
+// Package build is the sandbox image build from end to end: fetch and verify
+// the pinned inputs, assemble the root filesystem, make the image, and write
+// it as an OCI layout tar that containerd imports under a fixed name.
+package build
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/sandpit-run/sandpit/deploy/image/internal/image"
+	"github.com/sandpit-run/sandpit/deploy/image/internal/inputs"
+	"github.com/sandpit-run/sandpit/deploy/image/internal/ocilayout"
+	"github.com/sandpit-run/sandpit/deploy/image/internal/pins"
+	"github.com/sandpit-run/sandpit/deploy/image/internal/rootfs"
+)
+
+// DefaultName is the reference the executor expects the default image under.
+const DefaultName = "sandpit.local/node:24"
+
+// Options of one build.
+type Options struct {
+	// Out is the OCI layout tar to write.
+	Out string
+	// CacheDir holds downloaded inputs between builds.
+	CacheDir string
+	// Name is the image reference recorded in index.json; it must carry a
+	// tag.
+	Name string
+	// Created is the image creation time and every file's mtime. Keep it
+	// fixed (SOURCE_DATE_EPOCH) for reproducible output.
+	Created time.Time
+	Log     *slog.Logger
+}
+
+// Labels returns the image labels: the pinned versions, so `ctr images
+// info` or an executor can tell what a digest contains.
+func Labels() map[string]string {
+	l := map[string]string{
+		"org.opencontainers.image.title":   "sandpit-node",
+		"org.opencontainers.image.version": pins.NodeVersion,
+		"run.sandpit.node.version":         pins.NodeVersion,
+	}
+	for _, d := range pins.Debs {
+		l["run.sandpit.debian."+d.Name] = d.Version
+	}
+	return l
+}
+
+// Image builds the sandbox image from already verified inputs. Files it
+// needs while the image is read are put in workDir; keep it until the image
+// has been written.
+func Image(ctx context.Context, in *inputs.Set, workDir string, created time.Time) (v1.Image, error) {
+	fs, err := rootfs.Assemble(ctx, in, workDir)
+	if err != nil {
+		return nil, fmt.Errorf("assemble rootfs: %w", err)
+	}
+	img, err := image.Base(fs, workDir, created, Labels())
+	if err != nil {
+		return nil, fmt.Errorf("build image: %w", err)
+	}
+	return img, nil
+}
+
+// Annotations returns the index.json annotations for reference ref: the
+// full name containerd imports the image as, and the tag as the OCI ref
+// name.
+func Annotations(ref string) (map[string]string, error) {
+	tag, err := name.NewTag(ref)
+	if err != nil {
+		return nil, fmt.Errorf("parse image name %q: %w", ref, err)
+	}
+	// name.NewTag defaults the tag to "latest"; require it spelled out so
+	// the name in containerd is exactly what the caller wrote.
+	if !strings.HasSuffix(ref, ":"+tag.TagStr()) {
+		return nil, fmt.Errorf("parse image name %q: needs an explicit tag", ref)
+	}
+	return map[string]string{
+		ocilayout.AnnotationContainerdName: ref,
+		ocilayout.AnnotationRefName:        tag.TagStr(),
+	}, nil
+}
+
+// WriteLayout writes img as an OCI layout tar at out (atomically: a failed
+// build never leaves a half-written file under the final name).
+func WriteLayout(img v1.Image, out, ref string) error {
+	ann, err := Annotations(ref)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		return fmt.Errorf("create output dir: %w", err)
+	}
+	f, err := os.CreateTemp(filepath.Dir(out), ".sandpit-image-*.tar")
+	if err != nil {
+		return fmt.Errorf("create output: %w", err)
+	}
+	defer os.Remove(f.Name())
+	if err := ocilayout.Write(f, img, ann); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", out, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", out, err)
+	}
+	if err := os.Chmod(f.Name(), 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", out, err)
+	}
+	if err := os.Rename(f.Name(), out); err != nil {
+		return fmt.Errorf("write %s: %w", out, err)
+	}
+	return nil
+}
+
+// Run fetches the inputs, builds the image, writes it to opts.Out and
+// returns its manifest digest.
+func Run(ctx context.Context, opts Options) (v1.Hash, error) {
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if _, err := Annotations(opts.Name); err != nil {
+		return v1.Hash{}, err
+	}
+	f := &inputs.Fetcher{Dir: opts.CacheDir, Log: log}
+	in, err := f.Fetch(ctx)
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("fetch inputs: %w", err)
+	}
+	work, err := os.MkdirTemp("", "sandpit-image-")
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("create work dir: %w", err)
+	}
+	defer os.RemoveAll(work)
+	log.Info("building image", "node", pins.NodeVersion)
+	img, err := Image(ctx, in, work, opts.Created)
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	if err := WriteLayout(img, opts.Out, opts.Name); err != nil {
+		return v1.Hash{}, err
+	}
+	d, err := img.Digest()
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("digest image: %w", err)
+	}
+	log.Info("wrote image", "out", opts.Out, "name", opts.Name, "digest", d.String())
+	return d, nil
+}

