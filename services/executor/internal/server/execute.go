@@ -231,4 +231,3 @@ func sandboxError(err error) error {
 
 // metricsDuration buckets span a fast hello world to the maximum timeout.
 var metricsDuration = []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300}
-
