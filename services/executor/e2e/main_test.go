@@ -87,6 +87,7 @@ type executor struct {
 type executorOpts struct {
 	slots, queue int
 	defaults     limits.Set
+	allow        []string
 }
 
 // startExecutor serves the service on a loopback port for the test's
@@ -103,10 +104,11 @@ func startExecutor(t testing.TB, o executorOpts) *executor {
 	slots := capacity.New(o.slots, o.queue)
 	reg := prometheus.NewRegistry()
 	svc := server.New(shutdownCtx, server.Config{
-		Defaults:     o.defaults,
-		Maxima:       limits.Maxima,
-		DefaultImage: env.ImageRef,
-		NodePath:     "/usr/local/bin/node",
+		Defaults:       o.defaults,
+		Maxima:         limits.Maxima,
+		DefaultImage:   env.ImageRef,
+		ImageAllowlist: o.allow,
+		NodePath:       "/usr/local/bin/node",
 	}, rt, slots, server.NewMetrics(reg, slots), testLogger())
 	srv := server.NewGRPCServer(svc, health.NewServer(), reg, 32<<20, testLogger())
 	lis, err := net.Listen("tcp", "127.0.0.1:0")

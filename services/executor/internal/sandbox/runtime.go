@@ -14,6 +14,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -195,8 +196,9 @@ func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func())
 	}()
 
 	var stdin io.Reader
+	stdinSent := make(chan struct{})
 	if len(spec.Stdin) > 0 {
-		stdin = bytes.NewReader(spec.Stdin)
+		stdin = &closeOnEOF{r: bytes.NewReader(spec.Stdin), eof: stdinSent}
 	}
 	task, err := container.NewTask(ctx, cio.NewCreator(cio.WithStreams(stdin, spec.Stdout, spec.Stderr)))
 	if err != nil {
@@ -219,6 +221,25 @@ func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func())
 		return out, fmt.Errorf("start task: %w", err)
 	}
 
+	exited := make(chan struct{})
+	stdinClosed := make(chan struct{})
+	if stdin == nil {
+		close(stdinClosed)
+	} else {
+		// The shim keeps the process's stdin open until told to close it,
+		// so the program would never see EOF otherwise.
+		go func() {
+			defer close(stdinClosed)
+			select {
+			case <-stdinSent:
+				if err := task.CloseIO(cleanupCtx, containerd.WithStdinCloser); err != nil && !errdefs.IsNotFound(err) {
+					log.Warn("close stdin", "error", err)
+				}
+			case <-exited:
+			}
+		}()
+	}
+
 	timer := time.NewTimer(spec.Limits.Timeout)
 	defer timer.Stop()
 	var status containerd.ExitStatus
@@ -234,6 +255,8 @@ func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func())
 		status = <-exitCh
 	}
 	out.WallTime = time.Since(begin)
+	close(exited)
+	<-stdinClosed
 	if err := status.Error(); err != nil {
 		return out, fmt.Errorf("wait task: %w", err)
 	}
@@ -274,4 +297,19 @@ func (r *Runtime) kill(ctx context.Context, task containerd.Task, log *slog.Logg
 	if err := task.Kill(ctx, syscall.SIGKILL, containerd.WithKillAll); err != nil && !errdefs.IsNotFound(err) {
 		log.Error("kill task", "error", err)
 	}
+}
+
+// closeOnEOF closes eof when r is drained.
+type closeOnEOF struct {
+	r    io.Reader
+	eof  chan struct{}
+	once sync.Once
+}
+
+func (c *closeOnEOF) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if err == io.EOF {
+		c.once.Do(func() { close(c.eof) })
+	}
+	return n, err
 }
