@@ -286,4 +286,3 @@ func TestShutdownKillsRunningExecutionsAfterGrace(t *testing.T) {
 	}
 	requireNoLeftovers(t, dir, "")
 }
-

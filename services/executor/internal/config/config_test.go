@@ -1,0 +1,81 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestParseDefaults(t *testing.T) {
+	c, err := Parse(nil, env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Defaults != limits.Defaults || c.Maxima != limits.Maxima {
+		t.Errorf("limits %+v / %+v, want the built-in ones", c.Defaults, c.Maxima)
+	}
+	if c.Listen != "127.0.0.1:50051" || c.ContainerdNamespace != "sandpit" || c.SandboxUID != 65532 || c.MaxConcurrent != 8 {
+		t.Errorf("unexpected defaults: %+v", c)
+	}
+}
+
+func TestFlagsWinOverEnvironment(t *testing.T) {
+	c, err := Parse([]string{"--max-concurrent", "3", "--default-memory", "128MiB", "--image-allowlist", "a, b*"},
+		env(map[string]string{"SANDPIT_MAX_CONCURRENT": "5", "SANDPIT_MAX_QUEUE": "2", "SANDPIT_DEFAULT_TIMEOUT": "3s"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MaxConcurrent != 3 || c.MaxQueue != 2 || c.Defaults.Timeout != 3*time.Second || c.Defaults.MemoryBytes != 128<<20 {
+		t.Errorf("got concurrent %d queue %d timeout %v memory %d", c.MaxConcurrent, c.MaxQueue, c.Defaults.Timeout, c.Defaults.MemoryBytes)
+	}
+	if strings.Join(c.ImageAllowlist, "|") != "a|b*" {
+		t.Errorf("allowlist %q", c.ImageAllowlist)
+	}
+}
+
+func TestParseRejects(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"root uid", []string{"--sandbox-uid", "0"}, nil, "sandbox-uid"},
+		{"default above max", []string{"--default-memory", "4GiB"}, nil, "memory_bytes"},
+		{"bad size", []string{"--max-output", "lots"}, nil, "byte size"},
+		{"bad env", nil, map[string]string{"SANDPIT_MAX_QUEUE": "x"}, "SANDPIT_MAX_QUEUE"},
+		{"no slots", []string{"--max-concurrent", "0"}, nil, "max-concurrent"},
+		{"stray argument", []string{"extra"}, nil, "unexpected"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse(tt.args, env(tt.env))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("err %v, want one mentioning %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestBytes(t *testing.T) {
+	tests := []struct {
+		in   string
+		want uint64
+	}{{"0", 0}, {"1024", 1024}, {"4KiB", 4096}, {"64MiB", 64 << 20}, {"2GiB", 2 << 30}, {"10B", 10}}
+	for _, tt := range tests {
+		got, err := ParseBytes(tt.in)
+		if err != nil || got != tt.want {
+			t.Errorf("ParseBytes(%q) = %d, %v; want %d", tt.in, got, err, tt.want)
+		}
+	}
+	if _, err := ParseBytes("99999999999999999999GiB"); err == nil {
+		t.Error("overflow accepted")
+	}
+	if got := FormatBytes(64 << 20); got != "64MiB" {
+		t.Errorf("FormatBytes = %q", got)
+	}
+}

@@ -1,0 +1,72 @@
+package server
+
+import (
+	"strings"
+	"testing"
+
+	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
+	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
+)
+
+func TestCheckPath(t *testing.T) {
+	tests := []struct {
+		path string
+		ok   bool
+	}{
+		{"main.js", true}, {"lib/a.mjs", true}, {"a b/ü.js", true},
+		{"", false}, {"/abs.js", false}, {"../up.js", false}, {"a/../b.js", false}, {"a//b.js", false},
+		{"./a.js", false}, {"a/", false}, {".", false}, {"..", false}, {"a\\b.js", false}, {"a\x00.js", false},
+		{strings.Repeat("a", 256), false}, {"\xff.js", false},
+	}
+	for _, tt := range tests {
+		if got := checkPath(tt.path) == ""; got != tt.ok {
+			t.Errorf("checkPath(%q) ok = %v, want %v (%s)", tt.path, got, tt.ok, checkPath(tt.path))
+		}
+	}
+}
+
+func TestValidateSingleFileDefaults(t *testing.T) {
+	s := &Service{cfg: Config{Defaults: limits.Defaults, Maxima: limits.Maxima, DefaultImage: "img"}}
+	p, vs := s.validate(&executorv1.ExecuteRequest{Code: "1"})
+	if len(vs) != 0 {
+		t.Fatal(vs)
+	}
+	if p.entrypoint != "main.js" || len(p.files) != 1 || p.image != "img" || p.limits != limits.Defaults {
+		t.Errorf("program %+v", p)
+	}
+}
+
+func TestImageAllowlist(t *testing.T) {
+	s := &Service{cfg: Config{DefaultImage: "sandpit.local/node:24", ImageAllowlist: []string{"sandpit.local/node-sdk:*", "ghcr.io/acme/exact:1"}}}
+	tests := map[string]bool{
+		"sandpit.local/node:24":     true,
+		"sandpit.local/node-sdk:1":  true,
+		"ghcr.io/acme/exact:1":      true,
+		"ghcr.io/acme/exact:2":      false,
+		"sandpit.local/node:25":     false,
+		"docker.io/library/node:24": false,
+		"sandpit.local/node-sdk":    false,
+	}
+	for ref, want := range tests {
+		if got := s.imageAllowed(ref); got != want {
+			t.Errorf("imageAllowed(%q) = %v, want %v", ref, got, want)
+		}
+	}
+}
+
+func TestOutputBudgetSharedAndTruncatesOnce(t *testing.T) {
+	calls := 0
+	b := &outputBudget{left: 10, exceeded: func() { calls++ }}
+	if n := b.take(6); n != 6 {
+		t.Fatalf("take 6 = %d", n)
+	}
+	if n := b.take(6); n != 4 {
+		t.Fatalf("take 6 with 4 left = %d", n)
+	}
+	if n := b.take(1); n != 0 {
+		t.Fatalf("take past the budget = %d", n)
+	}
+	if calls != 1 || !b.wasTruncated() {
+		t.Errorf("exceeded called %d times, truncated %v", calls, b.wasTruncated())
+	}
+}
