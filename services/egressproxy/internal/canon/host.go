@@ -207,19 +207,19 @@ func parseIPv4Part(p string) (uint64, error) {
 // SplitHostPort splits an authority (Host header, :authority, SNI) into
 // its canonical host and its port ("" when none was given).
 func SplitHostPort(authority string) (Host, string, error) {
-	host, port := authority, ""
+	host, port, split := authority, "", false
 	if i := strings.LastIndexByte(authority, ':'); i >= 0 {
 		if strings.HasPrefix(authority, "[") {
-			if j := strings.LastIndexByte(authority, ']'); j >= 0 && j < i {
-				host, port = authority[:i], authority[i+1:]
+			if j := strings.LastIndexByte(authority, ']'); j >= 0 && j == i-1 {
+				host, port, split = authority[:i], authority[i+1:], true
 			}
 		} else if strings.Count(authority, ":") == 1 {
-			host, port = authority[:i], authority[i+1:]
+			host, port, split = authority[:i], authority[i+1:], true
 		}
-		if port != "" || strings.HasSuffix(host, ":") {
-			if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-				return Host{}, "", fmt.Errorf("%w: bad port in %q", ErrHost, authority)
-			}
+	}
+	if split {
+		if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+			return Host{}, "", fmt.Errorf("%w: bad port in %q", ErrHost, authority)
 		}
 	}
 	h, err := CanonicalHost(host)

@@ -1,0 +1,166 @@
+package canon
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// ErrAmbiguousPath is wrapped by every error CanonicalTarget returns: the
+// request's path could mean different things to different servers, so it
+// is blocked rather than guessed at.
+var ErrAmbiguousPath = errors.New("ambiguous path")
+
+// CanonicalTarget normalizes an origin-form request target (path and
+// optional query) and returns them separately.
+//
+// The path is percent-decoded where the escape stands for an unreserved
+// character (ALPHA, DIGIT, "-", ".", "_", "~"), other escapes are kept with
+// upper-case hex, bytes that may not appear raw in a path are
+// percent-encoded, repeated slashes are collapsed and dot segments are
+// resolved (RFC 3986 5.2.4). It is an error, not a guess, when the path has
+// an encoded slash or backslash (%2F, %5C), a raw backslash, an encoded NUL,
+// an invalid escape, a control byte, a fragment, a dot segment spelled with
+// an encoded dot (%2E%2E), or a "..;" segment some servers read as "..".
+//
+// The query is returned as sent, without the "?", after checking that its
+// escapes are valid and it holds no control bytes or fragment.
+func CanonicalTarget(target string) (path, query string, err error) {
+	rawPath, rawQuery, _ := strings.Cut(target, "?")
+	if strings.ContainsRune(target, '#') {
+		return "", "", fmt.Errorf("%w: fragment in request target", ErrAmbiguousPath)
+	}
+	if !strings.HasPrefix(rawPath, "/") {
+		return "", "", fmt.Errorf("%w: target %q is not origin-form", ErrAmbiguousPath, truncate(target))
+	}
+	if err := checkQuery(rawQuery); err != nil {
+		return "", "", err
+	}
+	segs := strings.Split(rawPath[1:], "/")
+	out := make([]string, 0, len(segs))
+	for i, raw := range segs {
+		last := i == len(segs)-1
+		seg, encodedDot, err := normalizeSegment(raw)
+		if err != nil {
+			return "", "", err
+		}
+		switch {
+		case seg == "" && !last:
+			// Repeated slash: collapsed.
+			continue
+		case seg == "." || seg == "..":
+			if encodedDot {
+				return "", "", fmt.Errorf("%w: dot segment spelled with an encoded dot", ErrAmbiguousPath)
+			}
+			if seg == ".." && len(out) > 0 {
+				out = out[:len(out)-1]
+			}
+			if last {
+				// "/a/b/.." is "/a/": the directory keeps its slash.
+				out = append(out, "")
+			}
+			continue
+		case strings.HasPrefix(seg, "..;") || strings.HasPrefix(seg, ".;"):
+			return "", "", fmt.Errorf("%w: dot segment with path parameters", ErrAmbiguousPath)
+		}
+		out = append(out, seg)
+	}
+	return "/" + strings.Join(out, "/"), rawQuery, nil
+}
+
+func normalizeSegment(raw string) (seg string, encodedDot bool, err error) {
+	var b strings.Builder
+	b.Grow(len(raw))
+	for i := 0; i < len(raw); i++ {
+		c := raw[i]
+		switch {
+		case c == '%':
+			if i+2 >= len(raw) || !isHexByte(raw[i+1]) || !isHexByte(raw[i+2]) {
+				return "", false, fmt.Errorf("%w: invalid percent escape", ErrAmbiguousPath)
+			}
+			d := unhex(raw[i+1])<<4 | unhex(raw[i+2])
+			i += 2
+			switch {
+			case d == '/' || d == '\\':
+				return "", false, fmt.Errorf("%w: encoded slash or backslash", ErrAmbiguousPath)
+			case d == 0:
+				return "", false, fmt.Errorf("%w: encoded NUL", ErrAmbiguousPath)
+			case d == '.':
+				encodedDot = true
+				b.WriteByte('.')
+			case isUnreserved(d):
+				b.WriteByte(d)
+			default:
+				writeEscaped(&b, d)
+			}
+		case c == '\\':
+			return "", false, fmt.Errorf("%w: backslash", ErrAmbiguousPath)
+		case c < 0x20 || c == 0x7f:
+			return "", false, fmt.Errorf("%w: control byte %#x", ErrAmbiguousPath, c)
+		case isPathChar(c):
+			b.WriteByte(c)
+		default:
+			writeEscaped(&b, c)
+		}
+	}
+	return b.String(), encodedDot, nil
+}
+
+func checkQuery(q string) error {
+	for i := 0; i < len(q); i++ {
+		c := q[i]
+		switch {
+		case c == '%':
+			if i+2 >= len(q) || !isHexByte(q[i+1]) || !isHexByte(q[i+2]) {
+				return fmt.Errorf("%w: invalid percent escape in query", ErrAmbiguousPath)
+			}
+			i += 2
+		case c <= 0x20 || c >= 0x7f:
+			return fmt.Errorf("%w: byte %#x in query", ErrAmbiguousPath, c)
+		}
+	}
+	return nil
+}
+
+func isUnreserved(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+		c == '-' || c == '.' || c == '_' || c == '~'
+}
+
+// isPathChar reports whether c may appear raw in a path segment (RFC 3986
+// pchar minus "%", which is handled as an escape).
+func isPathChar(c byte) bool {
+	if isUnreserved(c) {
+		return true
+	}
+	return strings.IndexByte("!$&'()*+,;=:@", c) >= 0
+}
+
+func isHexByte(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0'
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10
+	default:
+		return c - 'A' + 10
+	}
+}
+
+func writeEscaped(b *strings.Builder, c byte) {
+	const hex = "0123456789ABCDEF"
+	b.WriteByte('%')
+	b.WriteByte(hex[c>>4])
+	b.WriteByte(hex[c&15])
+}
+
+func truncate(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
+}
