@@ -43,7 +43,7 @@ func CanonicalHost(host string) (string, error) {
 		return "", errors.New("empty host")
 	}
 	if strings.ContainsAny(h, ":[]") {
-		return "", errors.New("IPv6 literals are not supported: sandboxes have no IPv6")
+		return "", errors.New(`has ":" or brackets: a host has no port, and IPv6 literals are not supported (sandboxes have no IPv6)`)
 	}
 	if isIPv4(h) {
 		return h, nil

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -243,5 +244,57 @@ console.log(JSON.stringify(out));
 	}
 	if got["cgroup"] != "" {
 		t.Errorf("the sandbox sees host cgroup paths %q; want its own cgroup namespace", got["cgroup"])
+	}
+}
+
+func TestOpenFilesLimit(t *testing.T) {
+	e := startExecutor(t, executorOpts{})
+	req := code(`
+const fs = require("fs");
+const fds = [];
+let err = "";
+try { for (let i = 0; i < 10000; i++) fds.push(fs.openSync("/sandbox/main.js", "r")); } catch (e) { err = e.code; }
+console.log(JSON.stringify({opened: fds.length, err}));
+`)
+	req.Limits = &executorv1.Limits{OpenFiles: 100}
+	var got struct {
+		Opened int
+		Err    string
+	}
+	probe(t, e, req, &got)
+	if got.Err != "EMFILE" || got.Opened >= 100 || got.Opened < 50 {
+		t.Errorf("opened %d then %q; want EMFILE before 100 descriptors", got.Opened, got.Err)
+	}
+}
+
+// TestOnlyIntendedMounts lists the sandbox's mounts: the read-only root, the
+// kernel filesystems, /tmp and the code, and no host path besides the code.
+func TestOnlyIntendedMounts(t *testing.T) {
+	e := startExecutor(t, executorOpts{})
+	var got []string
+	probe(t, e, code(`
+const fs = require("fs");
+console.log(JSON.stringify(fs.readFileSync("/proc/self/mountinfo", "utf8").trim().split("\n").map(l => l.split(" ")[4])));
+`), &got)
+	allowed := map[string]bool{"/": true, "/proc": true, "/dev": true, "/sys": true, "/tmp": true, "/sandbox": true}
+	for _, m := range got {
+		switch {
+		case allowed[m]:
+		// masked and read-only /proc and /sys paths are bind mounts over
+		// themselves or /dev/null; /dev entries are the default devices.
+		case strings.HasPrefix(m, "/proc/"), strings.HasPrefix(m, "/sys/"), strings.HasPrefix(m, "/dev/"):
+		default:
+			t.Errorf("unexpected mount %s", m)
+		}
+	}
+	for _, m := range []string{"/", "/tmp", "/sandbox"} {
+		if !slices.Contains(got, m) {
+			t.Errorf("mount %s missing from %v", m, got)
+		}
+	}
+	for _, m := range []string{"/dev/shm", "/run", "/dev/mqueue"} {
+		if slices.Contains(got, m) {
+			t.Errorf("writable default mount %s present", m)
+		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"golang.org/x/net/idna"
 )
@@ -67,6 +68,9 @@ func CanonicalHost(raw string) (Host, error) {
 		if c := raw[i]; c < 0x21 || c == 0x7f || c == '%' || c == '/' || c == '\\' || c == '@' {
 			return Host{}, fmt.Errorf("%w: %q contains byte %#x", ErrHost, raw, c)
 		}
+	}
+	if !utf8.ValidString(raw) {
+		return Host{}, fmt.Errorf("%w: not UTF-8", ErrHost)
 	}
 	// IDNA first: it maps full-width digits and ideographic full stops to
 	// ASCII, so "１２７。０。０。１" is caught as the IP literal it becomes.

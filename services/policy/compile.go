@@ -1,0 +1,376 @@
+package policy
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
+)
+
+// Request is what a decision looks at. The proxy sends it canonical (see
+// [CanonicalHost]) and normalized; Decide checks that again rather than
+// trusting it, because a host or path that slipped through in another form
+// could skip a deny rule.
+type Request struct {
+	Method    string // uppercase; lowercase letters are uppercased
+	Host      string // canonical, without port
+	Path      string // normalized, without query
+	WebSocket bool   // the request asks for a WebSocket upgrade
+}
+
+// NewRequest takes the fields a decision needs from the proxy's request.
+func NewRequest(r *policyv1.HttpRequest) Request {
+	return Request{Method: r.GetMethod(), Host: r.GetHost(), Path: r.GetPath(), WebSocket: r.GetWebsocket()}
+}
+
+// Decision is the verdict on one request.
+type Decision struct {
+	// Action is what the policy says: ACTION_ALLOW or ACTION_DENY.
+	Action policyv1.Action
+	// Decision is what to do: DECISION_ALLOW, DECISION_DENY, or in audit
+	// mode DECISION_WOULD_BLOCK where Action is deny.
+	Decision policyv1.Decision
+	// RuleID names the rule that decided: its id, or one derived from its
+	// position (hosts[0].rules[1]), or the default that decided
+	// (hosts[0].default, default). It is empty when the request itself was
+	// malformed and no rule was consulted.
+	RuleID string
+	// Reason says why, for the 403 body and the network log.
+	Reason string
+	// Layer is the position in the chain of the policy that decided: the
+	// first that denied, else the last. It is 0 for an unchained policy.
+	Layer int
+}
+
+// Forward reports whether the proxy should forward the request.
+func (d Decision) Forward() bool {
+	return d.Decision == policyv1.Decision_DECISION_ALLOW || d.Decision == policyv1.Decision_DECISION_WOULD_BLOCK
+}
+
+// Limits bound an execution's requests; 0 means no limit from the policy.
+type Limits struct {
+	MaxRequests     uint32
+	MaxRequestBytes uint64
+}
+
+// Compiled is a validated policy, or a chain of them, ready to decide. It is
+// immutable and safe for concurrent use.
+type Compiled struct {
+	layers []*layer
+	audit  bool
+	limits Limits
+}
+
+type layer struct {
+	audit        bool
+	defaultAllow bool
+	hosts        hostIndex[*hostEntry]
+	limits       Limits
+}
+
+type hostEntry struct {
+	pattern      hostPattern
+	rules        []rule
+	defaultAllow bool
+	defaultID    string
+	couldAllow   bool
+}
+
+type rule struct {
+	id        string
+	methods   []string // empty matches every method
+	path      pathPattern
+	allow     bool
+	websocket bool
+	reason    string
+}
+
+// Compile validates p and prepares it for deciding. The result does not
+// refer to p, which the caller may change afterwards. Its error is an
+// [Errors].
+func Compile(p *policyv1.Policy) (*Compiled, error) {
+	l, errs := compileLayer(p)
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	return &Compiled{layers: []*layer{l}, audit: l.audit, limits: l.limits}, nil
+}
+
+// DenyAll is the policy an executor without a policy file uses: every
+// request is denied by the rule "default".
+func DenyAll() *Compiled {
+	c, err := Compile(&policyv1.Policy{
+		Mode:          policyv1.Mode_MODE_ENFORCE,
+		DefaultAction: policyv1.Action_ACTION_DENY,
+	})
+	if err != nil {
+		panic(fmt.Sprintf("policy: DenyAll does not compile: %v", err))
+	}
+	return c
+}
+
+// compileLayer validates and compiles in one walk so the two cannot
+// disagree about what a policy means.
+func compileLayer(p *policyv1.Policy) (*layer, Errors) {
+	var c checker
+	if p == nil {
+		c.add("", "no policy")
+		return nil, c.errs
+	}
+	if err := checkMode(p.GetMode()); err != nil {
+		c.add("mode", "%v", err)
+	}
+	if err := checkAction(p.GetDefaultAction(), false); err != nil {
+		c.add("default_action", "%v", err)
+	}
+	l := &layer{
+		audit:        p.GetMode() == policyv1.Mode_MODE_AUDIT,
+		defaultAllow: p.GetDefaultAction() == policyv1.Action_ACTION_ALLOW,
+		hosts:        newHostIndex[*hostEntry](),
+		limits: Limits{
+			MaxRequests:     p.GetLimits().GetMaxRequests(),
+			MaxRequestBytes: p.GetLimits().GetMaxRequestBytes(),
+		},
+	}
+	if n := len(p.GetHosts()); n > MaxHosts {
+		c.add("hosts", "%d hosts, at most %d are allowed", n, MaxHosts)
+	}
+	hostField := map[hostPattern]string{}
+	ruleField := map[string]string{}
+	for i, hp := range p.GetHosts() {
+		field := fmt.Sprintf("hosts[%d]", i)
+		e := &hostEntry{
+			defaultAllow: hp.GetDefaultAction() == policyv1.Action_ACTION_ALLOW,
+			defaultID:    field + ".default",
+		}
+		pat, err := parseHostPattern(hp.GetHost())
+		if err != nil {
+			c.add(field+".host", "%v", err)
+		} else if prev, dup := hostField[pat]; dup {
+			c.add(field+".host", "%s is already named by %s", pat, prev)
+		} else {
+			hostField[pat] = field + ".host"
+			e.pattern = pat
+			l.hosts.add(pat, e)
+		}
+		if err := checkAction(hp.GetDefaultAction(), false); err != nil {
+			c.add(field+".default_action", "%v", err)
+		}
+		if n := len(hp.GetRules()); n > MaxRulesPerHost {
+			c.add(field+".rules", "%d rules, at most %d are allowed", n, MaxRulesPerHost)
+		}
+		e.couldAllow = e.defaultAllow
+		for j, r := range hp.GetRules() {
+			rf := fmt.Sprintf("%s.rules[%d]", field, j)
+			cr := compileRule(&c, rf, r, ruleField)
+			e.rules = append(e.rules, cr)
+			e.couldAllow = e.couldAllow || cr.allow
+		}
+	}
+	return l, c.errs
+}
+
+func compileRule(c *checker, field string, r *policyv1.Rule, ruleField map[string]string) rule {
+	cr := rule{
+		id:        r.GetId(),
+		allow:     r.GetAction() == policyv1.Action_ACTION_ALLOW,
+		websocket: r.GetWebsocket(),
+		reason:    r.GetReason(),
+	}
+	if cr.id == "" {
+		cr.id = field
+	} else if err := checkRuleID(cr.id); err != nil {
+		c.add(field+".id", "%v", err)
+	} else if prev, dup := ruleField[cr.id]; dup {
+		c.add(field+".id", "%q is already the id of %s", cr.id, prev)
+	} else {
+		ruleField[cr.id] = field
+	}
+	if n := len(r.GetMethods()); n > MaxMethodsPerRule {
+		c.add(field+".methods", "%d methods, at most %d are allowed", n, MaxMethodsPerRule)
+	}
+	seen := map[string]bool{}
+	for k, m := range r.GetMethods() {
+		if err := checkMethod(m); err != nil {
+			c.add(fmt.Sprintf("%s.methods[%d]", field, k), "%v", err)
+		} else if seen[m] {
+			c.add(fmt.Sprintf("%s.methods[%d]", field, k), "%s is listed twice", m)
+		}
+		seen[m] = true
+		cr.methods = append(cr.methods, m)
+	}
+	pp, err := parsePathPattern(r.GetPath())
+	if err != nil {
+		c.add(field+".path", "%v", err)
+	}
+	cr.path = pp
+	if err := checkAction(r.GetAction(), true); err != nil {
+		c.add(field+".action", "%v", err)
+	}
+	if err := checkReason(r.GetReason()); err != nil {
+		c.add(field+".reason", "%v", err)
+	}
+	if cr.websocket && !cr.allow {
+		c.add(field+".websocket", "only allow rules take websocket: deny rules match upgrades anyway")
+	}
+	return cr
+}
+
+// Mode is the mode decisions are applied in: MODE_ENFORCE or MODE_AUDIT.
+func (c *Compiled) Mode() policyv1.Mode {
+	if c.audit {
+		return policyv1.Mode_MODE_AUDIT
+	}
+	return policyv1.Mode_MODE_ENFORCE
+}
+
+// Limits are the policy's limits; for a chain, the smallest non-zero ones.
+func (c *Compiled) Limits() Limits { return c.limits }
+
+// Decide answers one request. A request whose method, host or path is
+// malformed or not in canonical form is denied in every mode, without
+// consulting a rule.
+func (c *Compiled) Decide(r Request) Decision {
+	req, err := canonicalRequest(r)
+	if err != nil {
+		return Decision{
+			Action:   policyv1.Action_ACTION_DENY,
+			Decision: policyv1.Decision_DECISION_DENY,
+			Reason:   err.Error(),
+		}
+	}
+	var d Decision
+	for i, l := range c.layers {
+		d = l.decide(req)
+		d.Layer = i
+		if d.Action == policyv1.Action_ACTION_DENY {
+			break
+		}
+	}
+	switch {
+	case d.Action == policyv1.Action_ACTION_ALLOW:
+		d.Decision = policyv1.Decision_DECISION_ALLOW
+	case c.audit:
+		d.Decision = policyv1.Decision_DECISION_WOULD_BLOCK
+	default:
+		d.Decision = policyv1.Decision_DECISION_DENY
+	}
+	return d
+}
+
+// CouldAllowHost reports whether some request to host could be forwarded,
+// so the proxy's DNS can answer NXDOMAIN for names no rule could allow. In
+// audit mode every valid host could be (it would be forwarded as
+// would-block). A host that is not a valid host name never could.
+func (c *Compiled) CouldAllowHost(host string) bool {
+	h, err := CanonicalHost(host)
+	if err != nil {
+		return false
+	}
+	if c.audit {
+		return true
+	}
+	for _, l := range c.layers {
+		e, ok := l.hosts.lookup(h)
+		if ok && !e.couldAllow || !ok && !l.defaultAllow {
+			return false
+		}
+	}
+	return true
+}
+
+func canonicalRequest(r Request) (Request, error) {
+	m, err := canonicalMethod(r.Method)
+	if err != nil {
+		return Request{}, err
+	}
+	h, err := CanonicalHost(r.Host)
+	if err != nil {
+		return Request{}, fmt.Errorf("host %q is invalid: %w", r.Host, err)
+	}
+	p, err := normalizePath(r.Path)
+	if err != nil {
+		return Request{}, fmt.Errorf("path %q is not normalized: %w", r.Path, err)
+	}
+	return Request{Method: m, Host: h, Path: p, WebSocket: r.WebSocket}, nil
+}
+
+// canonicalMethod uppercases like the proxy does, so "post" cannot pass a
+// rule that denies POST.
+func canonicalMethod(m string) (string, error) {
+	if m == "" || len(m) > maxMethodLen {
+		return "", fmt.Errorf("method %q is invalid", m)
+	}
+	lower := false
+	for i := 0; i < len(m); i++ {
+		if !isTokenByte(m[i]) {
+			return "", fmt.Errorf("method %q is invalid", m)
+		}
+		lower = lower || 'a' <= m[i] && m[i] <= 'z'
+	}
+	if lower {
+		m = strings.ToUpper(m)
+	}
+	return m, nil
+}
+
+// decide applies one policy to a canonical request. The most specific host
+// entry decides alone: its default applies rather than a less specific
+// entry's or the policy's.
+func (l *layer) decide(r Request) Decision {
+	e, ok := l.hosts.lookup(r.Host)
+	if !ok {
+		if l.defaultAllow {
+			if r.WebSocket {
+				return deny(RuleDefault, "WebSocket upgrades to %s need an allow rule with websocket: true; the host is not in the policy", r.Host)
+			}
+			return allow(RuleDefault, "host %s is not in the policy, whose default allows it", r.Host)
+		}
+		return deny(RuleDefault, "host %s is not in the policy", r.Host)
+	}
+	for _, ru := range e.rules {
+		if !ru.matches(r) {
+			continue
+		}
+		if ru.allow && r.WebSocket && !ru.websocket {
+			// An allow rule that does not name upgrades lets them fall
+			// through to later rules, and in the end to a deny.
+			continue
+		}
+		reason := ru.reason
+		if reason == "" {
+			verb := "denies"
+			if ru.allow {
+				verb = "allows"
+			}
+			reason = fmt.Sprintf("rule %s %s %s %s on %s", ru.id, verb, r.Method, r.Path, e.pattern)
+		}
+		if ru.allow {
+			return Decision{Action: policyv1.Action_ACTION_ALLOW, RuleID: ru.id, Reason: reason}
+		}
+		return Decision{Action: policyv1.Action_ACTION_DENY, RuleID: ru.id, Reason: reason}
+	}
+	if !e.defaultAllow {
+		return deny(e.defaultID, "no rule of %s matches %s %s", e.pattern, r.Method, r.Path)
+	}
+	if r.WebSocket {
+		return deny(e.defaultID, "WebSocket upgrades to %s need an allow rule with websocket: true; none matches %s", e.pattern, r.Path)
+	}
+	return allow(e.defaultID, "no rule of %s matches %s %s, and the host's default allows it", e.pattern, r.Method, r.Path)
+}
+
+func (ru *rule) matches(r Request) bool {
+	if len(ru.methods) > 0 && !slices.Contains(ru.methods, r.Method) {
+		return false
+	}
+	return ru.path.match(r.Path)
+}
+
+func allow(id, format string, args ...any) Decision {
+	return Decision{Action: policyv1.Action_ACTION_ALLOW, RuleID: id, Reason: fmt.Sprintf(format, args...)}
+}
+
+func deny(id, format string, args ...any) Decision {
+	return Decision{Action: policyv1.Action_ACTION_DENY, RuleID: id, Reason: fmt.Sprintf(format, args...)}
+}

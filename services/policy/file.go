@@ -1,0 +1,487 @@
+package policy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"strconv"
+	"strings"
+
+	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
+	"go.yaml.in/yaml/v3"
+)
+
+// FileVersion is the version of the file format this package reads and
+// writes. A file must say it: a future format may mean different things by
+// the same keys.
+const FileVersion = 1
+
+// Load reads and parses a policy file.
+func Load(path string) (*policyv1.Policy, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load policy: %w", err)
+	}
+	p, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("load policy %s: %w", path, err)
+	}
+	return p, nil
+}
+
+// Parse reads a policy file and validates it. Keys it does not know,
+// repeated keys, values of the wrong type and YAML anchors are errors. The
+// error wraps an [Errors] (field paths in proto field names, with lines)
+// unless the YAML itself is malformed.
+func Parse(data []byte) (*policyv1.Policy, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("parse policy: %w", Errors{{Reason: "empty policy file"}})
+		}
+		return nil, fmt.Errorf("parse policy: %w", err)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		if err != nil {
+			return nil, fmt.Errorf("parse policy: %w", err)
+		}
+		return nil, fmt.Errorf("parse policy: %w", Errors{{Reason: "more than one YAML document", Line: extra.Line}})
+	}
+	d := &fileDecoder{lines: map[string]int{}}
+	p := d.policy(doc.Content[0])
+	if len(d.errs) > 0 {
+		return nil, fmt.Errorf("parse policy: %w", d.errs)
+	}
+	if err := Validate(p); err != nil {
+		var errs Errors
+		errors.As(err, &errs)
+		for i := range errs {
+			errs[i].Line = d.lineOf(errs[i].Field)
+		}
+		return nil, fmt.Errorf("parse policy: %w", errs)
+	}
+	return p, nil
+}
+
+// fileDecoder walks the YAML node tree by hand rather than unmarshalling
+// into structs, so every error can name its field and line.
+type fileDecoder struct {
+	errs  Errors
+	lines map[string]int
+}
+
+func (d *fileDecoder) fail(field string, n *yaml.Node, format string, args ...any) {
+	d.errs = append(d.errs, FieldError{Field: field, Reason: fmt.Sprintf(format, args...), Line: n.Line})
+}
+
+// lineOf finds the line of field or, when the field was absent from the
+// file, of the nearest enclosing one.
+func (d *fileDecoder) lineOf(field string) int {
+	for {
+		if l, ok := d.lines[field]; ok {
+			return l
+		}
+		i := strings.LastIndexAny(field, ".[")
+		if i < 0 {
+			return d.lines[""]
+		}
+		field = field[:i]
+	}
+}
+
+func join(parent, key string) string {
+	if parent == "" {
+		return key
+	}
+	return parent + "." + key
+}
+
+// mapping calls fn for each key of a mapping node; fn reports whether it
+// knows the key. A null node is an empty mapping.
+func (d *fileDecoder) mapping(field string, n *yaml.Node, known string, fn func(key string, v *yaml.Node) bool) {
+	d.lines[field] = n.Line
+	if isNull(n) || !d.kind(field, n, yaml.MappingNode, "a mapping") {
+		return
+	}
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if k.Kind != yaml.ScalarNode || k.Tag != "!!str" {
+			d.fail(field, k, "keys must be strings")
+			continue
+		}
+		if seen[k.Value] {
+			d.fail(field, k, "key %q is repeated", k.Value)
+			continue
+		}
+		seen[k.Value] = true
+		if !fn(k.Value, v) {
+			d.fail(field, k, "unknown key %q (known: %s)", k.Value, known)
+		}
+	}
+}
+
+func (d *fileDecoder) kind(field string, n *yaml.Node, want yaml.Kind, what string) bool {
+	switch {
+	case n.Kind == yaml.AliasNode:
+		d.fail(field, n, "YAML aliases are not supported")
+		return false
+	case n.Kind != want:
+		d.fail(field, n, "must be %s", what)
+		return false
+	}
+	return true
+}
+
+func isNull(n *yaml.Node) bool { return n.Kind == yaml.ScalarNode && n.Tag == "!!null" }
+
+func (d *fileDecoder) str(field string, n *yaml.Node) string {
+	d.lines[field] = n.Line
+	if isNull(n) || !d.kind(field, n, yaml.ScalarNode, "a string") {
+		return ""
+	}
+	if n.Tag != "!!str" {
+		d.fail(field, n, "must be a string, not %s (quote it)", strings.TrimPrefix(n.Tag, "!!"))
+		return ""
+	}
+	return n.Value
+}
+
+func (d *fileDecoder) uint(field string, n *yaml.Node, limit uint64) uint64 {
+	d.lines[field] = n.Line
+	if isNull(n) || !d.kind(field, n, yaml.ScalarNode, "a number") {
+		return 0
+	}
+	var v uint64
+	if n.Tag != "!!int" || n.Decode(&v) != nil {
+		d.fail(field, n, "must be a whole number from 0 to %d", limit)
+		return 0
+	}
+	if v > limit {
+		d.fail(field, n, "%d is more than %d", v, limit)
+		return 0
+	}
+	return v
+}
+
+func (d *fileDecoder) policy(n *yaml.Node) *policyv1.Policy {
+	p := &policyv1.Policy{}
+	version := false
+	d.mapping("", n, "version, mode, default, hosts, limits", func(key string, v *yaml.Node) bool {
+		switch key {
+		case "version":
+			version = true
+			before := len(d.errs)
+			if ver := d.uint("version", v, math.MaxInt32); ver != FileVersion && len(d.errs) == before {
+				d.fail("version", v, "version %d is not supported: this build reads version %d", ver, FileVersion)
+			}
+		case "mode":
+			s := d.str("mode", v)
+			switch s {
+			case "", "enforce":
+				if s != "" {
+					p.Mode = policyv1.Mode_MODE_ENFORCE
+				}
+			case "audit":
+				p.Mode = policyv1.Mode_MODE_AUDIT
+			default:
+				d.fail("mode", v, "%q is not a mode: use enforce or audit", s)
+			}
+		case "default":
+			p.DefaultAction = d.action("default_action", v)
+		case "hosts":
+			d.lines["hosts"] = v.Line
+			if isNull(v) || !d.kind("hosts", v, yaml.SequenceNode, "a list") {
+				return true
+			}
+			for i, hn := range v.Content {
+				p.Hosts = append(p.Hosts, d.host(fmt.Sprintf("hosts[%d]", i), hn))
+			}
+		case "limits":
+			p.Limits = d.limits("limits", v)
+		default:
+			return false
+		}
+		return true
+	})
+	if !version {
+		d.fail("version", n, "required: start the file with \"version: %d\"", FileVersion)
+	}
+	return p
+}
+
+func (d *fileDecoder) action(field string, n *yaml.Node) policyv1.Action {
+	switch s := d.str(field, n); s {
+	case "":
+		return policyv1.Action_ACTION_UNSPECIFIED
+	case "allow":
+		return policyv1.Action_ACTION_ALLOW
+	case "deny":
+		return policyv1.Action_ACTION_DENY
+	default:
+		d.fail(field, n, "%q is not an action: use allow or deny", s)
+		return policyv1.Action_ACTION_UNSPECIFIED
+	}
+}
+
+func (d *fileDecoder) host(field string, n *yaml.Node) *policyv1.HostPolicy {
+	h := &policyv1.HostPolicy{}
+	d.mapping(field, n, "host, rules, default", func(key string, v *yaml.Node) bool {
+		switch key {
+		case "host":
+			h.Host = d.str(field+".host", v)
+		case "default":
+			h.DefaultAction = d.action(field+".default_action", v)
+		case "rules":
+			d.lines[field+".rules"] = v.Line
+			if isNull(v) || !d.kind(field+".rules", v, yaml.SequenceNode, "a list") {
+				return true
+			}
+			for j, rn := range v.Content {
+				h.Rules = append(h.Rules, d.rule(fmt.Sprintf("%s.rules[%d]", field, j), rn))
+			}
+		default:
+			return false
+		}
+		return true
+	})
+	return h
+}
+
+func (d *fileDecoder) rule(field string, n *yaml.Node) *policyv1.Rule {
+	r := &policyv1.Rule{}
+	d.mapping(field, n, "id, methods, path, action, reason, websocket", func(key string, v *yaml.Node) bool {
+		switch key {
+		case "id":
+			r.Id = d.str(field+".id", v)
+		case "methods":
+			f := field + ".methods"
+			d.lines[f] = v.Line
+			if isNull(v) || !d.kind(f, v, yaml.SequenceNode, "a list") {
+				return true
+			}
+			for k, mn := range v.Content {
+				r.Methods = append(r.Methods, d.str(fmt.Sprintf("%s[%d]", f, k), mn))
+			}
+		case "path":
+			r.Path = d.str(field+".path", v)
+		case "action":
+			r.Action = d.action(field+".action", v)
+		case "reason":
+			r.Reason = d.str(field+".reason", v)
+		case "websocket":
+			f := field + ".websocket"
+			d.lines[f] = v.Line
+			if isNull(v) || !d.kind(f, v, yaml.ScalarNode, "true or false") {
+				return true
+			}
+			if v.Tag != "!!bool" || v.Decode(&r.Websocket) != nil {
+				d.fail(f, v, "must be true or false")
+			}
+		default:
+			return false
+		}
+		return true
+	})
+	return r
+}
+
+func (d *fileDecoder) limits(field string, n *yaml.Node) *policyv1.PolicyLimits {
+	l := &policyv1.PolicyLimits{}
+	d.mapping(field, n, "max_requests, max_request_bytes", func(key string, v *yaml.Node) bool {
+		switch key {
+		case "max_requests":
+			l.MaxRequests = uint32(d.uint(field+".max_requests", v, math.MaxUint32))
+		case "max_request_bytes":
+			f := field + ".max_request_bytes"
+			if v.Kind == yaml.ScalarNode && v.Tag == "!!str" {
+				d.lines[f] = v.Line
+				b, err := ParseByteSize(v.Value)
+				if err != nil {
+					d.fail(f, v, "%v", err)
+				}
+				l.MaxRequestBytes = b
+				return true
+			}
+			l.MaxRequestBytes = d.uint(f, v, math.MaxUint64)
+		default:
+			return false
+		}
+		return true
+	})
+	// No limits and zero limits mean the same; nil keeps a file's round
+	// trip through Marshal exact.
+	if l.GetMaxRequests() == 0 && l.GetMaxRequestBytes() == 0 {
+		return nil
+	}
+	return l
+}
+
+var byteUnits = []struct {
+	suffix string
+	size   uint64
+}{
+	{"GiB", 1 << 30},
+	{"MiB", 1 << 20},
+	{"KiB", 1 << 10},
+	{"B", 1},
+}
+
+// ParseByteSize reads a byte count: digits, optionally followed by B, KiB,
+// MiB or GiB ("1MiB", "512 KiB"). Decimal units (MB) are refused rather than
+// guessed at.
+func ParseByteSize(s string) (uint64, error) {
+	digits := strings.TrimLeft(s, "0123456789")
+	num := s[:len(s)-len(digits)]
+	unit := strings.TrimSpace(digits)
+	if num == "" {
+		return 0, fmt.Errorf("byte size %q does not start with a whole number", s)
+	}
+	n, err := strconv.ParseUint(num, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("byte size %q is too large", s)
+	}
+	mult := uint64(0)
+	if unit == "" {
+		mult = 1
+	}
+	for _, u := range byteUnits {
+		if unit == u.suffix {
+			mult = u.size
+		}
+	}
+	if mult == 0 {
+		return 0, fmt.Errorf("byte size %q: unit %q is not B, KiB, MiB or GiB", s, unit)
+	}
+	if n > math.MaxUint64/mult {
+		return 0, fmt.Errorf("byte size %q is too large", s)
+	}
+	return n * mult, nil
+}
+
+// FormatByteSize writes n with the largest binary unit that divides it.
+func FormatByteSize(n uint64) string {
+	for _, u := range byteUnits[:3] {
+		if n >= u.size && n%u.size == 0 {
+			return strconv.FormatUint(n/u.size, 10) + u.suffix
+		}
+	}
+	return strconv.FormatUint(n, 10)
+}
+
+// Marshal writes a valid policy in the file format, rules on one line each.
+// It refuses a policy Validate refuses, so what it writes always parses.
+func Marshal(p *policyv1.Policy) ([]byte, error) {
+	if err := Validate(p); err != nil {
+		return nil, fmt.Errorf("marshal policy: %w", err)
+	}
+	root := &yaml.Node{Kind: yaml.MappingNode}
+	put(root, "version", scalar(strconv.Itoa(FileVersion)))
+	switch p.GetMode() {
+	case policyv1.Mode_MODE_ENFORCE:
+		put(root, "mode", str("enforce"))
+	case policyv1.Mode_MODE_AUDIT:
+		put(root, "mode", str("audit"))
+	}
+	if a := actionName(p.GetDefaultAction()); a != "" {
+		put(root, "default", str(a))
+	}
+	if len(p.GetHosts()) > 0 {
+		hosts := &yaml.Node{Kind: yaml.SequenceNode}
+		for _, h := range p.GetHosts() {
+			hosts.Content = append(hosts.Content, marshalHost(h))
+		}
+		put(root, "hosts", hosts)
+	}
+	if l := p.GetLimits(); l.GetMaxRequests() != 0 || l.GetMaxRequestBytes() != 0 {
+		limits := &yaml.Node{Kind: yaml.MappingNode, Style: yaml.FlowStyle}
+		if l.GetMaxRequests() != 0 {
+			put(limits, "max_requests", scalar(strconv.FormatUint(uint64(l.GetMaxRequests()), 10)))
+		}
+		if l.GetMaxRequestBytes() != 0 {
+			b := FormatByteSize(l.GetMaxRequestBytes())
+			if _, err := strconv.ParseUint(b, 10, 64); err == nil {
+				put(limits, "max_request_bytes", scalar(b))
+			} else {
+				put(limits, "max_request_bytes", str(b))
+			}
+		}
+		put(root, "limits", limits)
+	}
+	var buf bytes.Buffer
+	enc := yaml.NewEncoder(&buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(root); err != nil {
+		return nil, fmt.Errorf("marshal policy: %w", err)
+	}
+	if err := enc.Close(); err != nil {
+		return nil, fmt.Errorf("marshal policy: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+func marshalHost(h *policyv1.HostPolicy) *yaml.Node {
+	n := &yaml.Node{Kind: yaml.MappingNode}
+	put(n, "host", str(h.GetHost()))
+	if len(h.GetRules()) > 0 {
+		rules := &yaml.Node{Kind: yaml.SequenceNode}
+		for _, r := range h.GetRules() {
+			rules.Content = append(rules.Content, marshalRule(r))
+		}
+		put(n, "rules", rules)
+	}
+	if a := actionName(h.GetDefaultAction()); a != "" {
+		put(n, "default", str(a))
+	}
+	return n
+}
+
+func marshalRule(r *policyv1.Rule) *yaml.Node {
+	n := &yaml.Node{Kind: yaml.MappingNode, Style: yaml.FlowStyle}
+	if r.GetId() != "" {
+		put(n, "id", str(r.GetId()))
+	}
+	if len(r.GetMethods()) > 0 {
+		ms := &yaml.Node{Kind: yaml.SequenceNode, Style: yaml.FlowStyle}
+		for _, m := range r.GetMethods() {
+			ms.Content = append(ms.Content, str(m))
+		}
+		put(n, "methods", ms)
+	}
+	if r.GetPath() != "" {
+		put(n, "path", str(r.GetPath()))
+	}
+	put(n, "action", str(actionName(r.GetAction())))
+	if r.GetReason() != "" {
+		put(n, "reason", str(r.GetReason()))
+	}
+	if r.GetWebsocket() {
+		put(n, "websocket", &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!bool", Value: "true"})
+	}
+	return n
+}
+
+func actionName(a policyv1.Action) string {
+	switch a {
+	case policyv1.Action_ACTION_ALLOW:
+		return "allow"
+	case policyv1.Action_ACTION_DENY:
+		return "deny"
+	}
+	return ""
+}
+
+func put(m *yaml.Node, key string, v *yaml.Node) {
+	m.Content = append(m.Content, str(key), v)
+}
+
+// str is a string scalar; the encoder quotes it where a plain scalar would
+// read as something else (a number, a bool, an alias).
+func str(s string) *yaml.Node { return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: s} }
+
+func scalar(s string) *yaml.Node { return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!int", Value: s} }
