@@ -72,7 +72,13 @@ func Artifact(env, rel string) (string, error) {
 // Start starts containerd in a fresh temporary directory and imports the
 // image archive. The caller must call Stop.
 func Start(ctx context.Context) (*Env, error) {
-	bin, err := exec.LookPath("containerd")
+	// SANDPIT_CONTAINERD picks another containerd build (2.x, say) to test
+	// against; its shim must come first in PATH.
+	name := os.Getenv("SANDPIT_CONTAINERD")
+	if name == "" {
+		name = "containerd"
+	}
+	bin, err := exec.LookPath(name)
 	if err != nil {
 		return nil, fmt.Errorf("containerd binary (make test installs Debian's containerd): %w", err)
 	}

@@ -7,9 +7,11 @@
 package executorv1
 
 import (
+	v1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -21,6 +23,68 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+// NetworkEventKind tells what a NetworkEvent reports.
+type NetworkEventKind int32
+
+const (
+	// Not set.
+	NetworkEventKind_NETWORK_EVENT_KIND_UNSPECIFIED NetworkEventKind = 0
+	// An HTTP request and its decision.
+	NetworkEventKind_NETWORK_EVENT_KIND_REQUEST NetworkEventKind = 1
+	// The outcome of an allowed HTTP request.
+	NetworkEventKind_NETWORK_EVENT_KIND_OUTCOME NetworkEventKind = 2
+	// A DNS query and its decision.
+	NetworkEventKind_NETWORK_EVENT_KIND_DNS NetworkEventKind = 3
+	// A connection refused before a request could be read (not HTTP, TLS
+	// without SNI, egress unavailable).
+	NetworkEventKind_NETWORK_EVENT_KIND_REFUSED NetworkEventKind = 4
+)
+
+// Enum value maps for NetworkEventKind.
+var (
+	NetworkEventKind_name = map[int32]string{
+		0: "NETWORK_EVENT_KIND_UNSPECIFIED",
+		1: "NETWORK_EVENT_KIND_REQUEST",
+		2: "NETWORK_EVENT_KIND_OUTCOME",
+		3: "NETWORK_EVENT_KIND_DNS",
+		4: "NETWORK_EVENT_KIND_REFUSED",
+	}
+	NetworkEventKind_value = map[string]int32{
+		"NETWORK_EVENT_KIND_UNSPECIFIED": 0,
+		"NETWORK_EVENT_KIND_REQUEST":     1,
+		"NETWORK_EVENT_KIND_OUTCOME":     2,
+		"NETWORK_EVENT_KIND_DNS":         3,
+		"NETWORK_EVENT_KIND_REFUSED":     4,
+	}
+)
+
+func (x NetworkEventKind) Enum() *NetworkEventKind {
+	p := new(NetworkEventKind)
+	*p = x
+	return p
+}
+
+func (x NetworkEventKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (NetworkEventKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_sandpit_executor_v1_executor_proto_enumTypes[0].Descriptor()
+}
+
+func (NetworkEventKind) Type() protoreflect.EnumType {
+	return &file_sandpit_executor_v1_executor_proto_enumTypes[0]
+}
+
+func (x NetworkEventKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use NetworkEventKind.Descriptor instead.
+func (NetworkEventKind) EnumDescriptor() ([]byte, []int) {
+	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{0}
+}
 
 // Termination says why the program stopped.
 type Termination int32
@@ -71,11 +135,11 @@ func (x Termination) String() string {
 }
 
 func (Termination) Descriptor() protoreflect.EnumDescriptor {
-	return file_sandpit_executor_v1_executor_proto_enumTypes[0].Descriptor()
+	return file_sandpit_executor_v1_executor_proto_enumTypes[1].Descriptor()
 }
 
 func (Termination) Type() protoreflect.EnumType {
-	return &file_sandpit_executor_v1_executor_proto_enumTypes[0]
+	return &file_sandpit_executor_v1_executor_proto_enumTypes[1]
 }
 
 func (x Termination) Number() protoreflect.EnumNumber {
@@ -84,7 +148,7 @@ func (x Termination) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Termination.Descriptor instead.
 func (Termination) EnumDescriptor() ([]byte, []int) {
-	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{0}
+	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{1}
 }
 
 // ExecuteRequest describes one execution: the code, its inputs and its limits.
@@ -117,7 +181,11 @@ type ExecuteRequest struct {
 	Limits *Limits `protobuf:"bytes,8,opt,name=limits,proto3" json:"limits,omitempty"`
 	// Caller-chosen labels, kept on the sandbox for the operator to see.
 	// Keys are at most 63 characters of [a-z0-9_.-].
-	Labels        map[string]string `protobuf:"bytes,9,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Labels map[string]string `protobuf:"bytes,9,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The network policy of this execution. It narrows the executor's policy:
+	// a request is allowed only when both allow it. Unset means the
+	// executor's policy alone, whose default is to deny everything.
+	Policy        *v1.Policy `protobuf:"bytes,10,opt,name=policy,proto3" json:"policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -211,6 +279,13 @@ func (x *ExecuteRequest) GetLimits() *Limits {
 func (x *ExecuteRequest) GetLabels() map[string]string {
 	if x != nil {
 		return x.Labels
+	}
+	return nil
+}
+
+func (x *ExecuteRequest) GetPolicy() *v1.Policy {
+	if x != nil {
+		return x.Policy
 	}
 	return nil
 }
@@ -391,6 +466,7 @@ type ExecuteResponse struct {
 	//	*ExecuteResponse_Stdout
 	//	*ExecuteResponse_Stderr
 	//	*ExecuteResponse_Result
+	//	*ExecuteResponse_Network
 	Event         isExecuteResponse_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -469,6 +545,15 @@ func (x *ExecuteResponse) GetResult() *Result {
 	return nil
 }
 
+func (x *ExecuteResponse) GetNetwork() *NetworkEvent {
+	if x != nil {
+		if x, ok := x.Event.(*ExecuteResponse_Network); ok {
+			return x.Network
+		}
+	}
+	return nil
+}
+
 type isExecuteResponse_Event interface {
 	isExecuteResponse_Event()
 }
@@ -493,6 +578,12 @@ type ExecuteResponse_Result struct {
 	Result *Result `protobuf:"bytes,4,opt,name=result,proto3,oneof"`
 }
 
+type ExecuteResponse_Network struct {
+	// A network request, DNS query or refused connection of the program,
+	// and later the outcome of an allowed request.
+	Network *NetworkEvent `protobuf:"bytes,5,opt,name=network,proto3,oneof"`
+}
+
 func (*ExecuteResponse_Started) isExecuteResponse_Event() {}
 
 func (*ExecuteResponse_Stdout) isExecuteResponse_Event() {}
@@ -500,6 +591,293 @@ func (*ExecuteResponse_Stdout) isExecuteResponse_Event() {}
 func (*ExecuteResponse_Stderr) isExecuteResponse_Event() {}
 
 func (*ExecuteResponse_Result) isExecuteResponse_Event() {}
+
+func (*ExecuteResponse_Network) isExecuteResponse_Event() {}
+
+// NetworkEvent reports one thing the program tried on the network. An
+// allowed HTTP request is reported twice: once when decided (no
+// status_code yet) and once with its outcome (same request_id).
+type NetworkEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What the event is about.
+	Kind NetworkEventKind `protobuf:"varint,1,opt,name=kind,proto3,enum=sandpit.executor.v1.NetworkEventKind" json:"kind,omitempty"`
+	// Identifies the request across its decision and outcome events.
+	RequestId uint64 `protobuf:"varint,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// When it happened.
+	Time *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	// The HTTP method; empty for DNS and refused connections.
+	Method string `protobuf:"bytes,4,opt,name=method,proto3" json:"method,omitempty"`
+	// The full URL with secrets redacted; for DNS the queried name; for a
+	// refused connection the destination host:port.
+	Url string `protobuf:"bytes,5,opt,name=url,proto3" json:"url,omitempty"`
+	// The canonical host name (or address) the request went to.
+	Host string `protobuf:"bytes,6,opt,name=host,proto3" json:"host,omitempty"`
+	// The verdict.
+	Decision v1.Decision `protobuf:"varint,7,opt,name=decision,proto3,enum=sandpit.policy.v1.Decision" json:"decision,omitempty"`
+	// The rule (or default) that decided.
+	RuleId string `protobuf:"bytes,8,opt,name=rule_id,json=ruleId,proto3" json:"rule_id,omitempty"`
+	// Why it was decided so.
+	Reason string `protobuf:"bytes,9,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The upstream's status code (outcome events only).
+	StatusCode int32 `protobuf:"varint,10,opt,name=status_code,json=statusCode,proto3" json:"status_code,omitempty"`
+	// Request body bytes sent upstream (outcome events only).
+	BytesSent uint64 `protobuf:"varint,11,opt,name=bytes_sent,json=bytesSent,proto3" json:"bytes_sent,omitempty"`
+	// Response body bytes returned (outcome events only).
+	BytesReceived uint64 `protobuf:"varint,12,opt,name=bytes_received,json=bytesReceived,proto3" json:"bytes_received,omitempty"`
+	// From decision to the end of the response (outcome events only).
+	Duration *durationpb.Duration `protobuf:"bytes,13,opt,name=duration,proto3" json:"duration,omitempty"`
+	// Why the upstream exchange failed, if it did (outcome events only).
+	Error         string `protobuf:"bytes,14,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetworkEvent) Reset() {
+	*x = NetworkEvent{}
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkEvent) ProtoMessage() {}
+
+func (x *NetworkEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkEvent.ProtoReflect.Descriptor instead.
+func (*NetworkEvent) Descriptor() ([]byte, []int) {
+	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *NetworkEvent) GetKind() NetworkEventKind {
+	if x != nil {
+		return x.Kind
+	}
+	return NetworkEventKind_NETWORK_EVENT_KIND_UNSPECIFIED
+}
+
+func (x *NetworkEvent) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
+}
+
+func (x *NetworkEvent) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *NetworkEvent) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *NetworkEvent) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *NetworkEvent) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *NetworkEvent) GetDecision() v1.Decision {
+	if x != nil {
+		return x.Decision
+	}
+	return v1.Decision(0)
+}
+
+func (x *NetworkEvent) GetRuleId() string {
+	if x != nil {
+		return x.RuleId
+	}
+	return ""
+}
+
+func (x *NetworkEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *NetworkEvent) GetStatusCode() int32 {
+	if x != nil {
+		return x.StatusCode
+	}
+	return 0
+}
+
+func (x *NetworkEvent) GetBytesSent() uint64 {
+	if x != nil {
+		return x.BytesSent
+	}
+	return 0
+}
+
+func (x *NetworkEvent) GetBytesReceived() uint64 {
+	if x != nil {
+		return x.BytesReceived
+	}
+	return 0
+}
+
+func (x *NetworkEvent) GetDuration() *durationpb.Duration {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
+}
+
+func (x *NetworkEvent) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+// NetworkLogEntry is one request in the result's network log, in the shape
+// of the prototype's log.
+type NetworkLogEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// When the request was decided.
+	Timestamp *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
+	// The HTTP method.
+	Method string `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`
+	// The URL with secrets redacted.
+	Url string `protobuf:"bytes,3,opt,name=url,proto3" json:"url,omitempty"`
+	// The canonical host name.
+	Hostname string `protobuf:"bytes,4,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	// The upstream's status code; 403 for blocked requests; 0 if none.
+	StatusCode int32 `protobuf:"varint,5,opt,name=status_code,json=statusCode,proto3" json:"status_code,omitempty"`
+	// True when the request was not forwarded.
+	Blocked bool `protobuf:"varint,6,opt,name=blocked,proto3" json:"blocked,omitempty"`
+	// Why it was blocked, or would have been in audit mode.
+	Reason string `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The rule (or default) that decided.
+	RuleId string `protobuf:"bytes,8,opt,name=rule_id,json=ruleId,proto3" json:"rule_id,omitempty"`
+	// The verdict.
+	Decision      v1.Decision `protobuf:"varint,9,opt,name=decision,proto3,enum=sandpit.policy.v1.Decision" json:"decision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetworkLogEntry) Reset() {
+	*x = NetworkLogEntry{}
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkLogEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkLogEntry) ProtoMessage() {}
+
+func (x *NetworkLogEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkLogEntry.ProtoReflect.Descriptor instead.
+func (*NetworkLogEntry) Descriptor() ([]byte, []int) {
+	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *NetworkLogEntry) GetTimestamp() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Timestamp
+	}
+	return nil
+}
+
+func (x *NetworkLogEntry) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *NetworkLogEntry) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *NetworkLogEntry) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *NetworkLogEntry) GetStatusCode() int32 {
+	if x != nil {
+		return x.StatusCode
+	}
+	return 0
+}
+
+func (x *NetworkLogEntry) GetBlocked() bool {
+	if x != nil {
+		return x.Blocked
+	}
+	return false
+}
+
+func (x *NetworkLogEntry) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *NetworkLogEntry) GetRuleId() string {
+	if x != nil {
+		return x.RuleId
+	}
+	return ""
+}
+
+func (x *NetworkLogEntry) GetDecision() v1.Decision {
+	if x != nil {
+		return x.Decision
+	}
+	return v1.Decision(0)
+}
 
 // Started tells which sandbox runs the code and under which limits.
 type Started struct {
@@ -518,7 +896,7 @@ type Started struct {
 
 func (x *Started) Reset() {
 	*x = Started{}
-	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[4]
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -530,7 +908,7 @@ func (x *Started) String() string {
 func (*Started) ProtoMessage() {}
 
 func (x *Started) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[4]
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -543,7 +921,7 @@ func (x *Started) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Started.ProtoReflect.Descriptor instead.
 func (*Started) Descriptor() ([]byte, []int) {
-	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{4}
+	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Started) GetExecutionId() string {
@@ -586,7 +964,7 @@ type Output struct {
 
 func (x *Output) Reset() {
 	*x = Output{}
-	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[5]
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -598,7 +976,7 @@ func (x *Output) String() string {
 func (*Output) ProtoMessage() {}
 
 func (x *Output) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[5]
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -611,7 +989,7 @@ func (x *Output) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Output.ProtoReflect.Descriptor instead.
 func (*Output) Descriptor() ([]byte, []int) {
-	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{5}
+	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Output) GetData() []byte {
@@ -645,14 +1023,23 @@ type Result struct {
 	// Bytes of standard output delivered.
 	StdoutBytes uint64 `protobuf:"varint,10,opt,name=stdout_bytes,json=stdoutBytes,proto3" json:"stdout_bytes,omitempty"`
 	// Bytes of standard error delivered.
-	StderrBytes   uint64 `protobuf:"varint,11,opt,name=stderr_bytes,json=stderrBytes,proto3" json:"stderr_bytes,omitempty"`
+	StderrBytes uint64 `protobuf:"varint,11,opt,name=stderr_bytes,json=stderrBytes,proto3" json:"stderr_bytes,omitempty"`
+	// HTTP requests forwarded (audit-mode would-blocks included).
+	RequestsAllowed uint32 `protobuf:"varint,12,opt,name=requests_allowed,json=requestsAllowed,proto3" json:"requests_allowed,omitempty"`
+	// HTTP requests blocked.
+	RequestsBlocked uint32 `protobuf:"varint,13,opt,name=requests_blocked,json=requestsBlocked,proto3" json:"requests_blocked,omitempty"`
+	// Every HTTP request the program made, in order.
+	NetworkLog []*NetworkLogEntry `protobuf:"bytes,14,rep,name=network_log,json=networkLog,proto3" json:"network_log,omitempty"`
+	// Set when the sandbox had no egress at all, and why (for example the
+	// egress proxy was unavailable).
+	NetworkError  string `protobuf:"bytes,15,opt,name=network_error,json=networkError,proto3" json:"network_error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[6]
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -664,7 +1051,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[6]
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -677,7 +1064,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{6}
+	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Result) GetTermination() Termination {
@@ -757,11 +1144,39 @@ func (x *Result) GetStderrBytes() uint64 {
 	return 0
 }
 
+func (x *Result) GetRequestsAllowed() uint32 {
+	if x != nil {
+		return x.RequestsAllowed
+	}
+	return 0
+}
+
+func (x *Result) GetRequestsBlocked() uint32 {
+	if x != nil {
+		return x.RequestsBlocked
+	}
+	return 0
+}
+
+func (x *Result) GetNetworkLog() []*NetworkLogEntry {
+	if x != nil {
+		return x.NetworkLog
+	}
+	return nil
+}
+
+func (x *Result) GetNetworkError() string {
+	if x != nil {
+		return x.NetworkError
+	}
+	return ""
+}
+
 var File_sandpit_executor_v1_executor_proto protoreflect.FileDescriptor
 
 const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\n" +
-	"\"sandpit/executor/v1/executor.proto\x12\x13sandpit.executor.v1\x1a\x1egoogle/protobuf/duration.proto\"\xe6\x03\n" +
+	"\"sandpit/executor/v1/executor.proto\x12\x13sandpit.executor.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1esandpit/policy/v1/policy.proto\"\x99\x04\n" +
 	"\x0eExecuteRequest\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\tR\x04code\x12/\n" +
 	"\x05files\x18\x02 \x03(\v2\x19.sandpit.executor.v1.FileR\x05files\x12\x1e\n" +
@@ -773,7 +1188,9 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\x05stdin\x18\x06 \x01(\fR\x05stdin\x12\x14\n" +
 	"\x05image\x18\a \x01(\tR\x05image\x123\n" +
 	"\x06limits\x18\b \x01(\v2\x1b.sandpit.executor.v1.LimitsR\x06limits\x12G\n" +
-	"\x06labels\x18\t \x03(\v2/.sandpit.executor.v1.ExecuteRequest.LabelsEntryR\x06labels\x1a6\n" +
+	"\x06labels\x18\t \x03(\v2/.sandpit.executor.v1.ExecuteRequest.LabelsEntryR\x06labels\x121\n" +
+	"\x06policy\x18\n" +
+	" \x01(\v2\x19.sandpit.policy.v1.PolicyR\x06policy\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
@@ -793,20 +1210,51 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"code_bytes\x18\x06 \x01(\x04R\tcodeBytes\x12\x1b\n" +
 	"\ttmp_bytes\x18\a \x01(\x04R\btmpBytes\x12\x1d\n" +
 	"\n" +
-	"open_files\x18\b \x01(\rR\topenFiles\"\xf9\x01\n" +
+	"open_files\x18\b \x01(\rR\topenFiles\"\xb8\x02\n" +
 	"\x0fExecuteResponse\x128\n" +
 	"\astarted\x18\x01 \x01(\v2\x1c.sandpit.executor.v1.StartedH\x00R\astarted\x125\n" +
 	"\x06stdout\x18\x02 \x01(\v2\x1b.sandpit.executor.v1.OutputH\x00R\x06stdout\x125\n" +
 	"\x06stderr\x18\x03 \x01(\v2\x1b.sandpit.executor.v1.OutputH\x00R\x06stderr\x125\n" +
-	"\x06result\x18\x04 \x01(\v2\x1b.sandpit.executor.v1.ResultH\x00R\x06resultB\a\n" +
-	"\x05event\"\x9a\x01\n" +
+	"\x06result\x18\x04 \x01(\v2\x1b.sandpit.executor.v1.ResultH\x00R\x06result\x12=\n" +
+	"\anetwork\x18\x05 \x01(\v2!.sandpit.executor.v1.NetworkEventH\x00R\anetworkB\a\n" +
+	"\x05event\"\xf4\x03\n" +
+	"\fNetworkEvent\x129\n" +
+	"\x04kind\x18\x01 \x01(\x0e2%.sandpit.executor.v1.NetworkEventKindR\x04kind\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\x04R\trequestId\x12.\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
+	"\x06method\x18\x04 \x01(\tR\x06method\x12\x10\n" +
+	"\x03url\x18\x05 \x01(\tR\x03url\x12\x12\n" +
+	"\x04host\x18\x06 \x01(\tR\x04host\x127\n" +
+	"\bdecision\x18\a \x01(\x0e2\x1b.sandpit.policy.v1.DecisionR\bdecision\x12\x17\n" +
+	"\arule_id\x18\b \x01(\tR\x06ruleId\x12\x16\n" +
+	"\x06reason\x18\t \x01(\tR\x06reason\x12\x1f\n" +
+	"\vstatus_code\x18\n" +
+	" \x01(\x05R\n" +
+	"statusCode\x12\x1d\n" +
+	"\n" +
+	"bytes_sent\x18\v \x01(\x04R\tbytesSent\x12%\n" +
+	"\x0ebytes_received\x18\f \x01(\x04R\rbytesReceived\x125\n" +
+	"\bduration\x18\r \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x14\n" +
+	"\x05error\x18\x0e \x01(\tR\x05error\"\xb6\x02\n" +
+	"\x0fNetworkLogEntry\x128\n" +
+	"\ttimestamp\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\ttimestamp\x12\x16\n" +
+	"\x06method\x18\x02 \x01(\tR\x06method\x12\x10\n" +
+	"\x03url\x18\x03 \x01(\tR\x03url\x12\x1a\n" +
+	"\bhostname\x18\x04 \x01(\tR\bhostname\x12\x1f\n" +
+	"\vstatus_code\x18\x05 \x01(\x05R\n" +
+	"statusCode\x12\x18\n" +
+	"\ablocked\x18\x06 \x01(\bR\ablocked\x12\x16\n" +
+	"\x06reason\x18\a \x01(\tR\x06reason\x12\x17\n" +
+	"\arule_id\x18\b \x01(\tR\x06ruleId\x127\n" +
+	"\bdecision\x18\t \x01(\x0e2\x1b.sandpit.policy.v1.DecisionR\bdecision\"\x9a\x01\n" +
 	"\aStarted\x12!\n" +
 	"\fexecution_id\x18\x01 \x01(\tR\vexecutionId\x12\x14\n" +
 	"\x05image\x18\x02 \x01(\tR\x05image\x12!\n" +
 	"\fimage_digest\x18\x03 \x01(\tR\vimageDigest\x123\n" +
 	"\x06limits\x18\x04 \x01(\v2\x1b.sandpit.executor.v1.LimitsR\x06limits\"\x1c\n" +
 	"\x06Output\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\"\xc8\x03\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\x8a\x05\n" +
 	"\x06Result\x12B\n" +
 	"\vtermination\x18\x01 \x01(\x0e2 .sandpit.executor.v1.TerminationR\vtermination\x12\x1b\n" +
 	"\texit_code\x18\x02 \x01(\x05R\bexitCode\x12\x16\n" +
@@ -820,7 +1268,18 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\x11peak_memory_bytes\x18\t \x01(\x04R\x0fpeakMemoryBytes\x12!\n" +
 	"\fstdout_bytes\x18\n" +
 	" \x01(\x04R\vstdoutBytes\x12!\n" +
-	"\fstderr_bytes\x18\v \x01(\x04R\vstderrBytes*\xa8\x01\n" +
+	"\fstderr_bytes\x18\v \x01(\x04R\vstderrBytes\x12)\n" +
+	"\x10requests_allowed\x18\f \x01(\rR\x0frequestsAllowed\x12)\n" +
+	"\x10requests_blocked\x18\r \x01(\rR\x0frequestsBlocked\x12E\n" +
+	"\vnetwork_log\x18\x0e \x03(\v2$.sandpit.executor.v1.NetworkLogEntryR\n" +
+	"networkLog\x12#\n" +
+	"\rnetwork_error\x18\x0f \x01(\tR\fnetworkError*\xb2\x01\n" +
+	"\x10NetworkEventKind\x12\"\n" +
+	"\x1eNETWORK_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1e\n" +
+	"\x1aNETWORK_EVENT_KIND_REQUEST\x10\x01\x12\x1e\n" +
+	"\x1aNETWORK_EVENT_KIND_OUTCOME\x10\x02\x12\x1a\n" +
+	"\x16NETWORK_EVENT_KIND_DNS\x10\x03\x12\x1e\n" +
+	"\x1aNETWORK_EVENT_KIND_REFUSED\x10\x04*\xa8\x01\n" +
 	"\vTermination\x12\x1b\n" +
 	"\x17TERMINATION_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12TERMINATION_EXITED\x10\x01\x12\x17\n" +
@@ -843,42 +1302,57 @@ func file_sandpit_executor_v1_executor_proto_rawDescGZIP() []byte {
 	return file_sandpit_executor_v1_executor_proto_rawDescData
 }
 
-var file_sandpit_executor_v1_executor_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_sandpit_executor_v1_executor_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_sandpit_executor_v1_executor_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_sandpit_executor_v1_executor_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_sandpit_executor_v1_executor_proto_goTypes = []any{
-	(Termination)(0),            // 0: sandpit.executor.v1.Termination
-	(*ExecuteRequest)(nil),      // 1: sandpit.executor.v1.ExecuteRequest
-	(*File)(nil),                // 2: sandpit.executor.v1.File
-	(*Limits)(nil),              // 3: sandpit.executor.v1.Limits
-	(*ExecuteResponse)(nil),     // 4: sandpit.executor.v1.ExecuteResponse
-	(*Started)(nil),             // 5: sandpit.executor.v1.Started
-	(*Output)(nil),              // 6: sandpit.executor.v1.Output
-	(*Result)(nil),              // 7: sandpit.executor.v1.Result
-	nil,                         // 8: sandpit.executor.v1.ExecuteRequest.EnvEntry
-	nil,                         // 9: sandpit.executor.v1.ExecuteRequest.LabelsEntry
-	(*durationpb.Duration)(nil), // 10: google.protobuf.Duration
+	(NetworkEventKind)(0),         // 0: sandpit.executor.v1.NetworkEventKind
+	(Termination)(0),              // 1: sandpit.executor.v1.Termination
+	(*ExecuteRequest)(nil),        // 2: sandpit.executor.v1.ExecuteRequest
+	(*File)(nil),                  // 3: sandpit.executor.v1.File
+	(*Limits)(nil),                // 4: sandpit.executor.v1.Limits
+	(*ExecuteResponse)(nil),       // 5: sandpit.executor.v1.ExecuteResponse
+	(*NetworkEvent)(nil),          // 6: sandpit.executor.v1.NetworkEvent
+	(*NetworkLogEntry)(nil),       // 7: sandpit.executor.v1.NetworkLogEntry
+	(*Started)(nil),               // 8: sandpit.executor.v1.Started
+	(*Output)(nil),                // 9: sandpit.executor.v1.Output
+	(*Result)(nil),                // 10: sandpit.executor.v1.Result
+	nil,                           // 11: sandpit.executor.v1.ExecuteRequest.EnvEntry
+	nil,                           // 12: sandpit.executor.v1.ExecuteRequest.LabelsEntry
+	(*v1.Policy)(nil),             // 13: sandpit.policy.v1.Policy
+	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
+	(v1.Decision)(0),              // 16: sandpit.policy.v1.Decision
 }
 var file_sandpit_executor_v1_executor_proto_depIdxs = []int32{
-	2,  // 0: sandpit.executor.v1.ExecuteRequest.files:type_name -> sandpit.executor.v1.File
-	8,  // 1: sandpit.executor.v1.ExecuteRequest.env:type_name -> sandpit.executor.v1.ExecuteRequest.EnvEntry
-	3,  // 2: sandpit.executor.v1.ExecuteRequest.limits:type_name -> sandpit.executor.v1.Limits
-	9,  // 3: sandpit.executor.v1.ExecuteRequest.labels:type_name -> sandpit.executor.v1.ExecuteRequest.LabelsEntry
-	10, // 4: sandpit.executor.v1.Limits.timeout:type_name -> google.protobuf.Duration
-	5,  // 5: sandpit.executor.v1.ExecuteResponse.started:type_name -> sandpit.executor.v1.Started
-	6,  // 6: sandpit.executor.v1.ExecuteResponse.stdout:type_name -> sandpit.executor.v1.Output
-	6,  // 7: sandpit.executor.v1.ExecuteResponse.stderr:type_name -> sandpit.executor.v1.Output
-	7,  // 8: sandpit.executor.v1.ExecuteResponse.result:type_name -> sandpit.executor.v1.Result
-	3,  // 9: sandpit.executor.v1.Started.limits:type_name -> sandpit.executor.v1.Limits
-	0,  // 10: sandpit.executor.v1.Result.termination:type_name -> sandpit.executor.v1.Termination
-	10, // 11: sandpit.executor.v1.Result.wall_time:type_name -> google.protobuf.Duration
-	10, // 12: sandpit.executor.v1.Result.cpu_time:type_name -> google.protobuf.Duration
-	1,  // 13: sandpit.executor.v1.ExecutorService.Execute:input_type -> sandpit.executor.v1.ExecuteRequest
-	4,  // 14: sandpit.executor.v1.ExecutorService.Execute:output_type -> sandpit.executor.v1.ExecuteResponse
-	14, // [14:15] is the sub-list for method output_type
-	13, // [13:14] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	3,  // 0: sandpit.executor.v1.ExecuteRequest.files:type_name -> sandpit.executor.v1.File
+	11, // 1: sandpit.executor.v1.ExecuteRequest.env:type_name -> sandpit.executor.v1.ExecuteRequest.EnvEntry
+	4,  // 2: sandpit.executor.v1.ExecuteRequest.limits:type_name -> sandpit.executor.v1.Limits
+	12, // 3: sandpit.executor.v1.ExecuteRequest.labels:type_name -> sandpit.executor.v1.ExecuteRequest.LabelsEntry
+	13, // 4: sandpit.executor.v1.ExecuteRequest.policy:type_name -> sandpit.policy.v1.Policy
+	14, // 5: sandpit.executor.v1.Limits.timeout:type_name -> google.protobuf.Duration
+	8,  // 6: sandpit.executor.v1.ExecuteResponse.started:type_name -> sandpit.executor.v1.Started
+	9,  // 7: sandpit.executor.v1.ExecuteResponse.stdout:type_name -> sandpit.executor.v1.Output
+	9,  // 8: sandpit.executor.v1.ExecuteResponse.stderr:type_name -> sandpit.executor.v1.Output
+	10, // 9: sandpit.executor.v1.ExecuteResponse.result:type_name -> sandpit.executor.v1.Result
+	6,  // 10: sandpit.executor.v1.ExecuteResponse.network:type_name -> sandpit.executor.v1.NetworkEvent
+	0,  // 11: sandpit.executor.v1.NetworkEvent.kind:type_name -> sandpit.executor.v1.NetworkEventKind
+	15, // 12: sandpit.executor.v1.NetworkEvent.time:type_name -> google.protobuf.Timestamp
+	16, // 13: sandpit.executor.v1.NetworkEvent.decision:type_name -> sandpit.policy.v1.Decision
+	14, // 14: sandpit.executor.v1.NetworkEvent.duration:type_name -> google.protobuf.Duration
+	15, // 15: sandpit.executor.v1.NetworkLogEntry.timestamp:type_name -> google.protobuf.Timestamp
+	16, // 16: sandpit.executor.v1.NetworkLogEntry.decision:type_name -> sandpit.policy.v1.Decision
+	4,  // 17: sandpit.executor.v1.Started.limits:type_name -> sandpit.executor.v1.Limits
+	1,  // 18: sandpit.executor.v1.Result.termination:type_name -> sandpit.executor.v1.Termination
+	14, // 19: sandpit.executor.v1.Result.wall_time:type_name -> google.protobuf.Duration
+	14, // 20: sandpit.executor.v1.Result.cpu_time:type_name -> google.protobuf.Duration
+	7,  // 21: sandpit.executor.v1.Result.network_log:type_name -> sandpit.executor.v1.NetworkLogEntry
+	2,  // 22: sandpit.executor.v1.ExecutorService.Execute:input_type -> sandpit.executor.v1.ExecuteRequest
+	5,  // 23: sandpit.executor.v1.ExecutorService.Execute:output_type -> sandpit.executor.v1.ExecuteResponse
+	23, // [23:24] is the sub-list for method output_type
+	22, // [22:23] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_sandpit_executor_v1_executor_proto_init() }
@@ -891,14 +1365,15 @@ func file_sandpit_executor_v1_executor_proto_init() {
 		(*ExecuteResponse_Stdout)(nil),
 		(*ExecuteResponse_Stderr)(nil),
 		(*ExecuteResponse_Result)(nil),
+		(*ExecuteResponse_Network)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sandpit_executor_v1_executor_proto_rawDesc), len(file_sandpit_executor_v1_executor_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   9,
+			NumEnums:      2,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,253 @@
+package firewall
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sandpit-run/sandpit/services/executor/internal/netns"
+)
+
+// These tests build real namespaces, veths and nftables tables. Every
+// address they send to belongs to a namespace or veth the test created.
+
+const testTable = "sandpit_test"
+
+type harness struct {
+	proxy    net.Listener
+	dns      net.PacketConn
+	a, b     *netns.Sandbox
+	accepted chan acceptInfo
+	dnsGot   chan string
+}
+
+type acceptInfo struct {
+	src, origDst netip.AddrPort
+}
+
+func setup(t *testing.T) *harness {
+	t.Helper()
+	h := &harness{accepted: make(chan acceptInfo, 16), dnsGot: make(chan string, 16)}
+	var err error
+	h.proxy, err = net.Listen("tcp4", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.proxy.Close() })
+	h.dns, err = net.ListenPacket("udp4", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.dns.Close() })
+	go func() {
+		for {
+			c, err := h.proxy.Accept()
+			if err != nil {
+				return
+			}
+			dst, _ := originalDst(c.(*net.TCPConn))
+			h.accepted <- acceptInfo{src: c.RemoteAddr().(*net.TCPAddr).AddrPort(), origDst: dst}
+			c.Close()
+		}
+	}()
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, from, err := h.dns.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			h.dnsGot <- fmt.Sprintf("%s %d", from.(*net.UDPAddr).IP, n)
+		}
+	}()
+	cfg := Config{
+		Table:     testTable,
+		IfPrefix:  netns.IfPrefix,
+		ProxyPort: uint16(h.proxy.Addr().(*net.TCPAddr).Port),
+		DNSPort:   uint16(h.dns.LocalAddr().(*net.UDPAddr).Port),
+	}
+	if err := Install(cfg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := Remove(testTable); err != nil {
+			t.Error(err)
+		}
+	})
+	// A pool far from anything real, and from the executor's default.
+	m, err := netns.NewManager(netip.MustParsePrefix("10.251.0.0/24"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []**netns.Sandbox{&h.a, &h.b} {
+		sb, err := m.Create(fmt.Sprintf("fwtest%d%d", time.Now().UnixNano()%100000, len(t.Name())))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := m.Delete(sb); err != nil {
+				t.Error(err)
+			}
+		})
+		*p = sb
+	}
+	return h
+}
+
+// originalDst reads SO_ORIGINAL_DST (IPv4) from a redirected connection.
+func originalDst(c *net.TCPConn) (netip.AddrPort, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	var ap netip.AddrPort
+	var serr error
+	err = raw.Control(func(fd uintptr) {
+		// sockaddr_in fits in the 16 bytes of an IPv6Mreq's first fields.
+		m, err := unix.GetsockoptIPv6Mreq(int(fd), unix.SOL_IP, 80)
+		if err != nil {
+			serr = err
+			return
+		}
+		port := binary.BigEndian.Uint16(m.Multiaddr[2:4])
+		ap = netip.AddrPortFrom(netip.AddrFrom4([4]byte(m.Multiaddr[4:8])), port)
+	})
+	if err != nil {
+		return ap, err
+	}
+	return ap, serr
+}
+
+func TestTCPFromSandboxIsRedirectedToProxy(t *testing.T) {
+	h := setup(t)
+	for _, dst := range []netip.AddrPort{
+		netip.AddrPortFrom(h.a.HostIP, 443),   // its gateway
+		netip.AddrPortFrom(h.b.SandboxIP, 80), // another sandbox
+		netip.AddrPortFrom(h.a.HostIP, 22),    // any host port
+	} {
+		err := h.a.Do(func() error {
+			c, err := net.DialTimeout("tcp4", dst.String(), 2*time.Second)
+			if err != nil {
+				return err
+			}
+			return c.Close()
+		})
+		if err != nil {
+			t.Fatalf("dial %s from sandbox: %v", dst, err)
+		}
+		select {
+		case got := <-h.accepted:
+			if got.src.Addr() != h.a.SandboxIP || got.origDst != dst {
+				t.Errorf("proxy saw %v from %v, want original destination %v from %v", got.origDst, got.src, dst, h.a.SandboxIP)
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatalf("connection to %s did not reach the proxy", dst)
+		}
+	}
+}
+
+func TestDNSIsRedirectedOtherUDPDropped(t *testing.T) {
+	h := setup(t)
+	// A UDP listener in sandbox b: a datagram from a to it must not arrive.
+	bGot := make(chan struct{}, 1)
+	var bConn net.PacketConn
+	if err := h.b.Do(func() error {
+		var err error
+		bConn, err = net.ListenPacket("udp4", netip.AddrPortFrom(h.b.SandboxIP, 5353).String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer bConn.Close()
+	go func() {
+		buf := make([]byte, 64)
+		if _, _, err := bConn.ReadFrom(buf); err == nil {
+			bGot <- struct{}{}
+		}
+	}()
+
+	err := h.a.Do(func() error {
+		for _, dst := range []string{
+			netip.AddrPortFrom(h.a.HostIP, 53).String(),    // DNS: to the proxy
+			netip.AddrPortFrom(h.b.SandboxIP, 53).String(), // "outside resolver": to the proxy too
+			netip.AddrPortFrom(h.b.SandboxIP, 5353).String(),
+			netip.AddrPortFrom(h.a.HostIP, 123).String(),
+		} {
+			c, err := net.Dial("udp4", dst)
+			if err != nil {
+				return err
+			}
+			_, _ = c.Write([]byte("sandpit"))
+			c.Close()
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	timeout := time.After(time.Second)
+collect:
+	for {
+		select {
+		case s := <-h.dnsGot:
+			got = append(got, s)
+		case <-timeout:
+			break collect
+		}
+	}
+	if len(got) != 2 || !strings.HasPrefix(got[0], h.a.SandboxIP.String()) {
+		t.Errorf("DNS listener got %v, want two datagrams from %v", got, h.a.SandboxIP)
+	}
+	select {
+	case <-bGot:
+		t.Error("a UDP datagram reached another sandbox")
+	default:
+	}
+}
+
+func TestSandboxHasNoIPv6(t *testing.T) {
+	h := setup(t)
+	err := h.a.Do(func() error {
+		ifs, err := net.Interfaces()
+		if err != nil {
+			return err
+		}
+		for _, i := range ifs {
+			addrs, _ := i.Addrs()
+			for _, a := range addrs {
+				if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Is6() {
+					return fmt.Errorf("interface %s has IPv6 address %s", i.Name, a)
+				}
+			}
+		}
+		c, err := net.DialTimeout("tcp6", "[::1]:80", time.Second)
+		if err == nil {
+			c.Close()
+			return fmt.Errorf("IPv6 loopback connect succeeded")
+		}
+		if !strings.Contains(err.Error(), "cannot assign") && !isErrno(err, syscall.EADDRNOTAVAIL, syscall.ENETUNREACH, syscall.ECONNREFUSED, syscall.EAFNOSUPPORT) {
+			return fmt.Errorf("unexpected IPv6 error: %v", err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
+}
+
+func isErrno(err error, errs ...syscall.Errno) bool {
+	for _, e := range errs {
+		if strings.Contains(err.Error(), e.Error()) {
+			return true
+		}
+	}
+	return false
+}

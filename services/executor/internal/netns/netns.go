@@ -1,0 +1,333 @@
+// Package netns gives each sandbox its own network namespace: loopback plus
+// one veth to the host, a /30 from the executor's pool, a default route via
+// the host end, and IPv6 disabled. It works through netlink, not `ip`.
+package netns
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Names the package owns. Host interfaces are IfPrefix plus the subnet index
+// in hex; namespaces are NamePrefix plus the execution id.
+const (
+	IfPrefix   = "sp"
+	NamePrefix = "sandpit-"
+	// sandboxIf is the sandbox end's name inside its namespace.
+	sandboxIf = "eth0"
+)
+
+// netnsDir is where named namespaces are bind-mounted (iproute2's place, so
+// `ip netns` shows them to an operator).
+const netnsDir = "/run/netns"
+
+// ErrPoolExhausted is returned when every subnet of the pool is in use.
+var ErrPoolExhausted = errors.New("netns: address pool exhausted")
+
+// Manager allocates subnets and creates and removes namespaces.
+type Manager struct {
+	pool netip.Prefix
+	size int // number of /30 subnets in the pool
+
+	mu   sync.Mutex
+	used map[int]bool
+	next int
+}
+
+// NewManager returns a Manager handing out /30s from pool (IPv4, /8 to /29).
+func NewManager(pool netip.Prefix) (*Manager, error) {
+	pool = pool.Masked()
+	if !pool.Addr().Is4() || pool.Bits() > 29 || pool.Bits() < 8 {
+		return nil, fmt.Errorf("netns: pool %s must be an IPv4 prefix from /8 to /29", pool)
+	}
+	return &Manager{pool: pool, size: 1 << (30 - pool.Bits()), used: map[int]bool{}}, nil
+}
+
+// Sandbox is one namespace and its addresses.
+type Sandbox struct {
+	// Name of the namespace; Path is its bind mount, for the OCI spec.
+	Name, Path string
+	// HostIf is the host end of the veth.
+	HostIf string
+	// HostIP is the host end's address: the sandbox's gateway and DNS
+	// server. SandboxIP is the sandbox end's.
+	HostIP, SandboxIP netip.Addr
+	index             int
+}
+
+func (m *Manager) subnet(i int) (host, sandbox netip.Addr) {
+	base := m.pool.Addr().As4()
+	v := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
+	v += uint32(i) * 4
+	a := func(x uint32) netip.Addr { return netip.AddrFrom4([4]byte{byte(x >> 24), byte(x >> 16), byte(x >> 8), byte(x)}) }
+	return a(v + 1), a(v + 2)
+}
+
+func (m *Manager) allocate() (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for n := 0; n < m.size; n++ {
+		i := (m.next + n) % m.size
+		if !m.used[i] {
+			m.used[i] = true
+			m.next = i + 1
+			return i, nil
+		}
+	}
+	return 0, ErrPoolExhausted
+}
+
+func (m *Manager) release(i int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.used, i)
+}
+
+// Create makes the namespace of execution id. On error nothing is left.
+func (m *Manager) Create(id string) (sb *Sandbox, err error) {
+	idx, err := m.allocate()
+	if err != nil {
+		return nil, err
+	}
+	hostIP, sandboxIP := m.subnet(idx)
+	sb = &Sandbox{
+		Name:      NamePrefix + id,
+		HostIf:    fmt.Sprintf("%s%x", IfPrefix, idx),
+		HostIP:    hostIP,
+		SandboxIP: sandboxIP,
+		index:     idx,
+	}
+	sb.Path = filepath.Join(netnsDir, sb.Name)
+	defer func() {
+		if err != nil {
+			_ = m.Delete(sb)
+			sb = nil
+		}
+	}()
+
+	ns, err := newNamed(sb.Name)
+	if err != nil {
+		return sb, err
+	}
+	defer ns.Close()
+
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: sb.HostIf},
+		PeerName:      sandboxIf,
+		PeerNamespace: netlink.NsFd(int(ns)),
+	}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return sb, fmt.Errorf("add veth %s: %w", sb.HostIf, err)
+	}
+	host, err := netlink.LinkByName(sb.HostIf)
+	if err != nil {
+		return sb, fmt.Errorf("find veth %s: %w", sb.HostIf, err)
+	}
+	if err := disableIPv6(sb.HostIf); err != nil {
+		return sb, err
+	}
+	if err := netlink.AddrAdd(host, &netlink.Addr{IPNet: ipNet(hostIP, 30)}); err != nil {
+		return sb, fmt.Errorf("address %s: %w", sb.HostIf, err)
+	}
+	if err := netlink.LinkSetUp(host); err != nil {
+		return sb, fmt.Errorf("up %s: %w", sb.HostIf, err)
+	}
+
+	err = inNamespace(ns, func() error {
+		if err := disableIPv6("all"); err != nil {
+			return err
+		}
+		if err := disableIPv6("default"); err != nil {
+			return err
+		}
+		h, err := netlink.NewHandleAt(ns)
+		if err != nil {
+			return fmt.Errorf("netlink handle: %w", err)
+		}
+		defer h.Close()
+		lo, err := h.LinkByName("lo")
+		if err != nil {
+			return fmt.Errorf("find lo: %w", err)
+		}
+		if err := h.LinkSetUp(lo); err != nil {
+			return fmt.Errorf("up lo: %w", err)
+		}
+		eth, err := h.LinkByName(sandboxIf)
+		if err != nil {
+			return fmt.Errorf("find %s: %w", sandboxIf, err)
+		}
+		if err := disableIPv6(sandboxIf); err != nil {
+			return err
+		}
+		if err := h.AddrAdd(eth, &netlink.Addr{IPNet: ipNet(sandboxIP, 30)}); err != nil {
+			return fmt.Errorf("address %s: %w", sandboxIf, err)
+		}
+		if err := h.LinkSetUp(eth); err != nil {
+			return fmt.Errorf("up %s: %w", sandboxIf, err)
+		}
+		if err := h.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: hostIP.AsSlice()}); err != nil {
+			return fmt.Errorf("default route: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return sb, err
+	}
+	return sb, waitUp(sb.HostIf)
+}
+
+// waitUp waits until the veth carries packets: datagrams sent before that
+// are lost, and the program's first DNS query with them.
+func waitUp(name string) error {
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("find %s: %w", name, err)
+		}
+		if l.Attrs().OperState == netlink.OperUp {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not up after 2s (state %s)", name, l.Attrs().OperState)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// Delete removes the sandbox's veth and namespace and frees its subnet.
+// What is already gone is not an error.
+func (m *Manager) Delete(sb *Sandbox) error {
+	var errs []error
+	if l, err := netlink.LinkByName(sb.HostIf); err == nil {
+		if err := netlink.LinkDel(l); err != nil {
+			errs = append(errs, fmt.Errorf("delete %s: %w", sb.HostIf, err))
+		}
+	}
+	if err := removeNamed(sb.Path); err != nil {
+		errs = append(errs, err)
+	}
+	m.release(sb.index)
+	return errors.Join(errs...)
+}
+
+// Sweep removes every namespace and host veth this package names, left by
+// a previous executor. It must run before any Create.
+func Sweep() (namespaces, links int, err error) {
+	var errs []error
+	entries, _ := os.ReadDir(netnsDir)
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), NamePrefix) {
+			continue
+		}
+		if err := removeNamed(filepath.Join(netnsDir, e.Name())); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		namespaces++
+	}
+	all, err := netlink.LinkList()
+	if err != nil {
+		return namespaces, links, fmt.Errorf("list links: %w", err)
+	}
+	for _, l := range all {
+		if _, ok := l.(*netlink.Veth); !ok || !strings.HasPrefix(l.Attrs().Name, IfPrefix) {
+			continue
+		}
+		if err := netlink.LinkDel(l); err != nil {
+			errs = append(errs, fmt.Errorf("delete %s: %w", l.Attrs().Name, err))
+			continue
+		}
+		links++
+	}
+	return namespaces, links, errors.Join(errs...)
+}
+
+// newNamed creates a namespace bind-mounted at netnsDir/name. netns.NewNamed
+// switches the calling thread into the new namespace, so it runs on a locked
+// thread that is switched back.
+func newNamed(name string) (netns.NsHandle, error) {
+	if err := os.MkdirAll(netnsDir, 0o755); err != nil {
+		return 0, fmt.Errorf("create %s: %w", netnsDir, err)
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	origin, err := netns.Get()
+	if err != nil {
+		return 0, fmt.Errorf("current netns: %w", err)
+	}
+	defer origin.Close()
+	ns, err := netns.NewNamed(name)
+	if restoreErr := netns.Set(origin); restoreErr != nil {
+		// The thread is in the wrong namespace; never hand it back to Go.
+		runtime.Goexit()
+	}
+	if err != nil {
+		return 0, fmt.Errorf("create netns %s: %w", name, err)
+	}
+	return ns, nil
+}
+
+func removeNamed(path string) error {
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", path, err)
+	}
+	return nil
+}
+
+// inNamespace runs fn on a locked thread inside ns.
+func inNamespace(ns netns.NsHandle, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// No UnlockOSThread: if switching back fails the thread dies with
+		// the goroutine instead of serving others in the wrong namespace.
+		origin, err := netns.Get()
+		if err != nil {
+			errc <- fmt.Errorf("current netns: %w", err)
+			return
+		}
+		defer origin.Close()
+		if err := netns.Set(ns); err != nil {
+			errc <- fmt.Errorf("enter netns: %w", err)
+			return
+		}
+		errc <- fn()
+		if err := netns.Set(origin); err == nil {
+			runtime.UnlockOSThread()
+		}
+	}()
+	return <-errc
+}
+
+// disableIPv6 turns IPv6 off on an interface (or "all"/"default") of the
+// calling thread's namespace.
+func disableIPv6(iface string) error {
+	p := filepath.Join("/proc/sys/net/ipv6/conf", iface, "disable_ipv6")
+	if err := os.WriteFile(p, []byte("1"), 0o644); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil // IPv6 is not built into this kernel
+		}
+		return fmt.Errorf("disable IPv6 on %s: %w", iface, err)
+	}
+	return nil
+}
+
+func ipNet(a netip.Addr, bits int) *net.IPNet {
+	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, 32)}
+}
