@@ -63,6 +63,13 @@ lint: tools ## buf lint, buf format check, gofmt and go vet over every module
 test: deps tools runc image checkgenerate lint ## run every test: unit, and integration against real containerd, runc and the image
 	for m in $(MODULES); do (cd $$m && SANDPIT_RUNC=$(BIN)/runc SANDPIT_IMAGE_TAR=$(IMAGE_TAR) SANDPIT_GRPCURL=$(BIN)/grpcurl go test $(GOTEST_FLAGS) ./...); done
 
+$(BIN)/containerd2/containerd: tools/containerd2/go.mod tools/containerd2/go.sum
+	cd tools/containerd2 && GOWORK=off go build -o $(BIN)/containerd2/ github.com/containerd/containerd/v2/cmd/containerd github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
+
+.PHONY: test-containerd2
+test-containerd2: deps tools runc image $(BIN)/containerd2/containerd ## run the integration tests against containerd 2.x (pinned in tools/containerd2) instead of Debian's 1.6
+	cd services/executor && PATH=$(BIN)/containerd2:$$PATH SANDPIT_CONTAINERD=$(BIN)/containerd2/containerd SANDPIT_RUNC=$(BIN)/runc SANDPIT_IMAGE_TAR=$(IMAGE_TAR) SANDPIT_GRPCURL=$(BIN)/grpcurl go test $(GOTEST_FLAGS) ./e2e/
+
 .PHONY: bench
 bench: deps tools runc image ## hello-world Execute latency next to bare node -e '' (p50, p95, ratio)
 	cd services/executor && SANDPIT_RUNC=$(BIN)/runc SANDPIT_IMAGE_TAR=$(IMAGE_TAR) go test -count=1 -run '^$$' -bench . -benchtime 40x -timeout 20m ./e2e/
