@@ -18,11 +18,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/sandpit-run/sandpit/services/executor/internal/capacity"
 	"github.com/sandpit-run/sandpit/services/executor/internal/config"
+	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
+	"github.com/sandpit-run/sandpit/services/executor/internal/egress"
 	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
 	"github.com/sandpit-run/sandpit/services/executor/internal/server"
 )
@@ -76,6 +80,33 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return fmt.Errorf("default image: %w (make image imports it)", err)
 	}
 
+	var (
+		eg       *egress.Egress
+		register []func(grpc.ServiceRegistrar)
+		egCfg    server.Egress
+	)
+	if cfg.EgressProxy != "" {
+		eg, err = egress.New(ctx, egress.Config{
+			Pool:       cfg.AddressPool,
+			ProxyGRPC:  cfg.EgressProxy,
+			ProxyPort:  uint16(cfg.ProxyPort),
+			DNSPort:    uint16(cfg.DNSPort),
+			Table:      cfg.NftTable,
+			PolicyFile: cfg.PolicyFile,
+		}, log)
+		if err != nil {
+			return fmt.Errorf("egress: %w", err)
+		}
+		defer func() {
+			if err := eg.Close(); err != nil {
+				log.Error("close egress", "error", err)
+			}
+		}()
+		decider := decision.NewService(eg.Registry(), log)
+		register = append(register, func(r grpc.ServiceRegistrar) { policyv1.RegisterPolicyDecisionServiceServer(r, decider) })
+		egCfg = eg
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	slots := capacity.New(cfg.MaxConcurrent, cfg.MaxQueue)
@@ -89,9 +120,10 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		DefaultImage:   cfg.Image,
 		ImageAllowlist: cfg.ImageAllowlist,
 		NodePath:       cfg.NodePath,
+		Egress:         egCfg,
 	}, rt, slots, server.NewMetrics(reg, slots), log)
 	hs := health.NewServer()
-	srv := server.NewGRPCServer(svc, hs, reg, int(cfg.Maxima.CodeBytes)+1<<20, log)
+	srv := server.NewGRPCServer(svc, hs, reg, int(cfg.Maxima.CodeBytes)+1<<20, log, register...)
 
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {

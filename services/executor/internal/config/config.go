@@ -34,6 +34,14 @@ type Config struct {
 
 	Defaults, Maxima limits.Set
 
+	// Egress: empty EgressProxy leaves sandboxes with loopback only.
+	EgressProxy string
+	ProxyPort   uint
+	DNSPort     uint
+	AddressPool string
+	NftTable    string
+	PolicyFile  string
+
 	MaxConcurrent int
 	MaxQueue      int
 	ShutdownGrace time.Duration
@@ -56,6 +64,12 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&c.Image, "image", "sandpit.local/node:24", "default sandbox image")
 	allow := fs.String("image-allowlist", "", "comma-separated images a request may name besides the default; a trailing * matches a prefix")
 	fs.StringVar(&c.NodePath, "node-path", "/usr/local/bin/node", "node binary inside the image")
+	fs.StringVar(&c.EgressProxy, "egress-proxy", "", "gRPC address of the egress proxy; empty gives sandboxes loopback only")
+	fs.UintVar(&c.ProxyPort, "proxy-port", 15001, "the egress proxy's transparent TCP port on this host")
+	fs.UintVar(&c.DNSPort, "dns-port", 15053, "the egress proxy's DNS port on this host")
+	fs.StringVar(&c.AddressPool, "address-pool", "10.88.0.0/16", "IPv4 prefix sandbox /30 subnets come from")
+	fs.StringVar(&c.NftTable, "nft-table", "sandpit", "name of the executor's nftables tables")
+	fs.StringVar(&c.PolicyFile, "policy-file", "", "the operator's network policy (YAML), reloaded on change; empty denies every request")
 	fs.IntVar(&c.MaxConcurrent, "max-concurrent", 8, "executions running at once")
 	fs.IntVar(&c.MaxQueue, "max-queue", 16, "executions waiting for a slot; past it requests get ResourceExhausted")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM, how long running executions may finish before they are killed")
@@ -112,6 +126,8 @@ func (c Config) validate() error {
 		return errors.New("max-queue must not be negative")
 	case c.ShutdownGrace < 0:
 		return errors.New("shutdown-grace must not be negative")
+	case c.ProxyPort == 0 || c.ProxyPort > 65535 || c.DNSPort == 0 || c.DNSPort > 65535:
+		return errors.New("proxy-port and dns-port must be ports (1-65535)")
 	}
 	return limits.CheckConfig(c.Defaults, c.Maxima)
 }

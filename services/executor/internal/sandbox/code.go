@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // File is one file of the program, its path relative to the code directory.
@@ -33,4 +36,32 @@ func writeCode(dir string, files []File) error {
 		}
 	}
 	return nil
+}
+
+// writeExtraFiles writes each file under dir and returns the bind mounts
+// that place them, read-only, at their paths in the sandbox.
+func writeExtraFiles(dir string, files []File) ([]specs.Mount, error) {
+	if len(files) == 0 {
+		return nil, nil
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create extra files dir: %w", err)
+	}
+	var mounts []specs.Mount
+	for i, f := range files {
+		if !filepath.IsAbs(f.Path) {
+			return nil, fmt.Errorf("extra file %q: path must be absolute", f.Path)
+		}
+		src := filepath.Join(dir, strconv.Itoa(i))
+		if err := os.WriteFile(src, f.Content, 0o444); err != nil {
+			return nil, fmt.Errorf("write extra file: %w", err)
+		}
+		mounts = append(mounts, specs.Mount{
+			Destination: f.Path,
+			Type:        "bind",
+			Source:      src,
+			Options:     []string{"bind", "ro", "nosuid", "nodev", "noexec"},
+		})
+	}
+	return mounts, nil
 }

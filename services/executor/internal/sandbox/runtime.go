@@ -130,6 +130,12 @@ type Spec struct {
 	Stdin  []byte
 	Limits limits.Set
 	Labels map[string]string
+	// NetNSPath is the network namespace to join; empty gives the sandbox
+	// a fresh one with loopback only.
+	NetNSPath string
+	// ExtraFiles are placed read-only at their absolute Path in the
+	// sandbox (resolv.conf, the proxy's CA bundle).
+	ExtraFiles []File
 	// Stdout and Stderr receive the program's output as it is written.
 	Stdout, Stderr io.Writer
 }
@@ -164,15 +170,23 @@ func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func())
 	cleanupCtx := context.WithoutCancel(ctx)
 	log := r.log.With("execution_id", id)
 
-	codeDir := filepath.Join(r.cfg.StateDir, "executions", id)
+	execDir := filepath.Join(r.cfg.StateDir, "executions", id)
+	if err := os.Mkdir(execDir, 0o711); err != nil {
+		return out, fmt.Errorf("create execution dir: %w", err)
+	}
+	defer func() {
+		if rmErr := os.RemoveAll(execDir); rmErr != nil {
+			log.Error("remove execution dir", "error", rmErr)
+		}
+	}()
+	codeDir := filepath.Join(execDir, "code")
 	if err := writeCode(codeDir, spec.Files); err != nil {
 		return out, err
 	}
-	defer func() {
-		if rmErr := os.RemoveAll(codeDir); rmErr != nil {
-			log.Error("remove code dir", "error", rmErr)
-		}
-	}()
+	extra, err := writeExtraFiles(filepath.Join(execDir, "extra"), spec.ExtraFiles)
+	if err != nil {
+		return out, err
+	}
 
 	cgroupPath := path.Join("/", r.cfg.Namespace, id)
 	labels := map[string]string{LabelManaged: "true", LabelExecution: id}
@@ -184,7 +198,7 @@ func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func())
 		containerd.WithSnapshotter(r.cfg.Snapshotter),
 		containerd.WithNewSnapshotView(id, spec.Image.image, snapshots.WithLabels(map[string]string{LabelManaged: "true"})),
 		containerd.WithRuntime("io.containerd.runc.v2", &options.Options{BinaryName: r.cfg.RuncPath}),
-		containerd.WithNewSpec(specOpts(spec, cgroupPath, codeDir, r.cfg.UID, r.cfg.GID)...),
+		containerd.WithNewSpec(specOpts(spec, cgroupPath, codeDir, extra, r.cfg.UID, r.cfg.GID)...),
 	)
 	if err != nil {
 		return out, fmt.Errorf("create container: %w", err)

@@ -26,7 +26,7 @@ const cpuPeriod = 100_000
 // read-only root, a size-capped noexec /tmp as the only writable place, the
 // code read-only, its own namespaces (network: loopback only) and cgroup
 // limits for memory without swap, CPU, pids and open files.
-func specOpts(s Spec, cgroupPath, codeHostDir string, uid, gid uint32) []oci.SpecOpts {
+func specOpts(s Spec, cgroupPath, codeHostDir string, extra []specs.Mount, uid, gid uint32) []oci.SpecOpts {
 	argv := append([]string{s.NodePath, path.Join(CodeDir, s.Entrypoint)}, s.Args...)
 	l := s.Limits
 	return []oci.SpecOpts{
@@ -54,7 +54,9 @@ func specOpts(s Spec, cgroupPath, codeHostDir string, uid, gid uint32) []oci.Spe
 				Options:     []string{"rbind", "ro", "nosuid", "nodev", "noexec"},
 			},
 		}),
+		oci.WithMounts(extra),
 		oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.CgroupNamespace}),
+		oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: s.NetNSPath}),
 		oci.WithCgroup(cgroupPath),
 		oci.WithMemoryLimit(l.MemoryBytes),
 		withSwapLimit(l.MemoryBytes),

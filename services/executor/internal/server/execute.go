@@ -19,14 +19,23 @@ import (
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	"github.com/sandpit-run/sandpit/services/executor/internal/capacity"
+	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
+	"github.com/sandpit-run/sandpit/services/executor/internal/egress"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
 	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
+	"github.com/sandpit-run/sandpit/services/policy"
 )
 
 // Sandboxes runs programs in sandboxes; *sandbox.Runtime is the real one.
 type Sandboxes interface {
 	ResolveImage(ctx context.Context, ref string) (sandbox.Image, error)
 	Run(ctx context.Context, id string, spec sandbox.Spec, started func()) (sandbox.Outcome, error)
+}
+
+// Egress attaches sandboxes to the egress proxy; *egress.Egress is the real
+// one.
+type Egress interface {
+	Attach(ctx context.Context, id string, inline *policy.Compiled, events chan<- *executorv1.NetworkEvent) (*egress.Attachment, error)
 }
 
 // Config is what the service needs to know of the executor's configuration.
@@ -38,6 +47,9 @@ type Config struct {
 	ImageAllowlist []string
 	// NodePath is node's path inside the image.
 	NodePath string
+	// Egress, when set, gives every sandbox policy-controlled egress
+	// through the proxy; without it sandboxes have loopback only.
+	Egress Egress
 }
 
 // Causes of a sandbox being killed before its program ended.
@@ -97,6 +109,30 @@ func (s *Service) Execute(req *executorv1.ExecuteRequest, stream grpc.ServerStre
 	stop := context.AfterFunc(s.shutdown, func() { cancel(errShutdown) })
 	defer stop()
 
+	// Network events arrive from the decision service, which must never
+	// block on one execution's stream: they get their own buffer and are
+	// dropped past it (the result's log keeps every request).
+	netEvents := make(chan *executorv1.NetworkEvent, 256)
+	var att *egress.Attachment
+	if s.cfg.Egress != nil {
+		att, err = s.cfg.Egress.Attach(ctx, id, prog.policy, netEvents)
+		if errors.Is(err, egress.ErrNoAddress) {
+			s.metrics.rejected.Inc()
+			return status.Error(codes.ResourceExhausted, "the sandbox address pool is exhausted; retry later")
+		}
+		if err != nil {
+			return sandboxError(err)
+		}
+		defer func() {
+			if err := att.Detach(); err != nil {
+				log.Error("remove sandbox network", "error", err)
+			}
+		}()
+		if att.NetworkError != "" {
+			log.Warn("sandbox without egress", "reason", att.NetworkError)
+		}
+	}
+
 	// The channel is the only way events reach the stream; its bound and the
 	// blocking writers keep a fast producer from growing the executor's
 	// memory: a slow client slows the program instead.
@@ -110,12 +146,16 @@ func (s *Service) Execute(req *executorv1.ExecuteRequest, stream grpc.ServerStre
 		Files:      prog.files,
 		Entrypoint: prog.entrypoint,
 		Args:       req.GetArgs(),
-		Env:        environment(req.GetEnv()),
+		Env:        environment(req.GetEnv(), att),
 		Stdin:      req.GetStdin(),
 		Limits:     prog.limits,
 		Labels:     req.GetLabels(),
 		Stdout:     stdout,
 		Stderr:     stderr,
+	}
+	if att != nil {
+		spec.NetNSPath = att.NetNSPath
+		spec.ExtraFiles = att.ExtraFiles
 	}
 	started := &executorv1.ExecuteResponse{Event: &executorv1.ExecuteResponse_Started{Started: &executorv1.Started{
 		ExecutionId: id,
@@ -135,13 +175,41 @@ func (s *Service) Execute(req *executorv1.ExecuteRequest, stream grpc.ServerStre
 		out, runErr = s.sb.Run(runCtx, id, spec, func() { events <- started })
 	}()
 	var sendErr error
-	for ev := range events {
+	send := func(ev *executorv1.ExecuteResponse) {
 		if sendErr != nil {
-			continue // keep draining so the sandbox's writers never block
+			return // keep draining so the sandbox's writers never block
 		}
 		if sendErr = stream.Send(ev); sendErr != nil {
 			cancel(sendErr)
 		}
+	}
+	for events != nil {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				events = nil
+				continue
+			}
+			send(ev)
+		case nev := <-netEvents:
+			send(networkEvent(nev))
+		}
+	}
+	var netSummary decision.Summary
+	if att != nil {
+		// Detach first, so no event arrives after the last one is sent.
+		if err := att.Detach(); err != nil {
+			log.Error("remove sandbox network", "error", err)
+		}
+		for drained := false; !drained; {
+			select {
+			case nev := <-netEvents:
+				send(networkEvent(nev))
+			default:
+				drained = true
+			}
+		}
+		netSummary = att.Network.Summary()
 	}
 	s.metrics.running.Dec()
 	if runErr != nil {
@@ -151,6 +219,14 @@ func (s *Service) Execute(req *executorv1.ExecuteRequest, stream grpc.ServerStre
 	}
 
 	res := result(out, runCtx, budget, stdout, stderr)
+	if att != nil {
+		res.RequestsAllowed = netSummary.Allowed
+		res.RequestsBlocked = netSummary.Blocked
+		res.NetworkLog = netSummary.Log
+		res.NetworkError = att.NetworkError
+	} else if prog.policy != nil {
+		res.NetworkError = "this executor has no egress proxy configured; the sandbox had loopback only"
+	}
 	term := res.GetTermination().String()
 	s.metrics.executions.WithLabelValues(term).Inc()
 	s.metrics.duration.Observe(out.WallTime.Seconds())
@@ -198,12 +274,19 @@ func result(out sandbox.Outcome, runCtx context.Context, budget *outputBudget, s
 // environment is the program's complete environment: the request's variables
 // plus the ones the executor owns. /tmp is the only writable directory, so it
 // is HOME too.
-func environment(req map[string]string) []string {
+func environment(req map[string]string, att *egress.Attachment) []string {
 	env := []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + sandbox.TmpDir}
+	if att != nil {
+		env = append(env, att.Env...)
+	}
 	for k, v := range req {
 		env = append(env, k+"="+v)
 	}
 	return env
+}
+
+func networkEvent(ev *executorv1.NetworkEvent) *executorv1.ExecuteResponse {
+	return &executorv1.ExecuteResponse{Event: &executorv1.ExecuteResponse_Network{Network: ev}}
 }
 
 func invalidArgument(vs []limits.Violation) error {

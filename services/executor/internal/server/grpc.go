@@ -22,7 +22,8 @@ import (
 // NewGRPCServer wires the service with health, reflection and one
 // interceptor chain: metrics outermost, then logging, recovery innermost so
 // that a panic is logged and counted like any other failed call.
-func NewGRPCServer(svc *Service, hs *health.Server, reg prometheus.Registerer, maxRecvBytes int, log *slog.Logger) *grpc.Server {
+// Further services (the decision service) are registered by register.
+func NewGRPCServer(svc *Service, hs *health.Server, reg prometheus.Registerer, maxRecvBytes int, log *slog.Logger, register ...func(grpc.ServiceRegistrar)) *grpc.Server {
 	srvMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	panics := prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "sandpit_grpc_panics_recovered_total",
@@ -54,6 +55,9 @@ func NewGRPCServer(svc *Service, hs *health.Server, reg prometheus.Registerer, m
 		),
 	)
 	executorv1.RegisterExecutorServiceServer(srv, svc)
+	for _, r := range register {
+		r(srv)
+	}
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)
 	srvMetrics.InitializeMetrics(srv)

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"fmt"
 	"path"
 	"regexp"
@@ -11,6 +12,7 @@ import (
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
 	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
+	"github.com/sandpit-run/sandpit/services/policy"
 )
 
 // Bounds on the shape of a request, beyond the byte budget of code_bytes.
@@ -39,6 +41,8 @@ type program struct {
 	entrypoint string
 	image      string
 	limits     limits.Set
+	// policy is the inline policy, compiled; nil when the request has none.
+	policy *policy.Compiled
 }
 
 // validate checks req against the executor's configuration and returns the
@@ -148,6 +152,20 @@ func (s *Service) validate(req *executorv1.ExecuteRequest) (program, []limits.Vi
 		case len(v) > maxLabelValue || !utf8.ValidString(v):
 			bad(field, "value must be valid UTF-8 of at most %d bytes", maxLabelValue)
 		}
+	}
+
+	if req.GetPolicy() != nil {
+		c, err := policy.Compile(req.GetPolicy())
+		var fes policy.Errors
+		switch {
+		case errors.As(err, &fes):
+			for _, fe := range fes {
+				bad("policy."+fe.Field, "%s", fe.Reason)
+			}
+		case err != nil:
+			bad("policy", "%v", err)
+		}
+		p.policy = c
 	}
 
 	p.image = req.GetImage()
