@@ -55,7 +55,7 @@ type Limits struct {
 }
 
 // Compiled is a validated policy, or a chain of them, ready to decide. It is
-// immutable and safe for concurrent use.
+// immutable and safe for concurrent use. The zero value denies everything.
 type Compiled struct {
 	layers []*layer
 	audit  bool
@@ -240,7 +240,8 @@ func (c *Compiled) Decide(r Request) Decision {
 			Reason:   err.Error(),
 		}
 	}
-	var d Decision
+	// A zero Compiled has no layers and denies, like DenyAll.
+	d := deny(RuleDefault, "no policy is in force")
 	for i, l := range c.layers {
 		d = l.decide(req)
 		d.Layer = i
@@ -266,6 +267,9 @@ func (c *Compiled) Decide(r Request) Decision {
 func (c *Compiled) CouldAllowHost(host string) bool {
 	h, err := CanonicalHost(host)
 	if err != nil {
+		return false
+	}
+	if len(c.layers) == 0 {
 		return false
 	}
 	if c.audit {

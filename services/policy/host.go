@@ -5,18 +5,22 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"unicode/utf8"
 
 	"golang.org/x/net/idna"
 )
 
-// idnaProfile is UTS #46 lookup processing without the CheckHyphens rule:
-// like browsers, we accept labels such as "r3---sn-abc" that real services
-// use, and check leading and trailing hyphens ourselves.
+// idnaProfile is UTS #46 lookup processing (non-transitional, with the bidi
+// and joiner rules) minus two checks that real names fail: CheckHyphens, so
+// labels such as "r3---sn-abc" pass as they do in browsers, and the STD3
+// ASCII rules, so underscores (my_bucket.s3.amazonaws.com) survive as they
+// do in the egress proxy. checkDNSName then checks the ASCII result.
 var idnaProfile = idna.New(
 	idna.MapForLookup(),
 	idna.BidiRule(),
 	idna.CheckHyphens(false),
 	idna.CheckJoiners(true),
+	idna.StrictDomainName(false),
 	idna.VerifyDNSLength(true),
 	idna.Transitional(false),
 )
@@ -28,29 +32,52 @@ const (
 
 // CanonicalHost returns the form of host that policies are matched on:
 // lowercase, one trailing dot removed, internationalized labels converted to
-// their ASCII (xn--) form. An IPv4 literal in dotted-decimal form is returned
-// as is. It fails on names that are not valid host names (underscores, empty
-// or over-long labels, leading or trailing hyphens), on IPv6 literals
-// (sandboxes have no IPv6) and on names whose last label is numeric but which
-// are not an IPv4 literal (0x7f.1, 1.2.3). The proxy and the executor both
-// call it so that they agree on what a host is.
+// their ASCII (xn--) form; an IP literal in its standard text form (IPv4
+// dotted-decimal, IPv6 without brackets, as netip prints them). It fails on
+// names that are not host names (empty or over-long labels, characters other
+// than letters, digits, "-" and "_", leading or trailing hyphens), on a port,
+// and on names whose last label is numeric but that are not IPv4 literals in
+// dotted-decimal form (0x7f.1, 1.2.3, 010.0.0.1): the egress proxy resolves
+// those inet_aton spellings to addresses before it asks.
 func CanonicalHost(host string) (string, error) {
 	if isCanonicalHost(host) {
 		return host, nil
+	}
+	return canonicalHostSlow(host)
+}
+
+func canonicalHostSlow(host string) (string, error) {
+	if inner, ok := strings.CutPrefix(host, "["); ok {
+		inner, ok = strings.CutSuffix(inner, "]")
+		if a, err := netip.ParseAddr(inner); ok && err == nil && a.Is6() && a.Zone() == "" {
+			return a.String(), nil
+		}
+		return "", errors.New("not a valid bracketed IPv6 literal")
+	}
+	if strings.Contains(host, ":") {
+		if a, err := netip.ParseAddr(host); err == nil && a.Is6() && a.Zone() == "" {
+			return a.String(), nil
+		}
+		return "", errors.New(`has ":" but is not an IPv6 literal: a host has no port`)
 	}
 	h := strings.TrimSuffix(host, ".")
 	if h == "" {
 		return "", errors.New("empty host")
 	}
-	if strings.ContainsAny(h, ":[]") {
-		return "", errors.New(`has ":" or brackets: a host has no port, and IPv6 literals are not supported (sandboxes have no IPv6)`)
-	}
 	if isIPv4(h) {
 		return h, nil
+	}
+	if !utf8.ValidString(h) {
+		return "", errors.New("host is not valid UTF-8")
 	}
 	ascii, err := idnaProfile.ToASCII(h)
 	if err != nil {
 		return "", fmt.Errorf("convert host to ASCII: %w", err)
+	}
+	// The result must itself be canonical, or the proxy and a policy could
+	// disagree about a name that canonicalizes in two steps.
+	if again, err := idnaProfile.ToASCII(ascii); err != nil || again != ascii {
+		return "", fmt.Errorf("host %q does not have a stable ASCII form", h)
 	}
 	if isIPv4(ascii) {
 		return ascii, nil
@@ -66,7 +93,7 @@ func CanonicalHost(host string) (string, error) {
 // reject: labels starting with "xn--" need punycode validation and go the
 // slow way.
 func isCanonicalHost(h string) bool {
-	if isIPv4(h) {
+	if isIPLiteral(h) {
 		return true
 	}
 	if checkDNSName(h) != nil {
@@ -90,8 +117,20 @@ func isIPv4(s string) bool {
 	return err == nil && a.Is4() && a.String() == s
 }
 
+// isIPLiteral reports whether s is an IP literal in canonical form.
+func isIPLiteral(s string) bool {
+	if isIPv4(s) {
+		return true
+	}
+	if !strings.Contains(s, ":") {
+		return false
+	}
+	a, err := netip.ParseAddr(s)
+	return err == nil && a.Is6() && a.Zone() == "" && a.String() == s
+}
+
 // checkDNSName checks an ASCII name against the host name rules: lowercase
-// letters, digits and hyphens, labels of 1 to 63 bytes that neither start
+// letters, digits, hyphens and underscores, labels of 1 to 63 bytes that neither start
 // nor end with a hyphen, at most 253 bytes, and a last label that is not all
 // digits (it would read as an address to some resolvers).
 func checkDNSName(s string) error {
@@ -105,7 +144,7 @@ func checkDNSName(s string) error {
 	for i := 0; i <= len(s); i++ {
 		if i < len(s) && s[i] != '.' {
 			c := s[i]
-			if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
 				return fmt.Errorf("host has invalid character %q", c)
 			}
 			continue
@@ -150,9 +189,9 @@ func (p hostPattern) String() string {
 	return p.name
 }
 
-// parseHostPattern canonicalizes a policy's host field. IPv4 literals are
-// allowed as exact hosts so an operator can name an internal address the
-// proxy would otherwise refuse; they never appear under a wildcard.
+// parseHostPattern canonicalizes a policy's host field. IP literals are
+// allowed as exact hosts so an operator can name an address the proxy would
+// otherwise refuse; they never appear under a wildcard.
 func parseHostPattern(s string) (hostPattern, error) {
 	if s == "" {
 		return hostPattern{}, errors.New("required")
@@ -169,7 +208,7 @@ func parseHostPattern(s string) (hostPattern, error) {
 		return hostPattern{}, err
 	}
 	if wildcard {
-		if isIPv4(h) {
+		if isIPLiteral(h) {
 			return hostPattern{}, errors.New("a wildcard cannot cover IP addresses")
 		}
 		if !strings.Contains(h, ".") {
@@ -210,7 +249,7 @@ func (x hostIndex[T]) lookup(host string) (T, bool) {
 	if v, ok := x.exact[host]; ok {
 		return v, true
 	}
-	if len(x.wildcard) > 0 && !isIPv4(host) {
+	if len(x.wildcard) > 0 && !isIPLiteral(host) {
 		for i := 0; i < len(host); i++ {
 			if host[i] != '.' {
 				continue

@@ -31,17 +31,25 @@ func TestCanonicalHost(t *testing.T) {
 		{in: "a..b.com", wantErr: ""},
 		{in: "-a.com", wantErr: "hyphen"},
 		{in: "a-.com", wantErr: "hyphen"},
-		{in: "my_bucket.s3.amazonaws.com", wantErr: ""},
+		{in: "my_bucket.s3.amazonaws.com", want: "my_bucket.s3.amazonaws.com"},
+		{in: "My_Bucket.s3.amazonaws.com.", want: "my_bucket.s3.amazonaws.com"},
 		{in: "exa mple.com", wantErr: ""},
 		{in: strings.Repeat("a", 64) + ".com", wantErr: ""},
 		{in: strings.Repeat("a.", 127) + "com", wantErr: ""},
-		{in: "::1", wantErr: "IPv6"},
-		{in: "[::1]", wantErr: "IPv6"},
+		{in: "::1", want: "::1"},
+		{in: "[::1]", want: "::1"},
+		{in: "[2001:DB8::0001]", want: "2001:db8::1"},
+		{in: "fe80::1%eth0", wantErr: "port"},
+		{in: "[::1", wantErr: "bracketed"},
+		{in: "[::1]:443", wantErr: "bracketed"},
+		{in: "[1.2.3.4]", wantErr: "bracketed"},
 		{in: "010.0.0.1", wantErr: "numeric"},
 		{in: "1.2.3", wantErr: "numeric"},
 		{in: "0x7f.0.0.1", wantErr: "numeric"},
 		{in: "256.0.0.1", wantErr: "numeric"},
-		{in: "example.com:443", wantErr: "IPv6"},
+		{in: "example.com:443", wantErr: "port"},
+		{in: "a!b.com", wantErr: "invalid character"},
+		{in: "a*b.com", wantErr: "invalid character"},
 		{in: "xn--zz.example", wantErr: ""},
 	}
 	for _, tt := range tests {
@@ -83,6 +91,8 @@ func TestParseHostPattern(t *testing.T) {
 		{in: "foo*.example.com", wantErr: true},
 		{in: "*.1.2.3.4", wantErr: true},
 		{in: "*.0.1", wantErr: true},
+		{in: "*.::1", wantErr: true},
+		{in: "[::1]", want: "::1"},
 		{in: "", wantErr: true},
 	}
 	for _, tt := range tests {
@@ -113,6 +123,7 @@ func TestHostMatching(t *testing.T) {
 			{Host: "API.Stripe.com.", Rules: []*policyv1.Rule{{Id: "stripe", Action: policyv1.Action_ACTION_ALLOW}}},
 			{Host: "bücher.example", Rules: []*policyv1.Rule{{Id: "idn", Action: policyv1.Action_ACTION_ALLOW}}},
 			{Host: "10.0.0.5", Rules: []*policyv1.Rule{{Id: "ip", Action: policyv1.Action_ACTION_ALLOW}}},
+			{Host: "[2001:db8::1]", Rules: []*policyv1.Rule{{Id: "ip6", Action: policyv1.Action_ACTION_ALLOW}}},
 		},
 	}
 	c := mustCompile(t, p)
@@ -140,6 +151,10 @@ func TestHostMatching(t *testing.T) {
 		{host: "10.0.0.5", want: "ip"},
 		{host: "10.0.0.6", want: RuleDefault},
 		{host: "A.Example.Com.", want: "wild"},
+		{host: "2001:db8::1", want: "ip6"},
+		{host: "[2001:DB8:0::1]", want: "ip6"},
+		{host: "::ffff:10.0.0.5", want: RuleDefault},
+		{host: "under_score.example.com", want: "wild"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.host, func(t *testing.T) {

@@ -112,50 +112,55 @@ func (p pathPattern) match(path string) bool {
 }
 
 // normalizePath returns the form of a request path that rules are matched
-// on. The proxy already normalizes paths; this applies the RFC 3986
-// equivalences that have exactly one meaning (uppercase hex in escapes,
-// unreserved characters unescaped) so they cannot be used to slip past a
-// rule, and refuses what only a normalizer could settle and different
-// servers settle differently: dot segments, empty segments, encoded slashes
-// and backslashes, invalid escapes, a query or fragment, and bytes that are
-// not printable ASCII.
+// on, the one the egress proxy produces: escapes of unreserved characters
+// decoded, other escapes in uppercase hex, bytes that may not appear raw in
+// a path (space, non-ASCII, "{", ...) escaped. The proxy already normalizes;
+// doing these unambiguous steps again means another spelling cannot slip
+// past a rule. What only a normalizer could settle, and different servers
+// settle differently, is refused: dot segments (also "..;"), empty segments,
+// encoded slashes and backslashes, invalid escapes, a query or fragment,
+// control bytes.
 func normalizePath(path string) (string, error) {
 	if path == "" || path[0] != '/' {
 		return "", errors.New(`does not start with "/"`)
 	}
 	rewrite := false
 	for i := 0; i < len(path); i++ {
-		c := path[i]
-		if c != '%' {
+		switch c := path[i]; {
+		case c == '/' || isPathChar(c):
+		case c == '%':
+			b, upper, err := decodeEscape(path, i)
+			if err != nil {
+				return "", err
+			}
+			rewrite = rewrite || !upper || isUnreserved(b)
+			i += 2
+		default:
 			if err := checkPathByte(c); err != nil {
 				return "", err
 			}
-			continue
-		}
-		b, upper, err := decodeEscape(path, i)
-		if err != nil {
-			return "", err
-		}
-		if !upper || isUnreserved(b) {
 			rewrite = true
 		}
-		i += 2
 	}
 	if rewrite {
 		var sb strings.Builder
-		sb.Grow(len(path))
+		sb.Grow(len(path) + 8)
 		for i := 0; i < len(path); i++ {
-			if path[i] != '%' {
-				sb.WriteByte(path[i])
-				continue
+			c := path[i]
+			switch {
+			case c == '/' || isPathChar(c):
+				sb.WriteByte(c)
+			case c == '%':
+				b, _, _ := decodeEscape(path, i)
+				if isUnreserved(b) {
+					sb.WriteByte(b)
+				} else {
+					writeEscaped(&sb, b)
+				}
+				i += 2
+			default:
+				writeEscaped(&sb, c)
 			}
-			b, _, _ := decodeEscape(path, i)
-			if isUnreserved(b) {
-				sb.WriteByte(b)
-			} else {
-				fmt.Fprintf(&sb, "%%%02X", b)
-			}
-			i += 2
 		}
 		path = sb.String()
 	}
@@ -176,55 +181,77 @@ func normalizePath(path string) (string, error) {
 }
 
 // checkSegment checks one literal segment of a pattern, which must be in
-// normal form already (strict) rather than normalized here.
+// the normal form normalizePath produces: a pattern that is not could never
+// match, and a deny rule that never matches fails open.
 func checkSegment(seg string, last bool) error {
 	for i := 0; i < len(seg); i++ {
 		c := seg[i]
-		if c != '%' {
+		switch {
+		case isPathChar(c):
+		case c == '%':
+			b, upper, err := decodeEscape(seg, i)
+			if err != nil {
+				return err
+			}
+			if !upper {
+				return fmt.Errorf("segment %q: write escapes with uppercase hex (%%%02X)", seg, b)
+			}
+			if isUnreserved(b) {
+				return fmt.Errorf("segment %q: write %q instead of its escape: requests are matched unescaped", seg, b)
+			}
+			i += 2
+		default:
 			if err := checkPathByte(c); err != nil {
 				return err
 			}
-			continue
+			return fmt.Errorf("segment %q: write %q as %%%02X: requests are matched with it escaped", seg, c, c)
 		}
-		b, upper, err := decodeEscape(seg, i)
-		if err != nil {
-			return err
-		}
-		if !upper {
-			return fmt.Errorf("segment %q: write escapes with uppercase hex (%%%02X)", seg, b)
-		}
-		if isUnreserved(b) {
-			return fmt.Errorf("segment %q: write %q instead of its escape: requests are matched unescaped", seg, b)
-		}
-		i += 2
 	}
 	return checkSegmentShape(seg, last)
 }
 
-// checkSegmentShape refuses dot segments, and empty segments except the
-// last (a trailing slash).
+// checkSegmentShape refuses dot segments, including the "..;" form some
+// servers read as "..", and empty segments except the last (a trailing
+// slash).
 func checkSegmentShape(seg string, last bool) error {
-	switch seg {
-	case "":
+	switch {
+	case seg == "":
 		if !last {
 			return errors.New(`has an empty segment ("//")`)
 		}
-	case ".", "..":
+	case seg == "." || seg == "..":
 		return fmt.Errorf("has a %q segment", seg)
+	case strings.HasPrefix(seg, ".;") || strings.HasPrefix(seg, "..;"):
+		return fmt.Errorf("has a dot segment with parameters (%q)", seg)
 	}
 	return nil
 }
 
+// checkPathByte refuses the bytes that make a path ambiguous rather than
+// merely in need of escaping.
 func checkPathByte(c byte) error {
 	switch {
 	case c == '\\':
 		return errors.New("has a backslash")
 	case c == '?' || c == '#':
 		return fmt.Errorf("has %q: the query and fragment are not part of the path", c)
-	case c <= ' ' || c >= 0x7f:
-		return fmt.Errorf("has byte %#02x: only printable ASCII is allowed", c)
+	case c < ' ' || c == 0x7f:
+		return fmt.Errorf("has control byte %#02x", c)
 	}
 	return nil
+}
+
+// isPathChar reports whether c may appear unescaped in a normalized path
+// segment: RFC 3986 pchar without "%".
+func isPathChar(c byte) bool {
+	return isUnreserved(c) || strings.IndexByte("!$&'()*+,;=:@", c) >= 0
+}
+
+func writeEscaped(b *strings.Builder, c byte) {
+	const hex = "0123456789ABCDEF"
+	b.WriteByte('%')
+	b.WriteByte(hex[c>>4])
+	b.WriteByte(hex[c&15])
 }
 
 // decodeEscape decodes the escape at s[i] == '%' and reports whether its

@@ -86,8 +86,11 @@ func TestParsePathPatternErrors(t *testing.T) {
 		{pattern: "/%7Euser", wantErr: "instead of its escape"},
 		{pattern: "/v1/charges?x=1", wantErr: "query"},
 		{pattern: "/v1/charges#x", wantErr: "query"},
-		{pattern: "/v1/a b", wantErr: "printable"},
-		{pattern: "/café", wantErr: "printable"},
+		{pattern: "/v1/a b", wantErr: "as %20"},
+		{pattern: "/v1/{id}", wantErr: "as %7B"},
+		{pattern: "/v1/\x01", wantErr: "control"},
+		{pattern: "/v1/..;/x", wantErr: "parameters"},
+		{pattern: "/café", wantErr: "as %C3"},
 		{pattern: "/" + strings.Repeat("a", maxPathPatternLen), wantErr: "longer"},
 	}
 	for _, tt := range tests {
@@ -117,6 +120,9 @@ func TestNormalizePath(t *testing.T) {
 		{in: "/%7Euser/a%2Db", want: "/~user/a-b"},
 		{in: "/a%20b", want: "/a%20b"},
 		{in: "/a*b/*", want: "/a*b/*"},
+		{in: "/a b/é/{x}|", want: "/a%20b/%C3%A9/%7Bx%7D%7C"},
+		{in: "/a%7bx", want: "/a%7Bx"},
+		{in: "/a;b=c/..x/.x", want: "/a;b=c/..x/.x"},
 		{in: "", wantErr: "start with"},
 		{in: "v1", wantErr: "start with"},
 		{in: "/a//b", wantErr: "empty segment"},
@@ -132,9 +138,11 @@ func TestNormalizePath(t *testing.T) {
 		{in: "/a%", wantErr: "incomplete"},
 		{in: "/a%g1", wantErr: "invalid"},
 		{in: "/a?b", wantErr: "query"},
-		{in: "/a\x00", wantErr: "printable"},
-		{in: "/a\n", wantErr: "printable"},
-		{in: "/é", wantErr: "printable"},
+		{in: "/a\x00", wantErr: "control"},
+		{in: "/a\n", wantErr: "control"},
+		{in: "/a\x7f", wantErr: "control"},
+		{in: "/..;/admin", wantErr: "parameters"},
+		{in: "/a/.;x", wantErr: "parameters"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
