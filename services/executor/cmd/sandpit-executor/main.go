@@ -27,6 +27,7 @@ import (
 	"github.com/sandpit-run/sandpit/services/executor/internal/config"
 	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
 	"github.com/sandpit-run/sandpit/services/executor/internal/egress"
+	"github.com/sandpit-run/sandpit/services/executor/internal/netns"
 	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
 	"github.com/sandpit-run/sandpit/services/executor/internal/server"
 )
@@ -93,6 +94,8 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 			DNSPort:    uint16(cfg.DNSPort),
 			Table:      cfg.NftTable,
 			PolicyFile: cfg.PolicyFile,
+			IfPrefix:   cfg.VethPrefix,
+			NamePrefix: netns.DefaultNamePrefix,
 		}, log)
 		if err != nil {
 			return fmt.Errorf("egress: %w", err)

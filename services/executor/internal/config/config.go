@@ -40,6 +40,7 @@ type Config struct {
 	DNSPort     uint
 	AddressPool string
 	NftTable    string
+	VethPrefix  string
 	PolicyFile  string
 
 	MaxConcurrent int
@@ -69,6 +70,7 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	fs.UintVar(&c.DNSPort, "dns-port", 15053, "the egress proxy's DNS port on this host")
 	fs.StringVar(&c.AddressPool, "address-pool", "10.88.0.0/16", "IPv4 prefix sandbox /30 subnets come from")
 	fs.StringVar(&c.NftTable, "nft-table", "sandpit", "name of the executor's nftables tables")
+	fs.StringVar(&c.VethPrefix, "veth-prefix", "sp", "name prefix of the host ends of sandbox veths; the executor owns every interface with it")
 	fs.StringVar(&c.PolicyFile, "policy-file", "", "the operator's network policy (YAML), reloaded on change; empty denies every request")
 	fs.IntVar(&c.MaxConcurrent, "max-concurrent", 8, "executions running at once")
 	fs.IntVar(&c.MaxQueue, "max-queue", 16, "executions waiting for a slot; past it requests get ResourceExhausted")

@@ -50,6 +50,9 @@ type Config struct {
 	Table string
 	// PolicyFile is the operator's policy (YAML); empty means deny all.
 	PolicyFile string
+	// IfPrefix and NamePrefix name the host veths and the namespaces; the
+	// executor owns everything with these prefixes.
+	IfPrefix, NamePrefix string
 }
 
 // Egress is the executor's side of the egress path.
@@ -77,16 +80,16 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Egress, error) {
 	if err != nil {
 		return nil, fmt.Errorf("address pool: %w", err)
 	}
-	m, err := netns.NewManager(pool)
+	m, err := netns.NewManager(pool, cfg.IfPrefix, cfg.NamePrefix)
 	if err != nil {
 		return nil, err
 	}
-	nsCount, links, err := netns.Sweep()
+	nsCount, links, err := m.Sweep()
 	log.Info("removed leftover sandbox networks", "namespaces", nsCount, "veths", links)
 	if err != nil {
 		return nil, fmt.Errorf("sweep sandbox networks: %w", err)
 	}
-	if err := firewall.Install(firewall.Config{Table: cfg.Table, IfPrefix: netns.IfPrefix, ProxyPort: cfg.ProxyPort, DNSPort: cfg.DNSPort}); err != nil {
+	if err := firewall.Install(firewall.Config{Table: cfg.Table, IfPrefix: cfg.IfPrefix, ProxyPort: cfg.ProxyPort, DNSPort: cfg.DNSPort}); err != nil {
 		return nil, err
 	}
 	conn, err := grpc.NewClient(cfg.ProxyGRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))

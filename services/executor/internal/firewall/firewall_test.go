@@ -69,7 +69,7 @@ func setup(t *testing.T) *harness {
 	}()
 	cfg := Config{
 		Table:     testTable,
-		IfPrefix:  netns.IfPrefix,
+		IfPrefix:  "sf",
 		ProxyPort: uint16(h.proxy.Addr().(*net.TCPAddr).Port),
 		DNSPort:   uint16(h.dns.LocalAddr().(*net.UDPAddr).Port),
 	}
@@ -82,7 +82,7 @@ func setup(t *testing.T) *harness {
 		}
 	})
 	// A pool far from anything real, and from the executor's default.
-	m, err := netns.NewManager(netip.MustParsePrefix("10.251.0.0/24"))
+	m, err := netns.NewManager(netip.MustParsePrefix("10.251.0.0/24"), "sf", "sandpit-fwtest-")
 	if err != nil {
 		t.Fatal(err)
 	}

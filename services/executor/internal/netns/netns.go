@@ -20,11 +20,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Names the package owns. Host interfaces are IfPrefix plus the subnet index
-// in hex; namespaces are NamePrefix plus the execution id.
+// Host interfaces are an interface prefix plus the subnet index in hex;
+// namespaces are a name prefix plus the execution id.
 const (
-	IfPrefix   = "sp"
-	NamePrefix = "sandpit-"
+	DefaultNamePrefix = "sandpit-"
 	// sandboxIf is the sandbox end's name inside its namespace.
 	sandboxIf = "eth0"
 )
@@ -38,22 +37,34 @@ var ErrPoolExhausted = errors.New("netns: address pool exhausted")
 
 // Manager allocates subnets and creates and removes namespaces.
 type Manager struct {
-	pool netip.Prefix
-	size int // number of /30 subnets in the pool
+	pool       netip.Prefix
+	size       int // number of /30 subnets in the pool
+	ifPrefix   string
+	namePrefix string
 
 	mu   sync.Mutex
 	used map[int]bool
 	next int
 }
 
-// NewManager returns a Manager handing out /30s from pool (IPv4, /8 to /29).
-func NewManager(pool netip.Prefix) (*Manager, error) {
+// NewManager returns a Manager handing out /30s from pool (IPv4, /8 to
+// /29), naming host interfaces ifPrefix+index and namespaces
+// namePrefix+id. It owns every interface and namespace with those prefixes.
+func NewManager(pool netip.Prefix, ifPrefix, namePrefix string) (*Manager, error) {
 	pool = pool.Masked()
 	if !pool.Addr().Is4() || pool.Bits() > 29 || pool.Bits() < 8 {
 		return nil, fmt.Errorf("netns: pool %s must be an IPv4 prefix from /8 to /29", pool)
 	}
-	return &Manager{pool: pool, size: 1 << (30 - pool.Bits()), used: map[int]bool{}}, nil
+	// The index of a /8's last /30 is 6 hex digits; interface names have
+	// at most 15 bytes.
+	if ifPrefix == "" || len(ifPrefix) > 8 || namePrefix == "" {
+		return nil, fmt.Errorf("netns: interface prefix %q must have 1 to 8 bytes and the name prefix must be set", ifPrefix)
+	}
+	return &Manager{pool: pool, size: 1 << (30 - pool.Bits()), ifPrefix: ifPrefix, namePrefix: namePrefix, used: map[int]bool{}}, nil
 }
+
+// IfPrefix is the prefix of the host ends of the manager's veths.
+func (m *Manager) IfPrefix() string { return m.ifPrefix }
 
 // Sandbox is one namespace and its addresses.
 type Sandbox struct {
@@ -105,8 +116,8 @@ func (m *Manager) Create(id string) (sb *Sandbox, err error) {
 	}
 	hostIP, sandboxIP := m.subnet(idx)
 	sb = &Sandbox{
-		Name:      NamePrefix + id,
-		HostIf:    fmt.Sprintf("%s%x", IfPrefix, idx),
+		Name:      m.namePrefix + id,
+		HostIf:    fmt.Sprintf("%s%x", m.ifPrefix, idx),
 		HostIP:    hostIP,
 		SandboxIP: sandboxIP,
 		index:     idx,
@@ -225,13 +236,13 @@ func (m *Manager) Delete(sb *Sandbox) error {
 	return errors.Join(errs...)
 }
 
-// Sweep removes every namespace and host veth this package names, left by
-// a previous executor. It must run before any Create.
-func Sweep() (namespaces, links int, err error) {
+// Sweep removes every namespace and host veth with the manager's prefixes,
+// left by a previous executor. It must run before any Create.
+func (m *Manager) Sweep() (namespaces, links int, err error) {
 	var errs []error
 	entries, _ := os.ReadDir(netnsDir)
 	for _, e := range entries {
-		if !strings.HasPrefix(e.Name(), NamePrefix) {
+		if !strings.HasPrefix(e.Name(), m.namePrefix) {
 			continue
 		}
 		if err := removeNamed(filepath.Join(netnsDir, e.Name())); err != nil {
@@ -245,7 +256,7 @@ func Sweep() (namespaces, links int, err error) {
 		return namespaces, links, fmt.Errorf("list links: %w", err)
 	}
 	for _, l := range all {
-		if _, ok := l.(*netlink.Veth); !ok || !strings.HasPrefix(l.Attrs().Name, IfPrefix) {
+		if _, ok := l.(*netlink.Veth); !ok || !strings.HasPrefix(l.Attrs().Name, m.ifPrefix) {
 			continue
 		}
 		if err := netlink.LinkDel(l); err != nil {
