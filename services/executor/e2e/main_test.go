@@ -19,8 +19,11 @@ import (
 	"google.golang.org/grpc/health"
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
+	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"github.com/sandpit-run/sandpit/services/executor/internal/capacity"
 	"github.com/sandpit-run/sandpit/services/executor/internal/containerdtest"
+	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
+	"github.com/sandpit-run/sandpit/services/executor/internal/egress"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
 	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
 	"github.com/sandpit-run/sandpit/services/executor/internal/server"
@@ -79,6 +82,7 @@ func testLogger() *slog.Logger {
 
 // executor is an in-process executor served on loopback.
 type executor struct {
+	addr     string
 	client   executorv1.ExecutorServiceClient
 	shutdown context.CancelFunc
 	slots    *capacity.Limiter
@@ -88,6 +92,11 @@ type executorOpts struct {
 	slots, queue int
 	defaults     limits.Set
 	allow        []string
+	// egress, when set, gives sandboxes egress and serves the decision
+	// service next to Execute.
+	egress *egress.Egress
+	// lis is the listener to serve on; a fresh loopback one when nil.
+	lis net.Listener
 }
 
 // startExecutor serves the service on a loopback port for the test's
@@ -103,17 +112,27 @@ func startExecutor(t testing.TB, o executorOpts) *executor {
 	shutdownCtx, shutdown := context.WithCancel(context.Background())
 	slots := capacity.New(o.slots, o.queue)
 	reg := prometheus.NewRegistry()
-	svc := server.New(shutdownCtx, server.Config{
+	cfg := server.Config{
 		Defaults:       o.defaults,
 		Maxima:         limits.Maxima,
 		DefaultImage:   env.ImageRef,
 		ImageAllowlist: o.allow,
 		NodePath:       "/usr/local/bin/node",
-	}, rt, slots, server.NewMetrics(reg, slots), testLogger())
-	srv := server.NewGRPCServer(svc, health.NewServer(), reg, 32<<20, testLogger())
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	}
+	var register []func(grpc.ServiceRegistrar)
+	if o.egress != nil {
+		cfg.Egress = o.egress
+		decider := decision.NewService(o.egress.Registry(), testLogger())
+		register = append(register, func(r grpc.ServiceRegistrar) { policyv1.RegisterPolicyDecisionServiceServer(r, decider) })
+	}
+	svc := server.New(shutdownCtx, cfg, rt, slots, server.NewMetrics(reg, slots), testLogger())
+	srv := server.NewGRPCServer(svc, health.NewServer(), reg, 32<<20, testLogger(), register...)
+	lis := o.lis
+	if lis == nil {
+		var err error
+		if lis, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
 	}
 	go func() { _ = srv.Serve(lis) }()
 	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -126,7 +145,7 @@ func startExecutor(t testing.TB, o executorOpts) *executor {
 		shutdown()
 		srv.GracefulStop()
 	})
-	return &executor{client: executorv1.NewExecutorServiceClient(conn), shutdown: shutdown, slots: slots}
+	return &executor{addr: lis.Addr().String(), client: executorv1.NewExecutorServiceClient(conn), shutdown: shutdown, slots: slots}
 }
 
 // run is one finished execution as the client saw it.
@@ -136,6 +155,7 @@ type run struct {
 	stdout  []byte
 	stderr  []byte
 	result  *executorv1.Result
+	network []*executorv1.NetworkEvent
 	err     error
 }
 
@@ -168,6 +188,8 @@ func (e *executor) execute(ctx context.Context, req *executorv1.ExecuteRequest) 
 			r.stderr = append(r.stderr, x.Stderr.GetData()...)
 		case *executorv1.ExecuteResponse_Result:
 			r.result = x.Result
+		case *executorv1.ExecuteResponse_Network:
+			r.network = append(r.network, x.Network)
 		}
 	}
 }

@@ -346,7 +346,7 @@ var (
 	// Every regular file the image may hold. A bump that adds a file fails
 	// here on purpose, so someone looks at it.
 	allowedFiles = []*regexp.Regexp{
-		regexp.MustCompile(`^etc/(passwd|group|hosts|nsswitch\.conf)$`),
+		regexp.MustCompile(`^etc/(passwd|group|hosts|nsswitch\.conf|resolv\.conf)$`),
 		regexp.MustCompile(`^etc/ssl/certs/ca-certificates\.crt$`),
 		regexp.MustCompile(`^usr/local/bin/node$`),
 		regexp.MustCompile(`^usr/local/share/doc/node/LICENSE$`),

@@ -89,6 +89,10 @@ func addBase(fs *FS) error {
 			"passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n")),
 		fs.File("etc/hosts", 0o644, []byte(
 			"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")),
+		// Empty, and a mount point for the executor's resolv.conf (the
+		// read-only root cannot get one created): without it a sandbox
+		// resolves nothing.
+		fs.File("etc/resolv.conf", 0o644, nil),
 		fs.Dir("tmp", 0o1777, 0, 0),
 		// The executor bind-mounts the user's code here read-only.
 		fs.Dir("sandbox", 0o755, 0, 0),

@@ -1,0 +1,133 @@
+package e2e
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/sandpit-run/sandpit/services/executor/internal/egress"
+)
+
+// Sandbox networks of the e2e tests: their own pool, prefixes and table,
+// apart from a real executor's and from other test packages'.
+const (
+	testPool       = "10.89.0.0/24"
+	testVethPrefix = "se"
+	testNetns      = "sandpit-e2e-"
+	testTable      = "sandpit_e2e"
+)
+
+// netPorts are the host ports nftables sends sandbox traffic to.
+type netPorts struct {
+	proxyGRPC          string
+	proxyPort, dnsPort uint16
+}
+
+// freePort returns a port free on all addresses for tcp (and, for DNS, udp).
+func freePort(t *testing.T) uint16 {
+	t.Helper()
+	l, err := net.Listen("tcp4", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return uint16(l.Addr().(*net.TCPAddr).Port)
+}
+
+// startEgress sets up the executor's side of egress: namespaces, nftables,
+// the policy file. The proxy may or may not be running at ports.
+func startEgress(t *testing.T, ports netPorts, policyYAML string) *egress.Egress {
+	t.Helper()
+	var policyFile string
+	if policyYAML != "" {
+		policyFile = filepath.Join(t.TempDir(), "policy.yaml")
+		if err := os.WriteFile(policyFile, []byte(policyYAML), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eg, err := egress.New(context.Background(), egress.Config{
+		Pool:       testPool,
+		ProxyGRPC:  ports.proxyGRPC,
+		ProxyPort:  ports.proxyPort,
+		DNSPort:    ports.dnsPort,
+		Table:      testTable,
+		PolicyFile: policyFile,
+		IfPrefix:   testVethPrefix,
+		NamePrefix: testNetns,
+	}, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := eg.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return eg
+}
+
+// requireNoNetworkLeftovers fails if a namespace or veth of the tests is
+// still there.
+func requireNoNetworkLeftovers(t *testing.T) {
+	t.Helper()
+	entries, _ := os.ReadDir("/run/netns")
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), testNetns) {
+			t.Errorf("namespace %s left behind", e.Name())
+		}
+	}
+	ifs, _ := net.Interfaces()
+	for _, i := range ifs {
+		if strings.HasPrefix(i.Name, testVethPrefix) {
+			t.Errorf("veth %s left behind", i.Name)
+		}
+	}
+}
+
+// TestProxyDownMeansNoEgress runs a sandbox with egress configured but no
+// proxy listening: it has its veth and route, but every connection and DNS
+// query goes nowhere, and the result says why.
+func TestProxyDownMeansNoEgress(t *testing.T) {
+	ports := netPorts{proxyGRPC: "127.0.0.1:" + itoa(freePort(t)), proxyPort: freePort(t), dnsPort: freePort(t)}
+	eg := startEgress(t, ports, "version: 1\ndefault: allow\n")
+	e := startExecutor(t, executorOpts{egress: eg})
+	var got struct {
+		Ifaces []string
+		Fetch  string
+		DNS    string
+		CA     string
+	}
+	probe(t, e, code(`
+const fs = require("fs");
+const ifaces = fs.readFileSync("/proc/net/dev", "utf8").split("\n").slice(2).filter(Boolean).map(l => l.split(":")[0].trim()).sort();
+const out = {ifaces, ca: process.env.NODE_EXTRA_CA_CERTS || ""};
+require("dns").lookup("api.stripe.com", (err) => {
+  out.dns = err ? err.code : "resolved";
+  fetch("http://api.stripe.com/v1/products", {signal: AbortSignal.timeout(3000)})
+    .then(r => { out.fetch = "status " + r.status; })
+    .catch(e => { out.fetch = (e.cause && e.cause.code) || e.name; })
+    .finally(() => console.log(JSON.stringify(out)));
+});
+`), &got)
+	if strings.Join(got.Ifaces, ",") != "eth0,lo" {
+		t.Errorf("interfaces %v, want eth0 and lo", got.Ifaces)
+	}
+	if got.DNS == "resolved" || got.Fetch == "" || strings.HasPrefix(got.Fetch, "status") {
+		t.Errorf("with the proxy down: dns %q, fetch %q; want both to fail", got.DNS, got.Fetch)
+	}
+	if got.CA != "" {
+		t.Errorf("NODE_EXTRA_CA_CERTS=%q without a proxy CA", got.CA)
+	}
+	r := e.mustRun(t, code(`1`))
+	if !strings.Contains(r.result.GetNetworkError(), "egress proxy unavailable") {
+		t.Errorf("network_error %q, want it to say the proxy is unavailable", r.result.GetNetworkError())
+	}
+	requireNoLeftovers(t, stateDir, "")
+	requireNoNetworkLeftovers(t)
+}
+
+func itoa(p uint16) string { return strconv.Itoa(int(p)) }
