@@ -29,6 +29,9 @@ import (
 	"github.com/sandpit-run/sandpit/services/executor/internal/server"
 )
 
+// sdkImage is the test variant of the image with stripe and axios.
+const sdkImage = "sandpit.local/node-sdk:24"
+
 // env is the shared private containerd; rt the runtime on it.
 var (
 	env *containerdtest.Env
@@ -51,6 +54,14 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	defer env.Stop()
+	sdkTar, err := containerdtest.Artifact("SANDPIT_SDK_IMAGE_TAR", "build/sandpit-node-sdk.tar")
+	if err == nil {
+		err = env.ImportImage(ctx, sdkTar, sdkImage)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: SDK test image:", err)
+		return 1
+	}
 	stateDir = filepath.Join(env.Dir, "executor")
 	rt, err = sandbox.New(ctx, sandboxConfig(stateDir), testLogger())
 	if err != nil {
@@ -83,6 +94,10 @@ func testLogger() *slog.Logger {
 // executor is an in-process executor served on loopback.
 type executor struct {
 	addr     string
+	// deciderAddr serves the decision service, on a server of its own so
+	// a test can take it away; stopDecider does.
+	deciderAddr string
+	stopDecider func()
 	client   executorv1.ExecutorServiceClient
 	shutdown context.CancelFunc
 	slots    *capacity.Limiter
@@ -97,6 +112,15 @@ type executorOpts struct {
 	egress *egress.Egress
 	// lis is the listener to serve on; a fresh loopback one when nil.
 	lis net.Listener
+	// logs, when set, receives the executor's logs.
+	logs io.Writer
+}
+
+func (o executorOpts) logger() *slog.Logger {
+	if o.logs != nil {
+		return slog.New(slog.NewJSONHandler(o.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return testLogger()
 }
 
 // startExecutor serves the service on a loopback port for the test's
@@ -119,14 +143,23 @@ func startExecutor(t testing.TB, o executorOpts) *executor {
 		ImageAllowlist: o.allow,
 		NodePath:       "/usr/local/bin/node",
 	}
-	var register []func(grpc.ServiceRegistrar)
+	var deciderAddr string
+	stopDecider := func() {}
 	if o.egress != nil {
 		cfg.Egress = o.egress
-		decider := decision.NewService(o.egress.Registry(), testLogger())
-		register = append(register, func(r grpc.ServiceRegistrar) { policyv1.RegisterPolicyDecisionServiceServer(r, decider) })
+		dsrv := grpc.NewServer()
+		policyv1.RegisterPolicyDecisionServiceServer(dsrv, decision.NewService(o.egress.Registry(), o.logger()))
+		dlis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() { _ = dsrv.Serve(dlis) }()
+		deciderAddr = dlis.Addr().String()
+		stopDecider = dsrv.Stop
+		t.Cleanup(dsrv.Stop)
 	}
-	svc := server.New(shutdownCtx, cfg, rt, slots, server.NewMetrics(reg, slots), testLogger())
-	srv := server.NewGRPCServer(svc, health.NewServer(), reg, 32<<20, testLogger(), register...)
+	svc := server.New(shutdownCtx, cfg, rt, slots, server.NewMetrics(reg, slots), o.logger())
+	srv := server.NewGRPCServer(svc, health.NewServer(), reg, 32<<20, o.logger())
 	lis := o.lis
 	if lis == nil {
 		var err error
@@ -145,7 +178,7 @@ func startExecutor(t testing.TB, o executorOpts) *executor {
 		shutdown()
 		srv.GracefulStop()
 	})
-	return &executor{addr: lis.Addr().String(), client: executorv1.NewExecutorServiceClient(conn), shutdown: shutdown, slots: slots}
+	return &executor{addr: lis.Addr().String(), deciderAddr: deciderAddr, stopDecider: stopDecider, client: executorv1.NewExecutorServiceClient(conn), shutdown: shutdown, slots: slots}
 }
 
 // run is one finished execution as the client saw it.

@@ -27,6 +27,9 @@ type fakeDecider struct {
 }
 
 func (f *fakeDecider) Decide(stream grpc.BidiStreamingServer[policyv1.DecideRequest, policyv1.DecideResponse]) error {
+	f.mu.Lock()
+	kill := f.kill
+	f.mu.Unlock()
 	errc := make(chan error, 1)
 	go func() {
 		for {
@@ -59,7 +62,7 @@ func (f *fakeDecider) Decide(stream grpc.BidiStreamingServer[policyv1.DecideRequ
 			return nil
 		}
 		return err
-	case <-f.kill:
+	case <-kill:
 		return errors.New("killed")
 	}
 }

@@ -124,6 +124,16 @@ func (e *Env) Client() (*containerd.Client, error) {
 	return containerd.New(e.Address, containerd.WithDefaultNamespace(Namespace), containerd.WithTimeout(10*time.Second))
 }
 
+// ImportImage imports another image archive, which must hold ref.
+func (e *Env) ImportImage(ctx context.Context, tar, ref string) error {
+	c, err := e.Client()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return importTar(namespaces.WithNamespace(ctx, Namespace), c, tar, ref)
+}
+
 func (e *Env) importImage(ctx context.Context) error {
 	deadline := time.Now().Add(15 * time.Second)
 	for {
@@ -140,22 +150,25 @@ func (e *Env) importImage(ctx context.Context) error {
 		return fmt.Errorf("connect to containerd: %w", err)
 	}
 	defer c.Close()
-	ctx = namespaces.WithNamespace(ctx, Namespace)
-	f, err := os.Open(e.ImageTar)
+	return importTar(namespaces.WithNamespace(ctx, Namespace), c, e.ImageTar, e.ImageRef)
+}
+
+func importTar(ctx context.Context, c *containerd.Client, tar, ref string) error {
+	f, err := os.Open(tar)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	imgs, err := c.Import(ctx, f)
 	if err != nil {
-		return fmt.Errorf("import %s: %w", e.ImageTar, err)
+		return fmt.Errorf("import %s: %w", tar, err)
 	}
 	for _, im := range imgs {
-		if im.Name == e.ImageRef {
+		if im.Name == ref {
 			return nil
 		}
 	}
-	return fmt.Errorf("import %s: no image named %s in it", e.ImageTar, e.ImageRef)
+	return fmt.Errorf("import %s: no image named %s in it", tar, ref)
 }
 
 // Stop stops containerd, unmounts what it left and removes its directory.

@@ -168,6 +168,13 @@ func (e *Egress) Attach(ctx context.Context, id string, inline *policy.Compiled,
 	return a, nil
 }
 
+// Do runs fn on a thread inside the sandbox's network namespace: sockets it
+// opens are the sandbox's. For tests and benchmarks.
+func (a *Attachment) Do(fn func() error) error { return a.sb.Do(fn) }
+
+// SandboxIP is the sandbox end's address.
+func (a *Attachment) SandboxIP() string { return a.sb.SandboxIP.String() }
+
 // Detach ends the execution's registration and removes its namespace; it
 // sets NetworkError if the proxy was gone by the end. Calls after the first
 // do nothing.

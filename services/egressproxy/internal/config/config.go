@@ -1,0 +1,139 @@
+// Package config reads the egress proxy's configuration from flags, each
+// with an environment variable as fallback (SANDPIT_ plus the flag name in
+// upper snake case: --dns-listen is SANDPIT_DNS_LISTEN; repeatable flags
+// take a comma-separated list there).
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/sandpit-run/sandpit/services/egressproxy/internal/dialer"
+)
+
+// Config is the proxy's whole configuration.
+type Config struct {
+	Listen        string
+	DNSListen     string
+	GRPCListen    string
+	MetricsListen string
+	LogLevel      string
+
+	Decider       string
+	DecideTimeout time.Duration
+
+	CACert, CAKey, CADir string
+	LeafCacheSize        int
+
+	Upstreams         map[string]string
+	UpstreamAllow     []netip.Prefix
+	UpstreamCA        string
+	AllowPrivateHosts []string
+
+	DNSAnswerIP netip.Addr
+
+	RedactHeaders     []string
+	RedactQueryParams []string
+}
+
+type list []string
+
+func (l *list) String() string { return strings.Join(*l, ",") }
+func (l *list) Set(s string) error {
+	*l = append(*l, s)
+	return nil
+}
+
+// Parse reads args (without the program name) and the environment.
+func Parse(args []string, getenv func(string) string) (Config, error) {
+	c := Config{Upstreams: map[string]string{}}
+	fs := flag.NewFlagSet("sandpit-egress-proxy", flag.ContinueOnError)
+	fs.StringVar(&c.Listen, "listen", "0.0.0.0:15001", "transparent listener the executor's nftables redirect every sandbox TCP connection to")
+	fs.StringVar(&c.DNSListen, "dns-listen", ":15053", "UDP and TCP address of the sandboxes' DNS server")
+	fs.StringVar(&c.GRPCListen, "grpc-listen", "127.0.0.1:50052", "gRPC listen address of EgressService, health and reflection")
+	fs.StringVar(&c.MetricsListen, "metrics-listen", "127.0.0.1:9465", "HTTP listen address of /metrics; empty disables it")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.Decider, "decider", "127.0.0.1:50051", "gRPC target of the executor's PolicyDecisionService (host:port or unix:///path)")
+	fs.DurationVar(&c.DecideTimeout, "decide-timeout", 2*time.Second, "how long a request waits for its verdict before it is denied")
+	fs.StringVar(&c.CACert, "ca-cert", "", "PEM CA certificate to mint leaves from (with --ca-key)")
+	fs.StringVar(&c.CAKey, "ca-key", "", "PEM private key of --ca-cert")
+	fs.StringVar(&c.CADir, "ca-dir", "", "directory holding ca.pem and ca-key.pem, generated there when missing; without it and --ca-cert a fresh CA is made at each start")
+	fs.IntVar(&c.LeafCacheSize, "leaf-cache-size", 4096, "minted leaf certificates kept")
+	var upstreams, allow, private, redH, redQ list
+	fs.Var(&upstreams, "upstream", "host=addr:port: send requests for host there instead of resolving it (repeatable)")
+	fs.Var(&allow, "upstream-allow", "CIDR: when given, the only addresses ever dialed upstream (repeatable)")
+	fs.StringVar(&c.UpstreamCA, "upstream-ca", "", "PEM bundle trusted for upstream TLS besides the system roots")
+	fs.Var(&private, "allow-private-host", "host name that may resolve to private or other special-purpose addresses (repeatable)")
+	answer := fs.String("dns-answer-ip", "198.18.0.1", "IPv4 address allowed names resolve to; the executor routes it to the proxy")
+	fs.Var(&redH, "redact-header", "extra header name to redact (repeatable)")
+	fs.Var(&redQ, "redact-query-param", "extra query parameter name to redact (repeatable)")
+
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] {
+			return
+		}
+		v := getenv(EnvName(f.Name))
+		if v == "" {
+			return
+		}
+		parts := []string{v}
+		if _, ok := f.Value.(*list); ok {
+			parts = strings.Split(v, ",")
+		}
+		for _, p := range parts {
+			if err := fs.Set(f.Name, strings.TrimSpace(p)); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", EnvName(f.Name), err))
+			}
+		}
+	})
+	for _, u := range upstreams {
+		host, addr, err := dialer.ParseOverride(u)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		c.Upstreams[host] = addr
+	}
+	for _, a := range allow {
+		p, err := netip.ParsePrefix(a)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("upstream-allow %q: %w", a, err))
+			continue
+		}
+		c.UpstreamAllow = append(c.UpstreamAllow, p.Masked())
+	}
+	for _, h := range private {
+		c.AllowPrivateHosts = append(c.AllowPrivateHosts, strings.ToLower(strings.TrimSuffix(h, ".")))
+	}
+	ip, err := netip.ParseAddr(*answer)
+	if err != nil || !ip.Is4() {
+		errs = append(errs, fmt.Errorf("dns-answer-ip %q: want an IPv4 address", *answer))
+	}
+	c.DNSAnswerIP = ip
+	if (c.CACert == "") != (c.CAKey == "") {
+		errs = append(errs, errors.New("ca-cert and ca-key go together"))
+	}
+	if c.DecideTimeout <= 0 {
+		errs = append(errs, errors.New("decide-timeout must be positive"))
+	}
+	c.RedactHeaders, c.RedactQueryParams = redH, redQ
+	return c, errors.Join(errs...)
+}
+
+// EnvName is the environment variable read for a flag.
+func EnvName(flagName string) string {
+	return "SANDPIT_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}

@@ -1,0 +1,32 @@
+package config
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+)
+
+func TestParse(t *testing.T) {
+	env := map[string]string{
+		"SANDPIT_UPSTREAM_ALLOW":     "127.0.0.0/8, 10.1.0.0/16",
+		"SANDPIT_DECIDE_TIMEOUT":     "500ms",
+		"SANDPIT_LISTEN":             "ignored:1",
+		"SANDPIT_ALLOW_PRIVATE_HOST": "Internal.Example.",
+	}
+	c, err := Parse([]string{"--listen", "127.0.0.1:15001", "--upstream", "api.stripe.test=127.0.0.1:12112", "--upstream", "b.test=127.0.0.1:1"},
+		func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != "127.0.0.1:15001" || c.DecideTimeout != 500*time.Millisecond || len(c.Upstreams) != 2 ||
+		c.Upstreams["api.stripe.test"] != "127.0.0.1:12112" || len(c.UpstreamAllow) != 2 ||
+		c.UpstreamAllow[0] != netip.MustParsePrefix("127.0.0.0/8") || c.AllowPrivateHosts[0] != "internal.example" ||
+		c.DNSAnswerIP != netip.MustParseAddr("198.18.0.1") {
+		t.Fatalf("%+v", c)
+	}
+	for _, bad := range [][]string{{"--upstream", "x"}, {"--upstream-allow", "nope"}, {"--ca-cert", "a"}, {"--dns-answer-ip", "::1"}, {"extra"}} {
+		if _, err := Parse(bad, func(string) string { return "" }); err == nil {
+			t.Errorf("Parse(%q) succeeded", bad)
+		}
+	}
+}

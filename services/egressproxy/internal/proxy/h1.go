@@ -1,0 +1,241 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/textproto"
+	"strings"
+	"sync"
+	"time"
+)
+
+const maxHeaderBytes = 64 << 10
+
+// serveH1 reads HTTP/1.x requests one after another (keep-alive) and
+// answers each. It reads the request head itself so that the Host header
+// survives an absolute-form target, which net/http would fold into r.Host.
+func (p *Proxy) serveH1(ctx context.Context, conn net.Conn, br *bufio.Reader, info connInfo) {
+	for ctx.Err() == nil {
+		_ = conn.SetReadDeadline(time.Now().Add(p.cfg.IdleTimeout))
+		line, hdr, err := peekHead(br)
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !isTimeout(err) {
+				writeSimple(conn, http.StatusBadRequest, "bad request head: "+err.Error())
+			}
+			return
+		}
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			p.unparsable(ctx, conn, line, hdr, info, err)
+			return
+		}
+		_ = conn.SetReadDeadline(time.Time{})
+		if !p.serveOneH1(ctx, conn, br, req, hdr.Values("Host"), info) {
+			return
+		}
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// unparsable answers a request net/http refuses to parse. When its request
+// line is well formed (typically a target with an invalid escape) it is
+// still decided, so the attempt is logged as blocked with its reason.
+func (p *Proxy) unparsable(ctx context.Context, conn net.Conn, line string, hdr textproto.MIMEHeader, info connInfo, err error) {
+	method, rest, ok1 := strings.Cut(line, " ")
+	target, proto, ok2 := strings.Cut(rest, " ")
+	if !ok1 || !ok2 || !strings.HasPrefix(proto, "HTTP/1.") || method == "" || target == "" {
+		writeSimple(conn, http.StatusBadRequest, "bad request: "+err.Error())
+		return
+	}
+	req := &http.Request{Method: method, RequestURI: target, Header: http.Header(hdr), ContentLength: -1}
+	req.Host = hdr.Get("Host")
+	hdr.Del("Host")
+	c := p.check(info, req, "HTTP/1.1", nil)
+	c.block("unparsable request: " + err.Error())
+	v := p.decide(ctx, info, c, req)
+	writeResponse(bufio.NewWriter(conn), http.StatusForbidden, "application/json", blockBody(c, v), true)
+}
+
+// peekHead returns the request line and headers of the request head
+// waiting in br, without consuming them.
+func peekHead(br *bufio.Reader) (string, textproto.MIMEHeader, error) {
+	n := max(br.Buffered(), 1)
+	for {
+		b, err := br.Peek(n)
+		if err != nil {
+			if len(b) > 0 && errors.Is(err, bufio.ErrBufferFull) {
+				return "", nil, errors.New("request head too large")
+			}
+			return "", nil, err
+		}
+		if i := bytes.Index(b, []byte("\r\n\r\n")); i >= 0 {
+			b = b[:i+4]
+			line, rest, _ := bytes.Cut(b, []byte("\r\n"))
+			hdr, err := textproto.NewReader(bufio.NewReader(bytes.NewReader(rest))).ReadMIMEHeader()
+			if err != nil {
+				return "", nil, err
+			}
+			return string(line), hdr, nil
+		}
+		if n >= maxHeaderBytes {
+			return "", nil, errors.New("request head too large")
+		}
+		// All that is buffered was searched: wait for at least one more byte.
+		n = min(max(br.Buffered(), n+1), maxHeaderBytes)
+	}
+}
+
+// serveOneH1 handles one request; it reports whether the connection can
+// carry another.
+func (p *Proxy) serveOneH1(ctx context.Context, conn net.Conn, br *bufio.Reader, req *http.Request, hosts []string, info connInfo) bool {
+	defer req.Body.Close()
+	c := p.check(info, req, "HTTP/1.1", hosts)
+	v := p.decide(ctx, info, c, req)
+	keep := !req.Close && req.ProtoAtLeast(1, 1)
+	bw := bufio.NewWriterSize(conn, 16<<10)
+	if !v.allowed {
+		writeResponse(bw, http.StatusForbidden, "application/json", blockBody(c, v), !keep || req.ContentLength != 0)
+		// An unread body would be parsed as the next request.
+		return keep && req.ContentLength == 0
+	}
+	if headerHasToken(req.Header, "Expect", "100-continue") {
+		if _, err := io.WriteString(conn, "HTTP/1.1 100 Continue\r\n\r\n"); err != nil {
+			return false
+		}
+	}
+	body := &countingReader{r: req.Body}
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	out := p.upstreamRequest(rctx, c, req, body)
+	resp, err := p.cfg.Upstream.RoundTrip(out)
+	if err != nil {
+		p.outcome(v, 0, body.n.Load(), 0, err)
+		writeResponse(bw, http.StatusBadGateway, "application/json", errorBody(c, err), true)
+		return false
+	}
+	if c.websocket && resp.StatusCode == http.StatusSwitchingProtocols {
+		p.spliceWebSocket(conn, br, bw, resp, v, body)
+		return false
+	}
+	defer resp.Body.Close()
+
+	removeHopHeaders(resp.Header)
+	resp.Proto, resp.ProtoMajor, resp.ProtoMinor = "HTTP/1.1", 1, 1
+	resp.Close = !keep
+	resp.TransferEncoding = nil
+	if resp.ContentLength < 0 && bodyAllowed(req.Method, resp.StatusCode) {
+		if keep {
+			resp.TransferEncoding = []string{"chunked"}
+		}
+	}
+	recv := &countingReader{r: resp.Body}
+	// Flush what was written before every read from upstream, so streamed
+	// responses (server-sent events) reach the sandbox as they arrive.
+	resp.Body = flushingReader{r: recv, w: bw}
+	// writerOnly hides bw's ReadFrom, which would read into the buffer
+	// flushingReader flushes.
+	werr := resp.Write(writerOnly{bw})
+	if werr == nil {
+		werr = bw.Flush()
+	}
+	status := resp.StatusCode
+	if werr != nil {
+		p.outcome(v, status, body.n.Load(), recv.n.Load(), werr)
+		return false
+	}
+	p.outcome(v, status, body.n.Load(), recv.n.Load(), nil)
+	if !keep || resp.Close {
+		return false
+	}
+	// Whatever of the request body upstream did not read would be parsed as
+	// the next request: drain a little, else close.
+	if _, err := io.Copy(io.Discard, io.LimitReader(req.Body, 256<<10)); err != nil {
+		return false
+	}
+	n, _ := req.Body.Read(make([]byte, 1))
+	return n == 0
+}
+
+func bodyAllowed(method string, status int) bool {
+	return method != http.MethodHead && status >= 200 && status != http.StatusNoContent && status != http.StatusNotModified
+}
+
+type flushingReader struct {
+	r io.Reader
+	w *bufio.Writer
+}
+
+func (f flushingReader) Read(b []byte) (int, error) {
+	if err := f.w.Flush(); err != nil {
+		return 0, err
+	}
+	return f.r.Read(b)
+}
+
+func (f flushingReader) Close() error { return nil }
+
+type writerOnly struct{ io.Writer }
+
+func writeResponse(bw *bufio.Writer, status int, contentType string, body []byte, closeConn bool) {
+	fmt.Fprintf(bw, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n",
+		status, http.StatusText(status), contentType, len(body))
+	if closeConn {
+		bw.WriteString("Connection: close\r\n")
+	}
+	bw.WriteString("\r\n")
+	bw.Write(body)
+	_ = bw.Flush()
+}
+
+func writeSimple(conn net.Conn, status int, msg string) {
+	bw := bufio.NewWriter(conn)
+	writeResponse(bw, status, "text/plain; charset=utf-8", []byte(msg+"\n"), true)
+}
+
+// spliceWebSocket relays an accepted WebSocket upgrade: the 101 goes to
+// the sandbox, then bytes are copied both ways until either side closes.
+// Frames are not inspected.
+func (p *Proxy) spliceWebSocket(conn net.Conn, br *bufio.Reader, bw *bufio.Writer, resp *http.Response, v verdict, sent *countingReader) {
+	up, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok {
+		resp.Body.Close()
+		p.outcome(v, resp.StatusCode, 0, 0, errors.New("upstream 101 without a writable body"))
+		return
+	}
+	defer up.Close()
+	fmt.Fprintf(bw, "HTTP/1.1 101 Switching Protocols\r\n")
+	h := resp.Header.Clone()
+	h.Set("Connection", "Upgrade")
+	h.Set("Upgrade", "websocket")
+	_ = h.Write(bw)
+	bw.WriteString("\r\n")
+	if err := bw.Flush(); err != nil {
+		p.outcome(v, resp.StatusCode, 0, 0, err)
+		return
+	}
+	var toUp, toDown int64
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		toUp, _ = io.Copy(up, br)
+		if cw, ok := up.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		} else {
+			up.Close()
+		}
+	})
+	toDown, _ = io.Copy(conn, up)
+	conn.Close()
+	up.Close()
+	wg.Wait()
+	p.outcome(v, resp.StatusCode, uint64(toUp), uint64(toDown), nil)
+}

@@ -1,0 +1,79 @@
+package proxy
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+
+	"golang.org/x/net/http2"
+)
+
+// serveH2 serves an HTTP/2 connection; every stream is decided on its own.
+func (p *Proxy) serveH2(ctx context.Context, conn net.Conn, info connInfo) {
+	srv := &http2.Server{IdleTimeout: p.cfg.IdleTimeout}
+	srv.ServeConn(conn, &http2.ServeConnOpts{
+		Context: ctx,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			p.serveH2Request(w, r, info)
+		}),
+	})
+}
+
+func (p *Proxy) serveH2Request(w http.ResponseWriter, r *http.Request, info connInfo) {
+	c := p.check(info, r, "HTTP/2", r.Header.Values("Host"))
+	v := p.decide(r.Context(), info, c, r)
+	if !v.allowed {
+		writeH2(w, http.StatusForbidden, blockBody(c, v))
+		return
+	}
+	body := &countingReader{r: r.Body}
+	resp, err := p.cfg.Upstream.RoundTrip(p.upstreamRequest(r.Context(), c, r, body))
+	if err != nil {
+		p.outcome(v, 0, body.n.Load(), 0, err)
+		writeH2(w, http.StatusBadGateway, errorBody(c, err))
+		return
+	}
+	defer resp.Body.Close()
+	removeHopHeaders(resp.Header)
+	for k, vv := range resp.Header {
+		w.Header()[k] = vv
+	}
+	for k := range resp.Trailer {
+		w.Header().Add("Trailer", k)
+	}
+	w.WriteHeader(resp.StatusCode)
+	rc := http.NewResponseController(w)
+	var recv uint64
+	buf := make([]byte, 32<<10)
+	var werr error
+	for {
+		n, rerr := resp.Body.Read(buf)
+		if n > 0 {
+			if _, err := w.Write(buf[:n]); err != nil {
+				werr = err
+				break
+			}
+			recv += uint64(n)
+			_ = rc.Flush()
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			werr = rerr
+			break
+		}
+	}
+	for k, vv := range resp.Trailer {
+		w.Header()[k] = vv
+	}
+	p.outcome(v, resp.StatusCode, body.n.Load(), recv, werr)
+}
+
+func writeH2(w http.ResponseWriter, status int, body []byte) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+}

@@ -1,0 +1,315 @@
+// Package proxy is the transparent listener every sandbox TCP connection is
+// redirected to: it terminates TLS with minted leaves, parses HTTP/1.1 and
+// HTTP/2, asks the decider about each request and forwards exactly the
+// request it checked.
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
+	"github.com/sandpit-run/sandpit/services/egressproxy/internal/canon"
+	"github.com/sandpit-run/sandpit/services/egressproxy/internal/redact"
+)
+
+// Decider answers the questions the proxy asks about each request and
+// takes its reports. Ask always returns a verdict (a deny when it fails).
+type Decider interface {
+	Ask(ctx context.Context, req *policyv1.DecideRequest) (*policyv1.DecideResponse, error)
+	Report(req *policyv1.DecideRequest)
+}
+
+// Minter provides TLS leaves for sandbox connections.
+type Minter interface {
+	Certificate(host string) (*tls.Certificate, error)
+}
+
+// Config wires a Proxy.
+type Config struct {
+	Minter   Minter
+	Decider  Decider
+	Redactor *redact.Redactor
+	// Upstream carries allowed requests; it must not follow redirects
+	// (an *http.Transport does not) and must dial through the checking
+	// dialer.
+	Upstream http.RoundTripper
+	// OriginalDst returns where a connection was headed before the
+	// redirect; nil means SocketOriginalDst. Tests inject it.
+	OriginalDst func(net.Conn) (netip.AddrPort, error)
+	// HandshakeTimeout bounds reading the first bytes and the TLS
+	// handshake; zero means 10s.
+	HandshakeTimeout time.Duration
+	// IdleTimeout bounds waiting for the next request on a connection;
+	// zero means 2 minutes.
+	IdleTimeout time.Duration
+	Metrics     *Metrics
+	Log         *slog.Logger
+}
+
+// Proxy serves redirected sandbox connections.
+type Proxy struct {
+	cfg Config
+	log *slog.Logger
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+}
+
+// New returns a Proxy.
+func New(cfg Config) *Proxy {
+	if cfg.OriginalDst == nil {
+		cfg.OriginalDst = SocketOriginalDst
+	}
+	if cfg.HandshakeTimeout == 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = 2 * time.Minute
+	}
+	if cfg.Redactor == nil {
+		cfg.Redactor = redact.New(nil, nil)
+	}
+	return &Proxy{cfg: cfg, log: cfg.Log, conns: map[net.Conn]struct{}{}}
+}
+
+// Serve accepts connections until ctx ends, then closes the listener and
+// every open connection and waits for their goroutines.
+func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
+	var wg sync.WaitGroup
+	stop := context.AfterFunc(ctx, func() {
+		ln.Close()
+		p.mu.Lock()
+		for c := range p.conns {
+			c.Close()
+		}
+		p.mu.Unlock()
+	})
+	defer stop()
+	defer wg.Wait()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		if !p.track(c) {
+			c.Close()
+			continue
+		}
+		wg.Go(func() {
+			defer p.untrack(c)
+			defer c.Close()
+			p.handleConn(ctx, c)
+		})
+	}
+}
+
+func (p *Proxy) track(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conns == nil {
+		return false
+	}
+	p.conns[c] = struct{}{}
+	return true
+}
+
+func (p *Proxy) untrack(c net.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.conns, c)
+}
+
+// connInfo is what is known of a connection before its first request.
+type connInfo struct {
+	src    netip.Addr
+	dst    netip.AddrPort
+	scheme string // http or https
+	sni    string // canonical; https only
+}
+
+func (p *Proxy) handleConn(ctx context.Context, c net.Conn) {
+	info := connInfo{}
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		info.src = ap.Addr().Unmap()
+	}
+	dst, err := p.cfg.OriginalDst(c)
+	if err != nil {
+		p.refuse(info, "no original destination", err)
+		return
+	}
+	info.dst = dst
+	_ = c.SetDeadline(time.Now().Add(p.cfg.HandshakeTimeout))
+	br := bufio.NewReaderSize(c, 64<<10)
+	first, err := br.Peek(1)
+	if err != nil {
+		return // closed before sending anything: nothing to decide
+	}
+	if first[0] == 0x16 { // TLS handshake record
+		p.serveTLS(ctx, c, br, info)
+		return
+	}
+	switch sniffHTTP(br) {
+	case httpYes:
+		_ = c.SetDeadline(time.Time{})
+		info.scheme = "http"
+		p.serveH1(ctx, c, br, info)
+	case httpPrior:
+		p.refuse(info, "HTTP/2 without TLS (h2c prior knowledge) is not supported", nil)
+	default:
+		p.refuse(info, "not HTTP or TLS", nil)
+	}
+}
+
+type sniff int
+
+const (
+	httpNo sniff = iota
+	httpYes
+	httpPrior
+)
+
+// sniffHTTP looks for a request line's method token ("GET ").
+func sniffHTTP(br *bufio.Reader) sniff {
+	for n := 1; n <= 20; n++ {
+		b, err := br.Peek(n)
+		if err != nil {
+			return httpNo
+		}
+		c := b[n-1]
+		if c == ' ' {
+			if n == 1 {
+				return httpNo
+			}
+			if string(b) == "PRI " {
+				return httpPrior
+			}
+			return httpYes
+		}
+		if c < 'A' || c > 'Z' {
+			return httpNo
+		}
+	}
+	return httpNo
+}
+
+func (p *Proxy) serveTLS(ctx context.Context, c net.Conn, br *bufio.Reader, info connInfo) {
+	info.scheme = "https"
+	hello, seen, err := readClientHello(br)
+	if err != nil {
+		p.refuse(info, "malformed TLS ClientHello", err)
+		return
+	}
+	if hello.ServerName == "" {
+		p.refuse(info, "TLS without SNI", nil)
+		return
+	}
+	sni, err := canon.CanonicalHost(hello.ServerName)
+	if err != nil {
+		p.refuse(info, "invalid TLS server name", err)
+		return
+	}
+	info.sni = sni.Name
+	replay := &replayConn{Conn: c, r: io.MultiReader(bytes.NewReader(seen), br)}
+	tc := tls.Server(replay, &tls.Config{
+		// The leaf is minted for the SNI checked above, whatever the
+		// handshake may say later.
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return p.cfg.Minter.Certificate(sni.Name) },
+		NextProtos:     []string{"h2", "http/1.1"},
+		MinVersion:     tls.VersionTLS12,
+	})
+	hctx, cancel := context.WithTimeout(ctx, p.cfg.HandshakeTimeout)
+	err = tc.HandshakeContext(hctx)
+	cancel()
+	if err != nil {
+		p.refuse(info, "TLS handshake failed", err)
+		return
+	}
+	_ = c.SetDeadline(time.Time{})
+	if tc.ConnectionState().NegotiatedProtocol == "h2" {
+		p.serveH2(ctx, tc, info)
+		return
+	}
+	p.serveH1(ctx, tc, bufio.NewReaderSize(tc, 64<<10), info)
+}
+
+func (p *Proxy) refuse(info connInfo, reason string, err error) {
+	dst := ""
+	if info.dst.IsValid() {
+		dst = info.dst.String()
+	}
+	p.log.Info("connection refused", "source_ip", info.src.String(), "destination", dst, "reason", reason, "error", err)
+	p.cfg.Metrics.refusal(reason)
+	src := ""
+	if info.src.IsValid() {
+		src = info.src.String()
+	}
+	p.cfg.Decider.Report(&policyv1.DecideRequest{Kind: &policyv1.DecideRequest_Refusal{Refusal: &policyv1.Refusal{
+		SourceIp: src, Destination: dst, Reason: reason,
+	}}})
+}
+
+var errHelloRead = errors.New("client hello read")
+
+// readClientHello parses the ClientHello with crypto/tls itself, over a
+// connection that records what it reads and cannot write, so the bytes
+// can be replayed to the real handshake (or, later, passed through).
+func readClientHello(r io.Reader) (*tls.ClientHelloInfo, []byte, error) {
+	var seen bytes.Buffer
+	var hello *tls.ClientHelloInfo
+	err := tls.Server(sniffConn{r: io.TeeReader(r, &seen)}, &tls.Config{
+		GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+			hello = &tls.ClientHelloInfo{ServerName: h.ServerName, SupportedProtos: h.SupportedProtos}
+			return nil, errHelloRead
+		},
+	}).Handshake()
+	if hello == nil {
+		if err == nil {
+			err = errors.New("no ClientHello")
+		}
+		return nil, seen.Bytes(), err
+	}
+	return hello, seen.Bytes(), nil
+}
+
+type sniffConn struct {
+	net.Conn // nil: only Read is used
+	r        io.Reader
+}
+
+func (s sniffConn) Read(b []byte) (int, error)       { return s.r.Read(b) }
+func (s sniffConn) Write(b []byte) (int, error)      { return 0, io.ErrClosedPipe }
+func (s sniffConn) Close() error                     { return nil }
+func (s sniffConn) SetDeadline(time.Time) error      { return nil }
+func (s sniffConn) SetReadDeadline(time.Time) error  { return nil }
+func (s sniffConn) SetWriteDeadline(time.Time) error { return nil }
+func (s sniffConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
+func (s sniffConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
+
+// replayConn reads from r (the peeked bytes, then the rest) and writes to
+// the connection.
+type replayConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *replayConn) Read(b []byte) (int, error) { return c.r.Read(b) }

@@ -1,0 +1,337 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
+	"github.com/sandpit-run/sandpit/services/egressproxy/internal/canon"
+)
+
+// checked is a request as the proxy understood it: what is decided is
+// exactly what is forwarded.
+type checked struct {
+	method    string
+	scheme    string
+	host      string // canonical
+	port      uint16
+	authority string // host[:port] for the upstream request
+	path      string // normalized
+	query     string // raw, validated
+	protocol  string
+	websocket bool
+	violation string
+}
+
+func (c *checked) block(why string) {
+	if c.violation == "" {
+		c.violation = why
+	}
+}
+
+// check canonicalizes r and records the first reason it must be blocked.
+// hostHeaders are the Host header values as sent (HTTP/1.1 reads them
+// before net/http folds an absolute-form target into r.Host).
+func (p *Proxy) check(info connInfo, r *http.Request, protocol string, hostHeaders []string) *checked {
+	c := &checked{
+		method:    r.Method,
+		scheme:    info.scheme,
+		port:      info.dst.Port(),
+		protocol:  protocol,
+		websocket: isWebSocket(r.Header),
+	}
+	if r.Method != strings.ToUpper(r.Method) {
+		c.block("method is not upper case")
+	}
+	if r.Method == http.MethodConnect {
+		c.block("CONNECT is not supported: the proxy is transparent")
+	}
+
+	target := r.RequestURI
+	authority := r.Host
+	if target != "" && !strings.HasPrefix(target, "/") && target != "*" {
+		// Absolute form: its authority must be the Host header's.
+		u, err := url.Parse(target)
+		if err != nil || u.Host == "" || u.Opaque != "" {
+			c.block("malformed absolute-form request target")
+		} else {
+			if u.Scheme != info.scheme {
+				c.block(fmt.Sprintf("absolute-form target scheme %q on a %s connection", u.Scheme, info.scheme))
+			}
+			if u.User != nil {
+				c.block("userinfo in request target")
+			}
+			authority = u.Host
+			rest := target[strings.Index(target, "//")+2:]
+			if i := strings.IndexAny(rest, "/?"); i >= 0 {
+				target = rest[i:]
+				if strings.HasPrefix(target, "?") {
+					target = "/" + target
+				}
+			} else {
+				target = "/"
+			}
+		}
+		if len(hostHeaders) == 0 && protocol == "HTTP/1.1" {
+			c.block("absolute-form target without Host header")
+		}
+	}
+
+	h, port, err := canon.SplitHostPort(authority)
+	switch {
+	case authority == "":
+		c.block("no Host")
+		c.host = ""
+	case err != nil:
+		c.block("invalid host: " + err.Error())
+		c.host = strings.ToLower(authority)
+	default:
+		c.host = h.Name
+		if port != "" && port != strconv.Itoa(int(c.port)) {
+			c.block(fmt.Sprintf("port %s in the request differs from the connection's port %d", port, c.port))
+		}
+	}
+	for _, hv := range hostHeaders {
+		hh, hport, err := canon.SplitHostPort(hv)
+		if err != nil || hh.Name != c.host || (hport != "" && hport != strconv.Itoa(int(c.port))) {
+			c.block("Host header does not match the request target")
+		}
+	}
+	if info.scheme == "https" && c.host != info.sni {
+		c.block("request host does not match the TLS server name")
+	}
+
+	path, query, err := canon.CanonicalTarget(target)
+	if err != nil {
+		c.block(err.Error())
+		c.path = truncate(strings.SplitN(target, "?", 2)[0])
+	} else {
+		c.path, c.query = path, query
+	}
+
+	if up := r.Header.Get("Upgrade"); up != "" && !c.websocket {
+		c.block(fmt.Sprintf("upgrade to %q is not supported", up))
+	}
+	if r.Header.Get("Http2-Settings") != "" {
+		c.block("h2c upgrade is not supported")
+	}
+	if c.websocket && protocol != "HTTP/1.1" {
+		c.block("WebSocket over HTTP/2 is not supported")
+	}
+
+	c.authority = c.host
+	if h.IsIP() && h.IP.Is6() {
+		c.authority = "[" + c.host + "]"
+	}
+	if (c.scheme == "https" && c.port != 443) || (c.scheme == "http" && c.port != 80) {
+		c.authority += ":" + strconv.Itoa(int(c.port))
+	}
+	return c
+}
+
+func truncate(s string) string {
+	if len(s) > 256 {
+		return s[:256]
+	}
+	return s
+}
+
+func isWebSocket(h http.Header) bool {
+	return headerHasToken(h, "Connection", "upgrade") && headerHasToken(h, "Upgrade", "websocket")
+}
+
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// verdict is the decision on one request.
+type verdict struct {
+	id      uint64
+	allowed bool
+	label   string // allowed, would_block, blocked
+	rule    string
+	reason  string
+	at      time.Time
+}
+
+func (p *Proxy) decide(ctx context.Context, info connInfo, c *checked, r *http.Request) verdict {
+	src := ""
+	if info.src.IsValid() {
+		src = info.src.String()
+	}
+	req := &policyv1.DecideRequest{Kind: &policyv1.DecideRequest_Http{Http: &policyv1.HttpRequest{
+		SourceIp:      src,
+		Method:        c.method,
+		Scheme:        c.scheme,
+		Host:          c.host,
+		Port:          uint32(c.port),
+		Path:          c.path,
+		Query:         p.cfg.Redactor.Query(c.query),
+		Headers:       p.headers(r.Header),
+		ContentLength: r.ContentLength,
+		Protocol:      c.protocol,
+		Websocket:     c.websocket,
+		Violation:     c.violation,
+	}}}
+	resp, err := p.cfg.Decider.Ask(ctx, req)
+	v := verdict{id: req.GetId(), rule: resp.GetRuleId(), reason: resp.GetReason(), at: time.Now()}
+	switch resp.GetDecision() {
+	case policyv1.Decision_DECISION_ALLOW:
+		v.allowed, v.label = true, "allowed"
+	case policyv1.Decision_DECISION_WOULD_BLOCK:
+		v.allowed, v.label = true, "would_block"
+	default:
+		v.label = "blocked"
+	}
+	if c.violation != "" {
+		v.allowed, v.label, v.rule, v.reason = false, "blocked", "proxy", c.violation
+	}
+	p.cfg.Metrics.request(v.label, c.protocol)
+	p.log.Info("request", "source_ip", src, "method", c.method, "host", c.host, "path", c.path,
+		"protocol", c.protocol, "verdict", v.label, "rule", v.rule, "reason", v.reason,
+		"execution_id", resp.GetExecutionId(), "error", err)
+	return v
+}
+
+func (p *Proxy) headers(h http.Header) []*policyv1.Header {
+	red := p.cfg.Redactor.Headers(h)
+	out := make([]*policyv1.Header, len(red))
+	for i, x := range red {
+		out[i] = &policyv1.Header{Name: x.Name, Value: x.Value}
+	}
+	return out
+}
+
+func blockBody(c *checked, v verdict) []byte {
+	b, _ := json.Marshal(struct {
+		Decision string `json:"decision"`
+		Rule     string `json:"rule"`
+		Reason   string `json:"reason"`
+		Host     string `json:"host"`
+		Method   string `json:"method"`
+		Path     string `json:"path"`
+	}{"blocked", v.rule, v.reason, c.host, c.method, c.path})
+	return append(b, '\n')
+}
+
+func errorBody(c *checked, err error) []byte {
+	b, _ := json.Marshal(struct {
+		Decision string `json:"decision"`
+		Error    string `json:"error"`
+		Host     string `json:"host"`
+	}{"allowed", "upstream: " + err.Error(), c.host})
+	return append(b, '\n')
+}
+
+// hopHeaders are connection-specific (RFC 9110 7.6.1) and never forwarded.
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+func removeHopHeaders(h http.Header) {
+	for _, v := range h.Values("Connection") {
+		for f := range strings.SplitSeq(v, ",") {
+			if f = strings.TrimSpace(f); f != "" {
+				h.Del(f)
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		h.Del(k)
+	}
+}
+
+// countingReader counts bytes read through it.
+type countingReader struct {
+	r io.ReadCloser
+	n atomic.Uint64
+}
+
+func (c *countingReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.n.Add(uint64(n))
+	return n, err
+}
+
+func (c *countingReader) Close() error { return c.r.Close() }
+
+// upstreamRequest rebuilds the checked request for the upstream: the
+// checked scheme, host and normalized path and query, the sandbox's
+// headers minus hop-by-hop ones, and its body.
+func (p *Proxy) upstreamRequest(ctx context.Context, c *checked, r *http.Request, body io.ReadCloser) *http.Request {
+	decoded, err := url.PathUnescape(c.path)
+	if err != nil {
+		decoded = c.path // cannot happen for a normalized path
+	}
+	u := &url.URL{Scheme: c.scheme, Host: c.authority, Path: decoded, RawPath: c.path, RawQuery: c.query}
+	h := r.Header.Clone()
+	if h == nil {
+		h = http.Header{}
+	}
+	te := h.Get("Te")
+	removeHopHeaders(h)
+	h.Del("Host")
+	h.Del("Expect")
+	if strings.EqualFold(strings.TrimSpace(te), "trailers") {
+		h.Set("Te", "trailers")
+	}
+	if c.websocket {
+		h.Set("Connection", "Upgrade")
+		h.Set("Upgrade", "websocket")
+	}
+	if _, ok := h["User-Agent"]; !ok {
+		h["User-Agent"] = []string{""} // keep net/http from adding its own
+	}
+	out := (&http.Request{
+		Method:        c.method,
+		URL:           u,
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        h,
+		Host:          c.authority,
+		ContentLength: r.ContentLength,
+	}).WithContext(ctx)
+	if r.ContentLength != 0 && body != nil {
+		out.Body = body
+	}
+	return out
+}
+
+// outcome reports what an allowed request led to.
+func (p *Proxy) outcome(v verdict, status int, sent, received uint64, err error) {
+	d := time.Since(v.at)
+	p.cfg.Metrics.upstreamDone(d)
+	o := &policyv1.Outcome{
+		RequestId:     v.id,
+		StatusCode:    int32(status),
+		BytesSent:     sent,
+		BytesReceived: received,
+		Duration:      durationpb.New(d),
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
+		o.Error = err.Error()
+	} else if err != nil {
+		o.Error = "sandbox closed the connection"
+	}
+	p.cfg.Decider.Report(&policyv1.DecideRequest{Kind: &policyv1.DecideRequest_Outcome{Outcome: o}})
+}

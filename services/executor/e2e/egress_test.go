@@ -1,0 +1,497 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
+	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
+)
+
+// The operator's policy of the egress tests. forbidden.test is in no rule:
+// it stands for every host the code must never reach.
+const basePolicy = `
+version: 1
+default: deny
+hosts:
+  - host: api.stripe.com
+    rules:
+      - { id: list-products, methods: [GET], path: "/v1/products/**", action: allow }
+      - { id: no-charges, methods: [POST], path: /v1/charges, action: deny, reason: "charges are not allowed" }
+    default: deny
+  - host: pay.test
+    rules:
+      - { id: pay-products, methods: [GET], path: "/v1/products/**", action: allow }
+    default: deny
+  - host: api.github.test
+    default: allow
+`
+
+// secret is the API key the code uses; it must never appear in clear in an
+// event or a log.
+const secret = "sk_test_sandpitDoNotLeak4242"
+
+type netStack struct {
+	e         *executor
+	proxy     *egressProxy
+	execLis   *countingListener
+	execLogs  *lockedBuffer
+	stripe    string // stripe-mock's HTTPS address
+	pay       *standIn
+	github    *standIn
+	forbidden *standIn
+}
+
+func startNetStack(t *testing.T) *netStack {
+	t.Helper()
+	ports := netPorts{proxyGRPC: "127.0.0.1:" + itoa(freePort(t)), proxyPort: freePort(t), dnsPort: freePort(t)}
+	eg := startEgress(t, ports, basePolicy)
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &netStack{execLis: &countingListener{Listener: raw}, execLogs: &lockedBuffer{}}
+	s.e = startExecutor(t, executorOpts{egress: eg, lis: s.execLis, logs: s.execLogs, allow: []string{sdkImage}})
+	s.stripe = startStripeMock(t)
+	s.pay = newStandIn(t, "pay.test")
+	s.github = newStandIn(t, "api.github.test")
+	s.forbidden = newStandIn(t, "forbidden.test")
+	ca := certPEM(t, presentedCert(t, s.stripe), s.pay.srv.Certificate(), s.github.srv.Certificate(), s.forbidden.srv.Certificate())
+	s.proxy = startProxy(t, ports, s.e.deciderAddr, map[string]string{
+		"api.stripe.com":  s.stripe,
+		"pay.test":        s.pay.addr(),
+		"api.github.test": s.github.addr(),
+		"forbidden.test":  s.forbidden.addr(),
+		// Were the proxy ever to forward to the metadata address, the
+		// forbidden stand-in would see it.
+		"169.254.169.254": s.forbidden.addr(),
+	}, ca)
+	deadline := time.Now().Add(10 * time.Second)
+	for !eg.Registry().Connected() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the proxy did not open a decision stream\n%s", s.proxy.logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return s
+}
+
+// noLeak fails if the secret appears in the run's events or in a log.
+func (s *netStack) noLeak(t *testing.T, r *run) {
+	t.Helper()
+	for _, ev := range r.events {
+		if ev.GetStdout() != nil || ev.GetStderr() != nil {
+			continue // the program may print its own key
+		}
+		b, _ := protojson.Marshal(ev)
+		if strings.Contains(string(b), secret) {
+			t.Errorf("secret in clear in event %s", b)
+		}
+	}
+	if strings.Contains(s.execLogs.String(), secret) {
+		t.Error("secret in clear in the executor's log")
+	}
+	if strings.Contains(s.proxy.logs.String(), secret) {
+		t.Error("secret in clear in the proxy's log")
+	}
+}
+
+func requestEvents(r *run, kind executorv1.NetworkEventKind) []*executorv1.NetworkEvent {
+	var out []*executorv1.NetworkEvent
+	for _, ev := range r.network {
+		if ev.GetKind() == kind {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+func TestStripeSDKAndAxiosThroughPolicy(t *testing.T) {
+	s := startNetStack(t)
+	req := &executorv1.ExecuteRequest{Image: sdkImage, Code: fmt.Sprintf(`
+const Stripe = require("stripe");
+const axios = require("axios");
+const stripe = new Stripe(%q, { maxNetworkRetries: 0 });
+(async () => {
+  const out = {};
+  try { const list = await stripe.products.list({ limit: 1 }); out.products = list.object + ":" + list.data.length; }
+  catch (e) { out.products = "error: " + e.message; }
+  try { await stripe.charges.create({ amount: 100, currency: "usd", source: "tok_visa" }); out.charge = "created"; }
+  catch (e) { out.charge = "status " + e.statusCode; }
+  const r = await axios.get("https://api.stripe.com/v1/products?limit=1", { headers: { Authorization: "Bearer %s" }, validateStatus: () => true });
+  out.axios = r.status + ":" + r.data.object;
+  const b = await axios.post("https://api.stripe.com/v1/charges", "amount=1", { headers: { Authorization: "Bearer %s" }, validateStatus: () => true });
+  out.blocked = b.status + ":" + b.data.decision + ":" + b.data.reason;
+  console.log(JSON.stringify(out));
+})();
+`, secret, secret, secret)}
+	var got struct{ Products, Charge, Axios, Blocked string }
+	r := probe(t, s.e, req, &got)
+	if got.Products != "list:1" || got.Axios != "200:list" {
+		t.Errorf("allowed requests: sdk %q, axios %q; want stripe-mock's product list", got.Products, got.Axios)
+	}
+	if got.Charge != "status 403" || got.Blocked != "403:blocked:charges are not allowed" {
+		t.Errorf("blocked charge: sdk %q, axios %q", got.Charge, got.Blocked)
+	}
+	var blocked, allowed int
+	for _, ev := range requestEvents(r, executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REQUEST) {
+		switch {
+		case ev.GetMethod() == "POST" && strings.HasSuffix(ev.GetUrl(), "/v1/charges"):
+			blocked++
+			if ev.GetDecision() != policyv1.Decision_DECISION_DENY || ev.GetRuleId() != "no-charges" || ev.GetReason() != "charges are not allowed" {
+				t.Errorf("charge event %v", ev)
+			}
+		case ev.GetMethod() == "GET" && strings.Contains(ev.GetUrl(), "/v1/products"):
+			allowed++
+			if ev.GetDecision() != policyv1.Decision_DECISION_ALLOW || ev.GetRuleId() != "list-products" {
+				t.Errorf("products event %v", ev)
+			}
+		}
+	}
+	if blocked != 2 || allowed != 2 {
+		t.Errorf("request events: %d blocked charges, %d allowed product lists; want 2 and 2\n%v", blocked, allowed, r.network)
+	}
+	outcomes := requestEvents(r, executorv1.NetworkEventKind_NETWORK_EVENT_KIND_OUTCOME)
+	if len(outcomes) != 2 || outcomes[0].GetStatusCode() != 200 || outcomes[0].GetBytesReceived() == 0 {
+		t.Errorf("outcome events %v, want two 200s with bytes", outcomes)
+	}
+	res := r.result
+	if res.GetRequestsAllowed() != 2 || res.GetRequestsBlocked() != 2 || len(res.GetNetworkLog()) != 4 {
+		t.Errorf("result counts %d allowed %d blocked, log %d", res.GetRequestsAllowed(), res.GetRequestsBlocked(), len(res.GetNetworkLog()))
+	}
+	for _, l := range res.GetNetworkLog() {
+		if l.GetBlocked() != (l.GetStatusCode() == 403) || l.GetHostname() != "api.stripe.com" || l.GetTimestamp() == nil {
+			t.Errorf("log entry %v", l)
+		}
+	}
+	s.noLeak(t, r)
+	if s.forbidden.hits.Load() != 0 {
+		t.Errorf("the forbidden stand-in got %v", s.forbidden.requests())
+	}
+}
+
+// TestEveryClientLandsAtTheProxy uses fetch, http, https, http2 and a raw
+// socket: each request shows up as a decided network event, and the allowed
+// HTTPS ones reach the stand-in.
+func TestEveryClientLandsAtTheProxy(t *testing.T) {
+	s := startNetStack(t)
+	var got map[string]string
+	r := probe(t, s.e, code(`
+const http = require("http"), https = require("https"), http2 = require("http2"), net = require("net");
+const out = {};
+const get = (mod, url) => new Promise(res => mod.get(url, r => { r.resume(); r.on("end", () => res(String(r.statusCode))); }).on("error", e => res(e.code)));
+(async () => {
+  out.fetch = await fetch("https://api.github.test/via/fetch").then(r => String(r.status), e => e.cause ? e.cause.code : e.name);
+  out.https = await get(https, "https://api.github.test/via/https");
+  out.http = await get(http, "http://api.github.test/via/http");
+  out.http2 = await new Promise(res => {
+    const c = http2.connect("https://api.github.test");
+    c.on("error", e => res(e.code));
+    const q = c.request({ ":path": "/via/http2" });
+    q.on("response", h => { q.resume(); q.on("end", () => { c.close(); res(String(h[":status"])); }); });
+    q.on("error", e => res(e.code));
+    q.end();
+  });
+  out.raw = await new Promise(res => {
+    const sock = net.connect(80, "api.github.test", () => sock.write("GET /via/raw HTTP/1.1\r\nHost: api.github.test\r\nConnection: close\r\n\r\n"));
+    let data = "";
+    sock.on("data", d => data += d);
+    sock.on("end", () => res(data.split("\r\n")[0]));
+    sock.on("error", e => res(e.code));
+  });
+  console.log(JSON.stringify(out));
+})();
+`), &got)
+	for _, k := range []string{"fetch", "https", "http2"} {
+		if got[k] != "200" {
+			t.Errorf("%s: %q, want 200 from the stand-in", k, got[k])
+		}
+	}
+	seen := strings.Join(s.github.requests(), "\n")
+	for _, p := range []string{"/via/fetch", "/via/https", "/via/http2"} {
+		if !strings.Contains(seen, p) {
+			t.Errorf("stand-in did not get %s; it got:\n%s", p, seen)
+		}
+	}
+	// Plain HTTP is decided like any request; the stand-in speaks only TLS,
+	// so the forwarded request fails upstream, but it was decided.
+	decided := map[string]bool{}
+	for _, ev := range requestEvents(r, executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REQUEST) {
+		decided[ev.GetUrl()] = true
+	}
+	for _, u := range []string{"https://api.github.test/via/fetch", "https://api.github.test/via/https", "http://api.github.test/via/http",
+		"https://api.github.test/via/http2", "http://api.github.test/via/raw"} {
+		if !decided[u] {
+			t.Errorf("no request event for %s; events: %v", u, r.network)
+		}
+	}
+	if dns := requestEvents(r, executorv1.NetworkEventKind_NETWORK_EVENT_KIND_DNS); len(dns) == 0 {
+		t.Error("no DNS events")
+	}
+}
+
+// TestNothingLeavesAnotherWay tries every other way out and proves the
+// target got nothing: TCP to a host port, UDP, DNS to another resolver,
+// another sandbox, the executor's and the proxy's ports, IPv6.
+func TestNothingLeavesAnotherWay(t *testing.T) {
+	s := startNetStack(t)
+	// Host-side targets listening on every address.
+	tcpTarget, err := net.Listen("tcp4", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tcpTarget.Close()
+	tcpHits := make(chan string, 8)
+	go func() {
+		for {
+			c, err := tcpTarget.Accept()
+			if err != nil {
+				return
+			}
+			tcpHits <- c.RemoteAddr().String()
+			c.Close()
+		}
+	}()
+	udpTarget, err := net.ListenPacket("udp4", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udpTarget.Close()
+	udpHits := make(chan string, 8)
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			_, from, err := udpTarget.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			udpHits <- from.String()
+		}
+	}()
+	tcp6Target, err := net.Listen("tcp6", "[::]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tcp6Target.Close()
+	tcp6Hits := make(chan string, 8)
+	go func() {
+		for {
+			c, err := tcp6Target.Accept()
+			if err != nil {
+				return
+			}
+			tcp6Hits <- c.RemoteAddr().String()
+			c.Close()
+		}
+	}()
+
+	// A second sandbox listening on TCP and UDP, to be attacked by the first.
+	victimCtx, stopVictim := context.WithCancel(context.Background())
+	defer stopVictim()
+	victim, err := s.e.client.Execute(victimCtx, code(`
+const net = require("net"), dgram = require("dgram"), os = require("os");
+const ip = os.networkInterfaces().eth0.find(a => a.family === "IPv4").address;
+let hits = 0;
+net.createServer(c => { hits++; console.log("tcp hit"); c.destroy(); }).listen(8080, ip);
+dgram.createSocket("udp4").on("message", () => { hits++; console.log("udp hit"); }).bind(8081, ip, () => console.log("victim " + ip));
+setTimeout(() => {}, 60000);
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var victimIP string
+	victimOut := make(chan string, 16)
+	for victimIP == "" {
+		ev, err := victim.Recv()
+		if err != nil {
+			t.Fatalf("victim: %v", err)
+		}
+		if o := ev.GetStdout(); o != nil && strings.HasPrefix(string(o.GetData()), "victim ") {
+			victimIP = strings.TrimSpace(strings.TrimPrefix(string(o.GetData()), "victim "))
+		}
+	}
+	go func() {
+		for {
+			ev, err := victim.Recv()
+			if err != nil {
+				close(victimOut)
+				return
+			}
+			if o := ev.GetStdout(); o != nil {
+				victimOut <- string(o.GetData())
+			}
+		}
+	}()
+
+	tcpPort := tcpTarget.Addr().(*net.TCPAddr).Port
+	udpPort := udpTarget.LocalAddr().(*net.UDPAddr).Port
+	tcp6Port := tcp6Target.Addr().(*net.TCPAddr).Port
+	_, execPort, _ := net.SplitHostPort(s.e.addr)
+	_, proxyGRPCPort, _ := net.SplitHostPort(s.proxy.ports.proxyGRPC)
+	var got map[string]string
+	probe(t, s.e, code(fmt.Sprintf(`
+const net = require("net"), dgram = require("dgram"), dns = require("dns"), os = require("os");
+const gw = os.networkInterfaces().eth0.find(a => a.family === "IPv4").address.replace(/\.\d+$/, m => "." + (Number(m.slice(1)) - 1));
+const out = {};
+const tcp = (host, port, payload) => new Promise(res => {
+  const s = net.connect({ host, port, timeout: 3000 }, () => { s.write(payload || "hello\r\n\r\n"); });
+  let data = "";
+  s.on("data", d => data += d);
+  s.on("end", () => res("closed:" + data.split("\r\n")[0]));
+  s.on("timeout", () => { s.destroy(); res("timeout"); });
+  s.on("error", e => res(e.code));
+});
+const udp = (host, port) => new Promise(res => {
+  const s = dgram.createSocket("udp4");
+  s.send("hello", port, host, err => { s.close(); res(err ? err.code : "sent"); });
+});
+(async () => {
+  out.tcpHostPort = await tcp(gw, %d);
+  out.udpHostPort = await udp(gw, %d);
+  out.executorPort = await tcp(gw, %s, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+  out.proxyGRPCPort = await tcp(gw, %s, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+  out.otherSandboxTCP = await tcp(%q, 8080);
+  out.otherSandboxUDP = await udp(%q, 8081);
+  const r = new dns.promises.Resolver({ timeout: 1000, tries: 1 });
+  r.setServers([gw + ":%d"]);
+  out.dnsOtherResolver = await r.resolve4("api.github.test").then(a => "answered " + a, e => e.code);
+  out.ipv6 = await tcp("::1", %d);
+  out.ipv6Global = await tcp("fd00::1", %d);
+  console.log(JSON.stringify(out));
+})();
+`, tcpPort, udpPort, execPort, proxyGRPCPort, victimIP, victimIP, udpPort, tcp6Port, tcp6Port)), &got)
+	t.Logf("attempts: %v", got)
+
+	// Give stray packets time to arrive anywhere they could.
+	time.Sleep(300 * time.Millisecond)
+	select {
+	case h := <-tcpHits:
+		t.Errorf("host TCP target got a connection from %s", h)
+	default:
+	}
+	select {
+	case h := <-udpHits:
+		t.Errorf("host UDP target got a datagram from %s", h)
+	default:
+	}
+	select {
+	case h := <-tcp6Hits:
+		t.Errorf("host IPv6 target got a connection from %s", h)
+	default:
+	}
+	if n := s.execLis.foreign.Load(); n != 0 {
+		t.Errorf("the executor accepted %d connections from outside loopback", n)
+	}
+	stopVictim()
+	for o := range victimOut {
+		if strings.Contains(o, "hit") {
+			t.Errorf("the other sandbox was reached: %s", o)
+		}
+	}
+	if strings.HasPrefix(got["dnsOtherResolver"], "answered") {
+		t.Errorf("a DNS query to another port was answered: %s", got["dnsOtherResolver"])
+	}
+}
+
+// TestDeceptiveRequestsAreBlocked sends requests that try to reach a host
+// the policy does not allow by disguise; the forbidden stand-in must get
+// nothing, and pay.test nothing outside its allowed paths.
+func TestDeceptiveRequestsAreBlocked(t *testing.T) {
+	s := startNetStack(t)
+	var got map[string]string
+	r := probe(t, s.e, code(`
+const tls = require("tls"), http2 = require("http2"), net = require("net");
+const out = {};
+const raw = (servername, request) => new Promise(res => {
+  const s = tls.connect({ host: servername, port: 443, servername }, () => s.write(request));
+  let data = "";
+  s.on("data", d => data += d);
+  s.on("end", () => res(data.split("\r\n")[0]));
+  s.on("error", e => res(e.code));
+  s.setTimeout(5000, () => { s.destroy(); res("timeout"); });
+});
+const plain = (ip, request) => new Promise(res => {
+  const s = net.connect(80, ip, () => s.write(request));
+  let data = "";
+  s.on("data", d => data += d);
+  s.on("end", () => res(data.split("\r\n")[0]));
+  s.on("error", e => res(e.code));
+  s.setTimeout(5000, () => { s.destroy(); res("timeout"); });
+});
+const f = (url, opts) => fetch(url, opts).then(r => String(r.status), e => (e.cause && e.cause.code) || e.name);
+(async () => {
+  out.hostNotSNI = await raw("api.github.test", "GET /x HTTP/1.1\r\nHost: forbidden.test\r\nConnection: close\r\n\r\n");
+  out.absoluteForm = await raw("api.github.test", "GET https://forbidden.test/x HTTP/1.1\r\nHost: api.github.test\r\nConnection: close\r\n\r\n");
+  out.h2Authority = await new Promise(res => {
+    const c = http2.connect("https://api.github.test");
+    c.on("error", e => res(e.code));
+    const q = c.request({ ":path": "/x", ":authority": "forbidden.test" });
+    q.on("response", h => { q.resume(); q.on("end", () => { c.close(); res(String(h[":status"])); }); });
+    q.on("error", e => { c.close(); res(e.code); });
+    q.end();
+  });
+  out.ipLiteral = await f("http://169.254.169.254/latest/meta-data/");
+  out.decimal = await plain("169.254.169.254", "GET /latest/meta-data/ HTTP/1.1\r\nHost: 2852039166\r\nConnection: close\r\n\r\n");
+  out.hex = await plain("169.254.169.254", "GET /latest/meta-data/ HTTP/1.1\r\nHost: 0xa9fea9fe\r\nConnection: close\r\n\r\n");
+  out.mapped = await f("http://[::ffff:169.254.169.254]/latest/meta-data/");
+  out.mappedHost = await plain("169.254.169.254", "GET / HTTP/1.1\r\nHost: [::ffff:a9fe:a9fe]\r\nConnection: close\r\n\r\n");
+  out.traversal = await raw("pay.test", "GET /v1/products/../charges HTTP/1.1\r\nHost: pay.test\r\nConnection: close\r\n\r\n");
+  out.encodedDots = await raw("pay.test", "GET /v1/products/%2e%2e/charges HTTP/1.1\r\nHost: pay.test\r\nConnection: close\r\n\r\n");
+  out.encodedSlash = await raw("pay.test", "GET /v1/products%2F..%2Fcharges HTTP/1.1\r\nHost: pay.test\r\nConnection: close\r\n\r\n");
+  out.backslash = await raw("pay.test", "GET /v1/products/..\\charges HTTP/1.1\r\nHost: pay.test\r\nConnection: close\r\n\r\n");
+  out.allowedControl = await raw("pay.test", "GET /v1/products/prod_1 HTTP/1.1\r\nHost: pay.test\r\nConnection: close\r\n\r\n");
+  console.log(JSON.stringify(out));
+})();
+`), &got)
+	t.Logf("attempts: %v", got)
+	if !strings.Contains(got["allowedControl"], "200") {
+		t.Errorf("the allowed control request got %q; the test would prove nothing", got["allowedControl"])
+	}
+	for k, v := range got {
+		if k == "allowedControl" {
+			continue
+		}
+		if strings.Contains(v, " 200") || v == "200" {
+			t.Errorf("%s was answered: %q", k, v)
+		}
+	}
+	if s.forbidden.hits.Load() != 0 {
+		t.Errorf("the forbidden stand-in got %v", s.forbidden.requests())
+	}
+	for _, req := range s.pay.requests() {
+		if !strings.HasPrefix(req, "GET pay.test /v1/products/prod_1 ") {
+			t.Errorf("pay.test got a request outside its allowed path: %s", req)
+		}
+	}
+	if r.result.GetRequestsBlocked() == 0 {
+		t.Errorf("no blocked requests counted: %v", r.result)
+	}
+}
+
+// TestDecisionStreamGoneMeansDeny takes the decision service away: the proxy
+// must deny rather than forward.
+func TestDecisionStreamGoneMeansDeny(t *testing.T) {
+	s := startNetStack(t)
+	s.e.stopDecider()
+	var got struct{ Status, Body string }
+	probe(t, s.e, code(`
+fetch("https://api.github.test/after-decider-gone").then(async r => console.log(JSON.stringify({status: String(r.status), body: await r.text()})),
+  e => console.log(JSON.stringify({status: (e.cause && e.cause.code) || e.name})));
+`), &got)
+	if got.Status == "200" || s.github.hits.Load() != 0 {
+		t.Fatalf("request forwarded without a decision: %+v, stand-in got %v", got, s.github.requests())
+	}
+	if got.Status == "403" {
+		var body map[string]string
+		if err := json.Unmarshal([]byte(got.Body), &body); err != nil || body["decision"] != "blocked" {
+			t.Errorf("403 body %q", got.Body)
+		}
+	}
+}
