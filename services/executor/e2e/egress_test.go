@@ -63,7 +63,7 @@ func startNetStack(t *testing.T) *netStack {
 	s.pay = newStandIn(t, "pay.test")
 	s.github = newStandIn(t, "api.github.test")
 	s.forbidden = newStandIn(t, "forbidden.test")
-	ca := certPEM(t, presentedCert(t, s.stripe), s.pay.srv.Certificate(), s.github.srv.Certificate(), s.forbidden.srv.Certificate())
+	ca := upstreamCAPEM(t)
 	s.proxy = startProxy(t, ports, s.e.deciderAddr, map[string]string{
 		"api.stripe.com":  s.stripe,
 		"pay.test":        s.pay.addr(),

@@ -2,7 +2,12 @@ package e2e
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509/pkix"
+	"math/big"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
@@ -13,7 +18,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -85,34 +89,77 @@ func newStandIn(t *testing.T, host string) *standIn {
 		fmt.Fprintf(w, `{"stand_in":%q,"path":%q,"proto":%q}`, host, r.URL.Path, r.Proto)
 	}))
 	s.srv.EnableHTTP2 = true
+	s.srv.TLS = &tls.Config{Certificates: []tls.Certificate{upstreamCert(t)}}
 	s.srv.StartTLS()
 	t.Cleanup(s.srv.Close)
 	return s
 }
 
-// certPEM writes the stand-ins' certificates as one bundle for --upstream-ca.
-func certPEM(t *testing.T, certs ...*x509.Certificate) string {
+// standInHosts are the names every stand-in's certificate is valid for:
+// the proxy verifies upstream certificates against the request's host.
+var standInHosts = []string{"api.stripe.com", "pay.test", "api.github.test", "forbidden.test"}
+
+var (
+	upstreamCAOnce sync.Once
+	upstreamCA     *x509.Certificate
+	upstreamLeaf   tls.Certificate
+	upstreamErr    error
+)
+
+// upstreamCert is a leaf for standInHosts (and the metadata address) from a
+// CA made for this test run; upstreamCAPEM writes that CA for --upstream-ca.
+func upstreamCert(t *testing.T) tls.Certificate {
 	t.Helper()
-	p := filepath.Join(t.TempDir(), "upstream-ca.pem")
-	var b strings.Builder
-	for _, c := range certs {
-		_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+	upstreamCAOnce.Do(func() {
+		caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			upstreamErr = err
+			return
+		}
+		caTmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "sandpit e2e upstream CA"},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+		}
+		caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+		if err != nil {
+			upstreamErr = err
+			return
+		}
+		upstreamCA, _ = x509.ParseCertificate(caDER)
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			upstreamErr = err
+			return
+		}
+		leafTmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "stand-in"},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+			DNSNames: standInHosts, IPAddresses: []net.IP{net.ParseIP("169.254.169.254"), net.ParseIP("127.0.0.1")},
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		}
+		der, err := x509.CreateCertificate(rand.Reader, leafTmpl, upstreamCA, &key.PublicKey, caKey)
+		if err != nil {
+			upstreamErr = err
+			return
+		}
+		upstreamLeaf = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	})
+	if upstreamErr != nil {
+		t.Fatal(upstreamErr)
 	}
-	if err := os.WriteFile(p, []byte(b.String()), 0o644); err != nil {
+	return upstreamLeaf
+}
+
+// upstreamCAPEM writes the stand-ins' CA for the proxy's --upstream-ca.
+func upstreamCAPEM(t *testing.T) string {
+	t.Helper()
+	upstreamCert(t)
+	p := filepath.Join(t.TempDir(), "upstream-ca.pem")
+	if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: upstreamCA.Raw}), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return p
-}
-
-// presentedCert fetches the certificate a TLS server on loopback presents.
-func presentedCert(t *testing.T, addr string) *x509.Certificate {
-	t.Helper()
-	c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return c.ConnectionState().PeerCertificates[0]
 }
 
 // egressProxy is the proxy binary running for a test.

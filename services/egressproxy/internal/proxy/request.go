@@ -220,15 +220,28 @@ func (p *Proxy) headers(h http.Header) []*policyv1.Header {
 	return out
 }
 
+// apiError is the "error" member API SDKs (Stripe's, OpenAI's, ...) look
+// for in an error body: without it some treat a 403 as a success.
+type apiError struct {
+	Type    string `json:"type"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
 func blockBody(c *checked, v verdict) []byte {
 	b, _ := json.Marshal(struct {
-		Decision string `json:"decision"`
-		Rule     string `json:"rule"`
-		Reason   string `json:"reason"`
-		Host     string `json:"host"`
-		Method   string `json:"method"`
-		Path     string `json:"path"`
-	}{"blocked", v.rule, v.reason, c.host, c.method, c.path})
+		Decision string   `json:"decision"`
+		Rule     string   `json:"rule"`
+		Reason   string   `json:"reason"`
+		Host     string   `json:"host"`
+		Method   string   `json:"method"`
+		Path     string   `json:"path"`
+		Error    apiError `json:"error"`
+	}{"blocked", v.rule, v.reason, c.host, c.method, c.path, apiError{
+		Type:    "sandpit_policy_error",
+		Code:    "blocked_by_policy",
+		Message: fmt.Sprintf("sandpit blocked %s %s%s: %s (rule %s)", c.method, c.host, c.path, v.reason, v.rule),
+	}})
 	return append(b, '\n')
 }
 
