@@ -9,6 +9,8 @@ BIN := $(CURDIR)/bin
 BUILD := $(CURDIR)/build
 IMAGE_TAR := $(BUILD)/sandpit-node.tar
 IMAGE_REF := sandpit.local/node:24
+IMAGE_SDK_TAR := $(BUILD)/sandpit-node-sdk.tar
+IMAGE_DEPS := $(shell find deploy/image -name '*.go' -o -name 'go.*' -o -name '*.json')
 RUNC_INSTALL := /usr/local/lib/sandpit/runc
 CONTAINERD_SOCK ?= /run/containerd/containerd.sock
 NAMESPACE ?= sandpit
@@ -37,11 +39,23 @@ $(BIN)/runc: tools/runc/go.mod tools/runc/go.sum
 .PHONY: runc
 runc: deps $(BIN)/runc ## build runc at the version pinned in tools/runc/go.mod
 
-$(IMAGE_TAR): $(shell find deploy/image -name '*.go' -o -name 'go.*' -o -name '*.lock')
+$(IMAGE_TAR): $(IMAGE_DEPS)
 	go run ./deploy/image/cmd/sandpit-image --out $(IMAGE_TAR)
 
 .PHONY: image
 image: $(IMAGE_TAR) ## build the node-only sandbox image archive
+
+$(IMAGE_SDK_TAR): $(IMAGE_DEPS)
+	go run ./deploy/image/cmd/sandpit-image --variant sdk --out $(IMAGE_SDK_TAR)
+
+.PHONY: image-sdk
+image-sdk: $(IMAGE_SDK_TAR) ## build the test variant of the image with stripe and axios at /node_modules
+
+$(BIN)/stripe-mock: tools/stripemock/go.mod tools/stripemock/go.sum
+	cd tools/stripemock && GOWORK=off GOBIN=$(BIN) go install tool
+
+.PHONY: stripe-mock
+stripe-mock: $(BIN)/stripe-mock ## build stripe-mock (the local stand-in for api.stripe.com) at its pinned version
 
 .PHONY: generate
 generate: tools ## generate gen/ from proto/
@@ -59,20 +73,23 @@ lint: tools ## buf lint, buf format check, gofmt and go vet over every module
 	@out=$$(gofmt -l $(MODULES) tools); if [ -n "$$out" ]; then echo "gofmt: $$out"; exit 1; fi
 	for m in $(MODULES); do (cd $$m && go vet ./...); done
 
+TEST_ENV = SANDPIT_RUNC=$(BIN)/runc SANDPIT_IMAGE_TAR=$(IMAGE_TAR) SANDPIT_SDK_IMAGE_TAR=$(IMAGE_SDK_TAR) \
+	SANDPIT_GRPCURL=$(BIN)/grpcurl SANDPIT_STRIPE_MOCK=$(BIN)/stripe-mock
+
 .PHONY: test
-test: deps tools runc image checkgenerate lint ## run every test: unit, and integration against real containerd, runc and the image
-	for m in $(MODULES); do (cd $$m && SANDPIT_RUNC=$(BIN)/runc SANDPIT_IMAGE_TAR=$(IMAGE_TAR) SANDPIT_GRPCURL=$(BIN)/grpcurl go test $(GOTEST_FLAGS) ./...); done
+test: deps tools runc image image-sdk stripe-mock checkgenerate lint ## run every test: unit, and integration against real containerd, runc, nftables and the image
+	for m in $(MODULES); do (cd $$m && $(TEST_ENV) go test $(GOTEST_FLAGS) ./...); done
 
 $(BIN)/containerd2/containerd: tools/containerd2/go.mod tools/containerd2/go.sum
 	cd tools/containerd2 && GOWORK=off go build -o $(BIN)/containerd2/ github.com/containerd/containerd/v2/cmd/containerd github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
 
 .PHONY: test-containerd2
-test-containerd2: deps tools runc image $(BIN)/containerd2/containerd ## run the integration tests against containerd 2.x (pinned in tools/containerd2) instead of Debian's 1.6
-	cd services/executor && PATH=$(BIN)/containerd2:$$PATH SANDPIT_CONTAINERD=$(BIN)/containerd2/containerd SANDPIT_RUNC=$(BIN)/runc SANDPIT_IMAGE_TAR=$(IMAGE_TAR) SANDPIT_GRPCURL=$(BIN)/grpcurl go test $(GOTEST_FLAGS) ./e2e/
+test-containerd2: deps tools runc image image-sdk stripe-mock $(BIN)/containerd2/containerd ## run the integration tests against containerd 2.x (pinned in tools/containerd2) instead of Debian's 1.6
+	cd services/executor && PATH=$(BIN)/containerd2:$$PATH SANDPIT_CONTAINERD=$(BIN)/containerd2/containerd $(TEST_ENV) go test $(GOTEST_FLAGS) ./e2e/
 
 .PHONY: bench
-bench: deps tools runc image ## hello-world Execute latency next to bare node -e '' (p50, p95, ratio)
-	cd services/executor && SANDPIT_RUNC=$(BIN)/runc SANDPIT_IMAGE_TAR=$(IMAGE_TAR) go test -count=1 -run '^$$' -bench . -benchtime 40x -timeout 20m ./e2e/
+bench: deps tools runc image image-sdk stripe-mock ## hello-world Execute latency vs bare node; proxy latency and throughput vs direct
+	cd services/executor && $(TEST_ENV) go test -count=1 -run '^$$' -bench . -benchtime 40x -timeout 20m ./e2e/
 
 .PHONY: executor
 executor: ## build the executor binary

@@ -2,6 +2,8 @@
 # Installs the Debian packages sandpit needs, only those that are missing.
 set -euo pipefail
 want=(containerd nftables libseccomp-dev pkg-config iproute2 ca-certificates)
+# npm installs the SDK test image's packages; any npm will do.
+command -v npm >/dev/null || want+=(npm)
 missing=()
 for p in "${want[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -2,6 +2,10 @@
 // shared libraries it links, CA certificates, an unprivileged user; nothing
 // else) from pinned inputs, reproducibly, as an OCI layout tar for
 // `ctr images import`. It prints the manifest digest on stdout.
+//
+// --variant sdk builds the test variant sandpit.local/node-sdk:24 instead:
+// the same image plus one layer of npm packages (stripe, axios) at
+// /node_modules, pinned by deploy/image/variants/sdk/package-lock.json.
 package main
 
 import (
@@ -12,11 +16,13 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/sandpit-run/sandpit/deploy/image/internal/build"
 	"github.com/sandpit-run/sandpit/deploy/image/internal/inputs"
+	"github.com/sandpit-run/sandpit/deploy/image/variants"
 )
 
 func main() {
@@ -39,14 +45,27 @@ func run() error {
 			return fmt.Errorf("parse SOURCE_DATE_EPOCH: %w", err)
 		}
 	}
-	out := flag.String("out", "build/sandpit-node.tar", "OCI layout tar to write")
+	out := flag.String("out", "", "OCI layout tar to write (default build/sandpit-node.tar, or build/sandpit-node-VARIANT.tar)")
 	cache := flag.String("cache", defaultCache, "directory for downloaded inputs (reused when checksums match)")
-	name := flag.String("name", build.DefaultName, "image name recorded for containerd import")
+	name := flag.String("name", "", "image name recorded for containerd import (default "+build.DefaultName+", or the variant's name)")
+	variant := flag.String("variant", "", "build a test variant: "+strings.Join(variants.Names(), ", ")+" (default none: the node-only image)")
 	epoch := flag.Int64("source-date-epoch", defaultEpoch, "creation time and file mtime, in Unix seconds (default $SOURCE_DATE_EPOCH or 0)")
 	verbose := flag.Bool("v", false, "log progress to stderr")
 	flag.Parse()
 	if flag.NArg() != 0 {
 		return fmt.Errorf("unexpected arguments %q", flag.Args())
+	}
+
+	if *variant != "" {
+		if _, err := variants.Get(*variant); err != nil {
+			return err
+		}
+	}
+	if *out == "" {
+		*out = "build/sandpit-node.tar"
+		if *variant != "" {
+			*out = "build/sandpit-node-" + *variant + ".tar"
+		}
 	}
 
 	level := slog.LevelWarn
@@ -61,6 +80,7 @@ func run() error {
 		Out:      *out,
 		CacheDir: *cache,
 		Name:     *name,
+		Variant:  *variant,
 		Created:  time.Unix(*epoch, 0).UTC(),
 		Log:      log,
 	})

@@ -20,6 +20,7 @@ import (
 	"github.com/sandpit-run/sandpit/deploy/image/internal/ocilayout"
 	"github.com/sandpit-run/sandpit/deploy/image/internal/pins"
 	"github.com/sandpit-run/sandpit/deploy/image/internal/rootfs"
+	"github.com/sandpit-run/sandpit/deploy/image/variants"
 )
 
 // DefaultName is the reference the executor expects the default image under.
@@ -32,8 +33,11 @@ type Options struct {
 	// CacheDir holds downloaded inputs between builds.
 	CacheDir string
 	// Name is the image reference recorded in index.json; it must carry a
-	// tag.
+	// tag. Empty means DefaultName, or the variant's reference.
 	Name string
+	// Variant, if set, names a test variant (package variants): the
+	// default image plus a layer of preinstalled npm packages.
+	Variant string
 	// Created is the image creation time and every file's mtime. Keep it
 	// fixed (SOURCE_DATE_EPOCH) for reproducible output.
 	Created time.Time
@@ -126,7 +130,21 @@ func Run(ctx context.Context, opts Options) (v1.Hash, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if _, err := Annotations(opts.Name); err != nil {
+	var variant *variants.Variant
+	if opts.Variant != "" {
+		var err error
+		if variant, err = variants.Get(opts.Variant); err != nil {
+			return v1.Hash{}, err
+		}
+	}
+	ref := opts.Name
+	if ref == "" {
+		ref = DefaultName
+		if variant != nil {
+			ref = variant.Ref
+		}
+	}
+	if _, err := Annotations(ref); err != nil {
 		return v1.Hash{}, err
 	}
 	f := &inputs.Fetcher{Dir: opts.CacheDir, Log: log}
@@ -144,13 +162,22 @@ func Run(ctx context.Context, opts Options) (v1.Hash, error) {
 	if err != nil {
 		return v1.Hash{}, err
 	}
-	if err := WriteLayout(img, opts.Out, opts.Name); err != nil {
+	if variant != nil {
+		modules, err := InstallVariant(ctx, variant, opts.CacheDir, log)
+		if err != nil {
+			return v1.Hash{}, err
+		}
+		if img, err = VariantImage(img, variant, modules, work, opts.Created); err != nil {
+			return v1.Hash{}, err
+		}
+	}
+	if err := WriteLayout(img, opts.Out, ref); err != nil {
 		return v1.Hash{}, err
 	}
 	d, err := img.Digest()
 	if err != nil {
 		return v1.Hash{}, fmt.Errorf("digest image: %w", err)
 	}
-	log.Info("wrote image", "out", opts.Out, "name", opts.Name, "digest", d.String())
+	log.Info("wrote image", "out", opts.Out, "name", ref, "digest", d.String())
 	return d, nil
 }

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -359,6 +360,14 @@ var (
 // setgid; executables are node and shared objects only; only the allowed
 // files; root ownership and a fixed mtime throughout.
 func violations(files map[string]fsEntry) []string {
+	return violationsAllowing(files, nil)
+}
+
+// violationsAllowing is violations with more regular files allowed (a
+// variant's npm packages). Whatever extra allows, the other rules still
+// hold; on top, nothing under a node_modules directory may be executable
+// or a native addon.
+func violationsAllowing(files map[string]fsEntry, extra []*regexp.Regexp) []string {
 	var bad []string
 	for p, e := range files {
 		for _, part := range strings.Split(p, "/") {
@@ -391,8 +400,16 @@ func violations(files map[string]fsEntry) []string {
 		if h.Mode&0o111 != 0 && p != "usr/local/bin/node" && !sharedObject.MatchString(p) {
 			bad = append(bad, fmt.Sprintf("%s: executable (%o) but neither node nor a shared object", p, h.Mode))
 		}
+		if inNodeModules(p) {
+			if h.Mode&0o111 != 0 {
+				bad = append(bad, fmt.Sprintf("%s: executable (%o) npm package file", p, h.Mode))
+			}
+			if strings.HasSuffix(p, ".node") {
+				bad = append(bad, fmt.Sprintf("%s: native addon", p))
+			}
+		}
 		allowed := false
-		for _, re := range allowedFiles {
+		for _, re := range append(slices.Clip(allowedFiles), extra...) {
 			allowed = allowed || re.MatchString(p)
 		}
 		if !allowed {
@@ -401,6 +418,10 @@ func violations(files map[string]fsEntry) []string {
 	}
 
 	return bad
+}
+
+func inNodeModules(p string) bool {
+	return strings.HasPrefix(p, "node_modules/") || strings.Contains(p, "/node_modules/")
 }
 
 func TestImageContents(t *testing.T) {
@@ -623,6 +644,28 @@ func TestViolationsCatchForbidden(t *testing.T) {
 		got := violations(map[string]fsEntry{p: e})
 		if len(got) == 0 {
 			t.Errorf("%s (mode %o) passed the content check", p, e.hdr.Mode)
+		}
+	}
+	// A variant's node_modules allowance does not let executables, native
+	// addons, package managers or setuid files through.
+	nodeModules := []*regexp.Regexp{regexp.MustCompile(`^node_modules/`)}
+	cases = map[string]fsEntry{
+		"node_modules/x/bin/run.sh":        reg(0o755),
+		"node_modules/x/cli.js":            reg(0o755),
+		"node_modules/x/build/x.node":      reg(0o644),
+		"node_modules/x/lib.so.1":          reg(0o755),
+		"node_modules/npm/index.js":        reg(0o644),
+		"node_modules/.bin/npx":            reg(0o644),
+		"node_modules/x/index.js":          reg(0o4644),
+		"node_modules/x/node_modules/y.js": reg(0o744),
+	}
+	if got := violationsAllowing(map[string]fsEntry{"node_modules/x/index.js": reg(0o644)}, nodeModules); len(got) != 0 {
+		t.Errorf("plain npm package file flagged: %v", got)
+	}
+	for p, e := range cases {
+		got := violationsAllowing(map[string]fsEntry{p: e}, nodeModules)
+		if len(got) == 0 {
+			t.Errorf("%s (mode %o) passed the variant content check", p, e.hdr.Mode)
 		}
 	}
 	// And the legitimate loader passes.
