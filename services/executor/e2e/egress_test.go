@@ -13,6 +13,7 @@ import (
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
+	"github.com/sandpit-run/sandpit/services/executor/internal/egress"
 )
 
 // The operator's policy of the egress tests. forbidden.test is in no rule:
@@ -40,6 +41,7 @@ const secret = "sk_test_sandpitDoNotLeak4242"
 
 type netStack struct {
 	e         *executor
+	eg        *egress.Egress
 	proxy     *egressProxy
 	execLis   *countingListener
 	execLogs  *lockedBuffer
@@ -49,7 +51,7 @@ type netStack struct {
 	forbidden *standIn
 }
 
-func startNetStack(t *testing.T) *netStack {
+func startNetStack(t testing.TB) *netStack {
 	t.Helper()
 	ports := netPorts{proxyGRPC: "127.0.0.1:" + itoa(freePort(t)), proxyPort: freePort(t), dnsPort: freePort(t)}
 	eg := startEgress(t, ports, basePolicy)
@@ -57,7 +59,7 @@ func startNetStack(t *testing.T) *netStack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &netStack{execLis: &countingListener{Listener: raw}, execLogs: &lockedBuffer{}}
+	s := &netStack{eg: eg, execLis: &countingListener{Listener: raw}, execLogs: &lockedBuffer{}}
 	s.e = startExecutor(t, executorOpts{egress: eg, lis: s.execLis, logs: s.execLogs, allow: []string{sdkImage}})
 	s.stripe = startStripeMock(t)
 	s.pay = newStandIn(t, "pay.test")

@@ -93,14 +93,14 @@ func testLogger() *slog.Logger {
 
 // executor is an in-process executor served on loopback.
 type executor struct {
-	addr     string
+	addr string
 	// deciderAddr serves the decision service, on a server of its own so
 	// a test can take it away; stopDecider does.
 	deciderAddr string
 	stopDecider func()
-	client   executorv1.ExecutorServiceClient
-	shutdown context.CancelFunc
-	slots    *capacity.Limiter
+	client      executorv1.ExecutorServiceClient
+	shutdown    context.CancelFunc
+	slots       *capacity.Limiter
 }
 
 type executorOpts struct {

@@ -28,7 +28,7 @@ type netPorts struct {
 }
 
 // freePort returns a port free on all addresses for tcp (and, for DNS, udp).
-func freePort(t *testing.T) uint16 {
+func freePort(t testing.TB) uint16 {
 	t.Helper()
 	l, err := net.Listen("tcp4", "0.0.0.0:0")
 	if err != nil {
@@ -40,7 +40,7 @@ func freePort(t *testing.T) uint16 {
 
 // startEgress sets up the executor's side of egress: namespaces, nftables,
 // the policy file. The proxy may or may not be running at ports.
-func startEgress(t *testing.T, ports netPorts, policyYAML string) *egress.Egress {
+func startEgress(t testing.TB, ports netPorts, policyYAML string) *egress.Egress {
 	t.Helper()
 	var policyFile string
 	if policyYAML != "" {

@@ -6,12 +6,12 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509/pkix"
-	"math/big"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -35,7 +35,7 @@ var (
 )
 
 // proxyBinary builds the egress proxy once per test run.
-func proxyBinary(t *testing.T) string {
+func proxyBinary(t testing.TB) string {
 	t.Helper()
 	proxyBuildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "sandpit-proxy-bin-")
@@ -76,7 +76,7 @@ func (s *standIn) requests() []string {
 
 // newStandIn starts an HTTPS (HTTP/2 capable) stand-in on loopback that
 // answers every request with a small JSON body naming itself.
-func newStandIn(t *testing.T, host string) *standIn {
+func newStandIn(t testing.TB, host string) *standIn {
 	t.Helper()
 	s := &standIn{host: host}
 	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -108,7 +108,7 @@ var (
 
 // upstreamCert is a leaf for standInHosts (and the metadata address) from a
 // CA made for this test run; upstreamCAPEM writes that CA for --upstream-ca.
-func upstreamCert(t *testing.T) tls.Certificate {
+func upstreamCert(t testing.TB) tls.Certificate {
 	t.Helper()
 	upstreamCAOnce.Do(func() {
 		caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -152,7 +152,7 @@ func upstreamCert(t *testing.T) tls.Certificate {
 }
 
 // upstreamCAPEM writes the stand-ins' CA for the proxy's --upstream-ca.
-func upstreamCAPEM(t *testing.T) string {
+func upstreamCAPEM(t testing.TB) string {
 	t.Helper()
 	upstreamCert(t)
 	p := filepath.Join(t.TempDir(), "upstream-ca.pem")
@@ -173,7 +173,7 @@ type egressProxy struct {
 // startProxy runs the proxy with the executor at decider. Upstreams maps
 // host names to stand-in addresses; every upstream dial is confined to
 // loopback.
-func startProxy(t *testing.T, ports netPorts, decider string, upstreams map[string]string, upstreamCA string, extra ...string) *egressProxy {
+func startProxy(t testing.TB, ports netPorts, decider string, upstreams map[string]string, upstreamCA string, extra ...string) *egressProxy {
 	t.Helper()
 	p := &egressProxy{ports: ports, logs: &lockedBuffer{}, done: make(chan struct{})}
 	args := []string{

@@ -18,7 +18,7 @@ import (
 // TLS front for it. stripe-mock's own HTTPS certificate names no host, so
 // the front presents the stand-ins' certificate for api.stripe.com and
 // passes requests to stripe-mock's HTTP port.
-func startStripeMock(t *testing.T) string {
+func startStripeMock(t testing.TB) string {
 	t.Helper()
 	bin, err := containerdtest.Artifact("SANDPIT_STRIPE_MOCK", "bin/stripe-mock")
 	if err != nil {

@@ -172,8 +172,8 @@ func (e *Egress) Attach(ctx context.Context, id string, inline *policy.Compiled,
 // opens are the sandbox's. For tests and benchmarks.
 func (a *Attachment) Do(fn func() error) error { return a.sb.Do(fn) }
 
-// SandboxIP is the sandbox end's address.
-func (a *Attachment) SandboxIP() string { return a.sb.SandboxIP.String() }
+// GatewayIP is the host end's address, the sandbox's default route.
+func (a *Attachment) GatewayIP() string { return a.sb.HostIP.String() }
 
 // Detach ends the execution's registration and removes its namespace; it
 // sets NetworkError if the proxy was gone by the end. Calls after the first
