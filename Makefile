@@ -91,16 +91,19 @@ test-containerd2: deps tools runc image image-sdk stripe-mock $(BIN)/containerd2
 bench: deps tools runc image image-sdk stripe-mock ## hello-world Execute latency vs bare node; proxy latency and throughput vs direct
 	cd services/executor && $(TEST_ENV) go test -count=1 -run '^$$' -bench . -benchtime 40x -timeout 20m ./e2e/
 
-.PHONY: executor
-executor: ## build the executor binary
+POLICY ?= deploy/policy/example.yaml
+
+.PHONY: binaries
+binaries: ## build the executor and egress proxy binaries
 	go build -o $(BIN)/sandpit-executor ./services/executor/cmd/sandpit-executor
+	go build -o $(BIN)/sandpit-egress-proxy ./services/egressproxy/cmd/sandpit-egress-proxy
 
 .PHONY: run
-run: deps runc image executor ## install what is missing, start containerd if none runs, run the executor in the foreground
+run: deps runc image binaries ## install what is missing, start containerd if none runs, run the egress proxy and the executor (POLICY=file, default deploy/policy/example.yaml)
 	install -D -m 0755 $(BIN)/runc $(RUNC_INSTALL)
 	hack/ensure-containerd.sh $(CONTAINERD_SOCK)
 	ctr --address $(CONTAINERD_SOCK) --namespace $(NAMESPACE) images import $(IMAGE_TAR)
-	exec $(BIN)/sandpit-executor --containerd-address $(CONTAINERD_SOCK) --containerd-namespace $(NAMESPACE) --runc $(RUNC_INSTALL) --image $(IMAGE_REF)
+	exec hack/run.sh $(BIN) $(CONTAINERD_SOCK) $(NAMESPACE) $(RUNC_INSTALL) $(IMAGE_REF) "$(POLICY)"
 
 .PHONY: clean
 clean: ## remove built binaries and images

@@ -497,3 +497,43 @@ fetch("https://api.github.test/after-decider-gone").then(async r => console.log(
 		}
 	}
 }
+
+// TestSandboxTrustsProxyCAButHoldsNoKey checks that the CA is installed in
+// the sandbox (bundle and NODE_EXTRA_CA_CERTS) and that no private key is
+// readable anywhere in it.
+func TestSandboxTrustsProxyCAButHoldsNoKey(t *testing.T) {
+	s := startNetStack(t)
+	var got struct {
+		Extra    string
+		Bundle   int
+		KeyFiles []string
+		Resolv   string
+	}
+	probe(t, s.e, code(`
+const fs = require("fs"), path = require("path");
+const marker = ["PRIVATE", "KEY"].join(" "); // not literally, or this file would match
+const keyFiles = [];
+const walk = dir => {
+  let entries = [];
+  try { entries = fs.readdirSync(dir, { withFileTypes: true }); } catch { return; }
+  for (const e of entries) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) walk(p);
+    else if (e.isFile()) { try { if (fs.readFileSync(p).includes(marker)) keyFiles.push(p); } catch {} }
+  }
+};
+for (const d of ["/etc", "/sandbox", "/tmp", "/home", "/root", "/usr/local/share", "/run"]) walk(d);
+const bundle = fs.readFileSync("/etc/ssl/certs/ca-certificates.crt", "utf8");
+console.log(JSON.stringify({ extra: process.env.NODE_EXTRA_CA_CERTS, bundle: (bundle.match(/BEGIN CERTIFICATE/g) || []).length,
+  keyFiles, resolv: fs.readFileSync("/etc/resolv.conf", "utf8") }));
+`), &got)
+	if got.Extra != "/etc/ssl/certs/ca-certificates.crt" || got.Bundle != 1 {
+		t.Errorf("CA: NODE_EXTRA_CA_CERTS=%q, %d certificates in the bundle; want the proxy's one", got.Extra, got.Bundle)
+	}
+	if len(got.KeyFiles) != 0 {
+		t.Errorf("private key material readable in the sandbox: %v", got.KeyFiles)
+	}
+	if !strings.HasPrefix(got.Resolv, "nameserver 10.89.0.") {
+		t.Errorf("resolv.conf %q, want the sandbox's gateway", got.Resolv)
+	}
+}

@@ -13,11 +13,12 @@ import (
 )
 
 // Sandbox networks of the e2e tests: their own pool, prefixes and table,
-// apart from a real executor's and from other test packages'.
+// apart from a real executor's ("sandpit-", "sp") and from other test
+// packages'; no prefix here is a prefix of another's.
 const (
 	testPool       = "10.89.0.0/24"
 	testVethPrefix = "se"
-	testNetns      = "sandpit-e2e-"
+	testNetns      = "spe2e-"
 	testTable      = "sandpit_e2e"
 )
 

@@ -82,7 +82,7 @@ func setup(t *testing.T) *harness {
 		}
 	})
 	// A pool far from anything real, and from the executor's default.
-	m, err := netns.NewManager(netip.MustParsePrefix("10.251.0.0/24"), "sf", "sandpit-fwtest-")
+	m, err := netns.NewManager(netip.MustParsePrefix("10.251.0.0/24"), "sf", "spfwtest-")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs the whole stack on this host: the egress proxy in the background and
+# the executor in the foreground. Stopping the executor stops the proxy.
+set -euo pipefail
+bin=$1 sock=$2 ns=$3 runc=$4 image=$5 policy=$6
+state=/var/lib/sandpit
+mkdir -p "$state/egress-ca"
+proxy_log=/var/log/sandpit-egress-proxy.log
+echo "starting the egress proxy (log: $proxy_log)"
+"$bin/sandpit-egress-proxy" --decider 127.0.0.1:50051 --ca-dir "$state/egress-ca" >>"$proxy_log" 2>&1 &
+proxy=$!
+trap 'kill $proxy 2>/dev/null; wait $proxy 2>/dev/null' EXIT
+policy_flag=()
+[ -n "$policy" ] && policy_flag=(--policy-file "$policy")
+"$bin/sandpit-executor" --containerd-address "$sock" --containerd-namespace "$ns" --runc "$runc" --image "$image" \
+	--egress-proxy 127.0.0.1:50052 "${policy_flag[@]}"
