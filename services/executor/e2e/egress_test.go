@@ -338,7 +338,7 @@ setTimeout(() => {}, 60000);
 	_, execPort, _ := net.SplitHostPort(s.e.addr)
 	_, proxyGRPCPort, _ := net.SplitHostPort(s.proxy.ports.proxyGRPC)
 	var got map[string]string
-	probe(t, s.e, code(fmt.Sprintf(`
+	r := probe(t, s.e, code(fmt.Sprintf(`
 const net = require("net"), dgram = require("dgram"), dns = require("dns"), os = require("os");
 const gw = os.networkInterfaces().eth0.find(a => a.family === "IPv4").address.replace(/\.\d+$/, m => "." + (Number(m.slice(1)) - 1));
 const out = {};
@@ -399,6 +399,12 @@ const udp = (host, port) => new Promise(res => {
 	}
 	if strings.HasPrefix(got["dnsOtherResolver"], "answered") {
 		t.Errorf("a DNS query to another port was answered: %s", got["dnsOtherResolver"])
+	}
+	// The TCP attempts that are not HTTP end at the proxy, which refuses
+	// them and says so in the stream.
+	refused := requestEvents(r, executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REFUSED)
+	if len(refused) < 3 {
+		t.Errorf("%d refused-connection events, want one per non-HTTP TCP attempt: %v", len(refused), r.network)
 	}
 }
 
