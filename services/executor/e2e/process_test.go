@@ -113,7 +113,15 @@ func startProc(t *testing.T, stateDir string, extra ...string) *proc {
 			t.Logf("executor log:\n%s", p.logs.String())
 		}
 	})
-	conn, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	waitServing(t, "executor", p.addr, "sandpit.executor.v1.ExecutorService", p.done, p.logs)
+	return p
+}
+
+// waitServing waits until the gRPC health check of service at addr says
+// SERVING, failing the test if the process (done) exits or 30s pass.
+func waitServing(t testing.TB, what, addr, service string, done <-chan struct{}, logs *lockedBuffer) {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,18 +129,18 @@ func startProc(t *testing.T, stateDir string, extra ...string) *proc {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		res, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: "sandpit.executor.v1.ExecutorService"})
+		res, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: service})
 		cancel()
 		if err == nil && res.GetStatus() == healthpb.HealthCheckResponse_SERVING {
-			return p
+			return
 		}
 		select {
-		case <-p.done:
-			t.Fatalf("executor exited: %s", p.logs.String())
+		case <-done:
+			t.Fatalf("%s exited: %s", what, logs.String())
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("executor not serving after 30s (last: %v)\n%s", err, p.logs.String())
+			t.Fatalf("%s not serving after 30s (last: %v)\n%s", what, err, logs.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -22,10 +21,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 var (
@@ -204,29 +199,8 @@ func startProxy(t testing.TB, ports netPorts, decider string, upstreams map[stri
 			t.Logf("proxy log:\n%s", p.logs.String())
 		}
 	})
-	conn, err := grpc.NewClient(ports.proxyGRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		res, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
-		cancel()
-		if err == nil && res.GetStatus() == healthpb.HealthCheckResponse_SERVING {
-			return p
-		}
-		select {
-		case <-p.done:
-			t.Fatalf("proxy exited: %s", p.logs.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("proxy not serving after 30s: %v\n%s", err, p.logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitServing(t, "proxy", ports.proxyGRPC, "", p.done, p.logs)
+	return p
 }
 
 func (p *egressProxy) stop() {

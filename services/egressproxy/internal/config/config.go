@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/dialer"
+	"github.com/sandpit-run/sandpit/services/lib/envflag"
 )
 
 // Config is the proxy's whole configuration.
@@ -40,7 +41,10 @@ type Config struct {
 	RedactQueryParams []string
 }
 
+// list is a repeatable flag; its environment variable is comma-separated.
 type list []string
+
+func (l *list) Repeatable() {}
 
 func (l *list) String() string { return strings.Join(*l, ",") }
 func (l *list) Set(s string) error {
@@ -78,27 +82,10 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	var errs []error
-	fs.VisitAll(func(f *flag.Flag) {
-		if set[f.Name] {
-			return
-		}
-		v := getenv(EnvName(f.Name))
-		if v == "" {
-			return
-		}
-		parts := []string{v}
-		if _, ok := f.Value.(*list); ok {
-			parts = strings.Split(v, ",")
-		}
-		for _, p := range parts {
-			if err := fs.Set(f.Name, strings.TrimSpace(p)); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", EnvName(f.Name), err))
-			}
-		}
-	})
+	if err := envflag.Apply(fs, getenv); err != nil {
+		errs = append(errs, err)
+	}
 	for _, u := range upstreams {
 		host, addr, err := dialer.ParseOverride(u)
 		if err != nil {
@@ -131,9 +118,4 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	}
 	c.RedactHeaders, c.RedactQueryParams = redH, redQ
 	return c, errors.Join(errs...)
-}
-
-// EnvName is the environment variable read for a flag.
-func EnvName(flagName string) string {
-	return "SANDPIT_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
+	"github.com/sandpit-run/sandpit/services/lib/envflag"
 )
 
 // Config is the executor's whole configuration.
@@ -86,21 +87,7 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	var errs []error
-	fs.VisitAll(func(f *flag.Flag) {
-		if set[f.Name] {
-			return
-		}
-		env := EnvName(f.Name)
-		if v := getenv(env); v != "" {
-			if err := fs.Set(f.Name, v); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", env, err))
-			}
-		}
-	})
-	if err := errors.Join(errs...); err != nil {
+	if err := envflag.Apply(fs, getenv); err != nil {
 		return c, err
 	}
 	if *allow != "" {
@@ -111,11 +98,6 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 		}
 	}
 	return c, c.validate()
-}
-
-// EnvName is the environment variable that backs the flag name.
-func EnvName(flagName string) string {
-	return "SANDPIT_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
 func (c Config) validate() error {
