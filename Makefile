@@ -4,7 +4,7 @@ SHELL := bash
 .DEFAULT_GOAL := help
 MAKEFLAGS += --no-builtin-rules
 
-MODULES := gen/go services/lib services/policy services/egressproxy services/executor deploy/image
+MODULES := gen/go examples/go services/lib services/policy services/egressproxy services/executor deploy/image
 BIN := $(CURDIR)/bin
 BUILD := $(CURDIR)/build
 IMAGE_TAR := $(BUILD)/sandpit-node.tar

@@ -1,0 +1,47 @@
+package e2e
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestExampleGoClient runs examples/go/sandpit-run, the Go client users
+// start from, against the executor: output is copied through, arguments
+// arrive, and the program's exit code becomes the client's.
+func TestExampleGoClient(t *testing.T) {
+	e := startExecutor(t, executorOpts{})
+	bin := filepath.Join(t.TempDir(), "sandpit-run")
+	build := exec.Command("go", "build", "-o", bin, "./sandpit-run")
+	build.Dir = "../../../examples/go"
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+
+	out, err := exec.Command(bin, "-addr", e.addr, "-q", "../../../examples/js/hello.mjs", "tester").Output()
+	if err != nil {
+		t.Fatalf("sandpit-run: %v", err)
+	}
+	if !strings.HasPrefix(string(out), "hello, tester, from node v24.") || !strings.Contains(string(out), "uid 65532") {
+		t.Errorf("stdout %q", out)
+	}
+
+	failing := filepath.Join(t.TempDir(), "fail.js")
+	if err := os.WriteFile(failing, []byte(`console.error("bad"); process.exit(3)`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-addr", e.addr, failing)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	err = cmd.Run()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 3 {
+		t.Errorf("exit %v, want 3", err)
+	}
+	if !strings.Contains(stderr.String(), "bad\n") || !strings.Contains(stderr.String(), "TERMINATION_EXITED exit 3") {
+		t.Errorf("stderr %q", stderr.String())
+	}
+}
