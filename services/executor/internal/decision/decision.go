@@ -26,6 +26,10 @@ import (
 // decided and counted but no longer logged.
 const maxLog = 10000
 
+// maxOutstanding bounds the allowed requests a stream waits to hear the
+// outcome of; a proxy that never reports cannot grow the executor's memory.
+const maxOutstanding = 65536
+
 // Execution is the network state of one running execution.
 type Execution struct {
 	id     string
@@ -152,7 +156,7 @@ func (s *Service) Decide(stream grpc.BidiStreamingServer[policyv1.DecideRequest,
 		switch k := req.GetKind().(type) {
 		case *policyv1.DecideRequest_Http:
 			resp, p := s.decideHTTP(req.GetId(), k.Http)
-			if p.exec != nil && resp.GetDecision() != policyv1.Decision_DECISION_DENY {
+			if p.exec != nil && resp.GetDecision() != policyv1.Decision_DECISION_DENY && len(outstanding) < maxOutstanding {
 				outstanding[req.GetId()] = p
 			}
 			if err := stream.Send(resp); err != nil {
