@@ -303,7 +303,7 @@ func invalidArgument(vs []limits.Violation) error {
 
 // sandboxError turns a failure of containerd or the sandbox into a status.
 func sandboxError(err error) error {
-	if errdefs.IsUnavailable(err) || status.Code(errors.Unwrap(err)) == codes.Unavailable || errors.Is(err, context.DeadlineExceeded) {
+	if errdefs.IsUnavailable(err) || errors.Is(err, context.DeadlineExceeded) {
 		return status.Errorf(codes.Unavailable, "sandbox runtime unavailable: %v", err)
 	}
 	if errors.Is(err, context.Canceled) {
@@ -311,6 +311,3 @@ func sandboxError(err error) error {
 	}
 	return status.Errorf(codes.Internal, "sandbox failed: %v", err)
 }
-
-// metricsDuration buckets span a fast hello world to the maximum timeout.
-var metricsDuration = []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300}

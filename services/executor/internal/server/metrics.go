@@ -6,6 +6,9 @@ import (
 	"github.com/sandpit-run/sandpit/services/executor/internal/capacity"
 )
 
+// metricsDuration buckets span a fast hello world to the maximum timeout.
+var metricsDuration = []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300}
+
 // metrics are the executor's own Prometheus metrics; the gRPC ones come from
 // the middleware.
 type metrics struct {
