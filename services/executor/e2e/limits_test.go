@@ -28,7 +28,8 @@ func TestBusyLoopIsKilledAtTimeout(t *testing.T) {
 	if w := res.GetWallTime().AsDuration(); w < time.Second || w > 3*time.Second {
 		t.Errorf("wall time %v, want about 1s", w)
 	}
-	if c := res.GetCpuTime().AsDuration(); c < 500*time.Millisecond {
+	// Other tests may share the two cores; a busy second still shows up.
+	if c := res.GetCpuTime().AsDuration(); c < 200*time.Millisecond {
 		t.Errorf("cpu time %v for a busy second", c)
 	}
 	requireNoLeftovers(t, stateDir, "")
