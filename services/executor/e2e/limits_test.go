@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -129,6 +130,9 @@ func TestOutputFloodKeepsExecutorMemoryBounded(t *testing.T) {
 	req := code(`const b = Buffer.alloc(65536, 97); for (let i = 0; i < 1024; i++) require("fs").writeSync(1, b);`)
 	req.Limits = &executorv1.Limits{OutputBytes: 64 << 20, Timeout: durationpb.New(time.Minute)}
 
+	// A low GC target keeps garbage from passing for retained memory: what
+	// is measured is what the executor holds on to, not what it churns.
+	defer debug.SetGCPercent(debug.SetGCPercent(10))
 	runtime.GC()
 	var base runtime.MemStats
 	runtime.ReadMemStats(&base)
@@ -180,7 +184,7 @@ func TestOutputFloodKeepsExecutorMemoryBounded(t *testing.T) {
 	}
 	growth := int64(peak.Load()) - int64(base.HeapInuse)
 	t.Logf("heap in use: base %d MiB, peak %d MiB while streaming 64 MiB", base.HeapInuse>>20, peak.Load()>>20)
-	if growth > 24<<20 {
+	if growth > 16<<20 {
 		t.Errorf("heap grew by %d MiB while streaming 64 MiB; output is being buffered", growth>>20)
 	}
 }
