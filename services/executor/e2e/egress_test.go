@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -541,5 +542,60 @@ console.log(JSON.stringify({ extra: process.env.NODE_EXTRA_CA_CERTS, bundle: (bu
 	}
 	if !strings.HasPrefix(got.Resolv, "nameserver 10.89.0.") {
 		t.Errorf("resolv.conf %q, want the sandbox's gateway", got.Resolv)
+	}
+}
+
+// TestRequestBodyLimit sends bodies over the policy's max_request_bytes:
+// with a Content-Length the request is denied before anything is sent; a
+// chunked body is cut off at the limit and answered 413, and the upstream
+// never gets more than the limit.
+func TestRequestBodyLimit(t *testing.T) {
+	s := startNetStack(t)
+	req := code(`
+const https = require("https");
+const post = (chunked, size) => new Promise(res => {
+  const headers = chunked ? {} : { "content-length": size };
+  const q = https.request("https://api.github.test/upload", { method: "POST", headers }, r => {
+    let body = ""; r.on("data", d => body += d); r.on("end", () => res(r.statusCode + " " + body.trim()));
+  });
+  q.on("error", e => res(e.code));
+  const chunk = Buffer.alloc(512, 120);
+  let sent = 0;
+  const pump = () => { while (sent < size) { sent += chunk.length; if (!q.write(chunk)) return q.once("drain", pump); } q.end(); };
+  pump();
+});
+(async () => {
+  const out = {};
+  // One kept-alive connection: each request after the first reuses it.
+  out.small = await post(true, 512);
+  out.again = await post(false, 512);
+  out.declared = await post(false, 4096);
+  out.chunked = await post(true, 8192);
+  console.log(JSON.stringify(out));
+})();
+`)
+	req.Policy = &policyv1.Policy{
+		DefaultAction: policyv1.Action_ACTION_ALLOW,
+		Limits:        &policyv1.PolicyLimits{MaxRequestBytes: 1024},
+	}
+	var got map[string]string
+	probe(t, s.e, req, &got)
+	if !strings.HasPrefix(got["small"], "200 ") || !strings.HasPrefix(got["again"], "200 ") {
+		t.Errorf("bodies under the limit: %q, then %q on the kept-alive connection", got["small"], got["again"])
+	}
+	if !strings.HasPrefix(got["declared"], "403 ") || !strings.Contains(got["declared"], "limits.max_request_bytes") {
+		t.Errorf("a declared body over the limit: %q, want 403 by limits.max_request_bytes", got["declared"])
+	}
+	if !strings.HasPrefix(got["chunked"], "413 ") || !strings.Contains(got["chunked"], "limits.max_request_bytes") {
+		t.Errorf("a chunked body over the limit: %q, want 413", got["chunked"])
+	}
+	for _, r := range s.github.requests() {
+		var n int
+		if i := strings.LastIndex(r, " body="); i >= 0 {
+			n, _ = strconv.Atoi(r[i+len(" body="):])
+		}
+		if n > 1024 {
+			t.Errorf("the upstream got %d body bytes, over the limit: %s", n, r)
+		}
 	}
 }

@@ -76,10 +76,10 @@ func newStandIn(t testing.TB, host string) *standIn {
 	s := &standIn{host: host}
 	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.hits.Add(1)
+		n, _ := io.Copy(io.Discard, r.Body)
 		s.mu.Lock()
-		s.seen = append(s.seen, r.Method+" "+r.Host+" "+r.URL.RequestURI()+" auth="+r.Header.Get("Authorization"))
+		s.seen = append(s.seen, fmt.Sprintf("%s %s %s auth=%s body=%d", r.Method, r.Host, r.URL.RequestURI(), r.Header.Get("Authorization"), n))
 		s.mu.Unlock()
-		_, _ = io.Copy(io.Discard, r.Body)
 		w.Header().Set("Content-Type", "application/json")
 		fmt.Fprintf(w, `{"stand_in":%q,"path":%q,"proto":%q}`, host, r.URL.Path, r.Proto)
 	}))

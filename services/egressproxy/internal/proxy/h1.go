@@ -104,20 +104,34 @@ func (p *Proxy) serveOneH1(ctx context.Context, conn net.Conn, br *bufio.Reader,
 	keep := !req.Close && req.ProtoAtLeast(1, 1)
 	bw := bufio.NewWriterSize(conn, 16<<10)
 	if !v.allowed {
-		writeResponse(bw, http.StatusForbidden, "application/json", blockBody(c, v), !keep || req.ContentLength != 0)
-		// An unread body would be parsed as the next request.
-		return keep && req.ContentLength == 0
+		// Read what the client still sends of the body (a little of it),
+		// so that closing does not reset the connection and throw away
+		// the 403 before the client reads it; an unread body would also be
+		// parsed as the next request.
+		drained := req.ContentLength == 0 || drainBody(conn, req.Body)
+		writeResponse(bw, http.StatusForbidden, "application/json", blockBody(c, v), !keep || !drained)
+		return keep && drained
 	}
 	if headerHasToken(req.Header, "Expect", "100-continue") {
 		if _, err := io.WriteString(conn, "HTTP/1.1 100 Continue\r\n\r\n"); err != nil {
 			return false
 		}
 	}
-	body := &countingReader{r: req.Body}
+	// The transport closes the body it sends; the connection's reader must
+	// stay usable for the next request on a kept-alive connection.
+	body := &countingReader{r: io.NopCloser(req.Body), limit: v.maxBody}
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	out := p.upstreamRequest(rctx, c, req, body)
 	resp, err := p.cfg.Upstream.RoundTrip(out)
+	if body.exceeded.Load() {
+		if err == nil {
+			resp.Body.Close()
+		}
+		p.outcome(v, 0, body.n.Load(), 0, errBodyTooLarge)
+		writeResponse(bw, http.StatusRequestEntityTooLarge, "application/json", tooLargeBody(c, v), true)
+		return false
+	}
 	if err != nil {
 		p.outcome(v, 0, body.n.Load(), 0, err)
 		writeResponse(bw, http.StatusBadGateway, "application/json", errorBody(c, err), true)
@@ -163,6 +177,18 @@ func (p *Proxy) serveOneH1(ctx context.Context, conn net.Conn, br *bufio.Reader,
 		return false
 	}
 	n, _ := req.Body.Read(make([]byte, 1))
+	return n == 0
+}
+
+// drainBody discards up to 256 KiB of a refused request's body, for at
+// most two seconds, and reports whether it reached the end.
+func drainBody(conn net.Conn, body io.Reader) bool {
+	_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	defer conn.SetReadDeadline(time.Time{})
+	if _, err := io.Copy(io.Discard, io.LimitReader(body, 256<<10)); err != nil {
+		return false
+	}
+	n, _ := body.Read(make([]byte, 1))
 	return n == 0
 }
 

@@ -27,8 +27,16 @@ func (p *Proxy) serveH2Request(w http.ResponseWriter, r *http.Request, info conn
 		writeH2(w, http.StatusForbidden, blockBody(c, v))
 		return
 	}
-	body := &countingReader{r: r.Body}
+	body := &countingReader{r: r.Body, limit: v.maxBody}
 	resp, err := p.cfg.Upstream.RoundTrip(p.upstreamRequest(r.Context(), c, r, body))
+	if body.exceeded.Load() {
+		if err == nil {
+			resp.Body.Close()
+		}
+		p.outcome(v, 0, body.n.Load(), 0, errBodyTooLarge)
+		writeH2(w, http.StatusRequestEntityTooLarge, tooLargeBody(c, v))
+		return
+	}
 	if err != nil {
 		p.outcome(v, 0, body.n.Load(), 0, err)
 		writeH2(w, http.StatusBadGateway, errorBody(c, err))

@@ -170,6 +170,8 @@ type verdict struct {
 	rule    string
 	reason  string
 	at      time.Time
+	// maxBody is the most request body bytes to forward; 0 is no limit.
+	maxBody uint64
 }
 
 func (p *Proxy) decide(ctx context.Context, info connInfo, c *checked, r *http.Request) verdict {
@@ -192,7 +194,7 @@ func (p *Proxy) decide(ctx context.Context, info connInfo, c *checked, r *http.R
 		Violation:     c.violation,
 	}}}
 	resp, err := p.cfg.Decider.Ask(ctx, req)
-	v := verdict{id: req.GetId(), rule: resp.GetRuleId(), reason: resp.GetReason(), at: time.Now()}
+	v := verdict{id: req.GetId(), rule: resp.GetRuleId(), reason: resp.GetReason(), at: time.Now(), maxBody: resp.GetMaxRequestBytes()}
 	switch resp.GetDecision() {
 	case policyv1.Decision_DECISION_ALLOW:
 		v.allowed, v.label = true, "allowed"
@@ -273,16 +275,44 @@ func removeHopHeaders(h http.Header) {
 	}
 }
 
-// countingReader counts bytes read through it.
+// errBodyTooLarge ends a request body that grew past the policy's limit.
+var errBodyTooLarge = errors.New("request body larger than the policy allows")
+
+// countingReader counts bytes read through it and, with a limit, stops with
+// errBodyTooLarge at the first byte past it: no more than limit bytes are
+// ever passed on.
 type countingReader struct {
-	r io.ReadCloser
-	n atomic.Uint64
+	r        io.ReadCloser
+	n        atomic.Uint64
+	limit    uint64
+	exceeded atomic.Bool
 }
 
 func (c *countingReader) Read(b []byte) (int, error) {
+	if c.limit > 0 {
+		left := c.limit - c.n.Load()
+		// One byte more than allowed is read to tell "exactly the limit"
+		// from "over it"; it is never passed on.
+		if uint64(len(b)) > left+1 {
+			b = b[:left+1]
+		}
+	}
 	n, err := c.r.Read(b)
+	if c.limit > 0 && c.n.Load()+uint64(n) > c.limit {
+		c.exceeded.Store(true)
+		n = int(c.limit - c.n.Load())
+		c.n.Add(uint64(n))
+		return n, errBodyTooLarge
+	}
 	c.n.Add(uint64(n))
 	return n, err
+}
+
+// tooLargeBody is the 413 body for a request whose body grew past the
+// limit.
+func tooLargeBody(c *checked, v verdict) []byte {
+	return blockBody(c, verdict{rule: "limits.max_request_bytes",
+		reason: fmt.Sprintf("request body larger than %d bytes", v.maxBody)})
 }
 
 func (c *countingReader) Close() error { return c.r.Close() }

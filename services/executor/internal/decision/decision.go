@@ -229,8 +229,11 @@ func (s *Service) decideHTTP(id uint64, r *policyv1.HttpRequest) (*policyv1.Deci
 		RuleId:    d.RuleID,
 		Reason:    d.Reason,
 	})
-	return &policyv1.DecideResponse{Id: id, Decision: d.Decision, RuleId: d.RuleID, Reason: d.Reason, ExecutionId: e.id},
-		pending{exec: e, id: reqID, entry: entry}
+	resp := &policyv1.DecideResponse{Id: id, Decision: d.Decision, RuleId: d.RuleID, Reason: d.Reason, ExecutionId: e.id}
+	if !blocked {
+		resp.MaxRequestBytes = e.policy.Limits().MaxRequestBytes
+	}
+	return resp, pending{exec: e, id: reqID, entry: entry}
 }
 
 // decide applies the proxy's own verdict, the execution's limits and its

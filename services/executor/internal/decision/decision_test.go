@@ -107,6 +107,10 @@ func TestDecideByExecutionPolicy(t *testing.T) {
 		if resp.GetDecision() != tt.want || resp.GetRuleId() != tt.rule {
 			t.Errorf("request %d: %v by %q, want %v by %q (%s)", tt.req.GetId(), resp.GetDecision(), resp.GetRuleId(), tt.want, tt.rule, resp.GetReason())
 		}
+		// The proxy enforces the body limit on what it forwards.
+		if want := map[bool]uint64{true: 100, false: 0}[tt.want == policyv1.Decision_DECISION_ALLOW]; resp.GetMaxRequestBytes() != want {
+			t.Errorf("request %d: max_request_bytes %d, want %d", tt.req.GetId(), resp.GetMaxRequestBytes(), want)
+		}
 	}
 	// The fourth request of x1 exceeds max_requests: 3.
 	if resp := ask(t, s, httpReq(5, "10.88.0.2", "GET", "api.stripe.com", "/v1/products/prod_1")); resp.GetRuleId() != "limits.max_requests" {

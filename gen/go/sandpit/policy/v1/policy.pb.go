@@ -1043,9 +1043,13 @@ type DecideResponse struct {
 	// Why, for the 403 body and the network log.
 	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
 	// The execution the request belongs to, empty when none owns the source.
-	ExecutionId   string `protobuf:"bytes,5,opt,name=execution_id,json=executionId,proto3" json:"execution_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ExecutionId string `protobuf:"bytes,5,opt,name=execution_id,json=executionId,proto3" json:"execution_id,omitempty"`
+	// For an allowed request: the most body bytes the proxy may forward, 0
+	// for no limit. A body that grows past it (chunked, or longer than its
+	// Content-Length said) is cut off and the request fails with 413.
+	MaxRequestBytes uint64 `protobuf:"varint,6,opt,name=max_request_bytes,json=maxRequestBytes,proto3" json:"max_request_bytes,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *DecideResponse) Reset() {
@@ -1111,6 +1115,13 @@ func (x *DecideResponse) GetExecutionId() string {
 		return x.ExecutionId
 	}
 	return ""
+}
+
+func (x *DecideResponse) GetMaxRequestBytes() uint64 {
+	if x != nil {
+		return x.MaxRequestBytes
+	}
+	return 0
 }
 
 var File_sandpit_policy_v1_policy_proto protoreflect.FileDescriptor
@@ -1179,13 +1190,14 @@ const file_sandpit_policy_v1_policy_proto_rawDesc = "" +
 	"\aRefusal\x12\x1b\n" +
 	"\tsource_ip\x18\x01 \x01(\tR\bsourceIp\x12 \n" +
 	"\vdestination\x18\x02 \x01(\tR\vdestination\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xad\x01\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xd9\x01\n" +
 	"\x0eDecideResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x127\n" +
 	"\bdecision\x18\x02 \x01(\x0e2\x1b.sandpit.policy.v1.DecisionR\bdecision\x12\x17\n" +
 	"\arule_id\x18\x03 \x01(\tR\x06ruleId\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12!\n" +
-	"\fexecution_id\x18\x05 \x01(\tR\vexecutionId*>\n" +
+	"\fexecution_id\x18\x05 \x01(\tR\vexecutionId\x12*\n" +
+	"\x11max_request_bytes\x18\x06 \x01(\x04R\x0fmaxRequestBytes*>\n" +
 	"\x04Mode\x12\x14\n" +
 	"\x10MODE_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fMODE_ENFORCE\x10\x01\x12\x0e\n" +
