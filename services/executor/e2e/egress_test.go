@@ -33,6 +33,8 @@ hosts:
       - { id: pay-products, methods: [GET], path: "/v1/products/**", action: allow }
     default: deny
   - host: api.github.test
+    rules:
+      - { id: echo-ws, methods: [GET], path: /ws, action: allow, websocket: true }
     default: allow
 `
 
@@ -598,4 +600,47 @@ const post = (chunked, size) => new Promise(res => {
 			t.Errorf("the upstream got %d body bytes, over the limit: %s", n, r)
 		}
 	}
+}
+
+// TestWebSocketOnlyWhereARuleAllowsIt opens WebSockets through the proxy:
+// the path with a websocket rule echoes, another path on the same host
+// (allowed for plain requests) refuses the upgrade.
+func TestWebSocketOnlyWhereARuleAllowsIt(t *testing.T) {
+	s := startNetStack(t)
+	var got map[string]string
+	r := probe(t, s.e, code(`
+const open = url => new Promise(res => {
+  const ws = new WebSocket(url);
+  const timer = setTimeout(() => res("timeout"), 5000);
+  ws.onopen = () => ws.send("ping over sandpit");
+  ws.onmessage = e => { clearTimeout(timer); ws.close(); res("echo: " + e.data); };
+  ws.onerror = () => { clearTimeout(timer); res("error"); };
+});
+(async () => {
+  const out = {};
+  out.allowed = await open("wss://api.github.test/ws");
+  out.noRule = await open("wss://api.github.test/other");
+  out.plain = await fetch("https://api.github.test/other").then(r => String(r.status), e => e.name);
+  console.log(JSON.stringify(out));
+})();
+`), &got)
+	if got["allowed"] != "echo: ping over sandpit" {
+		t.Errorf("WebSocket with a rule: %q", got["allowed"])
+	}
+	if got["noRule"] != "error" {
+		t.Errorf("WebSocket without a rule: %q, want refused", got["noRule"])
+	}
+	if got["plain"] != "200" {
+		t.Errorf("plain request to the same path: %q, want 200 (the host allows it)", got["plain"])
+	}
+	for _, req := range s.github.requests() {
+		if strings.HasPrefix(req, "WEBSOCKET") && !strings.Contains(req, " /ws") {
+			t.Errorf("an upgrade without a rule reached the upstream: %s", req)
+		}
+	}
+	var wsDecisions []string
+	for _, ev := range requestEvents(r, executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REQUEST) {
+		wsDecisions = append(wsDecisions, ev.GetUrl()+" "+ev.GetDecision().String()+" "+ev.GetRuleId())
+	}
+	t.Logf("decisions: %v", wsDecisions)
 }

@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"golang.org/x/net/websocket"
 	"io"
 	"math/big"
 	"net"
@@ -74,7 +75,19 @@ func (s *standIn) requests() []string {
 func newStandIn(t testing.TB, host string) *standIn {
 	t.Helper()
 	s := &standIn{host: host}
+	echo := websocket.Server{
+		Handshake: func(*websocket.Config, *http.Request) error { return nil },
+		Handler:   func(ws *websocket.Conn) { _, _ = io.Copy(ws, ws) },
+	}
 	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") == "websocket" {
+			s.hits.Add(1)
+			s.mu.Lock()
+			s.seen = append(s.seen, "WEBSOCKET "+r.Host+" "+r.URL.RequestURI())
+			s.mu.Unlock()
+			echo.ServeHTTP(w, r)
+			return
+		}
 		s.hits.Add(1)
 		n, _ := io.Copy(io.Discard, r.Body)
 		s.mu.Lock()
