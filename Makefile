@@ -105,6 +105,18 @@ run: deps runc image binaries ## install what is missing, start containerd if no
 	ctr --address $(CONTAINERD_SOCK) --namespace $(NAMESPACE) images import $(IMAGE_TAR)
 	exec hack/run.sh $(BIN) $(CONTAINERD_SOCK) $(NAMESPACE) $(RUNC_INSTALL) $(IMAGE_REF) "$(POLICY)"
 
+.PHONY: install
+install: deps runc image binaries ## install binaries, runc, systemd units and the example policy (kept if present), import the image
+	install -D -m 0755 $(BIN)/sandpit-executor /usr/local/bin/sandpit-executor
+	install -D -m 0755 $(BIN)/sandpit-egress-proxy /usr/local/bin/sandpit-egress-proxy
+	install -D -m 0755 $(BIN)/runc $(RUNC_INSTALL)
+	install -D -m 0644 deploy/systemd/sandpit-executor.service /etc/systemd/system/sandpit-executor.service
+	install -D -m 0644 deploy/systemd/sandpit-egress-proxy.service /etc/systemd/system/sandpit-egress-proxy.service
+	[ -e /etc/sandpit/policy.yaml ] || install -D -m 0644 deploy/policy/example.yaml /etc/sandpit/policy.yaml
+	hack/ensure-containerd.sh $(CONTAINERD_SOCK)
+	ctr --address $(CONTAINERD_SOCK) --namespace $(NAMESPACE) images import $(IMAGE_TAR)
+	@echo "installed; start with: systemctl daemon-reload && systemctl enable --now sandpit-egress-proxy sandpit-executor"
+
 .PHONY: clean
 clean: ## remove built binaries and images
 	rm -rf $(BIN) $(BUILD)
