@@ -58,8 +58,9 @@ $(BIN)/stripe-mock: tools/stripemock/go.mod tools/stripemock/go.sum
 stripe-mock: $(BIN)/stripe-mock ## build stripe-mock (the local stand-in for api.stripe.com) at its pinned version
 
 .PHONY: generate
-generate: tools ## generate gen/ from proto/
+generate: deps tools ## generate gen/ from proto/ (Go with pinned plugins; Python with Debian's protoc)
 	buf generate
+	buf generate --template buf.gen.python.yaml
 	cd gen/go && GOWORK=off go mod tidy
 
 .PHONY: checkgenerate
@@ -73,7 +74,7 @@ lint: tools ## buf lint, buf format check, gofmt and go vet over every module
 	@out=$$(gofmt -l $(MODULES) tools); if [ -n "$$out" ]; then echo "gofmt: $$out"; exit 1; fi
 	for m in $(MODULES); do (cd $$m && go vet ./...); done
 
-TEST_ENV = SANDPIT_RUNC=$(BIN)/runc SANDPIT_IMAGE_TAR=$(IMAGE_TAR) SANDPIT_SDK_IMAGE_TAR=$(IMAGE_SDK_TAR) \
+TEST_ENV = PYTHONDONTWRITEBYTECODE=1 SANDPIT_RUNC=$(BIN)/runc SANDPIT_IMAGE_TAR=$(IMAGE_TAR) SANDPIT_SDK_IMAGE_TAR=$(IMAGE_SDK_TAR) \
 	SANDPIT_GRPCURL=$(BIN)/grpcurl SANDPIT_STRIPE_MOCK=$(BIN)/stripe-mock
 
 .PHONY: test

@@ -45,3 +45,25 @@ func TestExampleGoClient(t *testing.T) {
 		t.Errorf("stderr %q", stderr.String())
 	}
 }
+
+// TestExamplePythonClient runs examples/python/sandpit_run.py, on the stubs
+// in gen/python, with Debian's grpcio: the same contract as the Go client.
+func TestExamplePythonClient(t *testing.T) {
+	e := startExecutor(t, executorOpts{})
+	failing := filepath.Join(t.TempDir(), "fail.js")
+	if err := os.WriteFile(failing, []byte(`console.log("from python's client", process.argv[2]); process.exit(4)`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("/usr/bin/python3", "../../../examples/python/sandpit_run.py", "--addr", e.addr, failing, "arg1")
+	cmd.Env = append(os.Environ(), "PYTHONPATH=../../../gen/python")
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 4 {
+		t.Fatalf("exit %v, want 4\nstderr: %s", err, stderr.String())
+	}
+	if stdout.String() != "from python's client arg1\n" || !strings.Contains(stderr.String(), "TERMINATION_EXITED exit 4") {
+		t.Errorf("stdout %q stderr %q", stdout.String(), stderr.String())
+	}
+}
