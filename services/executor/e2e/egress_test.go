@@ -644,3 +644,40 @@ const open = url => new Promise(res => {
 	}
 	t.Logf("decisions: %v", wsDecisions)
 }
+
+// TestNoPolicyFileDeniesEverything runs the stack without an operator
+// policy: nothing resolves and nothing is forwarded, even with an inline
+// policy that would allow it, since a request policy can only narrow.
+func TestNoPolicyFileDeniesEverything(t *testing.T) {
+	ports := netPorts{proxyGRPC: "127.0.0.1:" + itoa(freePort(t)), proxyPort: freePort(t), dnsPort: freePort(t)}
+	eg := startEgress(t, ports, "")
+	e := startExecutor(t, executorOpts{egress: eg})
+	github := newStandIn(t, "api.github.test")
+	startProxy(t, ports, e.deciderAddr, map[string]string{"api.github.test": github.addr()}, upstreamCAPEM(t))
+	req := code(`
+const tls = require("tls"), os = require("os");
+const gw = os.networkInterfaces().eth0.find(a => a.family === "IPv4").address.replace(/\.\d+$/, m => "." + (Number(m.slice(1)) - 1));
+(async () => {
+  const out = {};
+  out.dns = await require("dns").promises.lookup("api.github.test").then(() => "resolved", e => e.code);
+  out.raw = await new Promise(res => {
+    const s = tls.connect({ host: gw, port: 443, servername: "api.github.test" }, () => s.write("GET / HTTP/1.1\r\nHost: api.github.test\r\nConnection: close\r\n\r\n"));
+    let data = ""; s.on("data", d => data += d); s.on("end", () => res(data.split("\r\n")[0] + " " + data.slice(data.indexOf("{"))));
+    s.on("error", e => res(e.code));
+  });
+  console.log(JSON.stringify(out));
+})();
+`)
+	req.Policy = &policyv1.Policy{DefaultAction: policyv1.Action_ACTION_ALLOW}
+	var got struct{ DNS, Raw string }
+	probe(t, e, req, &got)
+	if got.DNS != "ENOTFOUND" {
+		t.Errorf("DNS without a policy file: %q, want ENOTFOUND", got.DNS)
+	}
+	if !strings.HasPrefix(got.Raw, "HTTP/1.1 403") || !strings.Contains(got.Raw, `"rule":"default"`) {
+		t.Errorf("request without a policy file: %q, want 403 by the default rule", got.Raw)
+	}
+	if github.hits.Load() != 0 {
+		t.Errorf("the stand-in got %v", github.requests())
+	}
+}

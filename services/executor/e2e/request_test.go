@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
+	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
 )
 
@@ -129,6 +130,10 @@ func TestInvalidRequests(t *testing.T) {
 		{"unknown entrypoint", &executorv1.ExecuteRequest{Files: []*executorv1.File{{Path: "a.js"}}, Entrypoint: "b.js"}, "entrypoint"},
 		{"bad label", &executorv1.ExecuteRequest{Code: "1", Labels: map[string]string{"Bad Key": "v"}}, `labels["Bad Key"]`},
 		{"arg with NUL", &executorv1.ExecuteRequest{Code: "1", Args: []string{"a\x00"}}, "args[0]"},
+		{"policy path not absolute", &executorv1.ExecuteRequest{Code: "1", Policy: &policyv1.Policy{Hosts: []*policyv1.HostPolicy{{
+			Host: "api.example.com", Rules: []*policyv1.Rule{{Path: "v1/x", Action: policyv1.Action_ACTION_ALLOW}},
+		}}}}, "policy.hosts[0].rules[0].path"},
+		{"policy bare wildcard host", &executorv1.ExecuteRequest{Code: "1", Policy: &policyv1.Policy{Hosts: []*policyv1.HostPolicy{{Host: "*"}}}}, "policy.hosts[0].host"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
