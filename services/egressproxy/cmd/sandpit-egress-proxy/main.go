@@ -6,17 +6,13 @@ package main
 import (
 	"context"
 	"crypto/x509"
-	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"slices"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,29 +31,14 @@ import (
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/proxy"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/redact"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/service"
+	"github.com/sandpit-run/sandpit/services/lib/program"
 )
 
 func main() {
-	cfg, err := config.Parse(os.Args[1:], os.Getenv)
-	if errors.Is(err, flag.ErrHelp) {
-		os.Exit(0)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "sandpit-egress-proxy:", err)
-		os.Exit(2)
-	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
-		fmt.Fprintln(os.Stderr, "sandpit-egress-proxy: log-level:", err)
-		os.Exit(2)
-	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, cfg, log); err != nil {
-		log.Error("egress proxy stopped", "error", err)
-		os.Exit(1)
-	}
+	program.Main("sandpit-egress-proxy", func(args []string, getenv func(string) string) (config.Config, string, error) {
+		cfg, err := config.Parse(args, getenv)
+		return cfg, cfg.LogLevel, err
+	}, run)
 }
 
 func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
