@@ -29,8 +29,12 @@ deps: ## install Debian packages that are missing (containerd, nftables, libsecc
 $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/grpcurl: tools/go.mod tools/go.sum
 	cd tools && GOWORK=off GOBIN=$(BIN) go install tool
 
+tools/ts/node_modules/.bin/protoc-gen-es: tools/ts/package.json tools/ts/package-lock.json
+	cd tools/ts && npm ci --no-audit --no-fund
+	touch $@
+
 .PHONY: tools
-tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/grpcurl ## build buf, protoc plugins and grpcurl at the versions pinned in tools/go.mod
+tools: deps $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/grpcurl tools/ts/node_modules/.bin/protoc-gen-es ## build buf, protoc plugins and grpcurl at the versions pinned in tools/go.mod and tools/ts
 
 $(BIN)/runc: tools/runc/go.mod tools/runc/go.sum
 	cd tools/runc && GOWORK=off CGO_ENABLED=1 go build -trimpath -tags seccomp -o $(BIN)/runc github.com/opencontainers/runc
@@ -67,6 +71,10 @@ generate: deps tools ## generate gen/ from proto/ (Go with pinned plugins; Pytho
 checkgenerate: generate ## fail when gen/ is not what proto/ generates
 	@if [ -n "$$(git status --porcelain -- gen)" ]; then git status --porcelain -- gen; git diff -- gen | head -50; echo "gen/ is stale: run make generate and commit"; exit 1; fi
 
+.PHONY: examples
+examples: ## install the Node example's packages (it uses gen/ts)
+	cd examples/node && npm ci --no-audit --no-fund
+
 .PHONY: lint
 lint: tools ## buf lint, buf format check, gofmt and go vet over every module
 	buf lint
@@ -78,7 +86,7 @@ TEST_ENV = PYTHONDONTWRITEBYTECODE=1 SANDPIT_RUNC=$(BIN)/runc SANDPIT_IMAGE_TAR=
 	SANDPIT_GRPCURL=$(BIN)/grpcurl SANDPIT_STRIPE_MOCK=$(BIN)/stripe-mock
 
 .PHONY: test
-test: deps tools runc image image-sdk stripe-mock checkgenerate lint ## run every test: unit, and integration against real containerd, runc, nftables and the image
+test: deps tools runc image image-sdk stripe-mock checkgenerate lint examples ## run every test: unit, and integration against real containerd, runc, nftables and the image
 	for m in $(MODULES); do (cd $$m && $(TEST_ENV) go test $(GOTEST_FLAGS) ./...); done
 
 $(BIN)/containerd2/containerd: tools/containerd2/go.mod tools/containerd2/go.sum

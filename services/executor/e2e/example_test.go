@@ -67,3 +67,25 @@ func TestExamplePythonClient(t *testing.T) {
 		t.Errorf("stdout %q stderr %q", stdout.String(), stderr.String())
 	}
 }
+
+// TestExampleNodeClient runs examples/node/sandpit-run.mjs, on the stubs in
+// gen/ts with connect-node's gRPC transport: the same contract as the Go
+// client. make test installs its packages (npm ci in examples/node).
+func TestExampleNodeClient(t *testing.T) {
+	e := startExecutor(t, executorOpts{})
+	failing := filepath.Join(t.TempDir(), "fail.mjs")
+	if err := os.WriteFile(failing, []byte(`console.log("from node's client", process.argv[2]); process.exit(5)`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("node", "../../../examples/node/sandpit-run.mjs", "--addr", e.addr, failing, "arg1")
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 5 {
+		t.Fatalf("exit %v, want 5\nstderr: %s", err, stderr.String())
+	}
+	if stdout.String() != "from node's client arg1\n" || !strings.Contains(stderr.String(), "EXITED exit 5") {
+		t.Errorf("stdout %q stderr %q", stdout.String(), stderr.String())
+	}
+}
