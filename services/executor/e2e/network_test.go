@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -28,15 +30,41 @@ type netPorts struct {
 	proxyPort, dnsPort uint16
 }
 
-// freePort returns a port free on all addresses for tcp (and, for DNS, udp).
+// freePort returns a port that is free for TCP and UDP on all addresses,
+// for a server another process will bind. It is taken below the kernel's
+// ephemeral range: a port from the ephemeral range, freed again, can be
+// handed to any outgoing connection or ":0" listener before the server
+// binds it.
 func freePort(t testing.TB) uint16 {
 	t.Helper()
-	l, err := net.Listen("tcp4", "0.0.0.0:0")
-	if err != nil {
-		t.Fatal(err)
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				low = n
+			}
+		}
 	}
-	defer l.Close()
-	return uint16(l.Addr().(*net.TCPAddr).Port)
+	const floor = 10000
+	if low <= floor+1000 {
+		t.Fatalf("ephemeral port range starts at %d; no room below it for test servers", low)
+	}
+	for range 200 {
+		port := floor + rand.IntN(low-floor)
+		l, err := net.Listen("tcp4", fmt.Sprintf("0.0.0.0:%d", port))
+		if err != nil {
+			continue
+		}
+		u, err := net.ListenPacket("udp4", fmt.Sprintf("0.0.0.0:%d", port))
+		l.Close()
+		if err != nil {
+			continue
+		}
+		u.Close()
+		return uint16(port)
+	}
+	t.Fatal("no free port found below the ephemeral range")
+	return 0
 }
 
 // startEgress sets up the executor's side of egress: namespaces, nftables,
