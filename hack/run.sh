@@ -7,7 +7,7 @@ state=/var/lib/sandpit
 mkdir -p "$state/egress-ca"
 proxy_log=/var/log/sandpit-egress-proxy.log
 echo "starting the egress proxy (log: $proxy_log)"
-"$bin/sandpit-egress-proxy" --decider 127.0.0.1:50051 --ca-dir "$state/egress-ca" >>"$proxy_log" 2>&1 &
+"$bin/sandpit-egress-proxy" --decider 127.0.0.1:50053 --ca-dir "$state/egress-ca" >>"$proxy_log" 2>&1 &
 proxy=$!
 trap 'kill $proxy 2>/dev/null; wait $proxy 2>/dev/null' EXIT
 policy_flag=()

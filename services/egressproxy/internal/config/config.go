@@ -61,7 +61,7 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&c.GRPCListen, "grpc-listen", "127.0.0.1:50052", "gRPC listen address of EgressService, health and reflection")
 	fs.StringVar(&c.MetricsListen, "metrics-listen", "127.0.0.1:9465", "HTTP listen address of /metrics; empty disables it")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
-	fs.StringVar(&c.Decider, "decider", "127.0.0.1:50051", "gRPC target of the executor's PolicyDecisionService (host:port or unix:///path)")
+	fs.StringVar(&c.Decider, "decider", "127.0.0.1:50053", "gRPC target of the executor's PolicyDecisionService (host:port or unix:///path)")
 	fs.DurationVar(&c.DecideTimeout, "decide-timeout", 2*time.Second, "how long a request waits for its verdict before it is denied")
 	fs.StringVar(&c.CACert, "ca-cert", "", "PEM CA certificate to mint leaves from (with --ca-key)")
 	fs.StringVar(&c.CAKey, "ca-key", "", "PEM private key of --ca-cert")

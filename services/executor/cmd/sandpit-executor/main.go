@@ -25,6 +25,7 @@ import (
 	"github.com/sandpit-run/sandpit/services/executor/internal/netns"
 	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
 	"github.com/sandpit-run/sandpit/services/executor/internal/server"
+	"github.com/sandpit-run/sandpit/services/lib/grpcserve"
 	"github.com/sandpit-run/sandpit/services/lib/program"
 )
 
@@ -60,10 +61,13 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return fmt.Errorf("default image: %w (make image imports it)", err)
 	}
 
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
 	var (
-		eg       *egress.Egress
-		register []func(grpc.ServiceRegistrar)
-		egCfg    server.Egress
+		eg      *egress.Egress
+		egCfg   server.Egress
+		decider *grpc.Server
 	)
 	if cfg.EgressProxy != "" {
 		eg, err = egress.New(ctx, egress.Config{
@@ -84,13 +88,25 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 				log.Error("close egress", "error", err)
 			}
 		}()
-		decider := decision.NewService(eg.Registry(), log)
-		register = append(register, func(r grpc.ServiceRegistrar) { policyv1.RegisterPolicyDecisionServiceServer(r, decider) })
 		egCfg = eg
+		// The proxy's decisions have a listener of their own, so that
+		// the Execute port can be exposed to callers while only the proxy
+		// reaches this one.
+		dlis, err := net.Listen("tcp", cfg.DecisionListen)
+		if err != nil {
+			return fmt.Errorf("listen decisions: %w", err)
+		}
+		svc := decision.NewService(eg.Registry(), log)
+		decider = grpcserve.New(grpcserve.Options{
+			Registerer: prometheus.WrapRegistererWith(prometheus.Labels{"server": "decision"}, reg),
+			Log:        log,
+			Health:     health.NewServer(),
+		}, func(r grpc.ServiceRegistrar) { policyv1.RegisterPolicyDecisionServiceServer(r, svc) })
+		go func() { _ = decider.Serve(dlis) }()
+		// Stopped last: the proxy needs decisions while executions finish.
+		defer decider.Stop()
+		log.Info("serving decisions", "decision_listen", dlis.Addr().String())
 	}
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	slots := capacity.New(cfg.MaxConcurrent, cfg.MaxQueue)
 	// Ending this context kills every running sandbox; it outlives ctx by
 	// the shutdown grace.
@@ -105,7 +121,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		Egress:         egCfg,
 	}, rt, slots, server.NewMetrics(reg, slots), log)
 	hs := health.NewServer()
-	srv := server.NewGRPCServer(svc, hs, reg, int(cfg.Maxima.CodeBytes)+1<<20, log, register...)
+	srv := server.NewGRPCServer(svc, hs, prometheus.WrapRegistererWith(prometheus.Labels{"server": "executor"}, reg), int(cfg.Maxima.CodeBytes)+1<<20, log)
 
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {

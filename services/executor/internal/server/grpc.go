@@ -11,15 +11,9 @@ import (
 	"github.com/sandpit-run/sandpit/services/lib/grpcserve"
 )
 
-// NewGRPCServer serves svc, and whatever register adds (the decision
-// service), with sandpit's interceptor chain, health and reflection.
-// Execute streams for long, so call starts are logged too.
-func NewGRPCServer(svc *Service, hs *health.Server, reg prometheus.Registerer, maxRecvBytes int, log *slog.Logger, register ...func(grpc.ServiceRegistrar)) *grpc.Server {
+// NewGRPCServer serves svc with sandpit's interceptor chain, health and
+// reflection. Execute streams for long, so call starts are logged too.
+func NewGRPCServer(svc *Service, hs *health.Server, reg prometheus.Registerer, maxRecvBytes int, log *slog.Logger) *grpc.Server {
 	return grpcserve.New(grpcserve.Options{Registerer: reg, Log: log, Health: hs, MaxRecvBytes: maxRecvBytes, LogStart: true},
-		func(r grpc.ServiceRegistrar) {
-			executorv1.RegisterExecutorServiceServer(r, svc)
-			for _, f := range register {
-				f(r)
-			}
-		})
+		func(r grpc.ServiceRegistrar) { executorv1.RegisterExecutorServiceServer(r, svc) })
 }
