@@ -65,7 +65,7 @@ func TestVariantReproducible(t *testing.T) {
 		// else: no npm, so no registry is consulted.
 		dpkg, err := exec.LookPath("dpkg-deb")
 		if err != nil {
-			t.Skip("dpkg-deb not found")
+			skipUnlessCI(t, "dpkg-deb not found")
 		}
 		bin := t.TempDir()
 		if err := os.Symlink(dpkg, filepath.Join(bin, "dpkg-deb")); err != nil {
@@ -94,7 +94,7 @@ func TestVariantReproducible(t *testing.T) {
 		// A new npm ci into an empty cache gives the same layer: the
 		// cache is a shortcut, not a source of the content.
 		if _, err := exec.LookPath("npm"); err != nil {
-			t.Skip("npm not found")
+			skipUnlessCI(t, "npm not found")
 		}
 		v := sdkVariant(t)
 		modules, err := InstallVariant(context.Background(), v, t.TempDir(), nil)
@@ -257,7 +257,7 @@ func TestVariantContents(t *testing.T) {
 // with each to a local HTTP server (the chroot shares the host's network).
 func TestVariantSDKsRunFromRootfs(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("chroot needs root")
+		skipUnlessCI(t, "chroot needs root")
 	}
 	v := sdkVariant(t)
 	tarPath, _ := builtVariant(t)
