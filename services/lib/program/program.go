@@ -1,7 +1,8 @@
 // Package program starts a sandpit binary: it parses the configuration,
 // builds the JSON slog logger at the configured level, turns SIGINT and
 // SIGTERM into a cancelled context, runs the service and maps the outcome
-// to an exit code (2 for bad configuration, 1 for a failed run).
+// to an exit code (2 for bad configuration, 1 for a failed run); and it
+// serves the binary's Prometheus metrics.
 package program
 
 import (
@@ -10,9 +11,15 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Main runs the named program. parse reads the arguments and environment
@@ -42,4 +49,21 @@ func Main[C any](name string, parse func(args []string, getenv func(string) stri
 		os.Exit(1)
 	}
 	os.Exit(0)
+}
+
+// ServeMetrics serves g's metrics at http://addr/metrics until the returned
+// stop is called; an empty addr serves nothing.
+func ServeMetrics(addr string, g prometheus.Gatherer) (stop func(), err error) {
+	if addr == "" {
+		return func() {}, nil
+	}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(lis) }()
+	return func() { _ = srv.Close() }, nil
 }
