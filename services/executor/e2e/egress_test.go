@@ -248,22 +248,8 @@ const get = (mod, url) => new Promise(res => mod.get(url, r => { r.resume(); r.o
 func TestNothingLeavesAnotherWay(t *testing.T) {
 	s := startNetStack(t)
 	// Host-side targets listening on every address.
-	tcpTarget, err := net.Listen("tcp4", "0.0.0.0:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tcpTarget.Close()
-	tcpHits := make(chan string, 8)
-	go func() {
-		for {
-			c, err := tcpTarget.Accept()
-			if err != nil {
-				return
-			}
-			tcpHits <- c.RemoteAddr().String()
-			c.Close()
-		}
-	}()
+	tcpPort, tcpHits := tcpTarget(t, "tcp4", "0.0.0.0:0")
+	tcp6Port, tcp6Hits := tcpTarget(t, "tcp6", "[::]:0")
 	udpTarget, err := net.ListenPacket("udp4", "0.0.0.0:0")
 	if err != nil {
 		t.Fatal(err)
@@ -278,22 +264,6 @@ func TestNothingLeavesAnotherWay(t *testing.T) {
 				return
 			}
 			udpHits <- from.String()
-		}
-	}()
-	tcp6Target, err := net.Listen("tcp6", "[::]:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tcp6Target.Close()
-	tcp6Hits := make(chan string, 8)
-	go func() {
-		for {
-			c, err := tcp6Target.Accept()
-			if err != nil {
-				return
-			}
-			tcp6Hits <- c.RemoteAddr().String()
-			c.Close()
 		}
 	}()
 
@@ -335,9 +305,7 @@ setTimeout(() => {}, 60000);
 		}
 	}()
 
-	tcpPort := tcpTarget.Addr().(*net.TCPAddr).Port
 	udpPort := udpTarget.LocalAddr().(*net.UDPAddr).Port
-	tcp6Port := tcp6Target.Addr().(*net.TCPAddr).Port
 	_, execPort, _ := net.SplitHostPort(s.e.addr)
 	_, proxyGRPCPort, _ := net.SplitHostPort(s.proxy.ports.proxyGRPC)
 	var got map[string]string
@@ -376,20 +344,12 @@ const udp = (host, port) => new Promise(res => {
 
 	// Give stray packets time to arrive anywhere they could.
 	time.Sleep(300 * time.Millisecond)
-	select {
-	case h := <-tcpHits:
-		t.Errorf("host TCP target got a connection from %s", h)
-	default:
-	}
-	select {
-	case h := <-udpHits:
-		t.Errorf("host UDP target got a datagram from %s", h)
-	default:
-	}
-	select {
-	case h := <-tcp6Hits:
-		t.Errorf("host IPv6 target got a connection from %s", h)
-	default:
+	for what, hits := range map[string]chan string{"host TCP target": tcpHits, "host UDP target": udpHits, "host IPv6 target": tcp6Hits} {
+		select {
+		case h := <-hits:
+			t.Errorf("%s got traffic from %s", what, h)
+		default:
+		}
 	}
 	if n := s.execLis.foreign.Load(); n != 0 {
 		t.Errorf("the executor accepted %d connections from outside loopback", n)
@@ -680,4 +640,27 @@ const gw = os.networkInterfaces().eth0.find(a => a.family === "IPv4").address.re
 	if github.hits.Load() != 0 {
 		t.Errorf("the stand-in got %v", github.requests())
 	}
+}
+
+// tcpTarget listens on addr for the test's lifetime and reports the remote
+// address of every connection it accepts.
+func tcpTarget(t *testing.T, network, addr string) (port int, hits chan string) {
+	t.Helper()
+	l, err := net.Listen(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	hits = make(chan string, 8)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			hits <- c.RemoteAddr().String()
+			c.Close()
+		}
+	}()
+	return l.Addr().(*net.TCPAddr).Port, hits
 }
