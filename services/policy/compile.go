@@ -19,11 +19,6 @@ type Request struct {
 	WebSocket bool   // the request asks for a WebSocket upgrade
 }
 
-// NewRequest takes the fields a decision needs from the proxy's request.
-func NewRequest(r *policyv1.HttpRequest) Request {
-	return Request{Method: r.GetMethod(), Host: r.GetHost(), Path: r.GetPath(), WebSocket: r.GetWebsocket()}
-}
-
 // Decision is the verdict on one request.
 type Decision struct {
 	// Action is what the policy says: ACTION_ALLOW or ACTION_DENY.

@@ -239,13 +239,6 @@ func TestCompileDoesNotAlias(t *testing.T) {
 	}
 }
 
-func TestNewRequest(t *testing.T) {
-	got := NewRequest(&policyv1.HttpRequest{Method: "GET", Host: "a.com", Path: "/x", Websocket: true, Query: "q=1"})
-	if want := (Request{Method: "GET", Host: "a.com", Path: "/x", WebSocket: true}); got != want {
-		t.Errorf("NewRequest = %+v, want %+v", got, want)
-	}
-}
-
 func TestZeroCompiledDenies(t *testing.T) {
 	var c Compiled
 	d := c.Decide(Request{Method: "GET", Host: "example.com", Path: "/"})

@@ -259,7 +259,7 @@ func (e *Execution) decide(r *policyv1.HttpRequest) policy.Decision {
 	if limits.MaxRequestBytes > 0 && r.GetContentLength() > 0 && uint64(r.GetContentLength()) > limits.MaxRequestBytes {
 		return block("limits.max_request_bytes", fmt.Sprintf("request body of %d bytes is above the limit of %d", r.GetContentLength(), limits.MaxRequestBytes))
 	}
-	return e.policy.Decide(policy.NewRequest(r))
+	return e.policy.Decide(policy.Request{Method: r.GetMethod(), Host: r.GetHost(), Path: r.GetPath(), WebSocket: r.GetWebsocket()})
 }
 
 func (e *Execution) outcome(p pending, o *policyv1.Outcome) {
