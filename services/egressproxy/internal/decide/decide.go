@@ -139,12 +139,20 @@ func (c *Client) failPending() {
 	}
 }
 
-// Ask sends req (an http request or dns query; its id is assigned here)
-// and waits for the verdict. It always returns a response: when there is
-// no stream, the stream breaks, or no answer arrives within the timeout,
-// the response is a deny with reason "policy decision unavailable: …" and
-// err wraps ErrUnavailable.
-func (c *Client) Ask(ctx context.Context, req *policyv1.DecideRequest) (*policyv1.DecideResponse, error) {
+// AskHTTP asks about an HTTP request and waits for the verdict. It always
+// returns one: when there is no stream, the stream breaks, or no answer
+// arrives within the timeout, the verdict is a deny with reason "policy
+// decision unavailable: …" and err wraps ErrUnavailable.
+func (c *Client) AskHTTP(ctx context.Context, q HTTPQuestion) (Verdict, error) {
+	return c.ask(ctx, q.message())
+}
+
+// AskDNS asks about a DNS query, like AskHTTP.
+func (c *Client) AskDNS(ctx context.Context, q DNSQuestion) (Verdict, error) {
+	return c.ask(ctx, q.message())
+}
+
+func (c *Client) ask(ctx context.Context, req *policyv1.DecideRequest) (Verdict, error) {
 	id := c.nextID.Add(1)
 	req.Id = id
 	if !c.up.Load() {
@@ -174,7 +182,7 @@ func (c *Client) Ask(ctx context.Context, req *policyv1.DecideRequest) (*policyv
 		if !ok {
 			return unavailable(id, "decide stream lost")
 		}
-		return resp, nil
+		return verdict(resp), nil
 	case <-t.C:
 		return unavailable(id, fmt.Sprintf("no answer within %s", c.timeout))
 	case <-ctx.Done():
@@ -182,22 +190,24 @@ func (c *Client) Ask(ctx context.Context, req *policyv1.DecideRequest) (*policyv
 	}
 }
 
-func unavailable(id uint64, why string) (*policyv1.DecideResponse, error) {
+func unavailable(id uint64, why string) (Verdict, error) {
 	reason := ErrUnavailable.Error() + ": " + why
-	return &policyv1.DecideResponse{Id: id, Decision: policyv1.Decision_DECISION_DENY, RuleId: "proxy", Reason: reason},
+	return Verdict{QuestionID: id, Decision: policyv1.Decision_DECISION_DENY, RuleID: "proxy", Reason: reason},
 		fmt.Errorf("%w: %s", ErrUnavailable, why)
 }
 
-// NextID reserves an id for a report that is not an answer to an Ask.
-func (c *Client) NextID() uint64 { return c.nextID.Add(1) }
+// ReportOutcome queues what an allowed request led to, best effort (see
+// report).
+func (c *Client) ReportOutcome(o Outcome) { c.report(o.message()) }
 
-// Report queues an outcome or refusal, best effort: it is dropped when
-// there is no stream or the queue stays full for 50ms, so a slow executor
-// never holds the proxy path.
-func (c *Client) Report(req *policyv1.DecideRequest) {
-	if req.Id == 0 {
-		req.Id = c.NextID()
-	}
+// ReportRefusal queues a refused connection, best effort (see report).
+func (c *Client) ReportRefusal(r Refusal) { c.report(r.message()) }
+
+// report queues a report: it is dropped when there is no stream or the
+// queue stays full for 50ms, so a slow executor never holds the proxy
+// path.
+func (c *Client) report(req *policyv1.DecideRequest) {
+	req.Id = c.nextID.Add(1)
 	if !c.up.Load() {
 		c.log.Debug("report dropped: no decide stream")
 		return

@@ -113,8 +113,8 @@ func waitUp(t *testing.T, c *Client, up bool) {
 	}
 }
 
-func ask(c *Client, method, host string) (*policyv1.DecideResponse, error) {
-	return c.Ask(context.Background(), &policyv1.DecideRequest{Kind: &policyv1.DecideRequest_Http{Http: &policyv1.HttpRequest{Method: method, Host: host}}})
+func ask(c *Client, method, host string) (Verdict, error) {
+	return c.AskHTTP(context.Background(), HTTPQuestion{Method: method, Host: host})
 }
 
 func TestAskMatchesByID(t *testing.T) {
@@ -131,14 +131,14 @@ func TestAskMatchesByID(t *testing.T) {
 				method, want = "POST", policyv1.Decision_DECISION_DENY
 			}
 			resp, err := ask(c, method, "api.test")
-			if err != nil || resp.GetDecision() != want {
+			if err != nil || resp.Decision != want {
 				t.Errorf("Ask(%s) = %v, %v; want %v", method, resp, err, want)
 			}
 		})
 	}
 	wg.Wait()
 
-	c.Report(&policyv1.DecideRequest{Kind: &policyv1.DecideRequest_Outcome{Outcome: &policyv1.Outcome{RequestId: 1, StatusCode: 200}}})
+	c.ReportOutcome(Outcome{QuestionID: 1, StatusCode: 200})
 	deadline := time.Now().Add(2 * time.Second)
 	for {
 		n := 0
@@ -164,8 +164,8 @@ func TestNoStreamDenies(t *testing.T) {
 	ln.Close()
 	c := newClient(t, addr, 200*time.Millisecond)
 	resp, err := ask(c, "GET", "api.test")
-	if !errors.Is(err, ErrUnavailable) || resp.GetDecision() != policyv1.Decision_DECISION_DENY ||
-		!strings.HasPrefix(resp.GetReason(), "policy decision unavailable: ") {
+	if !errors.Is(err, ErrUnavailable) || resp.Decision != policyv1.Decision_DECISION_DENY ||
+		!strings.HasPrefix(resp.Reason, "policy decision unavailable: ") {
 		t.Fatalf("Ask without stream = %v, %v; want fail-closed deny", resp, err)
 	}
 }
@@ -176,7 +176,7 @@ func TestNoAnswerDenies(t *testing.T) {
 	waitUp(t, c, true)
 	start := time.Now()
 	resp, err := ask(c, "GET", "silent.test")
-	if !errors.Is(err, ErrUnavailable) || resp.GetDecision() != policyv1.Decision_DECISION_DENY {
+	if !errors.Is(err, ErrUnavailable) || resp.Decision != policyv1.Decision_DECISION_DENY {
 		t.Fatalf("Ask unanswered = %v, %v", resp, err)
 	}
 	if d := time.Since(start); d > time.Second {
@@ -194,7 +194,7 @@ func TestStreamGoneDeniesAndReconnects(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		resp, err := ask(c, "GET", "silent.test")
-		if err == nil || resp.GetDecision() != policyv1.Decision_DECISION_DENY {
+		if err == nil || resp.Decision != policyv1.Decision_DECISION_DENY {
 			done <- errors.New("not denied")
 			return
 		}
@@ -221,7 +221,7 @@ func TestStreamGoneDeniesAndReconnects(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		resp, err := ask(c, "GET", "api.test")
-		if err == nil && resp.GetDecision() == policyv1.Decision_DECISION_ALLOW {
+		if err == nil && resp.Decision == policyv1.Decision_DECISION_ALLOW {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -12,13 +12,14 @@ import (
 
 	"github.com/miekg/dns"
 
-	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/canon"
+	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
 )
 
-// Decider answers questions about queries.
+// Decider answers questions about queries; AskDNS always returns a
+// verdict (a deny when it fails).
 type Decider interface {
-	Ask(ctx context.Context, req *policyv1.DecideRequest) (*policyv1.DecideResponse, error)
+	AskDNS(ctx context.Context, q decide.DNSQuestion) (decide.Verdict, error)
 }
 
 // TTL of allowed answers: short, so a policy change is seen soon.
@@ -48,9 +49,9 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
 		return
 	}
 	question := q.Question[0]
-	src := ""
+	var src netip.Addr
 	if ap, err := netip.ParseAddrPort(w.RemoteAddr().String()); err == nil {
-		src = ap.Addr().Unmap().String()
+		src = ap.Addr().Unmap()
 	}
 	qtype := dns.TypeToString[question.Qtype]
 	if qtype == "" {
@@ -61,13 +62,10 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
 	if err == nil {
 		name = host.Name
 	}
-	resp, askErr := h.Decider.Ask(context.Background(), &policyv1.DecideRequest{Kind: &policyv1.DecideRequest_Dns{Dns: &policyv1.DnsQuery{
-		SourceIp: src, Name: name, Type: qtype,
-	}}})
-	allowed := err == nil && !host.IsIP() &&
-		(resp.GetDecision() == policyv1.Decision_DECISION_ALLOW || resp.GetDecision() == policyv1.Decision_DECISION_WOULD_BLOCK)
-	h.Log.Info("dns query", "source_ip", src, "name", name, "type", qtype, "allowed", allowed,
-		"rule", resp.GetRuleId(), "execution_id", resp.GetExecutionId(), "error", askErr)
+	resp, askErr := h.Decider.AskDNS(context.Background(), decide.DNSQuestion{SourceIP: src, Name: name, Type: qtype})
+	allowed := err == nil && !host.IsIP() && resp.Forward()
+	h.Log.Info("dns query", "source_ip", src.String(), "name", name, "type", qtype, "allowed", allowed,
+		"rule", resp.RuleID, "execution_id", resp.ExecutionID, "error", askErr)
 	if !allowed {
 		m.Rcode = dns.RcodeNameError
 		return

@@ -19,16 +19,18 @@ import (
 	"sync"
 	"time"
 
-	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/canon"
+	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/redact"
 )
 
 // Decider answers the questions the proxy asks about each request and
-// takes its reports. Ask always returns a verdict (a deny when it fails).
+// takes its reports. AskHTTP always returns a verdict (a deny when it
+// fails); reports are best effort.
 type Decider interface {
-	Ask(ctx context.Context, req *policyv1.DecideRequest) (*policyv1.DecideResponse, error)
-	Report(req *policyv1.DecideRequest)
+	AskHTTP(ctx context.Context, q decide.HTTPQuestion) (decide.Verdict, error)
+	ReportOutcome(o decide.Outcome)
+	ReportRefusal(r decide.Refusal)
 }
 
 // Minter provides TLS leaves for sandbox connections.
@@ -259,13 +261,7 @@ func (p *Proxy) refuse(info connInfo, reason string, err error) {
 	}
 	p.log.Info("connection refused", "source_ip", info.src.String(), "destination", dst, "reason", reason, "error", err)
 	p.cfg.Metrics.refusal(reason)
-	src := ""
-	if info.src.IsValid() {
-		src = info.src.String()
-	}
-	p.cfg.Decider.Report(&policyv1.DecideRequest{Kind: &policyv1.DecideRequest_Refusal{Refusal: &policyv1.Refusal{
-		SourceIp: src, Destination: dst, Reason: reason,
-	}}})
+	p.cfg.Decider.ReportRefusal(decide.Refusal{SourceIP: info.src, Destination: info.dst, Reason: reason})
 }
 
 var errHelloRead = errors.New("client hello read")

@@ -288,24 +288,15 @@ func TestAllowedGETForwarded(t *testing.T) {
 	}
 }
 
-// assertNoSecret checks the Authorization value never reached the decider,
-// only its fingerprint.
+// assertNoSecret checks the Authorization value never reached the
+// decider, in any form: no header is ever sent.
 func assertNoSecret(t *testing.T, e *env) {
 	t.Helper()
-	sawFingerprint := false
 	for _, r := range e.decider.Received() {
 		text := prototext.Format(r)
-		if strings.Contains(text, secret) || strings.Contains(text, "sk_test") {
+		if strings.Contains(text, secret) || strings.Contains(text, "sk_test") || strings.Contains(text, "Bearer") {
 			t.Fatalf("secret reached the decider: %s", text)
 		}
-		for _, h := range r.GetHttp().GetHeaders() {
-			if h.GetName() == "authorization" && strings.HasPrefix(h.GetValue(), "Bearer [redacted sha256:") {
-				sawFingerprint = true
-			}
-		}
-	}
-	if !sawFingerprint {
-		t.Fatal("decider never saw the Authorization fingerprint")
 	}
 }
 

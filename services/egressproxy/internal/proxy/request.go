@@ -7,16 +7,16 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/protobuf/types/known/durationpb"
-
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/canon"
+	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
 )
 
 // checked is a request as the proxy understood it: what is decided is
@@ -175,27 +175,21 @@ type verdict struct {
 }
 
 func (p *Proxy) decide(ctx context.Context, info connInfo, c *checked, r *http.Request) verdict {
-	src := ""
-	if info.src.IsValid() {
-		src = info.src.String()
-	}
-	req := &policyv1.DecideRequest{Kind: &policyv1.DecideRequest_Http{Http: &policyv1.HttpRequest{
-		SourceIp:      src,
+	resp, err := p.cfg.Decider.AskHTTP(ctx, decide.HTTPQuestion{
+		SourceIP:      info.src,
 		Method:        c.method,
 		Scheme:        c.scheme,
 		Host:          c.host,
-		Port:          uint32(c.port),
+		Port:          c.port,
 		Path:          c.path,
 		Query:         p.cfg.Redactor.Query(c.query),
-		Headers:       p.headers(r.Header),
 		ContentLength: r.ContentLength,
 		Protocol:      c.protocol,
-		Websocket:     c.websocket,
+		WebSocket:     c.websocket,
 		Violation:     c.violation,
-	}}}
-	resp, err := p.cfg.Decider.Ask(ctx, req)
-	v := verdict{id: req.GetId(), rule: resp.GetRuleId(), reason: resp.GetReason(), at: time.Now(), maxBody: resp.GetMaxRequestBytes()}
-	switch resp.GetDecision() {
+	})
+	v := verdict{id: resp.QuestionID, rule: resp.RuleID, reason: resp.Reason, at: time.Now(), maxBody: resp.MaxRequestBytes}
+	switch resp.Decision {
 	case policyv1.Decision_DECISION_ALLOW:
 		v.allowed, v.label = true, "allowed"
 	case policyv1.Decision_DECISION_WOULD_BLOCK:
@@ -207,19 +201,17 @@ func (p *Proxy) decide(ctx context.Context, info connInfo, c *checked, r *http.R
 		v.allowed, v.label, v.rule, v.reason = false, "blocked", "proxy", c.violation
 	}
 	p.cfg.Metrics.request(v.label, c.protocol)
-	p.log.Info("request", "source_ip", src, "method", c.method, "host", c.host, "path", c.path,
+	p.log.Info("request", "source_ip", addrString(info.src), "method", c.method, "host", c.host, "path", c.path,
 		"protocol", c.protocol, "verdict", v.label, "rule", v.rule, "reason", v.reason,
-		"execution_id", resp.GetExecutionId(), "error", err)
+		"execution_id", resp.ExecutionID, "error", err)
 	return v
 }
 
-func (p *Proxy) headers(h http.Header) []*policyv1.Header {
-	red := p.cfg.Redactor.Headers(h)
-	out := make([]*policyv1.Header, len(red))
-	for i, x := range red {
-		out[i] = &policyv1.Header{Name: x.Name, Value: x.Value}
+func addrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
 	}
-	return out
+	return a.String()
 }
 
 // apiError is the "error" member API SDKs (Stripe's, OpenAI's, ...) look
@@ -364,17 +356,11 @@ func (p *Proxy) upstreamRequest(ctx context.Context, c *checked, r *http.Request
 func (p *Proxy) outcome(v verdict, status int, sent, received uint64, err error) {
 	d := time.Since(v.at)
 	p.cfg.Metrics.upstreamDone(d)
-	o := &policyv1.Outcome{
-		RequestId:     v.id,
-		StatusCode:    int32(status),
-		BytesSent:     sent,
-		BytesReceived: received,
-		Duration:      durationpb.New(d),
-	}
+	o := decide.Outcome{QuestionID: v.id, StatusCode: status, BytesSent: sent, BytesReceived: received, Duration: d}
 	if err != nil && !errors.Is(err, context.Canceled) {
 		o.Error = err.Error()
 	} else if err != nil {
 		o.Error = "sandbox closed the connection"
 	}
-	p.cfg.Decider.Report(&policyv1.DecideRequest{Kind: &policyv1.DecideRequest_Outcome{Outcome: o}})
+	p.cfg.Decider.ReportOutcome(o)
 }
