@@ -1,0 +1,372 @@
+// containerd's default seccomp profile exists only on Linux; elsewhere it is
+// empty and the spec below would not be the one a sandbox runs with.
+
+//go:build linux
+
+package sandbox
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
+)
+
+// generateSpec builds the spec containerd.WithNewSpec would store for the
+// sandbox, without a daemon: none of specOpts' options uses the client. The
+// container id and namespace differ from cgroupPath so that containerd's
+// default cgroups path cannot pass for the one asked for.
+func generateSpec(t *testing.T, s Spec, cgroupPath, codeHostDir string, extra []specs.Mount, uid, gid uint32) *oci.Spec {
+	t.Helper()
+	ctx := namespaces.WithNamespace(context.Background(), "spec-test")
+	spec, err := oci.GenerateSpec(ctx, nil, &containers.Container{ID: "spec-test-id"},
+		specOpts(s, cgroupPath, codeHostDir, extra, uid, gid)...)
+	if err != nil {
+		t.Fatalf("generate spec: %v", err)
+	}
+	return spec
+}
+
+func TestSpecHardening(t *testing.T) {
+	small := limits.Set{
+		Timeout:       limits.Floor.Timeout,
+		MemoryBytes:   96 * limits.MiB,
+		CPUMillicores: 250,
+		Pids:          48,
+		OutputBytes:   limits.Floor.OutputBytes,
+		CodeBytes:     limits.Floor.CodeBytes,
+		TmpBytes:      512 * 1024,
+		OpenFiles:     200,
+	}
+	tests := []struct {
+		name        string
+		spec        Spec
+		cgroupPath  string
+		codeHostDir string
+		extra       []specs.Mount
+		uid, gid    uint32
+		// wantQuota is spelled out rather than derived so that the
+		// millicores-to-quota arithmetic is checked, not repeated.
+		wantQuota int64
+	}{
+		{
+			name: "defaults, fresh network namespace",
+			spec: Spec{
+				NodePath:   "/usr/local/bin/node",
+				Entrypoint: "index.js",
+				Env:        []string{"HOME=/tmp", "PATH=/usr/local/bin"},
+				Limits:     limits.Defaults,
+			},
+			cgroupPath:  "/sandpit/x1",
+			codeHostDir: "/var/lib/sandpit/executions/x1/code",
+			uid:         100000,
+			gid:         100000,
+			wantQuota:   100_000,
+		},
+		{
+			name: "small limits, joined network namespace, extra files",
+			spec: Spec{
+				NodePath:   "/opt/node/bin/node",
+				Entrypoint: "src/main.mjs",
+				Args:       []string{"--flag", "two words"},
+				Env:        []string{"NODE_EXTRA_CA_CERTS=/etc/sandpit/ca.pem", "HOME=/tmp", "PATH=/opt/node/bin", "API_KEY=k"},
+				Limits:     small,
+				NetNSPath:  "/var/run/netns/sandpit-x2",
+			},
+			cgroupPath:  "/other/x2",
+			codeHostDir: "/srv/sandpit/x2/code",
+			extra: []specs.Mount{
+				{Destination: "/etc/resolv.conf", Type: "bind", Source: "/srv/sandpit/x2/extra/0", Options: []string{"bind", "ro", "nosuid", "nodev", "noexec"}},
+				{Destination: "/etc/sandpit/ca.pem", Type: "bind", Source: "/srv/sandpit/x2/extra/1", Options: []string{"bind", "ro", "nosuid", "nodev", "noexec"}},
+			},
+			uid:       231072,
+			gid:       231073,
+			wantQuota: 25_000,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := generateSpec(t, tt.spec, tt.cgroupPath, tt.codeHostDir, tt.extra, tt.uid, tt.gid)
+			l := tt.spec.Limits
+
+			t.Run("process", func(t *testing.T) {
+				p := got.Process
+				wantArgs := append([]string{tt.spec.NodePath, "/sandbox/" + tt.spec.Entrypoint}, tt.spec.Args...)
+				if !slices.Equal(p.Args, wantArgs) {
+					t.Errorf("args = %q, want %q", p.Args, wantArgs)
+				}
+				if p.Cwd != "/sandbox" {
+					t.Errorf("cwd = %q, want /sandbox", p.Cwd)
+				}
+				if !slices.Equal(p.Env, tt.spec.Env) {
+					t.Errorf("env = %q, want exactly %q", p.Env, tt.spec.Env)
+				}
+				if p.User.UID != tt.uid || p.User.GID != tt.gid {
+					t.Errorf("user = %d:%d, want %d:%d", p.User.UID, p.User.GID, tt.uid, tt.gid)
+				}
+				if p.User.UID == 0 || p.User.GID == 0 {
+					t.Errorf("user = %d:%d, must not be root", p.User.UID, p.User.GID)
+				}
+				if !p.NoNewPrivileges {
+					t.Error("no_new_privs is off")
+				}
+				if p.OOMScoreAdj == nil || *p.OOMScoreAdj != 1000 {
+					t.Errorf("oom_score_adj = %v, want 1000", deref(p.OOMScoreAdj))
+				}
+				if got.Hostname != "sandbox" {
+					t.Errorf("hostname = %q, want sandbox", got.Hostname)
+				}
+			})
+
+			t.Run("capabilities", func(t *testing.T) {
+				c := got.Process.Capabilities
+				if c == nil {
+					t.Fatal("capabilities unset: the runtime would apply its own defaults")
+				}
+				sets := []struct {
+					name string
+					caps []string
+				}{
+					{"bounding", c.Bounding},
+					{"effective", c.Effective},
+					{"permitted", c.Permitted},
+					{"inheritable", c.Inheritable},
+					{"ambient", c.Ambient},
+				}
+				for _, set := range sets {
+					if set.caps == nil || len(set.caps) != 0 {
+						t.Errorf("%s capabilities = %#v, want empty and non-nil", set.name, set.caps)
+					}
+				}
+			})
+
+			t.Run("rlimits", func(t *testing.T) {
+				rlimits := []struct {
+					kind string
+					want uint64
+				}{
+					{"RLIMIT_NOFILE", uint64(l.OpenFiles)},
+					{"RLIMIT_CORE", 0},
+				}
+				for _, rl := range rlimits {
+					var found []specs.POSIXRlimit
+					for _, r := range got.Process.Rlimits {
+						if r.Type == rl.kind {
+							found = append(found, r)
+						}
+					}
+					if len(found) != 1 {
+						t.Errorf("%s set %d times (%v), want once", rl.kind, len(found), found)
+						continue
+					}
+					if found[0].Soft != rl.want || found[0].Hard != rl.want {
+						t.Errorf("%s = soft %d hard %d, want %d for both", rl.kind, found[0].Soft, found[0].Hard, rl.want)
+					}
+				}
+			})
+
+			t.Run("root", func(t *testing.T) {
+				if got.Root == nil || !got.Root.Readonly {
+					t.Errorf("root = %+v, want read-only", got.Root)
+				}
+			})
+
+			t.Run("seccomp", func(t *testing.T) {
+				sc := got.Linux.Seccomp
+				if sc == nil {
+					t.Fatal("no seccomp profile")
+				}
+				if sc.DefaultAction != specs.ActErrno {
+					t.Errorf("seccomp default action = %q, want %q", sc.DefaultAction, specs.ActErrno)
+				}
+				if len(sc.Syscalls) == 0 {
+					t.Error("seccomp profile allows no syscalls: not containerd's default profile")
+				}
+				// Denied by the default profile to a process without
+				// CAP_SYS_ADMIN, CAP_SYS_MODULE, CAP_SYS_BOOT or
+				// CAP_DAC_READ_SEARCH. chroot is allowed only with
+				// CAP_SYS_CHROOT, which containerd grants by default:
+				// denied here means the profile was computed after the
+				// capabilities were dropped.
+				for _, name := range []string{
+					"mount", "umount2", "unshare", "setns", "bpf", "keyctl", "add_key",
+					"request_key", "kexec_load", "init_module", "reboot", "open_by_handle_at", "chroot",
+				} {
+					for _, sys := range sc.Syscalls {
+						if slices.Contains(sys.Names, name) && sys.Action == specs.ActAllow {
+							t.Errorf("seccomp allows %s (rule %+v)", name, sys)
+						}
+					}
+				}
+			})
+
+			t.Run("mounts", func(t *testing.T) {
+				byDest := map[string][]specs.Mount{}
+				for _, m := range got.Mounts {
+					byDest[m.Destination] = append(byDest[m.Destination], m)
+				}
+				one := func(dest string) (specs.Mount, bool) {
+					ms := byDest[dest]
+					if len(ms) != 1 {
+						t.Errorf("%s mounted %d times (%+v), want once", dest, len(ms), ms)
+						return specs.Mount{}, false
+					}
+					return ms[0], true
+				}
+
+				mountChecks := []struct {
+					dest, typ, source string
+					want              []string
+				}{
+					{"/tmp", "tmpfs", "tmpfs", []string{"nosuid", "nodev", "noexec", "mode=1777", fmt.Sprintf("size=%d", l.TmpBytes)}},
+					{"/sandbox", "bind", tt.codeHostDir, []string{"ro", "nosuid", "nodev", "noexec"}},
+					// containerd's defaults, kept: the sandbox must not get
+					// a writable or exec-able /proc or /sys.
+					{"/proc", "proc", "proc", []string{"nosuid", "nodev", "noexec"}},
+					{"/sys", "sysfs", "sysfs", []string{"ro", "nosuid", "nodev", "noexec"}},
+				}
+				for _, mc := range mountChecks {
+					m, ok := one(mc.dest)
+					if !ok {
+						continue
+					}
+					if m.Type != mc.typ || m.Source != mc.source {
+						t.Errorf("%s = %s from %q, want %s from %q", mc.dest, m.Type, m.Source, mc.typ, mc.source)
+					}
+					for _, o := range mc.want {
+						if !slices.Contains(m.Options, o) {
+							t.Errorf("%s options %q lack %q", mc.dest, m.Options, o)
+						}
+					}
+					for _, o := range []string{"rw", "exec", "suid", "dev"} {
+						if slices.Contains(m.Options, o) {
+							t.Errorf("%s options %q contain %q", mc.dest, m.Options, o)
+						}
+					}
+				}
+				if m, ok := one("/tmp"); ok {
+					var sizes []string
+					for _, o := range m.Options {
+						if strings.HasPrefix(o, "size=") {
+							sizes = append(sizes, o)
+						}
+					}
+					if len(sizes) != 1 {
+						t.Errorf("/tmp size options = %q, want exactly one", sizes)
+					}
+				}
+
+				for _, dest := range []string{"/dev/shm", "/dev/mqueue", "/dev/pts", "/run"} {
+					if ms := byDest[dest]; len(ms) != 0 {
+						t.Errorf("%s mounted (%+v), want absent", dest, ms)
+					}
+				}
+
+				for _, want := range tt.extra {
+					ms := byDest[want.Destination]
+					if len(ms) != 1 || ms[0].Type != want.Type || ms[0].Source != want.Source || !slices.Equal(ms[0].Options, want.Options) {
+						t.Errorf("extra mount %s = %+v, want exactly %+v", want.Destination, ms, want)
+					}
+				}
+			})
+
+			t.Run("masked and readonly paths", func(t *testing.T) {
+				for _, p := range []string{"/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug", "/proc/acpi", "/sys/firmware"} {
+					if !slices.Contains(got.Linux.MaskedPaths, p) {
+						t.Errorf("%s not masked (masked: %q)", p, got.Linux.MaskedPaths)
+					}
+				}
+				for _, p := range []string{"/proc/sys", "/proc/sysrq-trigger", "/proc/bus", "/proc/fs", "/proc/irq"} {
+					if !slices.Contains(got.Linux.ReadonlyPaths, p) {
+						t.Errorf("%s not read-only (read-only: %q)", p, got.Linux.ReadonlyPaths)
+					}
+				}
+			})
+
+			t.Run("namespaces", func(t *testing.T) {
+				nsChecks := []struct {
+					typ  specs.LinuxNamespaceType
+					path string
+				}{
+					{specs.PIDNamespace, ""},
+					{specs.IPCNamespace, ""},
+					{specs.UTSNamespace, ""},
+					{specs.MountNamespace, ""},
+					{specs.CgroupNamespace, ""},
+					{specs.NetworkNamespace, tt.spec.NetNSPath},
+				}
+				for _, nc := range nsChecks {
+					var found []specs.LinuxNamespace
+					for _, ns := range got.Linux.Namespaces {
+						if ns.Type == nc.typ {
+							found = append(found, ns)
+						}
+					}
+					if len(found) != 1 {
+						t.Errorf("%s namespace listed %d times (%+v), want once", nc.typ, len(found), got.Linux.Namespaces)
+						continue
+					}
+					if found[0].Path != nc.path {
+						t.Errorf("%s namespace path = %q, want %q", nc.typ, found[0].Path, nc.path)
+					}
+				}
+			})
+
+			t.Run("cgroup", func(t *testing.T) {
+				if got.Linux.CgroupsPath != tt.cgroupPath {
+					t.Errorf("cgroups path = %q, want %q", got.Linux.CgroupsPath, tt.cgroupPath)
+				}
+				r := got.Linux.Resources
+				if r == nil {
+					t.Fatal("no cgroup resources")
+				}
+				if r.Memory == nil {
+					t.Error("no memory limits")
+				} else {
+					if deref(r.Memory.Limit) != int64(l.MemoryBytes) {
+						t.Errorf("memory limit = %v, want %d", deref(r.Memory.Limit), l.MemoryBytes)
+					}
+					if deref(r.Memory.Swap) != int64(l.MemoryBytes) {
+						t.Errorf("memory+swap limit = %v, want %d (no swap)", deref(r.Memory.Swap), l.MemoryBytes)
+					}
+				}
+				if r.CPU == nil {
+					t.Error("no CPU limits")
+				} else {
+					if deref(r.CPU.Quota) != tt.wantQuota {
+						t.Errorf("CPU quota = %v, want %d", deref(r.CPU.Quota), tt.wantQuota)
+					}
+					if deref(r.CPU.Period) != 100_000 {
+						t.Errorf("CPU period = %v, want 100000", deref(r.CPU.Period))
+					}
+				}
+				if r.Pids == nil || deref(r.Pids.Limit) != int64(l.Pids) {
+					t.Errorf("pids = %+v, want limit %d", r.Pids, l.Pids)
+				}
+				// containerd's default: no device but those the runtime
+				// creates itself.
+				if len(r.Devices) == 0 || r.Devices[0].Allow || r.Devices[0].Access != "rwm" || (r.Devices[0].Type != "" && r.Devices[0].Type != "a") {
+					t.Errorf("device cgroup = %+v, want deny-all first", r.Devices)
+				}
+			})
+		})
+	}
+}
+
+// deref returns *p, or the zero value when p is nil so that a missing
+// limit reports as 0 rather than a panic.
+func deref[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
+}
