@@ -20,6 +20,7 @@ import (
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
+	"github.com/sandpit-run/sandpit/services/executor/internal/app"
 	"github.com/sandpit-run/sandpit/services/executor/internal/capacity"
 	"github.com/sandpit-run/sandpit/services/executor/internal/containerdtest"
 	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
@@ -63,7 +64,7 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	stateDir = filepath.Join(env.Dir, "executor")
-	rt, err = sandbox.New(ctx, sandboxConfig(stateDir), testLogger())
+	rt, err = sandbox.New(ctx, sandboxConfig(stateDir), nil, testLogger())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
@@ -146,7 +147,7 @@ func startExecutor(t testing.TB, o executorOpts) *executor {
 	var deciderAddr string
 	stopDecider := func() {}
 	if o.egress != nil {
-		cfg.Egress = o.egress
+		cfg.Egress = app.Networks(o.egress)
 		dsrv := grpc.NewServer()
 		policyv1.RegisterPolicyDecisionServiceServer(dsrv, decision.NewService(o.egress.Registry(), o.logger()))
 		dlis, err := net.Listen("tcp", "127.0.0.1:0")

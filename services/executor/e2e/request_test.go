@@ -15,6 +15,7 @@ import (
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
+	"github.com/sandpit-run/sandpit/services/executor/internal/server"
 )
 
 func TestCommonJSAndESModules(t *testing.T) {
@@ -117,7 +118,6 @@ func TestInvalidRequests(t *testing.T) {
 		{"tmp over max", &executorv1.ExecuteRequest{Code: "1", Limits: &executorv1.Limits{TmpBytes: 1 << 40}}, "limits.tmp_bytes"},
 		{"open files over max", &executorv1.ExecuteRequest{Code: "1", Limits: &executorv1.Limits{OpenFiles: 1 << 30}}, "limits.open_files"},
 		{"code bytes over max", &executorv1.ExecuteRequest{Code: "1", Limits: &executorv1.Limits{CodeBytes: 1 << 40}}, "limits.code_bytes"},
-		{"image not allowed", &executorv1.ExecuteRequest{Code: "1", Image: "docker.io/library/node:24"}, "image"},
 		{"invalid env name", &executorv1.ExecuteRequest{Code: "1", Env: map[string]string{"BAD-NAME": "x"}}, `env["BAD-NAME"]`},
 		{"reserved env", &executorv1.ExecuteRequest{Code: "1", Env: map[string]string{"PATH": "/"}}, `env["PATH"]`},
 		{"env value with NUL", &executorv1.ExecuteRequest{Code: "1", Env: map[string]string{"A": "x\x00y"}}, `env["A"]`},
@@ -141,6 +141,9 @@ func TestInvalidRequests(t *testing.T) {
 			st := status.Convert(r.err)
 			if st.Code() != codes.InvalidArgument {
 				t.Fatalf("got %v (events %d), want InvalidArgument", r.err, len(r.events))
+			}
+			if reason := errorReason(t, r.err); reason != server.ReasonInvalidArgument {
+				t.Errorf("reason %q, want %s", reason, server.ReasonInvalidArgument)
 			}
 			if len(r.events) != 0 {
 				t.Errorf("%d events before the error", len(r.events))
@@ -168,12 +171,23 @@ func TestInvalidRequests(t *testing.T) {
 	requireNoLeftovers(t, stateDir, "")
 }
 
-func TestUnknownImageIsInvalidArgument(t *testing.T) {
+// TestImageErrors: a name off the allowlist is PERMISSION_DENIED before
+// anything is created; an allowed name containerd lacks is NOT_FOUND.
+func TestImageErrors(t *testing.T) {
 	e := startExecutor(t, executorOpts{allow: []string{"sandpit.local/*"}})
-	r := e.execute(context.Background(), &executorv1.ExecuteRequest{Code: "1", Image: "sandpit.local/does-not-exist:1"})
-	st := status.Convert(r.err)
-	if st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), "image") {
-		t.Fatalf("got %v, want InvalidArgument about the image", r.err)
+	tests := []struct {
+		image  string
+		code   codes.Code
+		reason string
+	}{
+		{"docker.io/library/node:24", codes.PermissionDenied, server.ReasonImageNotAllowed},
+		{"sandpit.local/does-not-exist:1", codes.NotFound, server.ReasonImageNotFound},
+	}
+	for _, tt := range tests {
+		r := e.execute(context.Background(), &executorv1.ExecuteRequest{Code: "1", Image: tt.image})
+		if status.Code(r.err) != tt.code || errorReason(t, r.err) != tt.reason || len(r.events) != 0 {
+			t.Errorf("image %s: %v after %d events, want %v %s", tt.image, r.err, len(r.events), tt.code, tt.reason)
+		}
 	}
 	requireNoLeftovers(t, stateDir, "")
 }
@@ -207,8 +221,11 @@ func TestCapacityQueueThenResourceExhausted(t *testing.T) {
 	}
 	begin := time.Now()
 	r := e.execute(context.Background(), code(`console.log("too many")`))
-	if status.Code(r.err) != codes.ResourceExhausted {
-		t.Fatalf("third request: %v, want ResourceExhausted", r.err)
+	if status.Code(r.err) != codes.ResourceExhausted || errorReason(t, r.err) != server.ReasonSlotsFull {
+		t.Fatalf("third request: %v, want ResourceExhausted SLOTS_FULL", r.err)
+	}
+	if retryDelay(r.err) <= 0 {
+		t.Errorf("ResourceExhausted without RetryInfo: %v", status.Convert(r.err).Details())
 	}
 	if d := time.Since(begin); d > time.Second {
 		t.Errorf("the refusal took %v; it must not wait", d)

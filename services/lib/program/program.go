@@ -15,6 +15,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -49,6 +51,66 @@ func Main[C any](name string, parse func(args []string, getenv func(string) stri
 		os.Exit(1)
 	}
 	os.Exit(0)
+}
+
+// Version is the binary's version: its module version when built from a
+// tagged module, else the VCS revision, else "devel".
+func Version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "devel"
+	}
+	if v := bi.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" {
+			return s.Value
+		}
+	}
+	return "devel"
+}
+
+// RegisterBuildInfo registers sandpit_build_info{binary,version,go_version}
+// = 1 on reg.
+func RegisterBuildInfo(reg prometheus.Registerer, binary string) {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "sandpit_build_info",
+		Help:        "Always 1; the labels say which build of which binary runs.",
+		ConstLabels: prometheus.Labels{"binary": binary, "version": Version(), "go_version": runtime.Version()},
+	})
+	g.Set(1)
+	reg.MustRegister(g)
+}
+
+// ListenMetrics listens on addr for ServeMetricsOn; an empty addr gives a
+// nil listener, which serves nothing.
+func ListenMetrics(addr string) (net.Listener, error) {
+	if addr == "" {
+		return nil, nil
+	}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen metrics: %w", err)
+	}
+	return lis, nil
+}
+
+// ServeMetricsOn serves g's metrics at /metrics on lis until ctx ends; a nil
+// lis returns at once.
+func ServeMetricsOn(ctx context.Context, lis net.Listener, g prometheus.Gatherer) error {
+	if lis == nil {
+		return nil
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	stop := context.AfterFunc(ctx, func() { _ = srv.Close() })
+	defer stop()
+	if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve metrics: %w", err)
+	}
+	return nil
 }
 
 // ServeMetrics serves g's metrics at http://addr/metrics until the returned

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
+	"github.com/sandpit-run/sandpit/services/executor/internal/netns"
 	"github.com/sandpit-run/sandpit/services/lib/envflag"
 )
 
@@ -43,6 +44,7 @@ type Config struct {
 	AddressPool    string
 	NftTable       string
 	VethPrefix     string
+	NetnsPrefix    string
 	PolicyFile     string
 
 	MaxConcurrent int
@@ -74,6 +76,7 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&c.AddressPool, "address-pool", "10.88.0.0/16", "IPv4 prefix sandbox /30 subnets come from")
 	fs.StringVar(&c.NftTable, "nft-table", "sandpit", "name of the executor's nftables tables")
 	fs.StringVar(&c.VethPrefix, "veth-prefix", "sp", "name prefix of the host ends of sandbox veths; the executor owns every interface with it")
+	fs.StringVar(&c.NetnsPrefix, "netns-prefix", netns.DefaultNamePrefix, "name prefix of the sandboxes' network namespaces under /run/netns; the executor owns every namespace with it")
 	fs.StringVar(&c.PolicyFile, "policy-file", "", "the operator's network policy (YAML), reloaded on change; empty denies every request")
 	fs.IntVar(&c.MaxConcurrent, "max-concurrent", 8, "executions running at once")
 	fs.IntVar(&c.MaxQueue, "max-queue", 16, "executions waiting for a slot; past it requests get ResourceExhausted")

@@ -30,7 +30,60 @@ type Env struct {
 	ImageRef string
 	// ImageTar is the archive the image was imported from.
 	ImageTar string
+	args     []string
 	cmd      *exec.Cmd
+	exited   chan struct{}
+}
+
+func (e *Env) start() error {
+	logf, err := os.OpenFile(filepath.Join(e.Dir, "containerd.log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	e.cmd = exec.Command(e.args[0], e.args[1:]...)
+	e.cmd.Stdout, e.cmd.Stderr = logf, logf
+	e.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	if err := e.cmd.Start(); err != nil {
+		return fmt.Errorf("start containerd: %w", err)
+	}
+	e.exited = make(chan struct{})
+	go func(cmd *exec.Cmd, exited chan struct{}) {
+		_ = cmd.Wait()
+		close(exited)
+	}(e.cmd, e.exited)
+	return nil
+}
+
+// Kill kills containerd with SIGKILL, as a crash would, and waits for it to
+// be gone. Its shims, and the sandboxes under them, live on.
+func (e *Env) Kill() {
+	_ = e.cmd.Process.Kill()
+	<-e.exited
+}
+
+// Restart starts containerd again on the same root, state and socket, and
+// waits until it answers.
+func (e *Env) Restart(ctx context.Context) error {
+	_ = os.Remove(e.Address)
+	if err := e.start(); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, err := e.Client()
+		if err == nil {
+			_, err = c.Version(ctx)
+			c.Close()
+		}
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("containerd did not answer in 15s after restart: %w", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // RepoRoot is the directory holding go.work, found from the working directory
@@ -100,16 +153,9 @@ func Start(ctx context.Context) (*Env, error) {
 	if err := os.WriteFile(cfg, []byte("version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"), 0o644); err != nil {
 		return nil, err
 	}
-	logf, err := os.Create(filepath.Join(dir, "containerd.log"))
-	if err != nil {
+	e.args = []string{bin, "--config", cfg, "--root", filepath.Join(dir, "root"), "--state", filepath.Join(dir, "state"), "--address", e.Address}
+	if err := e.start(); err != nil {
 		return nil, err
-	}
-	defer logf.Close()
-	e.cmd = exec.Command(bin, "--config", cfg, "--root", filepath.Join(dir, "root"), "--state", filepath.Join(dir, "state"), "--address", e.Address)
-	e.cmd.Stdout, e.cmd.Stderr = logf, logf
-	e.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	if err := e.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start containerd: %w", err)
 	}
 	if err := e.importImage(ctx); err != nil {
 		log, _ := os.ReadFile(filepath.Join(dir, "containerd.log"))
@@ -175,13 +221,11 @@ func importTar(ctx context.Context, c *containerd.Client, tar, ref string) error
 func (e *Env) Stop() {
 	if e.cmd != nil && e.cmd.Process != nil {
 		_ = e.cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = e.cmd.Wait(); close(done) }()
 		select {
-		case <-done:
+		case <-e.exited:
 		case <-time.After(10 * time.Second):
 			_ = e.cmd.Process.Kill()
-			<-done
+			<-e.exited
 		}
 	}
 	for _, m := range MountsUnder(e.Dir) {
@@ -205,4 +249,9 @@ func MountsUnder(s string) []string {
 		}
 	}
 	return out
+}
+
+// WithNamespace puts the tests' containerd namespace on ctx.
+func WithNamespace(ctx context.Context) context.Context {
+	return namespaces.WithNamespace(ctx, Namespace)
 }

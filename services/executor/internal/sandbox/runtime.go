@@ -49,13 +49,21 @@ type Config struct {
 
 // Runtime creates sandboxes through containerd.
 type Runtime struct {
-	client *containerd.Client
-	cfg    Config
-	log    *slog.Logger
+	client  *containerd.Client
+	cfg     Config
+	log     *slog.Logger
+	metrics *Metrics
+
+	mu sync.Mutex
+	// live holds the ids of executions inside Run; Reap leaves them alone.
+	live map[string]bool
+	// dirty is set when a cleanup failed, so Reap has work.
+	dirty bool
 }
 
 // New connects to containerd and checks what every sandbox depends on.
-func New(ctx context.Context, cfg Config, log *slog.Logger) (*Runtime, error) {
+// m counts cleanup failures and stuck sandboxes; nil counts nowhere.
+func New(ctx context.Context, cfg Config, m *Metrics, log *slog.Logger) (*Runtime, error) {
 	if cfg.UID == 0 || cfg.GID == 0 {
 		return nil, errors.New("new runtime: sandbox uid and gid must not be 0")
 	}
@@ -73,7 +81,50 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Runtime, error) {
 		client.Close()
 		return nil, fmt.Errorf("connect to containerd at %s: %w", cfg.Address, err)
 	}
-	return &Runtime{client: client, cfg: cfg, log: log}, nil
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	return &Runtime{client: client, cfg: cfg, log: log, metrics: m, live: map[string]bool{}}, nil
+}
+
+func (r *Runtime) enter(id string) {
+	r.mu.Lock()
+	r.live[id] = true
+	r.mu.Unlock()
+}
+
+func (r *Runtime) leave(id string) {
+	r.mu.Lock()
+	delete(r.live, id)
+	r.mu.Unlock()
+}
+
+// cleanupFailed records that step of a sandbox's removal failed; Reap
+// tries again.
+func (r *Runtime) cleanupFailed(step string, log *slog.Logger, err error) {
+	log.Error("sandbox cleanup failed; left for the reaper", "step", step, "error", err)
+	r.metrics.CleanupFailures.WithLabelValues(step).Inc()
+	r.mu.Lock()
+	r.dirty = true
+	r.mu.Unlock()
+}
+
+// stuck records that a sandbox did not end within the bound of stage.
+func (r *Runtime) stuck(stage string, log *slog.Logger) {
+	log.Error("sandbox did not end in time", "stage", stage)
+	r.metrics.Stuck.WithLabelValues(stage).Inc()
+}
+
+// lost reports whether err, or containerd's silence right after it, says
+// that containerd went away.
+func (r *Runtime) lost(ctx context.Context, err error) bool {
+	if errdefs.IsUnavailable(err) {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, verr := r.client.Version(ctx)
+	return verr != nil
 }
 
 // Close closes the connection to containerd.
@@ -159,16 +210,46 @@ func NewID() string {
 	return "x" + hex.EncodeToString(b)
 }
 
+// Bounds on every wait of a sandbox's end, so that a kill that does not land,
+// a shim that never reports the exit or output that never drains cannot hold
+// an execution (and its capacity slot and network) forever.
+const (
+	// killTimeout bounds the Kill call and then the wait for the exit it
+	// causes.
+	killTimeout = 10 * time.Second
+	// drainTimeout bounds waiting for the output copy after the exit.
+	drainTimeout = 5 * time.Second
+	// cleanupTimeout bounds each containerd call of the cleanup.
+	cleanupTimeout = 30 * time.Second
+)
+
+// ErrContainerdUnavailable is wrapped by Run's error when containerd went
+// away during the execution (crashed, restarted, upgraded); the sandbox's
+// remains are removed once it is back (see Reap).
+var ErrContainerdUnavailable = errors.New("containerd unavailable")
+
+// ErrStuck is wrapped by Run's error when the sandbox did not end within the
+// bounds above.
+var ErrStuck = errors.New("sandbox did not end in time")
+
 // Run runs spec in a new sandbox named id. started is called once the sandbox
-// exists, just before the program starts; output written before it returns is
-// held. The sandbox is killed when the timeout passes or ctx ends. Run returns
-// after the program exited, its output was drained and its container, task,
-// snapshot and code directory are gone, whatever happened.
+// exists, just before the program starts. The sandbox is killed when the
+// timeout passes or ctx ends. Run returns after the program exited, its
+// output was drained and its container, task, snapshot and code directory are
+// gone; every wait for that is bounded, and what could not be removed
+// (containerd gone, say) is left for Reap.
 func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func()) (out Outcome, err error) {
 	ctx = r.ns(ctx)
 	// Cleanup must run even when the caller has gone.
 	cleanupCtx := context.WithoutCancel(ctx)
 	log := r.log.With("execution_id", id)
+	r.enter(id)
+	defer r.leave(id)
+	defer func() {
+		if err != nil && !errors.Is(err, ErrContainerdUnavailable) && r.lost(cleanupCtx, err) {
+			err = fmt.Errorf("%w: %w", ErrContainerdUnavailable, err)
+		}
+	}()
 
 	execDir := filepath.Join(r.cfg.StateDir, "executions", id)
 	if err := os.Mkdir(execDir, 0o711); err != nil {
@@ -176,7 +257,7 @@ func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func())
 	}
 	defer func() {
 		if rmErr := os.RemoveAll(execDir); rmErr != nil {
-			log.Error("remove execution dir", "error", rmErr)
+			r.cleanupFailed("code_dir", log, rmErr)
 		}
 	}()
 	codeDir := filepath.Join(execDir, "code")
@@ -204,8 +285,10 @@ func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func())
 		return out, fmt.Errorf("create container: %w", err)
 	}
 	defer func() {
-		if delErr := container.Delete(cleanupCtx, containerd.WithSnapshotCleanup); delErr != nil && !errdefs.IsNotFound(delErr) {
-			log.Error("delete container", "error", delErr)
+		dctx, cancel := context.WithTimeout(cleanupCtx, cleanupTimeout)
+		defer cancel()
+		if delErr := container.Delete(dctx, containerd.WithSnapshotCleanup); delErr != nil && !errdefs.IsNotFound(delErr) {
+			r.cleanupFailed("container", log, delErr)
 		}
 	}()
 
@@ -218,9 +301,14 @@ func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func())
 	if err != nil {
 		return out, fmt.Errorf("create task: %w", err)
 	}
+	// Deferred first, so it runs last: a Delete that failed leaves the
+	// output copy running, and closing the FIFOs is what ends it.
+	defer closeIO(task.IO(), log)
 	defer func() {
-		if _, delErr := task.Delete(cleanupCtx, containerd.WithProcessKill); delErr != nil && !errdefs.IsNotFound(delErr) {
-			log.Error("delete task", "error", delErr)
+		dctx, cancel := context.WithTimeout(cleanupCtx, cleanupTimeout)
+		defer cancel()
+		if _, delErr := task.Delete(dctx, containerd.WithProcessKill); delErr != nil && !errdefs.IsNotFound(delErr) {
+			r.cleanupFailed("task", log, delErr)
 		}
 	}()
 
@@ -246,7 +334,9 @@ func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func())
 			defer close(stdinClosed)
 			select {
 			case <-stdinSent:
-				if err := task.CloseIO(cleanupCtx, containerd.WithStdinCloser); err != nil && !errdefs.IsNotFound(err) {
+				cctx, cancel := context.WithTimeout(cleanupCtx, cleanupTimeout)
+				defer cancel()
+				if err := task.CloseIO(cctx, containerd.WithStdinCloser); err != nil && !errdefs.IsNotFound(err) {
 					log.Warn("close stdin", "error", err)
 				}
 			case <-exited:
@@ -261,16 +351,17 @@ func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func())
 	case status = <-exitCh:
 	case <-timer.C:
 		out.TimedOut = true
-		r.kill(cleanupCtx, task, log)
-		status = <-exitCh
+		status, err = r.killAndWait(cleanupCtx, task, exitCh, log)
 	case <-ctx.Done():
 		out.Killed = true
-		r.kill(cleanupCtx, task, log)
-		status = <-exitCh
+		status, err = r.killAndWait(cleanupCtx, task, exitCh, log)
 	}
 	out.WallTime = time.Since(begin)
 	close(exited)
 	<-stdinClosed
+	if err != nil {
+		return out, err
+	}
 	if err := status.Error(); err != nil {
 		return out, fmt.Errorf("wait task: %w", err)
 	}
@@ -282,17 +373,9 @@ func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func())
 
 	// The PID namespace ends with node, so the pipes close and the copy
 	// finishes; the bound only guards against a stuck shim.
-	drained := make(chan struct{})
-	go func() {
-		task.IO().Wait()
-		close(drained)
-	}()
-	select {
-	case <-drained:
-	case <-time.After(5 * time.Second):
-		log.Warn("output not drained in time")
+	if !waitIO(task.IO(), drainTimeout) {
+		r.stuck("drain", log)
 		task.IO().Cancel()
-		<-drained
 	}
 
 	usage, err := readUsage(cgroupPath)
@@ -303,10 +386,51 @@ func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func())
 	return out, nil
 }
 
+// killAndWait kills every process of the task and waits, bounded, for the
+// exit the kill causes.
+func (r *Runtime) killAndWait(ctx context.Context, task containerd.Task, exitCh <-chan containerd.ExitStatus, log *slog.Logger) (containerd.ExitStatus, error) {
+	r.kill(ctx, task, log)
+	select {
+	case st := <-exitCh:
+		return st, nil
+	case <-time.After(killTimeout):
+		r.stuck("kill", log)
+		return containerd.ExitStatus{}, fmt.Errorf("%w: no exit %s after SIGKILL", ErrStuck, killTimeout)
+	}
+}
+
+// waitIO waits up to d for the output copy to finish.
+func waitIO(io cio.IO, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() {
+		io.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// closeIO closes the task's FIFOs, which ends a copy still running, and
+// waits for it, bounded. A successful task Delete has closed them already.
+func closeIO(io cio.IO, log *slog.Logger) {
+	if io == nil {
+		return
+	}
+	io.Cancel()
+	_ = io.Close()
+	if !waitIO(io, drainTimeout) {
+		log.Error("output copy still running after its FIFOs were closed")
+	}
+}
+
 // kill sends SIGKILL to every process of the task on a fresh, bounded context,
 // so that a cancelled caller cannot stop the kill.
 func (r *Runtime) kill(ctx context.Context, task containerd.Task, log *slog.Logger) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, killTimeout)
 	defer cancel()
 	if err := task.Kill(ctx, syscall.SIGKILL, containerd.WithKillAll); err != nil && !errdefs.IsNotFound(err) {
 		log.Error("kill task", "error", err)

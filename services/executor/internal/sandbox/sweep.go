@@ -21,9 +21,39 @@ type Swept struct {
 
 // Sweep removes what a previous executor left in its namespace and state
 // dir: running tasks (all their processes killed), containers, snapshots
-// and code directories. Call it before serving; it assumes no execution of
-// this process runs.
+// and code directories. Call it before serving.
 func (r *Runtime) Sweep(ctx context.Context) (Swept, error) {
+	return r.sweep(ctx, r.isLive)
+}
+
+// Reap removes what executions of this process left behind because a
+// cleanup failed (containerd was gone, say), sparing the executions still
+// running. It does nothing when no cleanup failed since the last Reap.
+func (r *Runtime) Reap(ctx context.Context) (Swept, error) {
+	r.mu.Lock()
+	dirty := r.dirty
+	r.dirty = false
+	r.mu.Unlock()
+	if !dirty {
+		return Swept{}, nil
+	}
+	s, err := r.sweep(ctx, r.isLive)
+	if err != nil {
+		r.metrics.CleanupFailures.WithLabelValues("reap").Inc()
+		r.mu.Lock()
+		r.dirty = true
+		r.mu.Unlock()
+	}
+	return s, err
+}
+
+func (r *Runtime) isLive(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.live[id]
+}
+
+func (r *Runtime) sweep(ctx context.Context, live func(id string) bool) (Swept, error) {
 	ctx = r.ns(ctx)
 	var s Swept
 	var errs []error
@@ -33,6 +63,9 @@ func (r *Runtime) Sweep(ctx context.Context) (Swept, error) {
 		return s, fmt.Errorf("list containers: %w", err)
 	}
 	for _, c := range cs {
+		if live(c.ID()) {
+			continue
+		}
 		if task, err := c.Task(ctx, nil); err == nil {
 			kctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			if err := task.Kill(kctx, syscall.SIGKILL, containerd.WithKillAll); err != nil && !errdefs.IsNotFound(err) && !errdefs.IsFailedPrecondition(err) {
@@ -63,6 +96,9 @@ func (r *Runtime) Sweep(ctx context.Context) (Swept, error) {
 		errs = append(errs, fmt.Errorf("list snapshots: %w", err))
 	}
 	for _, k := range keys {
+		if live(k) {
+			continue
+		}
 		if err := sn.Remove(ctx, k); err != nil && !errdefs.IsNotFound(err) {
 			errs = append(errs, fmt.Errorf("remove snapshot %s: %w", k, err))
 			continue
@@ -76,6 +112,9 @@ func (r *Runtime) Sweep(ctx context.Context) (Swept, error) {
 		errs = append(errs, fmt.Errorf("list code dirs: %w", err))
 	}
 	for _, e := range entries {
+		if live(e.Name()) {
+			continue
+		}
 		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
 			errs = append(errs, fmt.Errorf("remove code dir: %w", err))
 			continue

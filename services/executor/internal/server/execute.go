@@ -1,27 +1,27 @@
-// Package server serves sandpit.executor.v1.ExecutorService: it validates a
-// request, admits it under the capacity limit, runs it in a sandbox and
-// streams the sandbox's events from a single sending goroutine.
+// Package server serves sandpit.executor.v1.ExecutorService: it admits a
+// request, resolves its image, attaches the sandbox's network, runs the
+// program while one goroutine streams its events, and finishes with the
+// Result or an error a client can act on.
 package server
 
 import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"syscall"
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	"github.com/sandpit-run/sandpit/services/executor/internal/capacity"
 	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
-	"github.com/sandpit-run/sandpit/services/executor/internal/egress"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
+	"github.com/sandpit-run/sandpit/services/executor/internal/netns"
 	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
 	"github.com/sandpit-run/sandpit/services/policy"
 )
@@ -32,10 +32,23 @@ type Sandboxes interface {
 	Run(ctx context.Context, id string, spec sandbox.Spec, started func()) (sandbox.Outcome, error)
 }
 
-// Egress attaches sandboxes to the egress proxy; *egress.Egress is the real
-// one.
+// Network is one sandbox's attachment to the egress path.
+type Network interface {
+	// Contribute adds the network's part to the sandbox's spec: the
+	// namespace to join, files to mount, environment.
+	Contribute(spec *sandbox.Spec)
+	// Close ends the attachment; no network event is sent after it
+	// returns. Calls after the first do nothing.
+	Close() error
+	// Summary is what the Result reports of the execution's requests.
+	Summary() decision.Summary
+	// Problem says why the sandbox had no egress, or is empty.
+	Problem() string
+}
+
+// Egress attaches sandboxes to the egress proxy.
 type Egress interface {
-	Attach(ctx context.Context, id string, inline *policy.Compiled, events chan<- *executorv1.NetworkEvent) (*egress.Attachment, error)
+	Attach(ctx context.Context, id string, inline *policy.Compiled, events chan<- *executorv1.NetworkEvent) (Network, error)
 }
 
 // Config is what the service needs to know of the executor's configuration.
@@ -58,6 +71,16 @@ var (
 	errOutputLimit = errors.New("output limit reached")
 )
 
+// Event buffers. Output has a small one: writers block when it is full, so
+// a slow client slows the program rather than growing the executor's
+// memory. Network events come from the decision service, which must never
+// block on one execution's stream: past their buffer they are dropped and
+// counted (the Result's log keeps the requests).
+const (
+	outputBuffer  = 16
+	networkBuffer = 256
+)
+
 // Service implements executorv1.ExecutorServiceServer.
 type Service struct {
 	executorv1.UnimplementedExecutorServiceServer
@@ -67,175 +90,208 @@ type Service struct {
 	slots    *capacity.Limiter
 	shutdown context.Context
 	log      *slog.Logger
-	metrics  *metrics
+	metrics  *Metrics
 }
 
 // New returns the service. Executions in flight are killed, with a result
 // saying so, when shutdown ends.
-func New(shutdown context.Context, cfg Config, sb Sandboxes, slots *capacity.Limiter, m *metrics, log *slog.Logger) *Service {
+func New(shutdown context.Context, cfg Config, sb Sandboxes, slots *capacity.Limiter, m *Metrics, log *slog.Logger) *Service {
 	return &Service{cfg: cfg, sb: sb, slots: slots, shutdown: shutdown, log: log, metrics: m}
 }
 
 // Execute runs one program; see the proto for the contract.
 func (s *Service) Execute(req *executorv1.ExecuteRequest, stream grpc.ServerStreamingServer[executorv1.ExecuteResponse]) error {
 	ctx := stream.Context()
-	prog, vs := s.validate(req)
-	if len(vs) > 0 {
-		return invalidArgument(vs)
-	}
-
-	release, err := s.slots.Acquire(ctx)
-	if errors.Is(err, capacity.ErrFull) {
-		s.metrics.rejected.Inc()
-		return status.Error(codes.ResourceExhausted, "every execution slot is busy and the wait queue is full; retry later")
-	}
+	prog, err := s.admit(req)
 	if err != nil {
-		return status.FromContextError(err).Err()
+		return s.reject(err)
+	}
+	release, err := s.acquire(ctx)
+	if err != nil {
+		return s.reject(err)
 	}
 	defer release()
-
-	img, err := s.sb.ResolveImage(ctx, prog.image)
-	if errors.Is(err, sandbox.ErrImageNotFound) {
-		return invalidArgument([]limits.Violation{{Field: "image", Reason: "image " + prog.image + " is not in the executor's containerd"}})
-	}
+	img, err := s.resolveImage(ctx, prog.image)
 	if err != nil {
-		return sandboxError(err)
+		return s.reject(err)
 	}
 
-	id := sandbox.NewID()
-	log := s.log.With("execution_id", id)
-	runCtx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	stop := context.AfterFunc(s.shutdown, func() { cancel(errShutdown) })
+	x := s.newExecution(ctx, stream)
+	defer x.cancel(nil)
+	stop := context.AfterFunc(s.shutdown, func() { x.cancel(errShutdown) })
 	defer stop()
 
-	// Network events arrive from the decision service, which must never
-	// block on one execution's stream: they get their own buffer and are
-	// dropped past it (the result's log keeps every request).
-	netEvents := make(chan *executorv1.NetworkEvent, 256)
-	var att *egress.Attachment
-	if s.cfg.Egress != nil {
-		att, err = s.cfg.Egress.Attach(ctx, id, prog.policy, netEvents)
-		if errors.Is(err, egress.ErrNoAddress) {
-			s.metrics.rejected.Inc()
-			return status.Error(codes.ResourceExhausted, "the sandbox address pool is exhausted; retry later")
-		}
-		if err != nil {
-			return sandboxError(err)
-		}
+	net, err := s.attachNetwork(ctx, x, prog)
+	if err != nil {
+		return s.reject(err)
+	}
+	if net != nil {
 		defer func() {
-			if err := att.Detach(); err != nil {
-				log.Error("remove sandbox network", "error", err)
+			if err := net.Close(); err != nil {
+				x.log.Error("remove sandbox network", "error", err)
 			}
 		}()
-		if att.NetworkError != "" {
-			log.Warn("sandbox without egress", "reason", att.NetworkError)
-		}
 	}
 
-	// The channel is the only way events reach the stream; its bound and the
-	// blocking writers keep a fast producer from growing the executor's
-	// memory: a slow client slows the program instead.
-	events := make(chan *executorv1.ExecuteResponse, 16)
-	budget := &outputBudget{left: prog.limits.OutputBytes, exceeded: func() { cancel(errOutputLimit) }}
-	stdout := &outputWriter{events: events, budget: budget}
-	stderr := &outputWriter{events: events, budget: budget, stderr: true}
-	spec := sandbox.Spec{
-		Image:      img,
-		NodePath:   s.cfg.NodePath,
-		Files:      prog.files,
-		Entrypoint: prog.entrypoint,
-		Args:       req.GetArgs(),
-		Env:        environment(req.GetEnv(), att),
-		Stdin:      req.GetStdin(),
-		Limits:     prog.limits,
-		Labels:     req.GetLabels(),
-		Stdout:     stdout,
-		Stderr:     stderr,
+	spec := x.spec(s.cfg.NodePath, img, prog, req)
+	if net != nil {
+		net.Contribute(&spec)
 	}
-	if att != nil {
-		spec.NetNSPath = att.NetNSPath
-		spec.ExtraFiles = att.ExtraFiles
+	x.log.Info("execution starting", "image", img.Ref, "image_digest", img.Digest, "files", len(prog.files))
+	s.metrics.running.Inc()
+	out, runErr := x.run(s.sb, spec, started(x.id, img, prog))
+	s.metrics.running.Dec()
+	return s.finish(x, net, prog, out, runErr)
+}
+
+// admit checks the request's shape and whether its image may be used.
+func (s *Service) admit(req *executorv1.ExecuteRequest) (program, error) {
+	prog, vs := s.validate(req)
+	if len(vs) > 0 {
+		return prog, invalidArgument(vs)
 	}
-	started := &executorv1.ExecuteResponse{Event: &executorv1.ExecuteResponse_Started{Started: &executorv1.Started{
+	if !s.imageAllowed(prog.image) {
+		return prog, statusError(codes.PermissionDenied, ReasonImageNotAllowed,
+			"image "+prog.image+" is not on the executor's image allowlist", map[string]string{"image": prog.image})
+	}
+	return prog, nil
+}
+
+// acquire takes an execution slot, waiting in the queue if there is room.
+func (s *Service) acquire(ctx context.Context) (func(), error) {
+	release, err := s.slots.Acquire(ctx)
+	switch {
+	case errors.Is(err, capacity.ErrFull):
+		return nil, statusError(codes.ResourceExhausted, ReasonSlotsFull,
+			"every execution slot is busy and the wait queue is full; retry later", nil, retry())
+	case err != nil:
+		return nil, callerError(ctx)
+	}
+	return release, nil
+}
+
+func (s *Service) resolveImage(ctx context.Context, ref string) (sandbox.Image, error) {
+	img, err := s.sb.ResolveImage(ctx, ref)
+	switch {
+	case err == nil:
+		return img, nil
+	case errors.Is(err, sandbox.ErrImageNotFound):
+		return img, statusError(codes.NotFound, ReasonImageNotFound,
+			"image "+ref+" is not in the executor's containerd", map[string]string{"image": ref})
+	default:
+		return img, s.runtimeError(ctx, "", err)
+	}
+}
+
+// attachNetwork gives the sandbox its egress, or nil without an egress
+// proxy configured.
+func (s *Service) attachNetwork(ctx context.Context, x *execution, prog program) (Network, error) {
+	if s.cfg.Egress == nil {
+		return nil, nil
+	}
+	net, err := s.cfg.Egress.Attach(ctx, x.id, prog.policy, x.netEvents)
+	if errors.Is(err, netns.ErrPoolExhausted) {
+		return nil, statusError(codes.ResourceExhausted, ReasonAddressPoolExhausted,
+			"the sandbox address pool is exhausted; retry later", nil, retry())
+	}
+	if err != nil {
+		x.log.Error("attach sandbox network", "error", err)
+		return nil, statusError(codes.Internal, ReasonInternal,
+			"the sandbox's network could not be set up (execution "+x.id+")", map[string]string{"execution_id": x.id})
+	}
+	if p := net.Problem(); p != "" {
+		x.log.Warn("sandbox without egress", "reason", p)
+	}
+	return net, nil
+}
+
+// finish sends the Result, or turns what went wrong into a status.
+func (s *Service) finish(x *execution, net Network, prog program, out sandbox.Outcome, runErr error) error {
+	var netSummary decision.Summary
+	netProblem := ""
+	if net != nil {
+		// Closed first, so no event arrives after the last one is sent.
+		if err := net.Close(); err != nil {
+			x.log.Error("remove sandbox network", "error", err)
+		}
+		x.drainNetwork()
+		netSummary = net.Summary()
+		netProblem = net.Problem()
+	} else if prog.policy != nil {
+		netProblem = "this executor has no egress proxy configured; the sandbox had loopback only"
+	}
+	if runErr != nil {
+		s.metrics.executions.WithLabelValues("error").Inc()
+		return s.runtimeError(x.ctx, x.id, runErr)
+	}
+
+	res := result(out, x.ctx, x.budget, x.stdout, x.stderr)
+	res.RequestsAllowed = netSummary.Allowed
+	res.RequestsBlocked = netSummary.Blocked
+	res.NetworkLog = netSummary.Log
+	res.NetworkError = netProblem
+	term := terminationLabel(res.GetTermination())
+	s.metrics.executions.WithLabelValues(term).Inc()
+	s.metrics.duration.Observe(out.WallTime.Seconds())
+	x.log.Info("execution ended", "termination", term, "exit_code", res.GetExitCode(), "wall_seconds", out.WallTime.Seconds(),
+		"cpu_seconds", out.Usage.CPU.Seconds(), "peak_memory_bytes", out.Usage.PeakMemory)
+	if x.sendErr != nil {
+		return s.streamError(x)
+	}
+	if err := x.stream.Send(&executorv1.ExecuteResponse{Event: &executorv1.ExecuteResponse_Result{Result: res}}); err != nil {
+		return s.streamError(x)
+	}
+	return nil
+}
+
+// streamError is the status when the stream to the caller broke.
+func (s *Service) streamError(x *execution) error {
+	if x.stream.Context().Err() != nil {
+		return callerError(x.stream.Context())
+	}
+	x.log.Warn("send to caller failed", "error", x.sendErr)
+	return statusError(codes.Unavailable, ReasonInternal, "the event stream to the caller broke", nil)
+}
+
+// runtimeError maps a failure of containerd or the sandbox. The caller's
+// own deadline or cancel wins; the internal text is logged, not sent.
+func (s *Service) runtimeError(ctx context.Context, id string, err error) error {
+	if ctx.Err() != nil {
+		return callerError(ctx)
+	}
+	log := s.log
+	meta := map[string]string{}
+	if id != "" {
+		log = log.With("execution_id", id)
+		meta["execution_id"] = id
+	}
+	log.Error("execution failed", "error", err)
+	switch {
+	case errors.Is(err, sandbox.ErrContainerdUnavailable) || errdefs.IsUnavailable(err) || errors.Is(err, context.DeadlineExceeded):
+		return statusError(codes.Unavailable, ReasonContainerdUnavailable,
+			"the executor lost its connection to containerd; the program may have run in part; retry once the executor is healthy", meta, retry())
+	case errors.Is(err, sandbox.ErrStuck):
+		return statusError(codes.Internal, ReasonSandboxStuck,
+			"the sandbox did not end after it was killed; it has been left for the executor to remove", meta)
+	default:
+		return statusError(codes.Internal, ReasonInternal, "the sandbox failed; the executor's log has the details", meta)
+	}
+}
+
+// reject counts a refused execution by the reason of its status.
+func (s *Service) reject(err error) error {
+	s.metrics.rejected.WithLabelValues(strings.ToLower(reasonOf(err))).Inc()
+	return err
+}
+
+// started is the first event of the stream.
+func started(id string, img sandbox.Image, prog program) *executorv1.ExecuteResponse {
+	return &executorv1.ExecuteResponse{Event: &executorv1.ExecuteResponse_Started{Started: &executorv1.Started{
 		ExecutionId: id,
 		Image:       img.Ref,
 		ImageDigest: img.Digest,
 		Limits:      prog.limits.Proto(),
 	}}}
-
-	log.Info("execution starting", "image", img.Ref, "image_digest", img.Digest, "files", len(prog.files))
-	s.metrics.running.Inc()
-	var (
-		out    sandbox.Outcome
-		runErr error
-	)
-	go func() {
-		defer close(events)
-		out, runErr = s.sb.Run(runCtx, id, spec, func() { events <- started })
-	}()
-	var sendErr error
-	send := func(ev *executorv1.ExecuteResponse) {
-		if sendErr != nil {
-			return // keep draining so the sandbox's writers never block
-		}
-		if sendErr = stream.Send(ev); sendErr != nil {
-			cancel(sendErr)
-		}
-	}
-	for events != nil {
-		select {
-		case ev, ok := <-events:
-			if !ok {
-				events = nil
-				continue
-			}
-			send(ev)
-		case nev := <-netEvents:
-			send(networkEvent(nev))
-		}
-	}
-	var netSummary decision.Summary
-	if att != nil {
-		// Detach first, so no event arrives after the last one is sent.
-		if err := att.Detach(); err != nil {
-			log.Error("remove sandbox network", "error", err)
-		}
-		for drained := false; !drained; {
-			select {
-			case nev := <-netEvents:
-				send(networkEvent(nev))
-			default:
-				drained = true
-			}
-		}
-		netSummary = att.Network.Summary()
-	}
-	s.metrics.running.Dec()
-	if runErr != nil {
-		log.Error("execution failed", "error", runErr)
-		s.metrics.executions.WithLabelValues("error").Inc()
-		return sandboxError(runErr)
-	}
-
-	res := result(out, runCtx, budget, stdout, stderr)
-	if att != nil {
-		res.RequestsAllowed = netSummary.Allowed
-		res.RequestsBlocked = netSummary.Blocked
-		res.NetworkLog = netSummary.Log
-		res.NetworkError = att.NetworkError
-	} else if prog.policy != nil {
-		res.NetworkError = "this executor has no egress proxy configured; the sandbox had loopback only"
-	}
-	term := res.GetTermination().String()
-	s.metrics.executions.WithLabelValues(term).Inc()
-	s.metrics.duration.Observe(out.WallTime.Seconds())
-	log.Info("execution ended", "termination", term, "exit_code", res.GetExitCode(), "wall_ms", out.WallTime.Milliseconds(),
-		"cpu_ms", out.Usage.CPU.Milliseconds(), "peak_memory_bytes", out.Usage.PeakMemory)
-	if sendErr != nil {
-		return sendErr
-	}
-	return stream.Send(&executorv1.ExecuteResponse{Event: &executorv1.ExecuteResponse_Result{Result: res}})
 }
 
 func result(out sandbox.Outcome, runCtx context.Context, budget *outputBudget, stdout, stderr *outputWriter) *executorv1.Result {
@@ -271,43 +327,8 @@ func result(out sandbox.Outcome, runCtx context.Context, budget *outputBudget, s
 	}
 }
 
-// environment is the program's complete environment: the request's variables
-// plus the ones the executor owns. /tmp is the only writable directory, so it
-// is HOME too.
-func environment(req map[string]string, att *egress.Attachment) []string {
-	env := []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + sandbox.TmpDir}
-	if att != nil {
-		env = append(env, att.Env...)
-	}
-	for k, v := range req {
-		env = append(env, k+"="+v)
-	}
-	return env
-}
-
-func networkEvent(ev *executorv1.NetworkEvent) *executorv1.ExecuteResponse {
-	return &executorv1.ExecuteResponse{Event: &executorv1.ExecuteResponse_Network{Network: ev}}
-}
-
-func invalidArgument(vs []limits.Violation) error {
-	st := status.New(codes.InvalidArgument, "invalid "+vs[0].Field+": "+vs[0].Reason)
-	br := &errdetails.BadRequest{}
-	for _, v := range vs {
-		br.FieldViolations = append(br.FieldViolations, &errdetails.BadRequest_FieldViolation{Field: v.Field, Description: v.Reason})
-	}
-	if withDetails, err := st.WithDetails(br); err == nil {
-		st = withDetails
-	}
-	return st.Err()
-}
-
-// sandboxError turns a failure of containerd or the sandbox into a status.
-func sandboxError(err error) error {
-	if errdefs.IsUnavailable(err) || errors.Is(err, context.DeadlineExceeded) {
-		return status.Errorf(codes.Unavailable, "sandbox runtime unavailable: %v", err)
-	}
-	if errors.Is(err, context.Canceled) {
-		return status.Error(codes.Canceled, "execution cancelled")
-	}
-	return status.Errorf(codes.Internal, "sandbox failed: %v", err)
+// terminationLabel is the metric and log vocabulary of a termination:
+// exited, timeout, oom, output_limit, shutdown.
+func terminationLabel(t executorv1.Termination) string {
+	return strings.ToLower(strings.TrimPrefix(t.String(), "TERMINATION_"))
 }

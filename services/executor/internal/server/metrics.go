@@ -9,21 +9,21 @@ import (
 // metricsDuration buckets span a fast hello world to the maximum timeout.
 var metricsDuration = []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300}
 
-// metrics are the executor's own Prometheus metrics; the gRPC ones come from
+// Metrics are the executor's own Prometheus metrics; the gRPC ones come from
 // the middleware.
-type metrics struct {
+type Metrics struct {
 	executions *prometheus.CounterVec
 	duration   prometheus.Histogram
 	running    prometheus.Gauge
-	rejected   prometheus.Counter
+	rejected   *prometheus.CounterVec
 }
 
 // NewMetrics registers the executor's metrics on reg.
-func NewMetrics(reg prometheus.Registerer, slots *capacity.Limiter) *metrics {
-	m := &metrics{
+func NewMetrics(reg prometheus.Registerer, slots *capacity.Limiter) *Metrics {
+	m := &Metrics{
 		executions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sandpit_executions_total",
-			Help: "Executions ended, by termination (or error when the sandbox failed).",
+			Help: "Executions ended, by termination: exited, timeout, oom, output_limit, shutdown, or error when the sandbox failed.",
 		}, []string{"termination"}),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "sandpit_execution_wall_seconds",
@@ -34,10 +34,10 @@ func NewMetrics(reg prometheus.Registerer, slots *capacity.Limiter) *metrics {
 			Name: "sandpit_executions_running",
 			Help: "Executions whose sandbox is being prepared, running or cleaned up.",
 		}),
-		rejected: prometheus.NewCounter(prometheus.CounterOpts{
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sandpit_executions_rejected_total",
-			Help: "Executions refused with ResourceExhausted because slots and queue were full.",
-		}),
+			Help: "Executions refused before or while their sandbox was set up, by reason (the ErrorInfo reason, lowercase: slots_full, invalid_argument, ...).",
+		}, []string{"reason"}),
 	}
 	reg.MustRegister(m.executions, m.duration, m.running, m.rejected,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{

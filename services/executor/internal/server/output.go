@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"errors"
 	"sync"
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
@@ -39,11 +40,14 @@ func (b *outputBudget) wasTruncated() bool {
 	return b.truncated
 }
 
+// errStreamDone is returned to an output copy that outlives its execution.
+var errStreamDone = errors.New("execution's event stream has ended")
+
 // outputWriter turns one output stream of the program into events. Writes
 // block while the event channel is full. Bytes past the budget are
 // swallowed, so the copy from the sandbox keeps draining until it is killed.
 type outputWriter struct {
-	events chan<- *executorv1.ExecuteResponse
+	x      *execution
 	budget *outputBudget
 	stderr bool
 	// sent counts the bytes delivered; one goroutine writes, and it is read
@@ -62,7 +66,9 @@ func (w *outputWriter) Write(p []byte) (int, error) {
 	if w.stderr {
 		ev = &executorv1.ExecuteResponse{Event: &executorv1.ExecuteResponse_Stderr{Stderr: out}}
 	}
-	w.events <- ev
+	if !w.x.emit(ev) {
+		return 0, errStreamDone
+	}
 	w.sent += uint64(n)
 	return len(p), nil
 }

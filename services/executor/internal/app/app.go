@@ -1,0 +1,328 @@
+// Package app builds the executor from its configuration and runs it; the
+// binary's main and the integration tests use the same wiring.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+
+	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
+	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
+	"github.com/sandpit-run/sandpit/services/executor/internal/capacity"
+	"github.com/sandpit-run/sandpit/services/executor/internal/config"
+	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
+	"github.com/sandpit-run/sandpit/services/executor/internal/egress"
+	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
+	"github.com/sandpit-run/sandpit/services/executor/internal/server"
+	"github.com/sandpit-run/sandpit/services/lib/grpcserve"
+	"github.com/sandpit-run/sandpit/services/lib/program"
+	"github.com/sandpit-run/sandpit/services/policy"
+)
+
+// healthInterval is how often containerd is probed; a lost containerd is
+// noticed, and what lost executions left is reaped, within about this.
+const healthInterval = 2 * time.Second
+
+// reapTimeout bounds one pass of the reaper.
+const reapTimeout = time.Minute
+
+// killGrace bounds the wait for killed executions to report once the
+// shutdown grace is over.
+const killGrace = 30 * time.Second
+
+// App is a built executor: connected to containerd, swept, listening.
+type App struct {
+	cfg   config.Config
+	log   *slog.Logger
+	rt    *sandbox.Runtime
+	eg    *egress.Egress
+	slots *capacity.Limiter
+	reg   *prometheus.Registry
+	hs    *health.Server
+
+	srv, decider       *grpc.Server
+	lis, dlis, metrics net.Listener
+
+	// shutdown ends every running sandbox when cancelled.
+	shutdown context.Context
+	killAll  context.CancelFunc
+}
+
+// New connects to containerd, removes what a previous executor left, sets
+// up egress and binds every listener, so that Addr is known before Run.
+// On error everything New made is released.
+func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err error) {
+	a := &App{cfg: cfg, log: log, reg: prometheus.NewRegistry(), hs: health.NewServer()}
+	defer func() {
+		if err != nil {
+			a.close()
+		}
+	}()
+	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	program.RegisterBuildInfo(a.reg, "sandpit-executor")
+
+	a.rt, err = sandbox.New(ctx, sandbox.Config{
+		Address:     cfg.ContainerdAddress,
+		Namespace:   cfg.ContainerdNamespace,
+		Snapshotter: cfg.Snapshotter,
+		RuncPath:    cfg.RuncPath,
+		StateDir:    cfg.StateDir,
+		UID:         uint32(cfg.SandboxUID),
+		GID:         uint32(cfg.SandboxGID),
+	}, sandbox.NewMetrics(a.reg), log)
+	if err != nil {
+		return nil, err
+	}
+	swept, err := a.rt.Sweep(ctx)
+	log.Info("removed leftovers of a previous executor", "containers", swept.Containers, "tasks", swept.Tasks,
+		"snapshots", swept.Snapshots, "code_dirs", swept.CodeDirs)
+	if err != nil {
+		return nil, fmt.Errorf("sweep leftovers: %w", err)
+	}
+	if _, err := a.rt.ResolveImage(ctx, cfg.Image); err != nil {
+		return nil, fmt.Errorf("default image: %w (make image imports it)", err)
+	}
+
+	var eg server.Egress
+	if cfg.EgressProxy != "" {
+		if eg, err = a.newEgress(ctx); err != nil {
+			return nil, err
+		}
+	}
+
+	a.slots = capacity.New(cfg.MaxConcurrent, cfg.MaxQueue)
+	a.shutdown, a.killAll = context.WithCancel(context.WithoutCancel(ctx))
+	svc := server.New(a.shutdown, server.Config{
+		Defaults:       cfg.Defaults,
+		Maxima:         cfg.Maxima,
+		DefaultImage:   cfg.Image,
+		ImageAllowlist: cfg.ImageAllowlist,
+		NodePath:       cfg.NodePath,
+		Egress:         eg,
+	}, a.rt, a.slots, server.NewMetrics(a.reg, a.slots), log)
+	a.srv = grpcserve.New(grpcserve.Options{
+		Registerer:   prometheus.WrapRegistererWith(prometheus.Labels{"server": "executor"}, a.reg),
+		Log:          log,
+		Health:       a.hs,
+		MaxRecvBytes: int(cfg.Maxima.CodeBytes) + 1<<20,
+		LogStart:     true,
+	}, func(r grpc.ServiceRegistrar) { executorv1.RegisterExecutorServiceServer(r, svc) })
+
+	if a.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	if a.metrics, err = program.ListenMetrics(cfg.MetricsListen); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// newEgress sets up sandbox networks and the decision service the proxy
+// asks, on a listener of its own: the Execute port can be exposed to
+// callers while only the proxy reaches this one.
+func (a *App) newEgress(ctx context.Context) (server.Egress, error) {
+	cfg := a.cfg
+	var err error
+	a.eg, err = egress.New(ctx, egress.Config{
+		Pool:       cfg.AddressPool,
+		ProxyGRPC:  cfg.EgressProxy,
+		ProxyPort:  uint16(cfg.ProxyPort),
+		DNSPort:    uint16(cfg.DNSPort),
+		Table:      cfg.NftTable,
+		PolicyFile: cfg.PolicyFile,
+		IfPrefix:   cfg.VethPrefix,
+		NamePrefix: cfg.NetnsPrefix,
+	}, a.log)
+	if err != nil {
+		return nil, fmt.Errorf("egress: %w", err)
+	}
+	if a.dlis, err = net.Listen("tcp", cfg.DecisionListen); err != nil {
+		return nil, fmt.Errorf("listen decisions: %w", err)
+	}
+	svc := decision.NewService(a.eg.Registry(), a.log)
+	a.decider = grpcserve.New(grpcserve.Options{
+		Registerer: prometheus.WrapRegistererWith(prometheus.Labels{"server": "decision"}, a.reg),
+		Log:        a.log,
+		Health:     health.NewServer(),
+	}, func(r grpc.ServiceRegistrar) { policyv1.RegisterPolicyDecisionServiceServer(r, svc) })
+	return Networks(a.eg), nil
+}
+
+// Addr is the Execute listener's address.
+func (a *App) Addr() string { return a.lis.Addr().String() }
+
+// DecisionAddr is the decision service's address, empty without egress.
+func (a *App) DecisionAddr() string {
+	if a.dlis == nil {
+		return ""
+	}
+	return a.dlis.Addr().String()
+}
+
+// Slots is the capacity limiter, for tests that watch it.
+func (a *App) Slots() *capacity.Limiter { return a.slots }
+
+// Egress is the egress path, nil without one; for tests and benchmarks
+// that attach a network of their own.
+func (a *App) Egress() *egress.Egress { return a.eg }
+
+// Run serves until ctx ends, then stops taking calls, lets running
+// executions finish for the shutdown grace, kills the rest and releases
+// everything. Every goroutine it starts has ended when it returns.
+func (a *App) Run(ctx context.Context) error {
+	defer a.close()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := a.srv.Serve(a.lis); err != nil {
+			return fmt.Errorf("serve: %w", err)
+		}
+		return nil
+	})
+	if a.decider != nil {
+		g.Go(func() error {
+			if err := a.decider.Serve(a.dlis); err != nil {
+				return fmt.Errorf("serve decisions: %w", err)
+			}
+			return nil
+		})
+	}
+	g.Go(func() error { return program.ServeMetricsOn(gctx, a.metrics, a.reg) })
+	g.Go(func() error {
+		grpcserve.WatchHealth(gctx, a.hs, healthInterval, a.probe, a.log, executorv1.ExecutorService_ServiceDesc.ServiceName)
+		return nil
+	})
+	g.Go(func() error {
+		a.reap(gctx)
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		a.stop()
+		return nil
+	})
+	a.log.Info("serving", "listen", a.Addr(), "decision_listen", a.DecisionAddr(), "metrics_listen", a.cfg.MetricsListen, "image", a.cfg.Image)
+	err := g.Wait()
+	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+// probe is the health check: containerd answers.
+func (a *App) probe(ctx context.Context) error {
+	if err := a.rt.Healthy(ctx); err != nil {
+		return fmt.Errorf("containerd: %w", err)
+	}
+	return nil
+}
+
+// reap removes, while containerd answers, what executions left when their
+// cleanup failed (containerd lost mid-execution), without a restart.
+func (a *App) reap(ctx context.Context) {
+	t := time.NewTicker(healthInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if a.probe(ctx) != nil {
+			continue
+		}
+		rctx, cancel := context.WithTimeout(ctx, reapTimeout)
+		swept, err := a.rt.Reap(rctx)
+		cancel()
+		if swept != (sandbox.Swept{}) {
+			a.log.Info("reaped what lost executions left", "containers", swept.Containers, "tasks", swept.Tasks,
+				"snapshots", swept.Snapshots, "code_dirs", swept.CodeDirs)
+		}
+		if err != nil {
+			a.log.Warn("reap lost executions", "error", err)
+		}
+	}
+}
+
+// stop ends serving: no new calls, the grace for running executions, then
+// the kill. The decision service stops last: the proxy needs decisions
+// while executions finish.
+func (a *App) stop() {
+	a.log.Info("shutting down", "grace_seconds", a.cfg.ShutdownGrace.Seconds())
+	a.hs.Shutdown()
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		a.srv.GracefulStop()
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(a.cfg.ShutdownGrace):
+		a.log.Warn("grace over, killing running executions", "running", a.slots.InFlight())
+		a.killAll()
+		select {
+		case <-stopped:
+		case <-time.After(killGrace):
+			a.srv.Stop()
+			<-stopped
+		}
+	}
+	if a.decider != nil {
+		a.decider.Stop()
+	}
+}
+
+// close releases what New made; safe on a partly built App.
+func (a *App) close() {
+	if a.killAll != nil {
+		a.killAll()
+	}
+	for _, l := range []net.Listener{a.lis, a.dlis, a.metrics} {
+		if l != nil {
+			_ = l.Close()
+		}
+	}
+	if a.eg != nil {
+		if err := a.eg.Close(); err != nil {
+			a.log.Error("close egress", "error", err)
+		}
+	}
+	if a.rt != nil {
+		_ = a.rt.Close()
+	}
+}
+
+// Networks is eg as the server sees it: a source of Network attachments.
+func Networks(eg *egress.Egress) server.Egress { return networks{eg} }
+
+type networks struct{ eg *egress.Egress }
+
+func (n networks) Attach(ctx context.Context, id string, inline *policy.Compiled, events chan<- *executorv1.NetworkEvent) (server.Network, error) {
+	att, err := n.eg.Attach(ctx, id, inline, events)
+	if err != nil {
+		return nil, err
+	}
+	return attachment{att}, nil
+}
+
+// attachment is one sandbox's network as the server uses it.
+type attachment struct{ *egress.Attachment }
+
+func (a attachment) Contribute(s *sandbox.Spec) {
+	s.NetNSPath = a.NetNSPath
+	s.ExtraFiles = append(s.ExtraFiles, a.ExtraFiles...)
+	s.Env = append(s.Env, a.Env...)
+}
+
+func (a attachment) Close() error              { return a.Detach() }
+func (a attachment) Summary() decision.Summary { return a.Network.Summary() }
+func (a attachment) Problem() string           { return a.NetworkError }

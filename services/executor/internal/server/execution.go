@@ -1,0 +1,158 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+
+	"google.golang.org/grpc"
+
+	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
+	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
+)
+
+// execution is one admitted Execute call while its sandbox runs. Its events
+// channel is never closed: writers give up when done is closed, so nothing
+// containerd does (an output copy that outlives Run when containerd is
+// lost) can send on a closed channel.
+type execution struct {
+	id     string
+	log    *slog.Logger
+	stream grpc.ServerStreamingServer[executorv1.ExecuteResponse]
+	// ctx is the sandbox's: it ends with the call, at shutdown or when the
+	// output limit is passed, with the cause.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
+	events    chan *executorv1.ExecuteResponse
+	netEvents chan *executorv1.NetworkEvent
+	// done is closed once the pump takes no more events.
+	done chan struct{}
+
+	budget         *outputBudget
+	stdout, stderr *outputWriter
+	// sendErr is the first failed Send; the pump's alone until run returns.
+	sendErr error
+}
+
+func (s *Service) newExecution(ctx context.Context, stream grpc.ServerStreamingServer[executorv1.ExecuteResponse]) *execution {
+	id := sandbox.NewID()
+	runCtx, cancel := context.WithCancelCause(ctx)
+	x := &execution{
+		id:        id,
+		log:       s.log.With("execution_id", id),
+		stream:    stream,
+		ctx:       runCtx,
+		cancel:    cancel,
+		events:    make(chan *executorv1.ExecuteResponse, outputBuffer),
+		netEvents: make(chan *executorv1.NetworkEvent, networkBuffer),
+		done:      make(chan struct{}),
+	}
+	return x
+}
+
+// spec is the sandbox spec of prog, its output wired to the stream.
+func (x *execution) spec(nodePath string, img sandbox.Image, prog program, req *executorv1.ExecuteRequest) sandbox.Spec {
+	x.budget = &outputBudget{left: prog.limits.OutputBytes, exceeded: func() { x.cancel(errOutputLimit) }}
+	x.stdout = &outputWriter{x: x, budget: x.budget}
+	x.stderr = &outputWriter{x: x, budget: x.budget, stderr: true}
+	return sandbox.Spec{
+		Image:      img,
+		NodePath:   nodePath,
+		Files:      prog.files,
+		Entrypoint: prog.entrypoint,
+		Args:       req.GetArgs(),
+		Env:        environment(req.GetEnv()),
+		Stdin:      req.GetStdin(),
+		Limits:     prog.limits,
+		Labels:     req.GetLabels(),
+		Stdout:     x.stdout,
+		Stderr:     x.stderr,
+	}
+}
+
+// run runs the sandbox while this goroutine, the stream's only sender,
+// pumps its events; it returns when Run has and every event Run produced
+// was sent.
+func (x *execution) run(sb Sandboxes, spec sandbox.Spec, first *executorv1.ExecuteResponse) (sandbox.Outcome, error) {
+	var (
+		out sandbox.Outcome
+		err error
+	)
+	runDone := make(chan struct{})
+	go func() {
+		defer close(runDone)
+		out, err = sb.Run(x.ctx, x.id, spec, func() { x.emit(first) })
+	}()
+	for {
+		select {
+		case ev := <-x.events:
+			x.send(ev)
+		case nev := <-x.netEvents:
+			x.send(networkEvent(nev))
+		case <-runDone:
+			// Output Run drained is in the channel already; a writer
+			// still blocked on it is taken here too.
+			for {
+				select {
+				case ev := <-x.events:
+					x.send(ev)
+					continue
+				default:
+				}
+				break
+			}
+			close(x.done)
+			return out, err
+		}
+	}
+}
+
+// emit queues ev for the stream, blocking while the buffer is full; it
+// reports false once the pump takes no more.
+func (x *execution) emit(ev *executorv1.ExecuteResponse) bool {
+	select {
+	case x.events <- ev:
+		return true
+	case <-x.done:
+		return false
+	}
+}
+
+// send sends ev unless an earlier send failed; on failure the sandbox is
+// stopped, and the pump keeps draining so its writers never block.
+func (x *execution) send(ev *executorv1.ExecuteResponse) {
+	if x.sendErr != nil {
+		return
+	}
+	if x.sendErr = x.stream.Send(ev); x.sendErr != nil {
+		x.cancel(x.sendErr)
+	}
+}
+
+// drainNetwork sends the network events still buffered; call it after the
+// network was closed.
+func (x *execution) drainNetwork() {
+	for {
+		select {
+		case nev := <-x.netEvents:
+			x.send(networkEvent(nev))
+		default:
+			return
+		}
+	}
+}
+
+// environment is the program's environment: the request's variables plus
+// the ones the executor owns. /tmp is the only writable directory, so it is
+// HOME too.
+func environment(req map[string]string) []string {
+	env := []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + sandbox.TmpDir}
+	for k, v := range req {
+		env = append(env, k+"="+v)
+	}
+	return env
+}
+
+func networkEvent(ev *executorv1.NetworkEvent) *executorv1.ExecuteResponse {
+	return &executorv1.ExecuteResponse{Event: &executorv1.ExecuteResponse_Network{Network: ev}}
+}
