@@ -7,6 +7,7 @@ require (
 	github.com/prometheus/client_golang v1.25.0
 	github.com/sandpit-run/sandpit/gen/go v0.0.0
 	github.com/sandpit-run/sandpit/services/lib v0.0.0
+	github.com/sandpit-run/sandpit/services/policy v0.0.0
 	golang.org/x/net v0.60.0
 	golang.org/x/sync v0.23.0
 	golang.org/x/sys v0.48.0
@@ -30,3 +31,5 @@ require (
 replace github.com/sandpit-run/sandpit/gen/go => ../../gen/go
 
 replace github.com/sandpit-run/sandpit/services/lib => ../lib
+
+replace github.com/sandpit-run/sandpit/services/policy => ../policy

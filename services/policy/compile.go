@@ -6,16 +6,19 @@ import (
 	"strings"
 
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
+	"github.com/sandpit-run/sandpit/services/policy/canon"
 )
 
-// Request is what a decision looks at. The proxy sends it canonical (see
-// [CanonicalHost]) and normalized; Decide checks that again rather than
-// trusting it, because a host or path that slipped through in another form
-// could skip a deny rule.
+// Request is what a decision looks at. The proxy sends host and path in
+// canonical form (package canon). Decide checks that they are rather than
+// trusting it, because a host or path in another form could skip a deny
+// rule; and it refuses rather than canonicalizes them itself, because a
+// second canonicalization is where the proxy and the policy would come to
+// disagree about what a request means.
 type Request struct {
 	Method    string // uppercase; lowercase letters are uppercased
-	Host      string // canonical, without port
-	Path      string // normalized, without query
+	Host      string // canonical (canon.CheckHost), without port
+	Path      string // canonical (canon.CheckPath), without query
 	WebSocket bool   // the request asks for a WebSocket upgrade
 }
 
@@ -223,9 +226,9 @@ func (c *Compiled) Mode() policyv1.Mode {
 // Limits are the policy's limits; for a chain, the smallest non-zero ones.
 func (c *Compiled) Limits() Limits { return c.limits }
 
-// Decide answers one request. A request whose method, host or path is
-// malformed or not in canonical form is denied in every mode, without
-// consulting a rule.
+// Decide answers one request. A request whose method is malformed or whose
+// host or path is malformed or not in canonical form is denied in every
+// mode, without consulting a rule, with a reason that says what is wrong.
 func (c *Compiled) Decide(r Request) Decision {
 	req, err := canonicalRequest(r)
 	if err != nil {
@@ -258,12 +261,12 @@ func (c *Compiled) Decide(r Request) Decision {
 // CouldAllowHost reports whether some request to host could be forwarded,
 // so the proxy's DNS can answer NXDOMAIN for names no rule could allow. In
 // audit mode every valid host could be (it would be forwarded as
-// would-block). A host that is not a valid host name never could.
+// would-block). A host that is not canonical (canon.CheckHost) never could.
 func (c *Compiled) CouldAllowHost(host string) bool {
-	h, err := CanonicalHost(host)
-	if err != nil {
+	if canon.CheckHost(host) != nil {
 		return false
 	}
+	h := host
 	if len(c.layers) == 0 {
 		return false
 	}
@@ -284,15 +287,13 @@ func canonicalRequest(r Request) (Request, error) {
 	if err != nil {
 		return Request{}, err
 	}
-	h, err := CanonicalHost(r.Host)
-	if err != nil {
-		return Request{}, fmt.Errorf("host %q is invalid: %w", r.Host, err)
+	if err := canon.CheckHost(r.Host); err != nil {
+		return Request{}, fmt.Errorf("check host: %w", err)
 	}
-	p, err := normalizePath(r.Path)
-	if err != nil {
-		return Request{}, fmt.Errorf("path %q is not normalized: %w", r.Path, err)
+	if err := canon.CheckPath(r.Path); err != nil {
+		return Request{}, fmt.Errorf("check path %q: %w", r.Path, err)
 	}
-	return Request{Method: m, Host: h, Path: p, WebSocket: r.WebSocket}, nil
+	return Request{Method: m, Host: r.Host, Path: r.Path, WebSocket: r.WebSocket}, nil
 }
 
 // canonicalMethod uppercases like the proxy does, so "post" cannot pass a

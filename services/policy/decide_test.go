@@ -71,20 +71,24 @@ func TestDecideExample(t *testing.T) {
 		{name: "deny rule with reason", req: Request{Method: "POST", Host: "api.stripe.com", Path: "/v1/charges"}, decision: denyD, rule: "hosts[0].rules[1]", reason: "charges are not allowed"},
 		{name: "lowercase method cannot slip past", req: Request{Method: "post", Host: "api.stripe.com", Path: "/v1/charges"}, decision: denyD, rule: "hosts[0].rules[1]"},
 		{name: "GET charges: host default", req: Request{Method: "GET", Host: "api.stripe.com", Path: "/v1/charges"}, decision: denyD, rule: "hosts[0].default", reason: "no rule of api.stripe.com matches GET /v1/charges"},
-		{name: "escaped path cannot slip past", req: Request{Method: "POST", Host: "api.stripe.com", Path: "/v1/%63harges"}, decision: denyD, rule: "hosts[0].rules[1]"},
+		{name: "escaped path is refused, not unescaped", req: Request{Method: "POST", Host: "api.stripe.com", Path: "/v1/%63harges"}, decision: denyD, rule: "", reason: "not canonical"},
+		{name: "escaped path on allow rule is refused", req: Request{Method: "GET", Host: "api.stripe.com", Path: "/v1/%70roducts"}, decision: denyD, rule: "", reason: "instead of its escape"},
 		{name: "host allows all", req: Request{Method: "DELETE", Host: "api.github.com", Path: "/repos/x"}, decision: allowD, rule: "hosts[1].default"},
 		{name: "wildcard rule without path", req: Request{Method: "HEAD", Host: "raw.githubusercontent.com", Path: "/a/b"}, decision: allowD, rule: "hosts[2].rules[0]"},
 		{name: "wildcard host default", req: Request{Method: "POST", Host: "raw.githubusercontent.com", Path: "/a/b"}, decision: denyD, rule: "hosts[2].default", reason: "no rule of *.githubusercontent.com matches POST /a/b"},
 		{name: "wildcard does not cover its suffix", req: Request{Method: "GET", Host: "githubusercontent.com", Path: "/"}, decision: denyD, rule: "default", reason: "host githubusercontent.com is not in the policy"},
 		{name: "unknown host", req: Request{Method: "GET", Host: "example.com", Path: "/"}, decision: denyD, rule: "default", reason: "host example.com is not in the policy"},
-		{name: "uppercase host", req: Request{Method: "POST", Host: "API.STRIPE.COM.", Path: "/v1/charges"}, decision: denyD, rule: "hosts[0].rules[1]"},
+		{name: "uppercase host is refused, not lowercased", req: Request{Method: "GET", Host: "API.STRIPE.COM.", Path: "/v1/products"}, decision: denyD, rule: "", reason: `host "API.STRIPE.COM." is "api.stripe.com" in canonical form`},
+		{name: "bracketed IPv6 is refused", req: Request{Method: "GET", Host: "[::1]", Path: "/"}, decision: denyD, rule: "", reason: "not canonical"},
 		{name: "websocket with websocket rule", req: Request{Method: "GET", Host: "api.stripe.com", Path: "/v1/stream", WebSocket: true}, decision: allowD, rule: "hosts[0].rules[2]"},
 		{name: "websocket skips allow rule without websocket", req: Request{Method: "GET", Host: "api.stripe.com", Path: "/v1/products", WebSocket: true}, decision: denyD, rule: "hosts[0].default"},
 		{name: "websocket matches deny rule", req: Request{Method: "POST", Host: "api.stripe.com", Path: "/v1/charges", WebSocket: true}, decision: denyD, rule: "hosts[0].rules[1]"},
 		{name: "websocket on allow-all host", req: Request{Method: "GET", Host: "api.github.com", Path: "/", WebSocket: true}, decision: denyD, rule: "hosts[1].default", reason: "websocket: true"},
 		{name: "plain request on websocket rule", req: Request{Method: "GET", Host: "api.stripe.com", Path: "/v1/stream"}, decision: allowD, rule: "hosts[0].rules[2]"},
 		// Malformed requests are denied without consulting a rule.
-		{name: "dot segments", req: Request{Method: "GET", Host: "api.stripe.com", Path: "/v1/products/../charges"}, decision: denyD, rule: "", reason: "not normalized"},
+		{name: "dot segments", req: Request{Method: "GET", Host: "api.stripe.com", Path: "/v1/products/../charges"}, decision: denyD, rule: "", reason: "not canonical"},
+		{name: "lowercase escape", req: Request{Method: "GET", Host: "api.stripe.com", Path: "/v1/products/caf%c3%a9"}, decision: denyD, rule: "", reason: "uppercase"},
+		{name: "encoded NUL", req: Request{Method: "GET", Host: "api.github.com", Path: "/a%00"}, decision: denyD, rule: "", reason: "NUL"},
 		{name: "encoded slash", req: Request{Method: "GET", Host: "api.stripe.com", Path: "/v1/products%2F..%2Fcharges"}, decision: denyD, rule: "", reason: "encoded slash"},
 		{name: "query in path", req: Request{Method: "GET", Host: "api.github.com", Path: "/x?y"}, decision: denyD, rule: "", reason: "query"},
 		{name: "empty path", req: Request{Method: "GET", Host: "api.github.com"}, decision: denyD, rule: ""},
@@ -156,9 +160,13 @@ hosts:
 		{name: "host default would block", req: Request{Method: "POST", Host: "api.example.com", Path: "/"}, decision: wouldD, rule: "hosts[0].default"},
 		{name: "unknown host would block", req: Request{Method: "GET", Host: "example.org", Path: "/"}, decision: wouldD, rule: "default"},
 		{name: "malformed is still denied", req: Request{Method: "GET", Host: "api.example.com", Path: "/a/../b"}, decision: denyD, rule: ""},
+		{name: "non-canonical host is still denied", req: Request{Method: "GET", Host: "API.example.com", Path: "/"}, decision: denyD, rule: ""},
 	})
 	if !c.CouldAllowHost("anything.example.org") {
 		t.Error("CouldAllowHost in audit mode = false, want true")
+	}
+	if c.CouldAllowHost("Anything.example.org") {
+		t.Error("CouldAllowHost in audit mode of a non-canonical host = true, want false")
 	}
 }
 
@@ -187,7 +195,9 @@ hosts:
 		want bool
 	}{
 		{host: "api.stripe.com", want: true},
-		{host: "API.Stripe.com.", want: true},
+		{host: "API.Stripe.com.", want: false},
+		{host: "[::ffff:10.0.0.5]", want: false},
+		{host: "::ffff:10.0.0.5", want: false},
 		{host: "blocked.stripe.com", want: false},
 		{host: "files.stripe.com", want: true},
 		{host: "a.b.stripe.com", want: true},

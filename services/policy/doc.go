@@ -8,5 +8,10 @@
 // [Compiled.CouldAllowHost] answers DNS. [Chain] narrows one policy by others
 // so that a narrower source can only take access away.
 //
+// Hosts and paths are canonicalized only by package canon, which the egress
+// proxy uses too: Decide and CouldAllowHost require canonical input and deny
+// anything else rather than canonicalize it a second, possibly different,
+// way.
+//
 // The package does no I/O apart from [Load] reading its file.
 package policy

@@ -7,6 +7,8 @@ import (
 
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/sandpit-run/sandpit/services/policy/canon"
 )
 
 const fuzzPolicyYAML = `version: 1
@@ -37,6 +39,9 @@ func FuzzDecide(f *testing.F) {
 	}{
 		{"GET", "api.stripe.com", "/v1/products", false},
 		{"post", "API.STRIPE.COM.", "/v1/%63harges", false},
+		{"POST", "api.stripe.com", "/v1/charges", false},
+		{"GET", "::ffff:10.0.0.5", "/", false},
+		{"GET", "[::ffff:10.0.0.5]", "/", false},
 		{"GET", "example.com", "/", false},
 		{"GET", "a.example.com", "/admin", false},
 		{"GET", "a.b.example.com", "/x/../admin", false},
@@ -67,24 +72,15 @@ func FuzzDecide(f *testing.F) {
 			t.Fatalf("enforce mode: action %v but decision %v", d.Action, d.Decision)
 		}
 
-		h, herr := CanonicalHost(host)
-		if herr == nil {
-			if again, err := CanonicalHost(h); err != nil || again != h {
-				t.Fatalf("CanonicalHost is not idempotent: %q -> %q -> %q, %v", host, h, again, err)
-			}
+		herr := canon.CheckHost(host)
+		perr := canon.CheckPath(path)
+		if np, _, err := canon.CanonicalTarget(path); err == nil && perr == nil && np != path {
+			t.Fatalf("CheckPath accepts %q, which canonicalizes to %q", path, np)
 		}
-		if isCanonicalHost(host) {
-			if slow, err := canonicalHostSlow(host); err != nil || slow != host {
-				t.Fatalf("fast path accepted %q, slow path gives %q, %v", host, slow, err)
-			}
-		}
-		if np, err := normalizePath(path); err == nil {
-			if again, err := normalizePath(np); err != nil || again != np {
-				t.Fatalf("normalizePath is not idempotent: %q -> %q -> %q, %v", path, np, again, err)
-			}
-			// A normalized path is one a rule can name exactly.
-			if pp, err := parsePathPattern(np); len(np) <= maxPathPatternLen && !strings.Contains(np, "*") && (err != nil || !pp.match(np)) {
-				t.Fatalf("normalized path %q is not a pattern matching itself: %v", np, err)
+		if perr == nil && len(path) <= maxPathPatternLen && !strings.Contains(path, "*") {
+			// A canonical path is one a rule can name exactly.
+			if pp, err := parsePathPattern(path); err != nil || !pp.match(path) {
+				t.Fatalf("canonical path %q is not a pattern matching itself: %v", path, err)
 			}
 		}
 		if !allowed {
@@ -92,12 +88,12 @@ func FuzzDecide(f *testing.F) {
 		}
 		// Everything below holds for allowed requests only.
 		if herr != nil {
-			t.Fatalf("allowed a request to invalid host %q", host)
+			t.Fatalf("allowed a request to non-canonical host %q: %v", host, herr)
 		}
-		p, err := normalizePath(path)
-		if err != nil {
-			t.Fatalf("allowed a request with path %q: %v", path, err)
+		if perr != nil {
+			t.Fatalf("allowed a request with non-canonical path %q: %v", path, perr)
 		}
+		h, p := host, path
 		m := strings.ToUpper(method)
 		covered := h == "api.stripe.com" || h == "api.github.com" || h == "10.0.0.5" ||
 			strings.HasSuffix(h, ".example.com")
@@ -196,6 +192,81 @@ func FuzzValidateProto(f *testing.F) {
 		}
 		if _, err := Marshal(p); err != nil {
 			t.Fatalf("Marshal of a valid policy: %v", err)
+		}
+	})
+}
+
+// FuzzCanonicalFixedPoint is the differential between the proxy and the
+// policy: whatever authority and request target the proxy canonicalizes
+// (canon.SplitHostPort, canon.CanonicalTarget), the host and path it would
+// ask about are fixed points of canonicalization, the policy's checks
+// accept them, a policy naming exactly that host and path compiles, and
+// its rule decides the request.
+func FuzzCanonicalFixedPoint(f *testing.F) {
+	seeds := []struct{ authority, target string }{
+		{"api.stripe.com", "/v1/products"},
+		{"API.Stripe.COM.:443", "/v1//products/./x/../y?limit=3"},
+		{"[::ffff:1.2.3.4]", "/"},
+		{"[::ffff:0102:0304]:8080", "/a%2e/b"},
+		{"[::1.2.3.4]", "/%7Euser"},
+		{"[64:ff9b::1.2.3.4]", "/caf%c3%a9"},
+		{"[2002:102:304::1]", "/a b/{c}"},
+		{"[64:ff9b:1::102:304]", "/"},
+		{"[2001:DB8::0001]:443", "/x;y=1/:@!$&'()*+,="},
+		{"[::]", "/"},
+		{"[::1]", "/.."},
+		{"0x7f.1", "/%2e%2e/"},
+		{"2130706433", "/"},
+		{"0177.0.0.1:80", "/"},
+		{"１２７．０．０．１", "/"},
+		{"bücher.example", "/é"},
+		{"xn--bcher-kva.example", "/"},
+		{"r3---sn-abc.googlevideo.com", "/videoplayback"},
+		{"My_Bucket.s3.amazonaws.com", "/key"},
+		{"faß.de", "/"},
+		{"a.b.c.d.e.f.g", "/%25"},
+	}
+	for _, s := range seeds {
+		f.Add(s.authority, s.target)
+	}
+	f.Fuzz(func(t *testing.T, authority, target string) {
+		h, _, herr := canon.SplitHostPort(authority)
+		path, query, perr := canon.CanonicalTarget(target)
+		if herr == nil {
+			if err := canon.CheckHost(h.Name); err != nil {
+				t.Fatalf("%q: the proxy asks about host %q, which the policy refuses: %v", authority, h.Name, err)
+			}
+			if again, err := canon.CanonicalHost(h.Name); err != nil || again != h {
+				t.Fatalf("%q: host %+v is not a fixed point: %+v, %v", authority, h, again, err)
+			}
+			pat, err := parseHostPattern(h.Name)
+			if err != nil || pat.name != h.Name || pat.wildcard {
+				t.Fatalf("%q: host %q as a policy pattern: %v, %v", authority, h.Name, pat, err)
+			}
+		}
+		if perr == nil {
+			if err := canon.CheckPath(path); err != nil {
+				t.Fatalf("%q: the proxy asks about path %q, which the policy refuses: %v", target, path, err)
+			}
+			if again, q, err := canon.CanonicalTarget(path + "?" + query); err != nil || again != path || q != query {
+				t.Fatalf("%q: path %q is not a fixed point: %q?%q, %v", target, path, again, q, err)
+			}
+		}
+		if herr != nil || perr != nil || len(path) > maxPathPatternLen || strings.Contains(path, "*") {
+			return
+		}
+		c, err := Compile(&policyv1.Policy{
+			DefaultAction: policyv1.Action_ACTION_DENY,
+			Hosts: []*policyv1.HostPolicy{{
+				Host:  h.Name,
+				Rules: []*policyv1.Rule{{Id: "this", Path: path, Action: policyv1.Action_ACTION_ALLOW}},
+			}},
+		})
+		if err != nil {
+			t.Fatalf("a policy naming host %q and path %q does not compile: %v", h.Name, path, err)
+		}
+		if d := c.Decide(Request{Method: "GET", Host: h.Name, Path: path}); d.Decision != policyv1.Decision_DECISION_ALLOW || d.RuleID != "this" {
+			t.Fatalf("GET %s%s decided %v by %q (%s), want allowed by its own rule", h.Name, path, d.Decision, d.RuleID, d.Reason)
 		}
 	})
 }

@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"testing"
 
-	"github.com/sandpit-run/sandpit/services/egressproxy/internal/canon"
+	"github.com/sandpit-run/sandpit/services/policy/canon"
 )
 
 func TestClassify(t *testing.T) {

@@ -12,7 +12,7 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/sandpit-run/sandpit/services/egressproxy/internal/canon"
+	"github.com/sandpit-run/sandpit/services/policy/canon"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
 )
 

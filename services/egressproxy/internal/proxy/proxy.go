@@ -19,7 +19,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/sandpit-run/sandpit/services/egressproxy/internal/canon"
+	"github.com/sandpit-run/sandpit/services/policy/canon"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/redact"
 )

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
-	"github.com/sandpit-run/sandpit/services/egressproxy/internal/canon"
+	"github.com/sandpit-run/sandpit/services/policy/canon"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
 )
 

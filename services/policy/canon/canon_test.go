@@ -23,6 +23,17 @@ func TestCanonicalHost(t *testing.T) {
 		{in: "MÜNCHEN.DE", want: "xn--mnchen-3ya.de"},
 		{in: "xn--mnchen-3ya.de", want: "xn--mnchen-3ya.de"},
 		{in: "_dmarc.example.com", want: "_dmarc.example.com"},
+		{in: "My_Bucket.s3.amazonaws.com.", want: "my_bucket.s3.amazonaws.com"},
+		{in: "r3---sn-abc.googlevideo.com", want: "r3---sn-abc.googlevideo.com"},
+		{in: "faß.de", want: "xn--fa-hia.de"},
+		{in: "ｅｘａｍｐｌｅ.com", want: "example.com"},
+		{in: "example。com", want: "example.com"},
+		{in: "xn--zz.example", err: true},
+		{in: "a!b.com", err: true},
+		{in: "a*b.com", err: true},
+		{in: "example.com:443", err: true},
+		{in: "a-.com", err: true},
+		{in: strings.Repeat("a.", 127) + "com", err: true},
 		{in: "a..b", err: true},
 		{in: "-a.com", err: true},
 		{in: "a b.com", err: true},
@@ -45,15 +56,38 @@ func TestCanonicalHost(t *testing.T) {
 		{in: "１２７．０．０．１", want: "127.0.0.1", wantIP: true},
 		{in: "127。0。0。1", want: "127.0.0.1", wantIP: true},
 		{in: "[::1]", want: "::1", wantIP: true},
-		{in: "[::ffff:169.254.169.254]", want: "::ffff:169.254.169.254", wantIP: true},
-		{in: "[::ffff:a9fe:a9fe]", want: "::ffff:169.254.169.254", wantIP: true},
+		{in: "[::1.2.3.4]", want: "1.2.3.4", wantIP: true},
+		{in: "[::ffff:169.254.169.254]", want: "169.254.169.254", wantIP: true},
+		{in: "[::ffff:a9fe:a9fe]", want: "169.254.169.254", wantIP: true},
+		{in: "[::FFFF:A9FE:A9FE]", want: "169.254.169.254", wantIP: true},
+		{in: "[0:0:0:0:0:ffff:169.254.169.254]", want: "169.254.169.254", wantIP: true},
+		{in: "::ffff:1.2.3.4", want: "1.2.3.4", wantIP: true},
+		{in: "[::0102:0304]", want: "1.2.3.4", wantIP: true},
+		{in: "[64:ff9b::1.2.3.4]", want: "1.2.3.4", wantIP: true},
+		{in: "[64:ff9b::a9fe:a9fe]", want: "169.254.169.254", wantIP: true},
+		{in: "[2002:a9fe:a9fe::]", want: "169.254.169.254", wantIP: true},
+		{in: "[2002:0102:0304:1::5]", want: "1.2.3.4", wantIP: true},
+		{in: "[::]", want: "::", wantIP: true},
+		{in: "[::1]", want: "::1", wantIP: true},
+		{in: "[::2]", want: "0.0.0.2", wantIP: true},
 		{in: "::1", want: "::1", wantIP: true},
+		{in: "[64:ff9b:1::a9fe:a9fe]", want: "64:ff9b:1::a9fe:a9fe", wantIP: true},
+		{in: "[2001:DB8::0001]", want: "2001:db8::1", wantIP: true},
+		{in: "[::ffff:1.2.3.4]:443", err: true},
+		{in: "[::ffff:1.2.3]", err: true},
 		{in: "[fe80::1%25eth0]", err: true},
 		{in: "[127.0.0.1]", err: true},
 		{in: "[::1", err: true},
 		{in: "256.0.0.1", err: true},
 		{in: "1.2.3.4.5", err: true},
 		{in: "08.0.0.1", err: true},
+		{in: "0x7f.1", want: "127.0.0.1", wantIP: true},
+		{in: "2130706433", want: "127.0.0.1", wantIP: true},
+		{in: "0177.0.0.1", want: "127.0.0.1", wantIP: true},
+		{in: "010.0.0.1", want: "8.0.0.1", wantIP: true},
+		{in: "1.2.3", want: "1.2.0.3", wantIP: true},
+		{in: "0x", want: "0.0.0.0", wantIP: true},
+		{in: "example.0x1f", err: true},
 		{in: "4294967296", err: true},
 		{in: "example.123", err: true},
 		{in: "123.example", want: "123.example"},
@@ -183,12 +217,18 @@ func TestCanonicalTarget(t *testing.T) {
 }
 
 // FuzzCanonicalTarget checks that a normalized path is a fixed point, has
-// no dot segments, repeated slashes or ambiguous bytes left.
+// no dot segments, repeated slashes or ambiguous bytes left, and that
+// CheckPath accepts exactly the fixed points.
 func FuzzCanonicalTarget(f *testing.F) {
-	for _, s := range []string{"/", "/v1/products", "/a/../b", "/%2e%2e/", "/a//b?x=1", "/%41%2F", "/a/%C3%A9", "/..;/"} {
+	for _, s := range []string{"/", "/v1/products", "/a/../b", "/%2e%2e/", "/a//b?x=1", "/%41%2F", "/a/%C3%A9", "/..;/", "/a/%2Etxt", "/a%3f", "/a/./", "/%25"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, in string) {
+		if CheckPath(in) == nil {
+			if p, q, err := CanonicalTarget(in); err != nil || p != in || q != "" {
+				t.Fatalf("CheckPath accepts %q, CanonicalTarget gives %q?%q, %v", in, p, q, err)
+			}
+		}
 		path, query, err := CanonicalTarget(in)
 		if err != nil {
 			return
@@ -196,6 +236,9 @@ func FuzzCanonicalTarget(f *testing.F) {
 		p2, q2, err := CanonicalTarget(path + "?" + query)
 		if err != nil || p2 != path || q2 != query {
 			t.Fatalf("not a fixed point: %q -> %q?%q -> %q?%q, %v", in, path, query, p2, q2, err)
+		}
+		if err := CheckPath(path); err != nil {
+			t.Fatalf("CheckPath refuses %q (from %q): %v", path, in, err)
 		}
 		if !strings.HasPrefix(path, "/") || strings.Contains(path, "//") || strings.Contains(path, "\\") {
 			t.Fatalf("%q -> %q", in, path)
@@ -214,15 +257,33 @@ func FuzzCanonicalTarget(f *testing.F) {
 }
 
 // FuzzCanonicalHost checks that a canonical host is a fixed point and plain
-// lowercase ASCII.
+// lowercase ASCII, that CheckHost accepts exactly the fixed points, and
+// that its allocation-free path agrees with CanonicalHost.
 func FuzzCanonicalHost(f *testing.F) {
-	for _, s := range []string{"api.stripe.com", "2852039166", "[::1]", "münchen.de", "0x7f.1", "A.B."} {
+	for _, s := range []string{
+		"api.stripe.com", "2852039166", "[::1]", "münchen.de", "0x7f.1", "A.B.",
+		"[::ffff:1.2.3.4]", "::ffff:1.2.3.4", "[::1.2.3.4]", "[64:ff9b::102:304]", "[2002:102:304::1]",
+		"2001:db8::1", "1.2.3.4", "r3---sn-abc.x.com", "xn--mnchen-3ya.de", "a_b.c",
+	} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, in string) {
+		if isCanonicalHost(in) {
+			if h, err := CanonicalHost(in); err != nil || h.Name != in {
+				t.Fatalf("fast path accepts %q, CanonicalHost gives %+v, %v", in, h, err)
+			}
+		}
+		if CheckHost(in) == nil {
+			if h, err := CanonicalHost(in); err != nil || h.Name != in {
+				t.Fatalf("CheckHost accepts %q, CanonicalHost gives %+v, %v", in, h, err)
+			}
+		}
 		h, err := CanonicalHost(in)
 		if err != nil {
 			return
+		}
+		if err := CheckHost(h.Name); err != nil {
+			t.Fatalf("CheckHost refuses %q (from %q): %v", h.Name, in, err)
 		}
 		again := h.Name
 		if h.IP.Is6() {
@@ -231,6 +292,11 @@ func FuzzCanonicalHost(f *testing.F) {
 		h2, err := CanonicalHost(again)
 		if err != nil || h2 != h {
 			t.Fatalf("not a fixed point: %q -> %+v -> %+v, %v", in, h, h2, err)
+		}
+		if h.IsIP() {
+			if _, embeds := embeddedIPv4(h.IP); embeds || h.IP.Zone() != "" {
+				t.Fatalf("%q -> %v, an IPv6 spelling of an IPv4 address", in, h.IP)
+			}
 		}
 		if strings.ToLower(h.Name) != h.Name || strings.HasSuffix(h.Name, ".") {
 			t.Fatalf("%q -> %q", in, h.Name)
