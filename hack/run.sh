@@ -13,4 +13,4 @@ trap 'kill $proxy 2>/dev/null; wait $proxy 2>/dev/null' EXIT
 policy_flag=()
 [ -n "$policy" ] && policy_flag=(--policy-file "$policy")
 "$bin/sandpit-executor" --containerd-address "$sock" --containerd-namespace "$ns" --runc "$runc" --image "$image" \
-	--egress-proxy 127.0.0.1:50052 "${policy_flag[@]}"
+	--egress "${policy_flag[@]}"

@@ -18,8 +18,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 
+	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
-	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"github.com/sandpit-run/sandpit/services/executor/internal/app"
 	"github.com/sandpit-run/sandpit/services/executor/internal/capacity"
 	"github.com/sandpit-run/sandpit/services/executor/internal/containerdtest"
@@ -148,8 +148,8 @@ func startExecutor(t testing.TB, o executorOpts) *executor {
 	stopDecider := func() {}
 	if o.egress != nil {
 		cfg.Egress = app.Networks(o.egress)
-		dsrv := grpc.NewServer()
-		policyv1.RegisterPolicyDecisionServiceServer(dsrv, decision.NewService(o.egress.Registry(), o.logger()))
+		dsrv := grpc.NewServer(grpc.MaxRecvMsgSize(decision.MaxMessageBytes))
+		egressv1.RegisterDecisionServiceServer(dsrv, decision.NewService(o.egress.Registry(), o.logger()))
 		dlis, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)

@@ -24,7 +24,8 @@ const (
 	testTable      = "sandpit_e2e"
 )
 
-// netPorts are the host ports nftables sends sandbox traffic to.
+// netPorts are the proxy's ports: its health listener, and the host ports
+// nftables sends sandbox traffic to.
 type netPorts struct {
 	proxyGRPC          string
 	proxyPort, dnsPort uint16
@@ -80,7 +81,6 @@ func startEgress(t testing.TB, ports netPorts, policyYAML string) *egress.Egress
 	}
 	eg, err := egress.New(context.Background(), egress.Config{
 		Pool:       testPool,
-		ProxyGRPC:  ports.proxyGRPC,
 		ProxyPort:  ports.proxyPort,
 		DNSPort:    ports.dnsPort,
 		Table:      testTable,

@@ -28,7 +28,7 @@ import (
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/mitm"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/proxy"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/redact"
-	"github.com/sandpit-run/sandpit/services/egressproxy/internal/service"
+	"github.com/sandpit-run/sandpit/services/lib/grpcserve"
 	"github.com/sandpit-run/sandpit/services/lib/program"
 )
 
@@ -58,13 +58,6 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		}
 	}
 
-	conn, err := grpc.NewClient(cfg.Decider, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return fmt.Errorf("decider: %w", err)
-	}
-	defer conn.Close()
-	decider := decide.New(conn, cfg.DecideTimeout, log)
-
 	d := dialer.New(dialer.Config{
 		Overrides:    cfg.Upstreams,
 		Allow:        cfg.UpstreamAllow,
@@ -72,19 +65,6 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	})
 	transport := proxy.NewTransport(d.DialContext, roots)
 	defer transport.CloseIdleConnections()
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	p := proxy.New(proxy.Config{
-		Minter:   mitm.NewMinter(ca, cfg.LeafCacheSize),
-		Decider:  decider,
-		Redactor: redact.New(cfg.RedactHeaders, cfg.RedactQueryParams),
-		Upstream: transport,
-		Metrics:  proxy.NewMetrics(reg),
-		Log:      log,
-	})
-	hs := health.NewServer()
-	gsrv := service.NewGRPCServer(service.New(ca.PEM, ca.Fingerprint()), hs, reg, log)
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -102,6 +82,43 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("grpc listen: %w", err)
 	}
+
+	// The proxy dials the executor, never the other way round; the hello
+	// tells it the CA its sandboxes must trust.
+	conn, err := grpc.NewClient(cfg.Decider, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("decider: %w", err)
+	}
+	defer conn.Close()
+	decider, err := decide.New(conn, decide.Config{
+		Hello: decide.Hello{
+			Version:            program.Version(),
+			CACertPEM:          ca.PEM,
+			TransparentAddress: ln.Addr().String(),
+			DNSAddress:         pc.LocalAddr().String(),
+		},
+		Timeout: cfg.DecideTimeout,
+		Log:     log,
+	})
+	if err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	p := proxy.New(proxy.Config{
+		Minter:   mitm.NewMinter(ca, cfg.LeafCacheSize),
+		Decider:  decider,
+		Redactor: redact.New(cfg.RedactHeaders, cfg.RedactQueryParams),
+		Upstream: transport,
+		Metrics:  proxy.NewMetrics(reg),
+		Log:      log,
+	})
+	// The gRPC listener serves only health (SERVING while the decide
+	// stream is open) and reflection: the proxy offers no service.
+	hs := health.NewServer()
+	gsrv := grpcserve.New(grpcserve.Options{Registerer: reg, Log: log, Health: hs}, func(grpc.ServiceRegistrar) {})
+
 	stopMetrics, err := program.ServeMetrics(cfg.MetricsListen, reg)
 	if err != nil {
 		return err
@@ -164,7 +181,6 @@ func watchHealth(ctx context.Context, d *decide.Client, hs *health.Server, log *
 		if st != last {
 			log.Info("health", "status", st.String())
 			hs.SetServingStatus("", st)
-			hs.SetServingStatus("sandpit.egress.v1.EgressService", st)
 			last = st
 		}
 		select {

@@ -1,6 +1,8 @@
-// Package decide is the proxy's side of the executor's Decide stream: it
-// asks for verdicts, matches answers by id, reports outcomes, and denies
-// whenever the executor cannot answer in time.
+// Package decide is the proxy's side of the executor's
+// sandpit.egress.v1.DecisionService: it opens the Decide stream and says
+// hello on it, asks for verdicts and matches answers by id, reports
+// outcomes and refusals, and denies whenever the executor cannot answer in
+// time. It is the only package that knows the wire messages.
 package decide
 
 import (
@@ -14,46 +16,85 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
+	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 )
 
-// ErrUnavailable is wrapped by Ask's error when the verdict it returns was
-// not the executor's but the fail-closed deny.
+// MaxMessageBytes bounds every message of a Decide stream, either way: the
+// executor's decision listener receives none larger (its
+// decision.MaxMessageBytes is the same number, documented in
+// egress.proto). The client bounds every field well below it, and a
+// message that would still not fit is never sent: one request cannot
+// break the stream every sandbox's egress depends on.
+const MaxMessageBytes = 64 << 10
+
+// ErrUnavailable is wrapped by an Ask's error when the verdict it returns
+// was not the executor's but the fail-closed deny.
 var ErrUnavailable = errors.New("policy decision unavailable")
+
+// Hello is how the proxy introduces itself on every stream it opens.
+type Hello struct {
+	// Version is the proxy's.
+	Version string
+	// CACertPEM is the certificate of the CA the proxy mints its leaves
+	// from; the executor makes every sandbox trust it.
+	CACertPEM []byte
+	// TransparentAddress and DNSAddress are the proxy's listeners, as
+	// bound.
+	TransparentAddress, DNSAddress string
+}
+
+// Config configures a Client.
+type Config struct {
+	// Hello is sent first on every stream.
+	Hello Hello
+	// Timeout bounds each question: no answer within it is a deny.
+	Timeout time.Duration
+	Log     *slog.Logger
+}
 
 // Client holds one long-lived Decide stream, reopened with backoff.
 type Client struct {
-	client  policyv1.PolicyDecisionServiceClient
+	client  egressv1.DecisionServiceClient
+	hello   *egressv1.DecideRequest
 	timeout time.Duration
 	log     *slog.Logger
 
-	send   chan *policyv1.DecideRequest
+	send   chan *egressv1.DecideRequest
 	nextID atomic.Uint64
 	up     atomic.Bool
 
 	mu      sync.Mutex
-	pending map[uint64]chan *policyv1.DecideResponse
+	pending map[uint64]chan *egressv1.DecideResponse
 }
 
-// New returns a Client over conn; timeout bounds each Ask. Run must be
-// running for anything to be sent.
-func New(conn grpc.ClientConnInterface, timeout time.Duration, log *slog.Logger) *Client {
-	return &Client{
-		client:  policyv1.NewPolicyDecisionServiceClient(conn),
-		timeout: timeout,
-		log:     log,
-		send:    make(chan *policyv1.DecideRequest, 1024),
-		pending: map[uint64]chan *policyv1.DecideResponse{},
+// New returns a Client over conn. Run must be running for anything to be
+// sent.
+func New(conn grpc.ClientConnInterface, cfg Config) (*Client, error) {
+	hello, err := cfg.Hello.message()
+	if err != nil {
+		return nil, err
 	}
+	return &Client{
+		client:  egressv1.NewDecisionServiceClient(conn),
+		hello:   hello,
+		timeout: cfg.Timeout,
+		log:     cfg.Log,
+		send:    make(chan *egressv1.DecideRequest, 1024),
+		pending: map[uint64]chan *egressv1.DecideResponse{},
+	}, nil
 }
 
-// Connected reports whether a stream is open.
+// Connected reports whether a stream is open and the proxy has said hello
+// on it.
 func (c *Client) Connected() bool { return c.up.Load() }
 
-// Run keeps a stream open until ctx ends: one goroutine sends what Ask and
-// Report queue, this one receives; when the stream fails every pending Ask
-// is denied and the stream reopened after a backoff.
+// Run keeps a stream open until ctx ends: one goroutine sends what the
+// askers and reporters queue, this one receives; when the stream fails
+// every pending question is denied and the stream reopened after a
+// backoff.
 func (c *Client) Run(ctx context.Context) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
@@ -78,9 +119,12 @@ func (c *Client) Run(ctx context.Context) {
 func (c *Client) runStream(ctx context.Context) error {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := c.client.Decide(sctx)
+	stream, err := c.client.Decide(sctx, grpc.MaxCallSendMsgSize(MaxMessageBytes), grpc.MaxCallRecvMsgSize(MaxMessageBytes))
 	if err != nil {
 		return fmt.Errorf("open decide stream: %w", err)
+	}
+	if err := stream.Send(c.hello); err != nil {
+		return fmt.Errorf("send hello: %w", err)
 	}
 	c.up.Store(true)
 	c.log.Info("decide stream open")
@@ -89,13 +133,22 @@ func (c *Client) runStream(ctx context.Context) error {
 		c.failPending()
 	}()
 
+	// A stream that can no longer send is as dead as one that cannot
+	// receive: the sender ends both, so that pending questions are denied
+	// at once rather than one timeout after another.
 	sendErr := make(chan error, 1)
-	go func() { sendErr <- c.sendLoop(sctx, stream) }()
-	defer func() { cancel(); <-sendErr }()
-
+	go func() {
+		err := c.sendLoop(sctx, stream)
+		cancel()
+		sendErr <- err
+	}()
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
+			cancel()
+			if serr := <-sendErr; serr != nil {
+				return fmt.Errorf("send: %w", serr)
+			}
 			return fmt.Errorf("receive: %w", err)
 		}
 		c.mu.Lock()
@@ -108,16 +161,16 @@ func (c *Client) runStream(ctx context.Context) error {
 	}
 }
 
-func (c *Client) sendLoop(ctx context.Context, stream grpc.BidiStreamingClient[policyv1.DecideRequest, policyv1.DecideResponse]) error {
+func (c *Client) sendLoop(ctx context.Context, stream grpc.BidiStreamingClient[egressv1.DecideRequest, egressv1.DecideResponse]) error {
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case req := <-c.send:
-			if req.GetHttp() != nil || req.GetDns() != nil {
+			if q := req.GetQuestion(); q != nil {
 				// Skip questions whose asker already gave up.
 				c.mu.Lock()
-				_, waiting := c.pending[req.GetId()]
+				_, waiting := c.pending[q.GetId()]
 				c.mu.Unlock()
 				if !waiting {
 					continue
@@ -144,21 +197,26 @@ func (c *Client) failPending() {
 // arrives within the timeout, the verdict is a deny with reason "policy
 // decision unavailable: …" and err wraps ErrUnavailable.
 func (c *Client) AskHTTP(ctx context.Context, q HTTPQuestion) (Verdict, error) {
-	return c.ask(ctx, q.message())
+	id := c.nextID.Add(1)
+	return c.ask(ctx, id, q.message(id))
 }
 
 // AskDNS asks about a DNS query, like AskHTTP.
 func (c *Client) AskDNS(ctx context.Context, q DNSQuestion) (Verdict, error) {
-	return c.ask(ctx, q.message())
+	id := c.nextID.Add(1)
+	return c.ask(ctx, id, q.message(id))
 }
 
-func (c *Client) ask(ctx context.Context, req *policyv1.DecideRequest) (Verdict, error) {
-	id := c.nextID.Add(1)
-	req.Id = id
-	if !c.up.Load() {
-		return unavailable(id, "no decide stream")
+func (c *Client) ask(ctx context.Context, id uint64, req *egressv1.DecideRequest) (Verdict, error) {
+	if n := proto.Size(req); n > MaxMessageBytes {
+		// Cannot happen with the fields bounded as they are; were it to,
+		// sending would break the stream for every sandbox.
+		return deny(id, fmt.Sprintf("question of %d bytes over the decision stream's limit of %d", n, MaxMessageBytes))
 	}
-	ch := make(chan *policyv1.DecideResponse, 1)
+	if !c.up.Load() {
+		return deny(id, "no decide stream")
+	}
+	ch := make(chan *egressv1.DecideResponse, 1)
 	c.mu.Lock()
 	c.pending[id] = ch
 	c.mu.Unlock()
@@ -173,24 +231,25 @@ func (c *Client) ask(ctx context.Context, req *policyv1.DecideRequest) (Verdict,
 	select {
 	case c.send <- req:
 	case <-t.C:
-		return unavailable(id, "send queue full")
+		return deny(id, "send queue full")
 	case <-ctx.Done():
-		return unavailable(id, "request abandoned")
+		return deny(id, "request abandoned")
 	}
 	select {
 	case resp, ok := <-ch:
 		if !ok {
-			return unavailable(id, "decide stream lost")
+			return deny(id, "decide stream lost")
 		}
 		return verdict(resp), nil
 	case <-t.C:
-		return unavailable(id, fmt.Sprintf("no answer within %s", c.timeout))
+		return deny(id, fmt.Sprintf("no answer within %s", c.timeout))
 	case <-ctx.Done():
-		return unavailable(id, "request abandoned")
+		return deny(id, "request abandoned")
 	}
 }
 
-func unavailable(id uint64, why string) (Verdict, error) {
+// deny is the fail-closed verdict when the executor did not answer.
+func deny(id uint64, why string) (Verdict, error) {
 	reason := ErrUnavailable.Error() + ": " + why
 	return Verdict{QuestionID: id, Decision: policyv1.Decision_DECISION_DENY, RuleID: "proxy", Reason: reason},
 		fmt.Errorf("%w: %s", ErrUnavailable, why)
@@ -206,8 +265,11 @@ func (c *Client) ReportRefusal(r Refusal) { c.report(r.message()) }
 // report queues a report: it is dropped when there is no stream or the
 // queue stays full for 50ms, so a slow executor never holds the proxy
 // path.
-func (c *Client) report(req *policyv1.DecideRequest) {
-	req.Id = c.nextID.Add(1)
+func (c *Client) report(req *egressv1.DecideRequest) {
+	if n := proto.Size(req); n > MaxMessageBytes {
+		c.log.Error("report dropped: over the decision stream's message limit", "bytes", n)
+		return
+	}
 	if !c.up.Load() {
 		c.log.Debug("report dropped: no decide stream")
 		return

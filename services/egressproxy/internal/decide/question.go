@@ -1,13 +1,35 @@
 package decide
 
 import (
+	"fmt"
 	"net/netip"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 )
+
+// Bounds of the fields the proxy sends, in bytes, as egress.proto documents
+// them. With them a question stays below a tenth of MaxMessageBytes.
+const (
+	MaxMethodBytes = 32
+	MaxHostBytes   = 253
+	// MaxTargetBytes bounds path and query together; the proxy answers a
+	// longer request target with 414 before it asks.
+	MaxTargetBytes  = 8 << 10
+	MaxReasonBytes  = 1 << 10
+	maxTokenBytes   = 16 // scheme, protocol, DNS type
+	maxAddressBytes = 64 // host:port
+	maxVersionBytes = 128
+	maxCABytes      = 16 << 10
+)
+
+// TruncatedMarker ends every field the proxy had to cut.
+const TruncatedMarker = "...[truncated]"
 
 // HTTPQuestion is an HTTP request as the proxy checked it, held until the
 // executor decides it.
@@ -32,8 +54,10 @@ type HTTPQuestion struct {
 	// WebSocket is set for an upgrade request.
 	WebSocket bool
 	// Violation, when set, is why the proxy blocks the request whatever
-	// the policy says.
-	Violation string
+	// the policy says; ViolationStatus the status it answers with (0 is
+	// 403).
+	Violation       string
+	ViolationStatus int
 }
 
 // DNSQuestion is a query a sandbox sent to the proxy's resolver.
@@ -99,50 +123,102 @@ func addrString(a netip.Addr) string {
 	return a.String()
 }
 
-func (q HTTPQuestion) message() *policyv1.DecideRequest {
-	return &policyv1.DecideRequest{Kind: &policyv1.DecideRequest_Http{Http: &policyv1.HttpRequest{
-		SourceIp:      addrString(q.SourceIP),
-		Method:        q.Method,
-		Scheme:        q.Scheme,
-		Host:          q.Host,
-		Port:          uint32(q.Port),
-		Path:          q.Path,
-		Query:         q.Query,
-		ContentLength: q.ContentLength,
-		Protocol:      q.Protocol,
-		Websocket:     q.WebSocket,
-		Violation:     q.Violation,
-	}}}
+// bound makes s valid UTF-8 (the wire requires it) of at most n bytes,
+// ending in TruncatedMarker when it was cut.
+func bound(s string, n int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if len(s) <= n {
+		return s
+	}
+	marker := TruncatedMarker
+	if n < len(marker) {
+		marker = ""
+	}
+	i := n - len(marker)
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i] + marker
 }
 
-func (q DNSQuestion) message() *policyv1.DecideRequest {
-	return &policyv1.DecideRequest{Kind: &policyv1.DecideRequest_Dns{Dns: &policyv1.DnsQuery{
-		SourceIp: addrString(q.SourceIP), Name: q.Name, Type: q.Type,
-	}}}
+func (h Hello) message() (*egressv1.DecideRequest, error) {
+	if len(h.CACertPEM) == 0 || len(h.CACertPEM) > maxCABytes {
+		return nil, fmt.Errorf("hello: a CA certificate of %d bytes, want 1 to %d", len(h.CACertPEM), maxCABytes)
+	}
+	return &egressv1.DecideRequest{Kind: &egressv1.DecideRequest_Hello{Hello: &egressv1.Hello{
+		ProxyVersion:       bound(h.Version, maxVersionBytes),
+		CaCertificatePem:   h.CACertPEM,
+		TransparentAddress: bound(h.TransparentAddress, maxAddressBytes),
+		DnsAddress:         bound(h.DNSAddress, maxAddressBytes),
+	}}}, nil
 }
 
-func (o Outcome) message() *policyv1.DecideRequest {
-	return &policyv1.DecideRequest{Kind: &policyv1.DecideRequest_Outcome{Outcome: &policyv1.Outcome{
-		RequestId:     o.QuestionID,
+func question(id uint64, q *egressv1.Question) *egressv1.DecideRequest {
+	q.Id = id
+	return &egressv1.DecideRequest{Kind: &egressv1.DecideRequest_Question{Question: q}}
+}
+
+func report(r *egressv1.Report) *egressv1.DecideRequest {
+	return &egressv1.DecideRequest{Kind: &egressv1.DecideRequest_Report{Report: r}}
+}
+
+// message bounds every field. A method or path that had to be cut makes
+// the request a violation: what would be decided is no longer what was
+// sent. A query is only logged, never decided on, so cutting it is enough.
+func (q HTTPQuestion) message(id uint64) *egressv1.DecideRequest {
+	violation, status := q.Violation, q.ViolationStatus
+	method, path := bound(q.Method, MaxMethodBytes), bound(q.Path, MaxTargetBytes)
+	switch {
+	case violation != "":
+	case method != q.Method:
+		violation = fmt.Sprintf("method longer than %d bytes", MaxMethodBytes)
+	case path != q.Path:
+		violation = fmt.Sprintf("path longer than %d bytes", MaxTargetBytes)
+	}
+	return question(id, &egressv1.Question{Kind: &egressv1.Question_Http{Http: &egressv1.HttpRequest{
+		SourceIp:        addrString(q.SourceIP),
+		Method:          method,
+		Scheme:          bound(q.Scheme, maxTokenBytes),
+		Host:            bound(q.Host, MaxHostBytes),
+		Port:            uint32(q.Port),
+		Path:            path,
+		Query:           bound(q.Query, max(MaxTargetBytes-len(path), 0)),
+		ContentLength:   q.ContentLength,
+		Protocol:        bound(q.Protocol, maxTokenBytes),
+		Websocket:       q.WebSocket,
+		Violation:       bound(violation, MaxReasonBytes),
+		ViolationStatus: uint32(status),
+	}}})
+}
+
+func (q DNSQuestion) message(id uint64) *egressv1.DecideRequest {
+	return question(id, &egressv1.Question{Kind: &egressv1.Question_Dns{Dns: &egressv1.DnsQuery{
+		SourceIp: addrString(q.SourceIP), Name: bound(q.Name, MaxHostBytes), Type: bound(q.Type, maxTokenBytes),
+	}}})
+}
+
+func (o Outcome) message() *egressv1.DecideRequest {
+	return report(&egressv1.Report{Kind: &egressv1.Report_Outcome{Outcome: &egressv1.Outcome{
+		QuestionId:    o.QuestionID,
 		StatusCode:    int32(o.StatusCode),
 		BytesSent:     o.BytesSent,
 		BytesReceived: o.BytesReceived,
 		Duration:      durationpb.New(o.Duration),
-		Error:         o.Error,
-	}}}
+		Error:         bound(o.Error, MaxReasonBytes),
+	}}})
 }
 
-func (r Refusal) message() *policyv1.DecideRequest {
+func (r Refusal) message() *egressv1.DecideRequest {
 	dst := ""
 	if r.Destination.IsValid() {
 		dst = r.Destination.String()
 	}
-	return &policyv1.DecideRequest{Kind: &policyv1.DecideRequest_Refusal{Refusal: &policyv1.Refusal{
-		SourceIp: addrString(r.SourceIP), Destination: dst, Reason: r.Reason,
-	}}}
+	return report(&egressv1.Report{Kind: &egressv1.Report_Refusal{Refusal: &egressv1.Refusal{
+		SourceIp: addrString(r.SourceIP), Destination: dst, Reason: bound(r.Reason, MaxReasonBytes),
+	}}})
 }
 
-func verdict(resp *policyv1.DecideResponse) Verdict {
+func verdict(resp *egressv1.DecideResponse) Verdict {
 	return Verdict{
 		QuestionID:      resp.GetId(),
 		Decision:        resp.GetDecision(),

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decidetest"
 )
@@ -23,7 +24,14 @@ func TestDNS(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	client := decide.New(conn, 2*time.Second, slog.New(slog.DiscardHandler))
+	client, err := decide.New(conn, decide.Config{
+		Hello:   decide.Hello{Version: "test", CACertPEM: []byte("-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n")},
+		Timeout: 2 * time.Second,
+		Log:     slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	runDone := make(chan struct{})
 	go func() { defer close(runDone); client.Run(ctx) }()
@@ -76,7 +84,7 @@ func TestDNS(t *testing.T) {
 			}
 		}
 	}
-	q := fake.Received()[0].GetDns()
+	q := fake.WaitFor(t, "a DNS question", func(r *egressv1.DecideRequest) bool { return r.GetQuestion().GetDns() != nil }).GetQuestion().GetDns()
 	if q.GetName() != "api.stripe.test" || q.GetType() != "A" || q.GetSourceIp() != "127.0.0.1" {
 		t.Fatalf("decider got %v", q)
 	}

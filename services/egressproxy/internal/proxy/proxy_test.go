@@ -23,7 +23,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/prototext"
 
-	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
+	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decidetest"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/dialer"
@@ -31,6 +31,13 @@ import (
 )
 
 const secret = "sk_test_4eC39HqLyjWDarjtT1zdp7dc"
+
+var testHello = decide.Hello{
+	Version:            "test",
+	CACertPEM:          []byte("-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n"),
+	TransparentAddress: "127.0.0.1:15001",
+	DNSAddress:         "127.0.0.1:15053",
+}
 
 // standIn is a local upstream that records what reached it.
 type standIn struct {
@@ -103,7 +110,10 @@ func setup(t *testing.T) *env {
 	}
 	t.Cleanup(func() { conn.Close() })
 	log := slog.New(slog.DiscardHandler)
-	e.client = decide.New(conn, 2*time.Second, log)
+	e.client, err = decide.New(conn, decide.Config{Hello: testHello, Timeout: 2 * time.Second, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
@@ -272,14 +282,14 @@ func TestAllowedGETForwarded(t *testing.T) {
 			if got := e.upstream.requests(); len(got) != 1 || got[0] != want {
 				t.Fatalf("upstream saw %q, want %q", got, want)
 			}
-			q := e.decider.WaitFor(t, "the request", func(r *policyv1.DecideRequest) bool { return r.GetHttp() != nil }).GetHttp()
+			q := e.decider.WaitFor(t, "the request", func(r *egressv1.DecideRequest) bool { return r.GetQuestion().GetHttp() != nil }).GetQuestion().GetHttp()
 			if q.GetHost() != "api.stripe.test" || q.GetPath() != "/v1/products/" || q.GetScheme() != "https" || q.GetPort() != 443 || q.GetProtocol() != proto {
 				t.Fatalf("decider got %v", q)
 			}
 			if strings.Contains(q.GetQuery(), "zzz") || !strings.Contains(q.GetQuery(), "limit=3") {
 				t.Fatalf("query not redacted: %q", q.GetQuery())
 			}
-			o := e.decider.WaitFor(t, "the outcome", func(r *policyv1.DecideRequest) bool { return r.GetOutcome() != nil }).GetOutcome()
+			o := e.decider.WaitFor(t, "the outcome", func(r *egressv1.DecideRequest) bool { return r.GetReport().GetOutcome() != nil }).GetReport().GetOutcome()
 			if o.GetStatusCode() != 200 || o.GetBytesReceived() != uint64(len(body)) || o.GetError() != "" {
 				t.Fatalf("outcome %v, body %d bytes", o, len(body))
 			}
@@ -338,9 +348,9 @@ func TestHostDiffersFromSNIBlocked(t *testing.T) {
 	if got := e.upstream.requests(); len(got) != 1 {
 		t.Fatalf("upstream saw %q, want only the first request", got)
 	}
-	v := e.decider.WaitFor(t, "a violation", func(r *policyv1.DecideRequest) bool { return r.GetHttp().GetViolation() != "" })
-	if v.GetHttp().GetHost() != "evil.test" {
-		t.Fatalf("violation reported for %q", v.GetHttp().GetHost())
+	v := e.decider.WaitFor(t, "a violation", func(r *egressv1.DecideRequest) bool { return r.GetQuestion().GetHttp().GetViolation() != "" })
+	if v.GetQuestion().GetHttp().GetHost() != "evil.test" {
+		t.Fatalf("violation reported for %q", v.GetQuestion().GetHttp().GetHost())
 	}
 }
 
@@ -478,14 +488,14 @@ func TestNonHTTPRefusedAndReported(t *testing.T) {
 		}
 		c.Close()
 	}
-	r := e.decider.WaitFor(t, "a not-HTTP refusal", func(r *policyv1.DecideRequest) bool {
-		return r.GetRefusal().GetReason() == "not HTTP or TLS"
-	}).GetRefusal()
+	r := e.decider.WaitFor(t, "a not-HTTP refusal", func(r *egressv1.DecideRequest) bool {
+		return r.GetReport().GetRefusal().GetReason() == "not HTTP or TLS"
+	}).GetReport().GetRefusal()
 	if r.GetDestination() != "203.0.113.10:80" || r.GetSourceIp() != "127.0.0.1" {
 		t.Fatalf("refusal %v", r)
 	}
-	e.decider.WaitFor(t, "an h2c refusal", func(r *policyv1.DecideRequest) bool {
-		return strings.Contains(r.GetRefusal().GetReason(), "h2c")
+	e.decider.WaitFor(t, "an h2c refusal", func(r *egressv1.DecideRequest) bool {
+		return strings.Contains(r.GetReport().GetRefusal().GetReason(), "h2c")
 	})
 }
 
@@ -496,9 +506,9 @@ func TestTLSWithoutSNIRefusedAndReported(t *testing.T) {
 		c.Close()
 		t.Fatal("handshake without SNI succeeded")
 	}
-	r := e.decider.WaitFor(t, "a no-SNI refusal", func(r *policyv1.DecideRequest) bool {
-		return r.GetRefusal().GetReason() == "TLS without SNI"
-	}).GetRefusal()
+	r := e.decider.WaitFor(t, "a no-SNI refusal", func(r *egressv1.DecideRequest) bool {
+		return r.GetReport().GetRefusal().GetReason() == "TLS without SNI"
+	}).GetReport().GetRefusal()
 	if r.GetDestination() != "203.0.113.10:443" {
 		t.Fatalf("refusal %v", r)
 	}

@@ -16,8 +16,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 
+	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
-	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"github.com/sandpit-run/sandpit/services/executor/internal/capacity"
 	"github.com/sandpit-run/sandpit/services/executor/internal/config"
 	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
@@ -94,7 +94,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 	}
 
 	var eg server.Egress
-	if cfg.EgressProxy != "" {
+	if cfg.Egress {
 		if eg, err = a.newEgress(ctx); err != nil {
 			return nil, err
 		}
@@ -135,7 +135,6 @@ func (a *App) newEgress(ctx context.Context) (server.Egress, error) {
 	var err error
 	a.eg, err = egress.New(ctx, egress.Config{
 		Pool:       cfg.AddressPool,
-		ProxyGRPC:  cfg.EgressProxy,
 		ProxyPort:  uint16(cfg.ProxyPort),
 		DNSPort:    uint16(cfg.DNSPort),
 		Table:      cfg.NftTable,
@@ -151,10 +150,11 @@ func (a *App) newEgress(ctx context.Context) (server.Egress, error) {
 	}
 	svc := decision.NewService(a.eg.Registry(), a.log)
 	a.decider = grpcserve.New(grpcserve.Options{
-		Registerer: prometheus.WrapRegistererWith(prometheus.Labels{"server": "decision"}, a.reg),
-		Log:        a.log,
-		Health:     health.NewServer(),
-	}, func(r grpc.ServiceRegistrar) { policyv1.RegisterPolicyDecisionServiceServer(r, svc) })
+		Registerer:   prometheus.WrapRegistererWith(prometheus.Labels{"server": "decision"}, a.reg),
+		Log:          a.log,
+		Health:       health.NewServer(),
+		MaxRecvBytes: decision.MaxMessageBytes,
+	}, func(r grpc.ServiceRegistrar) { egressv1.RegisterDecisionServiceServer(r, svc) })
 	return Networks(a.eg), nil
 }
 

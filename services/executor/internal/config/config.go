@@ -36,8 +36,10 @@ type Config struct {
 
 	Defaults, Maxima limits.Set
 
-	// Egress: empty EgressProxy leaves sandboxes with loopback only.
-	EgressProxy    string
+	// Egress: without it sandboxes have loopback only. With it the
+	// executor serves the proxy's decisions on DecisionListen and learns
+	// the proxy's CA from its hello; it never dials the proxy.
+	Egress         bool
 	DecisionListen string
 	ProxyPort      uint
 	DNSPort        uint
@@ -69,8 +71,8 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&c.Image, "image", "sandpit.local/node:24", "default sandbox image")
 	allow := fs.String("image-allowlist", "", "comma-separated images a request may name besides the default; a trailing * matches a prefix")
 	fs.StringVar(&c.NodePath, "node-path", "/usr/local/bin/node", "node binary inside the image")
-	fs.StringVar(&c.EgressProxy, "egress-proxy", "", "gRPC address of the egress proxy; empty gives sandboxes loopback only")
-	fs.StringVar(&c.DecisionListen, "decision-listen", "127.0.0.1:50053", "gRPC listen address of the decision service the egress proxy asks (with --egress-proxy)")
+	fs.BoolVar(&c.Egress, "egress", false, "give sandboxes egress through the egress proxy on this host (which connects to --decision-listen); without it sandboxes have loopback only")
+	fs.StringVar(&c.DecisionListen, "decision-listen", "127.0.0.1:50053", "gRPC listen address of the decision service the egress proxy connects to (with --egress)")
 	fs.UintVar(&c.ProxyPort, "proxy-port", 15001, "the egress proxy's transparent TCP port on this host")
 	fs.UintVar(&c.DNSPort, "dns-port", 15053, "the egress proxy's DNS port on this host")
 	fs.StringVar(&c.AddressPool, "address-pool", "10.88.0.0/16", "IPv4 prefix sandbox /30 subnets come from")

@@ -79,3 +79,23 @@ func TestBytes(t *testing.T) {
 		t.Errorf("FormatBytes = %q", got)
 	}
 }
+
+func TestEgressFlag(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		env  map[string]string
+		want bool
+	}{
+		{nil, nil, false},
+		{[]string{"--egress"}, nil, true},
+		{nil, map[string]string{"SANDPIT_EGRESS": "true"}, true},
+	} {
+		c, err := Parse(tt.args, env(tt.env))
+		if err != nil || c.Egress != tt.want || c.DecisionListen != "127.0.0.1:50053" {
+			t.Errorf("Parse(%q, %v): egress %v, decision listen %q, %v; want egress %v", tt.args, tt.env, c.Egress, c.DecisionListen, err, tt.want)
+		}
+	}
+	if _, err := Parse([]string{"--egress-proxy", "127.0.0.1:50052"}, env(nil)); err == nil {
+		t.Error("--egress-proxy is still accepted: the executor no longer dials the proxy")
+	}
+}

@@ -1,25 +1,48 @@
-// Package decision serves sandpit.policy.v1.PolicyDecisionService to the
-// egress proxy: it maps a request's source address to the execution that
-// owns it, decides by that execution's policy, and records what happened in
-// the execution's network log and live events.
+// Package decision serves sandpit.egress.v1.DecisionService to the egress
+// proxy: it keeps what the connected proxy said in its hello (the CA every
+// sandbox must trust), maps a request's source address to the execution
+// that owns it, decides by that execution's policy, and records what
+// happened in the execution's network log and live events.
 package decision
 
 import (
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"github.com/sandpit-run/sandpit/services/policy"
+)
+
+// MaxMessageBytes bounds every message of a Decide stream. The decision
+// listener receives no larger message (grpc.MaxRecvMsgSize), and the
+// proxy's client sends none (its decide.MaxMessageBytes is the same
+// number, documented in egress.proto): one request can never close the
+// stream every sandbox's egress depends on.
+const MaxMessageBytes = 64 << 10
+
+// Bounds of what the executor sends back, as egress.proto documents them.
+const (
+	maxRuleIDBytes = 128
+	maxReasonBytes = 1 << 10
 )
 
 // maxLog bounds an execution's network log; past it requests are still
@@ -78,17 +101,45 @@ func (e *Execution) emit(ev *executorv1.NetworkEvent) {
 	}
 }
 
-// Registry maps sandbox addresses to executions and counts the proxies
-// connected.
+// Registry maps sandbox addresses to executions and holds what the
+// connected proxies said in their hellos.
 type Registry struct {
 	mu      sync.RWMutex
 	byIP    map[netip.Addr]*Execution
-	streams atomic.Int32
+	proxies []*Proxy // one per open stream that said hello, oldest first
+	expect  Ports
+}
+
+// Ports are where the executor's nftables send sandbox traffic on this
+// host; a proxy whose hello names other ports is warned about.
+type Ports struct {
+	Transparent, DNS uint16
+}
+
+// Proxy is what a connected proxy said in its hello.
+type Proxy struct {
+	// Version is the proxy's own.
+	Version string
+	// CAPEM holds the certificates of the CA the proxy mints its TLS
+	// leaves from, PEM, as checked; CASHA256 is the first one's
+	// fingerprint (hex).
+	CAPEM    []byte
+	CASHA256 string
+	// TransparentAddress and DNSAddress are the proxy's listeners.
+	TransparentAddress, DNSAddress string
 }
 
 // NewRegistry returns an empty registry.
 func NewRegistry() *Registry {
 	return &Registry{byIP: map[netip.Addr]*Execution{}}
+}
+
+// ExpectPorts records where nftables redirects sandbox TCP and DNS, so
+// that a proxy listening elsewhere is noticed when it says hello.
+func (r *Registry) ExpectPorts(p Ports) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.expect = p
 }
 
 // Register makes ip belong to e until the returned func is called.
@@ -115,17 +166,51 @@ func (r *Registry) lookup(ip string) *Execution {
 	return r.byIP[a.Unmap()]
 }
 
-// Connected reports whether a proxy holds a Decide stream.
-func (r *Registry) Connected() bool { return r.streams.Load() > 0 }
+// Connected reports whether a proxy holds a Decide stream and has said
+// hello on it.
+func (r *Registry) Connected() bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.proxies) > 0
+}
 
-// Service implements policyv1.PolicyDecisionServiceServer.
+// Proxy returns the hello of the proxy that connected last among those
+// still connected: a restarted proxy's new CA wins as soon as it says
+// hello, even while the old stream has not noticed it is gone.
+func (r *Registry) Proxy() (Proxy, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if len(r.proxies) == 0 {
+		return Proxy{}, false
+	}
+	return *r.proxies[len(r.proxies)-1], true
+}
+
+func (r *Registry) connect(p *Proxy) (disconnect func()) {
+	r.mu.Lock()
+	r.proxies = append(r.proxies, p)
+	r.mu.Unlock()
+	return func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		for i, q := range r.proxies {
+			if q == p {
+				r.proxies = append(r.proxies[:i], r.proxies[i+1:]...)
+				return
+			}
+		}
+	}
+}
+
+// Service implements egressv1.DecisionServiceServer.
 type Service struct {
-	policyv1.UnimplementedPolicyDecisionServiceServer
+	egressv1.UnimplementedDecisionServiceServer
 	reg *Registry
 	log *slog.Logger
 }
 
-// NewService returns the decision service over reg.
+// NewService returns the decision service over reg. Its server must
+// receive messages of at most MaxMessageBytes.
 func NewService(reg *Registry, log *slog.Logger) *Service {
 	return &Service{reg: reg, log: log}
 }
@@ -137,13 +222,29 @@ type pending struct {
 	entry *executorv1.NetworkLogEntry
 }
 
-// Decide answers the proxy's questions in order on one goroutine, which is
-// also the only sender on the stream.
-func (s *Service) Decide(stream grpc.BidiStreamingServer[policyv1.DecideRequest, policyv1.DecideResponse]) error {
-	s.reg.streams.Add(1)
-	defer s.reg.streams.Add(-1)
-	s.log.Info("egress proxy connected")
-	defer s.log.Info("egress proxy disconnected")
+// Decide takes the proxy's hello, then answers its questions in order on
+// one goroutine, which is also the only sender on the stream.
+func (s *Service) Decide(stream grpc.BidiStreamingServer[egressv1.DecideRequest, egressv1.DecideResponse]) error {
+	first, err := stream.Recv()
+	if err == io.EOF {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if first.GetHello() == nil {
+		return status.Error(codes.InvalidArgument, "the first message of a Decide stream must be a hello")
+	}
+	px, err := checkHello(first.GetHello())
+	if err != nil {
+		return status.Error(codes.InvalidArgument, "hello: "+err.Error())
+	}
+	log := s.log.With("proxy_version", px.Version, "ca_sha256", px.CASHA256)
+	s.warnPorts(log, px)
+	defer s.reg.connect(px)()
+	log.Info("egress proxy connected", "transparent_address", px.TransparentAddress, "dns_address", px.DNSAddress)
+	defer log.Info("egress proxy disconnected")
+
 	outstanding := map[uint64]pending{}
 	for {
 		req, err := stream.Recv()
@@ -154,35 +255,116 @@ func (s *Service) Decide(stream grpc.BidiStreamingServer[policyv1.DecideRequest,
 			return err
 		}
 		switch k := req.GetKind().(type) {
-		case *policyv1.DecideRequest_Http:
-			resp, p := s.decideHTTP(req.GetId(), k.Http)
+		case *egressv1.DecideRequest_Hello:
+			return status.Error(codes.InvalidArgument, "hello is the first message of a Decide stream and only the first")
+		case *egressv1.DecideRequest_Question:
+			resp, p := s.answer(k.Question)
 			if p.exec != nil && resp.GetDecision() != policyv1.Decision_DECISION_DENY && len(outstanding) < maxOutstanding {
-				outstanding[req.GetId()] = p
+				outstanding[k.Question.GetId()] = p
 			}
 			if err := stream.Send(resp); err != nil {
 				return err
 			}
-		case *policyv1.DecideRequest_Dns:
-			if err := stream.Send(s.decideDNS(req.GetId(), k.Dns)); err != nil {
-				return err
-			}
-		case *policyv1.DecideRequest_Outcome:
-			if p, ok := outstanding[k.Outcome.GetRequestId()]; ok {
-				delete(outstanding, k.Outcome.GetRequestId())
-				p.exec.outcome(p, k.Outcome)
-			}
-		case *policyv1.DecideRequest_Refusal:
-			if e := s.reg.lookup(k.Refusal.GetSourceIp()); e != nil {
-				e.refusal(k.Refusal)
+		case *egressv1.DecideRequest_Report:
+			switch r := k.Report.GetKind().(type) {
+			case *egressv1.Report_Outcome:
+				if p, ok := outstanding[r.Outcome.GetQuestionId()]; ok {
+					delete(outstanding, r.Outcome.GetQuestionId())
+					p.exec.outcome(p, r.Outcome)
+				}
+			case *egressv1.Report_Refusal:
+				if e := s.reg.lookup(r.Refusal.GetSourceIp()); e != nil {
+					e.refusal(r.Refusal)
+				}
 			}
 		}
 	}
 }
 
-func (s *Service) decideHTTP(id uint64, r *policyv1.HttpRequest) (*policyv1.DecideResponse, pending) {
+// answer decides one question; every question gets exactly one answer.
+func (s *Service) answer(q *egressv1.Question) (*egressv1.DecideResponse, pending) {
+	var (
+		resp *egressv1.DecideResponse
+		p    pending
+	)
+	switch k := q.GetKind().(type) {
+	case *egressv1.Question_Http:
+		resp, p = s.decideHTTP(k.Http)
+	case *egressv1.Question_Dns:
+		resp = s.decideDNS(k.Dns)
+	default:
+		resp = &egressv1.DecideResponse{Decision: policyv1.Decision_DECISION_DENY, RuleId: "proxy", Reason: "question of an unknown kind"}
+	}
+	resp.Id = q.GetId()
+	resp.RuleId = cut(resp.GetRuleId(), maxRuleIDBytes)
+	resp.Reason = cut(resp.GetReason(), maxReasonBytes)
+	return resp, p
+}
+
+// checkHello validates the proxy's hello: its CA must be one or more PEM
+// certificates of CAs, which is all a sandbox's trust store will hold.
+func checkHello(h *egressv1.Hello) (*Proxy, error) {
+	rest := h.GetCaCertificatePem()
+	var out []byte
+	var first string
+	for {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("ca_certificate_pem: a %s block where only certificates belong", b.Type)
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("ca_certificate_pem: %w", err)
+		}
+		if !c.IsCA {
+			return nil, errors.New("ca_certificate_pem: a certificate that is not a CA's")
+		}
+		if first == "" {
+			sum := sha256.Sum256(b.Bytes)
+			first = hex.EncodeToString(sum[:])
+		}
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: b.Bytes})...)
+	}
+	if out == nil {
+		return nil, errors.New("ca_certificate_pem: no PEM certificate")
+	}
+	return &Proxy{
+		Version:            cut(h.GetProxyVersion(), 128),
+		CAPEM:              out,
+		CASHA256:           first,
+		TransparentAddress: cut(h.GetTransparentAddress(), 64),
+		DNSAddress:         cut(h.GetDnsAddress(), 64),
+	}, nil
+}
+
+// warnPorts logs when the proxy listens on other ports than the ones
+// nftables sends sandbox traffic to: sandboxes would then reach nothing.
+// Only a warning, as a port mapping between the two may be intended.
+func (s *Service) warnPorts(log *slog.Logger, px *Proxy) {
+	s.reg.mu.RLock()
+	want := s.reg.expect
+	s.reg.mu.RUnlock()
+	check := func(what, addr string, want uint16) {
+		if want == 0 {
+			return
+		}
+		_, port, err := net.SplitHostPort(addr)
+		if err != nil || port != strconv.Itoa(int(want)) {
+			log.Warn("the egress proxy does not listen where sandbox traffic is redirected", "listener", what, "proxy_address", addr, "redirect_port", want)
+		}
+	}
+	check("transparent", px.TransparentAddress, want.Transparent)
+	check("dns", px.DNSAddress, want.DNS)
+}
+
+func (s *Service) decideHTTP(r *egressv1.HttpRequest) (*egressv1.DecideResponse, pending) {
 	e := s.reg.lookup(r.GetSourceIp())
 	if e == nil {
-		return &policyv1.DecideResponse{Id: id, Decision: policyv1.Decision_DECISION_DENY, RuleId: "no-execution",
+		return &egressv1.DecideResponse{Decision: policyv1.Decision_DECISION_DENY, RuleId: "no-execution",
 			Reason: "no running execution owns source address " + r.GetSourceIp()}, pending{}
 	}
 	d := e.decide(r)
@@ -209,6 +391,9 @@ func (s *Service) decideHTTP(id uint64, r *policyv1.HttpRequest) (*policyv1.Deci
 	}
 	if blocked {
 		entry.StatusCode = 403
+		if st := r.GetViolationStatus(); r.GetViolation() != "" && st != 0 {
+			entry.StatusCode = int32(st)
+		}
 	}
 	if d.Decision != policyv1.Decision_DECISION_ALLOW {
 		entry.Reason = d.Reason
@@ -229,7 +414,7 @@ func (s *Service) decideHTTP(id uint64, r *policyv1.HttpRequest) (*policyv1.Deci
 		RuleId:    d.RuleID,
 		Reason:    d.Reason,
 	})
-	resp := &policyv1.DecideResponse{Id: id, Decision: d.Decision, RuleId: d.RuleID, Reason: d.Reason, ExecutionId: e.id}
+	resp := &egressv1.DecideResponse{Decision: d.Decision, RuleId: d.RuleID, Reason: d.Reason, ExecutionId: e.id}
 	if !blocked {
 		resp.MaxRequestBytes = e.policy.Limits().MaxRequestBytes
 	}
@@ -238,7 +423,7 @@ func (s *Service) decideHTTP(id uint64, r *policyv1.HttpRequest) (*policyv1.Deci
 
 // decide applies the proxy's own verdict, the execution's limits and its
 // policy, in that order.
-func (e *Execution) decide(r *policyv1.HttpRequest) policy.Decision {
+func (e *Execution) decide(r *egressv1.HttpRequest) policy.Decision {
 	block := func(rule, reason string) policy.Decision {
 		return policy.Decision{Action: policyv1.Action_ACTION_DENY, Decision: policyv1.Decision_DECISION_DENY, RuleID: rule, Reason: reason}
 	}
@@ -262,7 +447,7 @@ func (e *Execution) decide(r *policyv1.HttpRequest) policy.Decision {
 	return e.policy.Decide(policy.Request{Method: r.GetMethod(), Host: r.GetHost(), Path: r.GetPath(), WebSocket: r.GetWebsocket()})
 }
 
-func (e *Execution) outcome(p pending, o *policyv1.Outcome) {
+func (e *Execution) outcome(p pending, o *egressv1.Outcome) {
 	e.mu.Lock()
 	p.entry.StatusCode = o.GetStatusCode()
 	e.mu.Unlock()
@@ -283,10 +468,10 @@ func (e *Execution) outcome(p pending, o *policyv1.Outcome) {
 	})
 }
 
-func (s *Service) decideDNS(id uint64, q *policyv1.DnsQuery) *policyv1.DecideResponse {
+func (s *Service) decideDNS(q *egressv1.DnsQuery) *egressv1.DecideResponse {
 	e := s.reg.lookup(q.GetSourceIp())
 	if e == nil {
-		return &policyv1.DecideResponse{Id: id, Decision: policyv1.Decision_DECISION_DENY, RuleId: "no-execution",
+		return &egressv1.DecideResponse{Decision: policyv1.Decision_DECISION_DENY, RuleId: "no-execution",
 			Reason: "no running execution owns source address " + q.GetSourceIp()}
 	}
 	d, reason := policyv1.Decision_DECISION_DENY, "no rule of the policy could allow a request to "+q.GetName()
@@ -303,10 +488,10 @@ func (s *Service) decideDNS(id uint64, q *policyv1.DnsQuery) *policyv1.DecideRes
 		RuleId:   "dns",
 		Reason:   reason,
 	})
-	return &policyv1.DecideResponse{Id: id, Decision: d, RuleId: "dns", Reason: reason, ExecutionId: e.id}
+	return &egressv1.DecideResponse{Decision: d, RuleId: "dns", Reason: reason, ExecutionId: e.id}
 }
 
-func (e *Execution) refusal(r *policyv1.Refusal) {
+func (e *Execution) refusal(r *egressv1.Refusal) {
 	e.emit(&executorv1.NetworkEvent{
 		Kind:     executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REFUSED,
 		Time:     timestamppb.Now(),
@@ -320,7 +505,7 @@ func (e *Execution) refusal(r *policyv1.Refusal) {
 
 // redactedURL rebuilds the request's URL from what the proxy sent, whose
 // query is already redacted.
-func redactedURL(r *policyv1.HttpRequest) string {
+func redactedURL(r *egressv1.HttpRequest) string {
 	host := r.GetHost()
 	if p := r.GetPort(); p != 0 && !(r.GetScheme() == "https" && p == 443) && !(r.GetScheme() == "http" && p == 80) {
 		host += ":" + strconv.Itoa(int(p))
@@ -331,3 +516,23 @@ func redactedURL(r *policyv1.HttpRequest) string {
 	}
 	return u
 }
+
+// cut shortens s to at most n bytes, at a UTF-8 boundary, ending in
+// truncatedMarker when it had to.
+func cut(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	marker := truncatedMarker
+	if n < len(marker) {
+		marker = ""
+	}
+	i := n - len(marker)
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i] + marker
+}
+
+// truncatedMarker ends every string the executor shortened.
+const truncatedMarker = "...[truncated]"

@@ -2,16 +2,28 @@ package decision
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"io"
+	"math/big"
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/credentials/insecure"
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
+	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"github.com/sandpit-run/sandpit/services/policy"
 )
@@ -41,11 +53,34 @@ func compile(t *testing.T, y string) *policy.Compiled {
 	return c
 }
 
-// decider serves the service on loopback and returns a Decide stream.
-func decider(t *testing.T, reg *Registry) grpc.BidiStreamingClient[policyv1.DecideRequest, policyv1.DecideResponse] {
+// testCA is a CA certificate, PEM, for hellos.
+var testCA = newCAPEM("decision test CA")
+
+func newCAPEM(name string) []byte {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		panic(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+type stream = grpc.BidiStreamingClient[egressv1.DecideRequest, egressv1.DecideResponse]
+
+// serve serves the service on loopback, with the receive limit the real
+// listener has, and returns a client connection to it.
+func serve(t *testing.T, reg *Registry) *grpc.ClientConn {
 	t.Helper()
-	srv := grpc.NewServer()
-	policyv1.RegisterPolicyDecisionServiceServer(srv, NewService(reg, slog.New(slog.NewTextHandler(io.Discard, nil))))
+	srv := grpc.NewServer(grpc.MaxRecvMsgSize(MaxMessageBytes))
+	egressv1.RegisterDecisionServiceServer(srv, NewService(reg, slog.New(slog.NewTextHandler(io.Discard, nil))))
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -57,14 +92,51 @@ func decider(t *testing.T, reg *Registry) grpc.BidiStreamingClient[policyv1.Deci
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	stream, err := policyv1.NewPolicyDecisionServiceClient(conn).Decide(context.Background())
+	return conn
+}
+
+// open opens a Decide stream without saying anything on it.
+func open(t *testing.T, conn *grpc.ClientConn) stream {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	s, err := egressv1.NewDecisionServiceClient(conn).Decide(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return stream
+	return s
 }
 
-func ask(t *testing.T, s grpc.BidiStreamingClient[policyv1.DecideRequest, policyv1.DecideResponse], req *policyv1.DecideRequest) *policyv1.DecideResponse {
+func hello(ca []byte) *egressv1.DecideRequest {
+	return &egressv1.DecideRequest{Kind: &egressv1.DecideRequest_Hello{Hello: &egressv1.Hello{
+		ProxyVersion: "test", CaCertificatePem: ca, TransparentAddress: "0.0.0.0:15001", DnsAddress: "0.0.0.0:15053",
+	}}}
+}
+
+// decider serves the service on loopback and returns a Decide stream that
+// has said hello, once the service has taken it.
+func decider(t *testing.T, reg *Registry) stream {
+	t.Helper()
+	s := open(t, serve(t, reg))
+	if err := s.Send(hello(testCA)); err != nil {
+		t.Fatal(err)
+	}
+	waitConnected(t, reg, true)
+	return s
+}
+
+func waitConnected(t *testing.T, reg *Registry, want bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for reg.Connected() != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("Connected() never became %v", want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func ask(t *testing.T, s stream, req *egressv1.DecideRequest) *egressv1.DecideResponse {
 	t.Helper()
 	if err := s.Send(req); err != nil {
 		t.Fatal(err)
@@ -73,16 +145,42 @@ func ask(t *testing.T, s grpc.BidiStreamingClient[policyv1.DecideRequest, policy
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.GetId() != req.GetId() {
-		t.Fatalf("response id %d for request %d", resp.GetId(), req.GetId())
+	if resp.GetId() != req.GetQuestion().GetId() {
+		t.Fatalf("response id %d for question %d", resp.GetId(), req.GetQuestion().GetId())
 	}
 	return resp
 }
 
-func httpReq(id uint64, src, method, host, path string) *policyv1.DecideRequest {
-	return &policyv1.DecideRequest{Id: id, Kind: &policyv1.DecideRequest_Http{Http: &policyv1.HttpRequest{
+func question(id uint64, q any) *egressv1.DecideRequest {
+	qq := &egressv1.Question{Id: id}
+	switch q := q.(type) {
+	case *egressv1.HttpRequest:
+		qq.Kind = &egressv1.Question_Http{Http: q}
+	case *egressv1.DnsQuery:
+		qq.Kind = &egressv1.Question_Dns{Dns: q}
+	}
+	return &egressv1.DecideRequest{Kind: &egressv1.DecideRequest_Question{Question: qq}}
+}
+
+func report(r any) *egressv1.DecideRequest {
+	rr := &egressv1.Report{}
+	switch r := r.(type) {
+	case *egressv1.Outcome:
+		rr.Kind = &egressv1.Report_Outcome{Outcome: r}
+	case *egressv1.Refusal:
+		rr.Kind = &egressv1.Report_Refusal{Refusal: r}
+	}
+	return &egressv1.DecideRequest{Kind: &egressv1.DecideRequest_Report{Report: rr}}
+}
+
+func httpReq(id uint64, src, method, host, path string) *egressv1.DecideRequest {
+	return question(id, &egressv1.HttpRequest{
 		SourceIp: src, Method: method, Scheme: "https", Host: host, Port: 443, Path: path, ContentLength: -1,
-	}}}
+	})
+}
+
+func dnsReq(id uint64, src, name string) *egressv1.DecideRequest {
+	return question(id, &egressv1.DnsQuery{SourceIp: src, Name: name, Type: "A"})
 }
 
 func TestDecideByExecutionPolicy(t *testing.T) {
@@ -93,7 +191,7 @@ func TestDecideByExecutionPolicy(t *testing.T) {
 	s := decider(t, reg)
 
 	tests := []struct {
-		req  *policyv1.DecideRequest
+		req  *egressv1.DecideRequest
 		want policyv1.Decision
 		rule string
 	}{
@@ -105,11 +203,11 @@ func TestDecideByExecutionPolicy(t *testing.T) {
 	for _, tt := range tests {
 		resp := ask(t, s, tt.req)
 		if resp.GetDecision() != tt.want || resp.GetRuleId() != tt.rule {
-			t.Errorf("request %d: %v by %q, want %v by %q (%s)", tt.req.GetId(), resp.GetDecision(), resp.GetRuleId(), tt.want, tt.rule, resp.GetReason())
+			t.Errorf("question %d: %v by %q, want %v by %q (%s)", resp.GetId(), resp.GetDecision(), resp.GetRuleId(), tt.want, tt.rule, resp.GetReason())
 		}
 		// The proxy enforces the body limit on what it forwards.
 		if want := map[bool]uint64{true: 100, false: 0}[tt.want == policyv1.Decision_DECISION_ALLOW]; resp.GetMaxRequestBytes() != want {
-			t.Errorf("request %d: max_request_bytes %d, want %d", tt.req.GetId(), resp.GetMaxRequestBytes(), want)
+			t.Errorf("question %d: max_request_bytes %d, want %d", resp.GetId(), resp.GetMaxRequestBytes(), want)
 		}
 	}
 	// The fourth request of x1 exceeds max_requests: 3.
@@ -117,15 +215,15 @@ func TestDecideByExecutionPolicy(t *testing.T) {
 		t.Errorf("request over max_requests: %v by %q", resp.GetDecision(), resp.GetRuleId())
 	}
 
-	if err := s.Send(&policyv1.DecideRequest{Id: 6, Kind: &policyv1.DecideRequest_Outcome{Outcome: &policyv1.Outcome{RequestId: 1, StatusCode: 200, BytesReceived: 42}}}); err != nil {
+	if err := s.Send(report(&egressv1.Outcome{QuestionId: 1, StatusCode: 200, BytesReceived: 42})); err != nil {
 		t.Fatal(err)
 	}
 	// A DNS answer after the outcome proves the outcome was handled.
-	dns := ask(t, s, &policyv1.DecideRequest{Id: 7, Kind: &policyv1.DecideRequest_Dns{Dns: &policyv1.DnsQuery{SourceIp: "10.88.0.2", Name: "api.stripe.com", Type: "A"}}})
+	dns := ask(t, s, dnsReq(7, "10.88.0.2", "api.stripe.com"))
 	if dns.GetDecision() != policyv1.Decision_DECISION_ALLOW {
 		t.Errorf("DNS for a policy host: %v", dns.GetDecision())
 	}
-	if dns := ask(t, s, &policyv1.DecideRequest{Id: 8, Kind: &policyv1.DecideRequest_Dns{Dns: &policyv1.DnsQuery{SourceIp: "10.88.0.2", Name: "evil.example", Type: "A"}}}); dns.GetDecision() != policyv1.Decision_DECISION_DENY {
+	if dns := ask(t, s, dnsReq(8, "10.88.0.2", "evil.example")); dns.GetDecision() != policyv1.Decision_DECISION_DENY {
 		t.Errorf("DNS for a host no rule allows: %v", dns.GetDecision())
 	}
 
@@ -160,7 +258,7 @@ func TestViolationBlocksEvenInAudit(t *testing.T) {
 	defer reg.Register(netip.MustParseAddr("10.88.0.2"), e)()
 	s := decider(t, reg)
 	req := httpReq(1, "10.88.0.2", "GET", "a.example", "/")
-	req.GetHttp().Violation = "Host a.example does not match the TLS server name b.example"
+	req.GetQuestion().GetHttp().Violation = "Host a.example does not match the TLS server name b.example"
 	if resp := ask(t, s, req); resp.GetDecision() != policyv1.Decision_DECISION_DENY || resp.GetRuleId() != "proxy" {
 		t.Errorf("violation: %v by %q", resp.GetDecision(), resp.GetRuleId())
 	}
@@ -176,7 +274,7 @@ func TestRequestBytesLimit(t *testing.T) {
 	defer reg.Register(netip.MustParseAddr("10.88.0.2"), e)()
 	s := decider(t, reg)
 	req := httpReq(1, "10.88.0.2", "GET", "api.stripe.com", "/v1/products")
-	req.GetHttp().ContentLength = 101
+	req.GetQuestion().GetHttp().ContentLength = 101
 	if resp := ask(t, s, req); resp.GetRuleId() != "limits.max_request_bytes" {
 		t.Errorf("body over max_request_bytes: %v by %q", resp.GetDecision(), resp.GetRuleId())
 	}
@@ -211,5 +309,160 @@ func TestUnregisterAndConnected(t *testing.T) {
 	unregister()
 	if resp := ask(t, s, httpReq(2, "10.88.0.2", "GET", "a.example", "/")); resp.GetRuleId() != "no-execution" {
 		t.Errorf("after unregister: %q", resp.GetRuleId())
+	}
+}
+
+// TestHelloRequired closes a stream whose first message is not a hello,
+// one that says hello twice, and one whose hello carries no CA.
+func TestHelloRequired(t *testing.T) {
+	reg := NewRegistry()
+	conn := serve(t, reg)
+	notCA := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: []byte("x")})
+	tests := []struct {
+		name string
+		msgs []*egressv1.DecideRequest
+		want string
+	}{
+		{"question first", []*egressv1.DecideRequest{httpReq(1, "10.88.0.2", "GET", "a.example", "/")}, "must be a hello"},
+		{"report first", []*egressv1.DecideRequest{report(&egressv1.Refusal{SourceIp: "10.88.0.2", Reason: "x"})}, "must be a hello"},
+		{"hello twice", []*egressv1.DecideRequest{hello(testCA), hello(testCA)}, "only the first"},
+		{"no CA", []*egressv1.DecideRequest{hello(nil)}, "no PEM certificate"},
+		{"not a certificate", []*egressv1.DecideRequest{hello(notCA)}, "PRIVATE KEY block"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := open(t, conn)
+			for _, m := range tt.msgs {
+				if err := s.Send(m); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, err := s.Recv()
+			if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Recv: %v, want InvalidArgument saying %q", err, tt.want)
+			}
+		})
+	}
+	if reg.Connected() {
+		t.Error("a stream without a valid hello counts as connected")
+	}
+}
+
+// TestCAFromHello keeps the CA of the proxy that said hello last, and
+// falls back to an older stream's when the newer one ends.
+func TestCAFromHello(t *testing.T) {
+	reg := NewRegistry()
+	if _, ok := reg.Proxy(); ok {
+		t.Fatal("a proxy before any hello")
+	}
+	conn := serve(t, reg)
+	first := open(t, conn)
+	if err := first.Send(hello(testCA)); err != nil {
+		t.Fatal(err)
+	}
+	waitConnected(t, reg, true)
+	px, _ := reg.Proxy()
+	if string(px.CAPEM) != string(testCA) || px.Version != "test" || px.TransparentAddress != "0.0.0.0:15001" || len(px.CASHA256) != 64 {
+		t.Fatalf("proxy %+v", px)
+	}
+
+	otherCA := newCAPEM("another test CA")
+	second := open(t, conn)
+	if err := second.Send(hello(otherCA)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for px, _ := reg.Proxy(); string(px.CAPEM) != string(otherCA); px, _ = reg.Proxy() {
+		if time.Now().After(deadline) {
+			t.Fatal("the newer proxy's CA never took over")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := second.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	for px, _ := reg.Proxy(); string(px.CAPEM) != string(testCA); px, _ = reg.Proxy() {
+		if time.Now().After(deadline) {
+			t.Fatal("the older stream's CA did not come back when the newer stream ended")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := first.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	waitConnected(t, reg, false)
+	if _, ok := reg.Proxy(); ok {
+		t.Error("a proxy after every stream ended")
+	}
+}
+
+// TestQuestionsAnsweredOnceReportsNot interleaves reports with questions:
+// every question is answered exactly once, in order, and no report is.
+func TestQuestionsAnsweredOnceReportsNot(t *testing.T) {
+	reg := NewRegistry()
+	events := make(chan *executorv1.NetworkEvent, 64)
+	e := NewExecution("x1", compile(t, "version: 1\ndefault: allow\n"), events)
+	defer reg.Register(netip.MustParseAddr("10.88.0.2"), e)()
+	s := decider(t, reg)
+	msgs := []*egressv1.DecideRequest{
+		httpReq(10, "10.88.0.2", "GET", "a.example", "/1"),
+		report(&egressv1.Outcome{QuestionId: 10, StatusCode: 204}),
+		report(&egressv1.Refusal{SourceIp: "10.88.0.2", Destination: "10.88.0.1:22", Reason: "not HTTP or TLS"}),
+		dnsReq(11, "10.88.0.2", "a.example"),
+		report(&egressv1.Outcome{QuestionId: 999, StatusCode: 200}), // no such question: ignored
+		httpReq(12, "10.88.0.9", "GET", "a.example", "/2"),
+	}
+	for _, m := range msgs {
+		if err := s.Send(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, want := range []uint64{10, 11, 12} {
+		resp, err := s.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.GetId() != want {
+			t.Fatalf("answer for %d, want %d", resp.GetId(), want)
+		}
+	}
+	// Nothing more: a question sent now gets the next answer.
+	if resp := ask(t, s, dnsReq(13, "10.88.0.2", "a.example")); resp.GetId() != 13 {
+		t.Fatalf("answer %d", resp.GetId())
+	}
+	sum := e.Summary()
+	if len(sum.Log) != 1 || sum.Log[0].GetStatusCode() != 204 {
+		t.Errorf("log %v, want the request with its outcome", sum.Log)
+	}
+	var refused int
+	for len(events) > 0 {
+		if ev := <-events; ev.GetKind() == executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REFUSED {
+			refused++
+			if ev.GetUrl() != "10.88.0.1:22" || ev.GetReason() != "not HTTP or TLS" {
+				t.Errorf("refusal event %v", ev)
+			}
+		}
+	}
+	if refused != 1 {
+		t.Errorf("%d refusal events, want 1", refused)
+	}
+}
+
+// TestViolationStatusInLog records a request the proxy refused over a size
+// bound with the status the sandbox got.
+func TestViolationStatusInLog(t *testing.T) {
+	reg := NewRegistry()
+	e := NewExecution("x1", compile(t, "version: 1\ndefault: allow\n"), make(chan *executorv1.NetworkEvent, 8))
+	defer reg.Register(netip.MustParseAddr("10.88.0.2"), e)()
+	s := decider(t, reg)
+	req := httpReq(1, "10.88.0.2", "GET", "a.example", "/")
+	req.GetQuestion().GetHttp().Violation = "request header fields of 1048650 bytes are over the proxy's limit of 65536"
+	req.GetQuestion().GetHttp().ViolationStatus = 431
+	if resp := ask(t, s, req); resp.GetDecision() != policyv1.Decision_DECISION_DENY || resp.GetRuleId() != "proxy" {
+		t.Fatalf("violation: %v by %q", resp.GetDecision(), resp.GetRuleId())
+	}
+	sum := e.Summary()
+	if len(sum.Log) != 1 || sum.Log[0].GetStatusCode() != 431 || !sum.Log[0].GetBlocked() || sum.Blocked != 1 {
+		t.Fatalf("summary %+v", sum)
 	}
 }

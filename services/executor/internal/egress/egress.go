@@ -1,14 +1,11 @@
 // Package egress connects sandboxes to the egress proxy: per execution a
-// network namespace, the resolver and CA the proxy needs it to use, and the
-// policy the decision service applies to its requests.
+// network namespace, the resolver and CA the proxy needs it to use (the CA
+// the connected proxy named in its hello), and the policy the decision
+// service applies to its requests. The executor never dials the proxy.
 package egress
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/pem"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -17,10 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
-	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
 	"github.com/sandpit-run/sandpit/services/executor/internal/firewall"
@@ -37,12 +30,10 @@ const (
 	resolvConfPath = "/etc/resolv.conf"
 )
 
-// Config says where the proxy is and which addresses sandboxes get.
+// Config says where the proxy listens and which addresses sandboxes get.
 type Config struct {
 	// Pool is the IPv4 prefix sandbox subnets come from.
 	Pool string
-	// ProxyGRPC is the proxy's gRPC address (EgressService: the CA).
-	ProxyGRPC string
 	// ProxyPort and DNSPort are the proxy's transparent and DNS ports on
 	// this host, where nftables redirects sandbox traffic.
 	ProxyPort, DNSPort uint16
@@ -57,20 +48,14 @@ type Config struct {
 
 // Egress is the executor's side of the egress path.
 type Egress struct {
-	cfg  Config
-	net  *netns.Manager
-	reg  *decision.Registry
-	conn *grpc.ClientConn
-	ca   egressv1.EgressServiceClient
-	log  *slog.Logger
+	cfg Config
+	net *netns.Manager
+	reg *decision.Registry
+	log *slog.Logger
 
 	base    atomic.Pointer[policy.Compiled]
 	stop    context.CancelFunc
 	stopped chan struct{}
-
-	caMu   sync.Mutex
-	caPEM  []byte
-	caTime time.Time
 }
 
 // New removes a previous executor's namespaces, veths and tables, installs
@@ -92,14 +77,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Egress, error) {
 	if err := firewall.Install(firewall.Config{Table: cfg.Table, IfPrefix: cfg.IfPrefix, ProxyPort: cfg.ProxyPort, DNSPort: cfg.DNSPort}); err != nil {
 		return nil, err
 	}
-	conn, err := grpc.NewClient(cfg.ProxyGRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, fmt.Errorf("egress proxy client: %w", err)
-	}
-	e := &Egress{cfg: cfg, net: m, reg: decision.NewRegistry(), conn: conn, ca: egressv1.NewEgressServiceClient(conn), log: log, stopped: make(chan struct{})}
+	reg := decision.NewRegistry()
+	reg.ExpectPorts(decision.Ports{Transparent: cfg.ProxyPort, DNS: cfg.DNSPort})
+	e := &Egress{cfg: cfg, net: m, reg: reg, log: log, stopped: make(chan struct{})}
 	base, mtime, err := loadPolicy(cfg.PolicyFile)
 	if err != nil {
-		conn.Close()
 		return nil, err
 	}
 	e.base.Store(base)
@@ -112,15 +94,15 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Egress, error) {
 	return e, nil
 }
 
-// Registry is the address-to-execution map the decision service uses.
+// Registry is the address-to-execution map the decision service uses; it
+// also holds the connected proxy's hello.
 func (e *Egress) Registry() *decision.Registry { return e.reg }
 
-// Close stops watching the policy file, closes the proxy connection and
-// removes the nftables tables.
+// Close stops watching the policy file and removes the nftables tables.
 func (e *Egress) Close() error {
 	e.stop()
 	<-e.stopped
-	return errors.Join(e.conn.Close(), firewall.Remove(e.cfg.Table))
+	return firewall.Remove(e.cfg.Table)
 }
 
 // Attachment is one execution's connection to the egress path.
@@ -136,6 +118,7 @@ type Attachment struct {
 
 	e          *Egress
 	sb         *netns.Sandbox
+	caSHA256   string // of the CA the sandbox trusts; empty without one
 	unregister func()
 	detachOnce sync.Once
 	detachErr  error
@@ -146,7 +129,9 @@ var ErrNoAddress = netns.ErrPoolExhausted
 
 // Attach creates the execution's namespace and registers its policy: the
 // operator's, narrowed by inline (nil for none). Live events go to events.
-func (e *Egress) Attach(ctx context.Context, id string, inline *policy.Compiled, events chan<- *executorv1.NetworkEvent) (*Attachment, error) {
+// The sandbox trusts the CA of the proxy connected now; without one it
+// has no egress, and NetworkError says so.
+func (e *Egress) Attach(_ context.Context, id string, inline *policy.Compiled, events chan<- *executorv1.NetworkEvent) (*Attachment, error) {
 	sb, err := e.net.Create(id)
 	if err != nil {
 		return nil, fmt.Errorf("create sandbox network: %w", err)
@@ -158,12 +143,12 @@ func (e *Egress) Attach(ctx context.Context, id string, inline *policy.Compiled,
 		Path:    resolvConfPath,
 		Content: []byte("nameserver " + sb.HostIP.String() + "\noptions timeout:2 attempts:2\n"),
 	}}
-	ca, err := e.caCert(ctx)
-	if err != nil {
-		a.NetworkError = "egress proxy unavailable: " + err.Error()
-	} else {
-		a.ExtraFiles = append(a.ExtraFiles, sandbox.File{Path: CABundlePath, Content: ca})
+	if px, ok := e.reg.Proxy(); ok {
+		a.caSHA256 = px.CASHA256
+		a.ExtraFiles = append(a.ExtraFiles, sandbox.File{Path: CABundlePath, Content: px.CAPEM})
 		a.Env = []string{"NODE_EXTRA_CA_CERTS=" + CABundlePath}
+	} else {
+		a.NetworkError = "egress proxy unavailable: no egress proxy has connected to the decision service"
 	}
 	return a, nil
 }
@@ -176,44 +161,23 @@ func (a *Attachment) Do(fn func() error) error { return a.sb.Do(fn) }
 func (a *Attachment) GatewayIP() string { return a.sb.HostIP.String() }
 
 // Detach ends the execution's registration and removes its namespace; it
-// sets NetworkError if the proxy was gone by the end. Calls after the first
-// do nothing.
+// sets NetworkError if the proxy was gone by the end, or had been replaced
+// by one with another CA, which the sandbox did not trust. Calls after the
+// first do nothing.
 func (a *Attachment) Detach() error {
 	a.detachOnce.Do(func() {
 		a.unregister()
-		if a.NetworkError == "" && !a.e.reg.Connected() {
-			a.NetworkError = "egress proxy unavailable: no decision stream from the proxy"
+		if a.NetworkError == "" {
+			switch px, ok := a.e.reg.Proxy(); {
+			case !ok:
+				a.NetworkError = "egress proxy unavailable: no decision stream from the proxy"
+			case px.CASHA256 != a.caSHA256:
+				a.NetworkError = "egress proxy unavailable: the proxy restarted with another CA during the execution; TLS connections after that failed"
+			}
 		}
 		a.detachErr = a.e.net.Delete(a.sb)
 	})
 	return a.detachErr
-}
-
-// caCert returns the proxy's CA certificate, asked anew at most every few
-// seconds so that a restarted proxy's new CA is picked up.
-func (e *Egress) caCert(ctx context.Context) ([]byte, error) {
-	e.caMu.Lock()
-	defer e.caMu.Unlock()
-	if e.caPEM != nil && time.Since(e.caTime) < 5*time.Second {
-		return e.caPEM, nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	resp, err := e.ca.GetCACertificate(ctx, &egressv1.GetCACertificateRequest{})
-	if err != nil {
-		e.caPEM = nil
-		return nil, fmt.Errorf("get CA certificate: %w", err)
-	}
-	pemBytes := resp.GetCertificatePem()
-	block, _ := pem.Decode(pemBytes)
-	if block == nil || block.Type != "CERTIFICATE" {
-		return nil, errors.New("get CA certificate: the proxy sent no PEM certificate")
-	}
-	if sum := sha256.Sum256(block.Bytes); resp.GetSha256() != "" && hex.EncodeToString(sum[:]) != resp.GetSha256() {
-		return nil, errors.New("get CA certificate: fingerprint mismatch")
-	}
-	e.caPEM, e.caTime = pemBytes, time.Now()
-	return pemBytes, nil
 }
 
 // loadPolicy reads the operator's policy file; without one every request is

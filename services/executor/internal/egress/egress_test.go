@@ -2,14 +2,29 @@ package egress
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"io"
 	"log/slog"
+	"math/big"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
+	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
+	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
 	"github.com/sandpit-run/sandpit/services/policy"
 )
 
@@ -26,7 +41,7 @@ func TestPolicyFileReload(t *testing.T) {
 	}
 	write("version: 1\ndefault: allow\n")
 	e, err := New(context.Background(), Config{
-		Pool: "10.252.0.0/24", ProxyGRPC: "127.0.0.1:1", ProxyPort: 1, DNSPort: 2,
+		Pool: "10.252.0.0/24", ProxyPort: 1, DNSPort: 2,
 		Table: "sandpit_egress_test", PolicyFile: path, IfPrefix: "sg", NamePrefix: "spegtest-",
 	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
@@ -75,4 +90,110 @@ func TestNoPolicyFileDeniesAll(t *testing.T) {
 	if _, _, err := loadPolicy("/does/not/exist.yaml"); err == nil {
 		t.Error("a missing policy file loaded")
 	}
+}
+
+// TestAttachTrustsTheHelloCA attaches sandboxes before and after a proxy
+// said hello on the decision service: only then do they get its CA, and a
+// sandbox whose proxy went away is told so. It builds real namespaces and
+// (empty) nftables tables under the test's own names.
+func TestAttachTrustsTheHelloCA(t *testing.T) {
+	e, err := New(context.Background(), Config{
+		Pool: "10.252.0.0/24", ProxyPort: 1, DNSPort: 2,
+		Table: "sandpit_egress_test", IfPrefix: "sg", NamePrefix: "spegtest-",
+	}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := e.Close(); err != nil {
+			t.Error(err)
+		}
+	}()
+	attach := func(id string) *Attachment {
+		t.Helper()
+		a, err := e.Attach(context.Background(), id, nil, make(chan *executorv1.NetworkEvent, 1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	before := attach("before")
+	if !strings.Contains(before.NetworkError, "egress proxy unavailable") || len(before.Env) != 0 {
+		t.Errorf("without a proxy: network error %q, env %q", before.NetworkError, before.Env)
+	}
+	if err := before.Detach(); err != nil {
+		t.Fatal(err)
+	}
+
+	srv := grpc.NewServer()
+	egressv1.RegisterDecisionServiceServer(srv, decision.NewService(e.Registry(), slog.New(slog.DiscardHandler)))
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(lis) }()
+	defer srv.Stop()
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	stream, err := egressv1.NewDecisionServiceClient(conn).Decide(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := caPEM(t)
+	if err := stream.Send(&egressv1.DecideRequest{Kind: &egressv1.DecideRequest_Hello{Hello: &egressv1.Hello{
+		ProxyVersion: "test", CaCertificatePem: ca, TransparentAddress: "0.0.0.0:1", DnsAddress: "0.0.0.0:2",
+	}}}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); !e.Registry().Connected(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the hello was never taken")
+		}
+	}
+
+	after := attach("after")
+	var bundle []byte
+	for _, f := range after.ExtraFiles {
+		if f.Path == CABundlePath {
+			bundle = f.Content
+		}
+	}
+	if after.NetworkError != "" || string(bundle) != string(ca) || len(after.Env) != 1 || after.Env[0] != "NODE_EXTRA_CA_CERTS="+CABundlePath {
+		t.Errorf("with a proxy: network error %q, env %q, CA bundle %q", after.NetworkError, after.Env, bundle)
+	}
+	if err := stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); e.Registry().Connected(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the stream never ended")
+		}
+	}
+	if err := after.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(after.NetworkError, "no decision stream") {
+		t.Errorf("after the proxy left: network error %q", after.NetworkError)
+	}
+}
+
+func caPEM(t *testing.T) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "egress test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }

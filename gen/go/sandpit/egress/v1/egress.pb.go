@@ -7,8 +7,10 @@
 package egressv1
 
 import (
+	v1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -21,27 +23,35 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-// GetCACertificateRequest is empty.
-type GetCACertificateRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+// DecideRequest is one message from the proxy.
+type DecideRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What the proxy says; exactly one is set.
+	//
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*DecideRequest_Hello
+	//	*DecideRequest_Question
+	//	*DecideRequest_Report
+	Kind          isDecideRequest_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *GetCACertificateRequest) Reset() {
-	*x = GetCACertificateRequest{}
+func (x *DecideRequest) Reset() {
+	*x = DecideRequest{}
 	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[0]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *GetCACertificateRequest) String() string {
+func (x *DecideRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*GetCACertificateRequest) ProtoMessage() {}
+func (*DecideRequest) ProtoMessage() {}
 
-func (x *GetCACertificateRequest) ProtoReflect() protoreflect.Message {
+func (x *DecideRequest) ProtoReflect() protoreflect.Message {
 	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -53,77 +63,868 @@ func (x *GetCACertificateRequest) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use GetCACertificateRequest.ProtoReflect.Descriptor instead.
-func (*GetCACertificateRequest) Descriptor() ([]byte, []int) {
+// Deprecated: Use DecideRequest.ProtoReflect.Descriptor instead.
+func (*DecideRequest) Descriptor() ([]byte, []int) {
 	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{0}
 }
 
-// GetCACertificateResponse carries the CA certificate.
-type GetCACertificateResponse struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// The CA certificate, PEM encoded.
-	CertificatePem []byte `protobuf:"bytes,1,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
-	// Its SHA-256 fingerprint, hex.
-	Sha256        string `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *GetCACertificateResponse) Reset() {
-	*x = GetCACertificateResponse{}
-	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[1]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *GetCACertificateResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*GetCACertificateResponse) ProtoMessage() {}
-
-func (x *GetCACertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[1]
+func (x *DecideRequest) GetKind() isDecideRequest_Kind {
 	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use GetCACertificateResponse.ProtoReflect.Descriptor instead.
-func (*GetCACertificateResponse) Descriptor() ([]byte, []int) {
-	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{1}
-}
-
-func (x *GetCACertificateResponse) GetCertificatePem() []byte {
-	if x != nil {
-		return x.CertificatePem
+		return x.Kind
 	}
 	return nil
 }
 
-func (x *GetCACertificateResponse) GetSha256() string {
+func (x *DecideRequest) GetHello() *Hello {
 	if x != nil {
-		return x.Sha256
+		if x, ok := x.Kind.(*DecideRequest_Hello); ok {
+			return x.Hello
+		}
+	}
+	return nil
+}
+
+func (x *DecideRequest) GetQuestion() *Question {
+	if x != nil {
+		if x, ok := x.Kind.(*DecideRequest_Question); ok {
+			return x.Question
+		}
+	}
+	return nil
+}
+
+func (x *DecideRequest) GetReport() *Report {
+	if x != nil {
+		if x, ok := x.Kind.(*DecideRequest_Report); ok {
+			return x.Report
+		}
+	}
+	return nil
+}
+
+type isDecideRequest_Kind interface {
+	isDecideRequest_Kind()
+}
+
+type DecideRequest_Hello struct {
+	// Who the proxy is; the first message of every stream, exactly once.
+	Hello *Hello `protobuf:"bytes,1,opt,name=hello,proto3,oneof"`
+}
+
+type DecideRequest_Question struct {
+	// Something the proxy holds until the executor decides it.
+	Question *Question `protobuf:"bytes,2,opt,name=question,proto3,oneof"`
+}
+
+type DecideRequest_Report struct {
+	// Something that happened, for the execution's network log.
+	Report *Report `protobuf:"bytes,3,opt,name=report,proto3,oneof"`
+}
+
+func (*DecideRequest_Hello) isDecideRequest_Kind() {}
+
+func (*DecideRequest_Question) isDecideRequest_Kind() {}
+
+func (*DecideRequest_Report) isDecideRequest_Kind() {}
+
+// Hello introduces the proxy on a newly opened stream. The executor makes
+// every sandbox it attaches while this stream is open trust the CA named
+// here.
+type Hello struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The proxy's version, at most 128 bytes.
+	ProxyVersion string `protobuf:"bytes,1,opt,name=proxy_version,json=proxyVersion,proto3" json:"proxy_version,omitempty"`
+	// The certificate of the CA the proxy mints its TLS leaves from, PEM
+	// encoded, at most 16 KiB. The private key never leaves the proxy.
+	CaCertificatePem []byte `protobuf:"bytes,2,opt,name=ca_certificate_pem,json=caCertificatePem,proto3" json:"ca_certificate_pem,omitempty"`
+	// Where the proxy accepts the sandboxes' redirected TCP connections, as
+	// bound (host:port, at most 64 bytes); the executor checks its nftables
+	// redirect against the port.
+	TransparentAddress string `protobuf:"bytes,3,opt,name=transparent_address,json=transparentAddress,proto3" json:"transparent_address,omitempty"`
+	// Where the proxy answers the sandboxes' DNS over UDP and TCP, as bound
+	// (host:port, at most 64 bytes).
+	DnsAddress    string `protobuf:"bytes,4,opt,name=dns_address,json=dnsAddress,proto3" json:"dns_address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Hello) Reset() {
+	*x = Hello{}
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Hello) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Hello) ProtoMessage() {}
+
+func (x *Hello) ProtoReflect() protoreflect.Message {
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Hello.ProtoReflect.Descriptor instead.
+func (*Hello) Descriptor() ([]byte, []int) {
+	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Hello) GetProxyVersion() string {
+	if x != nil {
+		return x.ProxyVersion
 	}
 	return ""
+}
+
+func (x *Hello) GetCaCertificatePem() []byte {
+	if x != nil {
+		return x.CaCertificatePem
+	}
+	return nil
+}
+
+func (x *Hello) GetTransparentAddress() string {
+	if x != nil {
+		return x.TransparentAddress
+	}
+	return ""
+}
+
+func (x *Hello) GetDnsAddress() string {
+	if x != nil {
+		return x.DnsAddress
+	}
+	return ""
+}
+
+// Question is something the proxy holds until it is decided.
+type Question struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the proxy, unique on the stream; the answer carries it back.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// What is asked about; exactly one is set.
+	//
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*Question_Http
+	//	*Question_Dns
+	Kind          isQuestion_Kind `protobuf_oneof:"kind"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Question) Reset() {
+	*x = Question{}
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Question) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Question) ProtoMessage() {}
+
+func (x *Question) ProtoReflect() protoreflect.Message {
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Question.ProtoReflect.Descriptor instead.
+func (*Question) Descriptor() ([]byte, []int) {
+	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Question) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Question) GetKind() isQuestion_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *Question) GetHttp() *HttpRequest {
+	if x != nil {
+		if x, ok := x.Kind.(*Question_Http); ok {
+			return x.Http
+		}
+	}
+	return nil
+}
+
+func (x *Question) GetDns() *DnsQuery {
+	if x != nil {
+		if x, ok := x.Kind.(*Question_Dns); ok {
+			return x.Dns
+		}
+	}
+	return nil
+}
+
+type isQuestion_Kind interface {
+	isQuestion_Kind()
+}
+
+type Question_Http struct {
+	// An HTTP request.
+	Http *HttpRequest `protobuf:"bytes,2,opt,name=http,proto3,oneof"`
+}
+
+type Question_Dns struct {
+	// A DNS query.
+	Dns *DnsQuery `protobuf:"bytes,3,opt,name=dns,proto3,oneof"`
+}
+
+func (*Question_Http) isQuestion_Kind() {}
+
+func (*Question_Dns) isQuestion_Kind() {}
+
+// HttpRequest is a request as the proxy checked it: what is decided is
+// exactly what the proxy forwards. Lengths are in bytes; the proxy keeps
+// every field within them.
+type HttpRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sandbox address the connection came from (at most 45).
+	SourceIp string `protobuf:"bytes,1,opt,name=source_ip,json=sourceIp,proto3" json:"source_ip,omitempty"`
+	// The request method as sent (at most 32; a longer one is cut and the
+	// request is a violation).
+	Method string `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`
+	// http or https.
+	Scheme string `protobuf:"bytes,3,opt,name=scheme,proto3" json:"scheme,omitempty"`
+	// The canonical host: lowercase, no trailing dot, IDNA ASCII (at most
+	// 253).
+	Host string `protobuf:"bytes,4,opt,name=host,proto3" json:"host,omitempty"`
+	// The destination port.
+	Port uint32 `protobuf:"varint,5,opt,name=port,proto3" json:"port,omitempty"`
+	// The normalized path. Path and query together are at most 8 KiB: the
+	// proxy refuses a longer request target (414) before it asks, and a path
+	// it had to cut makes the request a violation.
+	Path string `protobuf:"bytes,6,opt,name=path,proto3" json:"path,omitempty"`
+	// The raw query, secret parameters redacted; cut (ending in
+	// "...[truncated]") when redaction made it outgrow the 8 KiB.
+	Query string `protobuf:"bytes,7,opt,name=query,proto3" json:"query,omitempty"`
+	// The declared body length, -1 when unknown.
+	ContentLength int64 `protobuf:"varint,8,opt,name=content_length,json=contentLength,proto3" json:"content_length,omitempty"`
+	// HTTP/1.1 or HTTP/2.
+	Protocol string `protobuf:"bytes,9,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	// True for a WebSocket upgrade.
+	Websocket bool `protobuf:"varint,10,opt,name=websocket,proto3" json:"websocket,omitempty"`
+	// Set when the proxy already knows the request must be blocked (host
+	// mismatching the SNI, ambiguous path, request over a size bound, ...):
+	// the executor reports it as blocked with this reason whatever the
+	// policy says, even in audit mode (at most 1 KiB).
+	Violation string `protobuf:"bytes,11,opt,name=violation,proto3" json:"violation,omitempty"`
+	// With a violation: the status the proxy answers it with, for the
+	// network log. 0 means 403; 414 and 431 are requests over the proxy's
+	// target and header bounds.
+	ViolationStatus uint32 `protobuf:"varint,12,opt,name=violation_status,json=violationStatus,proto3" json:"violation_status,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *HttpRequest) Reset() {
+	*x = HttpRequest{}
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HttpRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HttpRequest) ProtoMessage() {}
+
+func (x *HttpRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HttpRequest.ProtoReflect.Descriptor instead.
+func (*HttpRequest) Descriptor() ([]byte, []int) {
+	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *HttpRequest) GetSourceIp() string {
+	if x != nil {
+		return x.SourceIp
+	}
+	return ""
+}
+
+func (x *HttpRequest) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *HttpRequest) GetScheme() string {
+	if x != nil {
+		return x.Scheme
+	}
+	return ""
+}
+
+func (x *HttpRequest) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *HttpRequest) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *HttpRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *HttpRequest) GetQuery() string {
+	if x != nil {
+		return x.Query
+	}
+	return ""
+}
+
+func (x *HttpRequest) GetContentLength() int64 {
+	if x != nil {
+		return x.ContentLength
+	}
+	return 0
+}
+
+func (x *HttpRequest) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+func (x *HttpRequest) GetWebsocket() bool {
+	if x != nil {
+		return x.Websocket
+	}
+	return false
+}
+
+func (x *HttpRequest) GetViolation() string {
+	if x != nil {
+		return x.Violation
+	}
+	return ""
+}
+
+func (x *HttpRequest) GetViolationStatus() uint32 {
+	if x != nil {
+		return x.ViolationStatus
+	}
+	return 0
+}
+
+// DnsQuery is a query a sandbox sent to the proxy's resolver.
+type DnsQuery struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sandbox address the query came from (at most 45).
+	SourceIp string `protobuf:"bytes,1,opt,name=source_ip,json=sourceIp,proto3" json:"source_ip,omitempty"`
+	// The queried name, canonical when it could be made so (at most 253).
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// The query type: A, AAAA, ... (at most 16).
+	Type          string `protobuf:"bytes,3,opt,name=type,proto3" json:"type,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DnsQuery) Reset() {
+	*x = DnsQuery{}
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DnsQuery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DnsQuery) ProtoMessage() {}
+
+func (x *DnsQuery) ProtoReflect() protoreflect.Message {
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DnsQuery.ProtoReflect.Descriptor instead.
+func (*DnsQuery) Descriptor() ([]byte, []int) {
+	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *DnsQuery) GetSourceIp() string {
+	if x != nil {
+		return x.SourceIp
+	}
+	return ""
+}
+
+func (x *DnsQuery) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DnsQuery) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+// Report tells the executor what happened; it gets no answer.
+type Report struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What is reported; exactly one is set.
+	//
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*Report_Outcome
+	//	*Report_Refusal
+	Kind          isReport_Kind `protobuf_oneof:"kind"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Report) Reset() {
+	*x = Report{}
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Report) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Report) ProtoMessage() {}
+
+func (x *Report) ProtoReflect() protoreflect.Message {
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Report.ProtoReflect.Descriptor instead.
+func (*Report) Descriptor() ([]byte, []int) {
+	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Report) GetKind() isReport_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *Report) GetOutcome() *Outcome {
+	if x != nil {
+		if x, ok := x.Kind.(*Report_Outcome); ok {
+			return x.Outcome
+		}
+	}
+	return nil
+}
+
+func (x *Report) GetRefusal() *Refusal {
+	if x != nil {
+		if x, ok := x.Kind.(*Report_Refusal); ok {
+			return x.Refusal
+		}
+	}
+	return nil
+}
+
+type isReport_Kind interface {
+	isReport_Kind()
+}
+
+type Report_Outcome struct {
+	// What an allowed request led to.
+	Outcome *Outcome `protobuf:"bytes,1,opt,name=outcome,proto3,oneof"`
+}
+
+type Report_Refusal struct {
+	// A connection refused before any request could be read.
+	Refusal *Refusal `protobuf:"bytes,2,opt,name=refusal,proto3,oneof"`
+}
+
+func (*Report_Outcome) isReport_Kind() {}
+
+func (*Report_Refusal) isReport_Kind() {}
+
+// Outcome reports what an allowed request led to.
+type Outcome struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The id of the Question that carried the request.
+	QuestionId uint64 `protobuf:"varint,1,opt,name=question_id,json=questionId,proto3" json:"question_id,omitempty"`
+	// The upstream's status code, 0 if none arrived.
+	StatusCode int32 `protobuf:"varint,2,opt,name=status_code,json=statusCode,proto3" json:"status_code,omitempty"`
+	// Request body bytes sent upstream.
+	BytesSent uint64 `protobuf:"varint,3,opt,name=bytes_sent,json=bytesSent,proto3" json:"bytes_sent,omitempty"`
+	// Response body bytes returned to the sandbox.
+	BytesReceived uint64 `protobuf:"varint,4,opt,name=bytes_received,json=bytesReceived,proto3" json:"bytes_received,omitempty"`
+	// From the decision to the end of the response.
+	Duration *durationpb.Duration `protobuf:"bytes,5,opt,name=duration,proto3" json:"duration,omitempty"`
+	// Why the upstream exchange failed, if it did (at most 1 KiB).
+	Error         string `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Outcome) Reset() {
+	*x = Outcome{}
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Outcome) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Outcome) ProtoMessage() {}
+
+func (x *Outcome) ProtoReflect() protoreflect.Message {
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Outcome.ProtoReflect.Descriptor instead.
+func (*Outcome) Descriptor() ([]byte, []int) {
+	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Outcome) GetQuestionId() uint64 {
+	if x != nil {
+		return x.QuestionId
+	}
+	return 0
+}
+
+func (x *Outcome) GetStatusCode() int32 {
+	if x != nil {
+		return x.StatusCode
+	}
+	return 0
+}
+
+func (x *Outcome) GetBytesSent() uint64 {
+	if x != nil {
+		return x.BytesSent
+	}
+	return 0
+}
+
+func (x *Outcome) GetBytesReceived() uint64 {
+	if x != nil {
+		return x.BytesReceived
+	}
+	return 0
+}
+
+func (x *Outcome) GetDuration() *durationpb.Duration {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
+}
+
+func (x *Outcome) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+// Refusal reports a connection refused before a request could be read.
+type Refusal struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sandbox address the connection came from (at most 45).
+	SourceIp string `protobuf:"bytes,1,opt,name=source_ip,json=sourceIp,proto3" json:"source_ip,omitempty"`
+	// The original destination, host:port (at most 64).
+	Destination string `protobuf:"bytes,2,opt,name=destination,proto3" json:"destination,omitempty"`
+	// Why: not HTTP, TLS without SNI, ... (at most 1 KiB).
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Refusal) Reset() {
+	*x = Refusal{}
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Refusal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Refusal) ProtoMessage() {}
+
+func (x *Refusal) ProtoReflect() protoreflect.Message {
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Refusal.ProtoReflect.Descriptor instead.
+func (*Refusal) Descriptor() ([]byte, []int) {
+	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Refusal) GetSourceIp() string {
+	if x != nil {
+		return x.SourceIp
+	}
+	return ""
+}
+
+func (x *Refusal) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
+func (x *Refusal) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// DecideResponse answers one Question.
+type DecideResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The id of the question answered.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The verdict.
+	Decision v1.Decision `protobuf:"varint,2,opt,name=decision,proto3,enum=sandpit.policy.v1.Decision" json:"decision,omitempty"`
+	// The rule that decided, or the default that did (hosts[0].default,
+	// default); at most 128 bytes.
+	RuleId string `protobuf:"bytes,3,opt,name=rule_id,json=ruleId,proto3" json:"rule_id,omitempty"`
+	// Why, for the refusal body and the network log (at most 1 KiB).
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The execution the request belongs to, empty when none owns the source.
+	ExecutionId string `protobuf:"bytes,5,opt,name=execution_id,json=executionId,proto3" json:"execution_id,omitempty"`
+	// For an allowed request: the most body bytes the proxy may forward, 0
+	// for no limit. A body that grows past it (chunked, or longer than its
+	// Content-Length said) is cut off and the request fails with 413.
+	MaxRequestBytes uint64 `protobuf:"varint,6,opt,name=max_request_bytes,json=maxRequestBytes,proto3" json:"max_request_bytes,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *DecideResponse) Reset() {
+	*x = DecideResponse{}
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecideResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecideResponse) ProtoMessage() {}
+
+func (x *DecideResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecideResponse.ProtoReflect.Descriptor instead.
+func (*DecideResponse) Descriptor() ([]byte, []int) {
+	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *DecideResponse) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *DecideResponse) GetDecision() v1.Decision {
+	if x != nil {
+		return x.Decision
+	}
+	return v1.Decision(0)
+}
+
+func (x *DecideResponse) GetRuleId() string {
+	if x != nil {
+		return x.RuleId
+	}
+	return ""
+}
+
+func (x *DecideResponse) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *DecideResponse) GetExecutionId() string {
+	if x != nil {
+		return x.ExecutionId
+	}
+	return ""
+}
+
+func (x *DecideResponse) GetMaxRequestBytes() uint64 {
+	if x != nil {
+		return x.MaxRequestBytes
+	}
+	return 0
 }
 
 var File_sandpit_egress_v1_egress_proto protoreflect.FileDescriptor
 
 const file_sandpit_egress_v1_egress_proto_rawDesc = "" +
 	"\n" +
-	"\x1esandpit/egress/v1/egress.proto\x12\x11sandpit.egress.v1\"\x19\n" +
-	"\x17GetCACertificateRequest\"[\n" +
-	"\x18GetCACertificateResponse\x12'\n" +
-	"\x0fcertificate_pem\x18\x01 \x01(\fR\x0ecertificatePem\x12\x16\n" +
-	"\x06sha256\x18\x02 \x01(\tR\x06sha2562|\n" +
-	"\rEgressService\x12k\n" +
-	"\x10GetCACertificate\x12*.sandpit.egress.v1.GetCACertificateRequest\x1a+.sandpit.egress.v1.GetCACertificateResponseBBZ@github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1;egressv1b\x06proto3"
+	"\x1esandpit/egress/v1/egress.proto\x12\x11sandpit.egress.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1esandpit/policy/v1/policy.proto\"\xb9\x01\n" +
+	"\rDecideRequest\x120\n" +
+	"\x05hello\x18\x01 \x01(\v2\x18.sandpit.egress.v1.HelloH\x00R\x05hello\x129\n" +
+	"\bquestion\x18\x02 \x01(\v2\x1b.sandpit.egress.v1.QuestionH\x00R\bquestion\x123\n" +
+	"\x06report\x18\x03 \x01(\v2\x19.sandpit.egress.v1.ReportH\x00R\x06reportB\x06\n" +
+	"\x04kind\"\xac\x01\n" +
+	"\x05Hello\x12#\n" +
+	"\rproxy_version\x18\x01 \x01(\tR\fproxyVersion\x12,\n" +
+	"\x12ca_certificate_pem\x18\x02 \x01(\fR\x10caCertificatePem\x12/\n" +
+	"\x13transparent_address\x18\x03 \x01(\tR\x12transparentAddress\x12\x1f\n" +
+	"\vdns_address\x18\x04 \x01(\tR\n" +
+	"dnsAddress\"\x89\x01\n" +
+	"\bQuestion\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x124\n" +
+	"\x04http\x18\x02 \x01(\v2\x1e.sandpit.egress.v1.HttpRequestH\x00R\x04http\x12/\n" +
+	"\x03dns\x18\x03 \x01(\v2\x1b.sandpit.egress.v1.DnsQueryH\x00R\x03dnsB\x06\n" +
+	"\x04kind\"\xd6\x02\n" +
+	"\vHttpRequest\x12\x1b\n" +
+	"\tsource_ip\x18\x01 \x01(\tR\bsourceIp\x12\x16\n" +
+	"\x06method\x18\x02 \x01(\tR\x06method\x12\x16\n" +
+	"\x06scheme\x18\x03 \x01(\tR\x06scheme\x12\x12\n" +
+	"\x04host\x18\x04 \x01(\tR\x04host\x12\x12\n" +
+	"\x04port\x18\x05 \x01(\rR\x04port\x12\x12\n" +
+	"\x04path\x18\x06 \x01(\tR\x04path\x12\x14\n" +
+	"\x05query\x18\a \x01(\tR\x05query\x12%\n" +
+	"\x0econtent_length\x18\b \x01(\x03R\rcontentLength\x12\x1a\n" +
+	"\bprotocol\x18\t \x01(\tR\bprotocol\x12\x1c\n" +
+	"\twebsocket\x18\n" +
+	" \x01(\bR\twebsocket\x12\x1c\n" +
+	"\tviolation\x18\v \x01(\tR\tviolation\x12)\n" +
+	"\x10violation_status\x18\f \x01(\rR\x0fviolationStatus\"O\n" +
+	"\bDnsQuery\x12\x1b\n" +
+	"\tsource_ip\x18\x01 \x01(\tR\bsourceIp\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04type\x18\x03 \x01(\tR\x04type\"\x80\x01\n" +
+	"\x06Report\x126\n" +
+	"\aoutcome\x18\x01 \x01(\v2\x1a.sandpit.egress.v1.OutcomeH\x00R\aoutcome\x126\n" +
+	"\arefusal\x18\x02 \x01(\v2\x1a.sandpit.egress.v1.RefusalH\x00R\arefusalB\x06\n" +
+	"\x04kind\"\xde\x01\n" +
+	"\aOutcome\x12\x1f\n" +
+	"\vquestion_id\x18\x01 \x01(\x04R\n" +
+	"questionId\x12\x1f\n" +
+	"\vstatus_code\x18\x02 \x01(\x05R\n" +
+	"statusCode\x12\x1d\n" +
+	"\n" +
+	"bytes_sent\x18\x03 \x01(\x04R\tbytesSent\x12%\n" +
+	"\x0ebytes_received\x18\x04 \x01(\x04R\rbytesReceived\x125\n" +
+	"\bduration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x14\n" +
+	"\x05error\x18\x06 \x01(\tR\x05error\"`\n" +
+	"\aRefusal\x12\x1b\n" +
+	"\tsource_ip\x18\x01 \x01(\tR\bsourceIp\x12 \n" +
+	"\vdestination\x18\x02 \x01(\tR\vdestination\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xd9\x01\n" +
+	"\x0eDecideResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x127\n" +
+	"\bdecision\x18\x02 \x01(\x0e2\x1b.sandpit.policy.v1.DecisionR\bdecision\x12\x17\n" +
+	"\arule_id\x18\x03 \x01(\tR\x06ruleId\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12!\n" +
+	"\fexecution_id\x18\x05 \x01(\tR\vexecutionId\x12*\n" +
+	"\x11max_request_bytes\x18\x06 \x01(\x04R\x0fmaxRequestBytes2d\n" +
+	"\x0fDecisionService\x12Q\n" +
+	"\x06Decide\x12 .sandpit.egress.v1.DecideRequest\x1a!.sandpit.egress.v1.DecideResponse(\x010\x01BBZ@github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1;egressv1b\x06proto3"
 
 var (
 	file_sandpit_egress_v1_egress_proto_rawDescOnce sync.Once
@@ -137,19 +938,37 @@ func file_sandpit_egress_v1_egress_proto_rawDescGZIP() []byte {
 	return file_sandpit_egress_v1_egress_proto_rawDescData
 }
 
-var file_sandpit_egress_v1_egress_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_sandpit_egress_v1_egress_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_sandpit_egress_v1_egress_proto_goTypes = []any{
-	(*GetCACertificateRequest)(nil),  // 0: sandpit.egress.v1.GetCACertificateRequest
-	(*GetCACertificateResponse)(nil), // 1: sandpit.egress.v1.GetCACertificateResponse
+	(*DecideRequest)(nil),       // 0: sandpit.egress.v1.DecideRequest
+	(*Hello)(nil),               // 1: sandpit.egress.v1.Hello
+	(*Question)(nil),            // 2: sandpit.egress.v1.Question
+	(*HttpRequest)(nil),         // 3: sandpit.egress.v1.HttpRequest
+	(*DnsQuery)(nil),            // 4: sandpit.egress.v1.DnsQuery
+	(*Report)(nil),              // 5: sandpit.egress.v1.Report
+	(*Outcome)(nil),             // 6: sandpit.egress.v1.Outcome
+	(*Refusal)(nil),             // 7: sandpit.egress.v1.Refusal
+	(*DecideResponse)(nil),      // 8: sandpit.egress.v1.DecideResponse
+	(*durationpb.Duration)(nil), // 9: google.protobuf.Duration
+	(v1.Decision)(0),            // 10: sandpit.policy.v1.Decision
 }
 var file_sandpit_egress_v1_egress_proto_depIdxs = []int32{
-	0, // 0: sandpit.egress.v1.EgressService.GetCACertificate:input_type -> sandpit.egress.v1.GetCACertificateRequest
-	1, // 1: sandpit.egress.v1.EgressService.GetCACertificate:output_type -> sandpit.egress.v1.GetCACertificateResponse
-	1, // [1:2] is the sub-list for method output_type
-	0, // [0:1] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	1,  // 0: sandpit.egress.v1.DecideRequest.hello:type_name -> sandpit.egress.v1.Hello
+	2,  // 1: sandpit.egress.v1.DecideRequest.question:type_name -> sandpit.egress.v1.Question
+	5,  // 2: sandpit.egress.v1.DecideRequest.report:type_name -> sandpit.egress.v1.Report
+	3,  // 3: sandpit.egress.v1.Question.http:type_name -> sandpit.egress.v1.HttpRequest
+	4,  // 4: sandpit.egress.v1.Question.dns:type_name -> sandpit.egress.v1.DnsQuery
+	6,  // 5: sandpit.egress.v1.Report.outcome:type_name -> sandpit.egress.v1.Outcome
+	7,  // 6: sandpit.egress.v1.Report.refusal:type_name -> sandpit.egress.v1.Refusal
+	9,  // 7: sandpit.egress.v1.Outcome.duration:type_name -> google.protobuf.Duration
+	10, // 8: sandpit.egress.v1.DecideResponse.decision:type_name -> sandpit.policy.v1.Decision
+	0,  // 9: sandpit.egress.v1.DecisionService.Decide:input_type -> sandpit.egress.v1.DecideRequest
+	8,  // 10: sandpit.egress.v1.DecisionService.Decide:output_type -> sandpit.egress.v1.DecideResponse
+	10, // [10:11] is the sub-list for method output_type
+	9,  // [9:10] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_sandpit_egress_v1_egress_proto_init() }
@@ -157,13 +976,26 @@ func file_sandpit_egress_v1_egress_proto_init() {
 	if File_sandpit_egress_v1_egress_proto != nil {
 		return
 	}
+	file_sandpit_egress_v1_egress_proto_msgTypes[0].OneofWrappers = []any{
+		(*DecideRequest_Hello)(nil),
+		(*DecideRequest_Question)(nil),
+		(*DecideRequest_Report)(nil),
+	}
+	file_sandpit_egress_v1_egress_proto_msgTypes[2].OneofWrappers = []any{
+		(*Question_Http)(nil),
+		(*Question_Dns)(nil),
+	}
+	file_sandpit_egress_v1_egress_proto_msgTypes[5].OneofWrappers = []any{
+		(*Report_Outcome)(nil),
+		(*Report_Refusal)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sandpit_egress_v1_egress_proto_rawDesc), len(file_sandpit_egress_v1_egress_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

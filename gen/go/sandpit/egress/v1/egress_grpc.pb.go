@@ -19,113 +19,133 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	EgressService_GetCACertificate_FullMethodName = "/sandpit.egress.v1.EgressService/GetCACertificate"
+	DecisionService_Decide_FullMethodName = "/sandpit.egress.v1.DecisionService/Decide"
 )
 
-// EgressServiceClient is the client API for EgressService service.
+// DecisionServiceClient is the client API for DecisionService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// EgressService is served by the egress proxy to the executor.
-type EgressServiceClient interface {
-	// GetCACertificate returns the certificate of the CA the proxy mints its
-	// TLS leaves from; the executor makes every sandbox trust it. The private
-	// key never leaves the proxy.
-	GetCACertificate(ctx context.Context, in *GetCACertificateRequest, opts ...grpc.CallOption) (*GetCACertificateResponse, error)
+// DecisionService is served by the executor to the egress proxy, and is
+// internal to the pair: it is not shipped in the stubs for other languages.
+// The proxy dials the executor, never the other way round; it asks before
+// forwarding anything a sandbox sends and reports what happened. The
+// executor maps the source address to the execution that owns it and
+// decides by that execution's policy.
+//
+// Every message on the stream, either way, is at most 64 KiB (the
+// executor's receive limit, decision.MaxMessageBytes; the proxy's send
+// limit, decide.MaxMessageBytes). The sender bounds every field as
+// documented below, so a question stays far below that; a question the
+// proxy cannot fit is never sent, and its request is denied locally.
+type DecisionServiceClient interface {
+	// Decide is one long-lived stream per proxy. Its first message is a
+	// Hello, and only the first is; a stream that starts otherwise, or says
+	// hello twice, is closed with InvalidArgument. Every Question gets exactly
+	// one DecideResponse carrying its id; Reports get none. A proxy that has
+	// no stream, or no answer within its deadline, denies.
+	Decide(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[DecideRequest, DecideResponse], error)
 }
 
-type egressServiceClient struct {
+type decisionServiceClient struct {
 	cc grpc.ClientConnInterface
 }
 
-func NewEgressServiceClient(cc grpc.ClientConnInterface) EgressServiceClient {
-	return &egressServiceClient{cc}
+func NewDecisionServiceClient(cc grpc.ClientConnInterface) DecisionServiceClient {
+	return &decisionServiceClient{cc}
 }
 
-func (c *egressServiceClient) GetCACertificate(ctx context.Context, in *GetCACertificateRequest, opts ...grpc.CallOption) (*GetCACertificateResponse, error) {
+func (c *decisionServiceClient) Decide(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[DecideRequest, DecideResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(GetCACertificateResponse)
-	err := c.cc.Invoke(ctx, EgressService_GetCACertificate_FullMethodName, in, out, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &DecisionService_ServiceDesc.Streams[0], DecisionService_Decide_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
-	return out, nil
+	x := &grpc.GenericClientStream[DecideRequest, DecideResponse]{ClientStream: stream}
+	return x, nil
 }
 
-// EgressServiceServer is the server API for EgressService service.
-// All implementations must embed UnimplementedEgressServiceServer
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type DecisionService_DecideClient = grpc.BidiStreamingClient[DecideRequest, DecideResponse]
+
+// DecisionServiceServer is the server API for DecisionService service.
+// All implementations must embed UnimplementedDecisionServiceServer
 // for forward compatibility.
 //
-// EgressService is served by the egress proxy to the executor.
-type EgressServiceServer interface {
-	// GetCACertificate returns the certificate of the CA the proxy mints its
-	// TLS leaves from; the executor makes every sandbox trust it. The private
-	// key never leaves the proxy.
-	GetCACertificate(context.Context, *GetCACertificateRequest) (*GetCACertificateResponse, error)
-	mustEmbedUnimplementedEgressServiceServer()
+// DecisionService is served by the executor to the egress proxy, and is
+// internal to the pair: it is not shipped in the stubs for other languages.
+// The proxy dials the executor, never the other way round; it asks before
+// forwarding anything a sandbox sends and reports what happened. The
+// executor maps the source address to the execution that owns it and
+// decides by that execution's policy.
+//
+// Every message on the stream, either way, is at most 64 KiB (the
+// executor's receive limit, decision.MaxMessageBytes; the proxy's send
+// limit, decide.MaxMessageBytes). The sender bounds every field as
+// documented below, so a question stays far below that; a question the
+// proxy cannot fit is never sent, and its request is denied locally.
+type DecisionServiceServer interface {
+	// Decide is one long-lived stream per proxy. Its first message is a
+	// Hello, and only the first is; a stream that starts otherwise, or says
+	// hello twice, is closed with InvalidArgument. Every Question gets exactly
+	// one DecideResponse carrying its id; Reports get none. A proxy that has
+	// no stream, or no answer within its deadline, denies.
+	Decide(grpc.BidiStreamingServer[DecideRequest, DecideResponse]) error
+	mustEmbedUnimplementedDecisionServiceServer()
 }
 
-// UnimplementedEgressServiceServer must be embedded to have
+// UnimplementedDecisionServiceServer must be embedded to have
 // forward compatible implementations.
 //
 // NOTE: this should be embedded by value instead of pointer to avoid a nil
 // pointer dereference when methods are called.
-type UnimplementedEgressServiceServer struct{}
+type UnimplementedDecisionServiceServer struct{}
 
-func (UnimplementedEgressServiceServer) GetCACertificate(context.Context, *GetCACertificateRequest) (*GetCACertificateResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method GetCACertificate not implemented")
+func (UnimplementedDecisionServiceServer) Decide(grpc.BidiStreamingServer[DecideRequest, DecideResponse]) error {
+	return status.Error(codes.Unimplemented, "method Decide not implemented")
 }
-func (UnimplementedEgressServiceServer) mustEmbedUnimplementedEgressServiceServer() {}
-func (UnimplementedEgressServiceServer) testEmbeddedByValue()                       {}
+func (UnimplementedDecisionServiceServer) mustEmbedUnimplementedDecisionServiceServer() {}
+func (UnimplementedDecisionServiceServer) testEmbeddedByValue()                         {}
 
-// UnsafeEgressServiceServer may be embedded to opt out of forward compatibility for this service.
-// Use of this interface is not recommended, as added methods to EgressServiceServer will
+// UnsafeDecisionServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to DecisionServiceServer will
 // result in compilation errors.
-type UnsafeEgressServiceServer interface {
-	mustEmbedUnimplementedEgressServiceServer()
+type UnsafeDecisionServiceServer interface {
+	mustEmbedUnimplementedDecisionServiceServer()
 }
 
-func RegisterEgressServiceServer(s grpc.ServiceRegistrar, srv EgressServiceServer) {
-	// If the following call panics, it indicates UnimplementedEgressServiceServer was
+func RegisterDecisionServiceServer(s grpc.ServiceRegistrar, srv DecisionServiceServer) {
+	// If the following call panics, it indicates UnimplementedDecisionServiceServer was
 	// embedded by pointer and is nil.  This will cause panics if an
 	// unimplemented method is ever invoked, so we test this at initialization
 	// time to prevent it from happening at runtime later due to I/O.
 	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
 		t.testEmbeddedByValue()
 	}
-	s.RegisterService(&EgressService_ServiceDesc, srv)
+	s.RegisterService(&DecisionService_ServiceDesc, srv)
 }
 
-func _EgressService_GetCACertificate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(GetCACertificateRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(EgressServiceServer).GetCACertificate(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: EgressService_GetCACertificate_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(EgressServiceServer).GetCACertificate(ctx, req.(*GetCACertificateRequest))
-	}
-	return interceptor(ctx, in, info, handler)
+func _DecisionService_Decide_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(DecisionServiceServer).Decide(&grpc.GenericServerStream[DecideRequest, DecideResponse]{ServerStream: stream})
 }
 
-// EgressService_ServiceDesc is the grpc.ServiceDesc for EgressService service.
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type DecisionService_DecideServer = grpc.BidiStreamingServer[DecideRequest, DecideResponse]
+
+// DecisionService_ServiceDesc is the grpc.ServiceDesc for DecisionService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
-var EgressService_ServiceDesc = grpc.ServiceDesc{
-	ServiceName: "sandpit.egress.v1.EgressService",
-	HandlerType: (*EgressServiceServer)(nil),
-	Methods: []grpc.MethodDesc{
+var DecisionService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "sandpit.egress.v1.DecisionService",
+	HandlerType: (*DecisionServiceServer)(nil),
+	Methods:     []grpc.MethodDesc{},
+	Streams: []grpc.StreamDesc{
 		{
-			MethodName: "GetCACertificate",
-			Handler:    _EgressService_GetCACertificate_Handler,
+			StreamName:    "Decide",
+			Handler:       _DecisionService_Decide_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
 	Metadata: "sandpit/egress/v1/egress.proto",
 }

@@ -11,10 +11,9 @@ from google.protobuf import symbol_database as _symbol_database
 _sym_db = _symbol_database.Default()
 
 
-from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esandpit/policy/v1/policy.proto\x12\x11sandpit.policy.v1\x1a\x1egoogle/protobuf/duration.proto\"\xe5\x01\n\x06Policy\x12+\n\x04mode\x18\x01 \x01(\x0e\x32\x17.sandpit.policy.v1.ModeR\x04mode\x12@\n\x0e\x64\x65\x66\x61ult_action\x18\x02 \x01(\x0e\x32\x19.sandpit.policy.v1.ActionR\rdefaultAction\x12\x33\n\x05hosts\x18\x03 \x03(\x0b\x32\x1d.sandpit.policy.v1.HostPolicyR\x05hosts\x12\x37\n\x06limits\x18\x04 \x01(\x0b\x32\x1f.sandpit.policy.v1.PolicyLimitsR\x06limits\"\x91\x01\n\nHostPolicy\x12\x12\n\x04host\x18\x01 \x01(\tR\x04host\x12-\n\x05rules\x18\x02 \x03(\x0b\x32\x17.sandpit.policy.v1.RuleR\x05rules\x12@\n\x0e\x64\x65\x66\x61ult_action\x18\x03 \x01(\x0e\x32\x19.sandpit.policy.v1.ActionR\rdefaultAction\"\xad\x01\n\x04Rule\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n\x07methods\x18\x02 \x03(\tR\x07methods\x12\x12\n\x04path\x18\x03 \x01(\tR\x04path\x12\x31\n\x06\x61\x63tion\x18\x04 \x01(\x0e\x32\x19.sandpit.policy.v1.ActionR\x06\x61\x63tion\x12\x16\n\x06reason\x18\x05 \x01(\tR\x06reason\x12\x1c\n\twebsocket\x18\x06 \x01(\x08R\twebsocket\"]\n\x0cPolicyLimits\x12!\n\x0cmax_requests\x18\x01 \x01(\rR\x0bmaxRequests\x12*\n\x11max_request_bytes\x18\x02 \x01(\x04R\x0fmaxRequestBytes\"\xfe\x01\n\rDecideRequest\x12\x0e\n\x02id\x18\x01 \x01(\x04R\x02id\x12\x34\n\x04http\x18\x02 \x01(\x0b\x32\x1e.sandpit.policy.v1.HttpRequestH\x00R\x04http\x12/\n\x03\x64ns\x18\x03 \x01(\x0b\x32\x1b.sandpit.policy.v1.DnsQueryH\x00R\x03\x64ns\x12\x36\n\x07outcome\x18\x04 \x01(\x0b\x32\x1a.sandpit.policy.v1.OutcomeH\x00R\x07outcome\x12\x36\n\x07refusal\x18\x05 \x01(\x0b\x32\x1a.sandpit.policy.v1.RefusalH\x00R\x07refusalB\x06\n\x04kind\"2\n\x06Header\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value\"\xe0\x02\n\x0bHttpRequest\x12\x1b\n\tsource_ip\x18\x01 \x01(\tR\x08sourceIp\x12\x16\n\x06method\x18\x02 \x01(\tR\x06method\x12\x16\n\x06scheme\x18\x03 \x01(\tR\x06scheme\x12\x12\n\x04host\x18\x04 \x01(\tR\x04host\x12\x12\n\x04port\x18\x05 \x01(\rR\x04port\x12\x12\n\x04path\x18\x06 \x01(\tR\x04path\x12\x14\n\x05query\x18\x07 \x01(\tR\x05query\x12\x33\n\x07headers\x18\x08 \x03(\x0b\x32\x19.sandpit.policy.v1.HeaderR\x07headers\x12%\n\x0e\x63ontent_length\x18\t \x01(\x03R\rcontentLength\x12\x1a\n\x08protocol\x18\n \x01(\tR\x08protocol\x12\x1c\n\twebsocket\x18\x0b \x01(\x08R\twebsocket\x12\x1c\n\tviolation\x18\x0c \x01(\tR\tviolation\"O\n\x08\x44nsQuery\x12\x1b\n\tsource_ip\x18\x01 \x01(\tR\x08sourceIp\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n\x04type\x18\x03 \x01(\tR\x04type\"\xdc\x01\n\x07Outcome\x12\x1d\n\nrequest_id\x18\x01 \x01(\x04R\trequestId\x12\x1f\n\x0bstatus_code\x18\x02 \x01(\x05R\nstatusCode\x12\x1d\n\nbytes_sent\x18\x03 \x01(\x04R\tbytesSent\x12%\n\x0e\x62ytes_received\x18\x04 \x01(\x04R\rbytesReceived\x12\x35\n\x08\x64uration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationR\x08\x64uration\x12\x14\n\x05\x65rror\x18\x06 \x01(\tR\x05\x65rror\"`\n\x07Refusal\x12\x1b\n\tsource_ip\x18\x01 \x01(\tR\x08sourceIp\x12 \n\x0b\x64\x65stination\x18\x02 \x01(\tR\x0b\x64\x65stination\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\"\xd9\x01\n\x0e\x44\x65\x63ideResponse\x12\x0e\n\x02id\x18\x01 \x01(\x04R\x02id\x12\x37\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\x1b.sandpit.policy.v1.DecisionR\x08\x64\x65\x63ision\x12\x17\n\x07rule_id\x18\x03 \x01(\tR\x06ruleId\x12\x16\n\x06reason\x18\x04 \x01(\tR\x06reason\x12!\n\x0c\x65xecution_id\x18\x05 \x01(\tR\x0b\x65xecutionId\x12*\n\x11max_request_bytes\x18\x06 \x01(\x04R\x0fmaxRequestBytes*>\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x10\n\x0cMODE_ENFORCE\x10\x01\x12\x0e\n\nMODE_AUDIT\x10\x02*C\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x41\x43TION_ALLOW\x10\x01\x12\x0f\n\x0b\x41\x43TION_DENY\x10\x02*e\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02\x12\x18\n\x14\x44\x45\x43ISION_WOULD_BLOCK\x10\x03\x32j\n\x15PolicyDecisionService\x12Q\n\x06\x44\x65\x63ide\x12 .sandpit.policy.v1.DecideRequest\x1a!.sandpit.policy.v1.DecideResponse(\x01\x30\x01\x42\x42Z@github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1;policyv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esandpit/policy/v1/policy.proto\x12\x11sandpit.policy.v1\"\xe5\x01\n\x06Policy\x12+\n\x04mode\x18\x01 \x01(\x0e\x32\x17.sandpit.policy.v1.ModeR\x04mode\x12@\n\x0e\x64\x65\x66\x61ult_action\x18\x02 \x01(\x0e\x32\x19.sandpit.policy.v1.ActionR\rdefaultAction\x12\x33\n\x05hosts\x18\x03 \x03(\x0b\x32\x1d.sandpit.policy.v1.HostPolicyR\x05hosts\x12\x37\n\x06limits\x18\x04 \x01(\x0b\x32\x1f.sandpit.policy.v1.PolicyLimitsR\x06limits\"\x91\x01\n\nHostPolicy\x12\x12\n\x04host\x18\x01 \x01(\tR\x04host\x12-\n\x05rules\x18\x02 \x03(\x0b\x32\x17.sandpit.policy.v1.RuleR\x05rules\x12@\n\x0e\x64\x65\x66\x61ult_action\x18\x03 \x01(\x0e\x32\x19.sandpit.policy.v1.ActionR\rdefaultAction\"\xad\x01\n\x04Rule\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n\x07methods\x18\x02 \x03(\tR\x07methods\x12\x12\n\x04path\x18\x03 \x01(\tR\x04path\x12\x31\n\x06\x61\x63tion\x18\x04 \x01(\x0e\x32\x19.sandpit.policy.v1.ActionR\x06\x61\x63tion\x12\x16\n\x06reason\x18\x05 \x01(\tR\x06reason\x12\x1c\n\twebsocket\x18\x06 \x01(\x08R\twebsocket\"]\n\x0cPolicyLimits\x12!\n\x0cmax_requests\x18\x01 \x01(\rR\x0bmaxRequests\x12*\n\x11max_request_bytes\x18\x02 \x01(\x04R\x0fmaxRequestBytes*>\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x10\n\x0cMODE_ENFORCE\x10\x01\x12\x0e\n\nMODE_AUDIT\x10\x02*C\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x41\x43TION_ALLOW\x10\x01\x12\x0f\n\x0b\x41\x43TION_DENY\x10\x02*e\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02\x12\x18\n\x14\x44\x45\x43ISION_WOULD_BLOCK\x10\x03\x42\x42Z@github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1;policyv1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sandpit.policy.v1.policy_pb2', globals())
@@ -22,34 +21,18 @@ if _descriptor._USE_C_DESCRIPTORS == False:
 
   DESCRIPTOR._options = None
   DESCRIPTOR._serialized_options = b'Z@github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1;policyv1'
-  _MODE._serialized_start=2022
-  _MODE._serialized_end=2084
-  _ACTION._serialized_start=2086
-  _ACTION._serialized_end=2153
-  _DECISION._serialized_start=2155
-  _DECISION._serialized_end=2256
-  _POLICY._serialized_start=86
-  _POLICY._serialized_end=315
-  _HOSTPOLICY._serialized_start=318
-  _HOSTPOLICY._serialized_end=463
-  _RULE._serialized_start=466
-  _RULE._serialized_end=639
-  _POLICYLIMITS._serialized_start=641
-  _POLICYLIMITS._serialized_end=734
-  _DECIDEREQUEST._serialized_start=737
-  _DECIDEREQUEST._serialized_end=991
-  _HEADER._serialized_start=993
-  _HEADER._serialized_end=1043
-  _HTTPREQUEST._serialized_start=1046
-  _HTTPREQUEST._serialized_end=1398
-  _DNSQUERY._serialized_start=1400
-  _DNSQUERY._serialized_end=1479
-  _OUTCOME._serialized_start=1482
-  _OUTCOME._serialized_end=1702
-  _REFUSAL._serialized_start=1704
-  _REFUSAL._serialized_end=1800
-  _DECIDERESPONSE._serialized_start=1803
-  _DECIDERESPONSE._serialized_end=2020
-  _POLICYDECISIONSERVICE._serialized_start=2258
-  _POLICYDECISIONSERVICE._serialized_end=2364
+  _MODE._serialized_start=704
+  _MODE._serialized_end=766
+  _ACTION._serialized_start=768
+  _ACTION._serialized_end=835
+  _DECISION._serialized_start=837
+  _DECISION._serialized_end=938
+  _POLICY._serialized_start=54
+  _POLICY._serialized_end=283
+  _HOSTPOLICY._serialized_start=286
+  _HOSTPOLICY._serialized_end=431
+  _RULE._serialized_start=434
+  _RULE._serialized_end=607
+  _POLICYLIMITS._serialized_start=609
+  _POLICYLIMITS._serialized_end=702
 # @@protoc_insertion_point(module_scope)

@@ -2,14 +2,13 @@
 // @generated from file sandpit/policy/v1/policy.proto (package sandpit.policy.v1, syntax proto3)
 /* eslint-disable */
 
-import { enumDesc, fileDesc, messageDesc, serviceDesc, tsEnum } from "@bufbuild/protobuf/codegenv2";
-import { file_google_protobuf_duration } from "@bufbuild/protobuf/wkt";
+import { enumDesc, fileDesc, messageDesc, tsEnum } from "@bufbuild/protobuf/codegenv2";
 
 /**
  * Describes the file sandpit/policy/v1/policy.proto.
  */
 export const file_sandpit_policy_v1_policy = /*@__PURE__*/
-  fileDesc("Ch5zYW5kcGl0L3BvbGljeS92MS9wb2xpY3kucHJvdG8SEXNhbmRwaXQucG9saWN5LnYxIsEBCgZQb2xpY3kSJQoEbW9kZRgBIAEoDjIXLnNhbmRwaXQucG9saWN5LnYxLk1vZGUSMQoOZGVmYXVsdF9hY3Rpb24YAiABKA4yGS5zYW5kcGl0LnBvbGljeS52MS5BY3Rpb24SLAoFaG9zdHMYAyADKAsyHS5zYW5kcGl0LnBvbGljeS52MS5Ib3N0UG9saWN5Ei8KBmxpbWl0cxgEIAEoCzIfLnNhbmRwaXQucG9saWN5LnYxLlBvbGljeUxpbWl0cyJ1CgpIb3N0UG9saWN5EgwKBGhvc3QYASABKAkSJgoFcnVsZXMYAiADKAsyFy5zYW5kcGl0LnBvbGljeS52MS5SdWxlEjEKDmRlZmF1bHRfYWN0aW9uGAMgASgOMhkuc2FuZHBpdC5wb2xpY3kudjEuQWN0aW9uIn8KBFJ1bGUSCgoCaWQYASABKAkSDwoHbWV0aG9kcxgCIAMoCRIMCgRwYXRoGAMgASgJEikKBmFjdGlvbhgEIAEoDjIZLnNhbmRwaXQucG9saWN5LnYxLkFjdGlvbhIOCgZyZWFzb24YBSABKAkSEQoJd2Vic29ja2V0GAYgASgIIj8KDFBvbGljeUxpbWl0cxIUCgxtYXhfcmVxdWVzdHMYASABKA0SGQoRbWF4X3JlcXVlc3RfYnl0ZXMYAiABKAQi3QEKDURlY2lkZVJlcXVlc3QSCgoCaWQYASABKAQSLgoEaHR0cBgCIAEoCzIeLnNhbmRwaXQucG9saWN5LnYxLkh0dHBSZXF1ZXN0SAASKgoDZG5zGAMgASgLMhsuc2FuZHBpdC5wb2xpY3kudjEuRG5zUXVlcnlIABItCgdvdXRjb21lGAQgASgLMhouc2FuZHBpdC5wb2xpY3kudjEuT3V0Y29tZUgAEi0KB3JlZnVzYWwYBSABKAsyGi5zYW5kcGl0LnBvbGljeS52MS5SZWZ1c2FsSABCBgoEa2luZCIlCgZIZWFkZXISDAoEbmFtZRgBIAEoCRINCgV2YWx1ZRgCIAEoCSL1AQoLSHR0cFJlcXVlc3QSEQoJc291cmNlX2lwGAEgASgJEg4KBm1ldGhvZBgCIAEoCRIOCgZzY2hlbWUYAyABKAkSDAoEaG9zdBgEIAEoCRIMCgRwb3J0GAUgASgNEgwKBHBhdGgYBiABKAkSDQoFcXVlcnkYByABKAkSKgoHaGVhZGVycxgIIAMoCzIZLnNhbmRwaXQucG9saWN5LnYxLkhlYWRlchIWCg5jb250ZW50X2xlbmd0aBgJIAEoAxIQCghwcm90b2NvbBgKIAEoCRIRCgl3ZWJzb2NrZXQYCyABKAgSEQoJdmlvbGF0aW9uGAwgASgJIjkKCERuc1F1ZXJ5EhEKCXNvdXJjZV9pcBgBIAEoCRIMCgRuYW1lGAIgASgJEgwKBHR5cGUYAyABKAkimgEKB091dGNvbWUSEgoKcmVxdWVzdF9pZBgBIAEoBBITCgtzdGF0dXNfY29kZRgCIAEoBRISCgpieXRlc19zZW50GAMgASgEEhYKDmJ5dGVzX3JlY2VpdmVkGAQgASgEEisKCGR1cmF0aW9uGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg0KBWVycm9yGAYgASgJIkEKB1JlZnVzYWwSEQoJc291cmNlX2lwGAEgASgJEhMKC2Rlc3RpbmF0aW9uGAIgASgJEg4KBnJlYXNvbhgDIAEoCSKdAQoORGVjaWRlUmVzcG9uc2USCgoCaWQYASABKAQSLQoIZGVjaXNpb24YAiABKA4yGy5zYW5kcGl0LnBvbGljeS52MS5EZWNpc2lvbhIPCgdydWxlX2lkGAMgASgJEg4KBnJlYXNvbhgEIAEoCRIUCgxleGVjdXRpb25faWQYBSABKAkSGQoRbWF4X3JlcXVlc3RfYnl0ZXMYBiABKAQqPgoETW9kZRIUChBNT0RFX1VOU1BFQ0lGSUVEEAASEAoMTU9ERV9FTkZPUkNFEAESDgoKTU9ERV9BVURJVBACKkMKBkFjdGlvbhIWChJBQ1RJT05fVU5TUEVDSUZJRUQQABIQCgxBQ1RJT05fQUxMT1cQARIPCgtBQ1RJT05fREVOWRACKmUKCERlY2lzaW9uEhgKFERFQ0lTSU9OX1VOU1BFQ0lGSUVEEAASEgoOREVDSVNJT05fQUxMT1cQARIRCg1ERUNJU0lPTl9ERU5ZEAISGAoUREVDSVNJT05fV09VTERfQkxPQ0sQAzJqChVQb2xpY3lEZWNpc2lvblNlcnZpY2USUQoGRGVjaWRlEiAuc2FuZHBpdC5wb2xpY3kudjEuRGVjaWRlUmVxdWVzdBohLnNhbmRwaXQucG9saWN5LnYxLkRlY2lkZVJlc3BvbnNlKAEwAUJCWkBnaXRodWIuY29tL3NhbmRwaXQtcnVuL3NhbmRwaXQvZ2VuL2dvL3NhbmRwaXQvcG9saWN5L3YxO3BvbGljeXYxYgZwcm90bzM", [file_google_protobuf_duration]);
+  fileDesc("Ch5zYW5kcGl0L3BvbGljeS92MS9wb2xpY3kucHJvdG8SEXNhbmRwaXQucG9saWN5LnYxIsEBCgZQb2xpY3kSJQoEbW9kZRgBIAEoDjIXLnNhbmRwaXQucG9saWN5LnYxLk1vZGUSMQoOZGVmYXVsdF9hY3Rpb24YAiABKA4yGS5zYW5kcGl0LnBvbGljeS52MS5BY3Rpb24SLAoFaG9zdHMYAyADKAsyHS5zYW5kcGl0LnBvbGljeS52MS5Ib3N0UG9saWN5Ei8KBmxpbWl0cxgEIAEoCzIfLnNhbmRwaXQucG9saWN5LnYxLlBvbGljeUxpbWl0cyJ1CgpIb3N0UG9saWN5EgwKBGhvc3QYASABKAkSJgoFcnVsZXMYAiADKAsyFy5zYW5kcGl0LnBvbGljeS52MS5SdWxlEjEKDmRlZmF1bHRfYWN0aW9uGAMgASgOMhkuc2FuZHBpdC5wb2xpY3kudjEuQWN0aW9uIn8KBFJ1bGUSCgoCaWQYASABKAkSDwoHbWV0aG9kcxgCIAMoCRIMCgRwYXRoGAMgASgJEikKBmFjdGlvbhgEIAEoDjIZLnNhbmRwaXQucG9saWN5LnYxLkFjdGlvbhIOCgZyZWFzb24YBSABKAkSEQoJd2Vic29ja2V0GAYgASgIIj8KDFBvbGljeUxpbWl0cxIUCgxtYXhfcmVxdWVzdHMYASABKA0SGQoRbWF4X3JlcXVlc3RfYnl0ZXMYAiABKAQqPgoETW9kZRIUChBNT0RFX1VOU1BFQ0lGSUVEEAASEAoMTU9ERV9FTkZPUkNFEAESDgoKTU9ERV9BVURJVBACKkMKBkFjdGlvbhIWChJBQ1RJT05fVU5TUEVDSUZJRUQQABIQCgxBQ1RJT05fQUxMT1cQARIPCgtBQ1RJT05fREVOWRACKmUKCERlY2lzaW9uEhgKFERFQ0lTSU9OX1VOU1BFQ0lGSUVEEAASEgoOREVDSVNJT05fQUxMT1cQARIRCg1ERUNJU0lPTl9ERU5ZEAISGAoUREVDSVNJT05fV09VTERfQkxPQ0sQA0JCWkBnaXRodWIuY29tL3NhbmRwaXQtcnVuL3NhbmRwaXQvZ2VuL2dvL3NhbmRwaXQvcG9saWN5L3YxO3BvbGljeXYxYgZwcm90bzM");
 
 /**
  * Describes the message sandpit.policy.v1.Policy.
@@ -38,55 +37,6 @@ export const RuleSchema = /*@__PURE__*/
  */
 export const PolicyLimitsSchema = /*@__PURE__*/
   messageDesc(file_sandpit_policy_v1_policy, 3);
-
-/**
- * Describes the message sandpit.policy.v1.DecideRequest.
- * Use `create(DecideRequestSchema)` to create a new message.
- */
-export const DecideRequestSchema = /*@__PURE__*/
-  messageDesc(file_sandpit_policy_v1_policy, 4);
-
-/**
- * Describes the message sandpit.policy.v1.Header.
- * Use `create(HeaderSchema)` to create a new message.
- */
-export const HeaderSchema = /*@__PURE__*/
-  messageDesc(file_sandpit_policy_v1_policy, 5);
-
-/**
- * Describes the message sandpit.policy.v1.HttpRequest.
- * Use `create(HttpRequestSchema)` to create a new message.
- */
-export const HttpRequestSchema = /*@__PURE__*/
-  messageDesc(file_sandpit_policy_v1_policy, 6);
-
-/**
- * Describes the message sandpit.policy.v1.DnsQuery.
- * Use `create(DnsQuerySchema)` to create a new message.
- */
-export const DnsQuerySchema = /*@__PURE__*/
-  messageDesc(file_sandpit_policy_v1_policy, 7);
-
-/**
- * Describes the message sandpit.policy.v1.Outcome.
- * Use `create(OutcomeSchema)` to create a new message.
- */
-export const OutcomeSchema = /*@__PURE__*/
-  messageDesc(file_sandpit_policy_v1_policy, 8);
-
-/**
- * Describes the message sandpit.policy.v1.Refusal.
- * Use `create(RefusalSchema)` to create a new message.
- */
-export const RefusalSchema = /*@__PURE__*/
-  messageDesc(file_sandpit_policy_v1_policy, 9);
-
-/**
- * Describes the message sandpit.policy.v1.DecideResponse.
- * Use `create(DecideResponseSchema)` to create a new message.
- */
-export const DecideResponseSchema = /*@__PURE__*/
-  messageDesc(file_sandpit_policy_v1_policy, 10);
 
 /**
  * Describes the enum sandpit.policy.v1.Mode.
@@ -129,15 +79,4 @@ export const DecisionSchema = /*@__PURE__*/
  */
 export const Decision = /*@__PURE__*/
   tsEnum(DecisionSchema);
-
-/**
- * PolicyDecisionService is served by the executor to the egress proxy. The
- * proxy asks before forwarding anything a sandbox sends and reports what
- * happened; the executor maps the source address to the execution that owns
- * it and decides by that execution's policy.
- *
- * @generated from service sandpit.policy.v1.PolicyDecisionService
- */
-export const PolicyDecisionService = /*@__PURE__*/
-  serviceDesc(file_sandpit_policy_v1_policy, 0);
 
