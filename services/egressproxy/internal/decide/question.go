@@ -123,9 +123,9 @@ func addrString(a netip.Addr) string {
 	return a.String()
 }
 
-// bound makes s valid UTF-8 (the wire requires it) of at most n bytes,
+// Bound makes s valid UTF-8 (the wire requires it) of at most n bytes,
 // ending in TruncatedMarker when it was cut.
-func bound(s string, n int) string {
+func Bound(s string, n int) string {
 	s = strings.ToValidUTF8(s, "\uFFFD")
 	if len(s) <= n {
 		return s
@@ -146,10 +146,10 @@ func (h Hello) message() (*egressv1.DecideRequest, error) {
 		return nil, fmt.Errorf("hello: a CA certificate of %d bytes, want 1 to %d", len(h.CACertPEM), maxCABytes)
 	}
 	return &egressv1.DecideRequest{Kind: &egressv1.DecideRequest_Hello{Hello: &egressv1.Hello{
-		ProxyVersion:       bound(h.Version, maxVersionBytes),
+		ProxyVersion:       Bound(h.Version, maxVersionBytes),
 		CaCertificatePem:   h.CACertPEM,
-		TransparentAddress: bound(h.TransparentAddress, maxAddressBytes),
-		DnsAddress:         bound(h.DNSAddress, maxAddressBytes),
+		TransparentAddress: Bound(h.TransparentAddress, maxAddressBytes),
+		DnsAddress:         Bound(h.DNSAddress, maxAddressBytes),
 	}}}, nil
 }
 
@@ -167,7 +167,7 @@ func report(r *egressv1.Report) *egressv1.DecideRequest {
 // sent. A query is only logged, never decided on, so cutting it is enough.
 func (q HTTPQuestion) message(id uint64) *egressv1.DecideRequest {
 	violation, status := q.Violation, q.ViolationStatus
-	method, path := bound(q.Method, MaxMethodBytes), bound(q.Path, MaxTargetBytes)
+	method, path := Bound(q.Method, MaxMethodBytes), Bound(q.Path, MaxTargetBytes)
 	switch {
 	case violation != "":
 	case method != q.Method:
@@ -178,22 +178,22 @@ func (q HTTPQuestion) message(id uint64) *egressv1.DecideRequest {
 	return question(id, &egressv1.Question{Kind: &egressv1.Question_Http{Http: &egressv1.HttpRequest{
 		SourceIp:        addrString(q.SourceIP),
 		Method:          method,
-		Scheme:          bound(q.Scheme, maxTokenBytes),
-		Host:            bound(q.Host, MaxHostBytes),
+		Scheme:          Bound(q.Scheme, maxTokenBytes),
+		Host:            Bound(q.Host, MaxHostBytes),
 		Port:            uint32(q.Port),
 		Path:            path,
-		Query:           bound(q.Query, max(MaxTargetBytes-len(path), 0)),
+		Query:           Bound(q.Query, max(MaxTargetBytes-len(path), 0)),
 		ContentLength:   q.ContentLength,
-		Protocol:        bound(q.Protocol, maxTokenBytes),
+		Protocol:        Bound(q.Protocol, maxTokenBytes),
 		Websocket:       q.WebSocket,
-		Violation:       bound(violation, MaxReasonBytes),
+		Violation:       Bound(violation, MaxReasonBytes),
 		ViolationStatus: uint32(status),
 	}}})
 }
 
 func (q DNSQuestion) message(id uint64) *egressv1.DecideRequest {
 	return question(id, &egressv1.Question{Kind: &egressv1.Question_Dns{Dns: &egressv1.DnsQuery{
-		SourceIp: addrString(q.SourceIP), Name: bound(q.Name, MaxHostBytes), Type: bound(q.Type, maxTokenBytes),
+		SourceIp: addrString(q.SourceIP), Name: Bound(q.Name, MaxHostBytes), Type: Bound(q.Type, maxTokenBytes),
 	}}})
 }
 
@@ -204,7 +204,7 @@ func (o Outcome) message() *egressv1.DecideRequest {
 		BytesSent:     o.BytesSent,
 		BytesReceived: o.BytesReceived,
 		Duration:      durationpb.New(o.Duration),
-		Error:         bound(o.Error, MaxReasonBytes),
+		Error:         Bound(o.Error, MaxReasonBytes),
 	}}})
 }
 
@@ -214,7 +214,7 @@ func (r Refusal) message() *egressv1.DecideRequest {
 		dst = r.Destination.String()
 	}
 	return report(&egressv1.Report{Kind: &egressv1.Report_Refusal{Refusal: &egressv1.Refusal{
-		SourceIp: addrString(r.SourceIP), Destination: dst, Reason: bound(r.Reason, MaxReasonBytes),
+		SourceIp: addrString(r.SourceIP), Destination: dst, Reason: Bound(r.Reason, MaxReasonBytes),
 	}}})
 }
 

@@ -12,8 +12,8 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/sandpit-run/sandpit/services/policy/canon"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
+	"github.com/sandpit-run/sandpit/services/policy/canon"
 )
 
 // Decider answers questions about queries; AskDNS always returns a

@@ -15,15 +15,19 @@ import (
 	"time"
 )
 
-const maxHeaderBytes = 64 << 10
-
 // serveH1 reads HTTP/1.x requests one after another (keep-alive) and
 // answers each. It reads the request head itself so that the Host header
-// survives an absolute-form target, which net/http would fold into r.Host.
+// survives an absolute-form target, which net/http would fold into r.Host,
+// and so that a head or target over its bound is answered, and reported,
+// before any of it is parsed. br must buffer at least MaxHeaderBytes.
 func (p *Proxy) serveH1(ctx context.Context, conn net.Conn, br *bufio.Reader, info connInfo) {
 	for ctx.Err() == nil {
 		_ = conn.SetReadDeadline(time.Now().Add(p.cfg.IdleTimeout))
 		line, hdr, err := peekHead(br)
+		if o, over := h1Oversized(line, hdr, err); over {
+			p.refuseOversizedH1(ctx, conn, br, info, o)
+			return
+		}
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !isTimeout(err) {
 				writeSimple(conn, http.StatusBadRequest, "bad request head: "+err.Error())
@@ -51,9 +55,8 @@ func isTimeout(err error) bool {
 // line is well formed (typically a target with an invalid escape) it is
 // still decided, so the attempt is logged as blocked with its reason.
 func (p *Proxy) unparsable(ctx context.Context, conn net.Conn, line string, hdr textproto.MIMEHeader, info connInfo, err error) {
-	method, rest, ok1 := strings.Cut(line, " ")
-	target, proto, ok2 := strings.Cut(rest, " ")
-	if !ok1 || !ok2 || !strings.HasPrefix(proto, "HTTP/1.") || method == "" || target == "" {
+	method, target, ok := requestLine(line)
+	if !ok {
 		writeSimple(conn, http.StatusBadRequest, "bad request: "+err.Error())
 		return
 	}
@@ -62,19 +65,65 @@ func (p *Proxy) unparsable(ctx context.Context, conn net.Conn, line string, hdr 
 	hdr.Del("Host")
 	c := p.check(info, req, "HTTP/1.1", nil)
 	c.block("unparsable request: " + err.Error())
-	v := p.decide(ctx, info, c, req)
+	v := p.decide(ctx, info, c, -1)
 	writeResponse(bufio.NewWriter(conn), http.StatusForbidden, "application/json", blockBody(c, v), true)
 }
 
+// h1Oversized tells whether the head peekHead returned (or failed on) is
+// over a size bound. The target is checked first.
+func h1Oversized(line string, hdr textproto.MIMEHeader, err error) (oversize, bool) {
+	method, target, ok := requestLine(line)
+	o := oversize{protocol: "HTTP/1.1", method: method, target: target, host: hdr.Get("Host")}
+	switch {
+	case errors.Is(err, errLineTooLong):
+		// Only part of the target was read: its length is unknown.
+		method, target, _ = strings.Cut(line, " ")
+		o.method, o.target, o.status = method, target, http.StatusRequestURITooLong
+	case (err == nil || errors.Is(err, errHeadTooLarge)) && ok && len(target) > MaxTargetBytes:
+		o.status, o.size = http.StatusRequestURITooLong, len(target)
+	case errors.Is(err, errHeadTooLarge):
+		o.status = http.StatusRequestHeaderFieldsTooLarge
+	default:
+		return o, false
+	}
+	return o, true
+}
+
+// requestLine splits an HTTP/1.x request line.
+func requestLine(line string) (method, target string, ok bool) {
+	method, rest, ok1 := strings.Cut(line, " ")
+	target, proto, ok2 := strings.Cut(rest, " ")
+	if !ok1 || !ok2 || !strings.HasPrefix(proto, "HTTP/1.") || method == "" || target == "" {
+		return method, target, false
+	}
+	return method, target, true
+}
+
+// peekHead's errors for a head over MaxHeaderBytes: with or without the
+// request line ending within it.
+var (
+	errHeadTooLarge = errors.New("request head too large")
+	errLineTooLong  = errors.New("request line too long")
+)
+
 // peekHead returns the request line and headers of the request head
-// waiting in br, without consuming them.
+// waiting in br, without consuming them. When the head is over
+// MaxHeaderBytes the error is errHeadTooLarge, with the line, or
+// errLineTooLong, with as much of the line as was read.
 func peekHead(br *bufio.Reader) (string, textproto.MIMEHeader, error) {
 	n := max(br.Buffered(), 1)
+	tooLarge := func(b []byte) (string, textproto.MIMEHeader, error) {
+		line, _, found := bytes.Cut(b, []byte("\r\n"))
+		if !found {
+			return string(line), nil, errLineTooLong
+		}
+		return string(line), nil, errHeadTooLarge
+	}
 	for {
 		b, err := br.Peek(n)
 		if err != nil {
 			if len(b) > 0 && errors.Is(err, bufio.ErrBufferFull) {
-				return "", nil, errors.New("request head too large")
+				return tooLarge(b)
 			}
 			return "", nil, err
 		}
@@ -87,11 +136,11 @@ func peekHead(br *bufio.Reader) (string, textproto.MIMEHeader, error) {
 			}
 			return string(line), hdr, nil
 		}
-		if n >= maxHeaderBytes {
-			return "", nil, errors.New("request head too large")
+		if n >= MaxHeaderBytes {
+			return tooLarge(b)
 		}
 		// All that is buffered was searched: wait for at least one more byte.
-		n = min(max(br.Buffered(), n+1), maxHeaderBytes)
+		n = min(max(br.Buffered(), n+1), MaxHeaderBytes)
 	}
 }
 
@@ -100,7 +149,7 @@ func peekHead(br *bufio.Reader) (string, textproto.MIMEHeader, error) {
 func (p *Proxy) serveOneH1(ctx context.Context, conn net.Conn, br *bufio.Reader, req *http.Request, hosts []string, info connInfo) bool {
 	defer req.Body.Close()
 	c := p.check(info, req, "HTTP/1.1", hosts)
-	v := p.decide(ctx, info, c, req)
+	v := p.decide(ctx, info, c, req.ContentLength)
 	keep := !req.Close && req.ProtoAtLeast(1, 1)
 	bw := bufio.NewWriterSize(conn, 16<<10)
 	if !v.allowed {
@@ -178,6 +227,17 @@ func (p *Proxy) serveOneH1(ctx context.Context, conn net.Conn, br *bufio.Reader,
 	}
 	n, _ := req.Body.Read(make([]byte, 1))
 	return n == 0
+}
+
+// refuseOversizedH1 answers an oversized request and closes the
+// connection: what is left of the request cannot be told from a next one.
+// What the client still sends is read and dropped for a moment first, so
+// that it gets to read the answer rather than a reset.
+func (p *Proxy) refuseOversizedH1(ctx context.Context, conn net.Conn, br *bufio.Reader, info connInfo, o oversize) {
+	status, body := p.refuseOversized(ctx, info, o)
+	writeResponse(bufio.NewWriter(conn), status, "application/json", body, true)
+	_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	_, _ = io.Copy(io.Discard, io.LimitReader(br, 4<<20))
 }
 
 // drainBody discards up to 256 KiB of a refused request's body, for at

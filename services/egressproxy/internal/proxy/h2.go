@@ -14,6 +14,10 @@ func (p *Proxy) serveH2(ctx context.Context, conn net.Conn, info connInfo) {
 	srv := &http2.Server{IdleTimeout: p.cfg.IdleTimeout}
 	srv.ServeConn(conn, &http2.ServeConnOpts{
 		Context: ctx,
+		// The library's own bound on a header block; the proxy's,
+		// MaxHeaderBytes, is checked in the handler, so that it can answer
+		// and report.
+		BaseConfig: &http.Server{MaxHeaderBytes: h2MaxHeaderListBytes},
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			p.serveH2Request(w, r, info)
 		}),
@@ -21,8 +25,13 @@ func (p *Proxy) serveH2(ctx context.Context, conn net.Conn, info connInfo) {
 }
 
 func (p *Proxy) serveH2Request(w http.ResponseWriter, r *http.Request, info connInfo) {
+	if o, over := h2Oversized(r); over {
+		status, body := p.refuseOversized(r.Context(), info, o)
+		writeH2(w, status, body)
+		return
+	}
 	c := p.check(info, r, "HTTP/2", r.Header.Values("Host"))
-	v := p.decide(r.Context(), info, c, r)
+	v := p.decide(r.Context(), info, c, r.ContentLength)
 	if !v.allowed {
 		writeH2(w, http.StatusForbidden, blockBody(c, v))
 		return
@@ -77,6 +86,21 @@ func (p *Proxy) serveH2Request(w http.ResponseWriter, r *http.Request, info conn
 		w.Header()[k] = vv
 	}
 	p.outcome(v, resp.StatusCode, body.n.Load(), recv, werr)
+}
+
+// h2Oversized tells whether a request is over a size bound. The target
+// is checked first, as HTTP/1.1 reads it first.
+func h2Oversized(r *http.Request) (oversize, bool) {
+	o := oversize{protocol: "HTTP/2", method: r.Method, target: r.RequestURI, host: r.Host}
+	if n := len(r.RequestURI); n > MaxTargetBytes {
+		o.status, o.size = http.StatusRequestURITooLong, n
+		return o, true
+	}
+	if n := h2HeadBytes(r); n > MaxHeaderBytes {
+		o.status, o.size = http.StatusRequestHeaderFieldsTooLarge, n
+		return o, true
+	}
+	return o, false
 }
 
 func writeH2(w http.ResponseWriter, status int, body []byte) {

@@ -19,9 +19,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/sandpit-run/sandpit/services/policy/canon"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/redact"
+	"github.com/sandpit-run/sandpit/services/policy/canon"
 )
 
 // Decider answers the questions the proxy asks about each request and
@@ -161,7 +161,7 @@ func (p *Proxy) handleConn(ctx context.Context, c net.Conn) {
 	}
 	info.dst = dst
 	_ = c.SetDeadline(time.Now().Add(p.cfg.HandshakeTimeout))
-	br := bufio.NewReaderSize(c, 64<<10)
+	br := bufio.NewReaderSize(c, MaxHeaderBytes)
 	first, err := br.Peek(1)
 	if err != nil {
 		return // closed before sending anything: nothing to decide
@@ -251,7 +251,7 @@ func (p *Proxy) serveTLS(ctx context.Context, c net.Conn, br *bufio.Reader, info
 		p.serveH2(ctx, tc, info)
 		return
 	}
-	p.serveH1(ctx, tc, bufio.NewReaderSize(tc, 64<<10), info)
+	p.serveH1(ctx, tc, bufio.NewReaderSize(tc, MaxHeaderBytes), info)
 }
 
 func (p *Proxy) refuse(info connInfo, reason string, err error) {

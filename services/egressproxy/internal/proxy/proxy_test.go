@@ -513,3 +513,108 @@ func TestTLSWithoutSNIRefusedAndReported(t *testing.T) {
 		t.Fatalf("refusal %v", r)
 	}
 }
+
+// TestOversizedRefusedAndReported sends requests over the header and
+// target bounds, over HTTP/1.1 and HTTP/2: each is answered 431 or 414 by
+// the proxy with the refusal body, reported to the decider as a blocked
+// request with its status, never forwarded; the decide stream and, for
+// HTTP/2, the connection carry on.
+func TestOversizedRefusedAndReported(t *testing.T) {
+	bigCookie := "session=" + strings.Repeat("c", 100<<10)
+	bigQuery := "/v1/products?q=" + strings.Repeat("q", 100<<10)
+	tests := []struct {
+		name, proto, path, cookie string
+		raw                       string // an HTTP/1.1 request written as is
+		status                    int
+		code                      string
+	}{
+		{name: "h1 cookie", proto: "HTTP/1.1", path: "/v1/products", cookie: bigCookie, status: 431, code: "request_header_fields_too_large"},
+		{name: "h1 query", proto: "HTTP/1.1", path: bigQuery, status: 414, code: "uri_too_long"},
+		{name: "h1 target within the head bound", proto: "HTTP/1.1", raw: "GET /v1/products?q=" + strings.Repeat("q", 9<<10) + " HTTP/1.1\r\nHost: api.stripe.test\r\n\r\n", status: 414, code: "uri_too_long"},
+		{name: "h1 request line past the head bound", proto: "HTTP/1.1", raw: "GET /v1/products?q=" + strings.Repeat("q", 70<<10) + " HTTP/1.1\r\nHost: api.stripe.test\r\n\r\n", status: 414, code: "uri_too_long"},
+		{name: "h2 cookie", proto: "HTTP/2", path: "/v1/products", cookie: bigCookie, status: 431, code: "request_header_fields_too_large"},
+		{name: "h2 query", proto: "HTTP/2", path: bigQuery, status: 414, code: "uri_too_long"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := setup(t)
+			var resp *http.Response
+			c := e.h1Client("api.stripe.test")
+			if tt.proto == "HTTP/2" {
+				c = e.h2Client("api.stripe.test")
+			}
+			if tt.raw != "" {
+				resp = e.raw(t, "api.stripe.test", tt.raw)
+			} else {
+				hdr := map[string]string{}
+				if tt.cookie != "" {
+					hdr["Cookie"] = tt.cookie
+				}
+				resp = get(t, c, "GET", "https://api.stripe.test"+tt.path, hdr)
+			}
+			b := expectRefused(t, resp, tt.status, tt.code)
+			if b.Rule != "proxy" || b.Host != "api.stripe.test" || b.Method != "GET" || !strings.HasPrefix(b.Path, "/v1/products") || len(b.Path) > 2<<10 {
+				t.Errorf("body %+v", b)
+			}
+			q := e.decider.WaitFor(t, "the oversized request", func(r *egressv1.DecideRequest) bool {
+				return r.GetQuestion().GetHttp().GetViolationStatus() != 0
+			}).GetQuestion().GetHttp()
+			if q.GetViolationStatus() != uint32(tt.status) || !strings.Contains(q.GetViolation(), "over the proxy's limit") ||
+				q.GetQuery() != "" || q.GetProtocol() != tt.proto || q.GetHost() != "api.stripe.test" {
+				t.Errorf("reported %v", q)
+			}
+			if got := e.upstream.requests(); len(got) != 0 {
+				t.Errorf("upstream saw %d requests", len(got))
+			}
+			if tt.proto == "HTTP/2" {
+				// Same connection, a request within the bounds.
+				resp := get(t, c, "GET", "https://api.stripe.test/v1/products", nil)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					t.Errorf("next request on the connection: %d", resp.StatusCode)
+				}
+			}
+			if n := e.decider.Streams(); n != 1 || !e.client.Connected() {
+				t.Errorf("%d decide streams, connected %v; want the one stream still up", n, e.client.Connected())
+			}
+		})
+	}
+}
+
+// TestBoundsAreInclusive sends a target and a head exactly at their
+// bounds: both are decided and forwarded as usual.
+func TestBoundsAreInclusive(t *testing.T) {
+	e := setup(t)
+	target := "/v1/products?q="
+	target += strings.Repeat("q", MaxTargetBytes-len(target))
+	head := "GET " + target + " HTTP/1.1\r\nHost: api.stripe.test\r\nX-Pad: \r\n\r\n"
+	pad := strings.Repeat("p", MaxHeaderBytes-len(head))
+	head = strings.Replace(head, "X-Pad: ", "X-Pad: "+pad, 1)
+	if len(head) != MaxHeaderBytes {
+		t.Fatalf("head of %d bytes", len(head))
+	}
+	resp := e.raw(t, "api.stripe.test", head)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("a request at both bounds: %d", resp.StatusCode)
+	}
+}
+
+type refusalBody struct {
+	Decision, Rule, Reason, Hint, Host, Method, Path string
+	Error                                            struct{ Type, Code, Message string }
+}
+
+func expectRefused(t *testing.T, resp *http.Response, status int, code string) refusalBody {
+	t.Helper()
+	defer resp.Body.Close()
+	var b refusalBody
+	if err := json.NewDecoder(resp.Body).Decode(&b); err != nil {
+		t.Fatalf("status %d, body: %v", resp.StatusCode, err)
+	}
+	if resp.StatusCode != status || resp.Header.Get("Content-Type") != "application/json" || b.Decision != "blocked" ||
+		b.Error.Code != code || b.Hint == "" || b.Reason == "" {
+		t.Fatalf("status %d, body %+v; want %d with code %s", resp.StatusCode, b, status, code)
+	}
+	return b
+}

@@ -15,8 +15,8 @@ import (
 	"time"
 
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
-	"github.com/sandpit-run/sandpit/services/policy/canon"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
+	"github.com/sandpit-run/sandpit/services/policy/canon"
 )
 
 // checked is a request as the proxy understood it: what is decided is
@@ -32,6 +32,10 @@ type checked struct {
 	protocol  string
 	websocket bool
 	violation string
+	// For a request refused over a size bound: the status it gets (0 is
+	// 403), and the refusal code and hint of its body.
+	status     int
+	code, hint string
 }
 
 func (c *checked) block(why string) {
@@ -56,6 +60,9 @@ func (p *Proxy) check(info connInfo, r *http.Request, protocol string, hostHeade
 	}
 	if r.Method == http.MethodConnect {
 		c.block("CONNECT is not supported: the proxy is transparent")
+	}
+	if len(r.Method) > decide.MaxMethodBytes {
+		c.block(fmt.Sprintf("method longer than %d bytes", decide.MaxMethodBytes))
 	}
 
 	target := r.RequestURI
@@ -174,19 +181,22 @@ type verdict struct {
 	maxBody uint64
 }
 
-func (p *Proxy) decide(ctx context.Context, info connInfo, c *checked, r *http.Request) verdict {
+// decide asks about c, whose declared body length is contentLength (-1
+// when unknown).
+func (p *Proxy) decide(ctx context.Context, info connInfo, c *checked, contentLength int64) verdict {
 	resp, err := p.cfg.Decider.AskHTTP(ctx, decide.HTTPQuestion{
-		SourceIP:      info.src,
-		Method:        c.method,
-		Scheme:        c.scheme,
-		Host:          c.host,
-		Port:          c.port,
-		Path:          c.path,
-		Query:         p.cfg.Redactor.Query(c.query),
-		ContentLength: r.ContentLength,
-		Protocol:      c.protocol,
-		WebSocket:     c.websocket,
-		Violation:     c.violation,
+		SourceIP:        info.src,
+		Method:          c.method,
+		Scheme:          c.scheme,
+		Host:            c.host,
+		Port:            c.port,
+		Path:            c.path,
+		Query:           p.cfg.Redactor.Query(c.query),
+		ContentLength:   contentLength,
+		Protocol:        c.protocol,
+		WebSocket:       c.websocket,
+		Violation:       c.violation,
+		ViolationStatus: c.status,
 	})
 	v := verdict{id: resp.QuestionID, rule: resp.RuleID, reason: resp.Reason, at: time.Now(), maxBody: resp.MaxRequestBytes}
 	switch resp.Decision {
@@ -222,18 +232,25 @@ type apiError struct {
 	Message string `json:"message"`
 }
 
+// blockBody is the JSON body of every refusal of a request: 403 by the
+// policy or the proxy's checks, 414 and 431 over a size bound.
 func blockBody(c *checked, v verdict) []byte {
+	code := c.code
+	if code == "" {
+		code = codeBlocked
+	}
 	b, _ := json.Marshal(struct {
 		Decision string   `json:"decision"`
 		Rule     string   `json:"rule"`
 		Reason   string   `json:"reason"`
+		Hint     string   `json:"hint,omitempty"`
 		Host     string   `json:"host"`
 		Method   string   `json:"method"`
 		Path     string   `json:"path"`
 		Error    apiError `json:"error"`
-	}{"blocked", v.rule, v.reason, c.host, c.method, c.path, apiError{
+	}{"blocked", v.rule, v.reason, c.hint, c.host, c.method, c.path, apiError{
 		Type:    "sandpit_policy_error",
-		Code:    "blocked_by_policy",
+		Code:    code,
 		Message: fmt.Sprintf("sandpit blocked %s %s%s: %s (rule %s)", c.method, c.host, c.path, v.reason, v.rule),
 	}})
 	return append(b, '\n')
