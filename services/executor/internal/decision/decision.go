@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
@@ -45,9 +46,28 @@ const (
 	maxReasonBytes = 1 << 10
 )
 
-// maxLog bounds an execution's network log; past it requests are still
-// decided and counted but no longer logged.
-const maxLog = 10000
+// Bounds of an execution's network log: every request is decided and
+// counted, but the log keeps at most maxLogEntries entries, of at most
+// maxLogBytes together, so that the Result it goes into stays well under
+// a client's default 4 MiB receive limit whatever the program does. The
+// requests past either bound are counted (Summary.LogOmitted).
+const (
+	maxLogEntries = 10000
+	maxLogBytes   = 3 << 20
+	// entryOverhead is what an entry costs beyond its size when logged:
+	// its framing in the Result and the status code an outcome adds.
+	entryOverhead = 16
+)
+
+// Bounds of the strings of every network event and log entry, as
+// executor.proto documents them; longer ones are cut and end in
+// truncatedMarker.
+const (
+	maxURLBytes       = 2 << 10
+	maxLogReasonBytes = 512
+	maxMethodBytes    = 32
+	maxHostBytes      = 253
+)
 
 // maxOutstanding bounds the allowed requests a stream waits to hear the
 // outcome of; a proxy that never reports cannot grow the executor's memory.
@@ -65,30 +85,66 @@ type Execution struct {
 	allowed  uint32
 	blocked  uint32
 	log      []*executorv1.NetworkLogEntry
-	dropped  int
+	logBytes int
+	omitted  uint32 // requests left out of the log
+	cut      bool   // a url or reason in the log was cut
+	dropped  uint32
 }
 
 // NewExecution returns the network state of execution id under p. Live
 // events go to events without blocking: when it is full they are dropped
-// (the result's network log still has every request).
+// and counted (the result's network log still has the requests, within
+// its bounds).
 func NewExecution(id string, p *policy.Compiled, events chan<- *executorv1.NetworkEvent) *Execution {
 	return &Execution{id: id, policy: p, events: events}
 }
 
-// Summary is what the result reports of the execution's network use.
+// Summary is what the result reports of the execution's network use; its
+// fields go to the Result fields of the same names.
 type Summary struct {
+	// Allowed and Blocked count every HTTP request decided.
 	Allowed, Blocked uint32
-	Log              []*executorv1.NetworkLogEntry
+	// Log is the network log, within its bounds.
+	Log []*executorv1.NetworkLogEntry
+	// LogOmitted counts requests left out of Log by its bounds;
+	// LogTruncated is set when any was, or a url or reason in Log was cut.
+	LogOmitted   uint32
+	LogTruncated bool
 	// DroppedEvents counts live events not delivered because the stream
 	// was behind.
-	DroppedEvents int
+	DroppedEvents uint32
 }
 
-// Summary returns the counts and log so far.
+// Summary returns the counts and a copy of the log so far: an outcome
+// arriving later does not change what was returned.
 func (e *Execution) Summary() Summary {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return Summary{Allowed: e.allowed, Blocked: e.blocked, Log: append([]*executorv1.NetworkLogEntry(nil), e.log...), DroppedEvents: e.dropped}
+	log := make([]*executorv1.NetworkLogEntry, len(e.log))
+	for i, l := range e.log {
+		log[i] = proto.CloneOf(l)
+	}
+	return Summary{
+		Allowed:       e.allowed,
+		Blocked:       e.blocked,
+		Log:           log,
+		LogOmitted:    e.omitted,
+		LogTruncated:  e.omitted > 0 || e.cut,
+		DroppedEvents: e.dropped,
+	}
+}
+
+// record appends entry to the log if it fits; e.mu is held. cut says
+// whether its url or reason was shortened.
+func (e *Execution) record(entry *executorv1.NetworkLogEntry, cut bool) {
+	size := proto.Size(entry) + entryOverhead
+	if len(e.log) >= maxLogEntries || e.logBytes+size > maxLogBytes {
+		e.omitted++
+		return
+	}
+	e.log = append(e.log, entry)
+	e.logBytes += size
+	e.cut = e.cut || cut
 }
 
 func (e *Execution) emit(ev *executorv1.NetworkEvent) {
@@ -369,7 +425,10 @@ func (s *Service) decideHTTP(r *egressv1.HttpRequest) (*egressv1.DecideResponse,
 	}
 	d := e.decide(r)
 	now := time.Now()
-	url := redactedURL(r)
+	fullURL, reason := redactedURL(r), d.Reason
+	url := cut(fullURL, maxURLBytes)
+	logReason := cut(reason, maxLogReasonBytes)
+	method, host, rule := cut(r.GetMethod(), maxMethodBytes), cut(r.GetHost(), maxHostBytes), cut(d.RuleID, maxRuleIDBytes)
 
 	e.mu.Lock()
 	e.nextID++
@@ -382,11 +441,11 @@ func (s *Service) decideHTTP(r *egressv1.HttpRequest) (*egressv1.DecideResponse,
 	}
 	entry := &executorv1.NetworkLogEntry{
 		Timestamp: timestamppb.New(now),
-		Method:    r.GetMethod(),
+		Method:    method,
 		Url:       url,
-		Hostname:  r.GetHost(),
+		Hostname:  host,
 		Blocked:   blocked,
-		RuleId:    d.RuleID,
+		RuleId:    rule,
 		Decision:  d.Decision,
 	}
 	if blocked {
@@ -395,26 +454,26 @@ func (s *Service) decideHTTP(r *egressv1.HttpRequest) (*egressv1.DecideResponse,
 			entry.StatusCode = int32(st)
 		}
 	}
+	wasCut := url != fullURL
 	if d.Decision != policyv1.Decision_DECISION_ALLOW {
-		entry.Reason = d.Reason
+		entry.Reason = logReason
+		wasCut = wasCut || logReason != reason
 	}
-	if len(e.log) < maxLog {
-		e.log = append(e.log, entry)
-	}
+	e.record(entry, wasCut)
 	e.mu.Unlock()
 
 	e.emit(&executorv1.NetworkEvent{
 		Kind:      executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REQUEST,
 		RequestId: reqID,
 		Time:      timestamppb.New(now),
-		Method:    r.GetMethod(),
+		Method:    method,
 		Url:       url,
-		Host:      r.GetHost(),
+		Host:      host,
 		Decision:  d.Decision,
-		RuleId:    d.RuleID,
-		Reason:    d.Reason,
+		RuleId:    rule,
+		Reason:    logReason,
 	})
-	resp := &egressv1.DecideResponse{Decision: d.Decision, RuleId: d.RuleID, Reason: d.Reason, ExecutionId: e.id}
+	resp := &egressv1.DecideResponse{Decision: d.Decision, RuleId: d.RuleID, Reason: reason, ExecutionId: e.id}
 	if !blocked {
 		resp.MaxRequestBytes = e.policy.Limits().MaxRequestBytes
 	}
@@ -464,7 +523,7 @@ func (e *Execution) outcome(p pending, o *egressv1.Outcome) {
 		BytesSent:     o.GetBytesSent(),
 		BytesReceived: o.GetBytesReceived(),
 		Duration:      o.GetDuration(),
-		Error:         o.GetError(),
+		Error:         cut(o.GetError(), maxLogReasonBytes),
 	})
 }
 
@@ -474,19 +533,20 @@ func (s *Service) decideDNS(q *egressv1.DnsQuery) *egressv1.DecideResponse {
 		return &egressv1.DecideResponse{Decision: policyv1.Decision_DECISION_DENY, RuleId: "no-execution",
 			Reason: "no running execution owns source address " + q.GetSourceIp()}
 	}
-	d, reason := policyv1.Decision_DECISION_DENY, "no rule of the policy could allow a request to "+q.GetName()
+	name := cut(q.GetName(), maxHostBytes)
+	d, reason := policyv1.Decision_DECISION_DENY, "no rule of the policy could allow a request to "+name
 	if e.policy.CouldAllowHost(q.GetName()) {
 		d, reason = policyv1.Decision_DECISION_ALLOW, ""
 	}
 	e.emit(&executorv1.NetworkEvent{
 		Kind:     executorv1.NetworkEventKind_NETWORK_EVENT_KIND_DNS,
 		Time:     timestamppb.Now(),
-		Method:   q.GetType(),
-		Url:      q.GetName(),
-		Host:     q.GetName(),
+		Method:   cut(q.GetType(), maxMethodBytes),
+		Url:      name,
+		Host:     name,
 		Decision: d,
 		RuleId:   "dns",
-		Reason:   reason,
+		Reason:   cut(reason, maxLogReasonBytes),
 	})
 	return &egressv1.DecideResponse{Decision: d, RuleId: "dns", Reason: reason, ExecutionId: e.id}
 }
@@ -495,11 +555,11 @@ func (e *Execution) refusal(r *egressv1.Refusal) {
 	e.emit(&executorv1.NetworkEvent{
 		Kind:     executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REFUSED,
 		Time:     timestamppb.Now(),
-		Url:      r.GetDestination(),
-		Host:     r.GetDestination(),
+		Url:      cut(r.GetDestination(), maxHostBytes),
+		Host:     cut(r.GetDestination(), maxHostBytes),
 		Decision: policyv1.Decision_DECISION_DENY,
 		RuleId:   "proxy",
-		Reason:   r.GetReason(),
+		Reason:   cut(r.GetReason(), maxLogReasonBytes),
 	})
 }
 

@@ -9,8 +9,8 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"io"
-	"math/big"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/netip"
 	"strings"
@@ -19,11 +19,13 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
-	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
+	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"github.com/sandpit-run/sandpit/services/policy"
 )
@@ -464,5 +466,93 @@ func TestViolationStatusInLog(t *testing.T) {
 	sum := e.Summary()
 	if len(sum.Log) != 1 || sum.Log[0].GetStatusCode() != 431 || !sum.Log[0].GetBlocked() || sum.Blocked != 1 {
 		t.Fatalf("summary %+v", sum)
+	}
+}
+
+// TestNetworkLogBounds fills executions with 20,000 requests and builds
+// the Result their network logs go into: with the longest fields the proxy
+// may send, the byte bound holds the Result under a client's default
+// 4 MiB receive limit; with short ones, the entry bound does. Either way
+// the Result says how much was left out.
+func TestNetworkLogBounds(t *testing.T) {
+	const n = 20000
+	long := strings.Repeat("/é", 4<<10) // 12 KiB of path, two-byte runes
+	tests := []struct {
+		name    string
+		req     *egressv1.HttpRequest
+		maxLog  int
+		cutURLs bool
+	}{
+		{"long fields", &egressv1.HttpRequest{
+			SourceIp: "10.88.0.2", Method: strings.Repeat("M", 32), Scheme: "https", Host: strings.Repeat("h", 253), Port: 8443,
+			Path: long[:8<<10], Query: "", ContentLength: -1, Protocol: "HTTP/2",
+			Violation: strings.Repeat("v", 1<<10), ViolationStatus: 431,
+		}, maxLogEntries, true},
+		{"short fields", &egressv1.HttpRequest{
+			SourceIp: "10.88.0.2", Method: "GET", Scheme: "https", Host: "a.example", Port: 443, Path: "/", ContentLength: -1,
+		}, maxLogEntries, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			reg := NewRegistry()
+			events := make(chan *executorv1.NetworkEvent, 256)
+			e := NewExecution("x1", compile(t, "version: 1\ndefault: allow\n"), events)
+			defer reg.Register(netip.MustParseAddr("10.88.0.2"), e)()
+			svc := NewService(reg, slog.New(slog.DiscardHandler))
+			for i := range n {
+				resp, p := svc.answer(&egressv1.Question{Id: uint64(i + 1), Kind: &egressv1.Question_Http{Http: tt.req}})
+				if p.exec != nil && resp.GetDecision() == policyv1.Decision_DECISION_ALLOW {
+					// Each allowed request has an outcome event too.
+					p.exec.outcome(p, &egressv1.Outcome{QuestionId: resp.GetId(), StatusCode: 599, Error: strings.Repeat("e", 1<<10)})
+				}
+			}
+			sum := e.Summary()
+			res := &executorv1.Result{
+				Termination: executorv1.Termination_TERMINATION_TIMEOUT, ExitCode: 137, Signal: "SIGKILL",
+				TimedOut: true, OomKilled: true, OutputTruncated: true,
+				WallTime: durationpb.New(5 * time.Minute), CpuTime: durationpb.New(10 * time.Minute),
+				PeakMemoryBytes: 2 << 30, StdoutBytes: 64 << 20, StderrBytes: 64 << 20,
+				RequestsAllowed: sum.Allowed, RequestsBlocked: sum.Blocked,
+				NetworkLog:           sum.Log,
+				NetworkError:         strings.Repeat("x", 1<<10),
+				NetworkEventsDropped: sum.DroppedEvents,
+				NetworkLogTruncated:  sum.LogTruncated,
+				NetworkLogOmitted:    sum.LogOmitted,
+			}
+			b, err := proto.Marshal(&executorv1.ExecuteResponse{Event: &executorv1.ExecuteResponse_Result{Result: res}})
+			if err != nil {
+				t.Fatal(err) // invalid UTF-8 from a cut in the middle of a rune would fail here
+			}
+			if len(b) >= 4<<20 {
+				t.Errorf("Result of %d bytes, want under 4 MiB", len(b))
+			}
+			if len(sum.Log) == 0 || len(sum.Log) > tt.maxLog || sum.LogOmitted != uint32(n-len(sum.Log)) || !sum.LogTruncated ||
+				sum.Allowed+sum.Blocked != n || sum.DroppedEvents != n+sum.Allowed-uint32(cap(events)) {
+				t.Errorf("log %d entries, omitted %d, truncated %v, allowed %d + blocked %d, dropped %d events",
+					len(sum.Log), sum.LogOmitted, sum.LogTruncated, sum.Allowed, sum.Blocked, sum.DroppedEvents)
+			}
+			for _, l := range sum.Log {
+				if len(l.GetUrl()) > maxURLBytes || len(l.GetReason()) > maxLogReasonBytes || strings.HasSuffix(l.GetUrl(), truncatedMarker) != tt.cutURLs {
+					t.Fatalf("entry with a url of %d bytes, a reason of %d: %.80q", len(l.GetUrl()), len(l.GetReason()), l.GetUrl())
+				}
+				if tt.cutURLs && l.GetStatusCode() != 431 {
+					t.Fatalf("entry with status %d, want the proxy's 431", l.GetStatusCode())
+				}
+			}
+			t.Logf("%d entries, %d omitted, %d events dropped, Result %d bytes", len(sum.Log), sum.LogOmitted, sum.DroppedEvents, len(b))
+		})
+	}
+}
+
+func TestNetworkLogWithinBoundsIsWhole(t *testing.T) {
+	reg := NewRegistry()
+	e := NewExecution("x1", compile(t, "version: 1\ndefault: allow\n"), make(chan *executorv1.NetworkEvent, 8))
+	defer reg.Register(netip.MustParseAddr("10.88.0.2"), e)()
+	s := decider(t, reg)
+	for i := range 3 {
+		ask(t, s, httpReq(uint64(i+1), "10.88.0.2", "GET", "a.example", "/"))
+	}
+	if sum := e.Summary(); len(sum.Log) != 3 || sum.LogOmitted != 0 || sum.LogTruncated || sum.DroppedEvents != 0 {
+		t.Errorf("summary %+v", sum)
 	}
 }

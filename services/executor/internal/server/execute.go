@@ -229,6 +229,9 @@ func (s *Service) finish(x *execution, net Network, prog program, out sandbox.Ou
 	res.RequestsAllowed = netSummary.Allowed
 	res.RequestsBlocked = netSummary.Blocked
 	res.NetworkLog = netSummary.Log
+	res.NetworkEventsDropped = netSummary.DroppedEvents
+	res.NetworkLogTruncated = netSummary.LogTruncated
+	res.NetworkLogOmitted = netSummary.LogOmitted
 	res.NetworkError = netProblem
 	term := terminationLabel(res.GetTermination())
 	s.metrics.executions.WithLabelValues(term).Inc()

@@ -596,7 +596,9 @@ func (*ExecuteResponse_Network) isExecuteResponse_Event() {}
 
 // NetworkEvent reports one thing the program tried on the network. An
 // allowed HTTP request is reported twice: once when decided (no
-// status_code yet) and once with its outcome (same request_id).
+// status_code yet) and once with its outcome (same request_id). Events are
+// dropped, and counted in the Result's network_events_dropped, when the
+// caller reads the stream more slowly than the program makes requests.
 type NetworkEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// What the event is about.
@@ -605,10 +607,12 @@ type NetworkEvent struct {
 	RequestId uint64 `protobuf:"varint,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// When it happened.
 	Time *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
-	// The HTTP method; empty for DNS and refused connections.
+	// The HTTP method; for DNS the query type (A, AAAA, ...); empty for
+	// refused connections.
 	Method string `protobuf:"bytes,4,opt,name=method,proto3" json:"method,omitempty"`
 	// The full URL with secrets redacted; for DNS the queried name; for a
-	// refused connection the destination host:port.
+	// refused connection the destination host:port. At most 2 KiB: a longer
+	// URL is cut and ends with "...[truncated]".
 	Url string `protobuf:"bytes,5,opt,name=url,proto3" json:"url,omitempty"`
 	// The canonical host name (or address) the request went to.
 	Host string `protobuf:"bytes,6,opt,name=host,proto3" json:"host,omitempty"`
@@ -616,7 +620,7 @@ type NetworkEvent struct {
 	Decision v1.Decision `protobuf:"varint,7,opt,name=decision,proto3,enum=sandpit.policy.v1.Decision" json:"decision,omitempty"`
 	// The rule (or default) that decided.
 	RuleId string `protobuf:"bytes,8,opt,name=rule_id,json=ruleId,proto3" json:"rule_id,omitempty"`
-	// Why it was decided so.
+	// Why it was decided so; at most 512 bytes, cut like url.
 	Reason string `protobuf:"bytes,9,opt,name=reason,proto3" json:"reason,omitempty"`
 	// The upstream's status code (outcome events only).
 	StatusCode int32 `protobuf:"varint,10,opt,name=status_code,json=statusCode,proto3" json:"status_code,omitempty"`
@@ -626,7 +630,8 @@ type NetworkEvent struct {
 	BytesReceived uint64 `protobuf:"varint,12,opt,name=bytes_received,json=bytesReceived,proto3" json:"bytes_received,omitempty"`
 	// From decision to the end of the response (outcome events only).
 	Duration *durationpb.Duration `protobuf:"bytes,13,opt,name=duration,proto3" json:"duration,omitempty"`
-	// Why the upstream exchange failed, if it did (outcome events only).
+	// Why the upstream exchange failed, if it did (outcome events only); at
+	// most 512 bytes, cut like url.
 	Error         string `protobuf:"bytes,14,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -768,15 +773,19 @@ type NetworkLogEntry struct {
 	Timestamp *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
 	// The HTTP method.
 	Method string `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`
-	// The URL with secrets redacted.
+	// The URL with secrets redacted. At most 2 KiB: a longer URL is cut and
+	// ends with "...[truncated]".
 	Url string `protobuf:"bytes,3,opt,name=url,proto3" json:"url,omitempty"`
 	// The canonical host name.
 	Hostname string `protobuf:"bytes,4,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	// The upstream's status code; 403 for blocked requests; 0 if none.
+	// The upstream's status code; for a blocked request the proxy's answer
+	// (403, or 414 and 431 for a request over its target and header
+	// bounds); 0 if none.
 	StatusCode int32 `protobuf:"varint,5,opt,name=status_code,json=statusCode,proto3" json:"status_code,omitempty"`
 	// True when the request was not forwarded.
 	Blocked bool `protobuf:"varint,6,opt,name=blocked,proto3" json:"blocked,omitempty"`
-	// Why it was blocked, or would have been in audit mode.
+	// Why it was blocked, or would have been in audit mode; at most 512
+	// bytes, cut like url.
 	Reason string `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
 	// The rule (or default) that decided.
 	RuleId string `protobuf:"bytes,8,opt,name=rule_id,json=ruleId,proto3" json:"rule_id,omitempty"`
@@ -1028,13 +1037,26 @@ type Result struct {
 	RequestsAllowed uint32 `protobuf:"varint,12,opt,name=requests_allowed,json=requestsAllowed,proto3" json:"requests_allowed,omitempty"`
 	// HTTP requests blocked.
 	RequestsBlocked uint32 `protobuf:"varint,13,opt,name=requests_blocked,json=requestsBlocked,proto3" json:"requests_blocked,omitempty"`
-	// Every HTTP request the program made, in order.
+	// Every HTTP request the program made, in order, up to 10,000 entries
+	// and about 3 MiB together (so that a Result fits a client's default
+	// 4 MiB message limit); requests past that are counted in
+	// network_log_omitted. requests_allowed and requests_blocked count them
+	// all.
 	NetworkLog []*NetworkLogEntry `protobuf:"bytes,14,rep,name=network_log,json=networkLog,proto3" json:"network_log,omitempty"`
 	// Set when the sandbox had no egress at all, and why (for example the
 	// egress proxy was unavailable).
-	NetworkError  string `protobuf:"bytes,15,opt,name=network_error,json=networkError,proto3" json:"network_error,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	NetworkError string `protobuf:"bytes,15,opt,name=network_error,json=networkError,proto3" json:"network_error,omitempty"`
+	// Live network events the stream did not carry because the caller read
+	// it too slowly; the network log still has those requests (within its
+	// bounds).
+	NetworkEventsDropped uint32 `protobuf:"varint,16,opt,name=network_events_dropped,json=networkEventsDropped,proto3" json:"network_events_dropped,omitempty"`
+	// True when network_log is not the whole story: requests were left out
+	// (network_log_omitted), or a url or reason in it was cut to its limit.
+	NetworkLogTruncated bool `protobuf:"varint,17,opt,name=network_log_truncated,json=networkLogTruncated,proto3" json:"network_log_truncated,omitempty"`
+	// HTTP requests decided but left out of network_log by its bounds.
+	NetworkLogOmitted uint32 `protobuf:"varint,18,opt,name=network_log_omitted,json=networkLogOmitted,proto3" json:"network_log_omitted,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Result) Reset() {
@@ -1172,6 +1194,27 @@ func (x *Result) GetNetworkError() string {
 	return ""
 }
 
+func (x *Result) GetNetworkEventsDropped() uint32 {
+	if x != nil {
+		return x.NetworkEventsDropped
+	}
+	return 0
+}
+
+func (x *Result) GetNetworkLogTruncated() bool {
+	if x != nil {
+		return x.NetworkLogTruncated
+	}
+	return false
+}
+
+func (x *Result) GetNetworkLogOmitted() uint32 {
+	if x != nil {
+		return x.NetworkLogOmitted
+	}
+	return 0
+}
+
 var File_sandpit_executor_v1_executor_proto protoreflect.FileDescriptor
 
 const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
@@ -1254,7 +1297,7 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\fimage_digest\x18\x03 \x01(\tR\vimageDigest\x123\n" +
 	"\x06limits\x18\x04 \x01(\v2\x1b.sandpit.executor.v1.LimitsR\x06limits\"\x1c\n" +
 	"\x06Output\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\"\x8a\x05\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\xa4\x06\n" +
 	"\x06Result\x12B\n" +
 	"\vtermination\x18\x01 \x01(\x0e2 .sandpit.executor.v1.TerminationR\vtermination\x12\x1b\n" +
 	"\texit_code\x18\x02 \x01(\x05R\bexitCode\x12\x16\n" +
@@ -1273,7 +1316,10 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\x10requests_blocked\x18\r \x01(\rR\x0frequestsBlocked\x12E\n" +
 	"\vnetwork_log\x18\x0e \x03(\v2$.sandpit.executor.v1.NetworkLogEntryR\n" +
 	"networkLog\x12#\n" +
-	"\rnetwork_error\x18\x0f \x01(\tR\fnetworkError*\xb2\x01\n" +
+	"\rnetwork_error\x18\x0f \x01(\tR\fnetworkError\x124\n" +
+	"\x16network_events_dropped\x18\x10 \x01(\rR\x14networkEventsDropped\x122\n" +
+	"\x15network_log_truncated\x18\x11 \x01(\bR\x13networkLogTruncated\x12.\n" +
+	"\x13network_log_omitted\x18\x12 \x01(\rR\x11networkLogOmitted*\xb2\x01\n" +
 	"\x10NetworkEventKind\x12\"\n" +
 	"\x1eNETWORK_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aNETWORK_EVENT_KIND_REQUEST\x10\x01\x12\x1e\n" +

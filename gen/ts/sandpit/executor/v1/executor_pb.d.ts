@@ -268,7 +268,9 @@ export declare const ExecuteResponseSchema: GenMessage<ExecuteResponse>;
 /**
  * NetworkEvent reports one thing the program tried on the network. An
  * allowed HTTP request is reported twice: once when decided (no
- * status_code yet) and once with its outcome (same request_id).
+ * status_code yet) and once with its outcome (same request_id). Events are
+ * dropped, and counted in the Result's network_events_dropped, when the
+ * caller reads the stream more slowly than the program makes requests.
  *
  * @generated from message sandpit.executor.v1.NetworkEvent
  */
@@ -295,7 +297,8 @@ export declare type NetworkEvent = Message<"sandpit.executor.v1.NetworkEvent"> &
   time?: Timestamp | undefined;
 
   /**
-   * The HTTP method; empty for DNS and refused connections.
+   * The HTTP method; for DNS the query type (A, AAAA, ...); empty for
+   * refused connections.
    *
    * @generated from field: string method = 4;
    */
@@ -303,7 +306,8 @@ export declare type NetworkEvent = Message<"sandpit.executor.v1.NetworkEvent"> &
 
   /**
    * The full URL with secrets redacted; for DNS the queried name; for a
-   * refused connection the destination host:port.
+   * refused connection the destination host:port. At most 2 KiB: a longer
+   * URL is cut and ends with "...[truncated]".
    *
    * @generated from field: string url = 5;
    */
@@ -331,7 +335,7 @@ export declare type NetworkEvent = Message<"sandpit.executor.v1.NetworkEvent"> &
   ruleId: string;
 
   /**
-   * Why it was decided so.
+   * Why it was decided so; at most 512 bytes, cut like url.
    *
    * @generated from field: string reason = 9;
    */
@@ -366,7 +370,8 @@ export declare type NetworkEvent = Message<"sandpit.executor.v1.NetworkEvent"> &
   duration?: Duration | undefined;
 
   /**
-   * Why the upstream exchange failed, if it did (outcome events only).
+   * Why the upstream exchange failed, if it did (outcome events only); at
+   * most 512 bytes, cut like url.
    *
    * @generated from field: string error = 14;
    */
@@ -401,7 +406,8 @@ export declare type NetworkLogEntry = Message<"sandpit.executor.v1.NetworkLogEnt
   method: string;
 
   /**
-   * The URL with secrets redacted.
+   * The URL with secrets redacted. At most 2 KiB: a longer URL is cut and
+   * ends with "...[truncated]".
    *
    * @generated from field: string url = 3;
    */
@@ -415,7 +421,9 @@ export declare type NetworkLogEntry = Message<"sandpit.executor.v1.NetworkLogEnt
   hostname: string;
 
   /**
-   * The upstream's status code; 403 for blocked requests; 0 if none.
+   * The upstream's status code; for a blocked request the proxy's answer
+   * (403, or 414 and 431 for a request over its target and header
+   * bounds); 0 if none.
    *
    * @generated from field: int32 status_code = 5;
    */
@@ -429,7 +437,8 @@ export declare type NetworkLogEntry = Message<"sandpit.executor.v1.NetworkLogEnt
   blocked: boolean;
 
   /**
-   * Why it was blocked, or would have been in audit mode.
+   * Why it was blocked, or would have been in audit mode; at most 512
+   * bytes, cut like url.
    *
    * @generated from field: string reason = 7;
    */
@@ -616,7 +625,11 @@ export declare type Result = Message<"sandpit.executor.v1.Result"> & {
   requestsBlocked: number;
 
   /**
-   * Every HTTP request the program made, in order.
+   * Every HTTP request the program made, in order, up to 10,000 entries
+   * and about 3 MiB together (so that a Result fits a client's default
+   * 4 MiB message limit); requests past that are counted in
+   * network_log_omitted. requests_allowed and requests_blocked count them
+   * all.
    *
    * @generated from field: repeated sandpit.executor.v1.NetworkLogEntry network_log = 14;
    */
@@ -629,6 +642,30 @@ export declare type Result = Message<"sandpit.executor.v1.Result"> & {
    * @generated from field: string network_error = 15;
    */
   networkError: string;
+
+  /**
+   * Live network events the stream did not carry because the caller read
+   * it too slowly; the network log still has those requests (within its
+   * bounds).
+   *
+   * @generated from field: uint32 network_events_dropped = 16;
+   */
+  networkEventsDropped: number;
+
+  /**
+   * True when network_log is not the whole story: requests were left out
+   * (network_log_omitted), or a url or reason in it was cut to its limit.
+   *
+   * @generated from field: bool network_log_truncated = 17;
+   */
+  networkLogTruncated: boolean;
+
+  /**
+   * HTTP requests decided but left out of network_log by its bounds.
+   *
+   * @generated from field: uint32 network_log_omitted = 18;
+   */
+  networkLogOmitted: number;
 };
 
 /**
