@@ -7,6 +7,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -663,4 +664,151 @@ func tcpTarget(t *testing.T, network, addr string) (port int, hits chan string) 
 		}
 	}()
 	return l.Addr().(*net.TCPAddr).Port, hits
+}
+
+// TestOversizedRequestsBreakNothing has one sandbox send requests over the
+// proxy's bounds, over HTTP/2 (node's http2 module) and HTTP/1.1: a 1 MiB
+// cookie of many pairs (the request that once closed every sandbox's
+// decision stream) and a 100 KB query. Each gets the proxy's 431 or 414 with its
+// JSON body and shows up in the sandbox's network log as blocked, while a
+// second sandbox's allowed requests, made at the same time, all go
+// through, and the one decision stream stays up throughout.
+func TestOversizedRequestsBreakNothing(t *testing.T) {
+	s := startNetStack(t)
+	oversized := code(`
+const http2 = require("http2"), https = require("https");
+// Many short pairs, as in the incident: redacted one by one, they grew
+// the question that carried them to 8 MB.
+const pairs = [];
+for (let i = 0, n = 0; n < 1 << 20; i++) { pairs.push("k" + i + "=v"); n += pairs[i].length + 2; }
+const cookie = pairs.join("; ").slice(0, 1 << 20);
+const query = "/v1/anything?q=" + "q".repeat(100000);
+const h2 = headers => new Promise(res => {
+  // node refuses to send a header block over 64 KiB unless told otherwise.
+  const c = http2.connect("https://api.github.test", { maxSendHeaderBlockLength: 8 << 20 });
+  c.on("error", e => res({ status: e.code }));
+  const q = c.request(headers);
+  let body = "";
+  q.on("response", h => { q.on("data", d => body += d); q.on("end", () => { c.close(); res({ status: h[":status"], body }); }); });
+  q.on("error", e => { c.close(); res({ status: e.code }); });
+  q.end();
+});
+const h1 = (path, headers) => new Promise(res => {
+  const q = https.request("https://api.github.test" + path, { headers, agent: false }, r => {
+    let body = ""; r.on("data", d => body += d); r.on("end", () => res({ status: r.statusCode, body }));
+  });
+  q.on("error", e => res({ status: e.code }));
+  q.end();
+});
+const code = r => { try { return r.status + " " + JSON.parse(r.body).error.code; } catch { return String(r.status); } };
+(async () => {
+  await new Promise(r => setTimeout(r, 300)); // let the other sandbox get going
+  const out = {};
+  out.h2Cookie = code(await h2({ ":path": "/v1/anything", cookie }));
+  out.h2Query = code(await h2({ ":path": query }));
+  out.h1Cookie = code(await h1("/v1/anything", { cookie }));
+  out.h1Query = code(await h1(query, {}));
+  out.h2After = code(await h2({ ":path": "/after" }));
+  console.log(JSON.stringify(out));
+})();
+`)
+	allowed := code(`
+const http2 = require("http2");
+(async () => {
+  const out = { ok: 0, failed: [] };
+  const c = http2.connect("https://pay.test");
+  const get = path => new Promise(res => {
+    const q = c.request({ ":path": path });
+    q.on("response", h => { q.resume(); q.on("end", () => res(String(h[":status"]))); });
+    q.on("error", e => res(e.code));
+    q.end();
+  });
+  const until = Date.now() + 3000;
+  for (let i = 0; Date.now() < until; i++) {
+    const [a, b] = await Promise.all([
+      get("/v1/products/h2_" + i),
+      fetch("https://pay.test/v1/products/fetch_" + i).then(r => String(r.status), e => (e.cause && e.cause.code) || e.name),
+    ]);
+    for (const st of [a, b]) { if (st === "200") out.ok++; else out.failed.push(st); }
+  }
+  c.close();
+  console.log(JSON.stringify(out));
+})();
+`)
+	runs := make([]*run, 2)
+	var wg sync.WaitGroup
+	for i, req := range []*executorv1.ExecuteRequest{oversized, allowed} {
+		wg.Go(func() { runs[i] = s.e.execute(context.Background(), req) })
+	}
+	wg.Wait()
+	for _, r := range runs {
+		if r.err != nil || r.result == nil {
+			t.Fatalf("Execute: %v, result %v\nstdout: %s\nstderr: %s", r.err, r.result, r.stdout, r.stderr)
+		}
+	}
+	var over map[string]string
+	var ok struct {
+		OK     int
+		Failed []string
+	}
+	for i, out := range []any{&over, &ok} {
+		lines := strings.Split(strings.TrimSpace(string(runs[i].stdout)), "\n")
+		if err := json.Unmarshal([]byte(lines[len(lines)-1]), out); err != nil {
+			t.Fatalf("output %d is not JSON: %v\nstdout: %s\nstderr: %s", i, err, runs[i].stdout, runs[i].stderr)
+		}
+	}
+	t.Logf("oversized: %v; allowed: %d ok, failed %v", over, ok.OK, ok.Failed)
+
+	want := map[string]string{
+		"h2Cookie": "431 request_header_fields_too_large",
+		"h2Query":  "414 uri_too_long",
+		"h1Cookie": "431 request_header_fields_too_large",
+		"h1Query":  "414 uri_too_long",
+		"h2After":  "200",
+	}
+	for k, w := range want {
+		if over[k] != w {
+			t.Errorf("%s: %q, want %q", k, over[k], w)
+		}
+	}
+	if len(ok.Failed) != 0 || ok.OK < 10 {
+		t.Errorf("the other sandbox's allowed requests: %d ok, failed %v", ok.OK, ok.Failed)
+	}
+	if got := runs[1].result.GetRequestsAllowed(); got != uint32(ok.OK) {
+		t.Errorf("the other sandbox's result counts %d allowed requests, it made %d", got, ok.OK)
+	}
+
+	res := runs[0].result
+	statuses := map[int32]int{}
+	for _, l := range res.GetNetworkLog() {
+		if l.GetBlocked() {
+			statuses[l.GetStatusCode()]++
+			if l.GetRuleId() != "proxy" || !strings.Contains(l.GetReason(), "over the proxy's limit") || len(l.GetUrl()) > 2<<10 ||
+				strings.Contains(l.GetUrl(), "qqqq") || l.GetHostname() != "api.github.test" {
+				t.Errorf("blocked entry %v", l)
+			}
+		}
+	}
+	if statuses[431] != 2 || statuses[414] != 2 || res.GetRequestsBlocked() != 4 || res.GetNetworkLogTruncated() || res.GetNetworkLogOmitted() != 0 {
+		t.Errorf("network log statuses %v, %d blocked, truncated %v, omitted %d; want two 431s and two 414s, whole",
+			statuses, res.GetRequestsBlocked(), res.GetNetworkLogTruncated(), res.GetNetworkLogOmitted())
+	}
+	var proxyEvents int
+	for _, ev := range requestEvents(runs[0], executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REQUEST) {
+		if ev.GetRuleId() == "proxy" && ev.GetDecision() == policyv1.Decision_DECISION_DENY {
+			proxyEvents++
+		}
+	}
+	if proxyEvents != 4 {
+		t.Errorf("%d blocked request events by the proxy, want 4: %v", proxyEvents, runs[0].network)
+	}
+
+	// One stream from start to end: opened once, never lost.
+	proxyLog, execLog := s.proxy.logs.String(), s.execLogs.String()
+	if n := strings.Count(proxyLog, "decide stream open"); n != 1 || strings.Contains(proxyLog, "decide stream lost") {
+		t.Errorf("the proxy opened %d decide streams (lost: %v)", n, strings.Contains(proxyLog, "decide stream lost"))
+	}
+	if n := strings.Count(execLog, "egress proxy connected"); n != 1 || strings.Contains(execLog, "egress proxy disconnected") || !s.eg.Registry().Connected() {
+		t.Errorf("the executor saw %d proxy connections (disconnected: %v)", n, strings.Contains(execLog, "egress proxy disconnected"))
+	}
 }
