@@ -109,7 +109,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	p := proxy.New(proxy.Config{
 		Minter:   mitm.NewMinter(ca, cfg.LeafCacheSize),
 		Decider:  decider,
-		Redactor: redact.New(cfg.RedactHeaders, cfg.RedactQueryParams),
+		Redactor: redact.New(cfg.RedactQueryParams),
 		Upstream: transport,
 		Metrics:  proxy.NewMetrics(reg),
 		Log:      log,

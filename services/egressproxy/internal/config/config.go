@@ -37,7 +37,6 @@ type Config struct {
 
 	DNSAnswerIP netip.Addr
 
-	RedactHeaders     []string
 	RedactQueryParams []string
 }
 
@@ -67,13 +66,12 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&c.CAKey, "ca-key", "", "PEM private key of --ca-cert")
 	fs.StringVar(&c.CADir, "ca-dir", "", "directory holding ca.pem and ca-key.pem, generated there when missing; without it and --ca-cert a fresh CA is made at each start")
 	fs.IntVar(&c.LeafCacheSize, "leaf-cache-size", 4096, "minted leaf certificates kept")
-	var upstreams, allow, private, redH, redQ list
+	var upstreams, allow, private, redQ list
 	fs.Var(&upstreams, "upstream", "host=addr:port: send requests for host there instead of resolving it (repeatable)")
 	fs.Var(&allow, "upstream-allow", "CIDR: when given, the only addresses ever dialed upstream (repeatable)")
 	fs.StringVar(&c.UpstreamCA, "upstream-ca", "", "PEM bundle trusted for upstream TLS besides the system roots")
 	fs.Var(&private, "allow-private-host", "host name that may resolve to private or other special-purpose addresses (repeatable)")
 	answer := fs.String("dns-answer-ip", "198.18.0.1", "IPv4 address allowed names resolve to; the executor routes it to the proxy")
-	fs.Var(&redH, "redact-header", "extra header name to redact (repeatable)")
 	fs.Var(&redQ, "redact-query-param", "extra query parameter name to redact (repeatable)")
 
 	if err := fs.Parse(args); err != nil {
@@ -116,6 +114,6 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	if c.DecideTimeout <= 0 {
 		errs = append(errs, errors.New("decide-timeout must be positive"))
 	}
-	c.RedactHeaders, c.RedactQueryParams = redH, redQ
+	c.RedactQueryParams = redQ
 	return c, errors.Join(errs...)
 }

@@ -81,7 +81,7 @@ func New(cfg Config) *Proxy {
 		cfg.IdleTimeout = 2 * time.Minute
 	}
 	if cfg.Redactor == nil {
-		cfg.Redactor = redact.New(nil, nil)
+		cfg.Redactor = redact.New(nil)
 	}
 	return &Proxy{cfg: cfg, log: cfg.Log, conns: map[net.Conn]struct{}{}}
 }

@@ -1,24 +1,15 @@
-// Package redact replaces secrets in request headers, queries and URLs with
-// fingerprints before anything is logged or sent to the decider.
+// Package redact replaces secrets in queries and URLs with fingerprints
+// before anything is logged or sent to the decider. Request headers need
+// none: they are neither logged nor sent.
 package redact
 
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"net/http"
 	"net/url"
 	"slices"
 	"strings"
 )
-
-// DefaultHeaders are redacted by name (case-insensitive) besides
-// Authorization, Proxy-Authorization, Cookie and Set-Cookie, which always
-// are.
-var DefaultHeaders = []string{
-	"x-api-key", "api-key", "apikey", "x-auth-token", "x-access-token",
-	"x-amz-security-token", "x-goog-api-key", "private-token", "x-csrf-token",
-	"x-xsrf-token", "x-vault-token", "x-session-token",
-}
 
 // DefaultQueryParams are redacted by name (case-insensitive).
 var DefaultQueryParams = []string{
@@ -28,26 +19,21 @@ var DefaultQueryParams = []string{
 	"code", "session", "sessionid",
 }
 
-// DefaultSubstrings redact any header or query parameter whose lowercase
-// name contains one of them: names that look like keys are redacted even
-// when the lists do not name them, at the cost of also hiding a harmless
-// Idempotency-Key.
+// DefaultSubstrings redact any query parameter whose lowercase name
+// contains one of them: names that look like keys are redacted even when
+// the list does not name them.
 var DefaultSubstrings = []string{"token", "secret", "passw", "api_key", "apikey", "api-key", "signature", "credential", "-key", "_key"}
 
 // Redactor holds the names it redacts.
 type Redactor struct {
-	headers    map[string]bool
 	params     map[string]bool
 	substrings []string
 }
 
-// New returns a Redactor for the default names plus the extra header and
-// query parameter names given.
-func New(extraHeaders, extraParams []string) *Redactor {
-	r := &Redactor{headers: map[string]bool{}, params: map[string]bool{}, substrings: DefaultSubstrings}
-	for _, h := range append(slices.Clone(DefaultHeaders), extraHeaders...) {
-		r.headers[strings.ToLower(strings.TrimSpace(h))] = true
-	}
+// New returns a Redactor for the default names plus the extra query
+// parameter names given.
+func New(extraParams []string) *Redactor {
+	r := &Redactor{params: map[string]bool{}, substrings: DefaultSubstrings}
 	for _, p := range append(slices.Clone(DefaultQueryParams), extraParams...) {
 		r.params[strings.ToLower(strings.TrimSpace(p))] = true
 	}
@@ -61,66 +47,6 @@ func New(extraHeaders, extraParams []string) *Redactor {
 func Fingerprint(value string) string {
 	sum := sha256.Sum256([]byte(value))
 	return "[redacted sha256:" + hex.EncodeToString(sum[:4]) + "]"
-}
-
-// Header is one redacted header line.
-type Header struct {
-	Name, Value string
-}
-
-// Headers returns the headers with lowercase names, sorted by name, each
-// value redacted when its name marks it as a secret.
-func (r *Redactor) Headers(h http.Header) []Header {
-	names := make([]string, 0, len(h))
-	for k := range h {
-		names = append(names, k)
-	}
-	slices.Sort(names)
-	var out []Header
-	for _, k := range names {
-		name := strings.ToLower(k)
-		for _, v := range h[k] {
-			out = append(out, Header{Name: name, Value: r.HeaderValue(name, v)})
-		}
-	}
-	return out
-}
-
-// HeaderValue redacts one header value if its name marks it as a secret.
-func (r *Redactor) HeaderValue(name, value string) string {
-	name = strings.ToLower(name)
-	switch name {
-	case "authorization", "proxy-authorization":
-		// Keep the scheme: "Bearer" versus "Basic" helps debugging.
-		if scheme, cred, ok := strings.Cut(strings.TrimSpace(value), " "); ok && isToken(scheme) {
-			return scheme + " " + Fingerprint(strings.TrimSpace(cred))
-		}
-		return Fingerprint(value)
-	case "cookie":
-		parts := strings.Split(value, ";")
-		for i, p := range parts {
-			parts[i] = redactPair(strings.TrimSpace(p))
-		}
-		return strings.Join(parts, "; ")
-	case "set-cookie":
-		pair, attrs, hasAttrs := strings.Cut(value, ";")
-		out := redactPair(strings.TrimSpace(pair))
-		if hasAttrs {
-			out += ";" + attrs
-		}
-		return out
-	}
-	if r.secretName(r.headers, name) {
-		return Fingerprint(value)
-	}
-	return value
-}
-
-func redactPair(p string) string {
-	if name, v, ok := strings.Cut(p, "="); ok {
-		return name + "=" + Fingerprint(v)
-	}
-	return Fingerprint(p)
 }
 
 func (r *Redactor) secretName(exact map[string]bool, name string) bool {
@@ -172,17 +98,4 @@ func (r *Redactor) URL(u *url.URL) string {
 	c.Fragment, c.RawFragment = "", ""
 	c.RawQuery = r.Query(u.RawQuery)
 	return c.String()
-}
-
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
-			return false
-		}
-	}
-	return true
 }
