@@ -80,14 +80,22 @@ lint: tools ## buf lint, buf format check, gofmt and go vet over every module
 	buf lint
 	buf format --diff --exit-code
 	@out=$$(gofmt -l $(MODULES) tools); if [ -n "$$out" ]; then echo "gofmt: $$out"; exit 1; fi
-	for m in $(MODULES); do (cd $$m && go vet ./...); done
+	for m in $(MODULES); do (cd $$m && go vet $(INTEGRATION) ./...); done
 
 TEST_ENV = PYTHONDONTWRITEBYTECODE=1 SANDPIT_RUNC=$(BIN)/runc SANDPIT_IMAGE_TAR=$(IMAGE_TAR) SANDPIT_SDK_IMAGE_TAR=$(IMAGE_SDK_TAR) \
 	SANDPIT_GRPCURL=$(BIN)/grpcurl SANDPIT_STRIPE_MOCK=$(BIN)/stripe-mock
 
+# Tests that need root, containerd, nftables, namespaces or a registry carry
+# the integration build tag; the rest are unit tests.
+INTEGRATION := -tags integration
+
+.PHONY: unit
+unit: ## unit tests alone, with the race detector: no root, containerd or network (as nobody when started as root)
+	for m in $(MODULES); do (cd $$m && go test -race -count=1 -exec $(CURDIR)/hack/unprivileged.sh $$(go list ./... | grep -v /e2e)); done
+
 .PHONY: test
-test: deps tools runc image image-sdk stripe-mock checkgenerate lint examples ## run every test: unit, and integration against real containerd, runc, nftables and the image
-	for m in $(MODULES); do (cd $$m && $(TEST_ENV) go test $(GOTEST_FLAGS) ./...); done
+test: deps tools runc image image-sdk stripe-mock checkgenerate lint examples unit ## run every test: unit (with -race), and integration against real containerd, runc, nftables and the image
+	for m in $(MODULES); do (cd $$m && $(TEST_ENV) go test $(GOTEST_FLAGS) $(INTEGRATION) ./...); done
 
 $(BIN)/containerd2/containerd: tools/containerd2/go.mod tools/containerd2/go.sum
 	cd tools/containerd2 && GOWORK=off go build -o $(BIN)/containerd2/ github.com/containerd/containerd/v2/cmd/containerd github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2

@@ -13,6 +13,7 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -34,6 +35,9 @@ type Options struct {
 	// LogStart logs the start of every call too, not only its end: useful
 	// for long streams.
 	LogStart bool
+	// ErrorDomain is the google.rpc.ErrorInfo domain of the Internal
+	// status a recovered panic becomes.
+	ErrorDomain string
 }
 
 // New returns a server with the services register adds, health and
@@ -57,7 +61,11 @@ func New(o Options, register func(grpc.ServiceRegistrar)) *grpc.Server {
 	recoverOpts := []recovery.Option{recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
 		panics.Inc()
 		o.Log.ErrorContext(ctx, "recovered from panic", "panic", p, "stack", string(debug.Stack()))
-		return status.Error(codes.Internal, "internal error")
+		st, err := status.New(codes.Internal, "internal error").WithDetails(&errdetails.ErrorInfo{Reason: "INTERNAL", Domain: o.ErrorDomain})
+		if err != nil {
+			return status.Error(codes.Internal, "internal error")
+		}
+		return st.Err()
 	})}
 
 	opts := []grpc.ServerOption{

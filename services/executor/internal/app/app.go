@@ -116,6 +116,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		Health:       a.hs,
 		MaxRecvBytes: int(cfg.Maxima.CodeBytes) + 1<<20,
 		LogStart:     true,
+		ErrorDomain:  server.ErrorDomain,
 	}, func(r grpc.ServiceRegistrar) { executorv1.RegisterExecutorServiceServer(r, svc) })
 
 	if a.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
