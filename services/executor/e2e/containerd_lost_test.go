@@ -17,7 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
-	"github.com/sandpit-run/sandpit/services/executor/internal/app"
+	"github.com/sandpit-run/sandpit/services/executor/app"
 	"github.com/sandpit-run/sandpit/services/executor/internal/config"
 	"github.com/sandpit-run/sandpit/services/executor/internal/containerdtest"
 	"github.com/sandpit-run/sandpit/services/executor/internal/server"

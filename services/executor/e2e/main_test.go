@@ -20,7 +20,7 @@ import (
 
 	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
-	"github.com/sandpit-run/sandpit/services/executor/internal/app"
+	"github.com/sandpit-run/sandpit/services/executor/app"
 	"github.com/sandpit-run/sandpit/services/executor/internal/capacity"
 	"github.com/sandpit-run/sandpit/services/executor/internal/containerdtest"
 	"github.com/sandpit-run/sandpit/services/executor/internal/decision"

@@ -6,7 +6,7 @@ import (
 	"context"
 	"log/slog"
 
-	"github.com/sandpit-run/sandpit/services/executor/internal/app"
+	"github.com/sandpit-run/sandpit/services/executor/app"
 	"github.com/sandpit-run/sandpit/services/executor/internal/config"
 	"github.com/sandpit-run/sandpit/services/lib/program"
 )

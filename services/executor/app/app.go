@@ -1,5 +1,6 @@
 // Package app builds the executor from its configuration and runs it; the
-// binary's main and the integration tests use the same wiring.
+// binary's main and the integration tests (module test/) use the same
+// wiring.
 package app
 
 import (
@@ -40,6 +41,24 @@ const reapTimeout = time.Minute
 // shutdown grace is over.
 const killGrace = 30 * time.Second
 
+// Config is the executor's configuration.
+type Config = config.Config
+
+// ParseConfig reads the executor's flags from args (without the program
+// name), each with its SANDPIT_* environment variable from getenv as
+// fallback.
+func ParseConfig(args []string, getenv func(string) string) (Config, error) {
+	return config.Parse(args, getenv)
+}
+
+// Option changes how New builds the executor.
+type Option func(*App)
+
+// WithListener serves Execute on lis instead of listening on cfg.Listen.
+func WithListener(lis net.Listener) Option {
+	return func(a *App) { a.lis = lis }
+}
+
 // App is a built executor: connected to containerd, swept, listening.
 type App struct {
 	cfg   config.Config
@@ -61,8 +80,11 @@ type App struct {
 // New connects to containerd, removes what a previous executor left, sets
 // up egress and binds every listener, so that Addr is known before Run.
 // On error everything New made is released.
-func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err error) {
+func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (_ *App, err error) {
 	a := &App{cfg: cfg, log: log, reg: prometheus.NewRegistry(), hs: health.NewServer()}
+	for _, o := range opts {
+		o(a)
+	}
 	defer func() {
 		if err != nil {
 			a.close()
@@ -119,8 +141,10 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		ErrorDomain:  server.ErrorDomain,
 	}, func(r grpc.ServiceRegistrar) { executorv1.RegisterExecutorServiceServer(r, svc) })
 
-	if a.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
-		return nil, fmt.Errorf("listen: %w", err)
+	if a.lis == nil {
+		if a.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
+			return nil, fmt.Errorf("listen: %w", err)
+		}
 	}
 	if a.metrics, err = program.ListenMetrics(cfg.MetricsListen); err != nil {
 		return nil, err
