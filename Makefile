@@ -4,7 +4,10 @@ SHELL := bash
 .DEFAULT_GOAL := help
 MAKEFLAGS += --no-builtin-rules
 
-MODULES := gen/go examples/go services/lib services/policy services/egressproxy services/executor deploy/image
+MODULES := gen/go examples/go services/lib services/policy services/egressproxy services/executor deploy/image test
+# test/ holds the integration tests of the pair; every other module's tests
+# without the integration tag are unit tests.
+UNIT_MODULES := $(filter-out test,$(MODULES))
 BIN := $(CURDIR)/bin
 BUILD := $(CURDIR)/build
 IMAGE_TAR := $(BUILD)/sandpit-node.tar
@@ -91,7 +94,7 @@ INTEGRATION := -tags integration
 
 .PHONY: unit
 unit: ## unit tests alone, with the race detector: no root, containerd or network (as nobody when started as root)
-	for m in $(MODULES); do (cd $$m && go test -race -count=1 -exec $(CURDIR)/hack/unprivileged.sh $$(go list ./... | grep -v /e2e)); done
+	for m in $(UNIT_MODULES); do (cd $$m && go test -race -count=1 -exec $(CURDIR)/hack/unprivileged.sh ./...); done
 
 .PHONY: test
 test: deps tools runc image image-sdk stripe-mock checkgenerate lint examples unit ## run every test: unit (with -race), and integration against real containerd, runc, nftables and the image
@@ -102,11 +105,11 @@ $(BIN)/containerd2/containerd: tools/containerd2/go.mod tools/containerd2/go.sum
 
 .PHONY: test-containerd2
 test-containerd2: deps tools runc image image-sdk stripe-mock $(BIN)/containerd2/containerd ## run the integration tests against containerd 2.x (pinned in tools/containerd2) instead of Debian's 1.6
-	cd services/executor && PATH=$(BIN)/containerd2:$$PATH SANDPIT_CONTAINERD=$(BIN)/containerd2/containerd $(TEST_ENV) go test $(GOTEST_FLAGS) ./e2e/
+	cd test && PATH=$(BIN)/containerd2:$$PATH SANDPIT_CONTAINERD=$(BIN)/containerd2/containerd $(TEST_ENV) go test $(GOTEST_FLAGS) ./e2e/
 
 .PHONY: bench
 bench: deps tools runc image image-sdk stripe-mock ## hello-world Execute latency vs bare node; proxy latency and throughput vs direct
-	cd services/executor && $(TEST_ENV) go test -count=1 -run '^$$' -bench . -benchtime 40x -timeout 20m ./e2e/
+	cd test && $(TEST_ENV) go test -count=1 -run '^$$' -bench . -benchtime 40x -timeout 20m ./e2e/
 
 POLICY ?= deploy/policy/example.yaml
 

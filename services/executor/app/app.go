@@ -194,6 +194,17 @@ func (a *App) DecisionAddr() string {
 	return a.dlis.Addr().String()
 }
 
+// ProxyConnected reports whether an egress proxy holds a decision stream.
+func (a *App) ProxyConnected() bool { return a.eg != nil && a.eg.Registry().Connected() }
+
+// StopDecisions stops serving decisions at once, as if the decision path
+// broke: the proxy then denies everything. For tests of that path.
+func (a *App) StopDecisions() {
+	if a.decider != nil {
+		a.decider.Stop()
+	}
+}
+
 // Slots is the capacity limiter, for tests that watch it.
 func (a *App) Slots() *capacity.Limiter { return a.slots }
 

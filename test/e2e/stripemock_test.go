@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sandpit-run/sandpit/services/executor/internal/containerdtest"
+	"github.com/sandpit-run/sandpit/test/internal/containerdtest"
 )
 
 // startStripeMock runs stripe-mock on loopback and returns the address of a

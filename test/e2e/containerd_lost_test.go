@@ -18,9 +18,7 @@ import (
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	"github.com/sandpit-run/sandpit/services/executor/app"
-	"github.com/sandpit-run/sandpit/services/executor/internal/config"
-	"github.com/sandpit-run/sandpit/services/executor/internal/containerdtest"
-	"github.com/sandpit-run/sandpit/services/executor/internal/server"
+	"github.com/sandpit-run/sandpit/test/internal/containerdtest"
 )
 
 // startApp builds the executor with the binary's own wiring on ctd and
@@ -38,7 +36,7 @@ func startApp(t *testing.T, ctd *containerdtest.Env, extra ...string) (a *app.Ap
 		"--image", ctd.ImageRef,
 		"--shutdown-grace", "1s",
 	}, extra...)
-	cfg, err := config.Parse(args, func(string) string { return "" })
+	cfg, err := app.ParseConfig(args, func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,8 +133,8 @@ func TestContainerdLossIsSurvived(t *testing.T) {
 	if errors.Is(callErr, io.EOF) || status.Code(callErr) != codes.Unavailable {
 		t.Fatalf("call ended with %v, want Unavailable", callErr)
 	}
-	if r := errorReason(t, callErr); r != server.ReasonContainerdUnavailable {
-		t.Errorf("reason %q, want %s", r, server.ReasonContainerdUnavailable)
+	if r := errorReason(t, callErr); r != reasonContainerdUnavailable {
+		t.Errorf("reason %q, want %s", r, reasonContainerdUnavailable)
 	}
 	if d := time.Since(killed); d > 20*time.Second {
 		t.Errorf("the call took %v to end after containerd died", d)
@@ -148,7 +146,7 @@ func TestContainerdLossIsSurvived(t *testing.T) {
 	if err == nil {
 		_, err = r.Recv()
 	}
-	if status.Code(err) != codes.Unavailable || errorReason(t, err) != server.ReasonContainerdUnavailable {
+	if status.Code(err) != codes.Unavailable || errorReason(t, err) != reasonContainerdUnavailable {
 		t.Errorf("while containerd is down: %v, want Unavailable CONTAINERD_UNAVAILABLE", err)
 	}
 

@@ -16,12 +16,12 @@ func TestExampleGoClient(t *testing.T) {
 	e := startExecutor(t, executorOpts{})
 	bin := filepath.Join(t.TempDir(), "sandpit-run")
 	build := exec.Command("go", "build", "-o", bin, "./sandpit-run")
-	build.Dir = "../../../examples/go"
+	build.Dir = "../../examples/go"
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 
-	out, err := exec.Command(bin, "-addr", e.addr, "-q", "../../../examples/js/hello.mjs", "tester").Output()
+	out, err := exec.Command(bin, "-addr", e.addr, "-q", "../../examples/js/hello.mjs", "tester").Output()
 	if err != nil {
 		t.Fatalf("sandpit-run: %v", err)
 	}
@@ -54,8 +54,8 @@ func TestExamplePythonClient(t *testing.T) {
 	if err := os.WriteFile(failing, []byte(`console.log("from python's client", process.argv[2]); process.exit(4)`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("/usr/bin/python3", "../../../examples/python/sandpit_run.py", "--addr", e.addr, failing, "arg1")
-	cmd.Env = append(os.Environ(), "PYTHONPATH=../../../gen/python")
+	cmd := exec.Command("/usr/bin/python3", "../../examples/python/sandpit_run.py", "--addr", e.addr, failing, "arg1")
+	cmd.Env = append(os.Environ(), "PYTHONPATH=../../gen/python")
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -77,7 +77,7 @@ func TestExampleNodeClient(t *testing.T) {
 	if err := os.WriteFile(failing, []byte(`console.log("from node's client", process.argv[2]); process.exit(5)`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("node", "../../../examples/node/sandpit-run.mjs", "--addr", e.addr, failing, "arg1")
+	cmd := exec.Command("node", "../../examples/node/sandpit-run.mjs", "--addr", e.addr, failing, "arg1")
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

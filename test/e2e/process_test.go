@@ -19,7 +19,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
-	"github.com/sandpit-run/sandpit/services/executor/internal/containerdtest"
+	"github.com/sandpit-run/sandpit/test/internal/containerdtest"
 )
 
 var (
@@ -38,7 +38,7 @@ func executorBinary(t *testing.T) string {
 			return
 		}
 		binPath = filepath.Join(dir, "sandpit-executor")
-		out, err := exec.Command("go", "build", "-o", binPath, "../cmd/sandpit-executor").CombinedOutput()
+		out, err := exec.Command("go", "build", "-o", binPath, "../../services/executor/cmd/sandpit-executor").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}

@@ -15,7 +15,6 @@ import (
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
-	"github.com/sandpit-run/sandpit/services/executor/internal/egress"
 )
 
 // The operator's policy of the egress tests. forbidden.test is in no rule:
@@ -45,7 +44,6 @@ const secret = "sk_test_sandpitDoNotLeak4242"
 
 type netStack struct {
 	e         *executor
-	eg        *egress.Egress
 	proxy     *egressProxy
 	execLis   *countingListener
 	execLogs  *lockedBuffer
@@ -58,13 +56,13 @@ type netStack struct {
 func startNetStack(t testing.TB) *netStack {
 	t.Helper()
 	ports := netPorts{proxyGRPC: "127.0.0.1:" + itoa(freePort(t)), proxyPort: freePort(t), dnsPort: freePort(t)}
-	eg := startEgress(t, ports, basePolicy)
+	eo := startEgress(t, ports, basePolicy)
 	raw, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &netStack{eg: eg, execLis: &countingListener{Listener: raw}, execLogs: &lockedBuffer{}}
-	s.e = startExecutor(t, executorOpts{egress: eg, lis: s.execLis, logs: s.execLogs, allow: []string{sdkImage}})
+	s := &netStack{execLis: &countingListener{Listener: raw}, execLogs: &lockedBuffer{}}
+	s.e = startExecutor(t, executorOpts{egress: eo, lis: s.execLis, logs: s.execLogs, allow: []string{sdkImage}})
 	s.stripe = startStripeMock(t)
 	s.pay = newStandIn(t, "pay.test")
 	s.github = newStandIn(t, "api.github.test")
@@ -80,7 +78,7 @@ func startNetStack(t testing.TB) *netStack {
 		"169.254.169.254": s.forbidden.addr(),
 	}, ca)
 	deadline := time.Now().Add(10 * time.Second)
-	for !eg.Registry().Connected() {
+	for !s.e.app.ProxyConnected() {
 		if time.Now().After(deadline) {
 			t.Fatalf("the proxy did not open a decision stream\n%s", s.proxy.logs.String())
 		}
@@ -451,7 +449,7 @@ const f = (url, opts) => fetch(url, opts).then(r => String(r.status), e => (e.ca
 // must deny rather than forward.
 func TestDecisionStreamGoneMeansDeny(t *testing.T) {
 	s := startNetStack(t)
-	s.e.stopDecider()
+	s.e.app.StopDecisions()
 	var got struct{ Status, Body string }
 	probe(t, s.e, code(`
 fetch("https://api.github.test/after-decider-gone").then(async r => console.log(JSON.stringify({status: String(r.status), body: await r.text()})),
@@ -808,7 +806,7 @@ const http2 = require("http2");
 	if n := strings.Count(proxyLog, "decide stream open"); n != 1 || strings.Contains(proxyLog, "decide stream lost") {
 		t.Errorf("the proxy opened %d decide streams (lost: %v)", n, strings.Contains(proxyLog, "decide stream lost"))
 	}
-	if n := strings.Count(execLog, "egress proxy connected"); n != 1 || strings.Contains(execLog, "egress proxy disconnected") || !s.eg.Registry().Connected() {
+	if n := strings.Count(execLog, "egress proxy connected"); n != 1 || strings.Contains(execLog, "egress proxy disconnected") || !s.e.app.ProxyConnected() {
 		t.Errorf("the executor saw %d proxy connections (disconnected: %v)", n, strings.Contains(execLog, "egress proxy disconnected"))
 	}
 }

@@ -14,8 +14,6 @@ import (
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
-	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
-	"github.com/sandpit-run/sandpit/services/executor/internal/server"
 )
 
 func TestCommonJSAndESModules(t *testing.T) {
@@ -142,8 +140,8 @@ func TestInvalidRequests(t *testing.T) {
 			if st.Code() != codes.InvalidArgument {
 				t.Fatalf("got %v (events %d), want InvalidArgument", r.err, len(r.events))
 			}
-			if reason := errorReason(t, r.err); reason != server.ReasonInvalidArgument {
-				t.Errorf("reason %q, want %s", reason, server.ReasonInvalidArgument)
+			if reason := errorReason(t, r.err); reason != reasonInvalidArgument {
+				t.Errorf("reason %q, want %s", reason, reasonInvalidArgument)
 			}
 			if len(r.events) != 0 {
 				t.Errorf("%d events before the error", len(r.events))
@@ -180,8 +178,8 @@ func TestImageErrors(t *testing.T) {
 		code   codes.Code
 		reason string
 	}{
-		{"docker.io/library/node:24", codes.PermissionDenied, server.ReasonImageNotAllowed},
-		{"sandpit.local/does-not-exist:1", codes.NotFound, server.ReasonImageNotFound},
+		{"docker.io/library/node:24", codes.PermissionDenied, reasonImageNotAllowed},
+		{"sandpit.local/does-not-exist:1", codes.NotFound, reasonImageNotFound},
 	}
 	for _, tt := range tests {
 		r := e.execute(context.Background(), &executorv1.ExecuteRequest{Code: "1", Image: tt.image})
@@ -212,16 +210,16 @@ func TestCapacityQueueThenResourceExhausted(t *testing.T) {
 			results[i] = e.execute(context.Background(), req)
 		}()
 	}
-	for e.slots.InFlight() != 1 {
+	for e.app.Slots().InFlight() != 1 {
 		time.Sleep(5 * time.Millisecond)
 	}
 	close(release)
-	for e.slots.Waiting() != 1 {
+	for e.app.Slots().Waiting() != 1 {
 		time.Sleep(5 * time.Millisecond)
 	}
 	begin := time.Now()
 	r := e.execute(context.Background(), code(`console.log("too many")`))
-	if status.Code(r.err) != codes.ResourceExhausted || errorReason(t, r.err) != server.ReasonSlotsFull {
+	if status.Code(r.err) != codes.ResourceExhausted || errorReason(t, r.err) != reasonSlotsFull {
 		t.Fatalf("third request: %v, want ResourceExhausted SLOTS_FULL", r.err)
 	}
 	if retryDelay(r.err) <= 0 {
@@ -241,7 +239,7 @@ func TestLimitsDefaultsAreReported(t *testing.T) {
 	e := startExecutor(t, executorOpts{})
 	r := e.mustRun(t, &executorv1.ExecuteRequest{Code: "1", Limits: &executorv1.Limits{MemoryBytes: 128 << 20}})
 	got := r.started.GetLimits()
-	if got.GetMemoryBytes() != 128<<20 || got.GetTimeout().AsDuration() != limits.Defaults.Timeout || got.GetPids() != limits.Defaults.Pids {
-		t.Errorf("started.limits %v: want memory 128 MiB and the defaults", got)
+	if got.GetMemoryBytes() != 128<<20 || got.GetTimeout().AsDuration() != 10*time.Second || got.GetPids() != 128 {
+		t.Errorf("started.limits %v: want memory 128 MiB and the README's defaults (timeout 10s, pids 128)", got)
 	}
 }

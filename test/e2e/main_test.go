@@ -1,5 +1,7 @@
-// Package e2e tests the executor end to end: a private containerd, the real
-// runc and image, the gRPC service over loopback, real node programs.
+// Package e2e tests the pair end to end: the executor built by its own app
+// package on a private containerd, the real runc and image, the egress
+// proxy binary, nftables and network namespaces, real node programs, real
+// clients over loopback.
 package e2e
 
 import (
@@ -10,34 +12,24 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/health"
 
-	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	"github.com/sandpit-run/sandpit/services/executor/app"
-	"github.com/sandpit-run/sandpit/services/executor/internal/capacity"
-	"github.com/sandpit-run/sandpit/services/executor/internal/containerdtest"
-	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
-	"github.com/sandpit-run/sandpit/services/executor/internal/egress"
-	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
-	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
-	"github.com/sandpit-run/sandpit/services/executor/internal/server"
+	"github.com/sandpit-run/sandpit/test/internal/containerdtest"
 )
 
 // sdkImage is the test variant of the image with stripe and axios.
 const sdkImage = "sandpit.local/node-sdk:24"
 
-// env is the shared private containerd; rt the runtime on it.
-var (
-	env *containerdtest.Env
-	rt  *sandbox.Runtime
-)
+// env is the shared private containerd.
+var env *containerdtest.Env
 
 // stateDir holds the in-process executor's code directories.
 var stateDir string
@@ -64,25 +56,7 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	stateDir = filepath.Join(env.Dir, "executor")
-	rt, err = sandbox.New(ctx, sandboxConfig(stateDir), nil, testLogger())
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e:", err)
-		return 1
-	}
-	defer rt.Close()
 	return m.Run()
-}
-
-func sandboxConfig(stateDir string) sandbox.Config {
-	return sandbox.Config{
-		Address:     env.Address,
-		Namespace:   containerdtest.Namespace,
-		Snapshotter: "overlayfs",
-		RuncPath:    env.RuncPath,
-		StateDir:    stateDir,
-		UID:         65532,
-		GID:         65532,
-	}
 }
 
 func testLogger() *slog.Logger {
@@ -92,29 +66,28 @@ func testLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-// executor is an in-process executor served on loopback.
+// executor is the executor built by its own app package (the binary's
+// wiring) and served on loopback.
 type executor struct {
-	addr string
-	// deciderAddr serves the decision service, on a server of its own so
-	// a test can take it away; stopDecider does.
+	app    *app.App
+	addr   string
+	client executorv1.ExecutorServiceClient
+	// deciderAddr serves the decision service the proxy dials.
 	deciderAddr string
-	stopDecider func()
-	client      executorv1.ExecutorServiceClient
-	shutdown    context.CancelFunc
-	slots       *capacity.Limiter
 }
 
 type executorOpts struct {
 	slots, queue int
-	defaults     limits.Set
 	allow        []string
-	// egress, when set, gives sandboxes egress and serves the decision
-	// service next to Execute.
-	egress *egress.Egress
+	// egress, when set, gives sandboxes egress (and serves the decision
+	// service the proxy asks).
+	egress *egressOpts
 	// lis is the listener to serve on; a fresh loopback one when nil.
 	lis net.Listener
 	// logs, when set, receives the executor's logs.
 	logs io.Writer
+	// flags are further executor flags.
+	flags []string
 }
 
 func (o executorOpts) logger() *slog.Logger {
@@ -124,62 +97,59 @@ func (o executorOpts) logger() *slog.Logger {
 	return testLogger()
 }
 
-// startExecutor serves the service on a loopback port for the test's
+// startExecutor builds the executor from flags, as the binary does, on the
+// shared containerd, and serves it on a loopback port for the test's
 // lifetime.
 func startExecutor(t testing.TB, o executorOpts) *executor {
 	t.Helper()
 	if o.slots == 0 {
 		o.slots, o.queue = 16, 16
 	}
-	if o.defaults == (limits.Set{}) {
-		o.defaults = limits.Defaults
+	args := []string{
+		"--listen", "127.0.0.1:0",
+		"--metrics-listen", "",
+		"--containerd-address", env.Address,
+		"--containerd-namespace", containerdtest.Namespace,
+		"--runc", env.RuncPath,
+		"--state-dir", stateDir,
+		"--image", env.ImageRef,
+		"--image-allowlist", strings.Join(o.allow, ","),
+		"--max-concurrent", strconv.Itoa(o.slots),
+		"--max-queue", strconv.Itoa(o.queue),
+		"--shutdown-grace", "0s",
 	}
-	shutdownCtx, shutdown := context.WithCancel(context.Background())
-	slots := capacity.New(o.slots, o.queue)
-	reg := prometheus.NewRegistry()
-	cfg := server.Config{
-		Defaults:       o.defaults,
-		Maxima:         limits.Maxima,
-		DefaultImage:   env.ImageRef,
-		ImageAllowlist: o.allow,
-		NodePath:       "/usr/local/bin/node",
-	}
-	var deciderAddr string
-	stopDecider := func() {}
 	if o.egress != nil {
-		cfg.Egress = app.Networks(o.egress)
-		dsrv := grpc.NewServer(grpc.MaxRecvMsgSize(decision.MaxMessageBytes))
-		egressv1.RegisterDecisionServiceServer(dsrv, decision.NewService(o.egress.Registry(), o.logger()))
-		dlis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		go func() { _ = dsrv.Serve(dlis) }()
-		deciderAddr = dlis.Addr().String()
-		stopDecider = dsrv.Stop
-		t.Cleanup(dsrv.Stop)
+		args = append(args, o.egress.flags()...)
 	}
-	svc := server.New(shutdownCtx, cfg, rt, slots, server.NewMetrics(reg, slots), o.logger())
-	srv := server.NewGRPCServer(svc, health.NewServer(), reg, 32<<20, o.logger())
-	lis := o.lis
-	if lis == nil {
-		var err error
-		if lis, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
+	cfg, err := app.ParseConfig(append(args, o.flags...), func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
 	}
-	go func() { _ = srv.Serve(lis) }()
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+	var opts []app.Option
+	if o.lis != nil {
+		opts = append(opts, app.WithListener(o.lis))
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	a, err := app.New(ctx, cfg, o.logger(), opts...)
+	if err != nil {
+		stop()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	conn, err := grpc.NewClient(a.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(64<<20)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		conn.Close()
-		shutdown()
-		srv.GracefulStop()
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("executor: %v", err)
+		}
 	})
-	return &executor{addr: lis.Addr().String(), deciderAddr: deciderAddr, stopDecider: stopDecider, client: executorv1.NewExecutorServiceClient(conn), shutdown: shutdown, slots: slots}
+	return &executor{app: a, addr: a.Addr(), client: executorv1.NewExecutorServiceClient(conn), deciderAddr: a.DecisionAddr()}
 }
 
 // run is one finished execution as the client saw it.

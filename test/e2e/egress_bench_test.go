@@ -25,7 +25,7 @@ import (
 func BenchmarkEgressProxy(b *testing.B) {
 	s := startNetStack(b)
 	events := make(chan *executorv1.NetworkEvent, 1)
-	att, err := s.eg.Attach(context.Background(), "xbench", nil, events)
+	att, err := s.e.app.Egress().Attach(context.Background(), "xbench", nil, events)
 	if err != nil {
 		b.Fatal(err)
 	}

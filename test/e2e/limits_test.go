@@ -208,7 +208,7 @@ func TestClientCancelKillsSandbox(t *testing.T) {
 	}
 	cancel()
 	requireNoLeftovers(t, stateDir, "")
-	if e.slots.InFlight() != 0 {
-		t.Errorf("%d slots still taken after the cancelled execution", e.slots.InFlight())
+	if e.app.Slots().InFlight() != 0 {
+		t.Errorf("%d slots still taken after the cancelled execution", e.app.Slots().InFlight())
 	}
 }

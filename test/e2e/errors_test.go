@@ -9,7 +9,17 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/sandpit-run/sandpit/services/executor/internal/server"
+)
+
+// The error model as a client sees it (README, "Errors"): the domain and
+// the reasons a caller can branch on.
+const (
+	errorDomain                 = "executor.sandpit.run"
+	reasonInvalidArgument       = "INVALID_ARGUMENT"
+	reasonImageNotAllowed       = "IMAGE_NOT_ALLOWED"
+	reasonImageNotFound         = "IMAGE_NOT_FOUND"
+	reasonSlotsFull             = "SLOTS_FULL"
+	reasonContainerdUnavailable = "CONTAINERD_UNAVAILABLE"
 )
 
 // errorReason is the ErrorInfo reason of err's status, checking its domain.
@@ -17,8 +27,8 @@ func errorReason(t *testing.T, err error) string {
 	t.Helper()
 	for _, d := range status.Convert(err).Details() {
 		if info, ok := d.(*errdetails.ErrorInfo); ok {
-			if info.GetDomain() != server.ErrorDomain {
-				t.Errorf("ErrorInfo domain %q, want %q", info.GetDomain(), server.ErrorDomain)
+			if info.GetDomain() != errorDomain {
+				t.Errorf("ErrorInfo domain %q, want %q", info.GetDomain(), errorDomain)
 			}
 			return info.GetReason()
 		}

@@ -11,8 +11,7 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 
-	"github.com/sandpit-run/sandpit/services/executor/internal/containerdtest"
-	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
+	"github.com/sandpit-run/sandpit/test/internal/containerdtest"
 )
 
 // leftovers lists what executions left behind: containers, tasks, managed
@@ -45,7 +44,7 @@ func leftovers(t testing.TB, stateDir, marker string) []string {
 	err = c.SnapshotService("overlayfs").Walk(ctx, func(_ context.Context, info snapshots.Info) error {
 		out = append(out, "snapshot "+info.Name)
 		return nil
-	}, `labels."`+sandbox.LabelManaged+`"`)
+	}, `labels."sandpit.dev/managed"`)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -42,7 +42,7 @@ func proxyBinary(t testing.TB) string {
 		}
 		proxyBin = filepath.Join(dir, "sandpit-egress-proxy")
 		cmd := exec.Command("go", "build", "-o", proxyBin, "./cmd/sandpit-egress-proxy")
-		cmd.Dir = "../../egressproxy"
+		cmd.Dir = "../../services/egressproxy"
 		if out, err := cmd.CombinedOutput(); err != nil {
 			proxyBuildErr = fmt.Errorf("go build proxy: %v\n%s", err, out)
 		}

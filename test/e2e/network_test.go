@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -11,7 +10,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sandpit-run/sandpit/services/executor/internal/egress"
 )
 
 // Sandbox networks of the e2e tests: their own pool, prefixes and table,
@@ -68,35 +66,43 @@ func freePort(t testing.TB) uint16 {
 	return 0
 }
 
-// startEgress sets up the executor's side of egress: namespaces, nftables,
-// the policy file. The proxy may or may not be running at ports.
-func startEgress(t testing.TB, ports netPorts, policyYAML string) *egress.Egress {
+// egressOpts are the executor flags of the tests' egress: their own pool,
+// prefixes and table, the proxy's ports, the operator's policy.
+type egressOpts struct {
+	ports      netPorts
+	policyFile string
+}
+
+func (o *egressOpts) flags() []string {
+	f := []string{
+		"--egress",
+		"--decision-listen", "127.0.0.1:0",
+		"--proxy-port", itoa(o.ports.proxyPort),
+		"--dns-port", itoa(o.ports.dnsPort),
+		"--address-pool", testPool,
+		"--nft-table", testTable,
+		"--veth-prefix", testVethPrefix,
+		"--netns-prefix", testNetns,
+	}
+	if o.policyFile != "" {
+		f = append(f, "--policy-file", o.policyFile)
+	}
+	return f
+}
+
+// startEgress says how the executor's side of egress is set up:
+// namespaces, nftables, the policy file. The proxy may or may not be
+// running at ports.
+func startEgress(t testing.TB, ports netPorts, policyYAML string) *egressOpts {
 	t.Helper()
-	var policyFile string
+	o := &egressOpts{ports: ports}
 	if policyYAML != "" {
-		policyFile = filepath.Join(t.TempDir(), "policy.yaml")
-		if err := os.WriteFile(policyFile, []byte(policyYAML), 0o644); err != nil {
+		o.policyFile = filepath.Join(t.TempDir(), "policy.yaml")
+		if err := os.WriteFile(o.policyFile, []byte(policyYAML), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	eg, err := egress.New(context.Background(), egress.Config{
-		Pool:       testPool,
-		ProxyPort:  ports.proxyPort,
-		DNSPort:    ports.dnsPort,
-		Table:      testTable,
-		PolicyFile: policyFile,
-		IfPrefix:   testVethPrefix,
-		NamePrefix: testNetns,
-	}, testLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := eg.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	return eg
+	return o
 }
 
 // requireNoNetworkLeftovers fails if a namespace or veth of the tests is
