@@ -180,7 +180,9 @@ type ExecuteRequest struct {
 	// defaults; a value above the executor's maximum is refused.
 	Limits *Limits `protobuf:"bytes,8,opt,name=limits,proto3" json:"limits,omitempty"`
 	// Caller-chosen labels, kept on the sandbox for the operator to see.
-	// Keys are at most 63 characters of [a-z0-9_.-].
+	// At most 32; a key matches ^[a-z0-9][a-z0-9_.-]{0,62}$ (1 to 63
+	// characters, starting with a letter or digit), a value is valid UTF-8 of
+	// at most 256 bytes.
 	Labels map[string]string `protobuf:"bytes,9,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The network policy of this execution. It narrows the executor's policy:
 	// a request is allowed only when both allow it. Unset means the
@@ -359,7 +361,9 @@ type Limits struct {
 	// Maximum bytes of stdout and stderr together; past it the sandbox is
 	// killed and the result says output_truncated.
 	OutputBytes uint64 `protobuf:"varint,5,opt,name=output_bytes,json=outputBytes,proto3" json:"output_bytes,omitempty"`
-	// Maximum total size of the code (code, or all files' contents).
+	// Maximum total size of what the request carries into the sandbox: the
+	// code (or all files' contents), the args, the env (names and values)
+	// and stdin, added up.
 	CodeBytes uint64 `protobuf:"varint,6,opt,name=code_bytes,json=codeBytes,proto3" json:"code_bytes,omitempty"`
 	// Size of the writable /tmp tmpfs in bytes.
 	TmpBytes uint64 `protobuf:"varint,7,opt,name=tmp_bytes,json=tmpBytes,proto3" json:"tmp_bytes,omitempty"`

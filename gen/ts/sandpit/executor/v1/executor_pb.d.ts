@@ -85,7 +85,9 @@ export declare type ExecuteRequest = Message<"sandpit.executor.v1.ExecuteRequest
 
   /**
    * Caller-chosen labels, kept on the sandbox for the operator to see.
-   * Keys are at most 63 characters of [a-z0-9_.-].
+   * At most 32; a key matches ^[a-z0-9][a-z0-9_.-]{0,62}$ (1 to 63
+   * characters, starting with a letter or digit), a value is valid UTF-8 of
+   * at most 256 bytes.
    *
    * @generated from field: map<string, string> labels = 9;
    */
@@ -177,7 +179,9 @@ export declare type Limits = Message<"sandpit.executor.v1.Limits"> & {
   outputBytes: bigint;
 
   /**
-   * Maximum total size of the code (code, or all files' contents).
+   * Maximum total size of what the request carries into the sandbox: the
+   * code (or all files' contents), the args, the env (names and values)
+   * and stdin, added up.
    *
    * @generated from field: uint64 code_bytes = 6;
    */
