@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-
 )
 
 // Sandbox networks of the e2e tests: their own pool, prefixes and table,
