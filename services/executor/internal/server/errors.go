@@ -28,7 +28,7 @@ const (
 	ReasonAddressPoolExhausted  = "ADDRESS_POOL_EXHAUSTED"
 	ReasonContainerdUnavailable = "CONTAINERD_UNAVAILABLE"
 	ReasonSandboxStuck          = "SANDBOX_STUCK"
-	ReasonShuttingDown          = "SHUTTING_DOWN"
+	ReasonCallerNotReading      = "CALLER_NOT_READING"
 	ReasonDeadlineExceeded      = "DEADLINE_EXCEEDED"
 	ReasonCancelled             = "CANCELLED"
 	ReasonInternal              = "INTERNAL"

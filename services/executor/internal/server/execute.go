@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
@@ -63,7 +64,14 @@ type Config struct {
 	// Egress, when set, gives every sandbox policy-controlled egress
 	// through the proxy; without it sandboxes have loopback only.
 	Egress Egress
+	// SendGrace bounds how long the stream may block once the sandbox has
+	// ended: a caller that stops reading loses its call then, and its slot
+	// is freed. Zero means DefaultSendGrace.
+	SendGrace time.Duration
 }
+
+// DefaultSendGrace is SendGrace's default.
+const DefaultSendGrace = 30 * time.Second
 
 // Causes of a sandbox being killed before its program ended.
 var (
@@ -214,7 +222,6 @@ func (s *Service) finish(x *execution, net Network, prog program, out sandbox.Ou
 		if err := net.Close(); err != nil {
 			x.log.Error("remove sandbox network", "error", err)
 		}
-		x.drainNetwork()
 		netSummary = net.Summary()
 		netProblem = net.Problem()
 	} else if prog.policy != nil {
@@ -222,6 +229,7 @@ func (s *Service) finish(x *execution, net Network, prog program, out sandbox.Ou
 	}
 	if runErr != nil {
 		s.metrics.executions.WithLabelValues("error").Inc()
+		x.finalSends(nil)
 		return s.runtimeError(x.ctx, x.id, runErr)
 	}
 
@@ -238,10 +246,13 @@ func (s *Service) finish(x *execution, net Network, prog program, out sandbox.Ou
 	s.metrics.duration.Observe(out.WallTime.Seconds())
 	x.log.Info("execution ended", "termination", term, "exit_code", res.GetExitCode(), "wall_seconds", out.WallTime.Seconds(),
 		"cpu_seconds", out.Usage.CPU.Seconds(), "peak_memory_bytes", out.Usage.PeakMemory)
-	if x.sendErr != nil {
-		return s.streamError(x)
+	if !x.finalSends(&executorv1.ExecuteResponse{Event: &executorv1.ExecuteResponse_Result{Result: res}}) {
+		x.log.Warn("the caller stopped reading; ending the call", "send_grace_seconds", x.sendGrace.Seconds())
+		s.metrics.rejected.WithLabelValues(strings.ToLower(ReasonCallerNotReading)).Inc()
+		return statusError(codes.Aborted, ReasonCallerNotReading,
+			"the call did not read its stream for "+x.sendGrace.String()+" after the program ended, so the executor ended it", nil)
 	}
-	if err := x.stream.Send(&executorv1.ExecuteResponse{Event: &executorv1.ExecuteResponse_Result{Result: res}}); err != nil {
+	if x.sendErr != nil {
 		return s.streamError(x)
 	}
 	return nil

@@ -20,7 +20,9 @@ import (
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	"github.com/sandpit-run/sandpit/services/executor/internal/capacity"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
+	"github.com/sandpit-run/sandpit/services/executor/internal/netns"
 	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
+	"github.com/sandpit-run/sandpit/services/policy"
 )
 
 // fakeSandboxes runs programs as the test says, without containerd.
@@ -237,5 +239,81 @@ func TestOutputLimitKillsWithTermination(t *testing.T) {
 	res := st.events[len(st.events)-1].GetResult()
 	if res.GetTermination() != executorv1.Termination_TERMINATION_OUTPUT_LIMIT || !res.GetOutputTruncated() || res.GetStdoutBytes() != 64<<10 {
 		t.Errorf("result %v: want output_limit, truncated, 64 KiB delivered", res)
+	}
+}
+
+// stuckStream is a caller that stops reading: every Send after the first
+// few blocks until the test ends.
+type stuckStream struct {
+	fakeStream
+	unblock chan struct{}
+	sent    int
+}
+
+func (s *stuckStream) Send(ev *executorv1.ExecuteResponse) error {
+	if s.sent++; s.sent > 2 {
+		<-s.unblock
+		return context.Canceled
+	}
+	return s.fakeStream.Send(ev)
+}
+
+// TestCallerThatStopsReadingLosesItsCallNotItsSlot: once the sandbox ended,
+// a stream that does not move for SendGrace ends the call with ABORTED
+// CALLER_NOT_READING, and the capacity slot is free again.
+func TestCallerThatStopsReadingLosesItsCallNotItsSlot(t *testing.T) {
+	slots := capacity.New(1, 0)
+	sb := &fakeSandboxes{run: func(_ context.Context, spec sandbox.Spec, started func()) (sandbox.Outcome, error) {
+		started()
+		for range 10 {
+			if _, err := spec.Stdout.Write([]byte("x")); err != nil {
+				return sandbox.Outcome{}, nil
+			}
+		}
+		return sandbox.Outcome{}, nil
+	}}
+	s := newService(t, sb, slots)
+	s.cfg.SendGrace = 200 * time.Millisecond
+	st := &stuckStream{fakeStream: fakeStream{ctx: context.Background()}, unblock: make(chan struct{})}
+	defer close(st.unblock)
+	begin := time.Now()
+	err := s.Execute(&executorv1.ExecuteRequest{Code: "1"}, st)
+	if status.Code(err) != codes.Aborted || reasonOf(err) != ReasonCallerNotReading {
+		t.Fatalf("got %v, want Aborted %s", err, ReasonCallerNotReading)
+	}
+	if d := time.Since(begin); d > 5*time.Second {
+		t.Errorf("the call took %v to end", d)
+	}
+	if slots.InFlight() != 0 {
+		t.Errorf("%d slots still taken", slots.InFlight())
+	}
+}
+
+// fakeEgress refuses to attach with err.
+type fakeEgress struct{ err error }
+
+func (f fakeEgress) Attach(context.Context, string, *policy.Compiled, chan<- *executorv1.NetworkEvent) (Network, error) {
+	return nil, f.err
+}
+
+func TestAttachErrors(t *testing.T) {
+	tests := []struct {
+		err    error
+		code   codes.Code
+		reason string
+	}{
+		{fmt.Errorf("create sandbox network: %w", netns.ErrPoolExhausted), codes.ResourceExhausted, ReasonAddressPoolExhausted},
+		{errors.New("netlink: operation not permitted"), codes.Internal, ReasonInternal},
+	}
+	for _, tt := range tests {
+		s := newService(t, &fakeSandboxes{run: helloRun}, nil)
+		s.cfg.Egress = fakeEgress{tt.err}
+		err := s.Execute(&executorv1.ExecuteRequest{Code: "1"}, &fakeStream{ctx: context.Background()})
+		if status.Code(err) != tt.code || reasonOf(err) != tt.reason {
+			t.Errorf("attach failing with %v: got %v, want %v %s", tt.err, err, tt.code, tt.reason)
+		}
+		if strings.Contains(status.Convert(err).Message(), "netlink") {
+			t.Errorf("message %q carries internal detail", status.Convert(err).Message())
+		}
 	}
 }

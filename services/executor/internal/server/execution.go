@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"log/slog"
+	"time"
 
 	"google.golang.org/grpc"
 
@@ -32,6 +33,11 @@ type execution struct {
 	stdout, stderr *outputWriter
 	// sendErr is the first failed Send; the pump's alone until run returns.
 	sendErr error
+	// sendGrace bounds how long sends may block once the sandbox ended.
+	sendGrace time.Duration
+	// stalled is set when the caller stopped reading: a send is still
+	// blocked and nothing else may be sent.
+	stalled bool
 }
 
 func (s *Service) newExecution(ctx context.Context, stream grpc.ServerStreamingServer[executorv1.ExecuteResponse]) *execution {
@@ -46,6 +52,10 @@ func (s *Service) newExecution(ctx context.Context, stream grpc.ServerStreamingS
 		events:    make(chan *executorv1.ExecuteResponse, outputBuffer),
 		netEvents: make(chan *executorv1.NetworkEvent, networkBuffer),
 		done:      make(chan struct{}),
+		sendGrace: s.cfg.SendGrace,
+	}
+	if x.sendGrace == 0 {
+		x.sendGrace = DefaultSendGrace
 	}
 	return x
 }
@@ -70,9 +80,11 @@ func (x *execution) spec(nodePath string, img sandbox.Image, prog program, req *
 	}
 }
 
-// run runs the sandbox while this goroutine, the stream's only sender,
-// pumps its events; it returns when Run has and every event Run produced
-// was sent.
+// run runs the sandbox while the pump, the stream's only sender, sends its
+// events. It returns when Run has and every event Run produced was sent,
+// or, when the caller stops reading, at most sendGrace after Run: the pump
+// is then left blocked in Send, which returns once the handler has ended
+// the call (x.stalled says so, and nothing else may send).
 func (x *execution) run(sb Sandboxes, spec sandbox.Spec, first *executorv1.ExecuteResponse) (sandbox.Outcome, error) {
 	var (
 		out sandbox.Outcome
@@ -83,6 +95,40 @@ func (x *execution) run(sb Sandboxes, spec sandbox.Spec, first *executorv1.Execu
 		defer close(runDone)
 		out, err = sb.Run(x.ctx, x.id, spec, func() { x.emit(first) })
 	}()
+	x.bounded(runDone, func() { x.pump(runDone) })
+	return out, err
+}
+
+// bounded runs sends on a goroutine of its own and waits for it; once after
+// has happened it waits at most sendGrace more, then marks the execution
+// stalled. Calls are sequential, so one goroutine sends at a time.
+func (x *execution) bounded(after <-chan struct{}, sends func()) {
+	if x.stalled {
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sends()
+	}()
+	select {
+	case <-done:
+		return
+	case <-after:
+	}
+	t := time.NewTimer(x.sendGrace)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		x.stalled = true
+	}
+}
+
+// pump sends output and network events until Run is done, then what Run
+// left in the channel; then it closes done, so late writers give up.
+func (x *execution) pump(runDone <-chan struct{}) {
+	defer close(x.done)
 	for {
 		select {
 		case ev := <-x.events:
@@ -96,13 +142,10 @@ func (x *execution) run(sb Sandboxes, spec sandbox.Spec, first *executorv1.Execu
 				select {
 				case ev := <-x.events:
 					x.send(ev)
-					continue
 				default:
+					return
 				}
-				break
 			}
-			close(x.done)
-			return out, err
 		}
 	}
 }
@@ -140,6 +183,20 @@ func (x *execution) drainNetwork() {
 			return
 		}
 	}
+}
+
+// finalSends sends the remaining network events and then last, bounded by
+// sendGrace; it reports false when the caller stopped reading.
+func (x *execution) finalSends(last *executorv1.ExecuteResponse) bool {
+	now := make(chan struct{})
+	close(now)
+	x.bounded(now, func() {
+		x.drainNetwork()
+		if last != nil {
+			x.send(last)
+		}
+	})
+	return !x.stalled
 }
 
 // environment is the program's environment: the request's variables plus
