@@ -8,6 +8,7 @@ import (
 	"context"
 	"log/slog"
 	"runtime/debug"
+	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
@@ -57,7 +58,14 @@ func New(o Options, register func(grpc.ServiceRegistrar)) *grpc.Server {
 	if o.LogStart {
 		events = append(events, logging.StartCall)
 	}
-	logOpts := []logging.Option{logging.WithLogOnEvents(events...)}
+	logOpts := []logging.Option{
+		logging.WithLogOnEvents(events...),
+		// Durations are float seconds in every log of ours, not the
+		// middleware's default string of milliseconds.
+		logging.WithDurationField(func(d time.Duration) logging.Fields {
+			return logging.Fields{"grpc.duration_seconds", d.Seconds()}
+		}),
+	}
 	recoverOpts := []recovery.Option{recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
 		panics.Inc()
 		o.Log.ErrorContext(ctx, "recovered from panic", "panic", p, "stack", string(debug.Stack()))

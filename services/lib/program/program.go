@@ -112,20 +112,3 @@ func ServeMetricsOn(ctx context.Context, lis net.Listener, g prometheus.Gatherer
 	}
 	return nil
 }
-
-// ServeMetrics serves g's metrics at http://addr/metrics until the returned
-// stop is called; an empty addr serves nothing.
-func ServeMetrics(addr string, g prometheus.Gatherer) (stop func(), err error) {
-	if addr == "" {
-		return func() {}, nil
-	}
-	lis, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("listen metrics: %w", err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = srv.Serve(lis) }()
-	return func() { _ = srv.Close() }, nil
-}

@@ -6,20 +6,20 @@ package main
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/config"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
@@ -31,6 +31,14 @@ import (
 	"github.com/sandpit-run/sandpit/services/lib/grpcserve"
 	"github.com/sandpit-run/sandpit/services/lib/program"
 )
+
+// healthInterval is how often the decide stream's state is copied to
+// gRPC health.
+const healthInterval = time.Second
+
+// errNoStream is the health probe's failure: without a stream the proxy
+// denies everything.
+var errNoStream = errors.New("no decide stream to the executor")
 
 func main() {
 	program.Main("sandpit-egress-proxy", func(args []string, getenv func(string) string) (config.Config, string, error) {
@@ -90,6 +98,9 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return fmt.Errorf("decider: %w", err)
 	}
 	defer conn.Close()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	program.RegisterBuildInfo(reg, "sandpit-egress-proxy")
 	decider, err := decide.New(conn, decide.Config{
 		Hello: decide.Hello{
 			Version:            program.Version(),
@@ -98,14 +109,13 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 			DNSAddress:         pc.LocalAddr().String(),
 		},
 		Timeout: cfg.DecideTimeout,
+		Metrics: decide.NewMetrics(reg),
 		Log:     log,
 	})
 	if err != nil {
 		return err
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	p := proxy.New(proxy.Config{
 		Minter:   mitm.NewMinter(ca, cfg.LeafCacheSize),
 		Decider:  decider,
@@ -114,46 +124,53 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		Metrics:  proxy.NewMetrics(reg),
 		Log:      log,
 	})
+	resolver := &dns.Handler{Decider: decider, AnswerIP: cfg.DNSAnswerIP, Metrics: dns.NewMetrics(reg), Log: log}
 	// The gRPC listener serves only health (SERVING while the decide
 	// stream is open) and reflection: the proxy offers no service.
 	hs := health.NewServer()
 	gsrv := grpcserve.New(grpcserve.Options{Registerer: reg, Log: log, Health: hs}, func(grpc.ServiceRegistrar) {})
-
-	stopMetrics, err := program.ServeMetrics(cfg.MetricsListen, reg)
+	mlis, err := program.ListenMetrics(cfg.MetricsListen)
 	if err != nil {
 		return err
 	}
-	defer stopMetrics()
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	errc := make(chan error, 4)
-	wg.Go(func() { decider.Run(ctx) })
-	wg.Go(func() { errc <- p.Serve(ctx, ln) })
-	wg.Go(func() {
-		errc <- dns.Serve(ctx, &dns.Handler{Decider: decider, AnswerIP: cfg.DNSAnswerIP, Log: log}, pc, dnsTCP)
+	// The first server to fail ends them all; a signal ends them with no
+	// error.
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		decider.Run(gctx)
+		return nil
 	})
-	wg.Go(func() { errc <- gsrv.Serve(glis) })
-	wg.Go(func() {
-		<-ctx.Done()
+	g.Go(func() error { return p.Serve(gctx, ln) })
+	g.Go(func() error { return dns.Serve(gctx, resolver, pc, dnsTCP) })
+	g.Go(func() error {
+		// Stopped before it started serving is a shutdown too.
+		if err := gsrv.Serve(glis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("serve grpc: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error { return program.ServeMetricsOn(gctx, mlis, reg) })
+	g.Go(func() error {
+		grpcserve.WatchHealth(gctx, hs, healthInterval, func(context.Context) error {
+			if !decider.Connected() {
+				return errNoStream
+			}
+			return nil
+		}, log)
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		log.Info("shutting down")
 		hs.Shutdown()
 		gsrv.GracefulStop()
+		return nil
 	})
-	wg.Go(func() { watchHealth(ctx, decider, hs, log) })
 	log.Info("serving", "listen", ln.Addr().String(), "dns_listen", pc.LocalAddr().String(),
 		"grpc_listen", glis.Addr().String(), "metrics_listen", cfg.MetricsListen, "decider", cfg.Decider,
 		"ca_sha256", ca.Fingerprint(), "upstream_overrides", len(cfg.Upstreams), "upstream_allow", fmt.Sprint(cfg.UpstreamAllow))
-
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down")
-		return nil
-	case err := <-errc:
-		cancel()
-		return err
-	}
+	return g.Wait()
 }
 
 func loadCA(cfg config.Config) (*mitm.CA, error) {
@@ -164,29 +181,5 @@ func loadCA(cfg config.Config) (*mitm.CA, error) {
 		return mitm.LoadOrCreateCA(cfg.CADir)
 	default:
 		return mitm.NewCA("sandpit egress proxy CA")
-	}
-}
-
-// watchHealth reports NOT_SERVING while there is no decide stream: the
-// proxy then denies everything.
-func watchHealth(ctx context.Context, d *decide.Client, hs *health.Server, log *slog.Logger) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	last := healthpb.HealthCheckResponse_UNKNOWN
-	for {
-		st := healthpb.HealthCheckResponse_NOT_SERVING
-		if d.Connected() {
-			st = healthpb.HealthCheckResponse_SERVING
-		}
-		if st != last {
-			log.Info("health", "status", st.String())
-			hs.SetServingStatus("", st)
-			last = st
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
 	}
 }

@@ -52,6 +52,8 @@ type Config struct {
 	Hello Hello
 	// Timeout bounds each question: no answer within it is a deny.
 	Timeout time.Duration
+	// Metrics, if set, count answers and fail-closed denies.
+	Metrics *Metrics
 	Log     *slog.Logger
 }
 
@@ -60,6 +62,7 @@ type Client struct {
 	client  egressv1.DecisionServiceClient
 	hello   *egressv1.DecideRequest
 	timeout time.Duration
+	metrics *Metrics
 	log     *slog.Logger
 
 	send   chan *egressv1.DecideRequest
@@ -81,6 +84,7 @@ func New(conn grpc.ClientConnInterface, cfg Config) (*Client, error) {
 		client:  egressv1.NewDecisionServiceClient(conn),
 		hello:   hello,
 		timeout: cfg.Timeout,
+		metrics: cfg.Metrics,
 		log:     cfg.Log,
 		send:    make(chan *egressv1.DecideRequest, 1024),
 		pending: map[uint64]chan *egressv1.DecideResponse{},
@@ -106,7 +110,7 @@ func (c *Client) Run(ctx context.Context) {
 		if time.Since(start) > 10*time.Second {
 			backoff = 100 * time.Millisecond
 		}
-		c.log.Warn("decide stream lost", "error", err, "retry_in", backoff.String())
+		c.log.Warn("decide stream lost", "error", err, "retry_in_seconds", backoff.Seconds())
 		select {
 		case <-ctx.Done():
 			return
@@ -127,9 +131,11 @@ func (c *Client) runStream(ctx context.Context) error {
 		return fmt.Errorf("send hello: %w", err)
 	}
 	c.up.Store(true)
+	c.metrics.setConnected(true)
 	c.log.Info("decide stream open")
 	defer func() {
 		c.up.Store(false)
+		c.metrics.setConnected(false)
 		c.failPending()
 	}()
 
@@ -198,23 +204,24 @@ func (c *Client) failPending() {
 // decision unavailable: …" and err wraps ErrUnavailable.
 func (c *Client) AskHTTP(ctx context.Context, q HTTPQuestion) (Verdict, error) {
 	id := c.nextID.Add(1)
-	return c.ask(ctx, id, q.message(id))
+	return c.ask(ctx, kindHTTP, id, q.message(id))
 }
 
 // AskDNS asks about a DNS query, like AskHTTP.
 func (c *Client) AskDNS(ctx context.Context, q DNSQuestion) (Verdict, error) {
 	id := c.nextID.Add(1)
-	return c.ask(ctx, id, q.message(id))
+	return c.ask(ctx, kindDNS, id, q.message(id))
 }
 
-func (c *Client) ask(ctx context.Context, id uint64, req *egressv1.DecideRequest) (Verdict, error) {
+func (c *Client) ask(ctx context.Context, kind string, id uint64, req *egressv1.DecideRequest) (Verdict, error) {
+	start := time.Now()
 	if n := proto.Size(req); n > MaxMessageBytes {
 		// Cannot happen with the fields bounded as they are; were it to,
 		// sending would break the stream for every sandbox.
-		return deny(id, fmt.Sprintf("question of %d bytes over the decision stream's limit of %d", n, MaxMessageBytes))
+		return c.deny(id, causeTooLarge, fmt.Sprintf("question of %d bytes over the decision stream's limit of %d", n, MaxMessageBytes))
 	}
 	if !c.up.Load() {
-		return deny(id, "no decide stream")
+		return c.deny(id, causeNoStream, "no decide stream")
 	}
 	ch := make(chan *egressv1.DecideResponse, 1)
 	c.mu.Lock()
@@ -231,25 +238,28 @@ func (c *Client) ask(ctx context.Context, id uint64, req *egressv1.DecideRequest
 	select {
 	case c.send <- req:
 	case <-t.C:
-		return deny(id, "send queue full")
+		return c.deny(id, causeSendQueueFull, "send queue full")
 	case <-ctx.Done():
-		return deny(id, "request abandoned")
+		return c.deny(id, causeAbandoned, "request abandoned")
 	}
 	select {
 	case resp, ok := <-ch:
 		if !ok {
-			return deny(id, "decide stream lost")
+			return c.deny(id, causeStreamLost, "decide stream lost")
 		}
+		c.metrics.answered(kind, time.Since(start))
 		return verdict(resp), nil
 	case <-t.C:
-		return deny(id, fmt.Sprintf("no answer within %s", c.timeout))
+		return c.deny(id, causeTimeout, fmt.Sprintf("no answer within %s", c.timeout))
 	case <-ctx.Done():
-		return deny(id, "request abandoned")
+		return c.deny(id, causeAbandoned, "request abandoned")
 	}
 }
 
-// deny is the fail-closed verdict when the executor did not answer.
-func deny(id uint64, why string) (Verdict, error) {
+// deny is the fail-closed verdict when the executor did not answer, and
+// counts it by cause.
+func (c *Client) deny(id uint64, cause, why string) (Verdict, error) {
+	c.metrics.failed(cause)
 	reason := ErrUnavailable.Error() + ": " + why
 	return Verdict{QuestionID: id, Decision: policyv1.Decision_DECISION_DENY, RuleID: "proxy", Reason: reason},
 		fmt.Errorf("%w: %s", ErrUnavailable, why)

@@ -30,7 +30,9 @@ type Handler struct {
 	Decider Decider
 	// AnswerIP is the IPv4 address allowed names resolve to.
 	AnswerIP netip.Addr
-	Log      *slog.Logger
+	// Metrics, if set, count the queries by decision.
+	Metrics *Metrics
+	Log     *slog.Logger
 }
 
 // ServeDNS answers one query.
@@ -63,10 +65,16 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
 		name = host.Name
 	}
 	resp, askErr := h.Decider.AskDNS(context.Background(), decide.DNSQuestion{SourceIP: src, Name: name, Type: qtype})
-	allowed := err == nil && !host.IsIP() && resp.Forward()
-	h.Log.Info("dns query", "source_ip", src.String(), "name", name, "type", qtype, "allowed", allowed,
-		"rule", resp.RuleID, "execution_id", resp.ExecutionID, "error", askErr)
-	if !allowed {
+	decision, rule := decisionLabel(resp.Decision), resp.RuleID
+	if err != nil || host.IsIP() {
+		// An IP literal needs no lookup, and a name that is not one
+		// cannot be answered for: NXDOMAIN, whatever the policy says.
+		decision, rule = "deny", "proxy"
+	}
+	h.Metrics.query(decision)
+	h.Log.Info("dns query", "source_ip", src.String(), "name", name, "type", qtype, "decision", decision,
+		"rule_id", rule, "execution_id", resp.ExecutionID, "error", askErr)
+	if decision == "deny" {
 		m.Rcode = dns.RcodeNameError
 		return
 	}

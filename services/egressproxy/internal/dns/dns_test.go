@@ -9,12 +9,14 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
 	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decidetest"
+	"github.com/sandpit-run/sandpit/services/lib/metricstest"
 )
 
 func TestDNS(t *testing.T) {
@@ -44,7 +46,8 @@ func TestDNS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &Handler{Decider: client, AnswerIP: netip.MustParseAddr("198.18.0.1"), Log: slog.New(slog.DiscardHandler)}
+	reg := prometheus.NewRegistry()
+	h := &Handler{Decider: client, AnswerIP: netip.MustParseAddr("198.18.0.1"), Metrics: NewMetrics(reg), Log: slog.New(slog.DiscardHandler)}
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- Serve(ctx, h, pc, ln) }()
 	defer func() { cancel(); <-serveDone; <-runDone }()
@@ -100,4 +103,14 @@ func TestDNS(t *testing.T) {
 	if err != nil || r.Rcode != dns.RcodeNameError {
 		t.Fatalf("without decider: %v %v", r, err)
 	}
+
+	// Answered: the four of api.stripe.test. NXDOMAIN: blocked.test,
+	// evil.example, the IP literal, and the query without a decider.
+	queries := func(decision string) float64 {
+		return metricstest.Value(t, reg, "sandpit_egress_dns_queries_total", map[string]string{"decision": decision})
+	}
+	if a, d := queries("allow"), queries("deny"); a != 4 || d != 4 {
+		t.Errorf("queries: %v allowed, %v denied; want 4 and 4", a, d)
+	}
+	metricstest.CheckLabel(t, reg, "decision", metricstest.Decisions)
 }

@@ -1,9 +1,30 @@
 package proxy
 
 import (
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Decisions, the decision label's values and the log's: the policy's
+// vocabulary, lowercase.
+const (
+	decisionAllow      = "allow"
+	decisionDeny       = "deny"
+	decisionWouldBlock = "would_block"
+)
+
+// Classes of refused connections, the reason label's values; the log and
+// the report to the executor carry the reason in words.
+const (
+	refusedNoOriginalDst   = "no_original_destination"
+	refusedH2CPrior        = "h2c_prior_knowledge"
+	refusedNotHTTP         = "not_http_or_tls"
+	refusedBadClientHello  = "malformed_client_hello"
+	refusedNoSNI           = "no_sni"
+	refusedInvalidSNI      = "invalid_sni"
+	refusedHandshakeFailed = "tls_handshake_failed"
 )
 
 // Metrics counts what the proxy did; a nil *Metrics records nothing.
@@ -18,11 +39,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sandpit_egress_requests_total",
-			Help: "HTTP requests by verdict (allowed, would_block, blocked) and protocol.",
+			Help: "HTTP requests by decision (allow, deny, would_block) and protocol (http/1.1, http/2).",
 		}, []string{"decision", "protocol"}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sandpit_egress_connections_refused_total",
-			Help: "Connections refused before a request could be read, by reason.",
+			Help: "Connections refused before a request could be read, by reason (not_http_or_tls, no_sni, tls_handshake_failed, ...).",
 		}, []string{"reason"}),
 		upstream: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "sandpit_egress_upstream_duration_seconds",
@@ -30,13 +51,23 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
 		}),
 	}
+	// Every series exists from the start, so that a rate or an alert on
+	// one that never happened yet reads 0 rather than nothing.
+	for _, d := range []string{decisionAllow, decisionDeny, decisionWouldBlock} {
+		for _, p := range []string{"http/1.1", "http/2"} {
+			m.requests.WithLabelValues(d, p)
+		}
+	}
+	for _, r := range []string{refusedNoOriginalDst, refusedH2CPrior, refusedNotHTTP, refusedBadClientHello, refusedNoSNI, refusedInvalidSNI, refusedHandshakeFailed} {
+		m.refusals.WithLabelValues(r)
+	}
 	reg.MustRegister(m.requests, m.refusals, m.upstream)
 	return m
 }
 
 func (m *Metrics) request(decision, protocol string) {
 	if m != nil {
-		m.requests.WithLabelValues(decision, protocol).Inc()
+		m.requests.WithLabelValues(decision, strings.ToLower(protocol)).Inc()
 	}
 }
 

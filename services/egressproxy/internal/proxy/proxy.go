@@ -156,7 +156,7 @@ func (p *Proxy) handleConn(ctx context.Context, c net.Conn) {
 	}
 	dst, err := p.cfg.OriginalDst(c)
 	if err != nil {
-		p.refuse(info, "no original destination", err)
+		p.refuse(info, refusedNoOriginalDst, "no original destination", err)
 		return
 	}
 	info.dst = dst
@@ -176,9 +176,9 @@ func (p *Proxy) handleConn(ctx context.Context, c net.Conn) {
 		info.scheme = "http"
 		p.serveH1(ctx, c, br, info)
 	case httpPrior:
-		p.refuse(info, "HTTP/2 without TLS (h2c prior knowledge) is not supported", nil)
+		p.refuse(info, refusedH2CPrior, "HTTP/2 without TLS (h2c prior knowledge) is not supported", nil)
 	default:
-		p.refuse(info, "not HTTP or TLS", nil)
+		p.refuse(info, refusedNotHTTP, "not HTTP or TLS", nil)
 	}
 }
 
@@ -218,16 +218,16 @@ func (p *Proxy) serveTLS(ctx context.Context, c net.Conn, br *bufio.Reader, info
 	info.scheme = "https"
 	hello, seen, err := readClientHello(br)
 	if err != nil {
-		p.refuse(info, "malformed TLS ClientHello", err)
+		p.refuse(info, refusedBadClientHello, "malformed TLS ClientHello", err)
 		return
 	}
 	if hello.ServerName == "" {
-		p.refuse(info, "TLS without SNI", nil)
+		p.refuse(info, refusedNoSNI, "TLS without SNI", nil)
 		return
 	}
 	sni, err := canon.CanonicalHost(hello.ServerName)
 	if err != nil {
-		p.refuse(info, "invalid TLS server name", err)
+		p.refuse(info, refusedInvalidSNI, "invalid TLS server name", err)
 		return
 	}
 	info.sni = sni.Name
@@ -243,7 +243,7 @@ func (p *Proxy) serveTLS(ctx context.Context, c net.Conn, br *bufio.Reader, info
 	err = tc.HandshakeContext(hctx)
 	cancel()
 	if err != nil {
-		p.refuse(info, "TLS handshake failed", err)
+		p.refuse(info, refusedHandshakeFailed, "TLS handshake failed", err)
 		return
 	}
 	_ = c.SetDeadline(time.Time{})
@@ -254,13 +254,15 @@ func (p *Proxy) serveTLS(ctx context.Context, c net.Conn, br *bufio.Reader, info
 	p.serveH1(ctx, tc, bufio.NewReaderSize(tc, MaxHeaderBytes), info)
 }
 
-func (p *Proxy) refuse(info connInfo, reason string, err error) {
+// refuse ends a connection before any request. class is what the metric
+// counts, one of a few; reason, in words, goes to the log and the report.
+func (p *Proxy) refuse(info connInfo, class, reason string, err error) {
 	dst := ""
 	if info.dst.IsValid() {
 		dst = info.dst.String()
 	}
 	p.log.Info("connection refused", "source_ip", info.src.String(), "destination", dst, "reason", reason, "error", err)
-	p.cfg.Metrics.refusal(reason)
+	p.cfg.Metrics.refusal(class)
 	p.cfg.Decider.ReportRefusal(decide.Refusal{SourceIP: info.src, Destination: info.dst, Reason: reason})
 }
 

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -28,6 +29,7 @@ import (
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decidetest"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/dialer"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/mitm"
+	"github.com/sandpit-run/sandpit/services/lib/metricstest"
 )
 
 const secret = "sk_test_4eC39HqLyjWDarjtT1zdp7dc"
@@ -76,6 +78,9 @@ type env struct {
 	upstream, plain    *standIn
 	decider            *decidetest.Server
 	client             *decide.Client
+	// metrics is the registry of the proxy's and its decide client's
+	// metrics.
+	metrics *prometheus.Registry
 }
 
 // setup starts, all on loopback: a TLS stand-in for api.stripe.test and a
@@ -85,7 +90,7 @@ type env struct {
 // documentation address that is never dialed.
 func setup(t *testing.T) *env {
 	t.Helper()
-	e := &env{upstream: &standIn{}, plain: &standIn{}}
+	e := &env{upstream: &standIn{}, plain: &standIn{}, metrics: prometheus.NewRegistry()}
 
 	upCA, err := mitm.NewCA("upstream test CA")
 	if err != nil {
@@ -110,7 +115,7 @@ func setup(t *testing.T) *env {
 	}
 	t.Cleanup(func() { conn.Close() })
 	log := slog.New(slog.DiscardHandler)
-	e.client, err = decide.New(conn, decide.Config{Hello: testHello, Timeout: 2 * time.Second, Log: log})
+	e.client, err = decide.New(conn, decide.Config{Hello: testHello, Timeout: 2 * time.Second, Metrics: decide.NewMetrics(e.metrics), Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +163,8 @@ func setup(t *testing.T) *env {
 			}
 			return netip.MustParseAddrPort("203.0.113.10:443"), nil
 		},
-		Log: log,
+		Metrics: NewMetrics(e.metrics),
+		Log:     log,
 	})
 	wg.Go(func() { _ = p.Serve(ctx, tlsLn) })
 	wg.Go(func() { _ = p.Serve(ctx, plainLn) })
@@ -617,4 +623,64 @@ func expectRefused(t *testing.T, resp *http.Response, status int, code string) r
 		t.Fatalf("status %d, body %+v; want %d with code %s", resp.StatusCode, b, status, code)
 	}
 	return b
+}
+
+// TestMetrics makes requests the policy allows and denies, over HTTP/1.1
+// and HTTP/2, and a connection that is not HTTP: each is counted once,
+// with label values from the shared vocabulary.
+func TestMetrics(t *testing.T) {
+	e := setup(t)
+	for _, c := range []*http.Client{e.h1Client("api.stripe.test"), e.h2Client("api.stripe.test")} {
+		resp := get(t, c, "GET", "https://api.stripe.test/v1/products", nil)
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	expectBlocked(t, get(t, e.h1Client("api.stripe.test"), "POST", "https://api.stripe.test/v1/charges", nil), "charges")
+	c, err := net.Dial("tcp", e.plainAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "SSH-2.0-OpenSSH_9.6\r\n")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	c.Read(make([]byte, 1))
+	c.Close()
+	e.decider.WaitFor(t, "the refusal", func(r *egressv1.DecideRequest) bool { return r.GetReport().GetRefusal() != nil })
+
+	requests := func(decision, protocol string) float64 {
+		return metricstest.Value(t, e.metrics, "sandpit_egress_requests_total", map[string]string{"decision": decision, "protocol": protocol})
+	}
+	tests := []struct {
+		decision, protocol string
+		want               float64
+	}{
+		{"allow", "http/1.1", 1},
+		{"allow", "http/2", 1},
+		{"deny", "http/1.1", 1},
+		{"deny", "http/2", 0},
+		{"would_block", "http/1.1", 0},
+	}
+	for _, tt := range tests {
+		if got := requests(tt.decision, tt.protocol); got != tt.want {
+			t.Errorf("requests{decision=%q,protocol=%q} = %v, want %v", tt.decision, tt.protocol, got, tt.want)
+		}
+	}
+	if got := metricstest.Value(t, e.metrics, "sandpit_egress_connections_refused_total", map[string]string{"reason": "not_http_or_tls"}); got != 1 {
+		t.Errorf("%v refusals as not_http_or_tls, want 1", got)
+	}
+	if got := metricstest.Value(t, e.metrics, "sandpit_egress_decision_duration_seconds", map[string]string{"kind": "http"}); got != 3 {
+		t.Errorf("%v decisions timed, want 3", got)
+	}
+	// The outcome is reported once the response has ended, which the
+	// client may see first.
+	deadline := time.Now().Add(5 * time.Second)
+	for metricstest.Value(t, e.metrics, "sandpit_egress_upstream_duration_seconds", nil) != 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the two forwarded requests were not timed")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	metricstest.CheckLabel(t, e.metrics, "decision", metricstest.Decisions)
+	metricstest.CheckLabel(t, e.metrics, "protocol", []string{"http/1.1", "http/2"})
+	metricstest.CheckLabel(t, e.metrics, "reason", []string{refusedNoOriginalDst, refusedH2CPrior, refusedNotHTTP,
+		refusedBadClientHello, refusedNoSNI, refusedInvalidSNI, refusedHandshakeFailed})
 }

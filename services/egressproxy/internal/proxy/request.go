@@ -173,7 +173,7 @@ func headerHasToken(h http.Header, name, token string) bool {
 type verdict struct {
 	id      uint64
 	allowed bool
-	label   string // allowed, would_block, blocked
+	label   string // decisionAllow, decisionWouldBlock or decisionDeny
 	rule    string
 	reason  string
 	at      time.Time
@@ -201,18 +201,18 @@ func (p *Proxy) decide(ctx context.Context, info connInfo, c *checked, contentLe
 	v := verdict{id: resp.QuestionID, rule: resp.RuleID, reason: resp.Reason, at: time.Now(), maxBody: resp.MaxRequestBytes}
 	switch resp.Decision {
 	case policyv1.Decision_DECISION_ALLOW:
-		v.allowed, v.label = true, "allowed"
+		v.allowed, v.label = true, decisionAllow
 	case policyv1.Decision_DECISION_WOULD_BLOCK:
-		v.allowed, v.label = true, "would_block"
+		v.allowed, v.label = true, decisionWouldBlock
 	default:
-		v.label = "blocked"
+		v.label = decisionDeny
 	}
 	if c.violation != "" {
-		v.allowed, v.label, v.rule, v.reason = false, "blocked", "proxy", c.violation
+		v.allowed, v.label, v.rule, v.reason = false, decisionDeny, "proxy", c.violation
 	}
 	p.cfg.Metrics.request(v.label, c.protocol)
 	p.log.Info("request", "source_ip", addrString(info.src), "method", c.method, "host", c.host, "path", c.path,
-		"protocol", c.protocol, "verdict", v.label, "rule", v.rule, "reason", v.reason,
+		"protocol", c.protocol, "decision", v.label, "rule_id", v.rule, "reason", v.reason,
 		"execution_id", resp.ExecutionID, "error", err)
 	return v
 }

@@ -1,0 +1,84 @@
+package decide
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Kinds of question, the kind label's values.
+const (
+	kindHTTP = "http"
+	kindDNS  = "dns"
+)
+
+// Causes of a fail-closed deny, the cause label's values: why the verdict
+// was the proxy's own rather than the executor's.
+const (
+	causeNoStream      = "no_stream"
+	causeTimeout       = "timeout"
+	causeStreamLost    = "stream_lost"
+	causeSendQueueFull = "send_queue_full"
+	causeAbandoned     = "abandoned"
+	causeTooLarge      = "message_too_large"
+)
+
+// Metrics count how the executor answers; a nil *Metrics records nothing.
+type Metrics struct {
+	latency   *prometheus.HistogramVec
+	failures  *prometheus.CounterVec
+	connected prometheus.Gauge
+}
+
+// NewMetrics registers the decide client's metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "sandpit_egress_decision_duration_seconds",
+			Help: "From asking the executor to its answer, by kind (http, dns); fail-closed denies are in sandpit_egress_decision_failures_total instead.",
+			// From a loopback round trip to past the default 2s timeout.
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}, []string{"kind"}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sandpit_egress_decision_failures_total",
+			Help: "Questions denied by the proxy itself because the executor did not answer, by cause (no_stream, timeout, stream_lost, send_queue_full, abandoned, message_too_large).",
+		}, []string{"cause"}),
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sandpit_egress_decide_stream_connected",
+			Help: "1 while the Decide stream to the executor is open and the hello sent, else 0: everything is denied.",
+		}),
+	}
+	// Every series exists from the start, so that a rate or an alert on
+	// one that never happened yet reads 0 rather than nothing.
+	for _, k := range []string{kindHTTP, kindDNS} {
+		m.latency.WithLabelValues(k)
+	}
+	for _, c := range []string{causeNoStream, causeTimeout, causeStreamLost, causeSendQueueFull, causeAbandoned, causeTooLarge} {
+		m.failures.WithLabelValues(c)
+	}
+	reg.MustRegister(m.latency, m.failures, m.connected)
+	return m
+}
+
+func (m *Metrics) answered(kind string, d time.Duration) {
+	if m != nil {
+		m.latency.WithLabelValues(kind).Observe(d.Seconds())
+	}
+}
+
+func (m *Metrics) failed(cause string) {
+	if m != nil {
+		m.failures.WithLabelValues(cause).Inc()
+	}
+}
+
+func (m *Metrics) setConnected(up bool) {
+	if m == nil {
+		return
+	}
+	if up {
+		m.connected.Set(1)
+	} else {
+		m.connected.Set(0)
+	}
+}
