@@ -166,14 +166,14 @@ func (a *App) newEgress(ctx context.Context) (server.Egress, error) {
 		PolicyFile: cfg.PolicyFile,
 		IfPrefix:   cfg.VethPrefix,
 		NamePrefix: cfg.NetnsPrefix,
-	}, a.log)
+	}, a.reg, a.log)
 	if err != nil {
 		return nil, fmt.Errorf("egress: %w", err)
 	}
 	if a.dlis, err = net.Listen("tcp", cfg.DecisionListen); err != nil {
 		return nil, fmt.Errorf("listen decisions: %w", err)
 	}
-	svc := decision.NewService(a.eg.Registry(), a.log)
+	svc := decision.NewService(a.eg.Registry(), a.reg, a.log)
 	a.decider = grpcserve.New(grpcserve.Options{
 		Registerer:   prometheus.WrapRegistererWith(prometheus.Labels{"server": "decision"}, a.reg),
 		Log:          a.log,

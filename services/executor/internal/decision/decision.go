@@ -21,6 +21,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -224,10 +225,13 @@ func (r *Registry) lookup(ip string) *Execution {
 
 // Connected reports whether a proxy holds a Decide stream and has said
 // hello on it.
-func (r *Registry) Connected() bool {
+func (r *Registry) Connected() bool { return r.streams() > 0 }
+
+// streams counts the Decide streams that said hello.
+func (r *Registry) streams() int {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	return len(r.proxies) > 0
+	return len(r.proxies)
 }
 
 // Proxy returns the hello of the proxy that connected last among those
@@ -261,14 +265,16 @@ func (r *Registry) connect(p *Proxy) (disconnect func()) {
 // Service implements egressv1.DecisionServiceServer.
 type Service struct {
 	egressv1.UnimplementedDecisionServiceServer
-	reg *Registry
-	log *slog.Logger
+	reg     *Registry
+	metrics *metrics
+	log     *slog.Logger
 }
 
-// NewService returns the decision service over reg. Its server must
-// receive messages of at most MaxMessageBytes.
-func NewService(reg *Registry, log *slog.Logger) *Service {
-	return &Service{reg: reg, log: log}
+// NewService returns the decision service over reg, its metrics registered
+// on metricsReg (nil for none). Its server must receive messages of at
+// most MaxMessageBytes.
+func NewService(reg *Registry, metricsReg prometheus.Registerer, log *slog.Logger) *Service {
+	return &Service{reg: reg, metrics: newMetrics(metricsReg, reg), log: log}
 }
 
 // pending is an allowed request awaiting its outcome.
@@ -346,9 +352,12 @@ func (s *Service) answer(q *egressv1.Question) (*egressv1.DecideResponse, pendin
 	switch k := q.GetKind().(type) {
 	case *egressv1.Question_Http:
 		resp, p = s.decideHTTP(k.Http)
+		s.metrics.decided(kindHTTP, resp.GetDecision())
 	case *egressv1.Question_Dns:
 		resp = s.decideDNS(k.Dns)
+		s.metrics.decided(kindDNS, resp.GetDecision())
 	default:
+		// Only a newer proxy asks these; the kind label stays http|dns.
 		resp = &egressv1.DecideResponse{Decision: policyv1.Decision_DECISION_DENY, RuleId: "proxy", Reason: "question of an unknown kind"}
 	}
 	resp.Id = q.GetId()

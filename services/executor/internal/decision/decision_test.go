@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -81,8 +82,14 @@ type stream = grpc.BidiStreamingClient[egressv1.DecideRequest, egressv1.DecideRe
 // listener has, and returns a client connection to it.
 func serve(t *testing.T, reg *Registry) *grpc.ClientConn {
 	t.Helper()
+	return serveMetrics(t, reg, nil)
+}
+
+// serveMetrics is serve with the service's metrics registered on m.
+func serveMetrics(t *testing.T, reg *Registry, m prometheus.Registerer) *grpc.ClientConn {
+	t.Helper()
 	srv := grpc.NewServer(grpc.MaxRecvMsgSize(MaxMessageBytes))
-	egressv1.RegisterDecisionServiceServer(srv, NewService(reg, slog.New(slog.NewTextHandler(io.Discard, nil))))
+	egressv1.RegisterDecisionServiceServer(srv, NewService(reg, m, slog.New(slog.NewTextHandler(io.Discard, nil))))
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -498,7 +505,7 @@ func TestNetworkLogBounds(t *testing.T) {
 			events := make(chan *executorv1.NetworkEvent, 256)
 			e := NewExecution("x1", compile(t, "version: 1\ndefault: allow\n"), events)
 			defer reg.Register(netip.MustParseAddr("10.88.0.2"), e)()
-			svc := NewService(reg, slog.New(slog.DiscardHandler))
+			svc := NewService(reg, nil, slog.New(slog.DiscardHandler))
 			for i := range n {
 				resp, p := svc.answer(&egressv1.Question{Id: uint64(i + 1), Kind: &egressv1.Question_Http{Http: tt.req}})
 				if p.exec != nil && resp.GetDecision() == policyv1.Decision_DECISION_ALLOW {

@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
 	"github.com/sandpit-run/sandpit/services/executor/internal/firewall"
@@ -59,8 +61,9 @@ type Egress struct {
 }
 
 // New removes a previous executor's namespaces, veths and tables, installs
-// fresh tables, loads the policy file and starts watching it.
-func New(ctx context.Context, cfg Config, log *slog.Logger) (*Egress, error) {
+// fresh tables, loads the policy file and starts watching it. Its metrics
+// are registered on metricsReg, nil for none.
+func New(ctx context.Context, cfg Config, metricsReg prometheus.Registerer, log *slog.Logger) (*Egress, error) {
 	pool, err := netip.ParsePrefix(cfg.Pool)
 	if err != nil {
 		return nil, fmt.Errorf("address pool: %w", err)
@@ -85,11 +88,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Egress, error) {
 		return nil, err
 	}
 	e.base.Store(base)
+	w := &policyWatch{path: cfg.PolicyFile, base: &e.base, mtime: mtime, reloads: newReloads(metricsReg), log: log}
 	wctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	e.stop = stop
 	go func() {
 		defer close(e.stopped)
-		e.watchPolicy(wctx, mtime)
+		w.run(wctx)
 	}()
 	return e, nil
 }
@@ -201,10 +205,37 @@ func loadPolicy(path string) (*policy.Compiled, time.Time, error) {
 	return c, st.ModTime(), nil
 }
 
-// watchPolicy reloads the policy file when it changes. A file that no
-// longer loads keeps the last good policy in force.
-func (e *Egress) watchPolicy(ctx context.Context, mtime time.Time) {
-	if e.cfg.PolicyFile == "" {
+// policyWatch keeps base in step with the operator's policy file.
+type policyWatch struct {
+	path string
+	base *atomic.Pointer[policy.Compiled]
+	// mtime is the file's when it was last loaded or found broken.
+	mtime   time.Time
+	reloads *prometheus.CounterVec // by result; nil counts nothing
+	log     *slog.Logger
+}
+
+// newReloads registers the reload counter on reg; nil registers nothing
+// and counts nothing.
+func newReloads(reg prometheus.Registerer) *prometheus.CounterVec {
+	if reg == nil {
+		return nil
+	}
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sandpit_policy_reloads_total",
+		Help: "Changes of the operator's policy file, by result: ok, or failed when it did not load and the previous policy stayed in force.",
+	}, []string{"result"})
+	// Both series exist from the start: an alert on failed reads 0, not
+	// nothing, until the first broken file.
+	c.WithLabelValues("ok")
+	c.WithLabelValues("failed")
+	reg.MustRegister(c)
+	return c
+}
+
+// run polls the file until ctx ends.
+func (w *policyWatch) run(ctx context.Context) {
+	if w.path == "" {
 		return
 	}
 	t := time.NewTicker(2 * time.Second)
@@ -215,18 +246,32 @@ func (e *Egress) watchPolicy(ctx context.Context, mtime time.Time) {
 			return
 		case <-t.C:
 		}
-		st, err := os.Stat(e.cfg.PolicyFile)
-		if err != nil || st.ModTime().Equal(mtime) {
-			continue
-		}
-		c, m, err := loadPolicy(e.cfg.PolicyFile)
-		if err != nil {
-			e.log.Error("policy file changed but does not load; keeping the previous policy", "error", err)
-			mtime = st.ModTime()
-			continue
-		}
-		e.base.Store(c)
-		mtime = m
-		e.log.Info("policy file reloaded", "path", e.cfg.PolicyFile)
+		w.check()
+	}
+}
+
+// check reloads the file if it changed since the last look. A file that no
+// longer loads keeps the last good policy in force.
+func (w *policyWatch) check() {
+	st, err := os.Stat(w.path)
+	if err != nil || st.ModTime().Equal(w.mtime) {
+		return
+	}
+	c, m, err := loadPolicy(w.path)
+	if err != nil {
+		w.log.Error("policy file changed but does not load; keeping the previous policy", "path", w.path, "error", err)
+		w.mtime = st.ModTime()
+		w.count("failed")
+		return
+	}
+	w.base.Store(c)
+	w.mtime = m
+	w.count("ok")
+	w.log.Info("policy file reloaded", "path", w.path)
+}
+
+func (w *policyWatch) count(result string) {
+	if w.reloads != nil {
+		w.reloads.WithLabelValues(result).Inc()
 	}
 }

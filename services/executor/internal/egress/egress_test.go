@@ -45,7 +45,7 @@ func TestPolicyFileReload(t *testing.T) {
 	e, err := New(context.Background(), Config{
 		Pool: "10.252.0.0/24", ProxyPort: 1, DNSPort: 2,
 		Table: "sandpit_egress_test", PolicyFile: path, IfPrefix: "sg", NamePrefix: "spegtest-",
-	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +102,7 @@ func TestAttachTrustsTheHelloCA(t *testing.T) {
 	e, err := New(context.Background(), Config{
 		Pool: "10.252.0.0/24", ProxyPort: 1, DNSPort: 2,
 		Table: "sandpit_egress_test", IfPrefix: "sg", NamePrefix: "spegtest-",
-	}, slog.New(slog.DiscardHandler))
+	}, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +128,7 @@ func TestAttachTrustsTheHelloCA(t *testing.T) {
 	}
 
 	srv := grpc.NewServer()
-	egressv1.RegisterDecisionServiceServer(srv, decision.NewService(e.Registry(), slog.New(slog.DiscardHandler)))
+	egressv1.RegisterDecisionServiceServer(srv, decision.NewService(e.Registry(), nil, slog.New(slog.DiscardHandler)))
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

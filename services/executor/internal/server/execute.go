@@ -224,11 +224,14 @@ func (s *Service) finish(x *execution, net Network, prog program, out sandbox.Ou
 		}
 		netSummary = net.Summary()
 		netProblem = net.Problem()
+		// Counted even when no Result carries them: the loss happened.
+		s.metrics.eventsDropped.Add(float64(netSummary.DroppedEvents))
+		s.metrics.logOmitted.Add(float64(netSummary.LogOmitted))
 	} else if prog.policy != nil {
 		netProblem = "this executor has no egress proxy configured; the sandbox had loopback only"
 	}
 	if runErr != nil {
-		s.metrics.executions.WithLabelValues("error").Inc()
+		s.metrics.executions.WithLabelValues(terminationError).Inc()
 		x.finalSends(nil)
 		return s.runtimeError(x.ctx, x.id, runErr)
 	}
@@ -340,6 +343,10 @@ func result(out sandbox.Outcome, runCtx context.Context, budget *outputBudget, s
 		StderrBytes:     stderr.sent,
 	}
 }
+
+// terminationError is the termination label of an execution whose sandbox
+// failed: it has no Result, so no Termination.
+const terminationError = "error"
 
 // terminationLabel is the metric and log vocabulary of a termination:
 // exited, timeout, oom, output_limit, shutdown.

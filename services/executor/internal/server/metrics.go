@@ -3,6 +3,7 @@ package server
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	"github.com/sandpit-run/sandpit/services/executor/internal/capacity"
 )
 
@@ -16,6 +17,10 @@ type Metrics struct {
 	duration   prometheus.Histogram
 	running    prometheus.Gauge
 	rejected   *prometheus.CounterVec
+	// eventsDropped and logOmitted add up what each execution's Result
+	// reported as network_events_dropped and network_log_omitted.
+	eventsDropped prometheus.Counter
+	logOmitted    prometheus.Counter
 }
 
 // NewMetrics registers the executor's metrics on reg.
@@ -38,8 +43,24 @@ func NewMetrics(reg prometheus.Registerer, slots *capacity.Limiter) *Metrics {
 			Name: "sandpit_executions_rejected_total",
 			Help: "Executions refused before or while their sandbox was set up, by reason (the ErrorInfo reason, lowercase: slots_full, invalid_argument, ...).",
 		}, []string{"reason"}),
+		eventsDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sandpit_network_events_dropped_total",
+			Help: "Live network events not delivered because an execution's stream was behind (each Result's network_events_dropped).",
+		}),
+		logOmitted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sandpit_network_log_omitted_total",
+			Help: "Requests left out of an execution's network log by its bounds (each Result's network_log_omitted).",
+		}),
 	}
-	reg.MustRegister(m.executions, m.duration, m.running, m.rejected,
+	// Every termination exists from the start, so that a rate or an alert
+	// on one that never happened yet reads 0 rather than nothing.
+	for t := range executorv1.Termination_name {
+		if t != int32(executorv1.Termination_TERMINATION_UNSPECIFIED) {
+			m.executions.WithLabelValues(terminationLabel(executorv1.Termination(t)))
+		}
+	}
+	m.executions.WithLabelValues(terminationError)
+	reg.MustRegister(m.executions, m.duration, m.running, m.rejected, m.eventsDropped, m.logOmitted,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sandpit_execution_queue_waiting",
 			Help: "Executions waiting for a slot.",
