@@ -4,7 +4,7 @@ SHELL := bash
 .DEFAULT_GOAL := help
 MAKEFLAGS += --no-builtin-rules
 
-MODULES := gen/go examples/go services/lib services/policy services/egressproxy services/executor deploy/image test
+MODULES := gen/go examples/go services/daemon services/policy services/egressproxy services/executor deploy/image test
 # test/ holds the integration tests of the pair; every other module's tests
 # without the integration tag are unit tests.
 UNIT_MODULES := $(filter-out test,$(MODULES))

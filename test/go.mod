@@ -8,7 +8,7 @@ replace github.com/sandpit-run/sandpit/services/executor => ../services/executor
 
 replace github.com/sandpit-run/sandpit/services/policy => ../services/policy
 
-replace github.com/sandpit-run/sandpit/services/lib => ../services/lib
+replace github.com/sandpit-run/sandpit/services/daemon => ../services/daemon
 
 require (
 	github.com/containerd/containerd/v2 v2.4.2
@@ -63,7 +63,7 @@ require (
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
-	github.com/sandpit-run/sandpit/services/lib v0.0.0 // indirect
+	github.com/sandpit-run/sandpit/services/daemon v0.0.0 // indirect
 	github.com/sandpit-run/sandpit/services/policy v0.0.0 // indirect
 	github.com/sirupsen/logrus v1.10.2 // indirect
 	github.com/vishvananda/netlink v1.3.1 // indirect

@@ -6,7 +6,7 @@ require (
 	github.com/miekg/dns v1.1.73
 	github.com/prometheus/client_golang v1.25.0
 	github.com/sandpit-run/sandpit/gen/go v0.0.0
-	github.com/sandpit-run/sandpit/services/lib v0.0.0
+	github.com/sandpit-run/sandpit/services/daemon v0.0.0
 	github.com/sandpit-run/sandpit/services/policy v0.0.0
 	golang.org/x/net v0.60.0
 	golang.org/x/sync v0.23.0
@@ -30,6 +30,6 @@ require (
 
 replace github.com/sandpit-run/sandpit/gen/go => ../../gen/go
 
-replace github.com/sandpit-run/sandpit/services/lib => ../lib
+replace github.com/sandpit-run/sandpit/services/daemon => ../daemon
 
 replace github.com/sandpit-run/sandpit/services/policy => ../policy

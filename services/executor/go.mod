@@ -10,7 +10,7 @@ require (
 	github.com/opencontainers/runtime-spec v1.3.0
 	github.com/prometheus/client_golang v1.25.0
 	github.com/sandpit-run/sandpit/gen/go v0.0.0
-	github.com/sandpit-run/sandpit/services/lib v0.0.0
+	github.com/sandpit-run/sandpit/services/daemon v0.0.0
 	github.com/sandpit-run/sandpit/services/policy v0.0.0
 	github.com/vishvananda/netlink v1.3.1
 	github.com/vishvananda/netns v0.0.5
@@ -76,4 +76,4 @@ replace github.com/sandpit-run/sandpit/gen/go => ../../gen/go
 
 replace github.com/sandpit-run/sandpit/services/policy => ../policy
 
-replace github.com/sandpit-run/sandpit/services/lib => ../lib
+replace github.com/sandpit-run/sandpit/services/daemon => ../daemon

@@ -19,14 +19,14 @@ import (
 
 	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
+	"github.com/sandpit-run/sandpit/services/daemon/grpcserve"
+	"github.com/sandpit-run/sandpit/services/daemon/program"
 	"github.com/sandpit-run/sandpit/services/executor/internal/capacity"
 	"github.com/sandpit-run/sandpit/services/executor/internal/config"
 	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
 	"github.com/sandpit-run/sandpit/services/executor/internal/egress"
 	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
 	"github.com/sandpit-run/sandpit/services/executor/internal/server"
-	"github.com/sandpit-run/sandpit/services/lib/grpcserve"
-	"github.com/sandpit-run/sandpit/services/lib/program"
 	"github.com/sandpit-run/sandpit/services/policy"
 )
 

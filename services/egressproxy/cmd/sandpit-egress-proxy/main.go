@@ -21,6 +21,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 
+	"github.com/sandpit-run/sandpit/services/daemon/grpcserve"
+	"github.com/sandpit-run/sandpit/services/daemon/program"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/config"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/dialer"
@@ -28,8 +30,6 @@ import (
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/mitm"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/proxy"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/redact"
-	"github.com/sandpit-run/sandpit/services/lib/grpcserve"
-	"github.com/sandpit-run/sandpit/services/lib/program"
 )
 
 // healthInterval is how often the decide stream's state is copied to

@@ -12,8 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sandpit-run/sandpit/services/daemon/envflag"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/dialer"
-	"github.com/sandpit-run/sandpit/services/lib/envflag"
 )
 
 // Config is the proxy's whole configuration.

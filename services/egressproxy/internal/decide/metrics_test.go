@@ -10,9 +10,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/sandpit-run/sandpit/services/daemon/metricstest"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decidetest"
-	"github.com/sandpit-run/sandpit/services/lib/metricstest"
 )
 
 // TestMetrics answers an HTTP and a DNS question, lets one time out and

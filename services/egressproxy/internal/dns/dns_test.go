@@ -14,9 +14,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
+	"github.com/sandpit-run/sandpit/services/daemon/metricstest"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decidetest"
-	"github.com/sandpit-run/sandpit/services/lib/metricstest"
 )
 
 func TestDNS(t *testing.T) {

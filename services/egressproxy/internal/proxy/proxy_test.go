@@ -25,11 +25,11 @@ import (
 	"google.golang.org/protobuf/encoding/prototext"
 
 	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
+	"github.com/sandpit-run/sandpit/services/daemon/metricstest"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decidetest"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/dialer"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/mitm"
-	"github.com/sandpit-run/sandpit/services/lib/metricstest"
 )
 
 const secret = "sk_test_4eC39HqLyjWDarjtT1zdp7dc"

@@ -6,9 +6,9 @@ import (
 	"context"
 	"log/slog"
 
+	"github.com/sandpit-run/sandpit/services/daemon/program"
 	"github.com/sandpit-run/sandpit/services/executor/app"
 	"github.com/sandpit-run/sandpit/services/executor/internal/config"
-	"github.com/sandpit-run/sandpit/services/lib/program"
 )
 
 func main() {

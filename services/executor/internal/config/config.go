@@ -11,9 +11,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sandpit-run/sandpit/services/daemon/envflag"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
 	"github.com/sandpit-run/sandpit/services/executor/internal/netns"
-	"github.com/sandpit-run/sandpit/services/lib/envflag"
 )
 
 // Config is the executor's whole configuration.

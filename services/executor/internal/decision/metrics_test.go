@@ -7,7 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
-	"github.com/sandpit-run/sandpit/services/lib/metricstest"
+	"github.com/sandpit-run/sandpit/services/daemon/metricstest"
 )
 
 // TestMetrics asks HTTP and DNS questions the policy allows and denies,

@@ -11,7 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
-	"github.com/sandpit-run/sandpit/services/lib/metricstest"
+	"github.com/sandpit-run/sandpit/services/daemon/metricstest"
 	"github.com/sandpit-run/sandpit/services/policy"
 )
 

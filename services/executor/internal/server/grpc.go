@@ -8,7 +8,7 @@ import (
 	"google.golang.org/grpc/health"
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
-	"github.com/sandpit-run/sandpit/services/lib/grpcserve"
+	"github.com/sandpit-run/sandpit/services/daemon/grpcserve"
 )
 
 // NewGRPCServer serves svc with sandpit's interceptor chain, health and

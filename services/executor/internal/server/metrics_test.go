@@ -12,11 +12,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
+	"github.com/sandpit-run/sandpit/services/daemon/metricstest"
 	"github.com/sandpit-run/sandpit/services/executor/internal/capacity"
 	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
 	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
-	"github.com/sandpit-run/sandpit/services/lib/metricstest"
 	"github.com/sandpit-run/sandpit/services/policy"
 )
 

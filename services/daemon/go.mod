@@ -1,4 +1,4 @@
-module github.com/sandpit-run/sandpit/services/lib
+module github.com/sandpit-run/sandpit/services/daemon
 
 go 1.26.0
 
