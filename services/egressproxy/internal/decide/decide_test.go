@@ -17,6 +17,7 @@ import (
 
 	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
+	"github.com/sandpit-run/sandpit/services/daemon/bound"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decidetest"
 )
@@ -171,7 +172,7 @@ func TestFieldsBounded(t *testing.T) {
 	q := f.WaitFor(t, "the question", func(r *egressv1.DecideRequest) bool { return r.GetQuestion().GetHttp() != nil })
 	h := q.GetQuestion().GetHttp()
 	if len(h.GetHost()) > decide.MaxHostBytes || len(h.GetPath())+len(h.GetQuery()) > decide.MaxTargetBytes ||
-		!strings.HasSuffix(h.GetPath(), decide.TruncatedMarker) || !strings.Contains(h.GetViolation(), "path longer than") {
+		!strings.HasSuffix(h.GetPath(), bound.Marker) || !strings.Contains(h.GetViolation(), "path longer than") {
 		t.Errorf("host %d bytes, path %d, query %d, violation %q", len(h.GetHost()), len(h.GetPath()), len(h.GetQuery()), h.GetViolation())
 	}
 	if n := proto.Size(q); n > decide.MaxMessageBytes/4 {

@@ -3,14 +3,13 @@ package decide
 import (
 	"fmt"
 	"net/netip"
-	"strings"
 	"time"
-	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
+	"github.com/sandpit-run/sandpit/services/daemon/bound"
 )
 
 // Bounds of the fields the proxy sends, in bytes, as egress.proto documents
@@ -27,9 +26,6 @@ const (
 	maxVersionBytes = 128
 	maxCABytes      = 16 << 10
 )
-
-// TruncatedMarker ends every field the proxy had to cut.
-const TruncatedMarker = "...[truncated]"
 
 // HTTPQuestion is an HTTP request as the proxy checked it, held until the
 // executor decides it.
@@ -123,33 +119,15 @@ func addrString(a netip.Addr) string {
 	return a.String()
 }
 
-// Bound makes s valid UTF-8 (the wire requires it) of at most n bytes,
-// ending in TruncatedMarker when it was cut.
-func Bound(s string, n int) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
-	if len(s) <= n {
-		return s
-	}
-	marker := TruncatedMarker
-	if n < len(marker) {
-		marker = ""
-	}
-	i := n - len(marker)
-	for i > 0 && !utf8.RuneStart(s[i]) {
-		i--
-	}
-	return s[:i] + marker
-}
-
 func (h Hello) message() (*egressv1.DecideRequest, error) {
 	if len(h.CACertPEM) == 0 || len(h.CACertPEM) > maxCABytes {
 		return nil, fmt.Errorf("hello: a CA certificate of %d bytes, want 1 to %d", len(h.CACertPEM), maxCABytes)
 	}
 	return &egressv1.DecideRequest{Kind: &egressv1.DecideRequest_Hello{Hello: &egressv1.Hello{
-		ProxyVersion:       Bound(h.Version, maxVersionBytes),
+		ProxyVersion:       bound.String(h.Version, maxVersionBytes),
 		CaCertificatePem:   h.CACertPEM,
-		TransparentAddress: Bound(h.TransparentAddress, maxAddressBytes),
-		DnsAddress:         Bound(h.DNSAddress, maxAddressBytes),
+		TransparentAddress: bound.String(h.TransparentAddress, maxAddressBytes),
+		DnsAddress:         bound.String(h.DNSAddress, maxAddressBytes),
 	}}}, nil
 }
 
@@ -167,7 +145,7 @@ func report(r *egressv1.Report) *egressv1.DecideRequest {
 // sent. A query is only logged, never decided on, so cutting it is enough.
 func (q HTTPQuestion) message(id uint64) *egressv1.DecideRequest {
 	violation, status := q.Violation, q.ViolationStatus
-	method, path := Bound(q.Method, MaxMethodBytes), Bound(q.Path, MaxTargetBytes)
+	method, path := bound.String(q.Method, MaxMethodBytes), bound.String(q.Path, MaxTargetBytes)
 	switch {
 	case violation != "":
 	case method != q.Method:
@@ -178,22 +156,22 @@ func (q HTTPQuestion) message(id uint64) *egressv1.DecideRequest {
 	return question(id, &egressv1.Question{Kind: &egressv1.Question_Http{Http: &egressv1.HttpRequest{
 		SourceIp:        addrString(q.SourceIP),
 		Method:          method,
-		Scheme:          Bound(q.Scheme, maxTokenBytes),
-		Host:            Bound(q.Host, MaxHostBytes),
+		Scheme:          bound.String(q.Scheme, maxTokenBytes),
+		Host:            bound.String(q.Host, MaxHostBytes),
 		Port:            uint32(q.Port),
 		Path:            path,
-		Query:           Bound(q.Query, max(MaxTargetBytes-len(path), 0)),
+		Query:           bound.String(q.Query, max(MaxTargetBytes-len(path), 0)),
 		ContentLength:   q.ContentLength,
-		Protocol:        Bound(q.Protocol, maxTokenBytes),
+		Protocol:        bound.String(q.Protocol, maxTokenBytes),
 		Websocket:       q.WebSocket,
-		Violation:       Bound(violation, MaxReasonBytes),
+		Violation:       bound.String(violation, MaxReasonBytes),
 		ViolationStatus: uint32(status),
 	}}})
 }
 
 func (q DNSQuestion) message(id uint64) *egressv1.DecideRequest {
 	return question(id, &egressv1.Question{Kind: &egressv1.Question_Dns{Dns: &egressv1.DnsQuery{
-		SourceIp: addrString(q.SourceIP), Name: Bound(q.Name, MaxHostBytes), Type: Bound(q.Type, maxTokenBytes),
+		SourceIp: addrString(q.SourceIP), Name: bound.String(q.Name, MaxHostBytes), Type: bound.String(q.Type, maxTokenBytes),
 	}}})
 }
 
@@ -204,7 +182,7 @@ func (o Outcome) message() *egressv1.DecideRequest {
 		BytesSent:     o.BytesSent,
 		BytesReceived: o.BytesReceived,
 		Duration:      durationpb.New(o.Duration),
-		Error:         Bound(o.Error, MaxReasonBytes),
+		Error:         bound.String(o.Error, MaxReasonBytes),
 	}}})
 }
 
@@ -214,7 +192,7 @@ func (r Refusal) message() *egressv1.DecideRequest {
 		dst = r.Destination.String()
 	}
 	return report(&egressv1.Report{Kind: &egressv1.Report_Refusal{Refusal: &egressv1.Refusal{
-		SourceIp: addrString(r.SourceIP), Destination: dst, Reason: Bound(r.Reason, MaxReasonBytes),
+		SourceIp: addrString(r.SourceIP), Destination: dst, Reason: bound.String(r.Reason, MaxReasonBytes),
 	}}})
 }
 

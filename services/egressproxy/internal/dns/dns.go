@@ -13,6 +13,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
+	"github.com/sandpit-run/sandpit/services/policy"
 	"github.com/sandpit-run/sandpit/services/policy/canon"
 )
 
@@ -65,7 +66,7 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
 		name = host.Name
 	}
 	resp, askErr := h.Decider.AskDNS(context.Background(), decide.DNSQuestion{SourceIP: src, Name: name, Type: qtype})
-	decision, rule := decisionLabel(resp.Decision), resp.RuleID
+	decision, rule := policy.DecisionLabel(resp.Decision), resp.RuleID
 	if err != nil || host.IsIP() {
 		// An IP literal needs no lookup, and a name that is not one
 		// cannot be answered for: NXDOMAIN, whatever the policy says.

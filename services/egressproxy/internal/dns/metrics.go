@@ -3,7 +3,7 @@ package dns
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
-	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
+	"github.com/sandpit-run/sandpit/services/policy"
 )
 
 // Metrics count the queries answered; a nil *Metrics records nothing.
@@ -19,7 +19,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "DNS queries answered, by decision: allow and would_block got an answer, deny got NXDOMAIN.",
 		}, []string{"decision"}),
 	}
-	for _, d := range []string{"allow", "deny", "would_block"} {
+	for _, d := range policy.DecisionLabels {
 		m.queries.WithLabelValues(d)
 	}
 	reg.MustRegister(m.queries)
@@ -29,18 +29,5 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 func (m *Metrics) query(decision string) {
 	if m != nil {
 		m.queries.WithLabelValues(decision).Inc()
-	}
-}
-
-// decisionLabel is the metric and log vocabulary of a decision: allow,
-// deny or would_block; anything else the proxy treats as a deny.
-func decisionLabel(d policyv1.Decision) string {
-	switch d {
-	case policyv1.Decision_DECISION_ALLOW:
-		return "allow"
-	case policyv1.Decision_DECISION_WOULD_BLOCK:
-		return "would_block"
-	default:
-		return "deny"
 	}
 }

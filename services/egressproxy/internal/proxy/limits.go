@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/sandpit-run/sandpit/services/daemon/bound"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
 	"github.com/sandpit-run/sandpit/services/policy/canon"
 )
@@ -76,7 +77,7 @@ func (o oversize) checked(info connInfo) *checked {
 		c.host = info.dst.Addr().String()
 	}
 	path, _, _ := strings.Cut(o.target, "?")
-	c.path = decide.Bound(path, oversizedPathBytes)
+	c.path = bound.String(path, oversizedPathBytes)
 	what, limit := "request header fields", MaxHeaderBytes
 	c.code = codeHeaderTooLarge
 	c.hint = fmt.Sprintf("send at most %d bytes of request headers (names, values and line ends together); a large cookie is the usual cause", MaxHeaderBytes)

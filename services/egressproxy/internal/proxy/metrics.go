@@ -5,14 +5,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-)
 
-// Decisions, the decision label's values and the log's: the policy's
-// vocabulary, lowercase.
-const (
-	decisionAllow      = "allow"
-	decisionDeny       = "deny"
-	decisionWouldBlock = "would_block"
+	"github.com/sandpit-run/sandpit/services/policy"
 )
 
 // Classes of refused connections, the reason label's values; the log and
@@ -53,7 +47,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	// Every series exists from the start, so that a rate or an alert on
 	// one that never happened yet reads 0 rather than nothing.
-	for _, d := range []string{decisionAllow, decisionDeny, decisionWouldBlock} {
+	for _, d := range policy.DecisionLabels {
 		for _, p := range []string{"http/1.1", "http/2"} {
 			m.requests.WithLabelValues(d, p)
 		}

@@ -14,8 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
+	"github.com/sandpit-run/sandpit/services/policy"
 	"github.com/sandpit-run/sandpit/services/policy/canon"
 )
 
@@ -173,7 +173,7 @@ func headerHasToken(h http.Header, name, token string) bool {
 type verdict struct {
 	id      uint64
 	allowed bool
-	label   string // decisionAllow, decisionWouldBlock or decisionDeny
+	label   string // policy.DecisionLabel of the verdict enforced
 	rule    string
 	reason  string
 	at      time.Time
@@ -199,16 +199,10 @@ func (p *Proxy) decide(ctx context.Context, info connInfo, c *checked, contentLe
 		ViolationStatus: c.status,
 	})
 	v := verdict{id: resp.QuestionID, rule: resp.RuleID, reason: resp.Reason, at: time.Now(), maxBody: resp.MaxRequestBytes}
-	switch resp.Decision {
-	case policyv1.Decision_DECISION_ALLOW:
-		v.allowed, v.label = true, decisionAllow
-	case policyv1.Decision_DECISION_WOULD_BLOCK:
-		v.allowed, v.label = true, decisionWouldBlock
-	default:
-		v.label = decisionDeny
-	}
+	v.label = policy.DecisionLabel(resp.Decision)
+	v.allowed = v.label != policy.LabelDeny
 	if c.violation != "" {
-		v.allowed, v.label, v.rule, v.reason = false, decisionDeny, "proxy", c.violation
+		v.allowed, v.label, v.rule, v.reason = false, policy.LabelDeny, "proxy", c.violation
 	}
 	p.cfg.Metrics.request(v.label, c.protocol)
 	p.log.Info("request", "source_ip", addrString(info.src), "method", c.method, "host", c.host, "path", c.path,

@@ -19,7 +19,6 @@ import (
 	"strconv"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -31,6 +30,7 @@ import (
 	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
+	"github.com/sandpit-run/sandpit/services/daemon/bound"
 	"github.com/sandpit-run/sandpit/services/policy"
 )
 
@@ -62,7 +62,7 @@ const (
 
 // Bounds of the strings of every network event and log entry, as
 // executor.proto documents them; longer ones are cut and end in
-// truncatedMarker.
+// bound.Marker.
 const (
 	maxURLBytes       = 2 << 10
 	maxLogReasonBytes = 512
@@ -361,8 +361,8 @@ func (s *Service) answer(q *egressv1.Question) (*egressv1.DecideResponse, pendin
 		resp = &egressv1.DecideResponse{Decision: policyv1.Decision_DECISION_DENY, RuleId: "proxy", Reason: "question of an unknown kind"}
 	}
 	resp.Id = q.GetId()
-	resp.RuleId = cut(resp.GetRuleId(), maxRuleIDBytes)
-	resp.Reason = cut(resp.GetReason(), maxReasonBytes)
+	resp.RuleId = bound.String(resp.GetRuleId(), maxRuleIDBytes)
+	resp.Reason = bound.String(resp.GetReason(), maxReasonBytes)
 	return resp, p
 }
 
@@ -398,11 +398,11 @@ func checkHello(h *egressv1.Hello) (*Proxy, error) {
 		return nil, errors.New("ca_certificate_pem: no PEM certificate")
 	}
 	return &Proxy{
-		Version:            cut(h.GetProxyVersion(), 128),
+		Version:            bound.String(h.GetProxyVersion(), 128),
 		CAPEM:              out,
 		CASHA256:           first,
-		TransparentAddress: cut(h.GetTransparentAddress(), 64),
-		DNSAddress:         cut(h.GetDnsAddress(), 64),
+		TransparentAddress: bound.String(h.GetTransparentAddress(), 64),
+		DNSAddress:         bound.String(h.GetDnsAddress(), 64),
 	}, nil
 }
 
@@ -435,9 +435,9 @@ func (s *Service) decideHTTP(r *egressv1.HttpRequest) (*egressv1.DecideResponse,
 	d := e.decide(r)
 	now := time.Now()
 	fullURL, reason := redactedURL(r), d.Reason
-	url := cut(fullURL, maxURLBytes)
-	logReason := cut(reason, maxLogReasonBytes)
-	method, host, rule := cut(r.GetMethod(), maxMethodBytes), cut(r.GetHost(), maxHostBytes), cut(d.RuleID, maxRuleIDBytes)
+	url := bound.String(fullURL, maxURLBytes)
+	logReason := bound.String(reason, maxLogReasonBytes)
+	method, host, rule := bound.String(r.GetMethod(), maxMethodBytes), bound.String(r.GetHost(), maxHostBytes), bound.String(d.RuleID, maxRuleIDBytes)
 
 	e.mu.Lock()
 	e.nextID++
@@ -532,7 +532,7 @@ func (e *Execution) outcome(p pending, o *egressv1.Outcome) {
 		BytesSent:     o.GetBytesSent(),
 		BytesReceived: o.GetBytesReceived(),
 		Duration:      o.GetDuration(),
-		Error:         cut(o.GetError(), maxLogReasonBytes),
+		Error:         bound.String(o.GetError(), maxLogReasonBytes),
 	})
 }
 
@@ -542,7 +542,7 @@ func (s *Service) decideDNS(q *egressv1.DnsQuery) *egressv1.DecideResponse {
 		return &egressv1.DecideResponse{Decision: policyv1.Decision_DECISION_DENY, RuleId: "no-execution",
 			Reason: "no running execution owns source address " + q.GetSourceIp()}
 	}
-	name := cut(q.GetName(), maxHostBytes)
+	name := bound.String(q.GetName(), maxHostBytes)
 	d, reason := policyv1.Decision_DECISION_DENY, "no rule of the policy could allow a request to "+name
 	if e.policy.CouldAllowHost(q.GetName()) {
 		d, reason = policyv1.Decision_DECISION_ALLOW, ""
@@ -550,12 +550,12 @@ func (s *Service) decideDNS(q *egressv1.DnsQuery) *egressv1.DecideResponse {
 	e.emit(&executorv1.NetworkEvent{
 		Kind:     executorv1.NetworkEventKind_NETWORK_EVENT_KIND_DNS,
 		Time:     timestamppb.Now(),
-		Method:   cut(q.GetType(), maxMethodBytes),
+		Method:   bound.String(q.GetType(), maxMethodBytes),
 		Url:      name,
 		Host:     name,
 		Decision: d,
 		RuleId:   "dns",
-		Reason:   cut(reason, maxLogReasonBytes),
+		Reason:   bound.String(reason, maxLogReasonBytes),
 	})
 	return &egressv1.DecideResponse{Decision: d, RuleId: "dns", Reason: reason, ExecutionId: e.id}
 }
@@ -564,11 +564,11 @@ func (e *Execution) refusal(r *egressv1.Refusal) {
 	e.emit(&executorv1.NetworkEvent{
 		Kind:     executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REFUSED,
 		Time:     timestamppb.Now(),
-		Url:      cut(r.GetDestination(), maxHostBytes),
-		Host:     cut(r.GetDestination(), maxHostBytes),
+		Url:      bound.String(r.GetDestination(), maxHostBytes),
+		Host:     bound.String(r.GetDestination(), maxHostBytes),
 		Decision: policyv1.Decision_DECISION_DENY,
 		RuleId:   "proxy",
-		Reason:   cut(r.GetReason(), maxLogReasonBytes),
+		Reason:   bound.String(r.GetReason(), maxLogReasonBytes),
 	})
 }
 
@@ -585,23 +585,3 @@ func redactedURL(r *egressv1.HttpRequest) string {
 	}
 	return u
 }
-
-// cut shortens s to at most n bytes, at a UTF-8 boundary, ending in
-// truncatedMarker when it had to.
-func cut(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	marker := truncatedMarker
-	if n < len(marker) {
-		marker = ""
-	}
-	i := n - len(marker)
-	for i > 0 && !utf8.RuneStart(s[i]) {
-		i--
-	}
-	return s[:i] + marker
-}
-
-// truncatedMarker ends every string the executor shortened.
-const truncatedMarker = "...[truncated]"

@@ -28,6 +28,7 @@ import (
 	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
+	"github.com/sandpit-run/sandpit/services/daemon/bound"
 	"github.com/sandpit-run/sandpit/services/policy"
 )
 
@@ -539,7 +540,7 @@ func TestNetworkLogBounds(t *testing.T) {
 					len(sum.Log), sum.LogOmitted, sum.LogTruncated, sum.Allowed, sum.Blocked, sum.DroppedEvents)
 			}
 			for _, l := range sum.Log {
-				if len(l.GetUrl()) > maxURLBytes || len(l.GetReason()) > maxLogReasonBytes || strings.HasSuffix(l.GetUrl(), truncatedMarker) != tt.cutURLs {
+				if len(l.GetUrl()) > maxURLBytes || len(l.GetReason()) > maxLogReasonBytes || strings.HasSuffix(l.GetUrl(), bound.Marker) != tt.cutURLs {
 					t.Fatalf("entry with a url of %d bytes, a reason of %d: %.80q", len(l.GetUrl()), len(l.GetReason()), l.GetUrl())
 				}
 				if tt.cutURLs && l.GetStatusCode() != 431 {

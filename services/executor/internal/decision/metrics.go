@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
+	"github.com/sandpit-run/sandpit/services/policy"
 )
 
 // Kinds of question, the kind label's values.
@@ -33,7 +34,7 @@ func newMetrics(reg prometheus.Registerer, r *Registry) *metrics {
 	// one that never happened yet reads 0 rather than nothing.
 	for _, k := range []string{kindHTTP, kindDNS} {
 		for _, d := range []policyv1.Decision{policyv1.Decision_DECISION_ALLOW, policyv1.Decision_DECISION_DENY, policyv1.Decision_DECISION_WOULD_BLOCK} {
-			m.decisions.WithLabelValues(k, decisionLabel(d))
+			m.decisions.WithLabelValues(k, policy.DecisionLabel(d))
 		}
 	}
 	reg.MustRegister(m.decisions, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -45,20 +46,6 @@ func newMetrics(reg prometheus.Registerer, r *Registry) *metrics {
 
 func (m *metrics) decided(kind string, d policyv1.Decision) {
 	if m != nil {
-		m.decisions.WithLabelValues(kind, decisionLabel(d)).Inc()
-	}
-}
-
-// decisionLabel is the metric and log vocabulary of a decision, the same
-// as the proxy's: allow, deny or would_block. The proxy denies anything
-// else, so that is what it is counted as.
-func decisionLabel(d policyv1.Decision) string {
-	switch d {
-	case policyv1.Decision_DECISION_ALLOW:
-		return "allow"
-	case policyv1.Decision_DECISION_WOULD_BLOCK:
-		return "would_block"
-	default:
-		return "deny"
+		m.decisions.WithLabelValues(kind, policy.DecisionLabel(d)).Inc()
 	}
 }
