@@ -73,6 +73,7 @@ generate: deps tools ## generate gen/ from proto/ (Go with pinned plugins; Pytho
 .PHONY: checkgenerate
 checkgenerate: generate ## fail when gen/ is not what proto/ generates
 	@if [ -n "$$(git status --porcelain -- gen)" ]; then git status --porcelain -- gen; git diff -- gen | head -50; echo "gen/ is stale: run make generate and commit"; exit 1; fi
+	@if grep -rlE 'sandpit\.egress|DecisionService' gen/python gen/ts; then echo "the internal decision protocol (sandpit.egress.v1) must not ship in the stubs for other languages"; exit 1; fi
 
 .PHONY: examples
 examples: ## install the Node example's packages (it uses gen/ts)
