@@ -164,7 +164,9 @@ version: 1
 hosts:
   - { host: api.example.com, default: allow }
 `)
-	req := func(port uint32) Request { return Request{Method: "GET", Host: "api.example.com", Path: "/", Port: port} }
+	req := func(port uint32) Request {
+		return Request{Method: "GET", Host: "api.example.com", Path: "/", Port: port}
+	}
 	runDecide(t, Chain(base, inlineWider), []decideCase{
 		{"9443 named only by the narrower", req(9443), denyD, "hosts[0].ports", ""},
 		{"8443 named by both", req(8443), allowD, "hosts[0].default", ""},
