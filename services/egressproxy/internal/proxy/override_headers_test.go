@@ -76,4 +76,3 @@ func assertNoOverride(t *testing.T, e *env, what string) {
 		t.Errorf("%s: upstream saw %q", what, r[0])
 	}
 }
-
