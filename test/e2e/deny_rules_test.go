@@ -180,7 +180,7 @@ const ask = url => fetch(url).then(async r => { const b = await r.text(); let j 
 	type answer struct{ Status, Rule string }
 	type result struct {
 		Before, NarrowedBefore, After, StillAllowed, NarrowedAfter, PayAllowed answer
-		AllowedProbes, BlockedAfterMs                                         string
+		AllowedProbes, BlockedAfterMs                                          string
 	}
 	done := make(chan *run, 1)
 	go func() { done <- s.e.execute(context.Background(), req) }()
