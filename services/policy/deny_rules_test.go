@@ -277,3 +277,14 @@ func FuzzDenyRuleVariants(f *testing.F) {
 		}
 	})
 }
+
+// In audit mode the ';', port and scheme checks are decisions like any
+// rule's: would-block, forwarded and reported.
+func TestVariantChecksInAudit(t *testing.T) {
+	c := mustParse(t, "version: 1\nmode: audit\nhosts:\n  - { host: api.example.com, default: allow }\n")
+	runDecide(t, c, []decideCase{
+		{"semicolon", Request{Method: "GET", Host: "api.example.com", Path: "/a;b"}, wouldD, "hosts[0].path", ""},
+		{"port", Request{Method: "GET", Host: "api.example.com", Path: "/", Port: 8443}, wouldD, "hosts[0].ports", ""},
+		{"scheme", Request{Method: "GET", Host: "api.example.com", Path: "/", Scheme: "http"}, wouldD, "hosts[0].schemes", ""},
+	})
+}
