@@ -20,6 +20,8 @@ type Request struct {
 	Host      string // canonical (canon.CheckHost), without port
 	Path      string // canonical (canon.CheckPath), without query
 	WebSocket bool   // the request asks for a WebSocket upgrade
+	Scheme    string // http or https; empty means https
+	Port      uint32 // the destination port; 0 means the scheme's default
 }
 
 // Decision is the verdict on one request.
@@ -73,6 +75,11 @@ type hostEntry struct {
 	defaultAllow bool
 	defaultID    string
 	couldAllow   bool
+	field        string // hosts[i], the prefix of the ids the entry derives
+	endpoints    endpoints
+	// semicolon is whether some rule's path has a ";": only then may a
+	// request path have one (see matchesLoosely).
+	semicolon bool
 }
 
 type rule struct {
@@ -82,6 +89,7 @@ type rule struct {
 	allow     bool
 	websocket bool
 	reason    string
+	loose     pathPattern // deny rules: path in the form matchesLoosely compares
 }
 
 // Compile validates p and prepares it for deciding. The result does not
@@ -141,6 +149,8 @@ func compileLayer(p *policyv1.Policy) (*layer, Errors) {
 		e := &hostEntry{
 			defaultAllow: hp.GetDefaultAction() == policyv1.Action_ACTION_ALLOW,
 			defaultID:    field + ".default",
+			field:        field,
+			endpoints:    compileEndpoints(&c, field, hp.GetSchemes(), hp.GetPorts()),
 		}
 		pat, err := parseHostPattern(hp.GetHost())
 		if err != nil {
@@ -164,6 +174,7 @@ func compileLayer(p *policyv1.Policy) (*layer, Errors) {
 			cr := compileRule(&c, rf, r, ruleField)
 			e.rules = append(e.rules, cr)
 			e.couldAllow = e.couldAllow || cr.allow
+			e.semicolon = e.semicolon || strings.Contains(r.GetPath(), ";")
 		}
 	}
 	return l, c.errs
@@ -203,6 +214,9 @@ func compileRule(c *checker, field string, r *policyv1.Rule, ruleField map[strin
 		c.add(field+".path", "%v", err)
 	}
 	cr.path = pp
+	if !cr.allow {
+		cr.loose = pp.loosen()
+	}
 	if err := checkAction(r.GetAction(), true); err != nil {
 		c.add(field+".action", "%v", err)
 	}
@@ -293,7 +307,11 @@ func canonicalRequest(r Request) (Request, error) {
 	if err := canon.CheckPath(r.Path); err != nil {
 		return Request{}, fmt.Errorf("check path %q: %w", r.Path, err)
 	}
-	return Request{Method: m, Host: r.Host, Path: r.Path, WebSocket: r.WebSocket}, nil
+	scheme, port, err := canonicalEndpoint(r.Scheme, r.Port)
+	if err != nil {
+		return Request{}, err
+	}
+	return Request{Method: m, Host: r.Host, Path: r.Path, WebSocket: r.WebSocket, Scheme: scheme, Port: port}, nil
 }
 
 // canonicalMethod uppercases like the proxy does, so "post" cannot pass a
@@ -329,8 +347,15 @@ func (l *layer) decide(r Request) Decision {
 		}
 		return deny(RuleDefault, "host %s is not in the policy", r.Host)
 	}
+	if what, reason := e.endpoints.check(e.pattern, r.Scheme, r.Port); what != "" {
+		return deny(e.field+"."+what, "%s", reason)
+	}
+	if !e.semicolon && strings.Contains(r.Path, ";") {
+		return deny(e.field+".path", "path %q has a \";\", which servers read differently (a path parameter to Tomcat and Spring, a literal to others); no rule of %s names a path with one", r.Path, e.pattern)
+	}
+	loose := loosePath(r.Path)
 	for _, ru := range e.rules {
-		if !ru.matches(r) {
+		if !ru.matches(r, loose) {
 			continue
 		}
 		if ru.allow && r.WebSocket && !ru.websocket {
@@ -360,11 +385,14 @@ func (l *layer) decide(r Request) Decision {
 	return allow(e.defaultID, "no rule of %s matches %s %s, and the host's default allows it", e.pattern, r.Method, r.Path)
 }
 
-func (ru *rule) matches(r Request) bool {
+// matches compares allow rules' paths exactly. A deny rule also matches
+// loosely (see loosePath), because a server may route the loose variants to
+// the handler the rule means to deny.
+func (ru *rule) matches(r Request, loose string) bool {
 	if len(ru.methods) > 0 && !slices.Contains(ru.methods, r.Method) {
 		return false
 	}
-	return ru.path.match(r.Path)
+	return ru.path.match(r.Path) || !ru.allow && ru.loose.match(loose)
 }
 
 func allow(id, format string, args ...any) Decision {

@@ -231,10 +231,28 @@ func (d *fileDecoder) action(field string, n *yaml.Node) policyv1.Action {
 
 func (d *fileDecoder) host(field string, n *yaml.Node) *policyv1.HostPolicy {
 	h := &policyv1.HostPolicy{}
-	d.mapping(field, n, "host, rules, default", func(key string, v *yaml.Node) bool {
+	d.mapping(field, n, "host, rules, default, schemes, ports", func(key string, v *yaml.Node) bool {
 		switch key {
 		case "host":
 			h.Host = d.str(field+".host", v)
+		case "schemes":
+			f := field + ".schemes"
+			d.lines[f] = v.Line
+			if isNull(v) || !d.kind(f, v, yaml.SequenceNode, "a list") {
+				return true
+			}
+			for k, sn := range v.Content {
+				h.Schemes = append(h.Schemes, d.str(fmt.Sprintf("%s[%d]", f, k), sn))
+			}
+		case "ports":
+			f := field + ".ports"
+			d.lines[f] = v.Line
+			if isNull(v) || !d.kind(f, v, yaml.SequenceNode, "a list") {
+				return true
+			}
+			for k, pn := range v.Content {
+				h.Ports = append(h.Ports, uint32(d.uint(fmt.Sprintf("%s[%d]", f, k), pn, math.MaxUint32)))
+			}
 		case "default":
 			h.DefaultAction = d.action(field+".default_action", v)
 		case "rules":
@@ -437,6 +455,20 @@ func marshalHost(h *policyv1.HostPolicy) *yaml.Node {
 	}
 	if a := actionName(h.GetDefaultAction()); a != "" {
 		put(n, "default", str(a))
+	}
+	if len(h.GetSchemes()) > 0 {
+		ss := &yaml.Node{Kind: yaml.SequenceNode, Style: yaml.FlowStyle}
+		for _, sc := range h.GetSchemes() {
+			ss.Content = append(ss.Content, str(sc))
+		}
+		put(n, "schemes", ss)
+	}
+	if len(h.GetPorts()) > 0 {
+		ps := &yaml.Node{Kind: yaml.SequenceNode, Style: yaml.FlowStyle}
+		for _, p := range h.GetPorts() {
+			ps.Content = append(ps.Content, scalar(strconv.FormatUint(uint64(p), 10)))
+		}
+		put(n, "ports", ps)
 	}
 	return n
 }

@@ -113,3 +113,53 @@ func (p pathPattern) match(path string) bool {
 	}
 	return p.prefix || !more
 }
+
+// loosen returns the pattern a deny rule also matches loosePath's form of a
+// request with: literals in lowercase without trailing blanks, and no
+// trailing slash.
+func (p pathPattern) loosen() pathPattern {
+	if p.any {
+		return p
+	}
+	l := pathPattern{prefix: p.prefix, segments: make([]segment, len(p.segments))}
+	for i, s := range p.segments {
+		if !s.star {
+			s.literal = trimBlanks(strings.ToLower(s.literal))
+		}
+		l.segments[i] = s
+	}
+	if n := len(l.segments); n > 1 && !l.prefix && l.segments[n-1] == (segment{}) {
+		l.segments = l.segments[:n-1]
+	}
+	return l
+}
+
+// loosePath is a canonical path as servers commonly route it: ASCII letters
+// in lowercase (case-insensitive routers: ASP.NET, Spring with
+// setCaseSensitive(false), Express without caseSensitive), each segment
+// without trailing %20 or %09 (trimmed by some servers and proxies), and
+// without trailing slashes (Express, Flask, Rails and Spring's default
+// trailing-slash match route /a/ to /a).
+func loosePath(path string) string {
+	segs := strings.Split(strings.ToLower(path[1:]), "/")
+	for i, s := range segs {
+		segs[i] = trimBlanks(s)
+	}
+	out := "/" + strings.Join(segs, "/")
+	for len(out) > 1 && out[len(out)-1] == '/' {
+		out = out[:len(out)-1]
+	}
+	return out
+}
+
+// trimBlanks removes escaped spaces and tabs at the end of a lowercased
+// segment.
+func trimBlanks(s string) string {
+	for {
+		t := strings.TrimSuffix(strings.TrimSuffix(s, "%20"), "%09")
+		if t == s {
+			return s
+		}
+		s = t
+	}
+}

@@ -33,6 +33,7 @@ hosts:
       - { id: pay-products, methods: [GET], path: "/v1/products/**", action: allow }
     default: deny
   - host: api.github.test
+    schemes: [https, http]
     rules:
       - { id: echo-ws, methods: [GET], path: /ws, action: allow, websocket: true }
     default: allow

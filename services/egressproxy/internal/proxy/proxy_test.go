@@ -43,14 +43,22 @@ var testHello = decide.Hello{
 
 // standIn is a local upstream that records what reached it.
 type standIn struct {
-	mu   sync.Mutex
-	seen []string
+	mu      sync.Mutex
+	seen    []string
+	headers []http.Header
 }
 
 func (s *standIn) record(r *http.Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.seen = append(s.seen, fmt.Sprintf("%s %s %s %s auth=%s", r.Proto, r.Method, r.Host, r.URL.RequestURI(), r.Header.Get("Authorization")))
+	s.headers = append(s.headers, r.Header.Clone())
+}
+
+func (s *standIn) requestHeaders() []http.Header {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]http.Header(nil), s.headers...)
 }
 
 func (s *standIn) requests() []string {

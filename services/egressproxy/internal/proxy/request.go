@@ -278,6 +278,28 @@ func removeHopHeaders(h http.Header) {
 	}
 }
 
+// overrideHeaders make common server frameworks route a request by another
+// method or path than its own (Rack::MethodOverride, Express
+// method-override, Symfony, IIS URL Rewrite, Zend): the policy decided the
+// request's method and path, so these never reach the upstream.
+var overrideHeaders = []string{
+	"X-Http-Method-Override", "X-Http-Method", "X-Method-Override",
+	"X-Original-Url", "X-Rewrite-Url",
+}
+
+// removeOverrideHeaders also removes spellings with "_" for "-", which CGI
+// style servers read as the same header.
+func removeOverrideHeaders(h http.Header) {
+	for k := range h {
+		n := strings.ReplaceAll(k, "_", "-")
+		for _, o := range overrideHeaders {
+			if strings.EqualFold(n, o) {
+				delete(h, k)
+			}
+		}
+	}
+}
+
 // errBodyTooLarge ends a request body that grew past the policy's limit.
 var errBodyTooLarge = errors.New("request body larger than the policy allows")
 
@@ -322,7 +344,7 @@ func (c *countingReader) Close() error { return c.r.Close() }
 
 // upstreamRequest rebuilds the checked request for the upstream: the
 // checked scheme, host and normalized path and query, the sandbox's
-// headers minus hop-by-hop ones, and its body.
+// headers minus hop-by-hop and method- or path-override ones, and its body.
 func (p *Proxy) upstreamRequest(ctx context.Context, c *checked, r *http.Request, body io.ReadCloser) *http.Request {
 	decoded, err := url.PathUnescape(c.path)
 	if err != nil {
@@ -335,6 +357,7 @@ func (p *Proxy) upstreamRequest(ctx context.Context, c *checked, r *http.Request
 	}
 	te := h.Get("Te")
 	removeHopHeaders(h)
+	removeOverrideHeaders(h)
 	h.Del("Host")
 	h.Del("Expect")
 	if strings.EqualFold(strings.TrimSpace(te), "trailers") {

@@ -76,8 +76,10 @@ const maxOutstanding = 65536
 
 // Execution is the network state of one running execution.
 type Execution struct {
-	id     string
-	policy *policy.Compiled
+	id string
+	// policy returns the policy in force now: a policy reload applies to
+	// the next request of a running execution.
+	policy func() *policy.Compiled
 	events chan<- *executorv1.NetworkEvent
 
 	mu       sync.Mutex
@@ -97,7 +99,13 @@ type Execution struct {
 // and counted (the result's network log still has the requests, within
 // its bounds).
 func NewExecution(id string, p *policy.Compiled, events chan<- *executorv1.NetworkEvent) *Execution {
-	return &Execution{id: id, policy: p, events: events}
+	return NewLiveExecution(id, func() *policy.Compiled { return p }, events)
+}
+
+// NewLiveExecution is NewExecution under the policy current returns at each
+// decision; it must be cheap and safe for concurrent use.
+func NewLiveExecution(id string, current func() *policy.Compiled, events chan<- *executorv1.NetworkEvent) *Execution {
+	return &Execution{id: id, policy: current, events: events}
 }
 
 // Summary is what the result reports of the execution's network use; its
@@ -484,7 +492,7 @@ func (s *Service) decideHTTP(r *egressv1.HttpRequest) (*egressv1.DecideResponse,
 	})
 	resp := &egressv1.DecideResponse{Decision: d.Decision, RuleId: d.RuleID, Reason: reason, ExecutionId: e.id}
 	if !blocked {
-		resp.MaxRequestBytes = e.policy.Limits().MaxRequestBytes
+		resp.MaxRequestBytes = e.policy().Limits().MaxRequestBytes
 	}
 	return resp, pending{exec: e, id: reqID, entry: entry}
 }
@@ -501,7 +509,8 @@ func (e *Execution) decide(r *egressv1.HttpRequest) policy.Decision {
 	if v := r.GetViolation(); v != "" {
 		return block("proxy", v)
 	}
-	limits := e.policy.Limits()
+	pol := e.policy() // one policy for the limits and the decision
+	limits := pol.Limits()
 	e.mu.Lock()
 	e.requests++
 	n := e.requests
@@ -512,7 +521,10 @@ func (e *Execution) decide(r *egressv1.HttpRequest) policy.Decision {
 	if limits.MaxRequestBytes > 0 && r.GetContentLength() > 0 && uint64(r.GetContentLength()) > limits.MaxRequestBytes {
 		return block("limits.max_request_bytes", fmt.Sprintf("request body of %d bytes is above the limit of %d", r.GetContentLength(), limits.MaxRequestBytes))
 	}
-	return e.policy.Decide(policy.Request{Method: r.GetMethod(), Host: r.GetHost(), Path: r.GetPath(), WebSocket: r.GetWebsocket()})
+	return pol.Decide(policy.Request{
+		Method: r.GetMethod(), Host: r.GetHost(), Path: r.GetPath(), WebSocket: r.GetWebsocket(),
+		Scheme: r.GetScheme(), Port: r.GetPort(),
+	})
 }
 
 func (e *Execution) outcome(p pending, o *egressv1.Outcome) {
@@ -544,7 +556,7 @@ func (s *Service) decideDNS(q *egressv1.DnsQuery) *egressv1.DecideResponse {
 	}
 	name := bound.String(q.GetName(), maxHostBytes)
 	d, reason := policyv1.Decision_DECISION_DENY, "no rule of the policy could allow a request to "+name
-	if e.policy.CouldAllowHost(q.GetName()) {
+	if e.policy().CouldAllowHost(q.GetName()) {
 		d, reason = policyv1.Decision_DECISION_ALLOW, ""
 	}
 	e.emit(&executorv1.NetworkEvent{

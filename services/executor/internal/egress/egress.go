@@ -132,7 +132,8 @@ type Attachment struct {
 var ErrNoAddress = netns.ErrPoolExhausted
 
 // Attach creates the execution's namespace and registers its policy: the
-// operator's, narrowed by inline (nil for none). Live events go to events.
+// operator's as it is at each decision (a reload applies to running
+// executions), narrowed by inline (nil for none). Live events go to events.
 // The sandbox trusts the CA of the proxy connected now; without one it
 // has no egress, and NetworkError says so.
 func (e *Egress) Attach(_ context.Context, id string, inline *policy.Compiled, events chan<- *executorv1.NetworkEvent) (*Attachment, error) {
@@ -141,7 +142,8 @@ func (e *Egress) Attach(_ context.Context, id string, inline *policy.Compiled, e
 		return nil, fmt.Errorf("create sandbox network: %w", err)
 	}
 	a := &Attachment{e: e, sb: sb, NetNSPath: sb.Path}
-	a.Network = decision.NewExecution(id, policy.Chain(e.base.Load(), inline), events)
+	live := &livePolicy{base: &e.base, inline: inline}
+	a.Network = decision.NewLiveExecution(id, live.current, events)
 	a.unregister = e.reg.Register(sb.SandboxIP, a.Network)
 	a.ExtraFiles = []sandbox.File{{
 		Path:    resolvConfPath,

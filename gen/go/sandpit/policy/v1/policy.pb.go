@@ -272,6 +272,16 @@ type HostPolicy struct {
 	Rules []*Rule `protobuf:"bytes,2,rep,name=rules,proto3" json:"rules,omitempty"`
 	// The action when no rule matches. Unspecified means deny.
 	DefaultAction Action `protobuf:"varint,3,opt,name=default_action,json=defaultAction,proto3,enum=sandpit.policy.v1.Action" json:"default_action,omitempty"`
+	// The schemes the entry allows: "https", "http" or both. Empty means
+	// https only. A request in another scheme is denied before any rule is
+	// tried (rule id hosts[i].schemes). At most 2, no duplicates.
+	Schemes []string `protobuf:"bytes,4,rep,name=schemes,proto3" json:"schemes,omitempty"`
+	// The destination ports the entry allows, 1-65535. Empty means the
+	// default port of each allowed scheme: 443 for https, 80 for http. When
+	// set, every allowed scheme may use exactly these ports. A request to
+	// another port is denied before any rule is tried (rule id
+	// hosts[i].ports). At most 16 (MaxPortsPerHost), no duplicates.
+	Ports         []uint32 `protobuf:"varint,5,rep,packed,name=ports,proto3" json:"ports,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -325,6 +335,20 @@ func (x *HostPolicy) GetDefaultAction() Action {
 		return x.DefaultAction
 	}
 	return Action_ACTION_UNSPECIFIED
+}
+
+func (x *HostPolicy) GetSchemes() []string {
+	if x != nil {
+		return x.Schemes
+	}
+	return nil
+}
+
+func (x *HostPolicy) GetPorts() []uint32 {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
 }
 
 // Rule matches requests by method and path.
@@ -487,12 +511,14 @@ const file_sandpit_policy_v1_policy_proto_rawDesc = "" +
 	"\x04mode\x18\x01 \x01(\x0e2\x17.sandpit.policy.v1.ModeR\x04mode\x12@\n" +
 	"\x0edefault_action\x18\x02 \x01(\x0e2\x19.sandpit.policy.v1.ActionR\rdefaultAction\x123\n" +
 	"\x05hosts\x18\x03 \x03(\v2\x1d.sandpit.policy.v1.HostPolicyR\x05hosts\x127\n" +
-	"\x06limits\x18\x04 \x01(\v2\x1f.sandpit.policy.v1.PolicyLimitsR\x06limits\"\x91\x01\n" +
+	"\x06limits\x18\x04 \x01(\v2\x1f.sandpit.policy.v1.PolicyLimitsR\x06limits\"\xc1\x01\n" +
 	"\n" +
 	"HostPolicy\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12-\n" +
 	"\x05rules\x18\x02 \x03(\v2\x17.sandpit.policy.v1.RuleR\x05rules\x12@\n" +
-	"\x0edefault_action\x18\x03 \x01(\x0e2\x19.sandpit.policy.v1.ActionR\rdefaultAction\"\xad\x01\n" +
+	"\x0edefault_action\x18\x03 \x01(\x0e2\x19.sandpit.policy.v1.ActionR\rdefaultAction\x12\x18\n" +
+	"\aschemes\x18\x04 \x03(\tR\aschemes\x12\x14\n" +
+	"\x05ports\x18\x05 \x03(\rR\x05ports\"\xad\x01\n" +
 	"\x04Rule\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\amethods\x18\x02 \x03(\tR\amethods\x12\x12\n" +

@@ -83,6 +83,26 @@ export declare type HostPolicy = Message<"sandpit.policy.v1.HostPolicy"> & {
    * @generated from field: sandpit.policy.v1.Action default_action = 3;
    */
   defaultAction: Action;
+
+  /**
+   * The schemes the entry allows: "https", "http" or both. Empty means
+   * https only. A request in another scheme is denied before any rule is
+   * tried (rule id hosts[i].schemes). At most 2, no duplicates.
+   *
+   * @generated from field: repeated string schemes = 4;
+   */
+  schemes: string[];
+
+  /**
+   * The destination ports the entry allows, 1-65535. Empty means the
+   * default port of each allowed scheme: 443 for https, 80 for http. When
+   * set, every allowed scheme may use exactly these ports. A request to
+   * another port is denied before any rule is tried (rule id
+   * hosts[i].ports). At most 16 (MaxPortsPerHost), no duplicates.
+   *
+   * @generated from field: repeated uint32 ports = 5;
+   */
+  ports: number[];
 };
 
 /**
