@@ -184,13 +184,16 @@ type verdict struct {
 // decide asks about c, whose declared body length is contentLength (-1
 // when unknown).
 func (p *Proxy) decide(ctx context.Context, info connInfo, c *checked, contentLength int64) verdict {
+	// The policy sees the redacted path too: a rule matches a token
+	// segment with a wildcard, never by its value.
+	path := p.cfg.Redactor.Path(c.path)
 	resp, err := p.cfg.Decider.AskHTTP(ctx, decide.HTTPQuestion{
 		SourceIP:        info.src,
 		Method:          c.method,
 		Scheme:          c.scheme,
 		Host:            c.host,
 		Port:            c.port,
-		Path:            c.path,
+		Path:            path,
 		Query:           p.cfg.Redactor.Query(c.query),
 		ContentLength:   contentLength,
 		Protocol:        c.protocol,
@@ -205,7 +208,7 @@ func (p *Proxy) decide(ctx context.Context, info connInfo, c *checked, contentLe
 		v.allowed, v.label, v.rule, v.reason = false, policy.LabelDeny, "proxy", c.violation
 	}
 	p.cfg.Metrics.request(v.label, c.protocol)
-	p.log.Info("request", "source_ip", addrString(info.src), "method", c.method, "host", c.host, "path", c.path,
+	p.log.Info("request", "source_ip", addrString(info.src), "method", c.method, "host", c.host, "path", path,
 		"protocol", c.protocol, "decision", v.label, "rule_id", v.rule, "reason", v.reason,
 		"execution_id", resp.ExecutionID, "error", err)
 	return v
