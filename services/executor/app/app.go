@@ -159,13 +159,14 @@ func (a *App) newEgress(ctx context.Context) (server.Egress, error) {
 	cfg := a.cfg
 	var err error
 	a.eg, err = egress.New(ctx, egress.Config{
-		Pool:       cfg.AddressPool,
-		ProxyPort:  uint16(cfg.ProxyPort),
-		DNSPort:    uint16(cfg.DNSPort),
-		Table:      cfg.NftTable,
-		PolicyFile: cfg.PolicyFile,
-		IfPrefix:   cfg.VethPrefix,
-		NamePrefix: cfg.NetnsPrefix,
+		Pool:               cfg.AddressPool,
+		ProxyPort:          uint16(cfg.ProxyPort),
+		DNSPort:            uint16(cfg.DNSPort),
+		Table:              cfg.NftTable,
+		PolicyFile:         cfg.PolicyFile,
+		IfPrefix:           cfg.VethPrefix,
+		NamePrefix:         cfg.NetnsPrefix,
+		MaxNetworkLogBytes: cfg.MaxNetworkLogBytes,
 	}, a.reg, a.log)
 	if err != nil {
 		return nil, fmt.Errorf("egress: %w", err)
