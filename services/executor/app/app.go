@@ -198,6 +198,15 @@ func (a *App) DecisionAddr() string {
 // ProxyConnected reports whether an egress proxy holds a decision stream.
 func (a *App) ProxyConnected() bool { return a.eg != nil && a.eg.Registry().Connected() }
 
+// NetworkLogBytes is what the running executions' network logs hold of
+// their global bound (--max-network-log-bytes); 0 without egress.
+func (a *App) NetworkLogBytes() int64 {
+	if a.eg == nil {
+		return 0
+	}
+	return a.eg.NetworkLogBytes()
+}
+
 // StopDecisions stops serving decisions at once, as if the decision path
 // broke: the proxy then denies everything. For tests of that path.
 func (a *App) StopDecisions() {
