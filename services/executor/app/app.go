@@ -166,7 +166,7 @@ func (a *App) newEgress(ctx context.Context) (server.Egress, error) {
 		PolicyFile:         cfg.PolicyFile,
 		IfPrefix:           cfg.VethPrefix,
 		NamePrefix:         cfg.NetnsPrefix,
-		MaxNetworkLogBytes: cfg.MaxNetworkLogBytes,
+		MaxNetworkLogBytes: int64(cfg.MaxNetworkLogBytes),
 	}, a.reg, a.log)
 	if err != nil {
 		return nil, fmt.Errorf("egress: %w", err)
