@@ -159,13 +159,14 @@ func (a *App) newEgress(ctx context.Context) (server.Egress, error) {
 	cfg := a.cfg
 	var err error
 	a.eg, err = egress.New(ctx, egress.Config{
-		Pool:       cfg.AddressPool,
-		ProxyPort:  uint16(cfg.ProxyPort),
-		DNSPort:    uint16(cfg.DNSPort),
-		Table:      cfg.NftTable,
-		PolicyFile: cfg.PolicyFile,
-		IfPrefix:   cfg.VethPrefix,
-		NamePrefix: cfg.NetnsPrefix,
+		Pool:               cfg.AddressPool,
+		ProxyPort:          uint16(cfg.ProxyPort),
+		DNSPort:            uint16(cfg.DNSPort),
+		Table:              cfg.NftTable,
+		PolicyFile:         cfg.PolicyFile,
+		IfPrefix:           cfg.VethPrefix,
+		NamePrefix:         cfg.NetnsPrefix,
+		MaxNetworkLogBytes: int64(cfg.MaxNetworkLogBytes),
 	}, a.reg, a.log)
 	if err != nil {
 		return nil, fmt.Errorf("egress: %w", err)
@@ -196,6 +197,15 @@ func (a *App) DecisionAddr() string {
 
 // ProxyConnected reports whether an egress proxy holds a decision stream.
 func (a *App) ProxyConnected() bool { return a.eg != nil && a.eg.Registry().Connected() }
+
+// NetworkLogBytes is what the running executions' network logs hold of
+// their global bound (--max-network-log-bytes); 0 without egress.
+func (a *App) NetworkLogBytes() int64 {
+	if a.eg == nil {
+		return 0
+	}
+	return a.eg.NetworkLogBytes()
+}
 
 // StopDecisions stops serving decisions at once, as if the decision path
 // broke: the proxy then denies everything. For tests of that path.

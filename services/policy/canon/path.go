@@ -32,7 +32,9 @@ func CanonicalTarget(target string) (path, query string, err error) {
 		return "", "", fmt.Errorf("%w: fragment in request target", ErrAmbiguousPath)
 	}
 	if !strings.HasPrefix(rawPath, "/") {
-		return "", "", fmt.Errorf("%w: target %q is not origin-form", ErrAmbiguousPath, truncate(target))
+		// The target is not quoted: errors are written down, and it may
+		// hold a key.
+		return "", "", fmt.Errorf("%w: target is not origin-form", ErrAmbiguousPath)
 	}
 	if err := checkQuery(rawQuery); err != nil {
 		return "", "", err

@@ -64,7 +64,7 @@ func (p *Proxy) unparsable(ctx context.Context, conn net.Conn, line string, hdr 
 	req.Host = hdr.Get("Host")
 	hdr.Del("Host")
 	c := p.check(info, req, "HTTP/1.1", nil)
-	c.block("unparsable request: " + err.Error())
+	c.block(unparsableReason(err))
 	v := p.decide(ctx, info, c, -1)
 	writeResponse(bufio.NewWriter(conn), http.StatusForbidden, "application/json", blockBody(c, v), true)
 }

@@ -98,6 +98,12 @@ type env struct {
 // documentation address that is never dialed.
 func setup(t *testing.T) *env {
 	t.Helper()
+	return setupWithLog(t, slog.DiscardHandler)
+}
+
+// setupWithLog is setup with the proxy and its decide client logging to h.
+func setupWithLog(t *testing.T, h slog.Handler) *env {
+	t.Helper()
 	e := &env{upstream: &standIn{}, plain: &standIn{}, metrics: prometheus.NewRegistry()}
 
 	upCA, err := mitm.NewCA("upstream test CA")
@@ -122,7 +128,7 @@ func setup(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	log := slog.New(slog.DiscardHandler)
+	log := slog.New(h)
 	e.client, err = decide.New(conn, decide.Config{Hello: testHello, Timeout: 2 * time.Second, Metrics: decide.NewMetrics(e.metrics), Log: log})
 	if err != nil {
 		t.Fatal(err)

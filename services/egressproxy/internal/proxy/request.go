@@ -74,7 +74,7 @@ func (p *Proxy) check(info connInfo, r *http.Request, protocol string, hostHeade
 			c.block("malformed absolute-form request target")
 		} else {
 			if u.Scheme != info.scheme {
-				c.block(fmt.Sprintf("absolute-form target scheme %q on a %s connection", u.Scheme, info.scheme))
+				c.block("absolute-form target scheme differs from the connection's (" + info.scheme + ")")
 			}
 			if u.User != nil {
 				c.block("userinfo in request target")
@@ -101,12 +101,12 @@ func (p *Proxy) check(info connInfo, r *http.Request, protocol string, hostHeade
 		c.block("no Host")
 		c.host = ""
 	case err != nil:
-		c.block("invalid host: " + err.Error())
+		c.block("invalid host")
 		c.host = strings.ToLower(authority)
 	default:
 		c.host = h.Name
 		if port != "" && port != strconv.Itoa(int(c.port)) {
-			c.block(fmt.Sprintf("port %s in the request differs from the connection's port %d", port, c.port))
+			c.block(fmt.Sprintf("port in the request differs from the connection's port %d", c.port))
 		}
 	}
 	for _, hv := range hostHeaders {
@@ -121,14 +121,14 @@ func (p *Proxy) check(info connInfo, r *http.Request, protocol string, hostHeade
 
 	path, query, err := canon.CanonicalTarget(target)
 	if err != nil {
-		c.block(err.Error())
+		c.block(targetReason(err))
 		c.path = truncate(strings.SplitN(target, "?", 2)[0])
 	} else {
 		c.path, c.query = path, query
 	}
 
 	if up := r.Header.Get("Upgrade"); up != "" && !c.websocket {
-		c.block(fmt.Sprintf("upgrade to %q is not supported", up))
+		c.block(upgradeReason(up))
 	}
 	if r.Header.Get("Http2-Settings") != "" {
 		c.block("h2c upgrade is not supported")
@@ -184,13 +184,16 @@ type verdict struct {
 // decide asks about c, whose declared body length is contentLength (-1
 // when unknown).
 func (p *Proxy) decide(ctx context.Context, info connInfo, c *checked, contentLength int64) verdict {
+	// The policy sees the redacted path too: a rule matches a token
+	// segment with a wildcard, never by its value.
+	path := p.cfg.Redactor.Path(c.path)
 	resp, err := p.cfg.Decider.AskHTTP(ctx, decide.HTTPQuestion{
 		SourceIP:        info.src,
 		Method:          c.method,
 		Scheme:          c.scheme,
 		Host:            c.host,
 		Port:            c.port,
-		Path:            c.path,
+		Path:            path,
 		Query:           p.cfg.Redactor.Query(c.query),
 		ContentLength:   contentLength,
 		Protocol:        c.protocol,
@@ -205,7 +208,7 @@ func (p *Proxy) decide(ctx context.Context, info connInfo, c *checked, contentLe
 		v.allowed, v.label, v.rule, v.reason = false, policy.LabelDeny, "proxy", c.violation
 	}
 	p.cfg.Metrics.request(v.label, c.protocol)
-	p.log.Info("request", "source_ip", addrString(info.src), "method", c.method, "host", c.host, "path", c.path,
+	p.log.Info("request", "source_ip", addrString(info.src), "method", c.method, "host", c.host, "path", path,
 		"protocol", c.protocol, "decision", v.label, "rule_id", v.rule, "reason", v.reason,
 		"execution_id", resp.ExecutionID, "error", err)
 	return v
@@ -255,7 +258,7 @@ func errorBody(c *checked, err error) []byte {
 		Decision string `json:"decision"`
 		Error    string `json:"error"`
 		Host     string `json:"host"`
-	}{"allowed", "upstream: " + err.Error(), c.host})
+	}{"allowed", "upstream: " + upstreamError(err), c.host})
 	return append(b, '\n')
 }
 
@@ -392,7 +395,7 @@ func (p *Proxy) outcome(v verdict, status int, sent, received uint64, err error)
 	p.cfg.Metrics.upstreamDone(d)
 	o := decide.Outcome{QuestionID: v.id, StatusCode: status, BytesSent: sent, BytesReceived: received, Duration: d}
 	if err != nil && !errors.Is(err, context.Canceled) {
-		o.Error = err.Error()
+		o.Error = upstreamError(err)
 	} else if err != nil {
 		o.Error = "sandbox closed the connection"
 	}

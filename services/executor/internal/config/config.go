@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sandpit-run/sandpit/services/daemon/envflag"
+	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
 	"github.com/sandpit-run/sandpit/services/executor/internal/netns"
 )
@@ -48,6 +49,9 @@ type Config struct {
 	VethPrefix     string
 	NetnsPrefix    string
 	PolicyFile     string
+	// MaxNetworkLogBytes bounds the network logs of all running
+	// executions together.
+	MaxNetworkLogBytes uint64
 
 	MaxConcurrent int
 	MaxQueue      int
@@ -72,6 +76,8 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	allow := fs.String("image-allowlist", "", "comma-separated images a request may name besides the default; a trailing * matches a prefix")
 	fs.StringVar(&c.NodePath, "node-path", "/usr/local/bin/node", "node binary inside the image")
 	fs.BoolVar(&c.Egress, "egress", false, "give sandboxes egress through the egress proxy on this host (which connects to --decision-listen); without it sandboxes have loopback only")
+	c.MaxNetworkLogBytes = decision.DefaultMaxNetworkLogBytes
+	fs.Var(byteSize{&c.MaxNetworkLogBytes}, "max-network-log-bytes", "bytes the network logs of all running executions may hold together (bytes, or with KiB/MiB/GiB; each log is also bounded to about 3 MiB); past it new entries are left out and counted in network_log_omitted")
 	fs.StringVar(&c.DecisionListen, "decision-listen", "127.0.0.1:50053", "gRPC listen address of the decision service the egress proxy connects to (with --egress)")
 	fs.UintVar(&c.ProxyPort, "proxy-port", 15001, "the egress proxy's transparent TCP port on this host")
 	fs.UintVar(&c.DNSPort, "dns-port", 15053, "the egress proxy's DNS port on this host")
@@ -119,6 +125,8 @@ func (c Config) validate() error {
 		return errors.New("shutdown-grace must not be negative")
 	case c.ProxyPort == 0 || c.ProxyPort > 65535 || c.DNSPort == 0 || c.DNSPort > 65535:
 		return errors.New("proxy-port and dns-port must be ports (1-65535)")
+	case c.MaxNetworkLogBytes == 0 || c.MaxNetworkLogBytes > 1<<40:
+		return errors.New("max-network-log-bytes must be between 1 byte and 1 TiB")
 	}
 	return limits.CheckConfig(c.Defaults, c.Maxima)
 }

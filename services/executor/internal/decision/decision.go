@@ -50,7 +50,8 @@ const (
 // Bounds of an execution's network log: every request is decided and
 // counted, but the log keeps at most maxLogEntries entries, of at most
 // maxLogBytes together, so that the Result it goes into stays well under
-// a client's default 4 MiB receive limit whatever the program does. The
+// a client's default 4 MiB receive limit whatever the program does; half
+// of each is kept for allowed requests (allowedReserveEntries). The
 // requests past either bound are counted (Summary.LogOmitted).
 const (
 	maxLogEntries = 10000
@@ -90,8 +91,14 @@ type Execution struct {
 	log      []*executorv1.NetworkLogEntry
 	logBytes int
 	omitted  uint32 // requests left out of the log
-	cut      bool   // a url or reason in the log was cut
-	dropped  uint32
+	// Of the log: what allowed entries take, and the omitted requests
+	// that were allowed; the global budget entries count against.
+	allowedEntries, allowedBytes int
+	omittedAllowed               uint32
+	budget                       *LogBudget
+	released                     bool
+	cut                          bool // a url or reason in the log was cut
+	dropped                      uint32
 }
 
 // NewExecution returns the network state of execution id under p. Live
@@ -115,10 +122,13 @@ type Summary struct {
 	Allowed, Blocked uint32
 	// Log is the network log, within its bounds.
 	Log []*executorv1.NetworkLogEntry
-	// LogOmitted counts requests left out of Log by its bounds;
-	// LogTruncated is set when any was, or a url or reason in Log was cut.
-	LogOmitted   uint32
-	LogTruncated bool
+	// LogOmitted counts requests left out of Log by its bounds or the
+	// executor's global one, LogOmittedAllowed those of them that were
+	// allowed; LogTruncated is set when any was, or a url or reason in
+	// Log was cut.
+	LogOmitted        uint32
+	LogOmittedAllowed uint32
+	LogTruncated      bool
 	// DroppedEvents counts live events not delivered because the stream
 	// was behind.
 	DroppedEvents uint32
@@ -134,25 +144,33 @@ func (e *Execution) Summary() Summary {
 		log[i] = proto.CloneOf(l)
 	}
 	return Summary{
-		Allowed:       e.allowed,
-		Blocked:       e.blocked,
-		Log:           log,
-		LogOmitted:    e.omitted,
-		LogTruncated:  e.omitted > 0 || e.cut,
-		DroppedEvents: e.dropped,
+		Allowed:           e.allowed,
+		Blocked:           e.blocked,
+		Log:               log,
+		LogOmitted:        e.omitted,
+		LogOmittedAllowed: e.omittedAllowed,
+		LogTruncated:      e.omitted > 0 || e.cut,
+		DroppedEvents:     e.dropped,
 	}
 }
 
-// record appends entry to the log if it fits; e.mu is held. cut says
-// whether its url or reason was shortened.
+// record appends entry to the log if it fits (logRoom); e.mu is held.
+// cut says whether its url or reason was shortened.
 func (e *Execution) record(entry *executorv1.NetworkLogEntry, cut bool) {
 	size := proto.Size(entry) + entryOverhead
-	if len(e.log) >= maxLogEntries || e.logBytes+size > maxLogBytes {
+	if !e.logRoom(size, entry.GetBlocked()) {
 		e.omitted++
+		if !entry.GetBlocked() {
+			e.omittedAllowed++
+		}
 		return
 	}
 	e.log = append(e.log, entry)
 	e.logBytes += size
+	if !entry.GetBlocked() {
+		e.allowedEntries++
+		e.allowedBytes += size
+	}
 	e.cut = e.cut || cut
 }
 

@@ -46,6 +46,9 @@ type Config struct {
 	// IfPrefix and NamePrefix name the host veths and the namespaces; the
 	// executor owns everything with these prefixes.
 	IfPrefix, NamePrefix string
+	// MaxNetworkLogBytes bounds the network logs of all running
+	// executions together; 0 is decision.DefaultMaxNetworkLogBytes.
+	MaxNetworkLogBytes int64
 }
 
 // Egress is the executor's side of the egress path.
@@ -54,6 +57,8 @@ type Egress struct {
 	net *netns.Manager
 	reg *decision.Registry
 	log *slog.Logger
+	// logs is the budget of every execution's network log together.
+	logs *decision.LogBudget
 
 	base    atomic.Pointer[policy.Compiled]
 	stop    context.CancelFunc
@@ -82,7 +87,7 @@ func New(ctx context.Context, cfg Config, metricsReg prometheus.Registerer, log 
 	}
 	reg := decision.NewRegistry()
 	reg.ExpectPorts(decision.Ports{Transparent: cfg.ProxyPort, DNS: cfg.DNSPort})
-	e := &Egress{cfg: cfg, net: m, reg: reg, log: log, stopped: make(chan struct{})}
+	e := &Egress{cfg: cfg, net: m, reg: reg, log: log, logs: decision.NewLogBudget(cfg.MaxNetworkLogBytes), stopped: make(chan struct{})}
 	base, mtime, err := loadPolicy(cfg.PolicyFile)
 	if err != nil {
 		return nil, err
@@ -97,6 +102,10 @@ func New(ctx context.Context, cfg Config, metricsReg prometheus.Registerer, log 
 	}()
 	return e, nil
 }
+
+// NetworkLogBytes returns the bytes the network logs of the running
+// executions hold together, as their global bound counts them.
+func (e *Egress) NetworkLogBytes() int64 { return e.logs.Used() }
 
 // Registry is the address-to-execution map the decision service uses; it
 // also holds the connected proxy's hello.
@@ -144,6 +153,7 @@ func (e *Egress) Attach(_ context.Context, id string, inline *policy.Compiled, e
 	a := &Attachment{e: e, sb: sb, NetNSPath: sb.Path}
 	live := &livePolicy{base: &e.base, inline: inline}
 	a.Network = decision.NewLiveExecution(id, live.current, events)
+	a.Network.UseLogBudget(e.logs)
 	a.unregister = e.reg.Register(sb.SandboxIP, a.Network)
 	a.ExtraFiles = []sandbox.File{{
 		Path:    resolvConfPath,
@@ -173,6 +183,7 @@ func (a *Attachment) GatewayIP() string { return a.sb.HostIP.String() }
 func (a *Attachment) Detach() error {
 	a.detachOnce.Do(func() {
 		a.unregister()
+		a.Network.ReleaseLog()
 		if a.NetworkError == "" {
 			switch px, ok := a.e.reg.Proxy(); {
 			case !ok:

@@ -243,6 +243,7 @@ func (s *Service) finish(x *execution, net Network, prog program, out sandbox.Ou
 	res.NetworkEventsDropped = netSummary.DroppedEvents
 	res.NetworkLogTruncated = netSummary.LogTruncated
 	res.NetworkLogOmitted = netSummary.LogOmitted
+	res.NetworkLogOmittedAllowed = netSummary.LogOmittedAllowed
 	res.NetworkError = netProblem
 	term := terminationLabel(res.GetTermination())
 	s.metrics.executions.WithLabelValues(term).Inc()

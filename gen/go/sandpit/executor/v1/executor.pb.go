@@ -1043,8 +1043,8 @@ type Result struct {
 	RequestsBlocked uint32 `protobuf:"varint,13,opt,name=requests_blocked,json=requestsBlocked,proto3" json:"requests_blocked,omitempty"`
 	// Every HTTP request the program made, in order, up to 10,000 entries
 	// and about 3 MiB together (so that a Result fits a client's default
-	// 4 MiB message limit); requests past that are counted in
-	// network_log_omitted. requests_allowed and requests_blocked count them
+	// 4 MiB message limit), of which blocked requests take at most half;
+	// requests past that are counted in network_log_omitted. requests_allowed and requests_blocked count them
 	// all.
 	NetworkLog []*NetworkLogEntry `protobuf:"bytes,14,rep,name=network_log,json=networkLog,proto3" json:"network_log,omitempty"`
 	// Set when the sandbox had no egress at all, and why (for example the
@@ -1057,10 +1057,17 @@ type Result struct {
 	// True when network_log is not the whole story: requests were left out
 	// (network_log_omitted), or a url or reason in it was cut to its limit.
 	NetworkLogTruncated bool `protobuf:"varint,17,opt,name=network_log_truncated,json=networkLogTruncated,proto3" json:"network_log_truncated,omitempty"`
-	// HTTP requests decided but left out of network_log by its bounds.
+	// HTTP requests decided but left out of network_log by its bounds, or
+	// by the executor's bound on the network logs of all running executions
+	// together (--max-network-log-bytes, 256 MiB by default).
 	NetworkLogOmitted uint32 `protobuf:"varint,18,opt,name=network_log_omitted,json=networkLogOmitted,proto3" json:"network_log_omitted,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Of network_log_omitted, the requests that were allowed (forwarded);
+	// the rest were blocked. Half of network_log's bounds (5,000 entries,
+	// about 1.5 MiB) is kept for allowed requests, so a flood of blocked
+	// ones cannot push an allowed one out.
+	NetworkLogOmittedAllowed uint32 `protobuf:"varint,19,opt,name=network_log_omitted_allowed,json=networkLogOmittedAllowed,proto3" json:"network_log_omitted_allowed,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
 }
 
 func (x *Result) Reset() {
@@ -1219,6 +1226,13 @@ func (x *Result) GetNetworkLogOmitted() uint32 {
 	return 0
 }
 
+func (x *Result) GetNetworkLogOmittedAllowed() uint32 {
+	if x != nil {
+		return x.NetworkLogOmittedAllowed
+	}
+	return 0
+}
+
 var File_sandpit_executor_v1_executor_proto protoreflect.FileDescriptor
 
 const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
@@ -1301,7 +1315,7 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\fimage_digest\x18\x03 \x01(\tR\vimageDigest\x123\n" +
 	"\x06limits\x18\x04 \x01(\v2\x1b.sandpit.executor.v1.LimitsR\x06limits\"\x1c\n" +
 	"\x06Output\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\"\xa4\x06\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\xe3\x06\n" +
 	"\x06Result\x12B\n" +
 	"\vtermination\x18\x01 \x01(\x0e2 .sandpit.executor.v1.TerminationR\vtermination\x12\x1b\n" +
 	"\texit_code\x18\x02 \x01(\x05R\bexitCode\x12\x16\n" +
@@ -1323,7 +1337,8 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\rnetwork_error\x18\x0f \x01(\tR\fnetworkError\x124\n" +
 	"\x16network_events_dropped\x18\x10 \x01(\rR\x14networkEventsDropped\x122\n" +
 	"\x15network_log_truncated\x18\x11 \x01(\bR\x13networkLogTruncated\x12.\n" +
-	"\x13network_log_omitted\x18\x12 \x01(\rR\x11networkLogOmitted*\xb2\x01\n" +
+	"\x13network_log_omitted\x18\x12 \x01(\rR\x11networkLogOmitted\x12=\n" +
+	"\x1bnetwork_log_omitted_allowed\x18\x13 \x01(\rR\x18networkLogOmittedAllowed*\xb2\x01\n" +
 	"\x10NetworkEventKind\x12\"\n" +
 	"\x1eNETWORK_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aNETWORK_EVENT_KIND_REQUEST\x10\x01\x12\x1e\n" +

@@ -631,8 +631,8 @@ export declare type Result = Message<"sandpit.executor.v1.Result"> & {
   /**
    * Every HTTP request the program made, in order, up to 10,000 entries
    * and about 3 MiB together (so that a Result fits a client's default
-   * 4 MiB message limit); requests past that are counted in
-   * network_log_omitted. requests_allowed and requests_blocked count them
+   * 4 MiB message limit), of which blocked requests take at most half;
+   * requests past that are counted in network_log_omitted. requests_allowed and requests_blocked count them
    * all.
    *
    * @generated from field: repeated sandpit.executor.v1.NetworkLogEntry network_log = 14;
@@ -665,11 +665,23 @@ export declare type Result = Message<"sandpit.executor.v1.Result"> & {
   networkLogTruncated: boolean;
 
   /**
-   * HTTP requests decided but left out of network_log by its bounds.
+   * HTTP requests decided but left out of network_log by its bounds, or
+   * by the executor's bound on the network logs of all running executions
+   * together (--max-network-log-bytes, 256 MiB by default).
    *
    * @generated from field: uint32 network_log_omitted = 18;
    */
   networkLogOmitted: number;
+
+  /**
+   * Of network_log_omitted, the requests that were allowed (forwarded);
+   * the rest were blocked. Half of network_log's bounds (5,000 entries,
+   * about 1.5 MiB) is kept for allowed requests, so a flood of blocked
+   * ones cannot push an allowed one out.
+   *
+   * @generated from field: uint32 network_log_omitted_allowed = 19;
+   */
+  networkLogOmittedAllowed: number;
 };
 
 /**

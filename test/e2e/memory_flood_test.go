@@ -1,0 +1,222 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
+)
+
+// floodHeapGrowthBound is the documented bound on the executor's heap
+// growth while one sandbox floods it with requests (README: Network log):
+// its network log is bounded in entries and bytes, whatever the requests.
+const floodHeapGrowthBound = 64 << 20
+
+// TestExecutorMemoryUnderRequestFlood: the executor's resident memory
+// stays under a documented bound while one sandbox makes 20,000 requests
+// with 400 KB queries, over HTTP/2 on keep-alive connections. The proxy
+// refuses every one with 414 (its target bound is 8 KiB) and reports it;
+// the executor logs each as blocked within its log's bounds, keeps the
+// allowed request made after the flood, and counts what it left out. A
+// second sandbox's allowed requests all succeed meanwhile.
+func TestExecutorMemoryUnderRequestFlood(t *testing.T) {
+	s := startNetStack(t)
+	const n = 20000
+	flood := code(`
+const http2 = require("http2");
+const path = "/v1/anything?q=" + "q".repeat(400000);
+const conns = [];
+const connect = () => {
+  // node refuses to send a header block over 64 KiB unless told otherwise.
+  const c = http2.connect("https://api.github.test", { maxSendHeaderBlockLength: 8 << 20 });
+  c.on("error", () => {});
+  return c;
+};
+const get = (c, p) => new Promise(res => {
+  const q = c.request({ ":path": p });
+  let body = "";
+  q.on("response", h => { q.on("data", d => body += d); q.on("end", () => {
+    let code = ""; try { code = JSON.parse(body).error.code; } catch {}
+    res(h[":status"] + " " + code); }); });
+  q.on("error", e => res(e.code));
+  q.end();
+});
+(async () => {
+  const out = {};
+  let next = 0;
+  const worker = async () => {
+    let c = connect();
+    conns.push(c);
+    while (next < ` + itoa(n) + `) {
+      next++;
+      const st = await get(c, path);
+      out[st] = (out[st] || 0) + 1;
+      if (c.destroyed || c.closed) { c = connect(); conns.push(c); }
+    }
+  };
+  await Promise.all(Array.from({ length: 8 }, worker));
+  const c = connect();
+  out.after = await get(c, "/after");
+  c.close();
+  for (const c of conns) c.close();
+  console.log(JSON.stringify(out));
+})();
+`)
+	flood.Limits = &executorv1.Limits{Timeout: durationpb.New(4 * time.Minute)}
+	neighbour := code(`
+(async () => {
+  const out = { ok: 0, failed: [] };
+  const until = Date.now() + 20000;
+  for (let i = 0; Date.now() < until; i++) {
+    const st = await fetch("https://pay.test/v1/products/n_" + i).then(r => String(r.status), e => (e.cause && e.cause.code) || e.name);
+    if (st === "200") out.ok++; else out.failed.push(st);
+    await new Promise(r => setTimeout(r, 50));
+  }
+  console.log(JSON.stringify(out));
+})();
+`)
+	neighbour.Limits = &executorv1.Limits{Timeout: durationpb.New(time.Minute)}
+
+	defer debug.SetGCPercent(debug.SetGCPercent(10))
+	runtime.GC()
+	var base runtime.MemStats
+	runtime.ReadMemStats(&base)
+	baseRSS := vmRSS(t)
+	var peak atomic.Uint64
+	stop, sampled := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			var m runtime.MemStats
+			runtime.ReadMemStats(&m)
+			if m.HeapInuse > peak.Load() {
+				peak.Store(m.HeapInuse)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+
+	start := time.Now()
+	var floodOut []byte
+	var floodRes *executorv1.Result
+	var floodEvents int
+	var floodErr error
+	nbRun := make(chan *run, 1)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		// Read as the output flood test does: events are counted, not
+		// kept, so that what is measured is the executor's memory.
+		stream, err := s.e.client.Execute(context.Background(), flood)
+		if err != nil {
+			floodErr = err
+			return
+		}
+		for {
+			ev, err := stream.Recv()
+			if err == io.EOF {
+				return
+			}
+			if err != nil {
+				floodErr = err
+				return
+			}
+			switch {
+			case ev.GetStdout() != nil:
+				floodOut = append(floodOut, ev.GetStdout().GetData()...)
+			case ev.GetResult() != nil:
+				floodRes = ev.GetResult()
+			case ev.GetNetwork() != nil:
+				floodEvents++
+			}
+		}
+	})
+	wg.Go(func() { nbRun <- s.e.execute(context.Background(), neighbour) })
+	wg.Wait()
+	took := time.Since(start)
+	close(stop)
+	<-sampled
+	peakRSS := vmRSS(t)
+	if floodErr != nil || floodRes == nil {
+		t.Fatalf("flood: %v, result %v, stdout %s", floodErr, floodRes, floodOut)
+	}
+
+	var out map[string]any
+	if err := json.Unmarshal(lastLine(floodOut), &out); err != nil {
+		t.Fatalf("flood output %q: %v", floodOut, err)
+	}
+	if got, _ := out["414 uri_too_long"].(float64); got != n || len(out) != 2 || out["after"] != "200 " {
+		t.Errorf("flood statuses %v, want %d × 414 uri_too_long and the request after it 200", out, n)
+	}
+	nb := <-nbRun
+	var nbOut struct {
+		OK     int
+		Failed []string
+	}
+	if err := json.Unmarshal(lastLine(nb.stdout), &nbOut); err != nil || nbOut.OK < 20 || len(nbOut.Failed) != 0 {
+		t.Errorf("neighbour: %+v (%v)\nstdout: %s\nstderr: %s", nbOut, err, nb.stdout, nb.stderr)
+	}
+
+	res := floodRes
+	var blockedInLog, afterInLog int
+	for _, l := range res.GetNetworkLog() {
+		switch {
+		case l.GetBlocked() && l.GetStatusCode() == 414:
+			blockedInLog++
+		case !l.GetBlocked() && strings.HasSuffix(l.GetUrl(), "/after"):
+			afterInLog++
+		}
+	}
+	if res.GetRequestsBlocked() != n || res.GetRequestsAllowed() != 1 || afterInLog != 1 || blockedInLog == 0 || blockedInLog > 5000 ||
+		res.GetNetworkLogOmitted() != uint32(n-blockedInLog) || res.GetNetworkLogOmittedAllowed() != 0 || !res.GetNetworkLogTruncated() {
+		t.Errorf("result: %d blocked, %d allowed; log %d entries (%d 414s, the request after the flood %d times), omitted %d (%d allowed), truncated %v",
+			res.GetRequestsBlocked(), res.GetRequestsAllowed(), len(res.GetNetworkLog()), blockedInLog, afterInLog,
+			res.GetNetworkLogOmitted(), res.GetNetworkLogOmittedAllowed(), res.GetNetworkLogTruncated())
+	}
+	if used := s.e.app.NetworkLogBytes(); used != 0 {
+		t.Errorf("the executions' network logs still hold %d bytes of the global budget", used)
+	}
+
+	growth := int64(peak.Load()) - int64(base.HeapInuse)
+	t.Logf("%d requests of %d KB queries in %.1fs (%.0f/s): %d network events; log %d entries, %d omitted; neighbour %d ok",
+		n, 400, took.Seconds(), n/took.Seconds(), floodEvents, len(res.GetNetworkLog()), res.GetNetworkLogOmitted(), nbOut.OK)
+	t.Logf("heap in use: base %d MiB, peak %d MiB (growth %d MiB, bound %d MiB); process RSS %d MiB before, %d MiB after",
+		base.HeapInuse>>20, peak.Load()>>20, growth>>20, floodHeapGrowthBound>>20, baseRSS>>20, peakRSS>>20)
+	if growth > floodHeapGrowthBound {
+		t.Errorf("the executor's heap grew by %d MiB during the flood, over the bound of %d MiB", growth>>20, floodHeapGrowthBound>>20)
+	}
+}
+
+// vmRSS is this process's resident set (the executor runs in it).
+func vmRSS(t *testing.T) int64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			var kb int64
+			for _, c := range strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")) {
+				kb = kb*10 + int64(c-'0')
+			}
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmRSS in /proc/self/status")
+	return 0
+}
