@@ -111,6 +111,22 @@ var (
 // MaxHeaderBytes the error is errHeadTooLarge, with the line, or
 // errLineTooLong, with as much of the line as was read.
 func peekHead(br *bufio.Reader) (string, textproto.MIMEHeader, error) {
+	var hs headScan
+	return hs.peek(br)
+}
+
+// headScan finds the end of a request head as it arrives. Only the bytes
+// that arrived since the last look are searched (and the three before
+// them, where an end could have begun), so a head trickled byte by byte
+// costs time linear in its length, not quadratic.
+type headScan struct {
+	// searched is how many bytes from the head's start hold no end.
+	searched int
+	// scanned counts the bytes searched, for the tests.
+	scanned int
+}
+
+func (hs *headScan) peek(br *bufio.Reader) (string, textproto.MIMEHeader, error) {
 	n := max(br.Buffered(), 1)
 	tooLarge := func(b []byte) (string, textproto.MIMEHeader, error) {
 		line, _, found := bytes.Cut(b, []byte("\r\n"))
@@ -127,8 +143,10 @@ func peekHead(br *bufio.Reader) (string, textproto.MIMEHeader, error) {
 			}
 			return "", nil, err
 		}
-		if i := bytes.Index(b, []byte("\r\n\r\n")); i >= 0 {
-			b = b[:i+4]
+		from := max(hs.searched-3, 0)
+		hs.scanned += len(b) - from
+		if i := bytes.Index(b[from:], []byte("\r\n\r\n")); i >= 0 {
+			b = b[:from+i+4]
 			line, rest, _ := bytes.Cut(b, []byte("\r\n"))
 			hdr, err := textproto.NewReader(bufio.NewReader(bytes.NewReader(rest))).ReadMIMEHeader()
 			if err != nil {
@@ -136,6 +154,7 @@ func peekHead(br *bufio.Reader) (string, textproto.MIMEHeader, error) {
 			}
 			return string(line), hdr, nil
 		}
+		hs.searched = len(b)
 		if n >= MaxHeaderBytes {
 			return tooLarge(b)
 		}
