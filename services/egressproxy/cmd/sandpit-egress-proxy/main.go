@@ -156,7 +156,9 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 			if !decider.Connected() {
 				return errNoStream
 			}
-			return nil
+			// Out of descriptors, the listener takes no connection:
+			// sandboxes would hang, so the proxy is not serving.
+			return p.Accepting()
 		}, log)
 		return nil
 	})

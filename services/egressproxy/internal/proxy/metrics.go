@@ -26,6 +26,7 @@ type Metrics struct {
 	requests *prometheus.CounterVec
 	refusals *prometheus.CounterVec
 	upstream prometheus.Histogram
+	accepts  prometheus.Counter
 }
 
 // NewMetrics registers the proxy's metrics with reg.
@@ -44,6 +45,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "From sending an allowed request upstream to the end of its response.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
 		}),
+		accepts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sandpit_egress_accept_errors_total",
+			Help: "Failed accepts on the transparent listener (out of file descriptors, typically); each is retried.",
+		}),
 	}
 	// Every series exists from the start, so that a rate or an alert on
 	// one that never happened yet reads 0 rather than nothing.
@@ -55,7 +60,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range []string{refusedNoOriginalDst, refusedH2CPrior, refusedNotHTTP, refusedBadClientHello, refusedNoSNI, refusedInvalidSNI, refusedHandshakeFailed} {
 		m.refusals.WithLabelValues(r)
 	}
-	reg.MustRegister(m.requests, m.refusals, m.upstream)
+	reg.MustRegister(m.requests, m.refusals, m.upstream, m.accepts)
 	return m
 }
 
@@ -74,5 +79,11 @@ func (m *Metrics) refusal(reason string) {
 func (m *Metrics) upstreamDone(d time.Duration) {
 	if m != nil {
 		m.upstream.Observe(d.Seconds())
+	}
+}
+
+func (m *Metrics) acceptError() {
+	if m != nil {
+		m.accepts.Inc()
 	}
 }

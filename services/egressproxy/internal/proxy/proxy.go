@@ -10,7 +10,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -67,6 +66,8 @@ type Proxy struct {
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
+
+	accept acceptState
 }
 
 // New returns a Proxy.
@@ -100,18 +101,29 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	})
 	defer stop()
 	defer wg.Wait()
+	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
+			// Out of descriptors (EMFILE, ENFILE) or any other failure:
+			// connections that end free some, so keep trying, as
+			// net/http does, instead of returning and leaving every
+			// connection open with nothing accepted.
+			backoff = min(max(2*backoff, acceptRetryMin), acceptRetryMax)
+			p.acceptFailed(err, backoff)
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return nil
 			}
-			return fmt.Errorf("accept: %w", err)
+			continue
+		}
+		if backoff != 0 {
+			backoff = 0
+			p.acceptOK()
 		}
 		if !p.track(c) {
 			c.Close()
