@@ -72,6 +72,8 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		AllowSpecial: func(host string) bool { return slices.Contains(cfg.AllowPrivateHosts, host) },
 	})
 	transport := proxy.NewTransport(d.DialContext, roots)
+	transport.ResponseHeaderTimeout = cfg.UpstreamResponseHeaderTimeout
+	transport.IdleConnTimeout = cfg.UpstreamIdleTimeout
 	defer transport.CloseIdleConnections()
 
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -121,8 +123,11 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		Decider:  decider,
 		Redactor: redact.New(cfg.RedactQueryParams),
 		Upstream: transport,
-		Metrics:  proxy.NewMetrics(reg),
-		Log:      log,
+
+		MaxConnsPerSource:     cfg.MaxConnsPerSource,
+		MaxDecisionsPerSource: cfg.MaxDecisionsPerSource,
+		Metrics:               proxy.NewMetrics(reg),
+		Log:                   log,
 	})
 	resolver := &dns.Handler{Decider: decider, AnswerIP: cfg.DNSAnswerIP, Metrics: dns.NewMetrics(reg), Log: log}
 	// The gRPC listener serves only health (SERVING while the decide

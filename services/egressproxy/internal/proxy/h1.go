@@ -191,7 +191,15 @@ func (p *Proxy) serveOneH1(ctx context.Context, conn net.Conn, br *bufio.Reader,
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	out := p.upstreamRequest(rctx, c, req, body)
+	// With nothing left to read of the request, a read on the sandbox's
+	// connection tells when it closes: the upstream request is cancelled
+	// then rather than left waiting for an answer.
+	stopWatch := func() {}
+	if req.ContentLength == 0 && !c.websocket {
+		stopWatch = watchClose(conn, br, cancel)
+	}
 	resp, err := p.cfg.Upstream.RoundTrip(out)
+	stopWatch()
 	if body.exceeded.Load() {
 		if err == nil {
 			resp.Body.Close()
@@ -343,4 +351,26 @@ func (p *Proxy) spliceWebSocket(conn net.Conn, br *bufio.Reader, bw *bufio.Write
 	up.Close()
 	wg.Wait()
 	p.outcome(v, resp.StatusCode, uint64(toUp), uint64(toDown), nil)
+}
+
+// watchClose reads from the sandbox's connection while its request waits
+// for upstream, and cancels when the sandbox closes it (or it fails), as
+// net/http's server does with its background read. Bytes that arrive (a
+// pipelined request) stay in br. The returned stop ends the watch; it must
+// be called before br is read again.
+func watchClose(conn net.Conn, br *bufio.Reader, cancel context.CancelFunc) (stop func()) {
+	_ = conn.SetReadDeadline(time.Time{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if _, err := br.Peek(1); err != nil && !isTimeout(err) {
+			cancel()
+		}
+	}()
+	return func() {
+		// A deadline in the past ends the Peek at once.
+		_ = conn.SetReadDeadline(time.Unix(1, 0))
+		<-done
+		_ = conn.SetReadDeadline(time.Time{})
+	}
 }

@@ -1,0 +1,155 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/sandpit-run/sandpit/services/policy"
+)
+
+// Per-source bounds, the defaults of --max-conns-per-source and
+// --max-decisions-per-source. A source address is one sandbox, so one
+// sandbox cannot take the proxy's descriptors or the decide stream from
+// the others.
+const (
+	// DefaultMaxConnsPerSource is how many connections one source address
+	// may hold open; a connection over it is refused (closed and reported
+	// with reason class too_many_connections).
+	DefaultMaxConnsPerSource = 256
+	// DefaultMaxDecisionsPerSource is how many of one source address's
+	// requests may wait for a verdict at once; a request over it is
+	// denied by the proxy (rule proxy) without asking.
+	DefaultMaxDecisionsPerSource = 64
+)
+
+// Sandbox connection keepalive: a sandbox whose namespace vanished sends
+// no FIN or RST, and an idle connection to it is dropped after about
+// keepAliveIdle + keepAliveCount × keepAliveInterval (30 s).
+const (
+	keepAliveIdle     = 15 * time.Second
+	keepAliveInterval = 5 * time.Second
+	keepAliveCount    = 3
+)
+
+// tracked is what Serve knows of an open connection.
+type tracked struct {
+	src    netip.Addr
+	cancel context.CancelFunc
+}
+
+var errShuttingDown = errors.New("proxy shutting down")
+
+func sourceOf(c net.Conn) netip.Addr {
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		return ap.Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+func setKeepAlive(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: keepAliveIdle, Interval: keepAliveInterval, Count: keepAliveCount})
+	}
+}
+
+// track records c, unless its source is at its bound or the proxy is
+// shutting down.
+func (p *Proxy) track(c net.Conn, src netip.Addr, cancel context.CancelFunc) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conns == nil {
+		return errShuttingDown
+	}
+	if n := p.perSource[src]; n >= p.cfg.MaxConnsPerSource {
+		p.cfg.Metrics.sourceLimit(limitConnections)
+		return fmt.Errorf("too many connections from this source: %d open, the limit is %d", n, p.cfg.MaxConnsPerSource)
+	}
+	p.conns[c] = tracked{src: src, cancel: cancel}
+	p.perSource[src]++
+	return nil
+}
+
+func (p *Proxy) untrack(c net.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	t, ok := p.conns[c]
+	if !ok {
+		return
+	}
+	delete(p.conns, c)
+	if p.perSource[t.src]--; p.perSource[t.src] <= 0 {
+		delete(p.perSource, t.src)
+	}
+}
+
+// closeAll closes every connection and stops tracking: Serve is ending.
+func (p *Proxy) closeAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// CloseSource closes every connection from src and cancels its upstream
+// requests; it returns how many there were. The executor asks for it when
+// the execution holding src ends.
+func (p *Proxy) CloseSource(src netip.Addr) int {
+	src = src.Unmap()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for c, t := range p.conns {
+		if t.src == src {
+			t.cancel()
+			c.Close()
+			n++
+		}
+	}
+	return n
+}
+
+// ConnsFrom returns how many connections from src are open.
+func (p *Proxy) ConnsFrom(src netip.Addr) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.perSource[src.Unmap()]
+}
+
+// startDecision takes one of src's decision slots; it returns false when
+// none is free. endDecision gives it back.
+func (p *Proxy) startDecision(src netip.Addr) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.deciding[src] >= p.cfg.MaxDecisionsPerSource {
+		p.cfg.Metrics.sourceLimit(limitDecisions)
+		return false
+	}
+	p.deciding[src]++
+	return true
+}
+
+func (p *Proxy) endDecision(src netip.Addr) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.deciding[src]--; p.deciding[src] <= 0 {
+		delete(p.deciding, src)
+	}
+}
+
+// overDecisionLimit is the verdict of a request over its source's
+// decision bound: denied by the proxy, the decider not asked.
+func (p *Proxy) overDecisionLimit() verdict {
+	return verdict{
+		allowed: false,
+		label:   policy.LabelDeny,
+		rule:    "proxy",
+		reason:  fmt.Sprintf("too many requests from this source waiting for a policy decision (limit %d)", p.cfg.MaxDecisionsPerSource),
+		at:      time.Now(),
+	}
+}
