@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"time"
@@ -129,6 +130,9 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		Metrics:               proxy.NewMetrics(reg),
 		Log:                   log,
 	})
+	// When an execution ends the executor says so: nothing its sandbox
+	// opened may outlive it.
+	decider.OnRelease(func(ip netip.Addr) { p.CloseSource(ip) })
 	resolver := &dns.Handler{Decider: decider, AnswerIP: cfg.DNSAnswerIP, Metrics: dns.NewMetrics(reg), Log: log}
 	// The gRPC listener serves only health (SERVING while the decide
 	// stream is open) and reflection: the proxy offers no service.

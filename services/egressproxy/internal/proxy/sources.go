@@ -111,6 +111,9 @@ func (p *Proxy) CloseSource(src netip.Addr) int {
 			n++
 		}
 	}
+	if n > 0 {
+		p.log.Info("released source", "source_ip", src.String(), "connections_closed", n)
+	}
 	return n
 }
 
