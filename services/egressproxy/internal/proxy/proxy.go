@@ -148,7 +148,9 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 			case errors.Is(err, errShuttingDown):
 				return
 			case err != nil:
-				p.refuse(connInfo{src: src}, refusedTooManyConns, err.Error(), nil)
+				info := connInfo{src: src}
+				info.dst, _ = p.cfg.OriginalDst(c)
+				p.refuse(info, refusedTooManyConns, err.Error(), nil)
 				return
 			}
 			defer p.untrack(c)
