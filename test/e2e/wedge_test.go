@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -85,7 +86,13 @@ func startWedgeStack(t *testing.T, proxyFlags ...string) *wedgeStack {
 	ports := netPorts{proxyGRPC: "127.0.0.1:" + itoa(freePort(t)), proxyPort: freePort(t), dnsPort: freePort(t)}
 	eo := startEgress(t, ports, wedgePolicy)
 	s := &wedgeStack{hang: newSilentStandIn(t), pay: newStandIn(t, "pay.test")}
-	s.e = startExecutor(t, executorOpts{egress: eo, logs: &lockedBuffer{}})
+	logs := &lockedBuffer{}
+	s.e = startExecutor(t, executorOpts{egress: eo, logs: logs})
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("executor log:\n%s", logs.String())
+		}
+	})
 	s.proxy = startProxy(t, ports, s.e.deciderAddr, map[string]string{
 		"hang.test": s.hang.ln.Addr().String(),
 		"pay.test":  s.pay.addr(),
@@ -141,8 +148,19 @@ const errors = {};
   process.exit(0);
 })();
 `, n))
-	req.Limits = &executorv1.Limits{OpenFiles: 65536, Timeout: durationpb.New(90 * time.Second)}
+	req.Limits = &executorv1.Limits{OpenFiles: sandboxOpenFiles(), Timeout: durationpb.New(90 * time.Second)}
 	return req
+}
+
+// sandboxOpenFiles is the executor's maximum open_files, 65536, or less
+// when this host's hard limit is lower: runc cannot raise a sandbox's
+// limit past it.
+func sandboxOpenFiles() uint32 {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 8192
+	}
+	return uint32(min(rl.Max, 65536))
 }
 
 // neighbourCode fetches pay.test's products for the given time and

@@ -74,8 +74,8 @@ type Proxy struct {
 	conns map[net.Conn]tracked
 	// perSource counts conns by source address.
 	perSource map[netip.Addr]int
-	// deciding counts decisions in flight by source address.
-	deciding map[netip.Addr]int
+	// deciding holds the decision slots of each source address.
+	deciding map[netip.Addr]*sourceSlots
 
 	accept acceptState
 }
@@ -100,7 +100,7 @@ func New(cfg Config) *Proxy {
 	if cfg.MaxDecisionsPerSource == 0 {
 		cfg.MaxDecisionsPerSource = DefaultMaxDecisionsPerSource
 	}
-	return &Proxy{cfg: cfg, log: cfg.Log, conns: map[net.Conn]tracked{}, perSource: map[netip.Addr]int{}, deciding: map[netip.Addr]int{}}
+	return &Proxy{cfg: cfg, log: cfg.Log, conns: map[net.Conn]tracked{}, perSource: map[netip.Addr]int{}, deciding: map[netip.Addr]*sourceSlots{}}
 }
 
 // Serve accepts connections until ctx ends, then closes the listener and

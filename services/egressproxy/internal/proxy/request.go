@@ -184,7 +184,7 @@ type verdict struct {
 // decide asks about c, whose declared body length is contentLength (-1
 // when unknown).
 func (p *Proxy) decide(ctx context.Context, info connInfo, c *checked, contentLength int64) verdict {
-	if !p.startDecision(info.src) {
+	if !p.startDecision(ctx, info.src) {
 		v := p.overDecisionLimit()
 		p.cfg.Metrics.request(v.label, c.protocol)
 		p.log.Info("request", "source_ip", addrString(info.src), "method", c.method, "host", c.host, "path", c.path,

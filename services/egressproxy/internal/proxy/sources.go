@@ -21,9 +21,15 @@ const (
 	// with reason class too_many_connections).
 	DefaultMaxConnsPerSource = 256
 	// DefaultMaxDecisionsPerSource is how many of one source address's
-	// requests may wait for a verdict at once; a request over it is
-	// denied by the proxy (rule proxy) without asking.
+	// requests may wait for a verdict at once; a request over it waits
+	// up to decisionSlotWait for a slot, then is denied by the proxy
+	// (rule proxy) without asking.
 	DefaultMaxDecisionsPerSource = 64
+
+	// decisionSlotWait is how long a request over its source's decision
+	// bound waits for a slot before it is denied: a burst is delayed,
+	// only a flood is refused.
+	decisionSlotWait = 2 * time.Second
 )
 
 // Sandbox connection keepalive: a sandbox whose namespace vanished sends
@@ -124,23 +130,54 @@ func (p *Proxy) ConnsFrom(src netip.Addr) int {
 	return p.perSource[src.Unmap()]
 }
 
-// startDecision takes one of src's decision slots; it returns false when
-// none is free. endDecision gives it back.
-func (p *Proxy) startDecision(src netip.Addr) bool {
+// sourceSlots are one source address's decision slots.
+type sourceSlots struct {
+	ch    chan struct{} // one element per decision in flight
+	users int           // holders and waiters; at 0 the entry goes
+}
+
+// startDecision takes one of src's decision slots, waiting up to
+// decisionSlotWait for one to free; it returns false when none did (or
+// ctx ended). endDecision gives it back.
+func (p *Proxy) startDecision(ctx context.Context, src netip.Addr) bool {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.deciding[src] >= p.cfg.MaxDecisionsPerSource {
-		p.cfg.Metrics.sourceLimit(limitDecisions)
-		return false
+	s := p.deciding[src]
+	if s == nil {
+		s = &sourceSlots{ch: make(chan struct{}, p.cfg.MaxDecisionsPerSource)}
+		p.deciding[src] = s
 	}
-	p.deciding[src]++
-	return true
+	s.users++
+	p.mu.Unlock()
+	select {
+	case s.ch <- struct{}{}:
+		return true
+	default:
+	}
+	t := time.NewTimer(decisionSlotWait)
+	defer t.Stop()
+	select {
+	case s.ch <- struct{}{}:
+		return true
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	p.cfg.Metrics.sourceLimit(limitDecisions)
+	p.dropSlots(src, s)
+	return false
 }
 
 func (p *Proxy) endDecision(src netip.Addr) {
 	p.mu.Lock()
+	s := p.deciding[src]
+	p.mu.Unlock()
+	<-s.ch
+	p.dropSlots(src, s)
+}
+
+func (p *Proxy) dropSlots(src netip.Addr, s *sourceSlots) {
+	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.deciding[src]--; p.deciding[src] <= 0 {
+	if s.users--; s.users == 0 {
 		delete(p.deciding, src)
 	}
 }
@@ -152,7 +189,7 @@ func (p *Proxy) overDecisionLimit() verdict {
 		allowed: false,
 		label:   policy.LabelDeny,
 		rule:    "proxy",
-		reason:  fmt.Sprintf("too many requests from this source waiting for a policy decision (limit %d)", p.cfg.MaxDecisionsPerSource),
+		reason:  fmt.Sprintf("too many requests from this source waiting for a policy decision (limit %d, waited %v)", p.cfg.MaxDecisionsPerSource, decisionSlotWait),
 		at:      time.Now(),
 	}
 }

@@ -301,8 +301,9 @@ func TestConnectionsPerSourceBound(t *testing.T) {
 	}
 }
 
-// TestDecisionsPerSourceBound: over MaxDecisionsPerSource a request is
-// denied by the proxy without asking, while another source is decided.
+// TestDecisionsPerSourceBound: over MaxDecisionsPerSource a request waits
+// for a slot, and is denied by the proxy without asking when none frees
+// in time, while another source is decided.
 func TestDecisionsPerSourceBound(t *testing.T) {
 	const limit = 2
 	okUp := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "ok") })}
@@ -324,7 +325,11 @@ func TestDecisionsPerSourceBound(t *testing.T) {
 	}
 	waitFor(t, "the decider to be asked", func() bool { return dec.asked.Load() == limit })
 
+	start := time.Now()
 	resp := rawGet(t, e.dialFrom(t, "127.0.0.1"), "hang.test")
+	if took := time.Since(start); took < decisionSlotWait {
+		t.Errorf("denied after %v, want it to wait %v for a slot first", took, decisionSlotWait)
+	}
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "too many requests from this source waiting for a policy decision") {
 		t.Fatalf("over the bound: %d %s; want 403 naming the bound", resp.StatusCode, body)
@@ -343,6 +348,16 @@ func TestDecisionsPerSourceBound(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the neighbour's request to be asked about", func() bool { return dec.asked.Load() == limit+1 })
+	// A request over the bound whose slot frees in time goes through.
+	burst := e.dialFrom(t, "127.0.0.1")
+	if _, err := io.WriteString(burst, "GET /v1/x HTTP/1.1\r\nHost: hang.test\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if got := dec.asked.Load(); got != limit+1 {
+		t.Fatalf("decider asked %d times, want %d: the request over the bound must wait", got, limit+1)
+	}
+	waiting = append(waiting, burst)
 	close(dec.gate)
 	for _, c := range append(waiting, neighbour) {
 		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
