@@ -233,6 +233,10 @@ func sniffHTTP(br *bufio.Reader) sniff {
 func (p *Proxy) serveTLS(ctx context.Context, c net.Conn, br *bufio.Reader, info connInfo) {
 	info.scheme = "https"
 	hello, seen, err := readClientHello(br)
+	if name, dot := trailingDotSNI(seen); err != nil && dot {
+		p.refuse(info, refusedInvalidSNI, trailingDotReason(name), err)
+		return
+	}
 	if err != nil {
 		p.refuse(info, refusedBadClientHello, "malformed TLS ClientHello", err)
 		return
