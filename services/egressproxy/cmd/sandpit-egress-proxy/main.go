@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"time"
@@ -72,6 +73,8 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		AllowSpecial: func(host string) bool { return slices.Contains(cfg.AllowPrivateHosts, host) },
 	})
 	transport := proxy.NewTransport(d.DialContext, roots)
+	transport.ResponseHeaderTimeout = cfg.UpstreamResponseHeaderTimeout
+	transport.IdleConnTimeout = cfg.UpstreamIdleTimeout
 	defer transport.CloseIdleConnections()
 
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -121,9 +124,15 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		Decider:  decider,
 		Redactor: redact.New(cfg.RedactQueryParams),
 		Upstream: transport,
-		Metrics:  proxy.NewMetrics(reg),
-		Log:      log,
+
+		MaxConnsPerSource:     cfg.MaxConnsPerSource,
+		MaxDecisionsPerSource: cfg.MaxDecisionsPerSource,
+		Metrics:               proxy.NewMetrics(reg),
+		Log:                   log,
 	})
+	// When an execution ends the executor says so: nothing its sandbox
+	// opened may outlive it.
+	decider.OnRelease(func(ip netip.Addr) { p.CloseSource(ip) })
 	resolver := &dns.Handler{Decider: decider, AnswerIP: cfg.DNSAnswerIP, Metrics: dns.NewMetrics(reg), Log: log}
 	// The gRPC listener serves only health (SERVING while the decide
 	// stream is open) and reflection: the proxy offers no service.
@@ -156,7 +165,9 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 			if !decider.Connected() {
 				return errNoStream
 			}
-			return nil
+			// Out of descriptors, the listener takes no connection:
+			// sandboxes would hang, so the proxy is not serving.
+			return p.Accepting()
 		}, log)
 		return nil
 	})

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sandpit-run/sandpit/services/daemon/envflag"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/dialer"
+	"github.com/sandpit-run/sandpit/services/egressproxy/internal/proxy"
 )
 
 // Config is the proxy's whole configuration.
@@ -36,6 +37,12 @@ type Config struct {
 	AllowPrivateHosts []string
 
 	DNSAnswerIP netip.Addr
+
+	UpstreamResponseHeaderTimeout time.Duration
+	UpstreamIdleTimeout           time.Duration
+
+	MaxConnsPerSource     int
+	MaxDecisionsPerSource int
 
 	RedactQueryParams []string
 }
@@ -72,6 +79,10 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&c.UpstreamCA, "upstream-ca", "", "PEM bundle trusted for upstream TLS besides the system roots")
 	fs.Var(&private, "allow-private-host", "host name that may resolve to private or other special-purpose addresses (repeatable)")
 	answer := fs.String("dns-answer-ip", "198.18.0.1", "IPv4 address allowed names resolve to; the executor routes it to the proxy")
+	fs.DurationVar(&c.UpstreamResponseHeaderTimeout, "upstream-response-header-timeout", proxy.DefaultResponseHeaderTimeout, "how long an allowed request waits for the upstream's response head before the sandbox gets a 502")
+	fs.DurationVar(&c.UpstreamIdleTimeout, "upstream-idle-timeout", proxy.DefaultUpstreamIdleTimeout, "how long an idle upstream connection is kept for reuse")
+	fs.IntVar(&c.MaxConnsPerSource, "max-conns-per-source", proxy.DefaultMaxConnsPerSource, "connections one source address (sandbox) may hold open; more are refused")
+	fs.IntVar(&c.MaxDecisionsPerSource, "max-decisions-per-source", proxy.DefaultMaxDecisionsPerSource, "requests of one source address that may wait for a verdict at once; more are denied by the proxy")
 	fs.Var(&redQ, "redact-query-param", "extra query parameter name to redact (repeatable)")
 
 	if err := fs.Parse(args); err != nil {
@@ -113,6 +124,18 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	}
 	if c.DecideTimeout <= 0 {
 		errs = append(errs, errors.New("decide-timeout must be positive"))
+	}
+	if c.UpstreamResponseHeaderTimeout <= 0 {
+		errs = append(errs, errors.New("upstream-response-header-timeout must be positive"))
+	}
+	if c.UpstreamIdleTimeout <= 0 {
+		errs = append(errs, errors.New("upstream-idle-timeout must be positive"))
+	}
+	if c.MaxConnsPerSource <= 0 {
+		errs = append(errs, errors.New("max-conns-per-source must be positive"))
+	}
+	if c.MaxDecisionsPerSource <= 0 {
+		errs = append(errs, errors.New("max-decisions-per-source must be positive"))
 	}
 	c.RedactQueryParams = redQ
 	return c, errors.Join(errs...)

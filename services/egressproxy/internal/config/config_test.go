@@ -21,10 +21,14 @@ func TestParse(t *testing.T) {
 	if c.Listen != "127.0.0.1:15001" || c.DecideTimeout != 500*time.Millisecond || len(c.Upstreams) != 2 ||
 		c.Upstreams["api.stripe.test"] != "127.0.0.1:12112" || len(c.UpstreamAllow) != 2 ||
 		c.UpstreamAllow[0] != netip.MustParsePrefix("127.0.0.0/8") || c.AllowPrivateHosts[0] != "internal.example" ||
-		c.DNSAnswerIP != netip.MustParseAddr("198.18.0.1") {
+		c.DNSAnswerIP != netip.MustParseAddr("198.18.0.1") ||
+		c.UpstreamResponseHeaderTimeout != 5*time.Minute || c.UpstreamIdleTimeout != 90*time.Second ||
+		c.MaxConnsPerSource != 256 || c.MaxDecisionsPerSource != 64 {
 		t.Fatalf("%+v", c)
 	}
-	for _, bad := range [][]string{{"--upstream", "x"}, {"--upstream-allow", "nope"}, {"--ca-cert", "a"}, {"--dns-answer-ip", "::1"}, {"extra"}} {
+	for _, bad := range [][]string{{"--upstream", "x"}, {"--upstream-allow", "nope"}, {"--ca-cert", "a"}, {"--dns-answer-ip", "::1"}, {"extra"},
+		{"--upstream-response-header-timeout", "0s"}, {"--upstream-idle-timeout", "-1s"},
+		{"--max-conns-per-source", "0"}, {"--max-decisions-per-source", "-1"}} {
 		if _, err := Parse(bad, func(string) string { return "" }); err == nil {
 			t.Errorf("Parse(%q) succeeded", bad)
 		}

@@ -71,6 +71,8 @@ type Client struct {
 
 	mu      sync.Mutex
 	pending map[uint64]chan *egressv1.DecideResponse
+
+	releases releaseHandler // release.go
 }
 
 // New returns a Client over conn. Run must be running for anything to be
@@ -156,6 +158,9 @@ func (c *Client) runStream(ctx context.Context) error {
 				return fmt.Errorf("send: %w", serr)
 			}
 			return fmt.Errorf("receive: %w", err)
+		}
+		if c.notice(resp) {
+			continue
 		}
 		c.mu.Lock()
 		ch, ok := c.pending[resp.GetId()]

@@ -111,6 +111,22 @@ var (
 // MaxHeaderBytes the error is errHeadTooLarge, with the line, or
 // errLineTooLong, with as much of the line as was read.
 func peekHead(br *bufio.Reader) (string, textproto.MIMEHeader, error) {
+	var hs headScan
+	return hs.peek(br)
+}
+
+// headScan finds the end of a request head as it arrives. Only the bytes
+// that arrived since the last look are searched (and the three before
+// them, where an end could have begun), so a head trickled byte by byte
+// costs time linear in its length, not quadratic.
+type headScan struct {
+	// searched is how many bytes from the head's start hold no end.
+	searched int
+	// scanned counts the bytes searched, for the tests.
+	scanned int
+}
+
+func (hs *headScan) peek(br *bufio.Reader) (string, textproto.MIMEHeader, error) {
 	n := max(br.Buffered(), 1)
 	tooLarge := func(b []byte) (string, textproto.MIMEHeader, error) {
 		line, _, found := bytes.Cut(b, []byte("\r\n"))
@@ -127,8 +143,10 @@ func peekHead(br *bufio.Reader) (string, textproto.MIMEHeader, error) {
 			}
 			return "", nil, err
 		}
-		if i := bytes.Index(b, []byte("\r\n\r\n")); i >= 0 {
-			b = b[:i+4]
+		from := max(hs.searched-3, 0)
+		hs.scanned += len(b) - from
+		if i := bytes.Index(b[from:], []byte("\r\n\r\n")); i >= 0 {
+			b = b[:from+i+4]
 			line, rest, _ := bytes.Cut(b, []byte("\r\n"))
 			hdr, err := textproto.NewReader(bufio.NewReader(bytes.NewReader(rest))).ReadMIMEHeader()
 			if err != nil {
@@ -136,6 +154,7 @@ func peekHead(br *bufio.Reader) (string, textproto.MIMEHeader, error) {
 			}
 			return string(line), hdr, nil
 		}
+		hs.searched = len(b)
 		if n >= MaxHeaderBytes {
 			return tooLarge(b)
 		}
@@ -172,7 +191,15 @@ func (p *Proxy) serveOneH1(ctx context.Context, conn net.Conn, br *bufio.Reader,
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	out := p.upstreamRequest(rctx, c, req, body)
+	// With nothing left to read of the request, a read on the sandbox's
+	// connection tells when it closes: the upstream request is cancelled
+	// then rather than left waiting for an answer.
+	stopWatch := func() {}
+	if req.ContentLength == 0 && !c.websocket {
+		stopWatch = watchClose(conn, br, cancel)
+	}
 	resp, err := p.cfg.Upstream.RoundTrip(out)
+	stopWatch()
 	if body.exceeded.Load() {
 		if err == nil {
 			resp.Body.Close()
@@ -324,4 +351,26 @@ func (p *Proxy) spliceWebSocket(conn net.Conn, br *bufio.Reader, bw *bufio.Write
 	up.Close()
 	wg.Wait()
 	p.outcome(v, resp.StatusCode, uint64(toUp), uint64(toDown), nil)
+}
+
+// watchClose reads from the sandbox's connection while its request waits
+// for upstream, and cancels when the sandbox closes it (or it fails), as
+// net/http's server does with its background read. Bytes that arrive (a
+// pipelined request) stay in br. The returned stop ends the watch; it must
+// be called before br is read again.
+func watchClose(conn net.Conn, br *bufio.Reader, cancel context.CancelFunc) (stop func()) {
+	_ = conn.SetReadDeadline(time.Time{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if _, err := br.Peek(1); err != nil && !isTimeout(err) {
+			cancel()
+		}
+	}()
+	return func() {
+		// A deadline in the past ends the Peek at once.
+		_ = conn.SetReadDeadline(time.Unix(1, 0))
+		<-done
+		_ = conn.SetReadDeadline(time.Time{})
+	}
 }

@@ -19,6 +19,7 @@ const (
 	refusedNoSNI           = "no_sni"
 	refusedInvalidSNI      = "invalid_sni"
 	refusedHandshakeFailed = "tls_handshake_failed"
+	refusedTooManyConns    = "too_many_connections"
 )
 
 // Metrics counts what the proxy did; a nil *Metrics records nothing.
@@ -26,7 +27,15 @@ type Metrics struct {
 	requests *prometheus.CounterVec
 	refusals *prometheus.CounterVec
 	upstream prometheus.Histogram
+	accepts  prometheus.Counter
+	limits   *prometheus.CounterVec
 }
+
+// Per-source bounds, the limit label's values.
+const (
+	limitConnections = "connections"
+	limitDecisions   = "decisions"
+)
 
 // NewMetrics registers the proxy's metrics with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
@@ -44,7 +53,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "From sending an allowed request upstream to the end of its response.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
 		}),
+		accepts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sandpit_egress_accept_errors_total",
+			Help: "Failed accepts on the transparent listener (out of file descriptors, typically); each is retried.",
+		}),
+		limits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sandpit_egress_source_limit_total",
+			Help: "Connections refused and requests denied because their source address was at a per-source bound, by limit (connections, decisions).",
+		}, []string{"limit"}),
 	}
+	m.limits.WithLabelValues(limitConnections)
+	m.limits.WithLabelValues(limitDecisions)
 	// Every series exists from the start, so that a rate or an alert on
 	// one that never happened yet reads 0 rather than nothing.
 	for _, d := range policy.DecisionLabels {
@@ -52,10 +71,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			m.requests.WithLabelValues(d, p)
 		}
 	}
-	for _, r := range []string{refusedNoOriginalDst, refusedH2CPrior, refusedNotHTTP, refusedBadClientHello, refusedNoSNI, refusedInvalidSNI, refusedHandshakeFailed} {
+	for _, r := range []string{refusedNoOriginalDst, refusedH2CPrior, refusedNotHTTP, refusedBadClientHello, refusedNoSNI, refusedInvalidSNI, refusedHandshakeFailed, refusedTooManyConns} {
 		m.refusals.WithLabelValues(r)
 	}
-	reg.MustRegister(m.requests, m.refusals, m.upstream)
+	reg.MustRegister(m.requests, m.refusals, m.upstream, m.accepts, m.limits)
 	return m
 }
 
@@ -74,5 +93,17 @@ func (m *Metrics) refusal(reason string) {
 func (m *Metrics) upstreamDone(d time.Duration) {
 	if m != nil {
 		m.upstream.Observe(d.Seconds())
+	}
+}
+
+func (m *Metrics) acceptError() {
+	if m != nil {
+		m.accepts.Inc()
+	}
+}
+
+func (m *Metrics) sourceLimit(limit string) {
+	if m != nil {
+		m.limits.WithLabelValues(limit).Inc()
 	}
 }

@@ -10,7 +10,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -56,8 +55,14 @@ type Config struct {
 	// IdleTimeout bounds waiting for the next request on a connection;
 	// zero means 2 minutes.
 	IdleTimeout time.Duration
-	Metrics     *Metrics
-	Log         *slog.Logger
+	// MaxConnsPerSource bounds the open connections of one source
+	// address; zero means DefaultMaxConnsPerSource.
+	MaxConnsPerSource int
+	// MaxDecisionsPerSource bounds the requests of one source address
+	// waiting for their verdict; zero means DefaultMaxDecisionsPerSource.
+	MaxDecisionsPerSource int
+	Metrics               *Metrics
+	Log                   *slog.Logger
 }
 
 // Proxy serves redirected sandbox connections.
@@ -66,7 +71,13 @@ type Proxy struct {
 	log *slog.Logger
 
 	mu    sync.Mutex
-	conns map[net.Conn]struct{}
+	conns map[net.Conn]tracked
+	// perSource counts conns by source address.
+	perSource map[netip.Addr]int
+	// deciding holds the decision slots of each source address.
+	deciding map[netip.Addr]*sourceSlots
+
+	accept acceptState
 }
 
 // New returns a Proxy.
@@ -83,7 +94,13 @@ func New(cfg Config) *Proxy {
 	if cfg.Redactor == nil {
 		cfg.Redactor = redact.New(nil)
 	}
-	return &Proxy{cfg: cfg, log: cfg.Log, conns: map[net.Conn]struct{}{}}
+	if cfg.MaxConnsPerSource == 0 {
+		cfg.MaxConnsPerSource = DefaultMaxConnsPerSource
+	}
+	if cfg.MaxDecisionsPerSource == 0 {
+		cfg.MaxDecisionsPerSource = DefaultMaxDecisionsPerSource
+	}
+	return &Proxy{cfg: cfg, log: cfg.Log, conns: map[net.Conn]tracked{}, perSource: map[netip.Addr]int{}, deciding: map[netip.Addr]*sourceSlots{}}
 }
 
 // Serve accepts connections until ctx ends, then closes the listener and
@@ -92,53 +109,55 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	var wg sync.WaitGroup
 	stop := context.AfterFunc(ctx, func() {
 		ln.Close()
-		p.mu.Lock()
-		for c := range p.conns {
-			c.Close()
-		}
-		p.mu.Unlock()
+		p.closeAll()
 	})
 	defer stop()
 	defer wg.Wait()
+	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
+			// Out of descriptors (EMFILE, ENFILE) or any other failure:
+			// connections that end free some, so keep trying, as
+			// net/http does, instead of returning and leaving every
+			// connection open with nothing accepted.
+			backoff = min(max(2*backoff, acceptRetryMin), acceptRetryMax)
+			p.acceptFailed(err, backoff)
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return nil
 			}
-			return fmt.Errorf("accept: %w", err)
-		}
-		if !p.track(c) {
-			c.Close()
 			continue
 		}
+		if backoff != 0 {
+			backoff = 0
+			p.acceptOK()
+		}
 		wg.Go(func() {
-			defer p.untrack(c)
 			defer c.Close()
-			p.handleConn(ctx, c)
+			// The connection's context ends when it does, and so does
+			// every upstream request it made.
+			cctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			src := sourceOf(c)
+			switch err := p.track(c, src, cancel); {
+			case errors.Is(err, errShuttingDown):
+				return
+			case err != nil:
+				info := connInfo{src: src}
+				info.dst, _ = p.cfg.OriginalDst(c)
+				p.refuse(info, refusedTooManyConns, err.Error(), nil)
+				return
+			}
+			defer p.untrack(c)
+			setKeepAlive(c)
+			p.handleConn(cctx, c)
 		})
 	}
-}
-
-func (p *Proxy) track(c net.Conn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.conns == nil {
-		return false
-	}
-	p.conns[c] = struct{}{}
-	return true
-}
-
-func (p *Proxy) untrack(c net.Conn) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	delete(p.conns, c)
 }
 
 // connInfo is what is known of a connection before its first request.
@@ -150,10 +169,7 @@ type connInfo struct {
 }
 
 func (p *Proxy) handleConn(ctx context.Context, c net.Conn) {
-	info := connInfo{}
-	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-		info.src = ap.Addr().Unmap()
-	}
+	info := connInfo{src: sourceOf(c)}
 	dst, err := p.cfg.OriginalDst(c)
 	if err != nil {
 		p.refuse(info, refusedNoOriginalDst, "no original destination", err)
@@ -217,6 +233,10 @@ func sniffHTTP(br *bufio.Reader) sniff {
 func (p *Proxy) serveTLS(ctx context.Context, c net.Conn, br *bufio.Reader, info connInfo) {
 	info.scheme = "https"
 	hello, seen, err := readClientHello(br)
+	if name, dot := trailingDotSNI(seen); err != nil && dot {
+		p.refuse(info, refusedInvalidSNI, trailingDotReason(name), err)
+		return
+	}
 	if err != nil {
 		p.refuse(info, refusedBadClientHello, "malformed TLS ClientHello", err)
 		return

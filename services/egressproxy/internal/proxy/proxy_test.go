@@ -696,5 +696,6 @@ func TestMetrics(t *testing.T) {
 	metricstest.CheckLabel(t, e.metrics, "decision", metricstest.Decisions)
 	metricstest.CheckLabel(t, e.metrics, "protocol", []string{"http/1.1", "http/2"})
 	metricstest.CheckLabel(t, e.metrics, "reason", []string{refusedNoOriginalDst, refusedH2CPrior, refusedNotHTTP,
-		refusedBadClientHello, refusedNoSNI, refusedInvalidSNI, refusedHandshakeFailed})
+		refusedBadClientHello, refusedNoSNI, refusedInvalidSNI, refusedHandshakeFailed, refusedTooManyConns})
+	metricstest.CheckLabel(t, e.metrics, "limit", []string{limitConnections, limitDecisions})
 }

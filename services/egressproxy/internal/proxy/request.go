@@ -187,6 +187,14 @@ func (p *Proxy) decide(ctx context.Context, info connInfo, c *checked, contentLe
 	// The policy sees the redacted path too: a rule matches a token
 	// segment with a wildcard, never by its value.
 	path := p.cfg.Redactor.Path(c.path)
+	if !p.startDecision(ctx, info.src) {
+		v := p.overDecisionLimit()
+		p.cfg.Metrics.request(v.label, c.protocol)
+		p.log.Info("request", "source_ip", addrString(info.src), "method", c.method, "host", c.host, "path", path,
+			"protocol", c.protocol, "decision", v.label, "rule_id", v.rule, "reason", v.reason)
+		return v
+	}
+	defer p.endDecision(info.src)
 	resp, err := p.cfg.Decider.AskHTTP(ctx, decide.HTTPQuestion{
 		SourceIP:        info.src,
 		Method:          c.method,

@@ -190,8 +190,16 @@ type Registry struct {
 	mu      sync.RWMutex
 	byIP    map[netip.Addr]*Execution
 	proxies []*Proxy // one per open stream that said hello, oldest first
-	expect  Ports
+	// releases holds, for each of proxies, the addresses whose
+	// executions ended, for its stream to send as Release notices.
+	releases map[*Proxy]chan netip.Addr
+	expect   Ports
 }
+
+// releaseQueue bounds the Release notices waiting for one stream's
+// sender; past it one is dropped (the sandbox's own close still ends its
+// connections, only later).
+const releaseQueue = 1024
 
 // Ports are where the executor's nftables send sandbox traffic on this
 // host; a proxy whose hello names other ports is warned about.
@@ -214,7 +222,7 @@ type Proxy struct {
 
 // NewRegistry returns an empty registry.
 func NewRegistry() *Registry {
-	return &Registry{byIP: map[netip.Addr]*Execution{}}
+	return &Registry{byIP: map[netip.Addr]*Execution{}, releases: map[*Proxy]chan netip.Addr{}}
 }
 
 // ExpectPorts records where nftables redirects sandbox TCP and DNS, so
@@ -225,17 +233,26 @@ func (r *Registry) ExpectPorts(p Ports) {
 	r.expect = p
 }
 
-// Register makes ip belong to e until the returned func is called.
+// Register makes ip belong to e until the returned func is called; then
+// every connected proxy is told to release ip, closing what the sandbox
+// still has open.
 func (r *Registry) Register(ip netip.Addr, e *Execution) (unregister func()) {
 	r.mu.Lock()
 	r.byIP[ip] = e
 	r.mu.Unlock()
 	return func() {
 		r.mu.Lock()
-		if r.byIP[ip] == e {
-			delete(r.byIP, ip)
+		defer r.mu.Unlock()
+		if r.byIP[ip] != e {
+			return
 		}
-		r.mu.Unlock()
+		delete(r.byIP, ip)
+		for _, ch := range r.releases {
+			select {
+			case ch <- ip:
+			default:
+			}
+		}
 	}
 }
 
@@ -272,13 +289,18 @@ func (r *Registry) Proxy() (Proxy, bool) {
 	return *r.proxies[len(r.proxies)-1], true
 }
 
-func (r *Registry) connect(p *Proxy) (disconnect func()) {
+// connect records p's stream; release receives the addresses to send
+// Release notices for.
+func (r *Registry) connect(p *Proxy) (release <-chan netip.Addr, disconnect func()) {
+	ch := make(chan netip.Addr, releaseQueue)
 	r.mu.Lock()
 	r.proxies = append(r.proxies, p)
+	r.releases[p] = ch
 	r.mu.Unlock()
-	return func() {
+	return ch, func() {
 		r.mu.Lock()
 		defer r.mu.Unlock()
+		delete(r.releases, p)
 		for i, q := range r.proxies {
 			if q == p {
 				r.proxies = append(r.proxies[:i], r.proxies[i+1:]...)
@@ -329,18 +351,46 @@ func (s *Service) Decide(stream grpc.BidiStreamingServer[egressv1.DecideRequest,
 	}
 	log := s.log.With("proxy_version", px.Version, "ca_sha256", px.CASHA256)
 	s.warnPorts(log, px)
-	defer s.reg.connect(px)()
+	release, disconnect := s.reg.connect(px)
+	defer disconnect()
 	log.Info("egress proxy connected", "transparent_address", px.TransparentAddress, "dns_address", px.DNSAddress)
 	defer log.Info("egress proxy disconnected")
 
+	// This goroutine stays the only sender; a receiver feeds it, so that
+	// it can also send Release notices while the proxy says nothing. The
+	// receiver ends with the stream, whose context ends when Decide
+	// returns.
+	reqs := make(chan *egressv1.DecideRequest)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-stream.Context().Done():
+				return
+			}
+		}
+	}()
 	outstanding := map[uint64]pending{}
 	for {
-		req, err := stream.Recv()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
+		var req *egressv1.DecideRequest
+		select {
+		case ip := <-release:
+			if err := stream.Send(&egressv1.DecideResponse{Release: &egressv1.Release{SourceIp: ip.String()}}); err != nil {
+				return err
+			}
+			continue
+		case err := <-recvErr:
+			if err == io.EOF {
+				return nil
+			}
 			return err
+		case req = <-reqs:
 		}
 		switch k := req.GetKind().(type) {
 		case *egressv1.DecideRequest_Hello:

@@ -317,6 +317,16 @@ func TestUnregisterAndConnected(t *testing.T) {
 		t.Error("not connected while a stream is open")
 	}
 	unregister()
+	// The proxy is told to close what the ended execution still has open.
+	notice, err := s.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if notice.GetRelease().GetSourceIp() != "10.88.0.2" || notice.GetId() != 0 || notice.GetDecision() != policyv1.Decision_DECISION_UNSPECIFIED {
+		t.Fatalf("after unregister: %v, want a bare Release of 10.88.0.2", notice)
+	}
+	// Unregistering twice releases nothing more.
+	unregister()
 	if resp := ask(t, s, httpReq(2, "10.88.0.2", "GET", "a.example", "/")); resp.GetRuleId() != "no-execution" {
 		t.Errorf("after unregister: %q", resp.GetRuleId())
 	}

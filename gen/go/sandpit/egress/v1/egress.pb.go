@@ -765,7 +765,8 @@ func (x *Refusal) GetReason() string {
 	return ""
 }
 
-// DecideResponse answers one Question.
+// DecideResponse answers one Question, or is a notice from the executor
+// (release set): then id is 0 and every other field is unset.
 type DecideResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The id of the question answered.
@@ -783,8 +784,11 @@ type DecideResponse struct {
 	// for no limit. A body that grows past it (chunked, or longer than its
 	// Content-Length said) is cut off and the request fails with 413.
 	MaxRequestBytes uint64 `protobuf:"varint,6,opt,name=max_request_bytes,json=maxRequestBytes,proto3" json:"max_request_bytes,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// A notice, never set on an answer: the execution that held a source
+	// address ended.
+	Release       *Release `protobuf:"bytes,7,opt,name=release,proto3" json:"release,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DecideResponse) Reset() {
@@ -859,6 +863,62 @@ func (x *DecideResponse) GetMaxRequestBytes() uint64 {
 	return 0
 }
 
+func (x *DecideResponse) GetRelease() *Release {
+	if x != nil {
+		return x.Release
+	}
+	return nil
+}
+
+// Release tells the proxy that the execution holding source_ip ended, so
+// that nothing it opened outlives it: the proxy closes every connection
+// from that address and cancels their upstream requests. The executor
+// sends it on every open stream when an execution's registration ends.
+type Release struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sandbox address, as in Question (at most 45 bytes).
+	SourceIp      string `protobuf:"bytes,1,opt,name=source_ip,json=sourceIp,proto3" json:"source_ip,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Release) Reset() {
+	*x = Release{}
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Release) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Release) ProtoMessage() {}
+
+func (x *Release) ProtoReflect() protoreflect.Message {
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Release.ProtoReflect.Descriptor instead.
+func (*Release) Descriptor() ([]byte, []int) {
+	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Release) GetSourceIp() string {
+	if x != nil {
+		return x.SourceIp
+	}
+	return ""
+}
+
 var File_sandpit_egress_v1_egress_proto protoreflect.FileDescriptor
 
 const file_sandpit_egress_v1_egress_proto_rawDesc = "" +
@@ -915,14 +975,17 @@ const file_sandpit_egress_v1_egress_proto_rawDesc = "" +
 	"\aRefusal\x12\x1b\n" +
 	"\tsource_ip\x18\x01 \x01(\tR\bsourceIp\x12 \n" +
 	"\vdestination\x18\x02 \x01(\tR\vdestination\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xd9\x01\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x8f\x02\n" +
 	"\x0eDecideResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x127\n" +
 	"\bdecision\x18\x02 \x01(\x0e2\x1b.sandpit.policy.v1.DecisionR\bdecision\x12\x17\n" +
 	"\arule_id\x18\x03 \x01(\tR\x06ruleId\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12!\n" +
 	"\fexecution_id\x18\x05 \x01(\tR\vexecutionId\x12*\n" +
-	"\x11max_request_bytes\x18\x06 \x01(\x04R\x0fmaxRequestBytes2d\n" +
+	"\x11max_request_bytes\x18\x06 \x01(\x04R\x0fmaxRequestBytes\x124\n" +
+	"\arelease\x18\a \x01(\v2\x1a.sandpit.egress.v1.ReleaseR\arelease\"&\n" +
+	"\aRelease\x12\x1b\n" +
+	"\tsource_ip\x18\x01 \x01(\tR\bsourceIp2d\n" +
 	"\x0fDecisionService\x12Q\n" +
 	"\x06Decide\x12 .sandpit.egress.v1.DecideRequest\x1a!.sandpit.egress.v1.DecideResponse(\x010\x01BBZ@github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1;egressv1b\x06proto3"
 
@@ -938,7 +1001,7 @@ func file_sandpit_egress_v1_egress_proto_rawDescGZIP() []byte {
 	return file_sandpit_egress_v1_egress_proto_rawDescData
 }
 
-var file_sandpit_egress_v1_egress_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_sandpit_egress_v1_egress_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_sandpit_egress_v1_egress_proto_goTypes = []any{
 	(*DecideRequest)(nil),       // 0: sandpit.egress.v1.DecideRequest
 	(*Hello)(nil),               // 1: sandpit.egress.v1.Hello
@@ -949,8 +1012,9 @@ var file_sandpit_egress_v1_egress_proto_goTypes = []any{
 	(*Outcome)(nil),             // 6: sandpit.egress.v1.Outcome
 	(*Refusal)(nil),             // 7: sandpit.egress.v1.Refusal
 	(*DecideResponse)(nil),      // 8: sandpit.egress.v1.DecideResponse
-	(*durationpb.Duration)(nil), // 9: google.protobuf.Duration
-	(v1.Decision)(0),            // 10: sandpit.policy.v1.Decision
+	(*Release)(nil),             // 9: sandpit.egress.v1.Release
+	(*durationpb.Duration)(nil), // 10: google.protobuf.Duration
+	(v1.Decision)(0),            // 11: sandpit.policy.v1.Decision
 }
 var file_sandpit_egress_v1_egress_proto_depIdxs = []int32{
 	1,  // 0: sandpit.egress.v1.DecideRequest.hello:type_name -> sandpit.egress.v1.Hello
@@ -960,15 +1024,16 @@ var file_sandpit_egress_v1_egress_proto_depIdxs = []int32{
 	4,  // 4: sandpit.egress.v1.Question.dns:type_name -> sandpit.egress.v1.DnsQuery
 	6,  // 5: sandpit.egress.v1.Report.outcome:type_name -> sandpit.egress.v1.Outcome
 	7,  // 6: sandpit.egress.v1.Report.refusal:type_name -> sandpit.egress.v1.Refusal
-	9,  // 7: sandpit.egress.v1.Outcome.duration:type_name -> google.protobuf.Duration
-	10, // 8: sandpit.egress.v1.DecideResponse.decision:type_name -> sandpit.policy.v1.Decision
-	0,  // 9: sandpit.egress.v1.DecisionService.Decide:input_type -> sandpit.egress.v1.DecideRequest
-	8,  // 10: sandpit.egress.v1.DecisionService.Decide:output_type -> sandpit.egress.v1.DecideResponse
-	10, // [10:11] is the sub-list for method output_type
-	9,  // [9:10] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	10, // 7: sandpit.egress.v1.Outcome.duration:type_name -> google.protobuf.Duration
+	11, // 8: sandpit.egress.v1.DecideResponse.decision:type_name -> sandpit.policy.v1.Decision
+	9,  // 9: sandpit.egress.v1.DecideResponse.release:type_name -> sandpit.egress.v1.Release
+	0,  // 10: sandpit.egress.v1.DecisionService.Decide:input_type -> sandpit.egress.v1.DecideRequest
+	8,  // 11: sandpit.egress.v1.DecisionService.Decide:output_type -> sandpit.egress.v1.DecideResponse
+	11, // [11:12] is the sub-list for method output_type
+	10, // [10:11] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_sandpit_egress_v1_egress_proto_init() }
@@ -995,7 +1060,7 @@ func file_sandpit_egress_v1_egress_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sandpit_egress_v1_egress_proto_rawDesc), len(file_sandpit_egress_v1_egress_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

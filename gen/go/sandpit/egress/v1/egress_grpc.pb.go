@@ -43,7 +43,9 @@ type DecisionServiceClient interface {
 	// Hello, and only the first is; a stream that starts otherwise, or says
 	// hello twice, is closed with InvalidArgument. Every Question gets exactly
 	// one DecideResponse carrying its id; Reports get none. A proxy that has
-	// no stream, or no answer within its deadline, denies.
+	// no stream, or no answer within its deadline, denies. Besides answers,
+	// the executor sends notices: a DecideResponse with release set (and id
+	// 0, which no question has) answers nothing.
 	Decide(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[DecideRequest, DecideResponse], error)
 }
 
@@ -89,7 +91,9 @@ type DecisionServiceServer interface {
 	// Hello, and only the first is; a stream that starts otherwise, or says
 	// hello twice, is closed with InvalidArgument. Every Question gets exactly
 	// one DecideResponse carrying its id; Reports get none. A proxy that has
-	// no stream, or no answer within its deadline, denies.
+	// no stream, or no answer within its deadline, denies. Besides answers,
+	// the executor sends notices: a DecideResponse with release set (and id
+	// 0, which no question has) answers nothing.
 	Decide(grpc.BidiStreamingServer[DecideRequest, DecideResponse]) error
 	mustEmbedUnimplementedDecisionServiceServer()
 }
