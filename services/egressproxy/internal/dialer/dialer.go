@@ -62,6 +62,9 @@ type Dialer struct {
 // ErrRefused is wrapped by errors for addresses the dialer will not dial.
 var ErrRefused = errors.New("upstream address refused")
 
+// ErrNotResolved is wrapped by errors for names that did not resolve.
+var ErrNotResolved = errors.New("upstream name not resolved")
+
 // New returns a Dialer.
 func New(cfg Config) *Dialer {
 	if cfg.Resolver == nil {
@@ -175,10 +178,10 @@ func (d *Dialer) Resolve(ctx context.Context, host string) ([]netip.Addr, error)
 	} else {
 		addrs, err = d.cfg.Resolver.LookupNetIP(ctx, "ip", host)
 		if err != nil {
-			return nil, fmt.Errorf("resolve %s: %w", host, err)
+			return nil, fmt.Errorf("%w: resolve %s: %w", ErrNotResolved, host, err)
 		}
 		if len(addrs) == 0 {
-			return nil, fmt.Errorf("resolve %s: no addresses", host)
+			return nil, fmt.Errorf("%w: resolve %s: no addresses", ErrNotResolved, host)
 		}
 	}
 	allowSpecial := d.cfg.AllowSpecial != nil && d.cfg.AllowSpecial(host)
