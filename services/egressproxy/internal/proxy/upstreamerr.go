@@ -28,7 +28,7 @@ const (
 // sandbox sees: fixed, naming no address, port or library error.
 var upstreamErrorMessages = map[string]string{
 	upstreamDNSFailure:  "sandpit could not resolve the upstream's name",
-	upstreamRefused:     "sandpit does not connect to the address the upstream's name resolves to",
+	upstreamRefused:     "sandpit refuses to connect to the upstream's address (private, special-purpose or this host's own)",
 	upstreamConnRefused: "the upstream refused the connection",
 	upstreamUnreachable: "the upstream is unreachable",
 	upstreamTimeout:     "the upstream did not answer in time",
