@@ -10,7 +10,7 @@ import (
 )
 
 // peerGuard drops new TCP connections to the proxy's transparent port and
-// UDP datagrams to its DNS port that arrive on any interface other than a
+// TCP and UDP to its DNS port that arrive on any interface other than a
 // sandbox veth or loopback. The proxy listens on all addresses because the
 // redirect lands on the primary address of each sandbox's host veth, one
 // address per sandbox; binding there would mean one listener per sandbox.
@@ -27,6 +27,8 @@ func peerGuard(c *nftables.Conn, t *nftables.Table, ch *nftables.Chain, cfg Conf
 	)
 	c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: cat(notLocal, l4proto(unix.IPPROTO_TCP), dport(cfg.ProxyPort), verdict(expr.VerdictDrop))})
 	c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: cat(notLocal, l4proto(unix.IPPROTO_UDP), dport(cfg.DNSPort), verdict(expr.VerdictDrop))})
+	// The proxy answers DNS over TCP on the same port.
+	c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: cat(notLocal, l4proto(unix.IPPROTO_TCP), dport(cfg.DNSPort), verdict(expr.VerdictDrop))})
 }
 
 // MetadataPrefixes are the destinations the proxy's own sockets can never

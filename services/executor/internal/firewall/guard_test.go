@@ -101,6 +101,11 @@ func TestProxyPortsUnreachableFromPeers(t *testing.T) {
 		t.Errorf("proxy accepted a connection from %v", got.src)
 	default:
 	}
+	// DNS over TCP on the DNS port (h.dnsTCP) is out of the peer's reach
+	// too.
+	if err := dial(peer, netip.AddrPortFrom(peer.HostIP, uint16(dnsPort))); err == nil || !isTimeout(err) {
+		t.Errorf("peer dial TCP DNS port: %v, want a timeout (dropped)", err)
+	}
 	// DNS port: the peer's datagram is dropped, the sandbox's arrives.
 	if err := peer.Do(func() error {
 		c, err := net.Dial("udp4", netip.AddrPortFrom(peer.HostIP, uint16(dnsPort)).String())
