@@ -131,6 +131,7 @@ install: deps runc image binaries ## install binaries, runc, systemd units and t
 	install -D -m 0755 $(BIN)/sandpit-executor /usr/local/bin/sandpit-executor
 	install -D -m 0755 $(BIN)/sandpit-egress-proxy /usr/local/bin/sandpit-egress-proxy
 	install -D -m 0755 $(BIN)/runc $(RUNC_INSTALL)
+	id -u sandpit-egress >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin sandpit-egress
 	install -D -m 0644 deploy/systemd/sandpit-executor.service /etc/systemd/system/sandpit-executor.service
 	install -D -m 0644 deploy/systemd/sandpit-egress-proxy.service /etc/systemd/system/sandpit-egress-proxy.service
 	[ -e /etc/sandpit/policy.yaml ] || install -D -m 0644 deploy/policy/example.yaml /etc/sandpit/policy.yaml

@@ -157,11 +157,15 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (_ *
 // callers while only the proxy reaches this one.
 func (a *App) newEgress(ctx context.Context) (server.Egress, error) {
 	cfg := a.cfg
-	var err error
+	proxyUID, err := lookupUID(cfg.ProxyUser)
+	if err != nil {
+		return nil, fmt.Errorf("egress: %w", err)
+	}
 	a.eg, err = egress.New(ctx, egress.Config{
 		Pool:               cfg.AddressPool,
 		ProxyPort:          uint16(cfg.ProxyPort),
 		DNSPort:            uint16(cfg.DNSPort),
+		ProxyUID:           proxyUID,
 		Table:              cfg.NftTable,
 		PolicyFile:         cfg.PolicyFile,
 		IfPrefix:           cfg.VethPrefix,

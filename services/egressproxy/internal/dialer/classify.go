@@ -12,7 +12,12 @@ type specialRange struct {
 	why    string
 }
 
+// Cloud metadata services come first so that a refusal names them; they
+// serve instance credentials to whoever asks from the host.
 var special4 = []specialRange{
+	{netip.MustParsePrefix("169.254.169.254/32"), "cloud metadata"},
+	{netip.MustParsePrefix("168.63.129.16/32"), "cloud metadata (Azure WireServer)"},
+	{netip.MustParsePrefix("100.100.100.200/32"), "cloud metadata (Alibaba)"},
 	{netip.MustParsePrefix("0.0.0.0/8"), "this-network"},
 	{netip.MustParsePrefix("10.0.0.0/8"), "private"},
 	{netip.MustParsePrefix("100.64.0.0/10"), "shared address space (CGNAT)"},
@@ -35,6 +40,7 @@ var special4 = []specialRange{
 }
 
 var special6 = []specialRange{
+	{netip.MustParsePrefix("fd00:ec2::254/128"), "cloud metadata (AWS)"},
 	{netip.MustParsePrefix("::/128"), "unspecified"},
 	{netip.MustParsePrefix("::1/128"), "loopback"},
 	{netip.MustParsePrefix("::/96"), "IPv4-compatible (deprecated)"},

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -34,16 +35,35 @@ type Config struct {
 	AllowSpecial func(host string) bool
 	// Timeout bounds each connect; zero means 10s.
 	Timeout time.Duration
+	// HostAddrs lists this host's own addresses, refused like the
+	// special-purpose ones (a public address of the host reaches its own
+	// services); nil reads every interface's (net.InterfaceAddrs).
+	HostAddrs func() ([]netip.Addr, error)
+	// HostAddrsRefresh is how old the list may grow before a dial reads it
+	// again; zero means DefaultHostAddrsRefresh.
+	HostAddrsRefresh time.Duration
 }
+
+// DefaultHostAddrsRefresh bounds how long an address added to one of the
+// host's interfaces stays dialable.
+const DefaultHostAddrsRefresh = 30 * time.Second
 
 // Dialer dials upstreams for an http.Transport.
 type Dialer struct {
 	cfg Config
 	nd  net.Dialer
+	now func() time.Time
+
+	mu     sync.Mutex
+	own    map[netip.Addr]bool
+	readAt time.Time
 }
 
 // ErrRefused is wrapped by errors for addresses the dialer will not dial.
 var ErrRefused = errors.New("upstream address refused")
+
+// ErrNotResolved is wrapped by errors for names that did not resolve.
+var ErrNotResolved = errors.New("upstream name not resolved")
 
 // New returns a Dialer.
 func New(cfg Config) *Dialer {
@@ -53,9 +73,49 @@ func New(cfg Config) *Dialer {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 10 * time.Second
 	}
-	d := &Dialer{cfg: cfg}
+	if cfg.HostAddrs == nil {
+		cfg.HostAddrs = interfaceAddrs
+	}
+	if cfg.HostAddrsRefresh == 0 {
+		cfg.HostAddrsRefresh = DefaultHostAddrsRefresh
+	}
+	d := &Dialer{cfg: cfg, now: time.Now}
 	d.nd = net.Dialer{Timeout: cfg.Timeout, KeepAlive: 30 * time.Second, Control: d.control}
+	d.isHost(netip.Addr{}) // read them at start
 	return d
+}
+
+// interfaceAddrs is every address on the host's interfaces.
+func interfaceAddrs() ([]netip.Addr, error) {
+	as, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]netip.Addr, 0, len(as))
+	for _, a := range as {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			out = append(out, p.Addr())
+		}
+	}
+	return out, nil
+}
+
+// isHost reports whether ip is one of the host's own addresses, reading
+// them again once they are HostAddrsRefresh old. A failed read keeps the
+// previous list and is retried on the next call.
+func (d *Dialer) isHost(ip netip.Addr) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if now := d.now(); d.own == nil || now.Sub(d.readAt) >= d.cfg.HostAddrsRefresh {
+		if addrs, err := d.cfg.HostAddrs(); err == nil {
+			d.own = make(map[netip.Addr]bool, len(addrs))
+			for _, a := range addrs {
+				d.own[a.Unmap().WithZone("")] = true
+			}
+			d.readAt = now
+		}
+	}
+	return d.own[ip.Unmap().WithZone("")]
 }
 
 // control runs on every socket before connect: the last line of defence,
@@ -118,17 +178,21 @@ func (d *Dialer) Resolve(ctx context.Context, host string) ([]netip.Addr, error)
 	} else {
 		addrs, err = d.cfg.Resolver.LookupNetIP(ctx, "ip", host)
 		if err != nil {
-			return nil, fmt.Errorf("resolve %s: %w", host, err)
+			return nil, fmt.Errorf("%w: resolve %s: %w", ErrNotResolved, host, err)
 		}
 		if len(addrs) == 0 {
-			return nil, fmt.Errorf("resolve %s: no addresses", host)
+			return nil, fmt.Errorf("%w: resolve %s: no addresses", ErrNotResolved, host)
 		}
 	}
 	allowSpecial := d.cfg.AllowSpecial != nil && d.cfg.AllowSpecial(host)
 	v4 := make([]netip.Addr, 0, len(addrs))
 	var v6 []netip.Addr
 	for _, ip := range addrs {
-		if why := Classify(ip); why != "" && !allowSpecial {
+		why := Classify(ip)
+		if why == "" && d.isHost(ip) {
+			why = "this host's own address"
+		}
+		if why != "" && !allowSpecial {
 			return nil, fmt.Errorf("%w: %s resolves to %s (%s)", ErrRefused, host, ip, why)
 		}
 		if ip.Unmap().Is4() {

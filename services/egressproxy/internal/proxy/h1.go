@@ -210,7 +210,7 @@ func (p *Proxy) serveOneH1(ctx context.Context, conn net.Conn, br *bufio.Reader,
 	}
 	if err != nil {
 		p.outcome(v, 0, body.n.Load(), 0, err)
-		writeResponse(bw, http.StatusBadGateway, "application/json", errorBody(c, err), true)
+		writeResponse(bw, http.StatusBadGateway, "application/json", p.errorBody(c, err), true)
 		return false
 	}
 	if c.websocket && resp.StatusCode == http.StatusSwitchingProtocols {

@@ -48,7 +48,7 @@ func (p *Proxy) serveH2Request(w http.ResponseWriter, r *http.Request, info conn
 	}
 	if err != nil {
 		p.outcome(v, 0, body.n.Load(), 0, err)
-		writeH2(w, http.StatusBadGateway, errorBody(c, err))
+		writeH2(w, http.StatusBadGateway, p.errorBody(c, err))
 		return
 	}
 	defer resp.Body.Close()

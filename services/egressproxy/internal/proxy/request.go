@@ -261,12 +261,17 @@ func blockBody(c *checked, v verdict) []byte {
 	return append(b, '\n')
 }
 
-func errorBody(c *checked, err error) []byte {
+// errorBody is the 502 body of an allowed request whose upstream failed:
+// a class and a fixed message (upstreamerr.go), never the error itself,
+// which can name resolved internal addresses; that goes to the log.
+func (p *Proxy) errorBody(c *checked, err error) []byte {
+	class := upstreamErrorClass(err)
+	p.log.Warn("upstream failed", "host", c.host, "class", class, "error", err)
 	b, _ := json.Marshal(struct {
-		Decision string `json:"decision"`
-		Error    string `json:"error"`
-		Host     string `json:"host"`
-	}{"allowed", "upstream: " + upstreamError(err), c.host})
+		Decision string   `json:"decision"`
+		Host     string   `json:"host"`
+		Error    apiError `json:"error"`
+	}{"allowed", c.host, apiError{Type: "sandpit_upstream_error", Code: class, Message: upstreamErrorMessages[class]}})
 	return append(b, '\n')
 }
 

@@ -44,6 +44,7 @@ type Config struct {
 	DecisionListen string
 	ProxyPort      uint
 	DNSPort        uint
+	ProxyUser      string
 	AddressPool    string
 	NftTable       string
 	VethPrefix     string
@@ -57,6 +58,9 @@ type Config struct {
 	MaxQueue      int
 	ShutdownGrace time.Duration
 }
+
+// DefaultProxyUser is the user the egress proxy runs as under make run.
+const DefaultProxyUser = "root"
 
 // Parse reads args (without the program name) and the environment.
 func Parse(args []string, getenv func(string) string) (Config, error) {
@@ -81,6 +85,7 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&c.DecisionListen, "decision-listen", "127.0.0.1:50053", "gRPC listen address of the decision service the egress proxy connects to (with --egress)")
 	fs.UintVar(&c.ProxyPort, "proxy-port", 15001, "the egress proxy's transparent TCP port on this host")
 	fs.UintVar(&c.DNSPort, "dns-port", 15053, "the egress proxy's DNS port on this host")
+	fs.StringVar(&c.ProxyUser, "proxy-user", DefaultProxyUser, "user (name or uid) the egress proxy runs as: its sockets can never reach link-local and cloud metadata addresses except for DNS")
 	fs.StringVar(&c.AddressPool, "address-pool", "10.88.0.0/16", "IPv4 prefix sandbox /30 subnets come from")
 	fs.StringVar(&c.NftTable, "nft-table", "sandpit", "name of the executor's nftables tables")
 	fs.StringVar(&c.VethPrefix, "veth-prefix", "sp", "name prefix of the host ends of sandbox veths; the executor owns every interface with it")
@@ -127,6 +132,8 @@ func (c Config) validate() error {
 		return errors.New("proxy-port and dns-port must be ports (1-65535)")
 	case c.MaxNetworkLogBytes == 0 || c.MaxNetworkLogBytes > 1<<40:
 		return errors.New("max-network-log-bytes must be between 1 byte and 1 TiB")
+	case c.ProxyUser == "":
+		return errors.New("proxy-user must name the egress proxy's user (name or uid)")
 	}
 	return limits.CheckConfig(c.Defaults, c.Maxima)
 }

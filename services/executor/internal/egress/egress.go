@@ -39,6 +39,9 @@ type Config struct {
 	// ProxyPort and DNSPort are the proxy's transparent and DNS ports on
 	// this host, where nftables redirects sandbox traffic.
 	ProxyPort, DNSPort uint16
+	// ProxyUID is the uid the proxy runs as; its own connections to
+	// metadata addresses are dropped.
+	ProxyUID uint32
 	// Table names the executor's nftables tables.
 	Table string
 	// PolicyFile is the operator's policy (YAML); empty means deny all.
@@ -82,7 +85,7 @@ func New(ctx context.Context, cfg Config, metricsReg prometheus.Registerer, log 
 	if err != nil {
 		return nil, fmt.Errorf("sweep sandbox networks: %w", err)
 	}
-	if err := firewall.Install(firewall.Config{Table: cfg.Table, IfPrefix: cfg.IfPrefix, ProxyPort: cfg.ProxyPort, DNSPort: cfg.DNSPort}); err != nil {
+	if err := firewall.Install(firewall.Config{Table: cfg.Table, IfPrefix: cfg.IfPrefix, ProxyPort: cfg.ProxyPort, DNSPort: cfg.DNSPort, ProxyUID: cfg.ProxyUID}); err != nil {
 		return nil, err
 	}
 	reg := decision.NewRegistry()

@@ -1,6 +1,8 @@
 // Package firewall owns the executor's nftables tables: from sandbox
 // interfaces every TCP connection is redirected to the egress proxy and DNS
-// to its resolver; everything else from a sandbox is dropped.
+// to its resolver; everything else from a sandbox is dropped, the proxy's
+// ports are closed to every other interface but loopback, and the proxy's
+// own sockets cannot reach metadata addresses.
 package firewall
 
 import (
@@ -23,16 +25,24 @@ type Config struct {
 	ProxyPort uint16
 	// DNSPort is the proxy's DNS port (UDP) on this host.
 	DNSPort uint16
+	// ProxyUID is the uid the egress proxy runs as: its own connections
+	// to link-local and cloud metadata addresses are dropped (see
+	// metadataGuard), whatever the proxy's code does.
+	ProxyUID uint32
 }
 
 // Install replaces the executor's tables with fresh ones, atomically: the
 // old tables (a previous executor's leftovers) and the new ones are swapped
 // in one netlink batch.
-func Install(cfg Config) error {
+func Install(cfg Config) error { return install(cfg) }
+
+// install is Install on a connection made with opts (a test's own
+// network namespace).
+func install(cfg Config, opts ...nftables.ConnOption) error {
 	if cfg.Table == "" || cfg.IfPrefix == "" || cfg.ProxyPort == 0 || cfg.DNSPort == 0 {
 		return errors.New("firewall: table, interface prefix, proxy port and DNS port are required")
 	}
-	c, err := nftables.New()
+	c, err := nftables.New(opts...)
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
@@ -59,6 +69,7 @@ func Install(cfg Config) error {
 	c.AddRule(&nftables.Rule{Table: v4, Chain: in, Exprs: cat(fromSandbox, ctRedirected(), l4proto(unix.IPPROTO_TCP), dport(cfg.ProxyPort), verdict(expr.VerdictAccept))})
 	c.AddRule(&nftables.Rule{Table: v4, Chain: in, Exprs: cat(fromSandbox, ctRedirected(), l4proto(unix.IPPROTO_UDP), dport(cfg.DNSPort), verdict(expr.VerdictAccept))})
 	c.AddRule(&nftables.Rule{Table: v4, Chain: in, Exprs: cat(fromSandbox, verdict(expr.VerdictDrop))})
+	peerGuard(c, v4, in, cfg)
 
 	fwd := c.AddChain(&nftables.Chain{
 		Name: "forward", Table: v4, Type: nftables.ChainTypeFilter,
@@ -79,7 +90,11 @@ func Install(cfg Config) error {
 		})
 		c.AddRule(&nftables.Rule{Table: v6, Chain: ch, Exprs: cat(fromSandbox, verdict(expr.VerdictDrop))})
 		c.AddRule(&nftables.Rule{Table: v6, Chain: ch, Exprs: cat(ifname(expr.MetaKeyOIFNAME, cfg.IfPrefix), verdict(expr.VerdictDrop))})
+		if hook.name == "input" {
+			peerGuard(c, v6, ch, cfg)
+		}
 	}
+	metadataGuard(c, v4, v6, cfg.ProxyUID)
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("install nftables tables %s: %w", cfg.Table, err)
 	}
@@ -87,8 +102,10 @@ func Install(cfg Config) error {
 }
 
 // Remove deletes the executor's tables; absent tables are not an error.
-func Remove(table string) error {
-	c, err := nftables.New()
+func Remove(table string) error { return remove(table) }
+
+func remove(table string, opts ...nftables.ConnOption) error {
+	c, err := nftables.New(opts...)
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}

@@ -25,6 +25,7 @@ const testTable = "sandpit_test"
 type harness struct {
 	proxy    net.Listener
 	dns      net.PacketConn
+	dnsTCP   net.Listener // the DNS port over TCP, as the proxy has it
 	a, b     *netns.Sandbox
 	accepted chan acceptInfo
 	dnsGot   chan string
@@ -43,11 +44,7 @@ func setup(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.proxy.Close() })
-	h.dns, err = net.ListenPacket("udp4", "0.0.0.0:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.dns.Close() })
+	h.dnsTCP, h.dns = listenDNS(t)
 	go func() {
 		for {
 			c, err := h.proxy.Accept()
@@ -101,6 +98,26 @@ func setup(t *testing.T) *harness {
 		*p = sb
 	}
 	return h
+}
+
+// listenDNS listens on one port for UDP and TCP, as the proxy's DNS does.
+func listenDNS(t *testing.T) (net.Listener, net.PacketConn) {
+	t.Helper()
+	for range 20 {
+		l, err := net.Listen("tcp4", "0.0.0.0:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pc, err := net.ListenPacket("udp4", l.Addr().String())
+		if err != nil {
+			l.Close()
+			continue
+		}
+		t.Cleanup(func() { l.Close(); pc.Close() })
+		return l, pc
+	}
+	t.Fatal("no port free for both TCP and UDP")
+	return nil, nil
 }
 
 // originalDst reads SO_ORIGINAL_DST (IPv4) from a redirected connection.
