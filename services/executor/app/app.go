@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/health"
 
 	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
@@ -179,6 +180,12 @@ func (a *App) newEgress(ctx context.Context) (server.Egress, error) {
 		Log:          a.log,
 		Health:       health.NewServer(),
 		MaxRecvBytes: decision.MaxMessageBytes,
+		// The proxy pings every 10s to find a cut decision path (its
+		// decide.KeepaliveTime); the default policy (5 min) would close
+		// its connection for pinging too often.
+		ServerOptions: []grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime: decision.KeepaliveMinTime, PermitWithoutStream: true,
+		})},
 	}, func(r grpc.ServiceRegistrar) { egressv1.RegisterDecisionServiceServer(r, svc) })
 	return Networks(a.eg), nil
 }

@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -90,6 +91,8 @@ type Execution struct {
 	omitted  uint32 // requests left out of the log
 	cut      bool   // a url or reason in the log was cut
 	dropped  uint32
+
+	dnsQueries atomic.Uint32 // see overDNSBudget
 }
 
 // NewExecution returns the network state of execution id under p. Live
@@ -541,6 +544,9 @@ func (s *Service) decideDNS(q *egressv1.DnsQuery) *egressv1.DecideResponse {
 	if e == nil {
 		return &egressv1.DecideResponse{Decision: policyv1.Decision_DECISION_DENY, RuleId: "no-execution",
 			Reason: "no running execution owns source address " + q.GetSourceIp()}
+	}
+	if resp, over := e.overDNSBudget(); over {
+		return resp
 	}
 	name := bound.String(q.GetName(), maxHostBytes)
 	d, reason := policyv1.Decision_DECISION_DENY, "no rule of the policy could allow a request to "+name
