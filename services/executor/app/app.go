@@ -15,8 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/health"
+	"google.golang.org/grpc/keepalive"
 
 	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
