@@ -109,7 +109,7 @@ func TestCutDecisionPathFailsFast(t *testing.T) {
 	e := startExecutor(t, executorOpts{egress: startEgress(t, ports, basePolicy)})
 	pay := newStandIn(t, "pay.test")
 	hole := startBlackhole(t, e.deciderAddr)
-	px := startProxy(t, ports, hole.addr, map[string]string{"pay.test": pay.addr()}, upstreamCAPEM(t))
+	px := startProxy(t, ports, hole.addr, map[string]string{"pay.test": pay.addr()}, upstreamCAPEM(t), fairLimits...)
 	deadline := time.Now().Add(10 * time.Second)
 	for !e.app.ProxyConnected() {
 		if time.Now().After(deadline) {

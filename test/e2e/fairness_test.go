@@ -76,6 +76,10 @@ s.bind(() => {
 });
 `
 
+// fairLimits are the proxy's per-source HTTP limits at their defaults
+// (decide.DefaultHTTPRate, ...), which startProxy turns off.
+var fairLimits = []string{"--http-rate", "100", "--http-burst", "200", "--http-in-flight", "64"}
+
 type neighbourTimes struct {
 	DNS      []float64 `json:"dns"`
 	HTTP     []float64 `json:"http"`
@@ -95,7 +99,16 @@ func maxOf(v []float64) float64 {
 // all succeed, each within 3x its idle latency + 1s, and the flooder is
 // refused with the rate-limit reason.
 func TestFloodingSandboxDoesNotStarveItsNeighbour(t *testing.T) {
-	s := startNetStack(t)
+	ports := netPorts{proxyGRPC: "127.0.0.1:" + itoa(freePort(t)), proxyPort: freePort(t), dnsPort: freePort(t)}
+	s := &netStack{e: startExecutor(t, executorOpts{egress: startEgress(t, ports, basePolicy)}), pay: newStandIn(t, "pay.test")}
+	s.proxy = startProxy(t, ports, s.e.deciderAddr, map[string]string{"pay.test": s.pay.addr()}, upstreamCAPEM(t), fairLimits...)
+	deadline := time.Now().Add(10 * time.Second)
+	for !s.e.app.ProxyConnected() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the proxy did not open a decision stream\n%s", s.proxy.logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	var idle neighbourTimes
 	probe(t, s.e, code(neighbourCode), &idle)
 	if len(idle.Failures) > 0 {
