@@ -193,6 +193,11 @@ func startProxy(t testing.TB, ports netPorts, decider string, upstreams map[stri
 		"--decider", decider,
 		"--upstream-allow", "127.0.0.0/8",
 		"--ca-dir", t.TempDir(),
+		// Several tests flood one sandbox's HTTP on purpose, to attack
+		// other bounds (result size, oversized requests); the per-source
+		// HTTP limits are off for them. fairness_test.go turns them back
+		// on at their defaults (fairLimits).
+		"--http-rate", "0", "--http-in-flight", "0",
 	}
 	if upstreamCA != "" {
 		args = append(args, "--upstream-ca", upstreamCA)

@@ -163,9 +163,9 @@ func sandboxOpenFiles() uint32 {
 	return uint32(min(rl.Max, 65536))
 }
 
-// neighbourCode fetches pay.test's products for the given time and
+// wedgeNeighbourCode fetches pay.test's products for the given time and
 // counts the answers.
-const neighbourCode = `
+const wedgeNeighbourCode = `
 (async () => {
   const out = { ok: 0, failed: [] };
   const until = Date.now() + %d;
@@ -222,7 +222,7 @@ func runWedge(t *testing.T, s *wedgeStack, n int, neighbourMillis int) (wedgeOut
 	runs := make([]*run, 2)
 	var rg sync.WaitGroup
 	rg.Go(func() { runs[0] = s.e.execute(context.Background(), wedgeCode(n)) })
-	rg.Go(func() { runs[1] = s.e.execute(context.Background(), code(fmt.Sprintf(neighbourCode, neighbourMillis))) })
+	rg.Go(func() { runs[1] = s.e.execute(context.Background(), code(fmt.Sprintf(wedgeNeighbourCode, neighbourMillis))) })
 	rg.Wait()
 	close(stop)
 	wg.Wait()

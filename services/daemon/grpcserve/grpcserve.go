@@ -39,6 +39,8 @@ type Options struct {
 	// ErrorDomain is the google.rpc.ErrorInfo domain of the Internal
 	// status a recovered panic becomes.
 	ErrorDomain string
+	// ServerOptions are added to the server's own (keepalive, ...).
+	ServerOptions []grpc.ServerOption
 }
 
 // New returns a server with the services register adds, health and
@@ -91,7 +93,7 @@ func New(o Options, register func(grpc.ServiceRegistrar)) *grpc.Server {
 	if o.MaxRecvBytes > 0 {
 		opts = append(opts, grpc.MaxRecvMsgSize(o.MaxRecvBytes))
 	}
-	srv := grpc.NewServer(opts...)
+	srv := grpc.NewServer(append(opts, o.ServerOptions...)...)
 	register(srv)
 	healthpb.RegisterHealthServer(srv, o.Health)
 	reflection.Register(srv)

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
+	"google.golang.org/grpc/keepalive"
 
 	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
@@ -184,6 +185,12 @@ func (a *App) newEgress(ctx context.Context) (server.Egress, error) {
 		Log:          a.log,
 		Health:       health.NewServer(),
 		MaxRecvBytes: decision.MaxMessageBytes,
+		// The proxy pings every 10s to find a cut decision path (its
+		// decide.KeepaliveTime); the default policy (5 min) would close
+		// its connection for pinging too often.
+		ServerOptions: []grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime: decision.KeepaliveMinTime, PermitWithoutStream: true,
+		})},
 	}, func(r grpc.ServiceRegistrar) { egressv1.RegisterDecisionServiceServer(r, svc) })
 	return Networks(a.eg), nil
 }

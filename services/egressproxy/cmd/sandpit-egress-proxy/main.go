@@ -96,7 +96,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 
 	// The proxy dials the executor, never the other way round; the hello
 	// tells it the CA its sandboxes must trust.
-	conn, err := grpc.NewClient(cfg.Decider, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(cfg.Decider, append(decide.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		return fmt.Errorf("decider: %w", err)
 	}
@@ -112,6 +112,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 			DNSAddress:         pc.LocalAddr().String(),
 		},
 		Timeout: cfg.DecideTimeout,
+		Limits:  cfg.Limits,
 		Metrics: decide.NewMetrics(reg),
 		Log:     log,
 	})
@@ -151,7 +152,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return nil
 	})
 	g.Go(func() error { return p.Serve(gctx, ln) })
-	g.Go(func() error { return dns.Serve(gctx, resolver, pc, dnsTCP) })
+	g.Go(func() error { return dns.Serve(gctx, resolver, pc, dnsTCP, cfg.DNSWorkers) })
 	g.Go(func() error {
 		// Stopped before it started serving is a shutdown too.
 		if err := gsrv.Serve(glis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {

@@ -13,7 +13,9 @@ import (
 	"time"
 
 	"github.com/sandpit-run/sandpit/services/daemon/envflag"
+	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/dialer"
+	"github.com/sandpit-run/sandpit/services/egressproxy/internal/dns"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/proxy"
 )
 
@@ -27,6 +29,10 @@ type Config struct {
 
 	Decider       string
 	DecideTimeout time.Duration
+	// Limits bound each sandbox address's questions; DNSWorkers answer
+	// UDP queries.
+	Limits     decide.Limits
+	DNSWorkers int
 
 	CACert, CAKey, CADir string
 	LeafCacheSize        int
@@ -69,6 +75,13 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.Decider, "decider", "127.0.0.1:50053", "gRPC target of the executor's DecisionService, which the proxy dials and says hello to (host:port or unix:///path)")
 	fs.DurationVar(&c.DecideTimeout, "decide-timeout", 2*time.Second, "how long a request waits for its verdict before it is denied")
+	fs.Float64Var(&c.Limits.HTTPRate, "http-rate", decide.DefaultHTTPRate, "HTTP requests per second one sandbox address may have decided (token bucket); over it they get 429 at once; 0 disables")
+	fs.IntVar(&c.Limits.HTTPBurst, "http-burst", decide.DefaultHTTPBurst, "depth of the http-rate bucket")
+	fs.IntVar(&c.Limits.HTTPInFlight, "http-in-flight", decide.DefaultHTTPInFlight, "HTTP requests of one sandbox address waiting for their verdict at once; more get 429 at once; 0 disables")
+	fs.Float64Var(&c.Limits.DNSRate, "dns-rate", decide.DefaultDNSRate, "DNS queries per second one sandbox address may have decided (token bucket); over it they get REFUSED at once; 0 disables")
+	fs.IntVar(&c.Limits.DNSBurst, "dns-burst", decide.DefaultDNSBurst, "depth of the dns-rate bucket")
+	fs.IntVar(&c.Limits.DNSInFlight, "dns-in-flight", decide.DefaultDNSInFlight, "DNS queries of one sandbox address waiting for their verdict at once; more get REFUSED at once; 0 disables")
+	fs.IntVar(&c.DNSWorkers, "dns-workers", dns.Workers, "UDP DNS queries answered at once, by a pool of this many workers; when they and the queue are busy a query gets SERVFAIL")
 	fs.StringVar(&c.CACert, "ca-cert", "", "PEM CA certificate to mint leaves from (with --ca-key)")
 	fs.StringVar(&c.CAKey, "ca-key", "", "PEM private key of --ca-cert")
 	fs.StringVar(&c.CADir, "ca-dir", "", "directory holding ca.pem and ca-key.pem, generated there when missing; without it and --ca-cert a fresh CA is made at each start")
@@ -136,6 +149,13 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	}
 	if c.MaxDecisionsPerSource <= 0 {
 		errs = append(errs, errors.New("max-decisions-per-source must be positive"))
+	}
+	if c.Limits.HTTPRate < 0 || c.Limits.HTTPBurst < 0 || c.Limits.HTTPInFlight < 0 ||
+		c.Limits.DNSRate < 0 || c.Limits.DNSBurst < 0 || c.Limits.DNSInFlight < 0 {
+		errs = append(errs, errors.New("http-rate, http-burst, http-in-flight, dns-rate, dns-burst and dns-in-flight must not be negative"))
+	}
+	if c.DNSWorkers < 1 {
+		errs = append(errs, errors.New("dns-workers must be at least 1"))
 	}
 	c.RedactQueryParams = redQ
 	return c, errors.Join(errs...)

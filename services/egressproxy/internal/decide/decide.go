@@ -11,11 +11,16 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
@@ -52,6 +57,9 @@ type Config struct {
 	Hello Hello
 	// Timeout bounds each question: no answer within it is a deny.
 	Timeout time.Duration
+	// Limits bound what one source address may ask; the zero value has
+	// none.
+	Limits Limits
 	// Metrics, if set, count answers and fail-closed denies.
 	Metrics *Metrics
 	Log     *slog.Logger
@@ -60,6 +68,7 @@ type Config struct {
 // Client holds one long-lived Decide stream, reopened with backoff.
 type Client struct {
 	client  egressv1.DecisionServiceClient
+	health  healthpb.HealthClient
 	hello   *egressv1.DecideRequest
 	timeout time.Duration
 	metrics *Metrics
@@ -68,6 +77,13 @@ type Client struct {
 	send   chan *egressv1.DecideRequest
 	nextID atomic.Uint64
 	up     atomic.Bool
+	// stalled is set by a question that got no answer in time and
+	// cleared by the next sign of life of the decision path (see
+	// markStalled); while it is set questions are denied at once.
+	stalled atomic.Bool
+	stallc  chan struct{}
+
+	http, dns *sourceLimiter
 
 	mu      sync.Mutex
 	pending map[uint64]chan *egressv1.DecideResponse
@@ -82,15 +98,107 @@ func New(conn grpc.ClientConnInterface, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Client{
+	c := &Client{
 		client:  egressv1.NewDecisionServiceClient(conn),
+		health:  healthpb.NewHealthClient(conn),
 		hello:   hello,
 		timeout: cfg.Timeout,
 		metrics: cfg.Metrics,
 		log:     cfg.Log,
 		send:    make(chan *egressv1.DecideRequest, 1024),
 		pending: map[uint64]chan *egressv1.DecideResponse{},
-	}, nil
+		stallc:  make(chan struct{}, 1),
+		http:    newSourceLimiter(kindHTTP, cfg.Limits.HTTPRate, cfg.Limits.HTTPBurst, cfg.Limits.HTTPInFlight, cfg.Metrics, cfg.Log),
+		dns:     newSourceLimiter(kindDNS, cfg.Limits.DNSRate, cfg.Limits.DNSBurst, cfg.Limits.DNSInFlight, cfg.Metrics, cfg.Log),
+	}
+	// Refusals reach the executor sampled, as the limiter logs them: the
+	// execution's network events say it was limited without one report
+	// per refused packet crowding the stream.
+	report := func(src netip.Addr, reason string) { c.ReportRefusal(Refusal{SourceIP: src, Reason: reason}) }
+	c.http.report, c.dns.report = report, report
+	return c, nil
+}
+
+// Keepalive of the connection to the executor: a decision path whose
+// packets are dropped (no reset, no close) is found dead within
+// KeepaliveTime+KeepaliveTimeout even with no question pending, and its
+// stream reopened. gRPC allows no client ping interval below 10s; the
+// executor's decision server permits pings this often (its keepalive
+// enforcement policy).
+const (
+	KeepaliveTime    = 10 * time.Second
+	KeepaliveTimeout = 5 * time.Second
+)
+
+// DialOptions are the options the connection to the executor needs
+// besides its credentials.
+func DialOptions() []grpc.DialOption {
+	return []grpc.DialOption{grpc.WithKeepaliveParams(keepalive.ClientParameters{
+		Time: KeepaliveTime, Timeout: KeepaliveTimeout, PermitWithoutStream: true,
+	})}
+}
+
+// probeInterval is how often a stalled client checks whether the
+// decision path answers again.
+const probeInterval = 250 * time.Millisecond
+
+// Stalled reports whether questions are being denied at once because the
+// last one went unanswered.
+func (c *Client) Stalled() bool { return c.stalled.Load() }
+
+// markStalled makes every question fail at once after one went
+// unanswered: with the decision path cut (packets dropped, nothing
+// closed) each would otherwise wait the full timeout, one after another.
+// The probe loop clears it as soon as the executor answers anything.
+func (c *Client) markStalled() {
+	if c.stalled.CompareAndSwap(false, true) {
+		c.log.Warn("decide stream stalled: denying at once until the executor answers again", "timeout_seconds", c.timeout.Seconds())
+		c.metrics.setStalled(true)
+		select {
+		case c.stallc <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (c *Client) clearStalled(why string) {
+	if c.stalled.CompareAndSwap(true, false) {
+		c.log.Info("decide stream healthy again", "cause", why)
+		c.metrics.setStalled(false)
+	}
+}
+
+// probe waits for a stall and then asks the executor's health service,
+// over the same connection, until something answers: any reply but a
+// deadline or an unavailable transport proves the path carries bytes
+// again.
+func (c *Client) probe(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.stallc:
+		}
+		for c.stalled.Load() {
+			pctx, cancel := context.WithTimeout(ctx, max(c.timeout, time.Second))
+			_, err := c.health.Check(pctx, &healthpb.HealthCheckRequest{})
+			cancel()
+			if ctx.Err() != nil {
+				return
+			}
+			switch status.Code(err) {
+			case codes.DeadlineExceeded, codes.Unavailable, codes.Canceled:
+			default:
+				c.clearStalled("probe answered")
+				continue
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(probeInterval):
+			}
+		}
+	}
 }
 
 // Connected reports whether a stream is open and the proxy has said hello
@@ -102,6 +210,9 @@ func (c *Client) Connected() bool { return c.up.Load() }
 // every pending question is denied and the stream reopened after a
 // backoff.
 func (c *Client) Run(ctx context.Context) {
+	probed := make(chan struct{})
+	go func() { defer close(probed); c.probe(ctx) }()
+	defer func() { <-probed }()
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		start := time.Now()
@@ -135,6 +246,7 @@ func (c *Client) runStream(ctx context.Context) error {
 	c.up.Store(true)
 	c.metrics.setConnected(true)
 	c.log.Info("decide stream open")
+	c.clearStalled("fresh stream")
 	defer func() {
 		c.up.Store(false)
 		c.metrics.setConnected(false)
@@ -159,6 +271,7 @@ func (c *Client) runStream(ctx context.Context) error {
 			}
 			return fmt.Errorf("receive: %w", err)
 		}
+		c.clearStalled("answer received")
 		if c.notice(resp) {
 			continue
 		}
@@ -207,14 +320,27 @@ func (c *Client) failPending() {
 // returns one: when there is no stream, the stream breaks, or no answer
 // arrives within the timeout, the verdict is a deny with reason "policy
 // decision unavailable: …" and err wraps ErrUnavailable.
+//
+// A source over its Limits gets a deny at once, without asking, whose
+// err wraps ErrRateLimited.
 func (c *Client) AskHTTP(ctx context.Context, q HTTPQuestion) (Verdict, error) {
 	id := c.nextID.Add(1)
+	release, err := c.http.acquire(q.SourceIP)
+	if err != nil {
+		return limited(id, err)
+	}
+	defer release()
 	return c.ask(ctx, kindHTTP, id, q.message(id))
 }
 
 // AskDNS asks about a DNS query, like AskHTTP.
 func (c *Client) AskDNS(ctx context.Context, q DNSQuestion) (Verdict, error) {
 	id := c.nextID.Add(1)
+	release, err := c.dns.acquire(q.SourceIP)
+	if err != nil {
+		return limited(id, err)
+	}
+	defer release()
 	return c.ask(ctx, kindDNS, id, q.message(id))
 }
 
@@ -227,6 +353,9 @@ func (c *Client) ask(ctx context.Context, kind string, id uint64, req *egressv1.
 	}
 	if !c.up.Load() {
 		return c.deny(id, causeNoStream, "no decide stream")
+	}
+	if c.stalled.Load() {
+		return c.deny(id, causeStalled, fmt.Sprintf("decide stream stalled (a question got no answer within %s)", c.timeout))
 	}
 	ch := make(chan *egressv1.DecideResponse, 1)
 	c.mu.Lock()
@@ -255,6 +384,7 @@ func (c *Client) ask(ctx context.Context, kind string, id uint64, req *egressv1.
 		c.metrics.answered(kind, time.Since(start))
 		return verdict(resp), nil
 	case <-t.C:
+		c.markStalled()
 		return c.deny(id, causeTimeout, fmt.Sprintf("no answer within %s", c.timeout))
 	case <-ctx.Done():
 		return c.deny(id, causeAbandoned, "request abandoned")

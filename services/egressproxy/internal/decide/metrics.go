@@ -21,6 +21,7 @@ const (
 	causeSendQueueFull = "send_queue_full"
 	causeAbandoned     = "abandoned"
 	causeTooLarge      = "message_too_large"
+	causeStalled       = "stalled"
 )
 
 // Metrics count how the executor answers; a nil *Metrics records nothing.
@@ -28,6 +29,8 @@ type Metrics struct {
 	latency   *prometheus.HistogramVec
 	failures  *prometheus.CounterVec
 	connected prometheus.Gauge
+	stalled   prometheus.Gauge
+	limited   *prometheus.CounterVec
 }
 
 // NewMetrics registers the decide client's metrics on reg.
@@ -41,22 +44,35 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"kind"}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sandpit_egress_decision_failures_total",
-			Help: "Questions denied by the proxy itself because the executor did not answer, by cause (no_stream, timeout, stream_lost, send_queue_full, abandoned, message_too_large).",
+			Help: "Questions denied by the proxy itself because the executor did not answer, by cause (no_stream, timeout, stream_lost, send_queue_full, abandoned, message_too_large, stalled).",
 		}, []string{"cause"}),
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sandpit_egress_decide_stream_connected",
 			Help: "1 while the Decide stream to the executor is open and the hello sent, else 0: everything is denied.",
 		}),
+		stalled: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sandpit_egress_decide_stream_stalled",
+			Help: "1 while a question went unanswered and nothing has been heard from the executor since: everything is denied at once.",
+		}),
+		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sandpit_egress_rate_limited_total",
+			Help: "Questions refused without asking because their source was over a per-source limit, by kind (http, dns) and limit (rate, in_flight).",
+		}, []string{"kind", "limit"}),
 	}
 	// Every series exists from the start, so that a rate or an alert on
 	// one that never happened yet reads 0 rather than nothing.
 	for _, k := range []string{kindHTTP, kindDNS} {
 		m.latency.WithLabelValues(k)
 	}
-	for _, c := range []string{causeNoStream, causeTimeout, causeStreamLost, causeSendQueueFull, causeAbandoned, causeTooLarge} {
+	for _, c := range []string{causeNoStream, causeTimeout, causeStreamLost, causeSendQueueFull, causeAbandoned, causeTooLarge, causeStalled} {
 		m.failures.WithLabelValues(c)
 	}
-	reg.MustRegister(m.latency, m.failures, m.connected)
+	for _, k := range []string{kindHTTP, kindDNS} {
+		for _, l := range []string{limitRate, limitInFlight} {
+			m.limited.WithLabelValues(k, l)
+		}
+	}
+	reg.MustRegister(m.latency, m.failures, m.connected, m.stalled, m.limited)
 	return m
 }
 
@@ -80,5 +96,22 @@ func (m *Metrics) setConnected(up bool) {
 		m.connected.Set(1)
 	} else {
 		m.connected.Set(0)
+	}
+}
+
+func (m *Metrics) setStalled(on bool) {
+	if m == nil {
+		return
+	}
+	if on {
+		m.stalled.Set(1)
+	} else {
+		m.stalled.Set(0)
+	}
+}
+
+func (m *Metrics) limitedBy(kind, limit string) {
+	if m != nil {
+		m.limited.WithLabelValues(kind, limit).Inc()
 	}
 }

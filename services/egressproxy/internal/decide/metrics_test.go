@@ -82,5 +82,6 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 	metricstest.CheckLabel(t, reg, "kind", []string{"http", "dns"})
-	metricstest.CheckLabel(t, reg, "cause", []string{"no_stream", "timeout", "stream_lost", "send_queue_full", "abandoned", "message_too_large"})
+	metricstest.CheckLabel(t, reg, "cause", []string{"no_stream", "timeout", "stream_lost", "send_queue_full", "abandoned", "message_too_large", "stalled"})
+	metricstest.CheckLabel(t, reg, "limit", []string{"rate", "in_flight"})
 }

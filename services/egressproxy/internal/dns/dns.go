@@ -5,10 +5,13 @@ package dns
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 
 	"github.com/miekg/dns"
 
@@ -66,6 +69,12 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
 		name = host.Name
 	}
 	resp, askErr := h.Decider.AskDNS(context.Background(), decide.DNSQuestion{SourceIP: src, Name: name, Type: qtype})
+	if errors.Is(askErr, decide.ErrRateLimited) {
+		// Refused at once, and logged by the limiter, sampled.
+		h.Metrics.query("deny")
+		m.Rcode = dns.RcodeRefused
+		return
+	}
 	decision, rule := policy.DecisionLabel(resp.Decision), resp.RuleID
 	if err != nil || host.IsIP() {
 		// An IP literal needs no lookup, and a name that is not one
@@ -89,20 +98,110 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
 	// sandboxes, and the only thing a name may do is route to the proxy).
 }
 
+// Workers is how many UDP queries are answered at once by default;
+// QueueLen is how many more wait. A packet arriving with the queue full
+// is answered SERVFAIL by the reader at once (README: Limits).
+const (
+	Workers  = 64
+	QueueLen = 1024
+)
+
 // Serve answers on a UDP packet connection and a TCP listener until ctx
-// ends.
-func Serve(ctx context.Context, h dns.Handler, pc net.PacketConn, ln net.Listener) error {
-	udp := &dns.Server{PacketConn: pc, Handler: h}
+// ends; UDP queries are answered by a pool of workers (0 means Workers),
+// not a goroutine per packet.
+func Serve(ctx context.Context, h dns.Handler, pc net.PacketConn, ln net.Listener, workers int) error {
+	if workers <= 0 {
+		workers = Workers
+	}
 	tcp := &dns.Server{Listener: ln, Handler: h}
 	errc := make(chan error, 2)
-	go func() { errc <- udp.ActivateAndServe() }()
 	go func() { errc <- tcp.ActivateAndServe() }()
+	udpDone := make(chan struct{})
+	go func() { defer close(udpDone); errc <- serveUDP(h, pc, workers) }()
 	var err error
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
-	_ = udp.Shutdown()
+	_ = pc.Close()
+	<-udpDone
 	_ = tcp.Shutdown()
 	return err
 }
+
+type packet struct {
+	msg  *dns.Msg
+	from net.Addr
+}
+
+// serveUDP reads queries until pc is closed, hands them to workers and
+// answers SERVFAIL itself when they are all busy and the queue is full.
+func serveUDP(h dns.Handler, pc net.PacketConn, workers int) error {
+	jobs := make(chan packet, QueueLen)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for p := range jobs {
+				h.ServeDNS(newUDPWriter(pc, p.from, p.msg), p.msg)
+			}
+		})
+	}
+	defer wg.Wait()
+	defer close(jobs)
+	buf := make([]byte, dns.MaxMsgSize)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("dns read: %w", err)
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(buf[:n]); err != nil || m.Response {
+			continue // not a query: nothing to answer
+		}
+		select {
+		case jobs <- packet{msg: m, from: from}:
+		default:
+			r := new(dns.Msg)
+			r.SetRcode(m, dns.RcodeServerFailure)
+			_ = newUDPWriter(pc, from, m).WriteMsg(r)
+		}
+	}
+}
+
+// udpWriter is the dns.ResponseWriter of one UDP query.
+type udpWriter struct {
+	pc   net.PacketConn
+	to   net.Addr
+	size int // the most bytes the client takes over UDP
+}
+
+func newUDPWriter(pc net.PacketConn, to net.Addr, q *dns.Msg) *udpWriter {
+	// 512 bytes unless the query's EDNS0 says more.
+	size := dns.MinMsgSize
+	if o := q.IsEdns0(); o != nil {
+		size = max(size, int(o.UDPSize()))
+	}
+	return &udpWriter{pc: pc, to: to, size: size}
+}
+
+func (w *udpWriter) LocalAddr() net.Addr  { return w.pc.LocalAddr() }
+func (w *udpWriter) RemoteAddr() net.Addr { return w.to }
+func (w *udpWriter) WriteMsg(m *dns.Msg) error {
+	// Truncate sets TC on an answer too big, so that the client asks
+	// again over TCP.
+	m.Truncate(w.size)
+	b, err := m.Pack()
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(b)
+	return err
+}
+func (w *udpWriter) Write(b []byte) (int, error) { return w.pc.WriteTo(b, w.to) }
+func (w *udpWriter) Close() error                { return nil }
+func (w *udpWriter) TsigStatus() error           { return nil }
+func (w *udpWriter) TsigTimersOnly(bool)         {}
+func (w *udpWriter) Hijack()                     {}

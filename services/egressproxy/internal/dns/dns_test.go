@@ -49,7 +49,7 @@ func TestDNS(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	h := &Handler{Decider: client, AnswerIP: netip.MustParseAddr("198.18.0.1"), Metrics: NewMetrics(reg), Log: slog.New(slog.DiscardHandler)}
 	serveDone := make(chan error, 1)
-	go func() { serveDone <- Serve(ctx, h, pc, ln) }()
+	go func() { serveDone <- Serve(ctx, h, pc, ln, 0) }()
 	defer func() { cancel(); <-serveDone; <-runDone }()
 
 	for !client.Connected() {

@@ -66,7 +66,7 @@ func (p *Proxy) unparsable(ctx context.Context, conn net.Conn, line string, hdr 
 	c := p.check(info, req, "HTTP/1.1", nil)
 	c.block(unparsableReason(err))
 	v := p.decide(ctx, info, c, -1)
-	writeResponse(bufio.NewWriter(conn), http.StatusForbidden, "application/json", blockBody(c, v), true)
+	writeResponse(bufio.NewWriter(conn), v.status, "application/json", blockBody(c, v), true)
 }
 
 // h1Oversized tells whether the head peekHead returned (or failed on) is
@@ -177,7 +177,7 @@ func (p *Proxy) serveOneH1(ctx context.Context, conn net.Conn, br *bufio.Reader,
 		// the 403 before the client reads it; an unread body would also be
 		// parsed as the next request.
 		drained := req.ContentLength == 0 || drainBody(conn, req.Body)
-		writeResponse(bw, http.StatusForbidden, "application/json", blockBody(c, v), !keep || !drained)
+		writeResponse(bw, v.status, "application/json", blockBody(c, v), !keep || !drained)
 		return keep && drained
 	}
 	if headerHasToken(req.Header, "Expect", "100-continue") {

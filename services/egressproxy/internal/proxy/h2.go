@@ -33,7 +33,7 @@ func (p *Proxy) serveH2Request(w http.ResponseWriter, r *http.Request, info conn
 	c := p.check(info, r, "HTTP/2", r.Header.Values("Host"))
 	v := p.decide(r.Context(), info, c, r.ContentLength)
 	if !v.allowed {
-		writeH2(w, http.StatusForbidden, blockBody(c, v))
+		writeH2(w, v.status, blockBody(c, v))
 		return
 	}
 	body := &countingReader{r: r.Body, limit: v.maxBody}

@@ -179,6 +179,9 @@ type verdict struct {
 	at      time.Time
 	// maxBody is the most request body bytes to forward; 0 is no limit.
 	maxBody uint64
+	// status answers a refused request: 403, or 429 when its source was
+	// over a per-source limit and the executor was not asked.
+	status int
 }
 
 // decide asks about c, whose declared body length is contentLength (-1
@@ -209,13 +212,19 @@ func (p *Proxy) decide(ctx context.Context, info connInfo, c *checked, contentLe
 		Violation:       c.violation,
 		ViolationStatus: c.status,
 	})
-	v := verdict{id: resp.QuestionID, rule: resp.RuleID, reason: resp.Reason, at: time.Now(), maxBody: resp.MaxRequestBytes}
+	v := verdict{id: resp.QuestionID, rule: resp.RuleID, reason: resp.Reason, at: time.Now(), maxBody: resp.MaxRequestBytes, status: http.StatusForbidden}
+	if errors.Is(err, decide.ErrRateLimited) {
+		v.status = http.StatusTooManyRequests
+	}
 	v.label = policy.DecisionLabel(resp.Decision)
 	v.allowed = v.label != policy.LabelDeny
 	if c.violation != "" {
 		v.allowed, v.label, v.rule, v.reason = false, policy.LabelDeny, "proxy", c.violation
 	}
 	p.cfg.Metrics.request(v.label, c.protocol)
+	if v.status == http.StatusTooManyRequests {
+		return v // the limiter logs these, sampled
+	}
 	p.log.Info("request", "source_ip", addrString(info.src), "method", c.method, "host", c.host, "path", path,
 		"protocol", c.protocol, "decision", v.label, "rule_id", v.rule, "reason", v.reason,
 		"execution_id", resp.ExecutionID, "error", err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"time"
 
@@ -189,6 +190,7 @@ func (p *Proxy) overDecisionLimit() verdict {
 		allowed: false,
 		label:   policy.LabelDeny,
 		rule:    "proxy",
+		status:  http.StatusForbidden,
 		reason:  fmt.Sprintf("too many requests from this source waiting for a policy decision (limit %d, waited %v)", p.cfg.MaxDecisionsPerSource, decisionSlotWait),
 		at:      time.Now(),
 	}

@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -99,6 +100,8 @@ type Execution struct {
 	released                     bool
 	cut                          bool // a url or reason in the log was cut
 	dropped                      uint32
+
+	dnsQueries atomic.Uint32 // see overDNSBudget
 }
 
 // NewExecution returns the network state of execution id under p. Live
@@ -621,6 +624,9 @@ func (s *Service) decideDNS(q *egressv1.DnsQuery) *egressv1.DecideResponse {
 	if e == nil {
 		return &egressv1.DecideResponse{Decision: policyv1.Decision_DECISION_DENY, RuleId: "no-execution",
 			Reason: "no running execution owns source address " + q.GetSourceIp()}
+	}
+	if resp, over := e.overDNSBudget(); over {
+		return resp
 	}
 	name := bound.String(q.GetName(), maxHostBytes)
 	d, reason := policyv1.Decision_DECISION_DENY, "no rule of the policy could allow a request to "+name
