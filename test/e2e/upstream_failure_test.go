@@ -25,12 +25,16 @@ hosts:
   - host: pay.test
     default: allow
   - host: down.test
+    schemes: [https, http]
     default: allow
   - host: 168.63.129.16
+    schemes: [https, http]
     default: allow
   - host: 100.100.100.200
+    schemes: [https, http]
     default: allow
   - host: 169.254.169.253
+    schemes: [https, http]
     default: allow
 `
 

@@ -27,6 +27,7 @@ version: 1
 default: deny
 hosts:
   - host: hang.test
+    schemes: [https, http]
     default: allow
   - host: pay.test
     rules:
