@@ -82,6 +82,9 @@ func (o *egressOpts) flags() []string {
 		"--nft-table", testTable,
 		"--veth-prefix", testVethPrefix,
 		"--netns-prefix", testNetns,
+		// The harness runs the proxy binary as root; the metadata guard
+		// is tested on its own in the firewall's integration tests.
+		"--proxy-user", "root",
 	}
 	if o.policyFile != "" {
 		f = append(f, "--policy-file", o.policyFile)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -241,5 +242,34 @@ func TestLimitsDefaultsAreReported(t *testing.T) {
 	got := r.started.GetLimits()
 	if got.GetMemoryBytes() != 128<<20 || got.GetTimeout().AsDuration() != 10*time.Second || got.GetPids() != 128 {
 		t.Errorf("started.limits %v: want memory 128 MiB and the README's defaults (timeout 10s, pids 128)", got)
+	}
+}
+
+// TestOpenFilesAboveTheHostsLimitIsRefused: where the host's hard
+// RLIMIT_NOFILE is below the executor's maximum, the maximum is lowered to
+// it, so a request for more is an InvalidArgument naming the field rather
+// than an internal error from the runtime.
+func TestOpenFilesAboveTheHostsLimitIsRefused(t *testing.T) {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		t.Fatal(err)
+	}
+	e := startExecutor(t, executorOpts{})
+	const executorMax = 65536
+	if rl.Max >= executorMax {
+		r := e.mustRun(t, &executorv1.ExecuteRequest{Code: "1", Limits: &executorv1.Limits{OpenFiles: executorMax}})
+		if r.started.GetLimits().GetOpenFiles() != executorMax {
+			t.Errorf("open_files %d, want %d", r.started.GetLimits().GetOpenFiles(), executorMax)
+		}
+		return
+	}
+	r := e.execute(context.Background(), &executorv1.ExecuteRequest{Code: "1", Limits: &executorv1.Limits{OpenFiles: uint32(rl.Max) + 1}})
+	st := status.Convert(r.err)
+	if st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), "limits.open_files") {
+		t.Fatalf("open_files %d over the host's %d: %v, want InvalidArgument on limits.open_files", rl.Max+1, rl.Max, r.err)
+	}
+	ok := e.mustRun(t, &executorv1.ExecuteRequest{Code: "console.log(1)", Limits: &executorv1.Limits{OpenFiles: uint32(rl.Max)}})
+	if string(ok.stdout) != "1\n" {
+		t.Errorf("at the host's limit %d: stdout %q, result %v", rl.Max, ok.stdout, ok.result)
 	}
 }

@@ -223,7 +223,9 @@ func runWedge(t *testing.T, s *wedgeStack, n int, neighbourMillis int) (wedgeOut
 	runs := make([]*run, 2)
 	var rg sync.WaitGroup
 	rg.Go(func() { runs[0] = s.e.execute(context.Background(), wedgeCode(n)) })
-	rg.Go(func() { runs[1] = s.e.execute(context.Background(), code(fmt.Sprintf(wedgeNeighbourCode, neighbourMillis))) })
+	rg.Go(func() {
+		runs[1] = s.e.execute(context.Background(), code(fmt.Sprintf(wedgeNeighbourCode, neighbourMillis)))
+	})
 	rg.Wait()
 	close(stop)
 	wg.Wait()

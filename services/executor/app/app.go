@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	"google.golang.org/grpc/keepalive"
@@ -26,6 +27,7 @@ import (
 	"github.com/sandpit-run/sandpit/services/executor/internal/config"
 	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
 	"github.com/sandpit-run/sandpit/services/executor/internal/egress"
+	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
 	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
 	"github.com/sandpit-run/sandpit/services/executor/internal/server"
 	"github.com/sandpit-run/sandpit/services/policy"
@@ -93,6 +95,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (_ *
 	}()
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	program.RegisterBuildInfo(a.reg, "sandpit-executor")
+
+	var nofile unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &nofile); err == nil && limits.ClampOpenFiles(&cfg.Defaults, &cfg.Maxima, nofile.Max) {
+		log.Warn("open-files maximum lowered to the host's hard limit", "max_open_files", cfg.Maxima.OpenFiles, "default_open_files", cfg.Defaults.OpenFiles)
+	}
+	a.cfg = cfg
 
 	a.rt, err = sandbox.New(ctx, sandbox.Config{
 		Address:     cfg.ContainerdAddress,

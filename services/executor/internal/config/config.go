@@ -59,8 +59,10 @@ type Config struct {
 	ShutdownGrace time.Duration
 }
 
-// DefaultProxyUser is the user the egress proxy runs as under make run.
-const DefaultProxyUser = "root"
+// DefaultProxyUser is the user the egress proxy runs as under make run and
+// the systemd units: a user of its own, so that the output rule that keeps
+// its sockets from metadata addresses touches no other process.
+const DefaultProxyUser = "sandpit-egress"
 
 // Parse reads args (without the program name) and the environment.
 func Parse(args []string, getenv func(string) string) (Config, error) {

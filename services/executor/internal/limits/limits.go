@@ -201,3 +201,17 @@ func (s Set) Proto() *executorv1.Limits {
 		OpenFiles:     s.OpenFiles,
 	}
 }
+
+// ClampOpenFiles lowers the maximum of open files, and the default where it
+// is above, to hard: the host's own hard RLIMIT_NOFILE, past which the
+// runtime cannot set a sandbox's limit (a request for more would fail as an
+// internal error instead of being refused). It reports whether it lowered
+// anything.
+func ClampOpenFiles(def, max *Set, hard uint64) bool {
+	if hard >= uint64(max.OpenFiles) || hard < uint64(Floor.OpenFiles) {
+		return false
+	}
+	max.OpenFiles = uint32(hard)
+	def.OpenFiles = min(def.OpenFiles, max.OpenFiles)
+	return true
+}

@@ -76,3 +76,25 @@ func TestProtoRoundTrip(t *testing.T) {
 		t.Errorf("Resolve(Defaults.Proto()) = %+v, %v", got, vs)
 	}
 }
+
+func TestClampOpenFiles(t *testing.T) {
+	tests := []struct {
+		hard             uint64
+		wantDef, wantMax uint32
+		changed          bool
+	}{
+		{hard: 1 << 20, wantDef: Defaults.OpenFiles, wantMax: Maxima.OpenFiles},
+		{hard: 20000, wantDef: Defaults.OpenFiles, wantMax: 20000, changed: true},
+		{hard: 512, wantDef: 512, wantMax: 512, changed: true},
+		{hard: 8, wantDef: Defaults.OpenFiles, wantMax: Maxima.OpenFiles}, // below the floor: left alone, CheckConfig holds
+	}
+	for _, tt := range tests {
+		def, max := Defaults, Maxima
+		if got := ClampOpenFiles(&def, &max, tt.hard); got != tt.changed || def.OpenFiles != tt.wantDef || max.OpenFiles != tt.wantMax {
+			t.Errorf("hard %d: changed %v, default %d, max %d; want %v, %d, %d", tt.hard, got, def.OpenFiles, max.OpenFiles, tt.changed, tt.wantDef, tt.wantMax)
+		}
+		if err := CheckConfig(def, max); err != nil {
+			t.Errorf("hard %d: %v", tt.hard, err)
+		}
+	}
+}
