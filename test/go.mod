@@ -13,6 +13,7 @@ replace github.com/sandpit-run/sandpit/services/daemon => ../services/daemon
 require (
 	github.com/containerd/containerd/v2 v2.4.2
 	github.com/sandpit-run/sandpit/gen/go v0.0.0
+	github.com/sandpit-run/sandpit/services/daemon v0.0.0
 	github.com/sandpit-run/sandpit/services/executor v0.0.0
 	golang.org/x/net v0.62.0
 	golang.org/x/sys v0.49.0
@@ -64,7 +65,6 @@ require (
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
-	github.com/sandpit-run/sandpit/services/daemon v0.0.0 // indirect
 	github.com/sandpit-run/sandpit/services/policy v0.0.0 // indirect
 	github.com/sirupsen/logrus v1.10.2 // indirect
 	github.com/vishvananda/netlink v1.3.1 // indirect

@@ -4,99 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
+	"github.com/sandpit-run/sandpit/services/daemon/relaytest"
 )
-
-// blackhole relays TCP connections on loopback to a target; paused, it
-// stops forwarding bytes either way without closing anything, as a path
-// whose packets are dropped.
-type blackhole struct {
-	addr   string
-	mu     sync.Mutex
-	cond   *sync.Cond
-	paused bool
-}
-
-func startBlackhole(t *testing.T, target string) *blackhole {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &blackhole{addr: ln.Addr().String()}
-	b.cond = sync.NewCond(&b.mu)
-	var wg sync.WaitGroup
-	var cmu sync.Mutex
-	var conns []net.Conn
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			u, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			cmu.Lock()
-			conns = append(conns, c, u)
-			cmu.Unlock()
-			wg.Go(func() { b.pipe(u, c) })
-			wg.Go(func() { b.pipe(c, u) })
-		}
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		b.set(false)
-		cmu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		cmu.Unlock()
-		wg.Wait()
-	})
-	return b
-}
-
-func (b *blackhole) set(paused bool) {
-	b.mu.Lock()
-	b.paused = paused
-	b.mu.Unlock()
-	b.cond.Broadcast()
-}
-
-func (b *blackhole) pipe(dst, src net.Conn) {
-	defer dst.Close()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		b.mu.Lock()
-		for b.paused {
-			b.cond.Wait()
-		}
-		b.mu.Unlock()
-		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			if err != io.EOF {
-				src.Close()
-			}
-			return
-		}
-	}
-}
 
 // TestCutDecisionPathFailsFast drops the bytes between the proxy and the
 // executor's decision listener (nothing closed): ten attempts of a
@@ -108,8 +24,8 @@ func TestCutDecisionPathFailsFast(t *testing.T) {
 	ports := netPorts{proxyGRPC: "127.0.0.1:" + itoa(freePort(t)), proxyPort: freePort(t), dnsPort: freePort(t)}
 	e := startExecutor(t, executorOpts{egress: startEgress(t, ports, basePolicy)})
 	pay := newStandIn(t, "pay.test")
-	hole := startBlackhole(t, e.deciderAddr)
-	px := startProxy(t, ports, hole.addr, map[string]string{"pay.test": pay.addr()}, upstreamCAPEM(t), fairLimits...)
+	hole := relaytest.Start(t, e.deciderAddr)
+	px := startProxy(t, ports, hole.Addr, map[string]string{"pay.test": pay.addr()}, upstreamCAPEM(t), fairLimits...)
 	deadline := time.Now().Add(10 * time.Second)
 	for !e.app.ProxyConnected() {
 		if time.Now().After(deadline) {
@@ -150,7 +66,7 @@ const attempt = i => i % 2 === 0 ? lookup() : get();
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	hole.set(true)
+	hole.Pause()
 	stream, err := e.client.Execute(ctx, req)
 	if err != nil {
 		t.Fatal(err)
@@ -192,7 +108,7 @@ const attempt = i => i % 2 === 0 ? lookup() : get();
 					t.Fatal(err)
 				}
 				// The attempts are in: let bytes through again.
-				hole.set(false)
+				hole.Resume()
 			case strings.HasPrefix(line, `{"restored"`):
 				if err := json.Unmarshal([]byte(line), &restored); err != nil {
 					t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
+	"github.com/sandpit-run/sandpit/services/daemon/relaytest"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decidetest"
 )
@@ -17,7 +18,7 @@ import (
 // path carries bytes, without a new connection.
 func TestStalledPathFailsFastAndRecovers(t *testing.T) {
 	f := decidetest.Start(t, decidetest.StripeLike)
-	relay := decidetest.StartRelay(t, f.Addr)
+	relay := relaytest.Start(t, f.Addr)
 	const timeout = 300 * time.Millisecond
 	c := newClient(t, relay.Addr, timeout)
 	waitUp(t, c, true)

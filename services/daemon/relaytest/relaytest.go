@@ -1,4 +1,7 @@
-package decidetest
+// Package relaytest relays TCP connections on loopback for tests of a cut
+// network path: paused, a relay forwards nothing and closes nothing, as a
+// path whose packets are dropped does.
+package relaytest
 
 import (
 	"io"
@@ -19,8 +22,8 @@ type Relay struct {
 	paused bool
 }
 
-// StartRelay relays connections to target until the test ends.
-func StartRelay(t testing.TB, target string) *Relay {
+// Start relays connections to target until the test ends.
+func Start(t testing.TB, target string) *Relay {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
