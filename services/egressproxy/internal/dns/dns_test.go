@@ -38,14 +38,7 @@ func TestDNS(t *testing.T) {
 	runDone := make(chan struct{})
 	go func() { defer close(runDone); client.Run(ctx) }()
 
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	pc, ln := listenUDPAndTCP(t)
 	reg := prometheus.NewRegistry()
 	h := &Handler{Decider: client, AnswerIP: netip.MustParseAddr("198.18.0.1"), Metrics: NewMetrics(reg), Log: slog.New(slog.DiscardHandler)}
 	serveDone := make(chan error, 1)
@@ -113,4 +106,23 @@ func TestDNS(t *testing.T) {
 		t.Errorf("queries: %v allowed, %v denied; want 4 and 4", a, d)
 	}
 	metricstest.CheckLabel(t, reg, "decision", metricstest.Decisions)
+}
+
+// listenUDPAndTCP listens on one loopback port for both: the UDP port is
+// free, the same TCP port may not be, so it tries a few.
+func listenUDPAndTCP(t *testing.T) (net.PacketConn, net.Listener) {
+	t.Helper()
+	for range 50 {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln
+		}
+		pc.Close()
+	}
+	t.Fatal("no loopback port free for both UDP and TCP")
+	return nil, nil
 }
