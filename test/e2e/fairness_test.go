@@ -41,7 +41,11 @@ const get = () => new Promise(res => {
 
 // floodCode floods UDP 53 with queries for an allowed name and keeps 32
 // HTTPS requests to an allowed stand-in going back to back, for %d ms, and
-// counts what came back.
+// counts what came back. The flood is paced at up to 25 queries a
+// millisecond (9,000-13,000/s here, 100 times the per-source rate): at
+// 50,000/s the proxy's one UDP socket overflows in the kernel before any
+// per-source limit applies, and a neighbour's query can be lost and retried
+// by its resolver after 2s (a per-source meter in nftables is the fix).
 const floodCode = `
 const dgram = require("dgram"), https = require("https"), os = require("os");
 const gw = os.networkInterfaces().eth0.find(a => a.family === "IPv4").address.replace(/\.\d+$/, m => "." + (Number(m.slice(1)) - 1));
@@ -62,7 +66,7 @@ const get = () => new Promise(res => {
 });
 const loop = async () => { while (Date.now() < end) { const c = await get(); out.http[c] = (out.http[c] || 0) + 1; } };
 const burst = () => {
-  for (let i = 0; i < 100; i++) s.send(query(out.sent++ & 0xffff), 53, gw);
+  for (let i = 0; i < 25; i++) s.send(query(out.sent++ & 0xffff), 53, gw);
   if (Date.now() < end) setTimeout(burst, 1);
 };
 s.bind(() => {
