@@ -2,11 +2,8 @@ package egress
 
 import (
 	"log/slog"
-	"os"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -18,18 +15,7 @@ import (
 // execution attached before: its next decision is the new file's, and its
 // inline policy still narrows the new base.
 func TestReloadAppliesToRunningExecution(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "policy.yaml")
-	mtime := time.Now().Add(-time.Hour)
-	write := func(y string) {
-		t.Helper()
-		if err := os.WriteFile(path, []byte(y), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		mtime = mtime.Add(time.Second)
-		if err := os.Chtimes(path, mtime, mtime); err != nil {
-			t.Fatal(err)
-		}
-	}
+	path, write := policyFile(t)
 	write(`
 version: 1
 hosts:

@@ -19,20 +19,7 @@ import (
 // broken policy: each change is counted once by its result, an unchanged
 // file not at all, and the broken one leaves the good one in force.
 func TestPolicyReloadsCounted(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "policy.yaml")
-	mtime := time.Now().Add(-time.Hour)
-	write := func(y string) {
-		t.Helper()
-		if err := os.WriteFile(path, []byte(y), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		// Explicit times: a file system's mtime may be too coarse to tell
-		// two writes apart.
-		mtime = mtime.Add(time.Second)
-		if err := os.Chtimes(path, mtime, mtime); err != nil {
-			t.Fatal(err)
-		}
-	}
+	path, write := policyFile(t)
 	write("version: 1\ndefault: allow\n")
 	base, loaded, err := loadPolicy(path)
 	if err != nil {
@@ -66,4 +53,23 @@ func TestPolicyReloadsCounted(t *testing.T) {
 		t.Fatalf("broken change: %v ok, %v failed, decision %v; want 1, 1 and the previous policy's deny", ok, failed, decision())
 	}
 	metricstest.CheckLabel(t, reg, "result", []string{"ok", "failed"})
+}
+
+// policyFile is a policy file path in a fresh directory and a write that
+// replaces its content, each write with a later mtime: a file system's mtime
+// may be too coarse to tell two writes apart.
+func policyFile(t *testing.T) (path string, write func(yaml string)) {
+	t.Helper()
+	path = filepath.Join(t.TempDir(), "policy.yaml")
+	mtime := time.Now().Add(-time.Hour)
+	return path, func(y string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(y), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		mtime = mtime.Add(time.Second)
+		if err := os.Chtimes(path, mtime, mtime); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
