@@ -386,6 +386,7 @@ func (a attachment) Contribute(s *sandbox.Spec) {
 	s.NetNSPath = a.NetNSPath
 	s.ExtraFiles = append(s.ExtraFiles, a.ExtraFiles...)
 	s.Env = append(s.Env, a.Env...)
+	s.NodeFlags = append(s.NodeFlags, a.NodeFlags...)
 }
 
 func (a attachment) Close() error              { return a.Detach() }

@@ -6,6 +6,8 @@ package egress
 
 import (
 	"context"
+	_ "embed"
+	"encoding/base64"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -31,6 +33,17 @@ const (
 	CABundlePath   = "/etc/ssl/certs/ca-certificates.crt"
 	resolvConfPath = "/etc/resolv.conf"
 )
+
+// tlsServerName is the module node imports first in a sandbox with egress
+// (tls_servername.mjs): it drops a trailing dot from TLS server names,
+// which the proxy cannot accept. It is passed as a data: URL, so it needs
+// no file (and no mount point) in the image.
+//
+//go:embed tls_servername.mjs
+var tlsServerName []byte
+
+// TLSServerNameFlag is node's option that imports it.
+var TLSServerNameFlag = "--import=data:text/javascript;base64," + base64.StdEncoding.EncodeToString(tlsServerName)
 
 // Config says where the proxy listens and which addresses sandboxes get.
 type Config struct {
@@ -123,10 +136,11 @@ func (e *Egress) Close() error {
 
 // Attachment is one execution's connection to the egress path.
 type Attachment struct {
-	// NetNSPath, ExtraFiles and Env go into the sandbox spec.
+	// NetNSPath, ExtraFiles, Env and NodeFlags go into the sandbox spec.
 	NetNSPath  string
 	ExtraFiles []sandbox.File
 	Env        []string
+	NodeFlags  []string
 	// Network is the decision state of the execution.
 	Network *decision.Execution
 	// NetworkError says why the sandbox has no egress, if it has none.
@@ -166,6 +180,7 @@ func (e *Egress) Attach(_ context.Context, id string, inline *policy.Compiled, e
 		a.caSHA256 = px.CASHA256
 		a.ExtraFiles = append(a.ExtraFiles, sandbox.File{Path: CABundlePath, Content: px.CAPEM})
 		a.Env = []string{"NODE_EXTRA_CA_CERTS=" + CABundlePath}
+		a.NodeFlags = []string{TLSServerNameFlag}
 	} else {
 		a.NetworkError = "egress proxy unavailable: no egress proxy has connected to the decision service"
 	}

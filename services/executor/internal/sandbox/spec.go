@@ -27,7 +27,9 @@ const cpuPeriod = 100_000
 // code read-only, its own namespaces (network: loopback only) and cgroup
 // limits for memory without swap, CPU, pids and open files.
 func specOpts(s Spec, cgroupPath, codeHostDir string, extra []specs.Mount, uid, gid uint32) []oci.SpecOpts {
-	argv := append([]string{s.NodePath, path.Join(CodeDir, s.Entrypoint)}, s.Args...)
+	argv := append([]string{s.NodePath}, s.NodeFlags...)
+	argv = append(argv, path.Join(CodeDir, s.Entrypoint))
+	argv = append(argv, s.Args...)
 	l := s.Limits
 	return []oci.SpecOpts{
 		oci.WithProcessArgs(argv...),

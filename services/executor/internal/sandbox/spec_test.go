@@ -77,6 +77,7 @@ func TestSpecHardening(t *testing.T) {
 				NodePath:   "/opt/node/bin/node",
 				Entrypoint: "src/main.mjs",
 				Args:       []string{"--flag", "two words"},
+				NodeFlags:  []string{"--import=data:text/javascript;base64,MA=="},
 				Env:        []string{"NODE_EXTRA_CA_CERTS=/etc/sandpit/ca.pem", "HOME=/tmp", "PATH=/opt/node/bin", "API_KEY=k"},
 				Limits:     small,
 				NetNSPath:  "/var/run/netns/sandpit-x2",
@@ -99,7 +100,8 @@ func TestSpecHardening(t *testing.T) {
 
 			t.Run("process", func(t *testing.T) {
 				p := got.Process
-				wantArgs := append([]string{tt.spec.NodePath, "/sandbox/" + tt.spec.Entrypoint}, tt.spec.Args...)
+				// node, its flags, the entrypoint, the program's args.
+				wantArgs := slices.Concat([]string{tt.spec.NodePath}, tt.spec.NodeFlags, []string{"/sandbox/" + tt.spec.Entrypoint}, tt.spec.Args)
 				if !slices.Equal(p.Args, wantArgs) {
 					t.Errorf("args = %q, want %q", p.Args, wantArgs)
 				}
