@@ -180,6 +180,7 @@ func (a *App) newEgress(ctx context.Context) (server.Egress, error) {
 		IfPrefix:           cfg.VethPrefix,
 		NamePrefix:         cfg.NetnsPrefix,
 		MaxNetworkLogBytes: int64(cfg.MaxNetworkLogBytes),
+		DNSPacketRate:      uint32(cfg.DNSPacketRate),
 	}, a.reg, a.log)
 	if err != nil {
 		return nil, fmt.Errorf("egress: %w", err)

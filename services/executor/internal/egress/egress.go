@@ -65,6 +65,9 @@ type Config struct {
 	// MaxNetworkLogBytes bounds the network logs of all running
 	// executions together; 0 is decision.DefaultMaxNetworkLogBytes.
 	MaxNetworkLogBytes int64
+	// DNSPacketRate bounds each sandbox's UDP DNS packets a second in
+	// nftables; 0 is firewall.DefaultDNSPacketRate.
+	DNSPacketRate uint32
 }
 
 // Egress is the executor's side of the egress path.
@@ -98,7 +101,7 @@ func New(ctx context.Context, cfg Config, metricsReg prometheus.Registerer, log 
 	if err != nil {
 		return nil, fmt.Errorf("sweep sandbox networks: %w", err)
 	}
-	if err := firewall.Install(firewall.Config{Table: cfg.Table, IfPrefix: cfg.IfPrefix, ProxyPort: cfg.ProxyPort, DNSPort: cfg.DNSPort, ProxyUID: cfg.ProxyUID}); err != nil {
+	if err := firewall.Install(firewall.Config{Table: cfg.Table, IfPrefix: cfg.IfPrefix, ProxyPort: cfg.ProxyPort, DNSPort: cfg.DNSPort, ProxyUID: cfg.ProxyUID, DNSPacketRate: cfg.DNSPacketRate}); err != nil {
 		return nil, err
 	}
 	reg := decision.NewRegistry()
