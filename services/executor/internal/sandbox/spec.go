@@ -10,6 +10,8 @@ import (
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
 )
 
 // Paths inside the sandbox.
@@ -47,7 +49,7 @@ func specOpts(s Spec, cgroupPath, codeHostDir string, extra []specs.Mount, uid, 
 				Destination: TmpDir,
 				Type:        "tmpfs",
 				Source:      "tmpfs",
-				Options:     []string{"nosuid", "nodev", "noexec", "mode=1777", fmt.Sprintf("size=%d", l.TmpBytes)},
+				Options:     []string{"nosuid", "nodev", "noexec", "mode=1777", fmt.Sprintf("size=%d", l.TmpBytes), fmt.Sprintf("nr_inodes=%d", TmpInodes(l))},
 			},
 			{
 				Destination: CodeDir,
@@ -64,8 +66,7 @@ func specOpts(s Spec, cgroupPath, codeHostDir string, extra []specs.Mount, uid, 
 		withSwapLimit(l.MemoryBytes),
 		oci.WithCPUCFS(int64(l.CPUMillicores)*cpuPeriod/1000, cpuPeriod),
 		oci.WithPidsLimit(int64(l.Pids)),
-		withRlimit("RLIMIT_NOFILE", uint64(l.OpenFiles)),
-		withRlimit("RLIMIT_CORE", 0),
+		withRlimits(rlimits(l)),
 		withOOMScoreAdj(1000),
 	}
 }
@@ -110,12 +111,73 @@ func withSwapLimit(limit uint64) oci.SpecOpts {
 	}
 }
 
-func withRlimit(kind string, n uint64) oci.SpecOpts {
+// Fixed rlimits of every sandbox (soft and hard alike).
+const (
+	// RlimitMemlock is the kernel's own default: node locks no memory.
+	RlimitMemlock = 64 << 10
+	// RlimitSigpending bounds queued signals; the kernel counts them per
+	// host uid, which sandboxes share, so the default (the host's, tens
+	// of thousands) would let one sandbox take them all.
+	RlimitSigpending = 1024
+	// RlimitStack is the usual 8 MiB main-thread stack.
+	RlimitStack = 8 << 20
+	// fsizeSlack is what RLIMIT_FSIZE allows beyond /tmp's size: a file
+	// can never reach the limit (/tmp is the only writable filesystem,
+	// and it is full first), so a write ends in ENOSPC, never SIGXFSZ.
+	fsizeSlack = 1 << 20
+)
+
+// unlimited is RLIM_INFINITY.
+const unlimited = ^uint64(0)
+
+// rlimits are the sandbox's rlimits, all but one set here rather than
+// inherited from the shim: open files as limited; no core dumps, POSIX
+// message queues (node uses none, and /dev/mqueue is not mounted),
+// real-time or raised priority, or locked memory beyond the kernel's
+// default; a bounded signal queue; the usual stack; no file larger than
+// /tmp could hold. Memory and CPU time are unlimited here because cgroups
+// and the timeout bound them per sandbox (and V8 reserves far more address
+// space than it uses). RLIMIT_NPROC alone stays the host's: it counts the
+// processes of a host uid, which sandboxes share, so any bound low enough
+// to matter would let one sandbox starve the others, and raising it needs
+// a capability the sandbox does not have; the pids cgroup bounds each
+// sandbox instead.
+func rlimits(l limits.Set) []specs.POSIXRlimit {
+	set := func(kind string, n uint64) specs.POSIXRlimit { return specs.POSIXRlimit{Type: kind, Hard: n, Soft: n} }
+	return []specs.POSIXRlimit{
+		set("RLIMIT_NOFILE", uint64(l.OpenFiles)),
+		set("RLIMIT_CORE", 0),
+		set("RLIMIT_MEMLOCK", RlimitMemlock),
+		set("RLIMIT_SIGPENDING", RlimitSigpending),
+		set("RLIMIT_MSGQUEUE", 0),
+		set("RLIMIT_STACK", RlimitStack),
+		set("RLIMIT_FSIZE", l.TmpBytes+fsizeSlack),
+		set("RLIMIT_RTPRIO", 0),
+		set("RLIMIT_NICE", 0),
+		set("RLIMIT_RTTIME", unlimited), // meaningless with RTPRIO 0
+		set("RLIMIT_AS", unlimited),
+		set("RLIMIT_DATA", unlimited),
+		set("RLIMIT_RSS", unlimited),
+		set("RLIMIT_CPU", unlimited),
+		set("RLIMIT_LOCKS", unlimited),
+	}
+}
+
+// withRlimits replaces the spec's rlimits with rl.
+func withRlimits(rl []specs.POSIXRlimit) oci.SpecOpts {
 	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
-		s.Process.Rlimits = slices.DeleteFunc(s.Process.Rlimits, func(r specs.POSIXRlimit) bool { return r.Type == kind })
-		s.Process.Rlimits = append(s.Process.Rlimits, specs.POSIXRlimit{Type: kind, Hard: n, Soft: n})
+		s.Process.Rlimits = rl
 		return nil
 	}
+}
+
+// TmpInodes is /tmp's inode limit: one per 4 KiB of its size (what a file
+// with any content costs in pages), but at most one per 16 KiB of the
+// memory limit (an empty file still costs an inode and a dentry, about
+// 1 KiB of kernel memory charged to the sandbox), and at least 64. So
+// creating empty files until failure ends in ENOSPC, not an OOM kill.
+func TmpInodes(l limits.Set) uint64 {
+	return max(min(l.TmpBytes/4096, l.MemoryBytes/(16<<10)), 64)
 }
 
 // withOOMScoreAdj makes the sandbox the host OOM killer's first choice.

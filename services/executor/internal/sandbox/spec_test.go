@@ -157,6 +157,22 @@ func TestSpecHardening(t *testing.T) {
 				}{
 					{"RLIMIT_NOFILE", uint64(l.OpenFiles)},
 					{"RLIMIT_CORE", 0},
+					{"RLIMIT_MEMLOCK", 64 << 10},
+					{"RLIMIT_SIGPENDING", 1024},
+					{"RLIMIT_MSGQUEUE", 0},
+					{"RLIMIT_STACK", 8 << 20},
+					{"RLIMIT_FSIZE", l.TmpBytes + 1<<20},
+					{"RLIMIT_RTPRIO", 0},
+					{"RLIMIT_NICE", 0},
+					{"RLIMIT_RTTIME", ^uint64(0)},
+					{"RLIMIT_AS", ^uint64(0)},
+					{"RLIMIT_DATA", ^uint64(0)},
+					{"RLIMIT_RSS", ^uint64(0)},
+					{"RLIMIT_CPU", ^uint64(0)},
+					{"RLIMIT_LOCKS", ^uint64(0)},
+				}
+				if len(got.Process.Rlimits) != len(rlimits) {
+					t.Errorf("rlimits %v, want exactly the %d set on purpose", got.Process.Rlimits, len(rlimits))
 				}
 				for _, rl := range rlimits {
 					var found []specs.POSIXRlimit
@@ -228,7 +244,7 @@ func TestSpecHardening(t *testing.T) {
 					dest, typ, source string
 					want              []string
 				}{
-					{"/tmp", "tmpfs", "tmpfs", []string{"nosuid", "nodev", "noexec", "mode=1777", fmt.Sprintf("size=%d", l.TmpBytes)}},
+					{"/tmp", "tmpfs", "tmpfs", []string{"nosuid", "nodev", "noexec", "mode=1777", fmt.Sprintf("size=%d", l.TmpBytes), fmt.Sprintf("nr_inodes=%d", TmpInodes(l))}},
 					{"/sandbox", "bind", tt.codeHostDir, []string{"ro", "nosuid", "nodev", "noexec"}},
 					// containerd's defaults, kept: the sandbox must not get
 					// a writable or exec-able /proc or /sys.
@@ -371,4 +387,21 @@ func deref[T any](p *T) T {
 		return zero
 	}
 	return *p
+}
+
+func TestTmpInodes(t *testing.T) {
+	tests := []struct {
+		tmp, memory uint64
+		want        uint64
+	}{
+		{16 << 20, 256 << 20, 4096},     // the defaults: one per 4 KiB of /tmp
+		{512 << 20, 2048 << 20, 131072}, // the maxima
+		{512 << 20, 64 << 20, 4096},     // a big /tmp in little memory: one per 16 KiB of memory
+		{64 << 10, 64 << 20, 64},        // the floor
+	}
+	for _, tt := range tests {
+		if got := TmpInodes(limits.Set{TmpBytes: tt.tmp, MemoryBytes: tt.memory}); got != tt.want {
+			t.Errorf("TmpInodes(tmp %d, memory %d) = %d, want %d", tt.tmp, tt.memory, got, tt.want)
+		}
+	}
 }
