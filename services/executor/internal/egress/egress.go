@@ -96,10 +96,13 @@ func New(ctx context.Context, cfg Config, metricsReg prometheus.Registerer, log 
 	if err != nil {
 		return nil, err
 	}
+	// What the sweep cannot remove is reported and left: a namespace of
+	// a previous executor holds no address once its veth is gone, and new
+	// ones are named after new execution ids.
 	nsCount, links, err := m.Sweep()
 	log.Info("removed leftover sandbox networks", "namespaces", nsCount, "veths", links)
 	if err != nil {
-		return nil, fmt.Errorf("sweep sandbox networks: %w", err)
+		log.Warn("some leftover sandbox networks could not be removed", "error", err)
 	}
 	if err := firewall.Install(firewall.Config{Table: cfg.Table, IfPrefix: cfg.IfPrefix, ProxyPort: cfg.ProxyPort, DNSPort: cfg.DNSPort, ProxyUID: cfg.ProxyUID, DNSPacketRate: cfg.DNSPacketRate}); err != nil {
 		return nil, err

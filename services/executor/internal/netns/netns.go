@@ -272,8 +272,8 @@ func (m *Manager) Sweep() (namespaces, links int, err error) {
 // switches the calling thread into the new namespace, so it runs on a locked
 // thread that is switched back.
 func newNamed(name string) (netns.NsHandle, error) {
-	if err := os.MkdirAll(netnsDir, 0o755); err != nil {
-		return 0, fmt.Errorf("create %s: %w", netnsDir, err)
+	if err := shareNetnsDir(); err != nil {
+		return 0, err
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -291,6 +291,41 @@ func newNamed(name string) (netns.NsHandle, error) {
 		return 0, fmt.Errorf("create netns %s: %w", name, err)
 	}
 	return ns, nil
+}
+
+var netnsDirShared struct {
+	sync.Mutex
+	done bool
+}
+
+// shareNetnsDir makes netnsDir a mount point with shared propagation before
+// the first namespace is mounted in it, as `ip netns add` does. iproute2
+// bind-mounts the directory onto itself when it is not a mount point yet;
+// a namespace mounted there before would then be hidden under the new
+// mount, where it can be neither unmounted nor removed (EBUSY), and leak.
+// With the directory already a mount point, iproute2 only marks it shared
+// again. Done once per process; a failure is retried at the next call.
+func shareNetnsDir() error {
+	netnsDirShared.Lock()
+	defer netnsDirShared.Unlock()
+	if netnsDirShared.done {
+		return nil
+	}
+	if err := os.MkdirAll(netnsDir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", netnsDir, err)
+	}
+	err := unix.Mount("", netnsDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	if errors.Is(err, unix.EINVAL) { // not a mount point
+		if err := unix.Mount(netnsDir, netnsDir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("bind-mount %s onto itself: %w", netnsDir, err)
+		}
+		err = unix.Mount("", netnsDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	}
+	if err != nil {
+		return fmt.Errorf("make %s a shared mount: %w", netnsDir, err)
+	}
+	netnsDirShared.done = true
+	return nil
 }
 
 func removeNamed(path string) error {
