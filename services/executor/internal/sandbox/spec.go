@@ -42,6 +42,8 @@ func specOpts(s Spec, cgroupPath, codeHostDir string, extra []specs.Mount, uid, 
 		withNoCapabilities,
 		oci.WithNoNewPrivileges,
 		seccomp.WithDefaultProfile(),
+		withoutSyscalls(RefusedSyscalls...),
+		withMaskedPaths(MaskedPaths...),
 		oci.WithRootFSReadonly(),
 		withoutMounts("/dev/shm", "/dev/mqueue", "/dev/pts", "/run"),
 		oci.WithMounts([]specs.Mount{
@@ -75,6 +77,67 @@ func specOpts(s Spec, cgroupPath, codeHostDir string, extra []specs.Mount, uid, 
 func withEnv(env []string) oci.SpecOpts {
 	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
 		s.Process.Env = slices.Clone(env)
+		return nil
+	}
+}
+
+// RefusedSyscalls are allowed by containerd's default seccomp profile but
+// refused in a sandbox, as node never makes them: ptrace and the
+// cross-process memory calls (reading or writing another process of the
+// sandbox), and personality (changing the execution domain, which has
+// helped kernel exploits). The default profile already refuses, without
+// capabilities, keyctl, add_key, request_key, userfaultfd,
+// perf_event_open, bpf and the io_uring calls: node 24's libuv tries
+// io_uring_setup when it starts and uses epoll when refused.
+var RefusedSyscalls = []string{"ptrace", "process_vm_readv", "process_vm_writev", "personality"}
+
+// withoutSyscalls takes names out of every rule of the seccomp profile
+// (applied after it), so the profile's default action refuses them.
+func withoutSyscalls(names ...string) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		if s.Linux == nil || s.Linux.Seccomp == nil {
+			return fmt.Errorf("refuse syscalls: the spec has no seccomp profile")
+		}
+		rules := s.Linux.Seccomp.Syscalls[:0]
+		for _, r := range s.Linux.Seccomp.Syscalls {
+			r.Names = slices.DeleteFunc(slices.Clone(r.Names), func(n string) bool { return slices.Contains(names, n) })
+			if len(r.Names) > 0 {
+				rules = append(rules, r)
+			}
+		}
+		s.Linux.Seccomp.Syscalls = rules
+		return nil
+	}
+}
+
+// MaskedPaths are hidden in a sandbox on top of containerd's defaults
+// (/proc/kcore, /proc/keys, /proc/timer_list, /proc/sched_debug,
+// /sys/firmware, /sys/devices/virtual/powercap, ...): a file reads as
+// empty, a directory as an empty read-only directory. Each is host-wide
+// and says what other tenants do (interrupt, scheduler, pressure, lock,
+// disk and memory-zone counters; the host's kernel command line, modules
+// and key users), and node reads none of them: os.cpus() reads /proc/stat
+// and /proc/cpuinfo, os.totalmem() and os.freemem() /proc/meminfo,
+// os.loadavg() and os.uptime() sysinfo(2), process.memoryUsage()
+// /proc/self, os.availableParallelism() the affinity mask, and libuv the
+// sandbox's own cgroup under /sys/fs/cgroup.
+var MaskedPaths = []string{
+	"/proc/interrupts", "/proc/softirqs", "/proc/pressure", "/proc/schedstat",
+	"/proc/locks", "/proc/diskstats", "/proc/vmstat", "/proc/zoneinfo",
+	"/proc/buddyinfo", "/proc/pagetypeinfo", "/proc/slabinfo", "/proc/vmallocinfo",
+	"/proc/cmdline", "/proc/modules", "/proc/kallsyms", "/proc/key-users",
+	"/proc/partitions", "/proc/swaps", "/proc/iomem", "/proc/ioports",
+	"/sys/kernel", "/sys/module", "/sys/block", "/sys/class/block", "/sys/devices/virtual/block",
+}
+
+// withMaskedPaths adds paths to the spec's masked paths.
+func withMaskedPaths(paths ...string) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		for _, p := range paths {
+			if !slices.Contains(s.Linux.MaskedPaths, p) {
+				s.Linux.MaskedPaths = append(s.Linux.MaskedPaths, p)
+			}
+		}
 		return nil
 	}
 }

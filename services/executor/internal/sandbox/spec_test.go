@@ -217,11 +217,28 @@ func TestSpecHardening(t *testing.T) {
 				for _, name := range []string{
 					"mount", "umount2", "unshare", "setns", "bpf", "keyctl", "add_key",
 					"request_key", "kexec_load", "init_module", "reboot", "open_by_handle_at", "chroot",
+					// Refused on top of the default profile.
+					"ptrace", "process_vm_readv", "process_vm_writev", "personality",
+					// Refused by it without capabilities, kept so.
+					"userfaultfd", "perf_event_open", "io_uring_setup", "io_uring_enter", "io_uring_register",
 				} {
 					for _, sys := range sc.Syscalls {
 						if slices.Contains(sys.Names, name) && sys.Action == specs.ActAllow {
 							t.Errorf("seccomp allows %s (rule %+v)", name, sys)
 						}
+					}
+				}
+			})
+
+			t.Run("masked paths", func(t *testing.T) {
+				for _, p := range append([]string{"/proc/kcore", "/proc/timer_list", "/proc/sched_debug", "/sys/firmware"}, MaskedPaths...) {
+					if !slices.Contains(got.Linux.MaskedPaths, p) {
+						t.Errorf("%s not masked (masked: %q)", p, got.Linux.MaskedPaths)
+					}
+				}
+				for _, p := range []string{"/proc/stat", "/proc/cpuinfo", "/proc/meminfo", "/sys/fs/cgroup", "/sys/devices/system/cpu"} {
+					if slices.Contains(got.Linux.MaskedPaths, p) {
+						t.Errorf("%s masked: node reads it", p)
 					}
 				}
 			})
