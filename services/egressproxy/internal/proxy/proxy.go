@@ -42,10 +42,16 @@ type Config struct {
 	Minter   Minter
 	Decider  Decider
 	Redactor *redact.Redactor
-	// Upstream carries allowed requests; it must not follow redirects
-	// (an *http.Transport does not) and must dial through the checking
-	// dialer.
+	// Upstream carries allowed requests of every source when NewUpstream
+	// is nil; it must not follow redirects (an *http.Transport does not)
+	// and must dial through the checking dialer.
 	Upstream http.RoundTripper
+	// NewUpstream, if set, returns a fresh upstream transport (as
+	// NewTransport does, with DialContext set); each source address gets
+	// its own on first use and none of its connections serves another
+	// source. It is closed, connections and all, when the source's
+	// execution is released (CloseSource) or its last connection ends.
+	NewUpstream func() *http.Transport
 	// OriginalDst returns where a connection was headed before the
 	// redirect; nil means SocketOriginalDst. Tests inject it.
 	OriginalDst func(net.Conn) (netip.AddrPort, error)
@@ -76,6 +82,8 @@ type Proxy struct {
 	perSource map[netip.Addr]int
 	// deciding holds the decision slots of each source address.
 	deciding map[netip.Addr]*sourceSlots
+	// upstreams holds each source's own transport (Config.NewUpstream).
+	upstreams map[netip.Addr]*sourceUpstream
 
 	accept acceptState
 }
@@ -100,7 +108,7 @@ func New(cfg Config) *Proxy {
 	if cfg.MaxDecisionsPerSource == 0 {
 		cfg.MaxDecisionsPerSource = DefaultMaxDecisionsPerSource
 	}
-	return &Proxy{cfg: cfg, log: cfg.Log, conns: map[net.Conn]tracked{}, perSource: map[netip.Addr]int{}, deciding: map[netip.Addr]*sourceSlots{}}
+	return &Proxy{cfg: cfg, log: cfg.Log, conns: map[net.Conn]tracked{}, perSource: map[netip.Addr]int{}, deciding: map[netip.Addr]*sourceSlots{}, upstreams: map[netip.Addr]*sourceUpstream{}}
 }
 
 // Serve accepts connections until ctx ends, then closes the listener and

@@ -696,7 +696,8 @@ func TestMetrics(t *testing.T) {
 	metricstest.CheckLabel(t, e.metrics, "decision", metricstest.Decisions)
 	metricstest.CheckLabel(t, e.metrics, "protocol", []string{"http/1.1", "http/2"})
 	metricstest.CheckLabel(t, e.metrics, "reason", []string{refusedNoOriginalDst, refusedH2CPrior, refusedNotHTTP,
-		refusedBadClientHello, refusedNoSNI, refusedInvalidSNI, refusedHandshakeFailed, refusedTooManyConns})
+		refusedBadClientHello, refusedNoSNI, refusedInvalidSNI, refusedHandshakeFailed, refusedTooManyConns,
+		refusedSNINotAllowed, refusedSNIUndecided, refusedMintRate})
 	// The proxy's per-source bounds (this package) and the decide client's
 	// rate limits share the label.
 	metricstest.CheckLabel(t, e.metrics, "limit", []string{limitConnections, limitDecisions, "rate", "in_flight"})
