@@ -125,14 +125,22 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return err
 	}
 
+	minter := mitm.NewMinter(ca, cfg.LeafCacheSize)
+	minter.Register(reg)
+	mintRate := cfg.LeafMintRate
+	if mintRate == 0 {
+		mintRate = -1 // the flag's 0 disables the bound
+	}
 	p := proxy.New(proxy.Config{
-		Minter:      mitm.NewMinter(ca, cfg.LeafCacheSize),
+		Minter:      minter,
 		Decider:     decider,
 		Redactor:    redact.New(cfg.RedactQueryParams),
 		NewUpstream: newUpstream,
 
 		MaxConnsPerSource:     cfg.MaxConnsPerSource,
 		MaxDecisionsPerSource: cfg.MaxDecisionsPerSource,
+		LeafMintRate:          mintRate,
+		LeafMintBurst:         cfg.LeafMintBurst,
 		Metrics:               proxy.NewMetrics(reg),
 		Log:                   log,
 	})

@@ -21,7 +21,7 @@ const (
 	refusedHandshakeFailed = "tls_handshake_failed"
 	refusedTooManyConns    = "too_many_connections"
 	refusedSNINotAllowed   = "sni_not_allowed"
-	refusedSNIUndecided    = "sni_decision_unavailable"
+	refusedSNIUndecided    = "sni_undecided"
 	refusedMintRate        = "leaf_mint_rate"
 )
 

@@ -108,8 +108,8 @@ func (p *Proxy) closeAll() {
 }
 
 // CloseSource closes every connection from src, cancels its upstream
-// requests and closes its upstream transport; it returns how many
-// connections there were. The executor asks for it when
+// requests, closes its upstream transport and forgets its server-name
+// answers; it returns how many connections there were. The executor asks for it when
 // the execution holding src ends.
 func (p *Proxy) CloseSource(src netip.Addr) int {
 	src = src.Unmap()
@@ -124,6 +124,7 @@ func (p *Proxy) CloseSource(src netip.Addr) int {
 		}
 	}
 	p.dropUpstream(src)
+	delete(p.gates, src)
 	if n > 0 {
 		p.log.Info("released source", "source_ip", src.String(), "connections_closed", n)
 	}
