@@ -177,3 +177,32 @@ func TestServerNameGateRateLimited(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkNewTLSConnectionGateMiss is BenchmarkNewTLSConnection with the
+// gate's answer forgotten before each connection: the handshake plus one
+// TLS question over the Decide stream, what a name's first connection in
+// gateTTL costs.
+func BenchmarkNewTLSConnectionGateMiss(b *testing.B) {
+	p, handshake := benchProxy(b)
+	handshake() // mint the leaf
+	b.ResetTimer()
+	for b.Loop() {
+		p.mu.Lock()
+		clear(p.gates)
+		p.mu.Unlock()
+		handshake()
+	}
+}
+
+// BenchmarkGateCached is the gate alone on a name already answered and
+// minted: what it adds to every new connection.
+func BenchmarkGateCached(b *testing.B) {
+	p, handshake := benchProxy(b)
+	handshake()
+	info := connInfo{src: netip.MustParseAddr("127.0.0.1"), dst: netip.MustParseAddrPort("203.0.113.10:443"), scheme: "https", sni: "api.stripe.test"}
+	for b.Loop() {
+		if class, reason := p.gateServerName(context.Background(), info); class != "" {
+			b.Fatal(reason)
+		}
+	}
+}
