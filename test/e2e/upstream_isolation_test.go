@@ -92,6 +92,19 @@ func (l *connLedger) connsOf(sandbox string) (conns, shared []string) {
 	return conns, shared
 }
 
+// lastClose returns when the last of conns closed.
+func (l *connLedger) lastClose(conns []string) time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var last time.Time
+	for _, c := range conns {
+		if at := l.closedAt[c]; at.After(last) {
+			last = at
+		}
+	}
+	return last
+}
+
 // openAfter returns the connections of conns not closed by t.
 func (l *connLedger) openAfter(conns []string, t time.Time) []string {
 	l.mu.Lock()
@@ -178,7 +191,9 @@ func TestUpstreamConnectionsPerExecution(t *testing.T) {
 			}
 			if open := up.l.openAfter(conns, limit); len(open) > 0 {
 				t.Errorf("%s stand-in: sandbox %s's upstream connections %v still open 2s after its execution ended", up.proto, name, open)
+				continue
 			}
+			t.Logf("%s stand-in: sandbox %s's last upstream connection closed %v before its Execute stream ended (negative: after)", up.proto, name, ended[i].Sub(up.l.lastClose(conns)).Round(time.Millisecond))
 		}
 	}
 }
