@@ -16,6 +16,7 @@ import (
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/dialer"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/dns"
+	"github.com/sandpit-run/sandpit/services/egressproxy/internal/mitm"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/proxy"
 )
 
@@ -36,6 +37,10 @@ type Config struct {
 
 	CACert, CAKey, CADir string
 	LeafCacheSize        int
+	// LeafMintRate and LeafMintBurst bound the new leaves one sandbox
+	// address may have minted; a rate of 0 disables the bound.
+	LeafMintRate  float64
+	LeafMintBurst int
 
 	Upstreams         map[string]string
 	UpstreamAllow     []netip.Prefix
@@ -85,7 +90,9 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&c.CACert, "ca-cert", "", "PEM CA certificate to mint leaves from (with --ca-key)")
 	fs.StringVar(&c.CAKey, "ca-key", "", "PEM private key of --ca-cert")
 	fs.StringVar(&c.CADir, "ca-dir", "", "directory holding ca.pem and ca-key.pem, generated there when missing; without it and --ca-cert a fresh CA is made at each start")
-	fs.IntVar(&c.LeafCacheSize, "leaf-cache-size", 4096, "minted leaf certificates kept")
+	fs.IntVar(&c.LeafCacheSize, "leaf-cache-size", mitm.DefaultLeafCacheSize, "minted leaf certificates kept (LRU)")
+	fs.Float64Var(&c.LeafMintRate, "leaf-mint-rate", proxy.DefaultLeafMintRate, "new leaf certificates per second one sandbox address may have minted (token bucket); over it the handshake is refused; 0 disables")
+	fs.IntVar(&c.LeafMintBurst, "leaf-mint-burst", proxy.DefaultLeafMintBurst, "depth of the leaf-mint-rate bucket")
 	var upstreams, allow, private, redQ list
 	fs.Var(&upstreams, "upstream", "host=addr:port: send requests for host there instead of resolving it (repeatable)")
 	fs.Var(&allow, "upstream-allow", "CIDR: when given, the only addresses ever dialed upstream (repeatable)")
@@ -153,6 +160,12 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	if c.Limits.HTTPRate < 0 || c.Limits.HTTPBurst < 0 || c.Limits.HTTPInFlight < 0 ||
 		c.Limits.DNSRate < 0 || c.Limits.DNSBurst < 0 || c.Limits.DNSInFlight < 0 {
 		errs = append(errs, errors.New("http-rate, http-burst, http-in-flight, dns-rate, dns-burst and dns-in-flight must not be negative"))
+	}
+	if c.LeafCacheSize < 1 {
+		errs = append(errs, errors.New("leaf-cache-size must be at least 1"))
+	}
+	if c.LeafMintRate < 0 || c.LeafMintBurst < 1 {
+		errs = append(errs, errors.New("leaf-mint-rate must not be negative and leaf-mint-burst must be at least 1"))
 	}
 	if c.DNSWorkers < 1 {
 		errs = append(errs, errors.New("dns-workers must be at least 1"))

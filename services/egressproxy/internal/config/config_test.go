@@ -23,12 +23,14 @@ func TestParse(t *testing.T) {
 		c.UpstreamAllow[0] != netip.MustParsePrefix("127.0.0.0/8") || c.AllowPrivateHosts[0] != "internal.example" ||
 		c.DNSAnswerIP != netip.MustParseAddr("198.18.0.1") ||
 		c.UpstreamResponseHeaderTimeout != 5*time.Minute || c.UpstreamIdleTimeout != 90*time.Second ||
-		c.MaxConnsPerSource != 256 || c.MaxDecisionsPerSource != 64 {
+		c.MaxConnsPerSource != 256 || c.MaxDecisionsPerSource != 64 ||
+		c.LeafCacheSize != 4096 || c.LeafMintRate != 10 || c.LeafMintBurst != 50 {
 		t.Fatalf("%+v", c)
 	}
 	for _, bad := range [][]string{{"--upstream", "x"}, {"--upstream-allow", "nope"}, {"--ca-cert", "a"}, {"--dns-answer-ip", "::1"}, {"extra"},
 		{"--upstream-response-header-timeout", "0s"}, {"--upstream-idle-timeout", "-1s"},
-		{"--max-conns-per-source", "0"}, {"--max-decisions-per-source", "-1"}} {
+		{"--max-conns-per-source", "0"}, {"--max-decisions-per-source", "-1"},
+		{"--leaf-cache-size", "0"}, {"--leaf-mint-rate", "-1"}, {"--leaf-mint-burst", "0"}} {
 		if _, err := Parse(bad, func(string) string { return "" }); err == nil {
 			t.Errorf("Parse(%q) succeeded", bad)
 		}

@@ -198,7 +198,7 @@ func (p *Proxy) serveOneH1(ctx context.Context, conn net.Conn, br *bufio.Reader,
 	if req.ContentLength == 0 && !c.websocket {
 		stopWatch = watchClose(conn, br, cancel)
 	}
-	resp, err := p.cfg.Upstream.RoundTrip(out)
+	resp, err := p.upstream(info.src).RoundTrip(out)
 	stopWatch()
 	if body.exceeded.Load() {
 		if err == nil {

@@ -37,7 +37,7 @@ func (p *Proxy) serveH2Request(w http.ResponseWriter, r *http.Request, info conn
 		return
 	}
 	body := &countingReader{r: r.Body, limit: v.maxBody}
-	resp, err := p.cfg.Upstream.RoundTrip(p.upstreamRequest(r.Context(), c, r, body))
+	resp, err := p.upstream(info.src).RoundTrip(p.upstreamRequest(r.Context(), c, r, body))
 	if body.exceeded.Load() {
 		if err == nil {
 			resp.Body.Close()

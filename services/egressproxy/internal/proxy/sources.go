@@ -90,6 +90,7 @@ func (p *Proxy) untrack(c net.Conn) {
 	delete(p.conns, c)
 	if p.perSource[t.src]--; p.perSource[t.src] <= 0 {
 		delete(p.perSource, t.src)
+		p.dropUpstream(t.src)
 	}
 }
 
@@ -101,10 +102,14 @@ func (p *Proxy) closeAll() {
 		c.Close()
 	}
 	p.conns = nil
+	for src := range p.upstreams {
+		p.dropUpstream(src)
+	}
 }
 
-// CloseSource closes every connection from src and cancels its upstream
-// requests; it returns how many there were. The executor asks for it when
+// CloseSource closes every connection from src, cancels its upstream
+// requests, closes its upstream transport and forgets its server-name
+// answers; it returns how many connections there were. The executor asks for it when
 // the execution holding src ends.
 func (p *Proxy) CloseSource(src netip.Addr) int {
 	src = src.Unmap()
@@ -118,6 +123,8 @@ func (p *Proxy) CloseSource(src netip.Addr) int {
 			n++
 		}
 	}
+	p.dropUpstream(src)
+	delete(p.gates, src)
 	if n > 0 {
 		p.log.Info("released source", "source_ip", src.String(), "connections_closed", n)
 	}

@@ -97,7 +97,13 @@ func startPlain(t *testing.T, cfg Config, upstream string) *plainEnv {
 		Overrides: map[string]string{"hang.test": upstream, "other.test": upstream},
 		Allow:     []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
 	})
-	if cfg.Upstream == nil {
+	if next := cfg.NewUpstream; next != nil {
+		cfg.NewUpstream = func() *http.Transport {
+			tr := next()
+			tr.DialContext = d.DialContext
+			return tr
+		}
+	} else if cfg.Upstream == nil {
 		tr := NewTransport(d.DialContext, nil)
 		t.Cleanup(tr.CloseIdleConnections)
 		cfg.Upstream = tr

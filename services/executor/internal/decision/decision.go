@@ -435,8 +435,11 @@ func (s *Service) answer(q *egressv1.Question) (*egressv1.DecideResponse, pendin
 	case *egressv1.Question_Dns:
 		resp = s.decideDNS(k.Dns)
 		s.metrics.decided(kindDNS, resp.GetDecision())
+	case *egressv1.Question_Tls:
+		resp = s.decideTLS(k.Tls)
+		s.metrics.decided(kindTLS, resp.GetDecision())
 	default:
-		// Only a newer proxy asks these; the kind label stays http|dns.
+		// Only a newer proxy asks these; the kind label stays http|dns|tls.
 		resp = &egressv1.DecideResponse{Decision: policyv1.Decision_DECISION_DENY, RuleId: "proxy", Reason: "question of an unknown kind"}
 	}
 	resp.Id = q.GetId()

@@ -168,6 +168,8 @@ func question(id uint64, q any) *egressv1.DecideRequest {
 		qq.Kind = &egressv1.Question_Http{Http: q}
 	case *egressv1.DnsQuery:
 		qq.Kind = &egressv1.Question_Dns{Dns: q}
+	case *egressv1.TlsServerName:
+		qq.Kind = &egressv1.Question_Tls{Tls: q}
 	}
 	return &egressv1.DecideRequest{Kind: &egressv1.DecideRequest_Question{Question: qq}}
 }
