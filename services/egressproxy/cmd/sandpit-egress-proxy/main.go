@@ -126,10 +126,10 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		Redactor: redact.New(cfg.RedactQueryParams),
 		Upstream: transport,
 
-		MaxConnsPerSource:     cfg.MaxConnsPerSource,
-		MaxDecisionsPerSource: cfg.MaxDecisionsPerSource,
-		Metrics:               proxy.NewMetrics(reg),
-		Log:                   log,
+		MaxConnsPerSource: cfg.MaxConnsPerSource,
+		WebSocket:         cfg.WebSocket,
+		Metrics:           proxy.NewMetrics(reg),
+		Log:               log,
 	})
 	// When an execution ends the executor says so: nothing its sandbox
 	// opened may outlive it.

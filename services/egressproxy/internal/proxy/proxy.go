@@ -58,11 +58,10 @@ type Config struct {
 	// MaxConnsPerSource bounds the open connections of one source
 	// address; zero means DefaultMaxConnsPerSource.
 	MaxConnsPerSource int
-	// MaxDecisionsPerSource bounds the requests of one source address
-	// waiting for their verdict; zero means DefaultMaxDecisionsPerSource.
-	MaxDecisionsPerSource int
-	Metrics               *Metrics
-	Log                   *slog.Logger
+	// WebSocket bounds each relayed WebSocket (websocket.go).
+	WebSocket WebSocketLimits
+	Metrics   *Metrics
+	Log       *slog.Logger
 }
 
 // Proxy serves redirected sandbox connections.
@@ -74,8 +73,6 @@ type Proxy struct {
 	conns map[net.Conn]tracked
 	// perSource counts conns by source address.
 	perSource map[netip.Addr]int
-	// deciding holds the decision slots of each source address.
-	deciding map[netip.Addr]*sourceSlots
 
 	accept acceptState
 }
@@ -97,10 +94,7 @@ func New(cfg Config) *Proxy {
 	if cfg.MaxConnsPerSource == 0 {
 		cfg.MaxConnsPerSource = DefaultMaxConnsPerSource
 	}
-	if cfg.MaxDecisionsPerSource == 0 {
-		cfg.MaxDecisionsPerSource = DefaultMaxDecisionsPerSource
-	}
-	return &Proxy{cfg: cfg, log: cfg.Log, conns: map[net.Conn]tracked{}, perSource: map[netip.Addr]int{}, deciding: map[netip.Addr]*sourceSlots{}}
+	return &Proxy{cfg: cfg, log: cfg.Log, conns: map[net.Conn]tracked{}, perSource: map[netip.Addr]int{}}
 }
 
 // Serve accepts connections until ctx ends, then closes the listener and
