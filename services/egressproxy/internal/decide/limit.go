@@ -22,7 +22,8 @@ var ErrRateLimited = errors.New("rate limited")
 // sandbox cannot make its neighbours' questions wait: a token bucket
 // (Rate per second, Burst deep) and a bound on questions waiting for
 // their answer at once, for HTTP requests and DNS queries apart. A zero
-// or negative value disables its bound.
+// or negative value disables its bound. HTTPInFlight is the proxy's only
+// bound on a source's requests waiting for a verdict.
 type Limits struct {
 	HTTPRate     float64
 	HTTPBurst    int

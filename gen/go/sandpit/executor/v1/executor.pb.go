@@ -37,7 +37,9 @@ const (
 	// A DNS query and its decision.
 	NetworkEventKind_NETWORK_EVENT_KIND_DNS NetworkEventKind = 3
 	// A connection refused before a request could be read (not HTTP, TLS
-	// without SNI, egress unavailable).
+	// without SNI, egress unavailable), or a sample of the requests and
+	// queries refused by the proxy's per-source limits (reason "rate
+	// limited: ...", at most one a second; the Result counts them all).
 	NetworkEventKind_NETWORK_EVENT_KIND_REFUSED NetworkEventKind = 4
 )
 

@@ -751,7 +751,9 @@ export enum NetworkEventKind {
 
   /**
    * A connection refused before a request could be read (not HTTP, TLS
-   * without SNI, egress unavailable).
+   * without SNI, egress unavailable), or a sample of the requests and
+   * queries refused by the proxy's per-source limits (reason "rate
+   * limited: ...", at most one a second; the Result counts them all).
    *
    * @generated from enum value: NETWORK_EVENT_KIND_REFUSED = 4;
    */
