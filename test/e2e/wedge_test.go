@@ -266,7 +266,7 @@ const idleUpstreamSlack = 8
 // raised here so that all 5,000 reach the upstream.
 func TestWedgedSandboxLeavesNothing(t *testing.T) {
 	const n = 5000
-	s := startWedgeStack(t, "--max-conns-per-source", "6000", "--max-decisions-per-source", "6000")
+	s := startWedgeStack(t, "--max-conns-per-source", "6000")
 	before := s.proxy.sockets(t)
 	w, nb, peak, _ := runWedge(t, s, n, 6000)
 	accepted := int(s.hang.accepted.Load())

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -84,6 +83,8 @@ type Client struct {
 	stallc  chan struct{}
 
 	http, dns *sourceLimiter
+	// refusals is signalled when a limiter counted a refusal.
+	refusals chan struct{}
 
 	mu      sync.Mutex
 	pending map[uint64]chan *egressv1.DecideResponse
@@ -99,23 +100,20 @@ func New(conn grpc.ClientConnInterface, cfg Config) (*Client, error) {
 		return nil, err
 	}
 	c := &Client{
-		client:  egressv1.NewDecisionServiceClient(conn),
-		health:  healthpb.NewHealthClient(conn),
-		hello:   hello,
-		timeout: cfg.Timeout,
-		metrics: cfg.Metrics,
-		log:     cfg.Log,
-		send:    make(chan *egressv1.DecideRequest, 1024),
-		pending: map[uint64]chan *egressv1.DecideResponse{},
-		stallc:  make(chan struct{}, 1),
-		http:    newSourceLimiter(kindHTTP, cfg.Limits.HTTPRate, cfg.Limits.HTTPBurst, cfg.Limits.HTTPInFlight, cfg.Metrics, cfg.Log),
-		dns:     newSourceLimiter(kindDNS, cfg.Limits.DNSRate, cfg.Limits.DNSBurst, cfg.Limits.DNSInFlight, cfg.Metrics, cfg.Log),
+		client:   egressv1.NewDecisionServiceClient(conn),
+		health:   healthpb.NewHealthClient(conn),
+		hello:    hello,
+		timeout:  cfg.Timeout,
+		metrics:  cfg.Metrics,
+		log:      cfg.Log,
+		send:     make(chan *egressv1.DecideRequest, 1024),
+		pending:  map[uint64]chan *egressv1.DecideResponse{},
+		stallc:   make(chan struct{}, 1),
+		refusals: make(chan struct{}, 1),
+		http:     newSourceLimiter(kindHTTP, cfg.Limits.HTTPRate, cfg.Limits.HTTPBurst, cfg.Limits.HTTPInFlight, cfg.Metrics, cfg.Log),
+		dns:      newSourceLimiter(kindDNS, cfg.Limits.DNSRate, cfg.Limits.DNSBurst, cfg.Limits.DNSInFlight, cfg.Metrics, cfg.Log),
 	}
-	// Refusals reach the executor sampled, as the limiter logs them: the
-	// execution's network events say it was limited without one report
-	// per refused packet crowding the stream.
-	report := func(src netip.Addr, reason string) { c.ReportRefusal(Refusal{SourceIP: src, Reason: reason}) }
-	c.http.report, c.dns.report = report, report
+	c.http.refused, c.dns.refused = c.refusals, c.refusals
 	return c, nil
 }
 
@@ -210,9 +208,10 @@ func (c *Client) Connected() bool { return c.up.Load() }
 // every pending question is denied and the stream reopened after a
 // backoff.
 func (c *Client) Run(ctx context.Context) {
-	probed := make(chan struct{})
-	go func() { defer close(probed); c.probe(ctx) }()
-	defer func() { <-probed }()
+	var helpers sync.WaitGroup
+	helpers.Go(func() { c.probe(ctx) })
+	helpers.Go(func() { c.reportRefusals(ctx) })
+	defer helpers.Wait()
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		start := time.Now()

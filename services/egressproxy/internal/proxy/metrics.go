@@ -36,11 +36,8 @@ type Metrics struct {
 	transports prometheus.Gauge
 }
 
-// Per-source bounds, the limit label's values.
-const (
-	limitConnections = "connections"
-	limitDecisions   = "decisions"
-)
+// limitConnections is the per-source bound's limit label value.
+const limitConnections = "connections"
 
 // NewMetrics registers the proxy's metrics with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
@@ -64,7 +61,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		limits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sandpit_egress_source_limit_total",
-			Help: "Connections refused and requests denied because their source address was at a per-source bound, by limit (connections, decisions).",
+			Help: "Connections refused because their source address was at its per-source bound, by limit (connections); requests over a per-source limit are in sandpit_egress_rate_limited_total.",
 		}, []string{"limit"}),
 		transports: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sandpit_egress_upstream_transports",
@@ -72,7 +69,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	m.limits.WithLabelValues(limitConnections)
-	m.limits.WithLabelValues(limitDecisions)
 	// Every series exists from the start, so that a rate or an alert on
 	// one that never happened yet reads 0 rather than nothing.
 	for _, d := range policy.DecisionLabels {

@@ -69,17 +69,16 @@ type Config struct {
 	// MaxConnsPerSource bounds the open connections of one source
 	// address; zero means DefaultMaxConnsPerSource.
 	MaxConnsPerSource int
-	// MaxDecisionsPerSource bounds the requests of one source address
-	// waiting for their verdict; zero means DefaultMaxDecisionsPerSource.
-	MaxDecisionsPerSource int
 	// LeafMintRate and LeafMintBurst bound the new leaves one source
 	// address may have minted (a token bucket; a cached leaf is free);
 	// zero means DefaultLeafMintRate and DefaultLeafMintBurst, a negative
 	// rate no bound.
 	LeafMintRate  float64
 	LeafMintBurst int
-	Metrics       *Metrics
-	Log           *slog.Logger
+	// WebSocket bounds each relayed WebSocket (websocket.go).
+	WebSocket WebSocketLimits
+	Metrics   *Metrics
+	Log       *slog.Logger
 }
 
 // Proxy serves redirected sandbox connections.
@@ -91,8 +90,6 @@ type Proxy struct {
 	conns map[net.Conn]tracked
 	// perSource counts conns by source address.
 	perSource map[netip.Addr]int
-	// deciding holds the decision slots of each source address.
-	deciding map[netip.Addr]*sourceSlots
 	// upstreams holds each source's own transport (Config.NewUpstream).
 	upstreams map[netip.Addr]*sourceUpstream
 	// gates holds each source's server-name answers and mint bucket
@@ -119,16 +116,13 @@ func New(cfg Config) *Proxy {
 	if cfg.MaxConnsPerSource == 0 {
 		cfg.MaxConnsPerSource = DefaultMaxConnsPerSource
 	}
-	if cfg.MaxDecisionsPerSource == 0 {
-		cfg.MaxDecisionsPerSource = DefaultMaxDecisionsPerSource
-	}
 	if cfg.LeafMintRate == 0 {
 		cfg.LeafMintRate = DefaultLeafMintRate
 	}
 	if cfg.LeafMintBurst == 0 {
 		cfg.LeafMintBurst = DefaultLeafMintBurst
 	}
-	return &Proxy{cfg: cfg, log: cfg.Log, conns: map[net.Conn]tracked{}, perSource: map[netip.Addr]int{}, deciding: map[netip.Addr]*sourceSlots{}, upstreams: map[netip.Addr]*sourceUpstream{}, gates: map[netip.Addr]*sourceGate{}}
+	return &Proxy{cfg: cfg, log: cfg.Log, conns: map[net.Conn]tracked{}, perSource: map[netip.Addr]int{}, upstreams: map[netip.Addr]*sourceUpstream{}, gates: map[netip.Addr]*sourceGate{}}
 }
 
 // Serve accepts connections until ctx ends, then closes the listener and

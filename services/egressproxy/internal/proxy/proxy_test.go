@@ -714,7 +714,7 @@ func TestMetrics(t *testing.T) {
 	metricstest.CheckLabel(t, e.metrics, "reason", []string{refusedNoOriginalDst, refusedH2CPrior, refusedNotHTTP,
 		refusedBadClientHello, refusedNoSNI, refusedInvalidSNI, refusedHandshakeFailed, refusedTooManyConns,
 		refusedSNINotAllowed, refusedSNIUndecided, refusedMintRate})
-	// The proxy's per-source bounds (this package) and the decide client's
-	// rate limits share the label.
-	metricstest.CheckLabel(t, e.metrics, "limit", []string{limitConnections, limitDecisions, "rate", "in_flight"})
+	// The proxy's per-source bound (this package) and the decide client's
+	// rate and in-flight limits share the label.
+	metricstest.CheckLabel(t, e.metrics, "limit", []string{limitConnections, "rate", "in_flight"})
 }

@@ -100,6 +100,9 @@ type Execution struct {
 	released                     bool
 	cut                          bool // a url or reason in the log was cut
 	dropped                      uint32
+	// Requests (counted in blocked too) and DNS queries the proxy refused
+	// by its per-source limits.
+	rateLimited, dnsRateLimited uint32
 
 	dnsQueries atomic.Uint32 // see overDNSBudget
 }
@@ -135,6 +138,10 @@ type Summary struct {
 	// DroppedEvents counts live events not delivered because the stream
 	// was behind.
 	DroppedEvents uint32
+	// RateLimited counts the requests of Blocked the proxy refused by its
+	// per-source limits without asking (not in Log), DNSRateLimited the
+	// DNS queries.
+	RateLimited, DNSRateLimited uint32
 }
 
 // Summary returns the counts and a copy of the log so far: an outcome
@@ -154,6 +161,8 @@ func (e *Execution) Summary() Summary {
 		LogOmittedAllowed: e.omittedAllowed,
 		LogTruncated:      e.omitted > 0 || e.cut,
 		DroppedEvents:     e.dropped,
+		RateLimited:       e.rateLimited,
+		DNSRateLimited:    e.dnsRateLimited,
 	}
 }
 
@@ -649,7 +658,20 @@ func (s *Service) decideDNS(q *egressv1.DnsQuery) *egressv1.DecideResponse {
 	return &egressv1.DecideResponse{Decision: d, RuleId: "dns", Reason: reason, ExecutionId: e.id}
 }
 
+// refusal records a refused connection, or requests and queries the
+// proxy refused by its per-source limits: those are counted, and shown as
+// an event only when the proxy sampled a reason for them.
 func (e *Execution) refusal(r *egressv1.Refusal) {
+	if n, q := r.GetRateLimitedRequests(), r.GetRateLimitedDnsQueries(); n > 0 || q > 0 {
+		e.mu.Lock()
+		e.blocked += n
+		e.rateLimited += n
+		e.dnsRateLimited += q
+		e.mu.Unlock()
+		if r.GetReason() == "" {
+			return
+		}
+	}
 	e.emit(&executorv1.NetworkEvent{
 		Kind:     executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REFUSED,
 		Time:     timestamppb.Now(),

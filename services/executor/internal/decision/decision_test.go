@@ -576,3 +576,46 @@ func TestNetworkLogWithinBoundsIsWhole(t *testing.T) {
 		t.Errorf("summary %+v", sum)
 	}
 }
+
+// TestRateLimitedCounted: requests and queries the proxy refused by its
+// per-source limits are counted in the Result (requests in blocked too),
+// stay out of the network log, and become an event only when the proxy
+// sampled a reason for them.
+func TestRateLimitedCounted(t *testing.T) {
+	reg := NewRegistry()
+	events := make(chan *executorv1.NetworkEvent, 64)
+	e := NewExecution("x1", compile(t, "version: 1\ndefault: allow\n"), events)
+	defer reg.Register(netip.MustParseAddr("10.88.0.2"), e)()
+	s := decider(t, reg)
+	const reason = "rate limited: 1 http questions refused within 1s: source 10.88.0.2 over 100 http questions per second (burst 200)"
+	if resp := ask(t, s, httpReq(1, "10.88.0.2", "GET", "a.example", "/1")); resp.GetId() != 1 {
+		t.Fatalf("answer %d", resp.GetId())
+	}
+	for _, m := range []*egressv1.DecideRequest{
+		report(&egressv1.Refusal{SourceIp: "10.88.0.2", Reason: reason, RateLimitedRequests: 1}),
+		report(&egressv1.Refusal{SourceIp: "10.88.0.2", RateLimitedRequests: 41}),
+		report(&egressv1.Refusal{SourceIp: "10.88.0.2", RateLimitedDnsQueries: 7}),
+		report(&egressv1.Refusal{SourceIp: "10.88.0.9", RateLimitedRequests: 1000}), // no execution: ignored
+	} {
+		if err := s.Send(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Reports are handled in order, before the next question's answer.
+	if resp := ask(t, s, dnsReq(2, "10.88.0.2", "a.example")); resp.GetId() != 2 {
+		t.Fatalf("answer %d", resp.GetId())
+	}
+	sum := e.Summary()
+	if sum.Allowed != 1 || sum.Blocked != 42 || sum.RateLimited != 42 || sum.DNSRateLimited != 7 || len(sum.Log) != 1 {
+		t.Errorf("summary %+v, want 1 allowed, 42 blocked of which 42 rate limited, 7 DNS queries, one log entry", sum)
+	}
+	var refused []string
+	for len(events) > 0 {
+		if ev := <-events; ev.GetKind() == executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REFUSED {
+			refused = append(refused, ev.GetReason())
+		}
+	}
+	if len(refused) != 1 || refused[0] != reason {
+		t.Errorf("refused events %q, want the one sampled", refused)
+	}
+}

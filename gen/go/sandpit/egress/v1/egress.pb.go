@@ -713,7 +713,9 @@ type Outcome struct {
 	BytesReceived uint64 `protobuf:"varint,4,opt,name=bytes_received,json=bytesReceived,proto3" json:"bytes_received,omitempty"`
 	// From the decision to the end of the response.
 	Duration *durationpb.Duration `protobuf:"bytes,5,opt,name=duration,proto3" json:"duration,omitempty"`
-	// Why the upstream exchange failed, if it did (at most 1 KiB).
+	// Why the upstream exchange failed, if it did, in fixed words naming the
+	// kind of failure and never an address; for a WebSocket, why the relay
+	// ended (at most 1 KiB).
 	Error         string `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -791,7 +793,11 @@ func (x *Outcome) GetError() string {
 	return ""
 }
 
-// Refusal reports a connection refused before a request could be read.
+// Refusal reports a connection refused before a request could be read,
+// or requests and queries the proxy refused by its per-source limits
+// without asking (HTTP 429, DNS REFUSED): then one of the rate_limited
+// counts is set, and reason only on at most one report a second per
+// source (the refusals are logged and shown as sparsely).
 type Refusal struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The sandbox address the connection came from (at most 45).
@@ -799,9 +805,15 @@ type Refusal struct {
 	// The original destination, host:port (at most 64).
 	Destination string `protobuf:"bytes,2,opt,name=destination,proto3" json:"destination,omitempty"`
 	// Why: not HTTP, TLS without SNI, ... (at most 1 KiB).
-	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// HTTP requests of source_ip refused by the per-source limits since
+	// the last report that counted them.
+	RateLimitedRequests uint32 `protobuf:"varint,4,opt,name=rate_limited_requests,json=rateLimitedRequests,proto3" json:"rate_limited_requests,omitempty"`
+	// DNS queries of source_ip refused by the per-source limits since the
+	// last report that counted them.
+	RateLimitedDnsQueries uint32 `protobuf:"varint,5,opt,name=rate_limited_dns_queries,json=rateLimitedDnsQueries,proto3" json:"rate_limited_dns_queries,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *Refusal) Reset() {
@@ -853,6 +865,20 @@ func (x *Refusal) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *Refusal) GetRateLimitedRequests() uint32 {
+	if x != nil {
+		return x.RateLimitedRequests
+	}
+	return 0
+}
+
+func (x *Refusal) GetRateLimitedDnsQueries() uint32 {
+	if x != nil {
+		return x.RateLimitedDnsQueries
+	}
+	return 0
 }
 
 // DecideResponse answers one Question, or is a notice from the executor
@@ -1066,11 +1092,13 @@ const file_sandpit_egress_v1_egress_proto_rawDesc = "" +
 	"bytes_sent\x18\x03 \x01(\x04R\tbytesSent\x12%\n" +
 	"\x0ebytes_received\x18\x04 \x01(\x04R\rbytesReceived\x125\n" +
 	"\bduration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x14\n" +
-	"\x05error\x18\x06 \x01(\tR\x05error\"`\n" +
+	"\x05error\x18\x06 \x01(\tR\x05error\"\xcd\x01\n" +
 	"\aRefusal\x12\x1b\n" +
 	"\tsource_ip\x18\x01 \x01(\tR\bsourceIp\x12 \n" +
 	"\vdestination\x18\x02 \x01(\tR\vdestination\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x8f\x02\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x122\n" +
+	"\x15rate_limited_requests\x18\x04 \x01(\rR\x13rateLimitedRequests\x127\n" +
+	"\x18rate_limited_dns_queries\x18\x05 \x01(\rR\x15rateLimitedDnsQueries\"\x8f\x02\n" +
 	"\x0eDecideResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x127\n" +
 	"\bdecision\x18\x02 \x01(\x0e2\x1b.sandpit.policy.v1.DecisionR\bdecision\x12\x17\n" +
