@@ -225,8 +225,8 @@ func waitUp(name string) error {
 func (m *Manager) Delete(sb *Sandbox) error {
 	var errs []error
 	if l, err := netlink.LinkByName(sb.HostIf); err == nil {
-		if err := netlink.LinkDel(l); err != nil {
-			errs = append(errs, fmt.Errorf("delete %s: %w", sb.HostIf, err))
+		if _, err := deleteLink(l); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if err := removeNamed(sb.Path); err != nil {
@@ -259,13 +259,32 @@ func (m *Manager) Sweep() (namespaces, links int, err error) {
 		if _, ok := l.(*netlink.Veth); !ok || !strings.HasPrefix(l.Attrs().Name, m.ifPrefix) {
 			continue
 		}
-		if err := netlink.LinkDel(l); err != nil {
-			errs = append(errs, fmt.Errorf("delete %s: %w", l.Attrs().Name, err))
-			continue
+		deleted, err := deleteLink(l)
+		if err != nil {
+			errs = append(errs, err)
 		}
-		links++
+		if deleted {
+			links++
+		}
 	}
 	return namespaces, links, errors.Join(errs...)
+}
+
+// deleteLink deletes l and reports whether it did. A link already gone is
+// not an error: the host end of a veth goes with its peer when the
+// sandbox's namespace is destroyed, which the kernel does on its own time
+// once the namespace is unmounted and its last process is dead (Sweep
+// unmounts the namespaces before it deletes the veths it listed).
+func deleteLink(l netlink.Link) (bool, error) {
+	err := netlink.LinkDel(l)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, unix.ENODEV):
+		return false, nil
+	default:
+		return false, fmt.Errorf("delete %s: %w", l.Attrs().Name, err)
+	}
 }
 
 // newNamed creates a namespace bind-mounted at netnsDir/name. netns.NewNamed
