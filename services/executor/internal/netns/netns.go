@@ -251,7 +251,7 @@ func (m *Manager) Sweep() (namespaces, links int, err error) {
 		}
 		namespaces++
 	}
-	all, err := netlink.LinkList()
+	all, err := listLinks()
 	if err != nil {
 		return namespaces, links, fmt.Errorf("list links: %w", err)
 	}
@@ -268,6 +268,19 @@ func (m *Manager) Sweep() (namespaces, links int, err error) {
 		}
 	}
 	return namespaces, links, errors.Join(errs...)
+}
+
+// listLinks lists the host's links. The kernel interrupts a dump when
+// links come and go meanwhile, as the veths of the namespaces Sweep just
+// unmounted do; the dump is then taken again.
+func listLinks() ([]netlink.Link, error) {
+	for attempt := 1; ; attempt++ {
+		all, err := netlink.LinkList()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) || attempt == 10 {
+			return all, err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // deleteLink deletes l and reports whether it did. A link already gone is
