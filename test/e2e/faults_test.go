@@ -416,6 +416,15 @@ func TestExecutorSIGKILLedUnderLoad(t *testing.T) {
 	if n := orphanHits() - before; n != 0 {
 		t.Errorf("with no executor up, %d requests of the orphaned sandboxes reached pay.test", n)
 	}
+	refused := 0
+	for _, l := range logLines(px.logs) {
+		if path, _ := l["path"].(string); strings.HasPrefix(path, "/v1/products/orphan") && l["reason"] == "policy decision unavailable: no decide stream" {
+			refused++
+		}
+	}
+	if refused == 0 {
+		t.Fatal("the proxy refused no allowed request of the orphans while no executor was up; the test would prove nothing")
+	}
 
 	restart := time.Now()
 	p2 := startProc(t, dir, flags...)
@@ -452,8 +461,8 @@ func TestExecutorSIGKILLedUnderLoad(t *testing.T) {
 		t.Errorf("the new execution has address %v, the orphans had %v and %v: the test no longer covers a reused address", now, o1, o2)
 	}
 	onlyAllowedPaths(t, pay, forbidden)
-	t.Logf("restarted executor: sweep done %.0fms after its start, serving at %.0fms; the proxy reconnected %.0fms after that",
-		swept.Seconds()*1000, serving.Sub(restart).Seconds()*1000, reconnect.Seconds()*1000)
+	t.Logf("%d allowed requests of the orphans refused with no executor; restarted executor: sweep done %.0fms after its start, serving at %.0fms; the proxy reconnected %.0fms after that",
+		refused, swept.Seconds()*1000, serving.Sub(restart).Seconds()*1000, reconnect.Seconds()*1000)
 
 	// A clean stop removes the table the SIGKILLed run could not.
 	_ = p2.cmd.Process.Signal(syscall.SIGTERM)
@@ -480,12 +489,23 @@ func waitLog(t *testing.T, logs *lockedBuffer, s string, d time.Duration) {
 // logEntry is one line of a JSON log.
 type logEntry map[string]any
 
-// logLine returns the first line of logs (slog JSON) whose key is value.
-func logLine(t *testing.T, logs *lockedBuffer, key, value string) logEntry {
-	t.Helper()
+// logLines parses logs (slog JSON, one object a line).
+func logLines(logs *lockedBuffer) []logEntry {
+	var out []logEntry
 	for _, line := range strings.Split(logs.String(), "\n") {
 		var l logEntry
-		if json.Unmarshal([]byte(line), &l) == nil && l[key] == value {
+		if json.Unmarshal([]byte(line), &l) == nil {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// logLine returns the first line of logs whose key is value.
+func logLine(t *testing.T, logs *lockedBuffer, key, value string) logEntry {
+	t.Helper()
+	for _, l := range logLines(logs) {
+		if l[key] == value {
 			return l
 		}
 	}
