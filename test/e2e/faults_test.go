@@ -378,6 +378,9 @@ func TestExecutorSIGKILLedUnderLoad(t *testing.T) {
 	client := p.client(t)
 	runs := []*liveRun{startLive(ctx, t, client, loadProgram("orphan1", false)), startLive(ctx, t, client, loadProgram("orphan2", false))}
 	waitAll(t, "warm", 20*time.Second, runs, func(l *liveRun) chan struct{} { return l.warm })
+	// Under load the table holds elements of the sandboxes' addresses
+	// (the DNS meter's).
+	loaded := nftTable(t)
 
 	killed := time.Now()
 	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
@@ -434,7 +437,7 @@ func TestExecutorSIGKILLedUnderLoad(t *testing.T) {
 		t.Errorf("the new executor did not report removing 2 containers and 2 namespaces:\n%s", p2.logs.String())
 	}
 	if got := nftTable(t); got != table {
-		t.Errorf("nftables table after the restart:\n%s\nwant, as before the kill:\n%s", got, table)
+		t.Errorf("nftables table after the restart:\n%s\nwant, as before the load:\n%s", got, table)
 	}
 	waitLog(t, p2.logs, "egress proxy connected", 10*time.Second)
 	swept := logLine(t, p2.logs, "msg", "removed leftover sandbox networks").time(t).Sub(restart)
@@ -457,8 +460,15 @@ func TestExecutorSIGKILLedUnderLoad(t *testing.T) {
 	// The new executor's first sandbox has an orphan's address (the
 	// pool's first): reused, and only after the sweep.
 	now := logLine(t, px.logs, "path", "/v1/products/after-restart")["source_ip"]
-	if o1, o2 := logLine(t, px.logs, "path", "/v1/products/orphan1-0")["source_ip"], logLine(t, px.logs, "path", "/v1/products/orphan2-0")["source_ip"]; now != o1 && now != o2 {
+	o1, o2 := logLine(t, px.logs, "path", "/v1/products/orphan1-0")["source_ip"], logLine(t, px.logs, "path", "/v1/products/orphan2-0")["source_ip"]
+	if now != o1 && now != o2 {
 		t.Errorf("the new execution has address %v, the orphans had %v and %v: the test no longer covers a reused address", now, o1, o2)
+	}
+	// The table compared after the restart had the orphans' elements.
+	for _, ip := range []any{o1, o2} {
+		if s, _ := ip.(string); s == "" || !strings.Contains(loaded, s) {
+			t.Errorf("under load the nftables table had no element of orphan address %v; the comparison after the restart proves less:\n%s", ip, loaded)
+		}
 	}
 	onlyAllowedPaths(t, pay, forbidden)
 	t.Logf("%d allowed requests of the orphans refused with no executor; restarted executor: sweep done %.0fms after its start, serving at %.0fms; the proxy reconnected %.0fms after that",
