@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -128,12 +129,26 @@ const (
 	KeepaliveTimeout = 5 * time.Second
 )
 
+// MaxRedialDelay bounds the wait between two attempts to reach the
+// executor, both the connection's redials and the stream's reopenings: a
+// restarted executor is served within about this of listening, however
+// long it was down (gRPC's own redial backoff grows to two minutes).
+const MaxRedialDelay = time.Second
+
 // DialOptions are the options the connection to the executor needs
 // besides its credentials.
 func DialOptions() []grpc.DialOption {
-	return []grpc.DialOption{grpc.WithKeepaliveParams(keepalive.ClientParameters{
-		Time: KeepaliveTime, Timeout: KeepaliveTimeout, PermitWithoutStream: true,
-	})}
+	return []grpc.DialOption{
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{
+			Time: KeepaliveTime, Timeout: KeepaliveTimeout, PermitWithoutStream: true,
+		}),
+		// gRPC's default backoff (1.6x, 20% jitter) but from 100ms and
+		// capped; a connection attempt still gets the default 20s.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: MaxRedialDelay},
+			MinConnectTimeout: 20 * time.Second,
+		}),
+	}
 }
 
 // probeInterval is how often a stalled client checks whether the
@@ -212,7 +227,7 @@ func (c *Client) Run(ctx context.Context) {
 	helpers.Go(func() { c.probe(ctx) })
 	helpers.Go(func() { c.reportRefusals(ctx) })
 	defer helpers.Wait()
-	backoff := 100 * time.Millisecond
+	delay := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		start := time.Now()
 		err := c.runStream(ctx)
@@ -220,15 +235,15 @@ func (c *Client) Run(ctx context.Context) {
 			return
 		}
 		if time.Since(start) > 10*time.Second {
-			backoff = 100 * time.Millisecond
+			delay = 100 * time.Millisecond
 		}
-		c.log.Warn("decide stream lost", "error", err, "retry_in_seconds", backoff.Seconds())
+		c.log.Warn("decide stream lost", "error", err, "retry_in_seconds", delay.Seconds())
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(backoff/2 + rand.N(backoff/2+1)):
+		case <-time.After(delay/2 + rand.N(delay/2+1)):
 		}
-		backoff = min(backoff*2, 5*time.Second)
+		delay = min(delay*2, MaxRedialDelay)
 	}
 }
 

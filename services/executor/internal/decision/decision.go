@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
@@ -75,6 +76,11 @@ const (
 // maxOutstanding bounds the allowed requests a stream waits to hear the
 // outcome of; a proxy that never reports cannot grow the executor's memory.
 const maxOutstanding = 65536
+
+// outcomeLost is the reason, in its log entry and its outcome event, of an
+// allowed request whose outcome can no longer arrive: the proxy reports
+// outcomes only on the stream the request was decided on.
+const outcomeLost = "no outcome: the egress proxy's decision stream closed before the proxy reported one (the proxy went away mid-request)"
 
 // Execution is the network state of one running execution.
 type Execution struct {
@@ -166,16 +172,17 @@ func (e *Execution) Summary() Summary {
 	}
 }
 
-// record appends entry to the log if it fits (logRoom); e.mu is held.
-// cut says whether its url or reason was shortened.
-func (e *Execution) record(entry *executorv1.NetworkLogEntry, cut bool) {
+// record appends entry to the log if it fits (logRoom) and reports
+// whether it did; e.mu is held. cut says whether its url or reason was
+// shortened.
+func (e *Execution) record(entry *executorv1.NetworkLogEntry, cut bool) bool {
 	size := proto.Size(entry) + entryOverhead
 	if !e.logRoom(size, entry.GetBlocked()) {
 		e.omitted++
 		if !entry.GetBlocked() {
 			e.omittedAllowed++
 		}
-		return
+		return false
 	}
 	e.log = append(e.log, entry)
 	e.logBytes += size
@@ -184,6 +191,7 @@ func (e *Execution) record(entry *executorv1.NetworkLogEntry, cut bool) {
 		e.allowedBytes += size
 	}
 	e.cut = e.cut || cut
+	return true
 }
 
 func (e *Execution) emit(ev *executorv1.NetworkEvent) {
@@ -339,9 +347,10 @@ func NewService(reg *Registry, metricsReg prometheus.Registerer, log *slog.Logge
 
 // pending is an allowed request awaiting its outcome.
 type pending struct {
-	exec  *Execution
-	id    uint64 // the execution's request id
-	entry *executorv1.NetworkLogEntry
+	exec   *Execution
+	id     uint64 // the execution's request id
+	entry  *executorv1.NetworkLogEntry
+	logged bool // entry is in the execution's log
 }
 
 // Decide takes the proxy's hello, then answers its questions in order on
@@ -389,6 +398,13 @@ func (s *Service) Decide(stream grpc.BidiStreamingServer[egressv1.DecideRequest,
 		}
 	}()
 	outstanding := map[uint64]pending{}
+	// However the stream ends, the allowed requests still waiting for
+	// their outcome say so, instead of looking as if they were in flight.
+	defer func() {
+		for _, p := range outstanding {
+			p.exec.lost(p)
+		}
+	}()
 	for {
 		var req *egressv1.DecideRequest
 		select {
@@ -559,7 +575,7 @@ func (s *Service) decideHTTP(r *egressv1.HttpRequest) (*egressv1.DecideResponse,
 		entry.Reason = logReason
 		wasCut = wasCut || logReason != reason
 	}
-	e.record(entry, wasCut)
+	logged := e.record(entry, wasCut)
 	e.mu.Unlock()
 
 	e.emit(&executorv1.NetworkEvent{
@@ -577,7 +593,7 @@ func (s *Service) decideHTTP(r *egressv1.HttpRequest) (*egressv1.DecideResponse,
 	if !blocked {
 		resp.MaxRequestBytes = e.policy().Limits().MaxRequestBytes
 	}
-	return resp, pending{exec: e, id: reqID, entry: entry}
+	return resp, pending{exec: e, id: reqID, entry: entry, logged: logged}
 }
 
 // decide applies the proxy's own verdict, the execution's limits and its
@@ -607,6 +623,36 @@ func (e *Execution) decide(r *egressv1.HttpRequest) policy.Decision {
 	return pol.Decide(policy.Request{
 		Method: r.GetMethod(), Host: r.GetHost(), Path: r.GetPath(), WebSocket: r.GetWebsocket(),
 		Scheme: r.GetScheme(), Port: r.GetPort(),
+	})
+}
+
+// lost ends p, whose outcome can no longer arrive, with outcomeLost: in
+// its log entry if the log has room for the reason (counted like any
+// entry's bytes), and in an outcome event.
+func (e *Execution) lost(p pending) {
+	now := time.Now()
+	e.mu.Lock()
+	if p.logged && p.entry.GetReason() == "" {
+		// The reason's field: its bytes, a tag byte and a length byte.
+		extra := len(outcomeLost) + 2
+		if !e.released && e.logBytes+extra <= maxLogBytes && e.budget.take(extra) {
+			p.entry.Reason = outcomeLost
+			e.logBytes += extra
+			e.allowedBytes += extra
+		}
+	}
+	e.mu.Unlock()
+	e.emit(&executorv1.NetworkEvent{
+		Kind:      executorv1.NetworkEventKind_NETWORK_EVENT_KIND_OUTCOME,
+		RequestId: p.id,
+		Time:      timestamppb.New(now),
+		Method:    p.entry.GetMethod(),
+		Url:       p.entry.GetUrl(),
+		Host:      p.entry.GetHostname(),
+		Decision:  p.entry.GetDecision(),
+		RuleId:    p.entry.GetRuleId(),
+		Duration:  durationpb.New(now.Sub(p.entry.GetTimestamp().AsTime())),
+		Error:     outcomeLost,
 	})
 }
 

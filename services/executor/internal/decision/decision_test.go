@@ -619,3 +619,55 @@ func TestRateLimitedCounted(t *testing.T) {
 		t.Errorf("refused events %q, want the one sampled", refused)
 	}
 }
+
+// TestStreamClosedEndsOutstandingRequests closes the proxy's stream with an
+// allowed request still waiting for its outcome: its log entry and an
+// outcome event say the outcome will not come, and a request whose outcome
+// arrived is left as it was.
+func TestStreamClosedEndsOutstandingRequests(t *testing.T) {
+	reg := NewRegistry()
+	events := make(chan *executorv1.NetworkEvent, 64)
+	e := NewExecution("x1", compile(t, "version: 1\ndefault: allow\n"), events)
+	e.UseLogBudget(NewLogBudget(0))
+	defer reg.Register(netip.MustParseAddr("10.88.0.2"), e)()
+	conn := serve(t, reg)
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := egressv1.NewDecisionServiceClient(conn).Decide(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(hello(testCA)); err != nil {
+		t.Fatal(err)
+	}
+	ask(t, s, httpReq(1, "10.88.0.2", "GET", "a.example", "/done"))
+	if err := s.Send(report(&egressv1.Outcome{QuestionId: 1, StatusCode: 200})); err != nil {
+		t.Fatal(err)
+	}
+	ask(t, s, httpReq(2, "10.88.0.2", "GET", "a.example", "/cut"))
+	before := e.budget.Used()
+	cancel()
+	waitConnected(t, reg, false)
+
+	sum := e.Summary()
+	if len(sum.Log) != 2 {
+		t.Fatalf("log %v", sum.Log)
+	}
+	if done := sum.Log[0]; done.GetStatusCode() != 200 || done.GetReason() != "" {
+		t.Errorf("request with its outcome: %v", done)
+	}
+	if cut := sum.Log[1]; cut.GetStatusCode() != 0 || cut.GetReason() != outcomeLost || cut.GetBlocked() {
+		t.Errorf("request cut with the stream: %v, want reason %q", cut, outcomeLost)
+	}
+	if got := e.budget.Used() - before; got != int64(len(outcomeLost)+2) {
+		t.Errorf("the reason took %d bytes of the log budget, want %d", got, len(outcomeLost)+2)
+	}
+	var lost []*executorv1.NetworkEvent
+	for len(events) > 0 {
+		if ev := <-events; ev.GetKind() == executorv1.NetworkEventKind_NETWORK_EVENT_KIND_OUTCOME && ev.GetError() != "" {
+			lost = append(lost, ev)
+		}
+	}
+	if len(lost) != 1 || lost[0].GetUrl() != "https://a.example/cut" || lost[0].GetError() != outcomeLost || lost[0].GetDuration() == nil {
+		t.Errorf("outcome events with an error: %v, want one for /cut", lost)
+	}
+}

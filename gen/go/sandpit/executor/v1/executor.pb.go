@@ -794,8 +794,9 @@ type NetworkLogEntry struct {
 	StatusCode int32 `protobuf:"varint,5,opt,name=status_code,json=statusCode,proto3" json:"status_code,omitempty"`
 	// True when the request was not forwarded.
 	Blocked bool `protobuf:"varint,6,opt,name=blocked,proto3" json:"blocked,omitempty"`
-	// Why it was blocked, or would have been in audit mode; at most 512
-	// bytes, cut like url.
+	// Why it was blocked, or would have been in audit mode; for an allowed
+	// request whose outcome never came, why (the egress proxy's decision
+	// stream closed first). At most 512 bytes, cut like url.
 	Reason string `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
 	// The rule (or default) that decided.
 	RuleId string `protobuf:"bytes,8,opt,name=rule_id,json=ruleId,proto3" json:"rule_id,omitempty"`

@@ -445,8 +445,9 @@ export declare type NetworkLogEntry = Message<"sandpit.executor.v1.NetworkLogEnt
   blocked: boolean;
 
   /**
-   * Why it was blocked, or would have been in audit mode; at most 512
-   * bytes, cut like url.
+   * Why it was blocked, or would have been in audit mode; for an allowed
+   * request whose outcome never came, why (the egress proxy's decision
+   * stream closed first). At most 512 bytes, cut like url.
    *
    * @generated from field: string reason = 7;
    */
