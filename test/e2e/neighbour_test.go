@@ -23,10 +23,11 @@ const neighbourIdleRounds = 8
 // fresh connection to pay.test (by IP and SNI, so that the request's time
 // holds no lookup), and prints each round as a line of JSON as it ends:
 // one warm-up round (it may mint pay.test's leaf), the idle rounds, then
-// busy rounds 100 ms apart until the test ends the execution. Every
+// busy rounds 200 ms apart until the test ends the execution. Every
 // operator policy of these tests allows GET pay.test/v1/products/**. At
 // the pace of the busy rounds the execution's DNS budget (1,000 queries)
-// lasts about two minutes.
+// lasts over three minutes; the longest attack here (the memory flood)
+// takes 80-100 s.
 const neighbourCode = `
 const dns = require("dns"), https = require("https");
 const get = () => new Promise(res => {
@@ -45,7 +46,7 @@ const round = async phase => {
 (async () => {
   await round("warm");
   for (let i = 0; i < %d; i++) await round("idle");
-  for (;;) { await round("busy"); await new Promise(r => setTimeout(r, 100)); }
+  for (;;) { await round("busy"); await new Promise(r => setTimeout(r, 200)); }
 })();
 `
 
@@ -66,6 +67,7 @@ func (r neighbourRound) failed() bool { return r.Lookup != "answered" || r.Statu
 // another sandbox attacks: startNeighbour measures its idle latency and
 // returns, the test attacks, check asserts what the neighbour saw meanwhile.
 type neighbour struct {
+	e        *executor
 	cancel   context.CancelFunc
 	ended    chan struct{} // closed when the execution's stream ends
 	idleDone chan struct{} // closed when the idle rounds are in
@@ -82,7 +84,7 @@ type neighbour struct {
 func startNeighbour(t *testing.T, e *executor) *neighbour {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	nb := &neighbour{cancel: cancel, ended: make(chan struct{}), idleDone: make(chan struct{})}
+	nb := &neighbour{e: e, cancel: cancel, ended: make(chan struct{}), idleDone: make(chan struct{})}
 	t.Cleanup(func() { cancel(); <-nb.ended })
 	req := code(fmt.Sprintf(neighbourCode, neighbourIdleRounds))
 	req.Limits = &executorv1.Limits{Timeout: durationpb.New(5 * time.Minute)}
@@ -157,7 +159,8 @@ type neighbourFigures struct {
 	Busy int
 }
 
-// check ends the neighbour and asserts that every round since its idle
+// check ends the neighbour (after the test's other executions ended, or
+// while they keep running) and asserts that every round since its idle
 // phase, during the attack, was answered (the lookup and a 200) and that
 // each lookup and each request took at most 3× its idle latency (the
 // slowest idle round) + 1 s; so must the round still in flight when the
@@ -174,8 +177,17 @@ func (nb *neighbour) check(t *testing.T) neighbourFigures {
 		t.Errorf("the neighbour ended before the attack did: %v\nstderr: %s", err, nb.stderr.String())
 	default:
 	}
+	// The executor ends the cancelled execution on its own time; once its
+	// slot is free, all it held (its network, its log's share of the
+	// global bound) is released, as after a Result.
+	running := nb.e.app.Slots().InFlight()
 	nb.cancel()
 	<-nb.ended
+	for deadline := time.Now().Add(20 * time.Second); nb.e.app.Slots().InFlight() >= running; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the neighbour's execution did not end 20 s after it was cancelled")
+		}
+	}
 
 	var f neighbourFigures
 	for _, r := range rounds[1 : 1+neighbourIdleRounds] {
@@ -195,9 +207,9 @@ func (nb *neighbour) check(t *testing.T) neighbourFigures {
 				i, r.DNS, r.HTTP, dnsBound, httpBound)
 		}
 	}
-	// The round after the last one began at most the pause (100 ms) after
+	// The round after the last one began at most the pause (200 ms) after
 	// it; it must not have been waiting longer than both bounds.
-	if inFlight := stopped.Sub(last); inFlight > time.Duration(dnsBound+httpBound+100)*time.Millisecond {
+	if inFlight := stopped.Sub(last); inFlight > time.Duration(dnsBound+httpBound+200)*time.Millisecond {
 		t.Errorf("a neighbour round was in flight for %s when the attack ended, over its bounds (%.0f ms + %.0f ms)", inFlight.Round(time.Millisecond), dnsBound, httpBound)
 	}
 	if f.Busy == 0 {
