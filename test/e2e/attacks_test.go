@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"strconv"
@@ -206,4 +207,94 @@ const errors = {};
 	nb := startNeighbour(t, s.e)
 	time.Sleep(time.Second)
 	nb.check(t)
+}
+
+// TestDNSBudgetFromSandbox has a sandbox make 1,010 lookups of an allowed
+// name, with the proxy's per-source DNS limits off so that only the
+// execution's budget (decision.DNSBudget, 1,000) stops it: the first 1,000
+// are answered, the rest get NXDOMAIN, one network event names the budget,
+// and a neighbour, whose budget is its own, is answered meanwhile.
+func TestDNSBudgetFromSandbox(t *testing.T) {
+	const budget, n = 1000, 1010
+	s, _ := startPolicyStack(t, denyRulesPolicy, "--dns-rate", "0", "--dns-in-flight", "0")
+	nb := startNeighbour(t, s.e)
+	var got struct {
+		Answered, FirstRefused int
+		Refused                map[string]int
+	}
+	r := probe(t, s.e, code(`
+const dns = require("dns");
+(async () => {
+  const out = { answered: 0, refused: {}, firstRefused: -1 };
+  for (let i = 0; i < `+strconv.Itoa(n)+`; i++) {
+    const r = await dns.promises.resolve4("pay.test").then(() => "answered", e => e.code);
+    if (r === "answered") { out.answered++; continue; }
+    out.refused[r] = (out.refused[r] || 0) + 1;
+    if (out.firstRefused < 0) out.firstRefused = i;
+  }
+  console.log(JSON.stringify(out));
+})();
+`), &got)
+	nb.check(t)
+	t.Logf("%d lookups: %d answered, refused %v from lookup %d", n, got.Answered, got.Refused, got.FirstRefused)
+	if got.Answered != budget || got.Refused["ENOTFOUND"] != n-budget || got.FirstRefused != budget {
+		t.Errorf("%d lookups: %d answered, refused %v from lookup %d; want %d answered, then NXDOMAIN", n, got.Answered, got.Refused, got.FirstRefused, budget)
+	}
+	var spent []string
+	for _, ev := range requestEvents(r, executorv1.NetworkEventKind_NETWORK_EVENT_KIND_DNS) {
+		if ev.GetRuleId() == "dns.budget" {
+			spent = append(spent, ev.GetReason())
+		}
+	}
+	if len(spent) != 1 || spent[0] != "dns query budget of 1000 queries per execution spent" {
+		t.Errorf("budget events %q, want one naming the budget", spent)
+	}
+}
+
+// TestRefusalReasonsDoNotEchoTheTarget sends a request whose target Go
+// cannot parse (a bad escape before a query with a key): it is blocked
+// with a fixed reason that repeats no part of the target, the key appears
+// in neither the answer, the network events, the Result nor either log,
+// and a neighbour's requests succeed meanwhile.
+func TestRefusalReasonsDoNotEchoTheTarget(t *testing.T) {
+	const key = "EchoKey4242e2e"
+	s := startNetStack(t)
+	nb := startNeighbour(t, s.e)
+	var got struct {
+		Status any
+		Body   string
+	}
+	r := probe(t, s.e, code(`
+const q = require("https").request({ host: "pay.test", path: "/v1/products/100%?api_key=`+key+`", agent: false }, r => {
+  let body = ""; r.on("data", d => body += d); r.on("end", () => console.log(JSON.stringify({ status: r.statusCode, body })));
+});
+q.on("error", e => console.log(JSON.stringify({ status: e.code })));
+q.end();
+`), &got)
+	nb.check(t)
+	t.Logf("unparsable target: %v %s", got.Status, got.Body)
+	if got.Status != float64(403) || !strings.Contains(got.Body, `"reason":"ambiguous path: invalid percent escape"`) {
+		t.Errorf("unparsable target: %v %q, want 403 with a reason", got.Status, got.Body)
+	}
+	written := map[string]string{"body": got.Body, "executor log": s.execLogs.String(), "proxy log": s.proxy.logs.String()}
+	for _, ev := range r.network {
+		written["event reasons"] += ev.GetReason() + "\n"
+		written["event URLs"] += ev.GetUrl() + "\n"
+	}
+	for _, l := range r.result.GetNetworkLog() {
+		written["result"] += l.GetReason() + " " + l.GetUrl() + "\n"
+	}
+	for what, text := range written {
+		if strings.Contains(text, key) {
+			t.Errorf("the key in the %s", what)
+		}
+	}
+	var body struct{ Reason string }
+	_ = json.Unmarshal([]byte(got.Body), &body)
+	written["body's reason"] = body.Reason
+	for _, what := range []string{"body's reason", "event reasons"} {
+		if strings.Contains(written[what], "100%") || strings.Contains(written[what], "api_key") {
+			t.Errorf("the %s echo the target: %s", what, written[what])
+		}
+	}
 }

@@ -28,8 +28,9 @@ hosts:
     default: allow
 `
 
-// startPolicyStack is startNetStack with another operator policy.
-func startPolicyStack(t *testing.T, policyYAML string) (*netStack, string) {
+// startPolicyStack is startNetStack with another operator policy and the
+// proxy's further flags.
+func startPolicyStack(t *testing.T, policyYAML string, proxyFlags ...string) (*netStack, string) {
 	t.Helper()
 	ports := netPorts{proxyGRPC: "127.0.0.1:" + itoa(freePort(t)), proxyPort: freePort(t), dnsPort: freePort(t)}
 	eo := startEgress(t, ports, policyYAML)
@@ -40,7 +41,7 @@ func startPolicyStack(t *testing.T, policyYAML string) (*netStack, string) {
 	s.proxy = startProxy(t, ports, s.e.deciderAddr, map[string]string{
 		"pay.test":        s.pay.addr(),
 		"api.github.test": s.github.addr(),
-	}, upstreamCAPEM(t))
+	}, upstreamCAPEM(t), proxyFlags...)
 	deadline := time.Now().Add(10 * time.Second)
 	for !s.e.app.ProxyConnected() {
 		if time.Now().After(deadline) {
