@@ -167,14 +167,30 @@ type neighbourFigures struct {
 // attack ended. It logs the figures and returns them.
 func (nb *neighbour) check(t *testing.T) neighbourFigures {
 	t.Helper()
-	stopped := time.Now()
+	var f neighbourFigures
+	busy := func() []neighbourRound {
+		nb.mu.Lock()
+		defer nb.mu.Unlock()
+		return append([]neighbourRound(nil), nb.rounds[1+neighbourIdleRounds:]...)
+	}
 	nb.mu.Lock()
-	rounds := append([]neighbourRound(nil), nb.rounds...)
-	err := nb.err
+	for _, r := range nb.rounds[1 : 1+neighbourIdleRounds] {
+		f.IdleDNS, f.IdleHTTP = max(f.IdleDNS, r.DNS), max(f.IdleHTTP, r.HTTP)
+	}
 	nb.mu.Unlock()
+	dnsBound, httpBound := 3*f.IdleDNS+1000, 3*f.IdleHTTP+1000
+	// The first busy round began as the idle ones ended: after an attack
+	// shorter than a round, wait for it, up to its bounds.
+	for wait := time.Now().Add(time.Duration(dnsBound+httpBound) * time.Millisecond); len(busy()) == 0 && time.Now().Before(wait); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	stopped := time.Now()
+	rounds := busy()
 	select {
 	case <-nb.ended:
-		t.Errorf("the neighbour ended before the attack did: %v\nstderr: %s", err, nb.stderr.String())
+		nb.mu.Lock()
+		t.Errorf("the neighbour ended before the attack did: %v\nstderr: %s", nb.err, nb.stderr.String())
+		nb.mu.Unlock()
 	default:
 	}
 	// The executor ends the cancelled execution on its own time; once its
@@ -189,13 +205,8 @@ func (nb *neighbour) check(t *testing.T) neighbourFigures {
 		}
 	}
 
-	var f neighbourFigures
-	for _, r := range rounds[1 : 1+neighbourIdleRounds] {
-		f.IdleDNS, f.IdleHTTP = max(f.IdleDNS, r.DNS), max(f.IdleHTTP, r.HTTP)
-	}
-	dnsBound, httpBound := 3*f.IdleDNS+1000, 3*f.IdleHTTP+1000
 	last := nb.started
-	for i, r := range rounds[1+neighbourIdleRounds:] {
+	for i, r := range rounds {
 		f.BusyDNS, f.BusyHTTP = max(f.BusyDNS, r.DNS), max(f.BusyHTTP, r.HTTP)
 		f.Busy++
 		last = r.at
