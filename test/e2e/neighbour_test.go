@@ -104,7 +104,7 @@ func startNeighbour(t *testing.T, e *executor) *neighbour {
 	if len(nb.rounds) < 1+neighbourIdleRounds {
 		t.Fatalf("neighbour: %d of %d idle rounds in (stream: %v)\nstderr: %s", len(nb.rounds), 1+neighbourIdleRounds, nb.err, nb.stderr.String())
 	}
-	for _, r := range nb.rounds {
+	for _, r := range nb.rounds[:1+neighbourIdleRounds] {
 		if r.failed() {
 			t.Fatalf("neighbour before the attack: %+v, want the lookup answered and 200", r)
 		}
