@@ -244,7 +244,8 @@ const get = (mod, url) => new Promise(res => mod.get(url, r => { r.resume(); r.o
 
 // TestNothingLeavesAnotherWay tries every other way out and proves the
 // target got nothing: TCP to a host port, UDP, DNS to another resolver,
-// another sandbox, the executor's and the proxy's ports, IPv6.
+// another sandbox, the executor's and the proxy's ports, IPv6; a
+// neighbouring sandbox's allowed requests succeed meanwhile.
 func TestNothingLeavesAnotherWay(t *testing.T) {
 	s := startNetStack(t)
 	// Host-side targets listening on every address.
@@ -305,6 +306,7 @@ setTimeout(() => {}, 60000);
 		}
 	}()
 
+	nb := startNeighbour(t, s.e)
 	udpPort := udpTarget.LocalAddr().(*net.UDPAddr).Port
 	_, execPort, _ := net.SplitHostPort(s.e.addr)
 	_, proxyGRPCPort, _ := net.SplitHostPort(s.proxy.ports.proxyGRPC)
@@ -340,6 +342,7 @@ const udp = (host, port) => new Promise(res => {
   console.log(JSON.stringify(out));
 })();
 `, tcpPort, udpPort, execPort, proxyGRPCPort, victimIP, victimIP, udpPort, tcp6Port, tcp6Port)), &got)
+	nb.check(t)
 	t.Logf("attempts: %v", got)
 
 	// Give stray packets time to arrive anywhere they could.
@@ -673,8 +676,9 @@ func tcpTarget(t *testing.T, network, addr string) (port int, hits chan string) 
 // cookie of many pairs (the request that once closed every sandbox's
 // decision stream) and a 100 KB query. Each gets the proxy's 431 or 414 with its
 // JSON body and shows up in the sandbox's network log as blocked, while a
-// second sandbox's allowed requests, made at the same time, all go
-// through, and the one decision stream stays up throughout.
+// second sandbox's allowed requests over HTTP/2 and fetch, made at the
+// same time, all go through, a neighbour's (startNeighbour) within its
+// bounds, and the one decision stream stays up throughout.
 func TestOversizedRequestsBreakNothing(t *testing.T) {
 	s := startNetStack(t)
 	oversized := code(`
@@ -737,12 +741,14 @@ const http2 = require("http2");
   console.log(JSON.stringify(out));
 })();
 `)
+	nb := startNeighbour(t, s.e)
 	runs := make([]*run, 2)
 	var wg sync.WaitGroup
 	for i, req := range []*executorv1.ExecuteRequest{oversized, allowed} {
 		wg.Go(func() { runs[i] = s.e.execute(context.Background(), req) })
 	}
 	wg.Wait()
+	nb.check(t)
 	for _, r := range runs {
 		if r.err != nil || r.result == nil {
 			t.Fatalf("Execute: %v, result %v\nstdout: %s\nstderr: %s", r.err, r.result, r.stdout, r.stderr)
