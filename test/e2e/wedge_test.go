@@ -138,9 +138,11 @@ const errors = {};
   const { address } = await dns.lookup("hang.test", 4);
   const open = () => new Promise(res => {
     const s = net.connect(80, address);
-    s.on("connect", () => { connected++; s.write("GET /hang HTTP/1.1\r\nHost: hang.test\r\n\r\n"); res(); });
+    let up = false;
+    s.on("connect", () => { up = true; connected++; s.write("GET /hang HTTP/1.1\r\nHost: hang.test\r\n\r\n"); res(); });
     s.on("error", e => { errors[e.code] = (errors[e.code] || 0) + 1; res(); });
-    s.on("close", () => closed++);
+    // Only connections that were up count as closed.
+    s.on("close", () => { if (up) closed++; });
     s.resume();
   });
   for (let i = 0; i < N; i += 250) await Promise.all(Array.from({ length: Math.min(250, N - i) }, open));
@@ -290,8 +292,12 @@ func TestConnectionsPerSandboxAreBounded(t *testing.T) {
 			refused++
 		}
 	}
-	if refused != n-bound {
-		t.Errorf("%d refusals naming the bound in the network events, want %d", refused, n-bound)
+	// Every connection past the bound that the proxy accepted it refused
+	// and reported. (Under a burst the kernel may refuse a few SYNs
+	// itself, ECONNREFUSED, before the proxy sees them: those are not
+	// the proxy's to report.)
+	if want := w.Connected - bound; refused != want || w.Connected+w.Errors["ECONNREFUSED"] != n {
+		t.Errorf("%d refusals naming the bound in the network events, want %d (%d connected, errors %v)", refused, want, w.Connected, w.Errors)
 	}
 	if after > before+idleUpstreamSlack {
 		t.Errorf("10 s after the sandbox exited the proxy holds %d sockets, %d before", after, before)
