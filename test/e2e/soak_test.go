@@ -77,6 +77,7 @@ func TestSoakLeavesNothingBehind(t *testing.T) {
 	}
 	base := restCensus(t, s)
 	t.Logf("baseline: %s", base)
+	t.Logf("memory before: %s", s.memory(t))
 
 	serialTimes := soakPhase(t, s, serial, 1)
 	t.Logf("%s\n  peak: %s", serialTimes, serialTimes.peak)
@@ -97,6 +98,7 @@ func TestSoakLeavesNothingBehind(t *testing.T) {
 
 	after := waitCensus(t, s, base)
 	t.Logf("after:    %s", after)
+	t.Logf("memory after: %s", s.memory(t))
 	if diff := after.diff(base); diff != "" {
 		t.Errorf("%s after the soak, not back to the baseline: %s", soakSettle, diff)
 		s.dumpGoroutines(t, base, after)
@@ -219,9 +221,16 @@ func (s soakTimes) String() string {
 	if len(s.each) == 0 {
 		return fmt.Sprintf("%d executions at %d: none ran", s.n, s.parallel)
 	}
-	return fmt.Sprintf("%d executions at %d concurrent: %v wall, %.1f/s; each p50 %.0f ms, p95 %.0f ms, max %.0f ms",
+	out := fmt.Sprintf("%d executions at %d concurrent: %v wall, %.1f/s; each p50 %.0f ms, p95 %.0f ms, max %.0f ms",
 		len(s.each), s.parallel, s.wall.Round(100*time.Millisecond), float64(len(s.each))/s.wall.Seconds(),
 		ms(percentile(s.each, 50)), ms(percentile(s.each, 95)), ms(slices.Max(s.each)))
+	// Something growing with each execution would show as the last ones
+	// running slower than the first.
+	if tenth := len(s.each) / 10; tenth >= 10 {
+		out += fmt.Sprintf("; p50 of the first tenth %.0f ms, of the last %.0f ms",
+			ms(percentile(s.each[:tenth], 50)), ms(percentile(s.each[len(s.each)-tenth:], 50)))
+	}
+	return out
 }
 
 // soakFailureLimit stops a phase once so many executions failed: the
@@ -422,7 +431,7 @@ func takeCensus(t *testing.T, s *soakStack) census {
 	if pids := procs["containerd"]; len(pids) == 1 {
 		c["fds containerd"] = openFiles(t, pids[0])
 	}
-	c["goroutines proxy"] = proxyGoroutines(t, s.proxyMetrics)
+	c["goroutines proxy"] = int(proxyMetric(t, s.proxyMetrics, "go_goroutines"))
 	c["network log bytes"] = int(s.e.app.NetworkLogBytes())
 	return c
 }
@@ -560,9 +569,9 @@ func openFiles(t *testing.T, pid int) int {
 	return len(ents)
 }
 
-// proxyGoroutines reads go_goroutines from the proxy's metrics, on a
+// proxyMetric reads an unlabelled metric from the proxy's metrics, on a
 // connection of its own that is closed after.
-func proxyGoroutines(t *testing.T, addr string) int {
+func proxyMetric(t *testing.T, addr, name string) float64 {
 	t.Helper()
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
 	res, err := client.Get("http://" + addr + "/metrics")
@@ -572,14 +581,27 @@ func proxyGoroutines(t *testing.T, addr string) int {
 	defer res.Body.Close()
 	sc := bufio.NewScanner(res.Body)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "go_goroutines "); ok {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
 			n, err := strconv.ParseFloat(v, 64)
 			if err != nil {
 				t.Fatal(err)
 			}
-			return int(n)
+			return n
 		}
 	}
-	t.Fatalf("no go_goroutines in the proxy's metrics (%v)", sc.Err())
+	t.Fatalf("no %s in the proxy's metrics (%v)", name, sc.Err())
 	return 0
+}
+
+// memory is the executor's heap in use after a collection and the
+// proxy's resident set, in MiB: logged, not compared (a heap does not come
+// back to the byte).
+func (s *soakStack) memory(t *testing.T) string {
+	t.Helper()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return fmt.Sprintf("executor heap in use %.1f MiB, proxy resident %.1f MiB, proxy heap in use %.1f MiB",
+		float64(m.HeapInuse)/(1<<20), proxyMetric(t, s.proxyMetrics, "process_resident_memory_bytes")/(1<<20),
+		proxyMetric(t, s.proxyMetrics, "go_memstats_heap_inuse_bytes")/(1<<20))
 }
