@@ -593,15 +593,17 @@ func proxyMetric(t *testing.T, addr, name string) float64 {
 	return 0
 }
 
-// memory is the executor's heap in use after a collection and the
-// proxy's resident set, in MiB: logged, not compared (a heap does not come
-// back to the byte).
+// memory is this process's heap in use after a collection and the
+// proxy's resident set and heap, in MiB: logged, not compared (a heap does
+// not come back to the byte). This process's heap is the executor's plus
+// the proxy's log, which startProxy keeps in memory: about 2 KiB an
+// execution, all of the growth a heap profile showed over 500 of them.
 func (s *soakStack) memory(t *testing.T) string {
 	t.Helper()
 	runtime.GC()
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
-	return fmt.Sprintf("executor heap in use %.1f MiB, proxy resident %.1f MiB, proxy heap in use %.1f MiB",
+	return fmt.Sprintf("test process (executor) heap in use %.1f MiB, proxy resident %.1f MiB, proxy heap in use %.1f MiB",
 		float64(m.HeapInuse)/(1<<20), proxyMetric(t, s.proxyMetrics, "process_resident_memory_bytes")/(1<<20),
 		proxyMetric(t, s.proxyMetrics, "go_memstats_heap_inuse_bytes")/(1<<20))
 }
