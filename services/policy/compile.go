@@ -276,7 +276,16 @@ func (c *Compiled) Decide(r Request) Decision {
 // so the proxy's DNS can answer NXDOMAIN for names no rule could allow. In
 // audit mode every valid host could be (it would be forwarded as
 // would-block). A host that is not canonical (canon.CheckHost) never could.
-func (c *Compiled) CouldAllowHost(host string) bool {
+func (c *Compiled) CouldAllowHost(host string) bool { return c.couldAllow(host, "") }
+
+// CouldAllowScheme is CouldAllowHost for requests over scheme alone: a host
+// entry that does not list scheme could allow none of them. The proxy asks
+// it with https for a TLS server name before it mints a leaf. Ports are
+// left to each request's decision, whose reason names the ports allowed.
+func (c *Compiled) CouldAllowScheme(host, scheme string) bool { return c.couldAllow(host, scheme) }
+
+// couldAllow is CouldAllowHost, restricted to scheme unless it is empty.
+func (c *Compiled) couldAllow(host, scheme string) bool {
 	if canon.CheckHost(host) != nil {
 		return false
 	}
@@ -289,7 +298,7 @@ func (c *Compiled) CouldAllowHost(host string) bool {
 	}
 	for _, l := range c.layers {
 		e, ok := l.hosts.lookup(h)
-		if ok && !e.couldAllow || !ok && !l.defaultAllow {
+		if ok && (!e.couldAllow || scheme != "" && !slices.Contains(e.endpoints.schemes, scheme)) || !ok && !l.defaultAllow {
 			return false
 		}
 	}

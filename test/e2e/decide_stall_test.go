@@ -19,7 +19,9 @@ import (
 // sandbox, DNS lookups and HTTPS requests by IP and Host to an allowed
 // stand-in, are all refused within 3s in total, with the unavailable
 // reason; once the path carries bytes again the same requests are
-// allowed, with no manual step.
+// allowed, with no manual step. No neighbour (startNeighbour) runs here:
+// every sandbox's decisions take the one cut path, so a neighbour's
+// requests are refused too, as fail-closed wants.
 func TestCutDecisionPathFailsFast(t *testing.T) {
 	ports := netPorts{proxyGRPC: "127.0.0.1:" + itoa(freePort(t)), proxyPort: freePort(t), dnsPort: freePort(t)}
 	e := startExecutor(t, executorOpts{egress: startEgress(t, ports, basePolicy)})

@@ -28,8 +28,9 @@ hosts:
     default: allow
 `
 
-// startPolicyStack is startNetStack with another operator policy.
-func startPolicyStack(t *testing.T, policyYAML string) (*netStack, string) {
+// startPolicyStack is startNetStack with another operator policy and the
+// proxy's further flags.
+func startPolicyStack(t *testing.T, policyYAML string, proxyFlags ...string) (*netStack, string) {
 	t.Helper()
 	ports := netPorts{proxyGRPC: "127.0.0.1:" + itoa(freePort(t)), proxyPort: freePort(t), dnsPort: freePort(t)}
 	eo := startEgress(t, ports, policyYAML)
@@ -40,7 +41,7 @@ func startPolicyStack(t *testing.T, policyYAML string) (*netStack, string) {
 	s.proxy = startProxy(t, ports, s.e.deciderAddr, map[string]string{
 		"pay.test":        s.pay.addr(),
 		"api.github.test": s.github.addr(),
-	}, upstreamCAPEM(t))
+	}, upstreamCAPEM(t), proxyFlags...)
 	deadline := time.Now().Add(10 * time.Second)
 	for !s.e.app.ProxyConnected() {
 		if time.Now().After(deadline) {
@@ -51,31 +52,6 @@ func startPolicyStack(t *testing.T, policyYAML string) (*netStack, string) {
 	return s, eo.policyFile
 }
 
-// neighbour runs a sandbox that makes n allowed GETs to pay.test while the
-// test's other sandbox attacks; done gets how many were answered 200.
-func neighbour(s *netStack, n int) <-chan string {
-	done := make(chan string, 1)
-	go func() {
-		r := s.e.execute(context.Background(), code(`
-(async () => {
-  let ok = 0;
-  for (let i = 0; i < `+itoa(uint16(n))+`; i++) {
-    const st = await fetch("https://pay.test/neighbour/" + i).then(r => r.status, e => (e.cause && e.cause.code) || e.name);
-    if (st === 200) ok++;
-    await new Promise(r => setTimeout(r, 200));
-  }
-  console.log(JSON.stringify({ ok }));
-})();
-`))
-		if r.err != nil {
-			done <- "error: " + r.err.Error()
-			return
-		}
-		done <- strings.TrimSpace(string(r.stdout))
-	}()
-	return done
-}
-
 // TestDenyRuleVariantsFromSandbox sends, from a real sandbox through the
 // real proxy, the variants of a denied path that servers route to the same
 // handler, and a request to another port of the allowed host: each is
@@ -83,7 +59,7 @@ func neighbour(s *netStack, n int) <-chan string {
 // neighbouring sandbox's allowed requests succeed meanwhile.
 func TestDenyRuleVariantsFromSandbox(t *testing.T) {
 	s, _ := startPolicyStack(t, denyRulesPolicy)
-	nb := neighbour(s, 10)
+	nb := startNeighbour(t, s.e)
 	type answer struct{ Status, Rule, Reason string }
 	var got map[string]answer
 	probe(t, s.e, code(`
@@ -130,14 +106,7 @@ const ask = (url, method) => fetch(url, { method, body: method === "POST" ? "x=1
 			t.Errorf("the upstream got a request that was to be blocked: %s", r)
 		}
 	}
-	select {
-	case out := <-nb:
-		if out != `{"ok":10}` {
-			t.Errorf("neighbour sandbox: %s, want all 10 allowed requests answered 200", out)
-		}
-	case <-time.After(2 * time.Minute):
-		t.Fatal("neighbour sandbox did not finish")
-	}
+	nb.check(t)
 }
 
 // TestPolicyReloadAppliesToRunningSandbox tightens the operator's policy
@@ -182,6 +151,7 @@ const ask = url => fetch(url).then(async r => { const b = await r.text(); let j 
 		Before, NarrowedBefore, After, StillAllowed, NarrowedAfter, PayAllowed answer
 		AllowedProbes, BlockedAfterMs                                          string
 	}
+	nb := startNeighbour(t, s.e)
 	done := make(chan *run, 1)
 	go func() { done <- s.e.execute(context.Background(), req) }()
 
@@ -214,6 +184,7 @@ const ask = url => fetch(url).then(async r => { const b = await r.text(); let j 
 	case <-time.After(2 * time.Minute):
 		t.Fatal("the sandbox did not finish")
 	}
+	nb.check(t)
 	if r.err != nil {
 		t.Fatalf("Execute: %v\nstderr: %s", r.err, r.stderr)
 	}

@@ -244,7 +244,8 @@ const get = (mod, url) => new Promise(res => mod.get(url, r => { r.resume(); r.o
 
 // TestNothingLeavesAnotherWay tries every other way out and proves the
 // target got nothing: TCP to a host port, UDP, DNS to another resolver,
-// another sandbox, the executor's and the proxy's ports, IPv6.
+// another sandbox, the executor's and the proxy's ports, IPv6; a
+// neighbouring sandbox's allowed requests succeed meanwhile.
 func TestNothingLeavesAnotherWay(t *testing.T) {
 	s := startNetStack(t)
 	// Host-side targets listening on every address.
@@ -305,6 +306,7 @@ setTimeout(() => {}, 60000);
 		}
 	}()
 
+	nb := startNeighbour(t, s.e)
 	udpPort := udpTarget.LocalAddr().(*net.UDPAddr).Port
 	_, execPort, _ := net.SplitHostPort(s.e.addr)
 	_, proxyGRPCPort, _ := net.SplitHostPort(s.proxy.ports.proxyGRPC)
@@ -340,6 +342,7 @@ const udp = (host, port) => new Promise(res => {
   console.log(JSON.stringify(out));
 })();
 `, tcpPort, udpPort, execPort, proxyGRPCPort, victimIP, victimIP, udpPort, tcp6Port, tcp6Port)), &got)
+	nb.check(t)
 	t.Logf("attempts: %v", got)
 
 	// Give stray packets time to arrive anywhere they could.
@@ -630,12 +633,15 @@ const gw = os.networkInterfaces().eth0.find(a => a.family === "IPv4").address.re
 `)
 	req.Policy = &policyv1.Policy{DefaultAction: policyv1.Action_ACTION_ALLOW}
 	var got struct{ DNS, Raw string }
-	probe(t, e, req, &got)
+	r := probe(t, e, req, &got)
 	if got.DNS != "ENOTFOUND" {
 		t.Errorf("DNS without a policy file: %q, want ENOTFOUND", got.DNS)
 	}
-	if !strings.HasPrefix(got.Raw, "HTTP/1.1 403") || !strings.Contains(got.Raw, `"rule":"default"`) {
-		t.Errorf("request without a policy file: %q, want 403 by the default rule", got.Raw)
+	// No rule could allow the name, so no leaf is minted for it: the
+	// handshake is refused (mint_gate_test.go), and the reason reported.
+	refused := requestEvents(r, executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REFUSED)
+	if strings.HasPrefix(got.Raw, "HTTP/") || len(refused) != 1 || !strings.Contains(refused[0].GetReason(), `"api.github.test" refused at the handshake: no rule of the policy could allow https`) {
+		t.Errorf("request without a policy file: %q, refusals %v; want the handshake refused, saying no rule allows the name", got.Raw, refused)
 	}
 	if github.hits.Load() != 0 {
 		t.Errorf("the stand-in got %v", github.requests())
@@ -670,8 +676,9 @@ func tcpTarget(t *testing.T, network, addr string) (port int, hits chan string) 
 // cookie of many pairs (the request that once closed every sandbox's
 // decision stream) and a 100 KB query. Each gets the proxy's 431 or 414 with its
 // JSON body and shows up in the sandbox's network log as blocked, while a
-// second sandbox's allowed requests, made at the same time, all go
-// through, and the one decision stream stays up throughout.
+// second sandbox's allowed requests over HTTP/2 and fetch, made at the
+// same time, all go through, a neighbour's (startNeighbour) within its
+// bounds, and the one decision stream stays up throughout.
 func TestOversizedRequestsBreakNothing(t *testing.T) {
 	s := startNetStack(t)
 	oversized := code(`
@@ -734,12 +741,14 @@ const http2 = require("http2");
   console.log(JSON.stringify(out));
 })();
 `)
+	nb := startNeighbour(t, s.e)
 	runs := make([]*run, 2)
 	var wg sync.WaitGroup
 	for i, req := range []*executorv1.ExecuteRequest{oversized, allowed} {
 		wg.Go(func() { runs[i] = s.e.execute(context.Background(), req) })
 	}
 	wg.Wait()
+	nb.check(t)
 	for _, r := range runs {
 		if r.err != nil || r.result == nil {
 			t.Fatalf("Execute: %v, result %v\nstdout: %s\nstderr: %s", r.err, r.result, r.stdout, r.stderr)

@@ -180,6 +180,7 @@ func (a *App) newEgress(ctx context.Context) (server.Egress, error) {
 		IfPrefix:           cfg.VethPrefix,
 		NamePrefix:         cfg.NetnsPrefix,
 		MaxNetworkLogBytes: int64(cfg.MaxNetworkLogBytes),
+		DNSPacketRate:      uint32(cfg.DNSPacketRate),
 	}, a.reg, a.log)
 	if err != nil {
 		return nil, fmt.Errorf("egress: %w", err)
@@ -386,6 +387,7 @@ func (a attachment) Contribute(s *sandbox.Spec) {
 	s.NetNSPath = a.NetNSPath
 	s.ExtraFiles = append(s.ExtraFiles, a.ExtraFiles...)
 	s.Env = append(s.Env, a.Env...)
+	s.NodeFlags = append(s.NodeFlags, a.NodeFlags...)
 }
 
 func (a attachment) Close() error              { return a.Detach() }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"slices"
@@ -72,10 +73,14 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		Allow:        cfg.UpstreamAllow,
 		AllowSpecial: func(host string) bool { return slices.Contains(cfg.AllowPrivateHosts, host) },
 	})
-	transport := proxy.NewTransport(d.DialContext, roots)
-	transport.ResponseHeaderTimeout = cfg.UpstreamResponseHeaderTimeout
-	transport.IdleConnTimeout = cfg.UpstreamIdleTimeout
-	defer transport.CloseIdleConnections()
+	// Each source address gets its own transport: no upstream connection
+	// carries two tenants' requests.
+	newUpstream := func() *http.Transport {
+		t := proxy.NewTransport(d.DialContext, roots)
+		t.ResponseHeaderTimeout = cfg.UpstreamResponseHeaderTimeout
+		t.IdleConnTimeout = cfg.UpstreamIdleTimeout
+		return t
+	}
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -120,16 +125,24 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return err
 	}
 
+	minter := mitm.NewMinter(ca, cfg.LeafCacheSize)
+	minter.Register(reg)
+	mintRate := cfg.LeafMintRate
+	if mintRate == 0 {
+		mintRate = -1 // the flag's 0 disables the bound
+	}
 	p := proxy.New(proxy.Config{
-		Minter:   mitm.NewMinter(ca, cfg.LeafCacheSize),
-		Decider:  decider,
-		Redactor: redact.New(cfg.RedactQueryParams),
-		Upstream: transport,
+		Minter:      minter,
+		Decider:     decider,
+		Redactor:    redact.New(cfg.RedactQueryParams),
+		NewUpstream: newUpstream,
 
-		MaxConnsPerSource:     cfg.MaxConnsPerSource,
-		MaxDecisionsPerSource: cfg.MaxDecisionsPerSource,
-		Metrics:               proxy.NewMetrics(reg),
-		Log:                   log,
+		MaxConnsPerSource: cfg.MaxConnsPerSource,
+		WebSocket:         cfg.WebSocket,
+		LeafMintRate:      mintRate,
+		LeafMintBurst:     cfg.LeafMintBurst,
+		Metrics:           proxy.NewMetrics(reg),
+		Log:               log,
 	})
 	// When an execution ends the executor says so: nothing its sandbox
 	// opened may outlive it.

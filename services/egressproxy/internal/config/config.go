@@ -16,7 +16,9 @@ import (
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/dialer"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/dns"
+	"github.com/sandpit-run/sandpit/services/egressproxy/internal/mitm"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/proxy"
+	"github.com/sandpit-run/sandpit/services/policy"
 )
 
 // Config is the proxy's whole configuration.
@@ -36,6 +38,10 @@ type Config struct {
 
 	CACert, CAKey, CADir string
 	LeafCacheSize        int
+	// LeafMintRate and LeafMintBurst bound the new leaves one sandbox
+	// address may have minted; a rate of 0 disables the bound.
+	LeafMintRate  float64
+	LeafMintBurst int
 
 	Upstreams         map[string]string
 	UpstreamAllow     []netip.Prefix
@@ -47,8 +53,9 @@ type Config struct {
 	UpstreamResponseHeaderTimeout time.Duration
 	UpstreamIdleTimeout           time.Duration
 
-	MaxConnsPerSource     int
-	MaxDecisionsPerSource int
+	MaxConnsPerSource int
+
+	WebSocket proxy.WebSocketLimits
 
 	RedactQueryParams []string
 }
@@ -77,7 +84,7 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	fs.DurationVar(&c.DecideTimeout, "decide-timeout", 2*time.Second, "how long a request waits for its verdict before it is denied")
 	fs.Float64Var(&c.Limits.HTTPRate, "http-rate", decide.DefaultHTTPRate, "HTTP requests per second one sandbox address may have decided (token bucket); over it they get 429 at once; 0 disables")
 	fs.IntVar(&c.Limits.HTTPBurst, "http-burst", decide.DefaultHTTPBurst, "depth of the http-rate bucket")
-	fs.IntVar(&c.Limits.HTTPInFlight, "http-in-flight", decide.DefaultHTTPInFlight, "HTTP requests of one sandbox address waiting for their verdict at once; more get 429 at once; 0 disables")
+	fs.IntVar(&c.Limits.HTTPInFlight, "http-in-flight", decide.DefaultHTTPInFlight, "HTTP requests of one sandbox address waiting for their verdict at once (the one in-flight bound); more get 429 at once, without the executor being asked; 0 disables")
 	fs.Float64Var(&c.Limits.DNSRate, "dns-rate", decide.DefaultDNSRate, "DNS queries per second one sandbox address may have decided (token bucket); over it they get REFUSED at once; 0 disables")
 	fs.IntVar(&c.Limits.DNSBurst, "dns-burst", decide.DefaultDNSBurst, "depth of the dns-rate bucket")
 	fs.IntVar(&c.Limits.DNSInFlight, "dns-in-flight", decide.DefaultDNSInFlight, "DNS queries of one sandbox address waiting for their verdict at once; more get REFUSED at once; 0 disables")
@@ -85,7 +92,9 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&c.CACert, "ca-cert", "", "PEM CA certificate to mint leaves from (with --ca-key)")
 	fs.StringVar(&c.CAKey, "ca-key", "", "PEM private key of --ca-cert")
 	fs.StringVar(&c.CADir, "ca-dir", "", "directory holding ca.pem and ca-key.pem, generated there when missing; without it and --ca-cert a fresh CA is made at each start")
-	fs.IntVar(&c.LeafCacheSize, "leaf-cache-size", 4096, "minted leaf certificates kept")
+	fs.IntVar(&c.LeafCacheSize, "leaf-cache-size", mitm.DefaultLeafCacheSize, "minted leaf certificates kept (LRU)")
+	fs.Float64Var(&c.LeafMintRate, "leaf-mint-rate", proxy.DefaultLeafMintRate, "new leaf certificates per second one sandbox address may have minted (token bucket); over it the handshake is refused; 0 disables")
+	fs.IntVar(&c.LeafMintBurst, "leaf-mint-burst", proxy.DefaultLeafMintBurst, "depth of the leaf-mint-rate bucket")
 	var upstreams, allow, private, redQ list
 	fs.Var(&upstreams, "upstream", "host=addr:port: send requests for host there instead of resolving it (repeatable)")
 	fs.Var(&allow, "upstream-allow", "CIDR: when given, the only addresses ever dialed upstream (repeatable)")
@@ -95,7 +104,10 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	fs.DurationVar(&c.UpstreamResponseHeaderTimeout, "upstream-response-header-timeout", proxy.DefaultResponseHeaderTimeout, "how long an allowed request waits for the upstream's response head before the sandbox gets a 502")
 	fs.DurationVar(&c.UpstreamIdleTimeout, "upstream-idle-timeout", proxy.DefaultUpstreamIdleTimeout, "how long an idle upstream connection is kept for reuse")
 	fs.IntVar(&c.MaxConnsPerSource, "max-conns-per-source", proxy.DefaultMaxConnsPerSource, "connections one source address (sandbox) may hold open; more are refused")
-	fs.IntVar(&c.MaxDecisionsPerSource, "max-decisions-per-source", proxy.DefaultMaxDecisionsPerSource, "requests of one source address that may wait for a verdict at once; more are denied by the proxy")
+	c.WebSocket = proxy.WebSocketLimits{MaxSentBytes: proxy.DefaultWebSocketMaxSentBytes, MaxReceivedBytes: proxy.DefaultWebSocketMaxReceivedBytes}
+	fs.Var(byteSize{&c.WebSocket.MaxSentBytes}, "websocket-max-sent-bytes", "bytes a sandbox may send over one WebSocket when its policy sets no limits.max_request_bytes (which bounds them otherwise), frames and their headers counted; past it the relay is cut (bytes, or with KiB/MiB/GiB)")
+	fs.Var(byteSize{&c.WebSocket.MaxReceivedBytes}, "websocket-max-received-bytes", "bytes one WebSocket may carry to the sandbox; past it the relay is cut (bytes, or with KiB/MiB/GiB)")
+	fs.DurationVar(&c.WebSocket.IdleTimeout, "websocket-idle-timeout", proxy.DefaultWebSocketIdleTimeout, "a WebSocket on which nothing moved either way for this long is closed")
 	fs.Var(&redQ, "redact-query-param", "extra query parameter name to redact (repeatable)")
 
 	if err := fs.Parse(args); err != nil {
@@ -147,16 +159,42 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	if c.MaxConnsPerSource <= 0 {
 		errs = append(errs, errors.New("max-conns-per-source must be positive"))
 	}
-	if c.MaxDecisionsPerSource <= 0 {
-		errs = append(errs, errors.New("max-decisions-per-source must be positive"))
+	if c.WebSocket.MaxSentBytes == 0 || c.WebSocket.MaxReceivedBytes == 0 || c.WebSocket.IdleTimeout <= 0 {
+		errs = append(errs, errors.New("websocket-max-sent-bytes, websocket-max-received-bytes and websocket-idle-timeout must be positive"))
 	}
 	if c.Limits.HTTPRate < 0 || c.Limits.HTTPBurst < 0 || c.Limits.HTTPInFlight < 0 ||
 		c.Limits.DNSRate < 0 || c.Limits.DNSBurst < 0 || c.Limits.DNSInFlight < 0 {
 		errs = append(errs, errors.New("http-rate, http-burst, http-in-flight, dns-rate, dns-burst and dns-in-flight must not be negative"))
+	}
+	if c.LeafCacheSize < 1 {
+		errs = append(errs, errors.New("leaf-cache-size must be at least 1"))
+	}
+	if c.LeafMintRate < 0 || c.LeafMintBurst < 1 {
+		errs = append(errs, errors.New("leaf-mint-rate must not be negative and leaf-mint-burst must be at least 1"))
 	}
 	if c.DNSWorkers < 1 {
 		errs = append(errs, errors.New("dns-workers must be at least 1"))
 	}
 	c.RedactQueryParams = redQ
 	return c, errors.Join(errs...)
+}
+
+// byteSize is a flag of bytes, as a number or with a binary unit (64KiB,
+// 1MiB), as a policy file writes them.
+type byteSize struct{ n *uint64 }
+
+func (b byteSize) String() string {
+	if b.n == nil {
+		return ""
+	}
+	return policy.FormatByteSize(*b.n)
+}
+
+func (b byteSize) Set(s string) error {
+	n, err := policy.ParseByteSize(s)
+	if err != nil {
+		return err
+	}
+	*b.n = n
+	return nil
 }

@@ -11,12 +11,12 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -84,6 +84,8 @@ type Client struct {
 	stallc  chan struct{}
 
 	http, dns *sourceLimiter
+	// refusals is signalled when a limiter counted a refusal.
+	refusals chan struct{}
 
 	mu      sync.Mutex
 	pending map[uint64]chan *egressv1.DecideResponse
@@ -99,23 +101,20 @@ func New(conn grpc.ClientConnInterface, cfg Config) (*Client, error) {
 		return nil, err
 	}
 	c := &Client{
-		client:  egressv1.NewDecisionServiceClient(conn),
-		health:  healthpb.NewHealthClient(conn),
-		hello:   hello,
-		timeout: cfg.Timeout,
-		metrics: cfg.Metrics,
-		log:     cfg.Log,
-		send:    make(chan *egressv1.DecideRequest, 1024),
-		pending: map[uint64]chan *egressv1.DecideResponse{},
-		stallc:  make(chan struct{}, 1),
-		http:    newSourceLimiter(kindHTTP, cfg.Limits.HTTPRate, cfg.Limits.HTTPBurst, cfg.Limits.HTTPInFlight, cfg.Metrics, cfg.Log),
-		dns:     newSourceLimiter(kindDNS, cfg.Limits.DNSRate, cfg.Limits.DNSBurst, cfg.Limits.DNSInFlight, cfg.Metrics, cfg.Log),
+		client:   egressv1.NewDecisionServiceClient(conn),
+		health:   healthpb.NewHealthClient(conn),
+		hello:    hello,
+		timeout:  cfg.Timeout,
+		metrics:  cfg.Metrics,
+		log:      cfg.Log,
+		send:     make(chan *egressv1.DecideRequest, 1024),
+		pending:  map[uint64]chan *egressv1.DecideResponse{},
+		stallc:   make(chan struct{}, 1),
+		refusals: make(chan struct{}, 1),
+		http:     newSourceLimiter(kindHTTP, cfg.Limits.HTTPRate, cfg.Limits.HTTPBurst, cfg.Limits.HTTPInFlight, cfg.Metrics, cfg.Log),
+		dns:      newSourceLimiter(kindDNS, cfg.Limits.DNSRate, cfg.Limits.DNSBurst, cfg.Limits.DNSInFlight, cfg.Metrics, cfg.Log),
 	}
-	// Refusals reach the executor sampled, as the limiter logs them: the
-	// execution's network events say it was limited without one report
-	// per refused packet crowding the stream.
-	report := func(src netip.Addr, reason string) { c.ReportRefusal(Refusal{SourceIP: src, Reason: reason}) }
-	c.http.report, c.dns.report = report, report
+	c.http.refused, c.dns.refused = c.refusals, c.refusals
 	return c, nil
 }
 
@@ -130,12 +129,26 @@ const (
 	KeepaliveTimeout = 5 * time.Second
 )
 
+// MaxRedialDelay bounds the wait between two attempts to reach the
+// executor, both the connection's redials and the stream's reopenings: a
+// restarted executor is served within about this of listening, however
+// long it was down (gRPC's own redial backoff grows to two minutes).
+const MaxRedialDelay = time.Second
+
 // DialOptions are the options the connection to the executor needs
 // besides its credentials.
 func DialOptions() []grpc.DialOption {
-	return []grpc.DialOption{grpc.WithKeepaliveParams(keepalive.ClientParameters{
-		Time: KeepaliveTime, Timeout: KeepaliveTimeout, PermitWithoutStream: true,
-	})}
+	return []grpc.DialOption{
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{
+			Time: KeepaliveTime, Timeout: KeepaliveTimeout, PermitWithoutStream: true,
+		}),
+		// gRPC's default backoff (1.6x, 20% jitter) but from 100ms and
+		// capped; a connection attempt still gets the default 20s.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: MaxRedialDelay},
+			MinConnectTimeout: 20 * time.Second,
+		}),
+	}
 }
 
 // probeInterval is how often a stalled client checks whether the
@@ -210,10 +223,11 @@ func (c *Client) Connected() bool { return c.up.Load() }
 // every pending question is denied and the stream reopened after a
 // backoff.
 func (c *Client) Run(ctx context.Context) {
-	probed := make(chan struct{})
-	go func() { defer close(probed); c.probe(ctx) }()
-	defer func() { <-probed }()
-	backoff := 100 * time.Millisecond
+	var helpers sync.WaitGroup
+	helpers.Go(func() { c.probe(ctx) })
+	helpers.Go(func() { c.reportRefusals(ctx) })
+	defer helpers.Wait()
+	delay := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		start := time.Now()
 		err := c.runStream(ctx)
@@ -221,15 +235,15 @@ func (c *Client) Run(ctx context.Context) {
 			return
 		}
 		if time.Since(start) > 10*time.Second {
-			backoff = 100 * time.Millisecond
+			delay = 100 * time.Millisecond
 		}
-		c.log.Warn("decide stream lost", "error", err, "retry_in_seconds", backoff.Seconds())
+		c.log.Warn("decide stream lost", "error", err, "retry_in_seconds", delay.Seconds())
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(backoff/2 + rand.N(backoff/2+1)):
+		case <-time.After(delay/2 + rand.N(delay/2+1)):
 		}
-		backoff = min(backoff*2, 5*time.Second)
+		delay = min(delay*2, MaxRedialDelay)
 	}
 }
 

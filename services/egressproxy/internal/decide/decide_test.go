@@ -31,12 +31,20 @@ var testHello = decide.Hello{
 
 func newClient(t *testing.T, addr string, timeout time.Duration) *decide.Client {
 	t.Helper()
+	return newClientWith(t, addr, decide.Config{Timeout: timeout})
+}
+
+// newClientWith runs a client of addr configured by cfg, with the test's
+// hello and no log.
+func newClientWith(t *testing.T, addr string, cfg decide.Config) *decide.Client {
+	t.Helper()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	c, err := decide.New(conn, decide.Config{Hello: testHello, Timeout: timeout, Log: slog.New(slog.DiscardHandler)})
+	cfg.Hello, cfg.Log = testHello, slog.New(slog.DiscardHandler)
+	c, err := decide.New(conn, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,9 +26,7 @@ func TestSourceLimiter(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var reports []string
 			l := newSourceLimiter(kindDNS, tt.rate, tt.burst, tt.inFlight, nil, slog.New(slog.DiscardHandler))
-			l.report = func(_ netip.Addr, r string) { reports = append(reports, r) }
 			admitted := 0
 			for range 10 {
 				release, err := l.acquire(a)
@@ -46,8 +44,19 @@ func TestSourceLimiter(t *testing.T) {
 			if admitted != tt.admitted {
 				t.Errorf("admitted %d of 10, want %d", admitted, tt.admitted)
 			}
-			if refused := 10 - tt.admitted; refused > 0 && len(reports) != 1 {
-				t.Errorf("%d refusals reported %d times, want once per %s: %q", refused, len(reports), refusalLogInterval, reports)
+			// Every refusal is counted in one report for the source, with
+			// one reason per refusalLogInterval.
+			refused := 10 - tt.admitted
+			reports := l.unreported()
+			switch {
+			case refused == 0 && len(reports) != 0:
+				t.Errorf("reports %+v, want none", reports)
+			case refused > 0 && (len(reports) != 1 || reports[0].SourceIP != a || reports[0].RateLimitedDNSQueries != uint32(refused) ||
+				reports[0].RateLimitedRequests != 0 || !strings.Contains(reports[0].Reason, tt.limit)):
+				t.Errorf("reports %+v, want one counting %d DNS queries of %v, its reason saying %q", reports, refused, a, tt.limit)
+			}
+			if again := l.unreported(); len(again) != 0 {
+				t.Errorf("reported again: %+v", again)
 			}
 			// A neighbour is never limited by a's questions.
 			if release, err := l.acquire(b); err != nil {

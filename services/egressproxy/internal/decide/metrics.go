@@ -10,6 +10,7 @@ import (
 const (
 	kindHTTP = "http"
 	kindDNS  = "dns"
+	kindTLS  = "tls"
 )
 
 // Causes of a fail-closed deny, the cause label's values: why the verdict
@@ -38,7 +39,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "sandpit_egress_decision_duration_seconds",
-			Help: "From asking the executor to its answer, by kind (http, dns); fail-closed denies are in sandpit_egress_decision_failures_total instead.",
+			Help: "From asking the executor to its answer, by kind (http, dns, tls); fail-closed denies are in sandpit_egress_decision_failures_total instead.",
 			// From a loopback round trip to past the default 2s timeout.
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
 		}, []string{"kind"}),
@@ -61,7 +62,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	// Every series exists from the start, so that a rate or an alert on
 	// one that never happened yet reads 0 rather than nothing.
-	for _, k := range []string{kindHTTP, kindDNS} {
+	for _, k := range []string{kindHTTP, kindDNS, kindTLS} {
 		m.latency.WithLabelValues(k)
 	}
 	for _, c := range []string{causeNoStream, causeTimeout, causeStreamLost, causeSendQueueFull, causeAbandoned, causeTooLarge, causeStalled} {

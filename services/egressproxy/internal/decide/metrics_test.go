@@ -81,7 +81,7 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("%v failures by %s, want 0", got, cause)
 		}
 	}
-	metricstest.CheckLabel(t, reg, "kind", []string{"http", "dns"})
+	metricstest.CheckLabel(t, reg, "kind", []string{"http", "dns", "tls"})
 	metricstest.CheckLabel(t, reg, "cause", []string{"no_stream", "timeout", "stream_lost", "send_queue_full", "abandoned", "message_too_large", "stalled"})
 	metricstest.CheckLabel(t, reg, "limit", []string{"rate", "in_flight"})
 }

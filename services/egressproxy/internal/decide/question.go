@@ -110,6 +110,9 @@ type Refusal struct {
 	Destination netip.AddrPort
 	// Reason says why: not HTTP, TLS without SNI, ...
 	Reason string
+	// RateLimitedRequests and RateLimitedDNSQueries count the questions of
+	// SourceIP refused by its Limits since the last report of them.
+	RateLimitedRequests, RateLimitedDNSQueries uint32
 }
 
 func addrString(a netip.Addr) string {
@@ -193,6 +196,7 @@ func (r Refusal) message() *egressv1.DecideRequest {
 	}
 	return report(&egressv1.Report{Kind: &egressv1.Report_Refusal{Refusal: &egressv1.Refusal{
 		SourceIp: addrString(r.SourceIP), Destination: dst, Reason: bound.String(r.Reason, MaxReasonBytes),
+		RateLimitedRequests: r.RateLimitedRequests, RateLimitedDnsQueries: r.RateLimitedDNSQueries,
 	}}})
 }
 

@@ -158,16 +158,16 @@ func Deny(rule, reason string) *egressv1.DecideResponse {
 }
 
 // StripeLike allows GET (and WebSocket upgrades) under /v1/products and
-// /redirect on api.stripe.test and plain.test, and DNS for names under
-// .test except blocked.test; it denies the rest, and stays silent about
-// host silent.test. Like the executor, it denies what the proxy marked as
-// a violation.
+// /redirect on api.stripe.test and plain.test, and DNS and TLS server
+// names under .test except blocked.test; it denies the rest, and stays
+// silent about host silent.test. Like the executor, it denies what the
+// proxy marked as a violation.
 func StripeLike(q *egressv1.Question) *egressv1.DecideResponse {
 	if d := q.GetDns(); d != nil {
-		if strings.HasSuffix(d.GetName(), ".test") && d.GetName() != "blocked.test" {
-			return Allow("dns")
-		}
-		return Deny("default", "not in policy")
+		return testName(d.GetName(), "dns")
+	}
+	if s := q.GetTls(); s != nil {
+		return testName(s.GetName(), "tls")
 	}
 	h := q.GetHttp()
 	switch {
@@ -181,4 +181,12 @@ func StripeLike(q *egressv1.Question) *egressv1.DecideResponse {
 		return Allow("hosts[0].rules[0]")
 	}
 	return Deny("hosts[0].rules[1]", "charges are not allowed")
+}
+
+// testName allows names under .test except blocked.test.
+func testName(name, rule string) *egressv1.DecideResponse {
+	if strings.HasSuffix(name, ".test") && name != "blocked.test" {
+		return Allow(rule)
+	}
+	return Deny("default", "not in policy")
 }

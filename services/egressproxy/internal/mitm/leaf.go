@@ -19,6 +19,12 @@ import (
 	"github.com/sandpit-run/sandpit/services/policy/canon"
 )
 
+// DefaultLeafCacheSize is the default of --leaf-cache-size: the leaves
+// kept, least recently used evicted first. At about 3.5 KiB each (a P-256
+// key, the DER certificate and its parsed form; TestLeafMemory) 4,096
+// leaves hold some 14 MiB.
+const DefaultLeafCacheSize = 4096
+
 // LeafValidity is how long a minted leaf is valid; it is re-minted when
 // less than a quarter of that remains.
 const LeafValidity = 24 * time.Hour
@@ -86,6 +92,13 @@ func (m *Minter) Certificate(host string) (*tls.Certificate, error) {
 		return nil, err
 	}
 	return v.(*tls.Certificate), nil
+}
+
+// Cached reports whether host's leaf is in the cache and fresh, so that
+// Certificate would return it without minting.
+func (m *Minter) Cached(host string) bool {
+	h, err := canon.CanonicalHost(host)
+	return err == nil && m.cached(h.Name) != nil
 }
 
 func (m *Minter) cached(key string) *tls.Certificate {

@@ -48,6 +48,9 @@ type refusalRecorder struct {
 func (r *refusalRecorder) AskHTTP(context.Context, decide.HTTPQuestion) (decide.Verdict, error) {
 	return decide.Verdict{}, errors.New("not asked in this test")
 }
+func (r *refusalRecorder) AskTLS(context.Context, decide.TLSQuestion) (decide.Verdict, error) {
+	return decide.Verdict{}, errors.New("not asked in this test")
+}
 func (r *refusalRecorder) ReportOutcome(decide.Outcome) {}
 func (r *refusalRecorder) ReportRefusal(f decide.Refusal) {
 	r.mu.Lock()

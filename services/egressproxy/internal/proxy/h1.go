@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/textproto"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -198,23 +197,24 @@ func (p *Proxy) serveOneH1(ctx context.Context, conn net.Conn, br *bufio.Reader,
 	if req.ContentLength == 0 && !c.websocket {
 		stopWatch = watchClose(conn, br, cancel)
 	}
-	resp, err := p.cfg.Upstream.RoundTrip(out)
+	resp, err := p.upstream(info.src).RoundTrip(out)
 	stopWatch()
 	if body.exceeded.Load() {
 		if err == nil {
 			resp.Body.Close()
 		}
-		p.outcome(v, 0, body.n.Load(), 0, errBodyTooLarge)
+		p.outcome(c, v, 0, body.n.Load(), 0, errBodyTooLarge)
 		writeResponse(bw, http.StatusRequestEntityTooLarge, "application/json", tooLargeBody(c, v), true)
 		return false
 	}
 	if err != nil {
-		p.outcome(v, 0, body.n.Load(), 0, err)
-		writeResponse(bw, http.StatusBadGateway, "application/json", p.errorBody(c, err), true)
+		err = sideOf(err, body, nil)
+		p.outcome(c, v, 0, body.n.Load(), 0, err)
+		writeResponse(bw, http.StatusBadGateway, "application/json", errorBody(c, err), true)
 		return false
 	}
 	if c.websocket && resp.StatusCode == http.StatusSwitchingProtocols {
-		p.spliceWebSocket(conn, br, bw, resp, v, body)
+		p.spliceWebSocket(ctx, conn, br, bw, c, resp, v)
 		return false
 	}
 	defer resp.Body.Close()
@@ -240,10 +240,10 @@ func (p *Proxy) serveOneH1(ctx context.Context, conn net.Conn, br *bufio.Reader,
 	}
 	status := resp.StatusCode
 	if werr != nil {
-		p.outcome(v, status, body.n.Load(), recv.n.Load(), werr)
+		p.outcome(c, v, status, body.n.Load(), recv.n.Load(), sideOf(werr, body, recv))
 		return false
 	}
-	p.outcome(v, status, body.n.Load(), recv.n.Load(), nil)
+	p.outcome(c, v, status, body.n.Load(), recv.n.Load(), nil)
 	if !keep || resp.Close {
 		return false
 	}
@@ -313,44 +313,6 @@ func writeResponse(bw *bufio.Writer, status int, contentType string, body []byte
 func writeSimple(conn net.Conn, status int, msg string) {
 	bw := bufio.NewWriter(conn)
 	writeResponse(bw, status, "text/plain; charset=utf-8", []byte(msg+"\n"), true)
-}
-
-// spliceWebSocket relays an accepted WebSocket upgrade: the 101 goes to
-// the sandbox, then bytes are copied both ways until either side closes.
-// Frames are not inspected.
-func (p *Proxy) spliceWebSocket(conn net.Conn, br *bufio.Reader, bw *bufio.Writer, resp *http.Response, v verdict, sent *countingReader) {
-	up, ok := resp.Body.(io.ReadWriteCloser)
-	if !ok {
-		resp.Body.Close()
-		p.outcome(v, resp.StatusCode, 0, 0, errors.New("upstream 101 without a writable body"))
-		return
-	}
-	defer up.Close()
-	fmt.Fprintf(bw, "HTTP/1.1 101 Switching Protocols\r\n")
-	h := resp.Header.Clone()
-	h.Set("Connection", "Upgrade")
-	h.Set("Upgrade", "websocket")
-	_ = h.Write(bw)
-	bw.WriteString("\r\n")
-	if err := bw.Flush(); err != nil {
-		p.outcome(v, resp.StatusCode, 0, 0, err)
-		return
-	}
-	var toUp, toDown int64
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		toUp, _ = io.Copy(up, br)
-		if cw, ok := up.(interface{ CloseWrite() error }); ok {
-			_ = cw.CloseWrite()
-		} else {
-			up.Close()
-		}
-	})
-	toDown, _ = io.Copy(conn, up)
-	conn.Close()
-	up.Close()
-	wg.Wait()
-	p.outcome(v, resp.StatusCode, uint64(toUp), uint64(toDown), nil)
 }
 
 // watchClose reads from the sandbox's connection while its request waits

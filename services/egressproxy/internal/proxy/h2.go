@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -37,18 +38,19 @@ func (p *Proxy) serveH2Request(w http.ResponseWriter, r *http.Request, info conn
 		return
 	}
 	body := &countingReader{r: r.Body, limit: v.maxBody}
-	resp, err := p.cfg.Upstream.RoundTrip(p.upstreamRequest(r.Context(), c, r, body))
+	resp, err := p.upstream(info.src).RoundTrip(p.upstreamRequest(r.Context(), c, r, body))
 	if body.exceeded.Load() {
 		if err == nil {
 			resp.Body.Close()
 		}
-		p.outcome(v, 0, body.n.Load(), 0, errBodyTooLarge)
+		p.outcome(c, v, 0, body.n.Load(), 0, errBodyTooLarge)
 		writeH2(w, http.StatusRequestEntityTooLarge, tooLargeBody(c, v))
 		return
 	}
 	if err != nil {
-		p.outcome(v, 0, body.n.Load(), 0, err)
-		writeH2(w, http.StatusBadGateway, p.errorBody(c, err))
+		err = sideOf(err, body, nil)
+		p.outcome(c, v, 0, body.n.Load(), 0, err)
+		writeH2(w, http.StatusBadGateway, errorBody(c, err))
 		return
 	}
 	defer resp.Body.Close()
@@ -68,7 +70,7 @@ func (p *Proxy) serveH2Request(w http.ResponseWriter, r *http.Request, info conn
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {
 			if _, err := w.Write(buf[:n]); err != nil {
-				werr = err
+				werr = fmt.Errorf("%w: %w", errSandboxClosed, err)
 				break
 			}
 			recv += uint64(n)
@@ -85,7 +87,7 @@ func (p *Proxy) serveH2Request(w http.ResponseWriter, r *http.Request, info conn
 	for k, vv := range resp.Trailer {
 		w.Header()[k] = vv
 	}
-	p.outcome(v, resp.StatusCode, body.n.Load(), recv, werr)
+	p.outcome(c, v, resp.StatusCode, body.n.Load(), recv, werr)
 }
 
 // h2Oversized tells whether a request is over a size bound. The target

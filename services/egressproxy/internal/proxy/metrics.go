@@ -20,6 +20,9 @@ const (
 	refusedInvalidSNI      = "invalid_sni"
 	refusedHandshakeFailed = "tls_handshake_failed"
 	refusedTooManyConns    = "too_many_connections"
+	refusedSNINotAllowed   = "sni_not_allowed"
+	refusedSNIUndecided    = "sni_undecided"
+	refusedMintRate        = "leaf_mint_rate"
 )
 
 // Metrics counts what the proxy did; a nil *Metrics records nothing.
@@ -29,13 +32,12 @@ type Metrics struct {
 	upstream prometheus.Histogram
 	accepts  prometheus.Counter
 	limits   *prometheus.CounterVec
+	// transports is how many sources hold their own upstream transport.
+	transports prometheus.Gauge
 }
 
-// Per-source bounds, the limit label's values.
-const (
-	limitConnections = "connections"
-	limitDecisions   = "decisions"
-)
+// limitConnections is the per-source bound's limit label value.
+const limitConnections = "connections"
 
 // NewMetrics registers the proxy's metrics with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
@@ -59,11 +61,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		limits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sandpit_egress_source_limit_total",
-			Help: "Connections refused and requests denied because their source address was at a per-source bound, by limit (connections, decisions).",
+			Help: "Connections refused because their source address was at its per-source bound, by limit (connections); requests over a per-source limit are in sandpit_egress_rate_limited_total.",
 		}, []string{"limit"}),
+		transports: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sandpit_egress_upstream_transports",
+			Help: "Upstream transports held, one per source address with a connection open: no upstream connection serves two sources.",
+		}),
 	}
 	m.limits.WithLabelValues(limitConnections)
-	m.limits.WithLabelValues(limitDecisions)
 	// Every series exists from the start, so that a rate or an alert on
 	// one that never happened yet reads 0 rather than nothing.
 	for _, d := range policy.DecisionLabels {
@@ -71,10 +76,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			m.requests.WithLabelValues(d, p)
 		}
 	}
-	for _, r := range []string{refusedNoOriginalDst, refusedH2CPrior, refusedNotHTTP, refusedBadClientHello, refusedNoSNI, refusedInvalidSNI, refusedHandshakeFailed, refusedTooManyConns} {
+	for _, r := range []string{refusedNoOriginalDst, refusedH2CPrior, refusedNotHTTP, refusedBadClientHello, refusedNoSNI, refusedInvalidSNI, refusedHandshakeFailed, refusedTooManyConns, refusedSNINotAllowed, refusedSNIUndecided, refusedMintRate} {
 		m.refusals.WithLabelValues(r)
 	}
-	reg.MustRegister(m.requests, m.refusals, m.upstream, m.accepts, m.limits)
+	reg.MustRegister(m.requests, m.refusals, m.upstream, m.accepts, m.limits, m.transports)
 	return m
 }
 
@@ -105,5 +110,11 @@ func (m *Metrics) acceptError() {
 func (m *Metrics) sourceLimit(limit string) {
 	if m != nil {
 		m.limits.WithLabelValues(limit).Inc()
+	}
+}
+
+func (m *Metrics) upstreamTransports(n int) {
+	if m != nil {
+		m.transports.Set(float64(n))
 	}
 }

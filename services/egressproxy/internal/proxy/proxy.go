@@ -28,6 +28,8 @@ import (
 // fails); reports are best effort.
 type Decider interface {
 	AskHTTP(ctx context.Context, q decide.HTTPQuestion) (decide.Verdict, error)
+	// AskTLS is asked before a leaf is minted for a server name.
+	AskTLS(ctx context.Context, q decide.TLSQuestion) (decide.Verdict, error)
 	ReportOutcome(o decide.Outcome)
 	ReportRefusal(r decide.Refusal)
 }
@@ -35,6 +37,9 @@ type Decider interface {
 // Minter provides TLS leaves for sandbox connections.
 type Minter interface {
 	Certificate(host string) (*tls.Certificate, error)
+	// Cached reports whether host's leaf is at hand, so that Certificate
+	// would not mint one.
+	Cached(host string) bool
 }
 
 // Config wires a Proxy.
@@ -42,10 +47,16 @@ type Config struct {
 	Minter   Minter
 	Decider  Decider
 	Redactor *redact.Redactor
-	// Upstream carries allowed requests; it must not follow redirects
-	// (an *http.Transport does not) and must dial through the checking
-	// dialer.
+	// Upstream carries allowed requests of every source when NewUpstream
+	// is nil; it must not follow redirects (an *http.Transport does not)
+	// and must dial through the checking dialer.
 	Upstream http.RoundTripper
+	// NewUpstream, if set, returns a fresh upstream transport (as
+	// NewTransport does, with DialContext set); each source address gets
+	// its own on first use and none of its connections serves another
+	// source. It is closed, connections and all, when the source's
+	// execution is released (CloseSource) or its last connection ends.
+	NewUpstream func() *http.Transport
 	// OriginalDst returns where a connection was headed before the
 	// redirect; nil means SocketOriginalDst. Tests inject it.
 	OriginalDst func(net.Conn) (netip.AddrPort, error)
@@ -58,11 +69,16 @@ type Config struct {
 	// MaxConnsPerSource bounds the open connections of one source
 	// address; zero means DefaultMaxConnsPerSource.
 	MaxConnsPerSource int
-	// MaxDecisionsPerSource bounds the requests of one source address
-	// waiting for their verdict; zero means DefaultMaxDecisionsPerSource.
-	MaxDecisionsPerSource int
-	Metrics               *Metrics
-	Log                   *slog.Logger
+	// LeafMintRate and LeafMintBurst bound the new leaves one source
+	// address may have minted (a token bucket; a cached leaf is free);
+	// zero means DefaultLeafMintRate and DefaultLeafMintBurst, a negative
+	// rate no bound.
+	LeafMintRate  float64
+	LeafMintBurst int
+	// WebSocket bounds each relayed WebSocket (websocket.go).
+	WebSocket WebSocketLimits
+	Metrics   *Metrics
+	Log       *slog.Logger
 }
 
 // Proxy serves redirected sandbox connections.
@@ -74,8 +90,11 @@ type Proxy struct {
 	conns map[net.Conn]tracked
 	// perSource counts conns by source address.
 	perSource map[netip.Addr]int
-	// deciding holds the decision slots of each source address.
-	deciding map[netip.Addr]*sourceSlots
+	// upstreams holds each source's own transport (Config.NewUpstream).
+	upstreams map[netip.Addr]*sourceUpstream
+	// gates holds each source's server-name answers and mint bucket
+	// (mintgate.go).
+	gates map[netip.Addr]*sourceGate
 
 	accept acceptState
 }
@@ -97,10 +116,13 @@ func New(cfg Config) *Proxy {
 	if cfg.MaxConnsPerSource == 0 {
 		cfg.MaxConnsPerSource = DefaultMaxConnsPerSource
 	}
-	if cfg.MaxDecisionsPerSource == 0 {
-		cfg.MaxDecisionsPerSource = DefaultMaxDecisionsPerSource
+	if cfg.LeafMintRate == 0 {
+		cfg.LeafMintRate = DefaultLeafMintRate
 	}
-	return &Proxy{cfg: cfg, log: cfg.Log, conns: map[net.Conn]tracked{}, perSource: map[netip.Addr]int{}, deciding: map[netip.Addr]*sourceSlots{}}
+	if cfg.LeafMintBurst == 0 {
+		cfg.LeafMintBurst = DefaultLeafMintBurst
+	}
+	return &Proxy{cfg: cfg, log: cfg.Log, conns: map[net.Conn]tracked{}, perSource: map[netip.Addr]int{}, upstreams: map[netip.Addr]*sourceUpstream{}, gates: map[netip.Addr]*sourceGate{}}
 }
 
 // Serve accepts connections until ctx ends, then closes the listener and
@@ -251,6 +273,16 @@ func (p *Proxy) serveTLS(ctx context.Context, c net.Conn, br *bufio.Reader, info
 		return
 	}
 	info.sni = sni.Name
+	if class, reason := p.gateServerName(ctx, info); class != "" {
+		if class == refusedSNIUndecided {
+			// Over its question limits: the limiter logs and reports
+			// that, sampled, rather than once per connection.
+			p.cfg.Metrics.refusal(class)
+			return
+		}
+		p.refuse(info, class, reason, nil)
+		return
+	}
 	replay := &replayConn{Conn: c, r: io.MultiReader(bytes.NewReader(seen), br)}
 	tc := tls.Server(replay, &tls.Config{
 		// The leaf is minted for the SNI checked above, whatever the

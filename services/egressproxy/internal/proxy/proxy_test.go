@@ -89,6 +89,8 @@ type env struct {
 	// metrics is the registry of the proxy's and its decide client's
 	// metrics.
 	metrics *prometheus.Registry
+	minter  *mitm.Minter
+	proxy   *Proxy
 }
 
 // setup starts, all on loopback: a TLS stand-in for api.stripe.test and a
@@ -101,8 +103,9 @@ func setup(t *testing.T) *env {
 	return setupWithLog(t, slog.DiscardHandler)
 }
 
-// setupWithLog is setup with the proxy and its decide client logging to h.
-func setupWithLog(t *testing.T, h slog.Handler) *env {
+// setupWithLog is setup with the proxy and its decide client logging to h,
+// and its configuration changed by opts.
+func setupWithLog(t *testing.T, h slog.Handler, opts ...func(*Config)) *env {
 	t.Helper()
 	e := &env{upstream: &standIn{}, plain: &standIn{}, metrics: prometheus.NewRegistry()}
 
@@ -167,8 +170,9 @@ func setupWithLog(t *testing.T, h slog.Handler) *env {
 		t.Fatal(err)
 	}
 	e.tlsAddr, e.plainAddr = tlsLn.Addr().String(), plainLn.Addr().String()
-	p := New(Config{
-		Minter:   mitm.NewMinter(ca, 16),
+	e.minter = mitm.NewMinter(ca, 16)
+	cfg := Config{
+		Minter:   e.minter,
 		Decider:  e.client,
 		Upstream: tr,
 		OriginalDst: func(c net.Conn) (netip.AddrPort, error) {
@@ -179,7 +183,12 @@ func setupWithLog(t *testing.T, h slog.Handler) *env {
 		},
 		Metrics: NewMetrics(e.metrics),
 		Log:     log,
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	p := New(cfg)
+	e.proxy = p
 	wg.Go(func() { _ = p.Serve(ctx, tlsLn) })
 	wg.Go(func() { _ = p.Serve(ctx, plainLn) })
 
@@ -433,8 +442,15 @@ func TestAmbiguousPathBlocked(t *testing.T) {
 	}
 }
 
+// TestDeciderGoneBlocks: a request on a connection opened while the
+// decider was there is denied once it is gone (a new connection is refused
+// at the handshake: TestServerNameGateFailsClosed).
 func TestDeciderGoneBlocks(t *testing.T) {
 	e := setup(t)
+	c := e.h1Client("api.stripe.test")
+	resp := get(t, c, "GET", "https://api.stripe.test/v1/products", nil)
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
 	e.decider.Stop()
 	deadline := time.Now().Add(5 * time.Second)
 	for e.client.Connected() {
@@ -443,9 +459,9 @@ func TestDeciderGoneBlocks(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	resp := get(t, e.h1Client("api.stripe.test"), "GET", "https://api.stripe.test/v1/products", nil)
+	resp = get(t, c, "GET", "https://api.stripe.test/v1/products", nil)
 	expectBlocked(t, resp, "policy decision unavailable")
-	if got := e.upstream.requests(); len(got) != 0 {
+	if got := e.upstream.requests(); len(got) != 1 {
 		t.Fatalf("upstream saw %q", got)
 	}
 }
@@ -696,8 +712,9 @@ func TestMetrics(t *testing.T) {
 	metricstest.CheckLabel(t, e.metrics, "decision", metricstest.Decisions)
 	metricstest.CheckLabel(t, e.metrics, "protocol", []string{"http/1.1", "http/2"})
 	metricstest.CheckLabel(t, e.metrics, "reason", []string{refusedNoOriginalDst, refusedH2CPrior, refusedNotHTTP,
-		refusedBadClientHello, refusedNoSNI, refusedInvalidSNI, refusedHandshakeFailed, refusedTooManyConns})
-	// The proxy's per-source bounds (this package) and the decide client's
-	// rate limits share the label.
-	metricstest.CheckLabel(t, e.metrics, "limit", []string{limitConnections, limitDecisions, "rate", "in_flight"})
+		refusedBadClientHello, refusedNoSNI, refusedInvalidSNI, refusedHandshakeFailed, refusedTooManyConns,
+		refusedSNINotAllowed, refusedSNIUndecided, refusedMintRate})
+	// The proxy's per-source bound (this package) and the decide client's
+	// rate and in-flight limits share the label.
+	metricstest.CheckLabel(t, e.metrics, "limit", []string{limitConnections, "rate", "in_flight"})
 }

@@ -72,17 +72,6 @@ func unparsableReason(err error) string {
 	return "unparsable request"
 }
 
-// upstreamError is what an upstream failure is reported as: net/http's
-// url.Error quotes the whole URL, query and all, so only what it wraps is
-// kept.
-func upstreamError(err error) string {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		return ue.Err.Error()
-	}
-	return err.Error()
-}
-
 // upgradeReason is the reason an Upgrade other than WebSocket is blocked
 // for; only the protocols named here are named back.
 func upgradeReason(up string) string {

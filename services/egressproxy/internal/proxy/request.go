@@ -190,14 +190,6 @@ func (p *Proxy) decide(ctx context.Context, info connInfo, c *checked, contentLe
 	// The policy sees the redacted path too: a rule matches a token
 	// segment with a wildcard, never by its value.
 	path := p.cfg.Redactor.Path(c.path)
-	if !p.startDecision(ctx, info.src) {
-		v := p.overDecisionLimit()
-		p.cfg.Metrics.request(v.label, c.protocol)
-		p.log.Info("request", "source_ip", addrString(info.src), "method", c.method, "host", c.host, "path", path,
-			"protocol", c.protocol, "decision", v.label, "rule_id", v.rule, "reason", v.reason)
-		return v
-	}
-	defer p.endDecision(info.src)
 	resp, err := p.cfg.Decider.AskHTTP(ctx, decide.HTTPQuestion{
 		SourceIP:        info.src,
 		Method:          c.method,
@@ -272,10 +264,9 @@ func blockBody(c *checked, v verdict) []byte {
 
 // errorBody is the 502 body of an allowed request whose upstream failed:
 // a class and a fixed message (upstreamerr.go), never the error itself,
-// which can name resolved internal addresses; that goes to the log.
-func (p *Proxy) errorBody(c *checked, err error) []byte {
+// which can name resolved internal addresses; outcome logs that.
+func errorBody(c *checked, err error) []byte {
 	class := upstreamErrorClass(err)
-	p.log.Warn("upstream failed", "host", c.host, "class", class, "error", err)
 	b, _ := json.Marshal(struct {
 		Decision string   `json:"decision"`
 		Host     string   `json:"host"`
@@ -336,6 +327,9 @@ type countingReader struct {
 	n        atomic.Uint64
 	limit    uint64
 	exceeded atomic.Bool
+	// failed is set when a read failed other than at the end (or the
+	// limit): the side read from broke.
+	failed atomic.Bool
 }
 
 func (c *countingReader) Read(b []byte) (int, error) {
@@ -348,6 +342,9 @@ func (c *countingReader) Read(b []byte) (int, error) {
 		}
 	}
 	n, err := c.r.Read(b)
+	if err != nil && err != io.EOF {
+		c.failed.Store(true)
+	}
 	if c.limit > 0 && c.n.Load()+uint64(n) > c.limit {
 		c.exceeded.Store(true)
 		n = int(c.limit - c.n.Load())
@@ -411,15 +408,31 @@ func (p *Proxy) upstreamRequest(ctx context.Context, c *checked, r *http.Request
 	return out
 }
 
-// outcome reports what an allowed request led to.
-func (p *Proxy) outcome(v verdict, status int, sent, received uint64, err error) {
+// outcome reports what an allowed request to c's host led to. The
+// report says why it failed in fixed words (outcomeError); the error
+// itself, which can name resolved internal addresses, goes to the
+// proxy's log only.
+func (p *Proxy) outcome(c *checked, v verdict, status int, sent, received uint64, err error) {
 	d := time.Since(v.at)
 	p.cfg.Metrics.upstreamDone(d)
-	o := decide.Outcome{QuestionID: v.id, StatusCode: status, BytesSent: sent, BytesReceived: received, Duration: d}
-	if err != nil && !errors.Is(err, context.Canceled) {
-		o.Error = upstreamError(err)
-	} else if err != nil {
-		o.Error = "sandbox closed the connection"
+	text, class := outcomeError(err)
+	if class != "" {
+		p.log.Warn("upstream failed", "host", c.host, "class", class, "error", err)
 	}
+	o := decide.Outcome{QuestionID: v.id, StatusCode: status, BytesSent: sent, BytesReceived: received, Duration: d, Error: text}
 	p.cfg.Decider.ReportOutcome(o)
+}
+
+// sideOf marks err, which ended an exchange whose request body was read
+// through sent and response body through recv, as the sandbox's doing
+// when neither the upstream's side failed nor a limit was hit: a write to
+// the sandbox failed, or reading its body did.
+func sideOf(err error, sent, recv *countingReader) error {
+	switch {
+	case err == nil, errors.Is(err, errBodyTooLarge):
+		return err
+	case sent != nil && sent.failed.Load(), recv != nil && !recv.failed.Load():
+		return fmt.Errorf("%w: %w", errSandboxClosed, err)
+	}
+	return err
 }

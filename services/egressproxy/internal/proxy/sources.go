@@ -5,33 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/netip"
 	"time"
-
-	"github.com/sandpit-run/sandpit/services/policy"
 )
 
-// Per-source bounds, the defaults of --max-conns-per-source and
-// --max-decisions-per-source. A source address is one sandbox, so one
-// sandbox cannot take the proxy's descriptors or the decide stream from
-// the others.
-const (
-	// DefaultMaxConnsPerSource is how many connections one source address
-	// may hold open; a connection over it is refused (closed and reported
-	// with reason class too_many_connections).
-	DefaultMaxConnsPerSource = 256
-	// DefaultMaxDecisionsPerSource is how many of one source address's
-	// requests may wait for a verdict at once; a request over it waits
-	// up to decisionSlotWait for a slot, then is denied by the proxy
-	// (rule proxy) without asking.
-	DefaultMaxDecisionsPerSource = 64
-
-	// decisionSlotWait is how long a request over its source's decision
-	// bound waits for a slot before it is denied: a burst is delayed,
-	// only a flood is refused.
-	decisionSlotWait = 2 * time.Second
-)
+// DefaultMaxConnsPerSource is the default of --max-conns-per-source: how
+// many connections one source address may hold open; a connection over
+// it is refused (closed and reported with reason class
+// too_many_connections). A source address is one sandbox, so one sandbox
+// cannot take the proxy's descriptors from the others. Its requests
+// waiting for a verdict are bounded by the decide client's in-flight
+// limit (--http-in-flight), answered 429.
+const DefaultMaxConnsPerSource = 256
 
 // Sandbox connection keepalive: a sandbox whose namespace vanished sends
 // no FIN or RST, and an idle connection to it is dropped after about
@@ -90,6 +75,7 @@ func (p *Proxy) untrack(c net.Conn) {
 	delete(p.conns, c)
 	if p.perSource[t.src]--; p.perSource[t.src] <= 0 {
 		delete(p.perSource, t.src)
+		p.dropUpstream(t.src)
 	}
 }
 
@@ -101,10 +87,14 @@ func (p *Proxy) closeAll() {
 		c.Close()
 	}
 	p.conns = nil
+	for src := range p.upstreams {
+		p.dropUpstream(src)
+	}
 }
 
-// CloseSource closes every connection from src and cancels its upstream
-// requests; it returns how many there were. The executor asks for it when
+// CloseSource closes every connection from src, cancels its upstream
+// requests, closes its upstream transport and forgets its server-name
+// answers; it returns how many connections there were. The executor asks for it when
 // the execution holding src ends.
 func (p *Proxy) CloseSource(src netip.Addr) int {
 	src = src.Unmap()
@@ -118,6 +108,8 @@ func (p *Proxy) CloseSource(src netip.Addr) int {
 			n++
 		}
 	}
+	p.dropUpstream(src)
+	delete(p.gates, src)
 	if n > 0 {
 		p.log.Info("released source", "source_ip", src.String(), "connections_closed", n)
 	}
@@ -129,69 +121,4 @@ func (p *Proxy) ConnsFrom(src netip.Addr) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.perSource[src.Unmap()]
-}
-
-// sourceSlots are one source address's decision slots.
-type sourceSlots struct {
-	ch    chan struct{} // one element per decision in flight
-	users int           // holders and waiters; at 0 the entry goes
-}
-
-// startDecision takes one of src's decision slots, waiting up to
-// decisionSlotWait for one to free; it returns false when none did (or
-// ctx ended). endDecision gives it back.
-func (p *Proxy) startDecision(ctx context.Context, src netip.Addr) bool {
-	p.mu.Lock()
-	s := p.deciding[src]
-	if s == nil {
-		s = &sourceSlots{ch: make(chan struct{}, p.cfg.MaxDecisionsPerSource)}
-		p.deciding[src] = s
-	}
-	s.users++
-	p.mu.Unlock()
-	select {
-	case s.ch <- struct{}{}:
-		return true
-	default:
-	}
-	t := time.NewTimer(decisionSlotWait)
-	defer t.Stop()
-	select {
-	case s.ch <- struct{}{}:
-		return true
-	case <-t.C:
-	case <-ctx.Done():
-	}
-	p.cfg.Metrics.sourceLimit(limitDecisions)
-	p.dropSlots(src, s)
-	return false
-}
-
-func (p *Proxy) endDecision(src netip.Addr) {
-	p.mu.Lock()
-	s := p.deciding[src]
-	p.mu.Unlock()
-	<-s.ch
-	p.dropSlots(src, s)
-}
-
-func (p *Proxy) dropSlots(src netip.Addr, s *sourceSlots) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if s.users--; s.users == 0 {
-		delete(p.deciding, src)
-	}
-}
-
-// overDecisionLimit is the verdict of a request over its source's
-// decision bound: denied by the proxy, the decider not asked.
-func (p *Proxy) overDecisionLimit() verdict {
-	return verdict{
-		allowed: false,
-		label:   policy.LabelDeny,
-		rule:    "proxy",
-		status:  http.StatusForbidden,
-		reason:  fmt.Sprintf("too many requests from this source waiting for a policy decision (limit %d, waited %v)", p.cfg.MaxDecisionsPerSource, decisionSlotWait),
-		at:      time.Now(),
-	}
 }

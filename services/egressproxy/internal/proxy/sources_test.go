@@ -17,10 +17,14 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
+	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"github.com/sandpit-run/sandpit/services/daemon/metricstest"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
+	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decidetest"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/dialer"
 )
 
@@ -97,7 +101,13 @@ func startPlain(t *testing.T, cfg Config, upstream string) *plainEnv {
 		Overrides: map[string]string{"hang.test": upstream, "other.test": upstream},
 		Allow:     []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
 	})
-	if cfg.Upstream == nil {
+	if next := cfg.NewUpstream; next != nil {
+		cfg.NewUpstream = func() *http.Transport {
+			tr := next()
+			tr.DialContext = d.DialContext
+			return tr
+		}
+	} else if cfg.Upstream == nil {
 		tr := NewTransport(d.DialContext, nil)
 		t.Cleanup(tr.CloseIdleConnections)
 		cfg.Upstream = tr
@@ -301,10 +311,11 @@ func TestConnectionsPerSourceBound(t *testing.T) {
 	}
 }
 
-// TestDecisionsPerSourceBound: over MaxDecisionsPerSource a request waits
-// for a slot, and is denied by the proxy without asking when none frees
-// in time, while another source is decided.
-func TestDecisionsPerSourceBound(t *testing.T) {
+// TestInFlightPerSourceBound: one bound on a source's requests waiting
+// for a verdict, the decide client's: over it a request gets 429 at once,
+// naming the bound, without the executor being asked, while another
+// source's request is decided and forwarded.
+func TestInFlightPerSourceBound(t *testing.T) {
 	const limit = 2
 	okUp := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "ok") })}
 	okLn, err := net.Listen("tcp", "127.0.0.1:0")
@@ -313,61 +324,67 @@ func TestDecisionsPerSourceBound(t *testing.T) {
 	}
 	go func() { _ = okUp.Serve(okLn) }()
 	t.Cleanup(func() { okUp.Close() })
-	dec := &gateDecider{gate: make(chan struct{})}
-	e := startPlain(t, Config{Decider: dec, MaxDecisionsPerSource: limit}, okLn.Addr().String())
-	var waiting []net.Conn
+	// The executor never answers about hang.test: its requests stay in
+	// flight, well within the decide timeout.
+	srv := decidetest.Start(t, func(q *egressv1.Question) *egressv1.DecideResponse {
+		if q.GetHttp().GetHost() == "hang.test" {
+			return nil
+		}
+		return decidetest.Allow("test")
+	})
+	conn, err := grpc.NewClient(srv.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	decideReg := prometheus.NewRegistry()
+	client, err := decide.New(conn, decide.Config{Hello: testHello, Timeout: time.Minute, Limits: decide.Limits{HTTPInFlight: limit},
+		Metrics: decide.NewMetrics(decideReg), Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	wg.Go(func() { client.Run(ctx) })
+	waitFor(t, "the decide stream", client.Connected)
+	e := startPlain(t, Config{Decider: client}, okLn.Addr().String())
+	asked := func() int {
+		n := 0
+		for _, r := range srv.Received() {
+			if r.GetQuestion().GetHttp() != nil {
+				n++
+			}
+		}
+		return n
+	}
 	for range limit {
 		c := e.dialFrom(t, "127.0.0.1")
 		if _, err := io.WriteString(c, "GET /v1/x HTTP/1.1\r\nHost: hang.test\r\n\r\n"); err != nil {
 			t.Fatal(err)
 		}
-		waiting = append(waiting, c)
 	}
-	waitFor(t, "the decider to be asked", func() bool { return dec.asked.Load() == limit })
+	waitFor(t, "the executor to be asked", func() bool { return asked() == limit })
 
 	start := time.Now()
 	resp := rawGet(t, e.dialFrom(t, "127.0.0.1"), "hang.test")
-	if took := time.Since(start); took < decisionSlotWait {
-		t.Errorf("denied after %v, want it to wait %v for a slot first", took, decisionSlotWait)
-	}
+	took := time.Since(start)
 	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "too many requests from this source waiting for a policy decision") {
-		t.Fatalf("over the bound: %d %s; want 403 naming the bound", resp.StatusCode, body)
+	if resp.StatusCode != http.StatusTooManyRequests || !strings.Contains(string(body), "already waiting for a verdict") {
+		t.Fatalf("over the bound: %d %s; want 429 naming the bound", resp.StatusCode, body)
 	}
-	if got := dec.asked.Load(); got != limit {
-		t.Fatalf("decider asked %d times, want %d (not for the request over the bound)", got, limit)
+	// At once: not after a wait for a slot, nor the decide timeout.
+	if took > time.Second {
+		t.Errorf("refused after %v, want at once", took)
 	}
-	if got := metricstest.Value(t, e.reg, "sandpit_egress_source_limit_total", map[string]string{"limit": "decisions"}); got != 1 {
-		t.Errorf("source_limit_total{decisions} = %v, want 1", got)
+	if resp := rawGet(t, e.dialFrom(t, "127.0.0.2"), "other.test"); resp.StatusCode != 200 {
+		t.Fatalf("neighbour got %d, want 200", resp.StatusCode)
 	}
-
-	// A neighbour is asked about (and waits like the others); then every
-	// waiting request goes through.
-	neighbour := e.dialFrom(t, "127.0.0.2")
-	if _, err := io.WriteString(neighbour, "GET /v1/x HTTP/1.1\r\nHost: hang.test\r\n\r\n"); err != nil {
-		t.Fatal(err)
+	if got := asked(); got != limit+1 {
+		t.Errorf("executor asked %d times, want %d: not about the request over the bound", got, limit+1)
 	}
-	waitFor(t, "the neighbour's request to be asked about", func() bool { return dec.asked.Load() == limit+1 })
-	// A request over the bound whose slot frees in time goes through.
-	burst := e.dialFrom(t, "127.0.0.1")
-	if _, err := io.WriteString(burst, "GET /v1/x HTTP/1.1\r\nHost: hang.test\r\n\r\n"); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(100 * time.Millisecond)
-	if got := dec.asked.Load(); got != limit+1 {
-		t.Fatalf("decider asked %d times, want %d: the request over the bound must wait", got, limit+1)
-	}
-	waiting = append(waiting, burst)
-	close(dec.gate)
-	for _, c := range append(waiting, neighbour) {
-		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if resp.StatusCode != 200 {
-			t.Fatalf("waiting request got %d, want 200", resp.StatusCode)
-		}
+	if got := metricstest.Value(t, decideReg, "sandpit_egress_rate_limited_total", map[string]string{"kind": "http", "limit": "in_flight"}); got != 1 {
+		t.Errorf("rate_limited_total{http,in_flight} = %v, want 1", got)
 	}
 }
 

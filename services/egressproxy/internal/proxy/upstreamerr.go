@@ -19,22 +19,50 @@ const (
 	upstreamConnRefused = "connection_refused"
 	upstreamUnreachable = "unreachable"
 	upstreamTimeout     = "timeout"
+	upstreamTLSCert     = "tls_certificate"
 	upstreamTLSError    = "tls_error"
 	upstreamClosed      = "connection_closed"
 	upstreamOther       = "upstream_error"
 )
 
 // upstreamErrorMessages are the only words of an upstream failure a
-// sandbox sees: fixed, naming no address, port or library error.
+// sandbox sees, in a 502 body, and the executor, in the request's outcome:
+// fixed, naming no address, port or library error. The error itself goes
+// to the proxy's log only.
 var upstreamErrorMessages = map[string]string{
 	upstreamDNSFailure:  "sandpit could not resolve the upstream's name",
 	upstreamRefused:     "sandpit refuses to connect to the upstream's address (private, special-purpose or this host's own)",
 	upstreamConnRefused: "the upstream refused the connection",
 	upstreamUnreachable: "the upstream is unreachable",
 	upstreamTimeout:     "the upstream did not answer in time",
+	upstreamTLSCert:     "the upstream's TLS certificate is not trusted",
 	upstreamTLSError:    "TLS with the upstream failed",
 	upstreamClosed:      "the upstream closed the connection",
 	upstreamOther:       "sandpit could not reach the upstream",
+}
+
+// errSandboxClosed is wrapped by the error of an exchange that failed on
+// the sandbox's side: writing the response to it, or reading the body it
+// sends.
+var errSandboxClosed = errors.New("sandbox closed the connection")
+
+// outcomeError is what an outcome reports for the error that ended an
+// allowed request: a fixed text, never the error's words. class is the
+// upstream failure's class, empty when the upstream did not fail.
+func outcomeError(err error) (text, class string) {
+	var end relayEnd
+	switch {
+	case err == nil:
+		return "", ""
+	case errors.As(err, &end):
+		return string(end), ""
+	case errors.Is(err, errBodyTooLarge):
+		return errBodyTooLarge.Error(), ""
+	case errors.Is(err, errSandboxClosed), errors.Is(err, context.Canceled):
+		return errSandboxClosed.Error(), ""
+	}
+	class = upstreamErrorClass(err)
+	return upstreamErrorMessages[class], class
 }
 
 // upstreamErrorClass sorts a failed round trip into one class.
@@ -58,8 +86,9 @@ func upstreamErrorClass(err error) string {
 		return upstreamConnRefused
 	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
 		return upstreamUnreachable
-	case errors.As(err, &recErr), errors.As(err, &alertErr), errors.As(err, &verifyErr),
-		errors.As(err, &authErr), errors.As(err, &hostErr), errors.As(err, &certErr):
+	case errors.As(err, &verifyErr), errors.As(err, &authErr), errors.As(err, &hostErr), errors.As(err, &certErr):
+		return upstreamTLSCert
+	case errors.As(err, &recErr), errors.As(err, &alertErr):
 		return upstreamTLSError
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, syscall.ETIMEDOUT),
 		errors.As(err, &netErr) && netErr.Timeout():

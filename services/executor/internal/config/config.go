@@ -13,6 +13,7 @@ import (
 
 	"github.com/sandpit-run/sandpit/services/daemon/envflag"
 	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
+	"github.com/sandpit-run/sandpit/services/executor/internal/firewall"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
 	"github.com/sandpit-run/sandpit/services/executor/internal/netns"
 )
@@ -53,6 +54,9 @@ type Config struct {
 	// MaxNetworkLogBytes bounds the network logs of all running
 	// executions together.
 	MaxNetworkLogBytes uint64
+	// DNSPacketRate bounds each sandbox's UDP DNS packets a second, in
+	// the kernel.
+	DNSPacketRate uint
 
 	MaxConcurrent int
 	MaxQueue      int
@@ -84,6 +88,7 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	fs.BoolVar(&c.Egress, "egress", false, "give sandboxes egress through the egress proxy on this host (which connects to --decision-listen); without it sandboxes have loopback only")
 	c.MaxNetworkLogBytes = decision.DefaultMaxNetworkLogBytes
 	fs.Var(byteSize{&c.MaxNetworkLogBytes}, "max-network-log-bytes", "bytes the network logs of all running executions may hold together (bytes, or with KiB/MiB/GiB; each log is also bounded to about 3 MiB); past it new entries are left out and counted in network_log_omitted")
+	fs.UintVar(&c.DNSPacketRate, "dns-packet-rate", firewall.DefaultDNSPacketRate, "UDP DNS packets a second (and burst) each sandbox may send; past it nftables drops them before they reach the proxy, whose own per-sandbox DNS limits answer REFUSED well below this")
 	fs.StringVar(&c.DecisionListen, "decision-listen", "127.0.0.1:50053", "gRPC listen address of the decision service the egress proxy connects to (with --egress)")
 	fs.UintVar(&c.ProxyPort, "proxy-port", 15001, "the egress proxy's transparent TCP port on this host")
 	fs.UintVar(&c.DNSPort, "dns-port", 15053, "the egress proxy's DNS port on this host")
@@ -134,6 +139,8 @@ func (c Config) validate() error {
 		return errors.New("proxy-port and dns-port must be ports (1-65535)")
 	case c.MaxNetworkLogBytes == 0 || c.MaxNetworkLogBytes > 1<<40:
 		return errors.New("max-network-log-bytes must be between 1 byte and 1 TiB")
+	case c.DNSPacketRate == 0 || c.DNSPacketRate > 1_000_000:
+		return errors.New("dns-packet-rate must be between 1 and 1,000,000 packets a second")
 	case c.ProxyUser == "":
 		return errors.New("proxy-user must name the egress proxy's user (name or uid)")
 	}

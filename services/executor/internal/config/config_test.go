@@ -18,7 +18,7 @@ func TestParseDefaults(t *testing.T) {
 	if c.Defaults != limits.Defaults || c.Maxima != limits.Maxima {
 		t.Errorf("limits %+v / %+v, want the built-in ones", c.Defaults, c.Maxima)
 	}
-	if c.Listen != "127.0.0.1:50051" || c.ContainerdNamespace != "sandpit" || c.SandboxUID != 65532 || c.MaxConcurrent != 8 {
+	if c.Listen != "127.0.0.1:50051" || c.ContainerdNamespace != "sandpit" || c.SandboxUID != 65532 || c.MaxConcurrent != 8 || c.DNSPacketRate != 1000 {
 		t.Errorf("unexpected defaults: %+v", c)
 	}
 }
@@ -49,6 +49,7 @@ func TestParseRejects(t *testing.T) {
 		{"bad size", []string{"--max-output", "lots"}, nil, "byte size"},
 		{"bad env", nil, map[string]string{"SANDPIT_MAX_QUEUE": "x"}, "SANDPIT_MAX_QUEUE"},
 		{"no slots", []string{"--max-concurrent", "0"}, nil, "max-concurrent"},
+		{"no DNS packets", []string{"--dns-packet-rate", "0"}, nil, "dns-packet-rate"},
 		{"stray argument", []string{"extra"}, nil, "unexpected"},
 	}
 	for _, tt := range tests {

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
@@ -76,6 +77,11 @@ const (
 // outcome of; a proxy that never reports cannot grow the executor's memory.
 const maxOutstanding = 65536
 
+// outcomeLost is the reason, in its log entry and its outcome event, of an
+// allowed request whose outcome can no longer arrive: the proxy reports
+// outcomes only on the stream the request was decided on.
+const outcomeLost = "no outcome: the egress proxy's decision stream closed before the proxy reported one (the proxy went away mid-request)"
+
 // Execution is the network state of one running execution.
 type Execution struct {
 	id string
@@ -100,6 +106,9 @@ type Execution struct {
 	released                     bool
 	cut                          bool // a url or reason in the log was cut
 	dropped                      uint32
+	// Requests (counted in blocked too) and DNS queries the proxy refused
+	// by its per-source limits.
+	rateLimited, dnsRateLimited uint32
 
 	dnsQueries atomic.Uint32 // see overDNSBudget
 }
@@ -135,6 +144,10 @@ type Summary struct {
 	// DroppedEvents counts live events not delivered because the stream
 	// was behind.
 	DroppedEvents uint32
+	// RateLimited counts the requests of Blocked the proxy refused by its
+	// per-source limits without asking (not in Log), DNSRateLimited the
+	// DNS queries.
+	RateLimited, DNSRateLimited uint32
 }
 
 // Summary returns the counts and a copy of the log so far: an outcome
@@ -154,19 +167,22 @@ func (e *Execution) Summary() Summary {
 		LogOmittedAllowed: e.omittedAllowed,
 		LogTruncated:      e.omitted > 0 || e.cut,
 		DroppedEvents:     e.dropped,
+		RateLimited:       e.rateLimited,
+		DNSRateLimited:    e.dnsRateLimited,
 	}
 }
 
-// record appends entry to the log if it fits (logRoom); e.mu is held.
-// cut says whether its url or reason was shortened.
-func (e *Execution) record(entry *executorv1.NetworkLogEntry, cut bool) {
+// record appends entry to the log if it fits (logRoom) and reports
+// whether it did; e.mu is held. cut says whether its url or reason was
+// shortened.
+func (e *Execution) record(entry *executorv1.NetworkLogEntry, cut bool) bool {
 	size := proto.Size(entry) + entryOverhead
 	if !e.logRoom(size, entry.GetBlocked()) {
 		e.omitted++
 		if !entry.GetBlocked() {
 			e.omittedAllowed++
 		}
-		return
+		return false
 	}
 	e.log = append(e.log, entry)
 	e.logBytes += size
@@ -175,6 +191,7 @@ func (e *Execution) record(entry *executorv1.NetworkLogEntry, cut bool) {
 		e.allowedBytes += size
 	}
 	e.cut = e.cut || cut
+	return true
 }
 
 func (e *Execution) emit(ev *executorv1.NetworkEvent) {
@@ -330,9 +347,10 @@ func NewService(reg *Registry, metricsReg prometheus.Registerer, log *slog.Logge
 
 // pending is an allowed request awaiting its outcome.
 type pending struct {
-	exec  *Execution
-	id    uint64 // the execution's request id
-	entry *executorv1.NetworkLogEntry
+	exec   *Execution
+	id     uint64 // the execution's request id
+	entry  *executorv1.NetworkLogEntry
+	logged bool // entry is in the execution's log
 }
 
 // Decide takes the proxy's hello, then answers its questions in order on
@@ -380,6 +398,13 @@ func (s *Service) Decide(stream grpc.BidiStreamingServer[egressv1.DecideRequest,
 		}
 	}()
 	outstanding := map[uint64]pending{}
+	// However the stream ends, the allowed requests still waiting for
+	// their outcome say so, instead of looking as if they were in flight.
+	defer func() {
+		for _, p := range outstanding {
+			p.exec.lost(p)
+		}
+	}()
 	for {
 		var req *egressv1.DecideRequest
 		select {
@@ -435,8 +460,11 @@ func (s *Service) answer(q *egressv1.Question) (*egressv1.DecideResponse, pendin
 	case *egressv1.Question_Dns:
 		resp = s.decideDNS(k.Dns)
 		s.metrics.decided(kindDNS, resp.GetDecision())
+	case *egressv1.Question_Tls:
+		resp = s.decideTLS(k.Tls)
+		s.metrics.decided(kindTLS, resp.GetDecision())
 	default:
-		// Only a newer proxy asks these; the kind label stays http|dns.
+		// Only a newer proxy asks these; the kind label stays http|dns|tls.
 		resp = &egressv1.DecideResponse{Decision: policyv1.Decision_DECISION_DENY, RuleId: "proxy", Reason: "question of an unknown kind"}
 	}
 	resp.Id = q.GetId()
@@ -547,7 +575,7 @@ func (s *Service) decideHTTP(r *egressv1.HttpRequest) (*egressv1.DecideResponse,
 		entry.Reason = logReason
 		wasCut = wasCut || logReason != reason
 	}
-	e.record(entry, wasCut)
+	logged := e.record(entry, wasCut)
 	e.mu.Unlock()
 
 	e.emit(&executorv1.NetworkEvent{
@@ -565,7 +593,7 @@ func (s *Service) decideHTTP(r *egressv1.HttpRequest) (*egressv1.DecideResponse,
 	if !blocked {
 		resp.MaxRequestBytes = e.policy().Limits().MaxRequestBytes
 	}
-	return resp, pending{exec: e, id: reqID, entry: entry}
+	return resp, pending{exec: e, id: reqID, entry: entry, logged: logged}
 }
 
 // decide applies the proxy's own verdict, the execution's limits and its
@@ -595,6 +623,36 @@ func (e *Execution) decide(r *egressv1.HttpRequest) policy.Decision {
 	return pol.Decide(policy.Request{
 		Method: r.GetMethod(), Host: r.GetHost(), Path: r.GetPath(), WebSocket: r.GetWebsocket(),
 		Scheme: r.GetScheme(), Port: r.GetPort(),
+	})
+}
+
+// lost ends p, whose outcome can no longer arrive, with outcomeLost: in
+// its log entry if the log has room for the reason (counted like any
+// entry's bytes), and in an outcome event.
+func (e *Execution) lost(p pending) {
+	now := time.Now()
+	e.mu.Lock()
+	if p.logged && p.entry.GetReason() == "" {
+		// The reason's field: its bytes, a tag byte and a length byte.
+		extra := len(outcomeLost) + 2
+		if !e.released && e.logBytes+extra <= maxLogBytes && e.budget.take(extra) {
+			p.entry.Reason = outcomeLost
+			e.logBytes += extra
+			e.allowedBytes += extra
+		}
+	}
+	e.mu.Unlock()
+	e.emit(&executorv1.NetworkEvent{
+		Kind:      executorv1.NetworkEventKind_NETWORK_EVENT_KIND_OUTCOME,
+		RequestId: p.id,
+		Time:      timestamppb.New(now),
+		Method:    p.entry.GetMethod(),
+		Url:       p.entry.GetUrl(),
+		Host:      p.entry.GetHostname(),
+		Decision:  p.entry.GetDecision(),
+		RuleId:    p.entry.GetRuleId(),
+		Duration:  durationpb.New(now.Sub(p.entry.GetTimestamp().AsTime())),
+		Error:     outcomeLost,
 	})
 }
 
@@ -646,7 +704,20 @@ func (s *Service) decideDNS(q *egressv1.DnsQuery) *egressv1.DecideResponse {
 	return &egressv1.DecideResponse{Decision: d, RuleId: "dns", Reason: reason, ExecutionId: e.id}
 }
 
+// refusal records a refused connection, or requests and queries the
+// proxy refused by its per-source limits: those are counted, and shown as
+// an event only when the proxy sampled a reason for them.
 func (e *Execution) refusal(r *egressv1.Refusal) {
+	if n, q := r.GetRateLimitedRequests(), r.GetRateLimitedDnsQueries(); n > 0 || q > 0 {
+		e.mu.Lock()
+		e.blocked += n
+		e.rateLimited += n
+		e.dnsRateLimited += q
+		e.mu.Unlock()
+		if r.GetReason() == "" {
+			return
+		}
+	}
 	e.emit(&executorv1.NetworkEvent{
 		Kind:     executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REFUSED,
 		Time:     timestamppb.Now(),

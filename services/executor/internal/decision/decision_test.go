@@ -168,6 +168,8 @@ func question(id uint64, q any) *egressv1.DecideRequest {
 		qq.Kind = &egressv1.Question_Http{Http: q}
 	case *egressv1.DnsQuery:
 		qq.Kind = &egressv1.Question_Dns{Dns: q}
+	case *egressv1.TlsServerName:
+		qq.Kind = &egressv1.Question_Tls{Tls: q}
 	}
 	return &egressv1.DecideRequest{Kind: &egressv1.DecideRequest_Question{Question: qq}}
 }
@@ -572,5 +574,100 @@ func TestNetworkLogWithinBoundsIsWhole(t *testing.T) {
 	}
 	if sum := e.Summary(); len(sum.Log) != 3 || sum.LogOmitted != 0 || sum.LogTruncated || sum.DroppedEvents != 0 {
 		t.Errorf("summary %+v", sum)
+	}
+}
+
+// TestRateLimitedCounted: requests and queries the proxy refused by its
+// per-source limits are counted in the Result (requests in blocked too),
+// stay out of the network log, and become an event only when the proxy
+// sampled a reason for them.
+func TestRateLimitedCounted(t *testing.T) {
+	reg := NewRegistry()
+	events := make(chan *executorv1.NetworkEvent, 64)
+	e := NewExecution("x1", compile(t, "version: 1\ndefault: allow\n"), events)
+	defer reg.Register(netip.MustParseAddr("10.88.0.2"), e)()
+	s := decider(t, reg)
+	const reason = "rate limited: 1 http questions refused within 1s: source 10.88.0.2 over 100 http questions per second (burst 200)"
+	if resp := ask(t, s, httpReq(1, "10.88.0.2", "GET", "a.example", "/1")); resp.GetId() != 1 {
+		t.Fatalf("answer %d", resp.GetId())
+	}
+	for _, m := range []*egressv1.DecideRequest{
+		report(&egressv1.Refusal{SourceIp: "10.88.0.2", Reason: reason, RateLimitedRequests: 1}),
+		report(&egressv1.Refusal{SourceIp: "10.88.0.2", RateLimitedRequests: 41}),
+		report(&egressv1.Refusal{SourceIp: "10.88.0.2", RateLimitedDnsQueries: 7}),
+		report(&egressv1.Refusal{SourceIp: "10.88.0.9", RateLimitedRequests: 1000}), // no execution: ignored
+	} {
+		if err := s.Send(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Reports are handled in order, before the next question's answer.
+	if resp := ask(t, s, dnsReq(2, "10.88.0.2", "a.example")); resp.GetId() != 2 {
+		t.Fatalf("answer %d", resp.GetId())
+	}
+	sum := e.Summary()
+	if sum.Allowed != 1 || sum.Blocked != 42 || sum.RateLimited != 42 || sum.DNSRateLimited != 7 || len(sum.Log) != 1 {
+		t.Errorf("summary %+v, want 1 allowed, 42 blocked of which 42 rate limited, 7 DNS queries, one log entry", sum)
+	}
+	var refused []string
+	for len(events) > 0 {
+		if ev := <-events; ev.GetKind() == executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REFUSED {
+			refused = append(refused, ev.GetReason())
+		}
+	}
+	if len(refused) != 1 || refused[0] != reason {
+		t.Errorf("refused events %q, want the one sampled", refused)
+	}
+}
+
+// TestStreamClosedEndsOutstandingRequests closes the proxy's stream with an
+// allowed request still waiting for its outcome: its log entry and an
+// outcome event say the outcome will not come, and a request whose outcome
+// arrived is left as it was.
+func TestStreamClosedEndsOutstandingRequests(t *testing.T) {
+	reg := NewRegistry()
+	events := make(chan *executorv1.NetworkEvent, 64)
+	e := NewExecution("x1", compile(t, "version: 1\ndefault: allow\n"), events)
+	e.UseLogBudget(NewLogBudget(0))
+	defer reg.Register(netip.MustParseAddr("10.88.0.2"), e)()
+	conn := serve(t, reg)
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := egressv1.NewDecisionServiceClient(conn).Decide(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(hello(testCA)); err != nil {
+		t.Fatal(err)
+	}
+	ask(t, s, httpReq(1, "10.88.0.2", "GET", "a.example", "/done"))
+	if err := s.Send(report(&egressv1.Outcome{QuestionId: 1, StatusCode: 200})); err != nil {
+		t.Fatal(err)
+	}
+	ask(t, s, httpReq(2, "10.88.0.2", "GET", "a.example", "/cut"))
+	before := e.budget.Used()
+	cancel()
+	waitConnected(t, reg, false)
+
+	sum := e.Summary()
+	if len(sum.Log) != 2 {
+		t.Fatalf("log %v", sum.Log)
+	}
+	if done := sum.Log[0]; done.GetStatusCode() != 200 || done.GetReason() != "" {
+		t.Errorf("request with its outcome: %v", done)
+	}
+	if cut := sum.Log[1]; cut.GetStatusCode() != 0 || cut.GetReason() != outcomeLost || cut.GetBlocked() {
+		t.Errorf("request cut with the stream: %v, want reason %q", cut, outcomeLost)
+	}
+	if got := e.budget.Used() - before; got != int64(len(outcomeLost)+2) {
+		t.Errorf("the reason took %d bytes of the log budget, want %d", got, len(outcomeLost)+2)
+	}
+	var lost []*executorv1.NetworkEvent
+	for len(events) > 0 {
+		if ev := <-events; ev.GetKind() == executorv1.NetworkEventKind_NETWORK_EVENT_KIND_OUTCOME && ev.GetError() != "" {
+			lost = append(lost, ev)
+		}
+	}
+	if len(lost) != 1 || lost[0].GetUrl() != "https://a.example/cut" || lost[0].GetError() != outcomeLost || lost[0].GetDuration() == nil {
+		t.Errorf("outcome events with an error: %v, want one for /cut", lost)
 	}
 }

@@ -11,6 +11,7 @@ import (
 const (
 	kindHTTP = "http"
 	kindDNS  = "dns"
+	kindTLS  = "tls"
 )
 
 // metrics count the service's answers; a nil *metrics records nothing.
@@ -27,12 +28,12 @@ func newMetrics(reg prometheus.Registerer, r *Registry) *metrics {
 	m := &metrics{
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sandpit_decisions_total",
-			Help: "Questions the egress proxy asked, by kind (http, dns) and decision (allow, deny, would_block); kind=\"dns\" counts the DNS queries.",
+			Help: "Questions the egress proxy asked, by kind (http, dns, tls) and decision (allow, deny, would_block); kind=\"dns\" counts the DNS queries, kind=\"tls\" the TLS server names asked about before a leaf is minted.",
 		}, []string{"kind", "decision"}),
 	}
 	// Every series exists from the start, so that a rate or an alert on
 	// one that never happened yet reads 0 rather than nothing.
-	for _, k := range []string{kindHTTP, kindDNS} {
+	for _, k := range []string{kindHTTP, kindDNS, kindTLS} {
 		for _, d := range []policyv1.Decision{policyv1.Decision_DECISION_ALLOW, policyv1.Decision_DECISION_DENY, policyv1.Decision_DECISION_WOULD_BLOCK} {
 			m.decisions.WithLabelValues(k, policy.DecisionLabel(d))
 		}

@@ -61,5 +61,5 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 	metricstest.CheckLabel(t, m, "decision", metricstest.Decisions)
-	metricstest.CheckLabel(t, m, "kind", []string{"http", "dns"})
+	metricstest.CheckLabel(t, m, "kind", []string{"http", "dns", "tls"})
 }

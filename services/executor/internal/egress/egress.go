@@ -6,6 +6,8 @@ package egress
 
 import (
 	"context"
+	_ "embed"
+	"encoding/base64"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -32,6 +34,17 @@ const (
 	resolvConfPath = "/etc/resolv.conf"
 )
 
+// tlsServerName is the module node imports first in a sandbox with egress
+// (tls_servername.mjs): it drops a trailing dot from TLS server names,
+// which the proxy cannot accept. It is passed as a data: URL, so it needs
+// no file (and no mount point) in the image.
+//
+//go:embed tls_servername.mjs
+var tlsServerName []byte
+
+// TLSServerNameFlag is node's option that imports it.
+var TLSServerNameFlag = "--import=data:text/javascript;base64," + base64.StdEncoding.EncodeToString(tlsServerName)
+
 // Config says where the proxy listens and which addresses sandboxes get.
 type Config struct {
 	// Pool is the IPv4 prefix sandbox subnets come from.
@@ -52,6 +65,9 @@ type Config struct {
 	// MaxNetworkLogBytes bounds the network logs of all running
 	// executions together; 0 is decision.DefaultMaxNetworkLogBytes.
 	MaxNetworkLogBytes int64
+	// DNSPacketRate bounds each sandbox's UDP DNS packets a second in
+	// nftables; 0 is firewall.DefaultDNSPacketRate.
+	DNSPacketRate uint32
 }
 
 // Egress is the executor's side of the egress path.
@@ -80,12 +96,15 @@ func New(ctx context.Context, cfg Config, metricsReg prometheus.Registerer, log 
 	if err != nil {
 		return nil, err
 	}
+	// What the sweep cannot remove is reported and left: a namespace of
+	// a previous executor holds no address once its veth is gone, and new
+	// ones are named after new execution ids.
 	nsCount, links, err := m.Sweep()
 	log.Info("removed leftover sandbox networks", "namespaces", nsCount, "veths", links)
 	if err != nil {
-		return nil, fmt.Errorf("sweep sandbox networks: %w", err)
+		log.Warn("some leftover sandbox networks could not be removed", "error", err)
 	}
-	if err := firewall.Install(firewall.Config{Table: cfg.Table, IfPrefix: cfg.IfPrefix, ProxyPort: cfg.ProxyPort, DNSPort: cfg.DNSPort, ProxyUID: cfg.ProxyUID}); err != nil {
+	if err := firewall.Install(firewall.Config{Table: cfg.Table, IfPrefix: cfg.IfPrefix, ProxyPort: cfg.ProxyPort, DNSPort: cfg.DNSPort, ProxyUID: cfg.ProxyUID, DNSPacketRate: cfg.DNSPacketRate}); err != nil {
 		return nil, err
 	}
 	reg := decision.NewRegistry()
@@ -123,10 +142,11 @@ func (e *Egress) Close() error {
 
 // Attachment is one execution's connection to the egress path.
 type Attachment struct {
-	// NetNSPath, ExtraFiles and Env go into the sandbox spec.
+	// NetNSPath, ExtraFiles, Env and NodeFlags go into the sandbox spec.
 	NetNSPath  string
 	ExtraFiles []sandbox.File
 	Env        []string
+	NodeFlags  []string
 	// Network is the decision state of the execution.
 	Network *decision.Execution
 	// NetworkError says why the sandbox has no egress, if it has none.
@@ -166,6 +186,7 @@ func (e *Egress) Attach(_ context.Context, id string, inline *policy.Compiled, e
 		a.caSHA256 = px.CASHA256
 		a.ExtraFiles = append(a.ExtraFiles, sandbox.File{Path: CABundlePath, Content: px.CAPEM})
 		a.Env = []string{"NODE_EXTRA_CA_CERTS=" + CABundlePath}
+		a.NodeFlags = []string{TLSServerNameFlag}
 	} else {
 		a.NetworkError = "egress proxy unavailable: no egress proxy has connected to the decision service"
 	}

@@ -3,6 +3,7 @@
 package egress
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -16,6 +17,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -165,6 +167,9 @@ func TestAttachTrustsTheHelloCA(t *testing.T) {
 	}
 	if after.NetworkError != "" || string(bundle) != string(ca) || len(after.Env) != 1 || after.Env[0] != "NODE_EXTRA_CA_CERTS="+CABundlePath {
 		t.Errorf("with a proxy: network error %q, env %q, CA bundle %q", after.NetworkError, after.Env, bundle)
+	}
+	if !slices.Equal(after.NodeFlags, []string{TLSServerNameFlag}) || !bytes.Contains(tlsServerName, []byte("setServername")) {
+		t.Errorf("with a proxy: node flags %q, want the server-name module imported", after.NodeFlags)
 	}
 	if err := stream.CloseSend(); err != nil {
 		t.Fatal(err)

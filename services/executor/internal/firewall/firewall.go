@@ -1,8 +1,9 @@
 // Package firewall owns the executor's nftables tables: from sandbox
 // interfaces every TCP connection is redirected to the egress proxy and DNS
 // to its resolver; everything else from a sandbox is dropped, the proxy's
-// ports are closed to every other interface but loopback, and the proxy's
-// own sockets cannot reach metadata addresses.
+// ports are closed to every other interface but loopback, a sandbox's UDP
+// DNS packets past a rate are dropped, and the proxy's own sockets cannot
+// reach metadata addresses.
 package firewall
 
 import (
@@ -29,6 +30,10 @@ type Config struct {
 	// to link-local and cloud metadata addresses are dropped (see
 	// metadataGuard), whatever the proxy's code does.
 	ProxyUID uint32
+	// DNSPacketRate bounds the UDP DNS packets a second (and burst) of
+	// each sandbox address; past it they are dropped in the kernel (see
+	// dnsFloodGuard). Zero means DefaultDNSPacketRate.
+	DNSPacketRate uint32
 }
 
 // Install replaces the executor's tables with fresh ones, atomically: the
@@ -65,6 +70,13 @@ func install(cfg Config, opts ...nftables.ConnOption) error {
 		Name: "input", Table: v4, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &drop,
 	})
+	rate := cfg.DNSPacketRate
+	if rate == 0 {
+		rate = DefaultDNSPacketRate
+	}
+	if err := dnsFloodGuard(c, v4, in, fromSandbox, cfg.DNSPort, rate); err != nil {
+		return fmt.Errorf("nftables DNS flood guard: %w", err)
+	}
 	c.AddRule(&nftables.Rule{Table: v4, Chain: in, Exprs: cat(fromSandbox, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), verdict(expr.VerdictAccept))})
 	c.AddRule(&nftables.Rule{Table: v4, Chain: in, Exprs: cat(fromSandbox, ctRedirected(), l4proto(unix.IPPROTO_TCP), dport(cfg.ProxyPort), verdict(expr.VerdictAccept))})
 	c.AddRule(&nftables.Rule{Table: v4, Chain: in, Exprs: cat(fromSandbox, ctRedirected(), l4proto(unix.IPPROTO_UDP), dport(cfg.DNSPort), verdict(expr.VerdictAccept))})

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -29,6 +30,16 @@ type harness struct {
 	a, b     *netns.Sandbox
 	accepted chan acceptInfo
 	dnsGot   chan string
+
+	mu sync.Mutex
+	// dnsFrom counts the DNS datagrams received from each address.
+	dnsFrom map[netip.Addr]int
+}
+
+func (h *harness) dnsReceived(from netip.Addr) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.dnsFrom[from]
 }
 
 type acceptInfo struct {
@@ -37,7 +48,7 @@ type acceptInfo struct {
 
 func setup(t *testing.T) *harness {
 	t.Helper()
-	h := &harness{accepted: make(chan acceptInfo, 16), dnsGot: make(chan string, 16)}
+	h := &harness{accepted: make(chan acceptInfo, 16), dnsGot: make(chan string, 16), dnsFrom: map[netip.Addr]int{}}
 	var err error
 	h.proxy, err = net.Listen("tcp4", "0.0.0.0:0")
 	if err != nil {
@@ -63,7 +74,14 @@ func setup(t *testing.T) *harness {
 			if err != nil {
 				return
 			}
-			h.dnsGot <- fmt.Sprintf("%s %d", from.(*net.UDPAddr).IP, n)
+			src := from.(*net.UDPAddr).AddrPort().Addr().Unmap()
+			h.mu.Lock()
+			h.dnsFrom[src]++
+			h.mu.Unlock()
+			select {
+			case h.dnsGot <- fmt.Sprintf("%s %d", src, n):
+			default:
+			}
 		}
 	}()
 	cfg := Config{
@@ -269,4 +287,51 @@ func isErrno(err error, errs ...syscall.Errno) bool {
 		}
 	}
 	return false
+}
+
+// TestDNSFloodIsDroppedPerSandbox: sandbox a sends 20,000 DNS datagrams as
+// fast as it can while b sends 20, one every 10 ms. Past
+// DefaultDNSPacketRate a second (after a burst of as many) a's are dropped
+// in the kernel, before the proxy's socket, and every one of b's arrives.
+func TestDNSFloodIsDroppedPerSandbox(t *testing.T) {
+	h := setup(t)
+	const flood, polite = 20000, 20
+	send := func(sb *netns.Sandbox, n int, pause time.Duration) (time.Duration, error) {
+		start := time.Now()
+		err := sb.Do(func() error {
+			c, err := net.Dial("udp4", netip.AddrPortFrom(sb.HostIP, 53).String())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			for range n {
+				// A full socket buffer is not the firewall's doing.
+				_, _ = c.Write([]byte("sandpit dns flood"))
+				time.Sleep(pause)
+			}
+			return nil
+		})
+		return time.Since(start), err
+	}
+	var wg sync.WaitGroup
+	var floodTook time.Duration
+	var floodErr error
+	wg.Go(func() { floodTook, floodErr = send(h.a, flood, 0) })
+	politeTook, err := send(h.b, polite, 10*time.Millisecond)
+	wg.Wait()
+	if err != nil || floodErr != nil {
+		t.Fatal(err, floodErr)
+	}
+	time.Sleep(200 * time.Millisecond)
+	gotA, gotB := h.dnsReceived(h.a.SandboxIP), h.dnsReceived(h.b.SandboxIP)
+	// At most the burst plus the rate over the time the flood took (and
+	// the wait after it), with a little room for the limiter's rounding.
+	most := int(DefaultDNSPacketRate + DefaultDNSPacketRate*(floodTook+200*time.Millisecond).Seconds()*1.1 + 10)
+	t.Logf("flood: %d sent in %v, %d received (at most %d); polite: %d sent in %v, %d received", flood, floodTook, gotA, most, polite, politeTook, gotB)
+	if gotA > most || gotA < DefaultDNSPacketRate/2 {
+		t.Errorf("the flooding sandbox got %d of %d datagrams through, want between %d and %d", gotA, flood, DefaultDNSPacketRate/2, most)
+	}
+	if gotB != polite {
+		t.Errorf("the neighbour got %d of %d datagrams through, want all", gotB, polite)
+	}
 }

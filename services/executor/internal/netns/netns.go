@@ -225,8 +225,8 @@ func waitUp(name string) error {
 func (m *Manager) Delete(sb *Sandbox) error {
 	var errs []error
 	if l, err := netlink.LinkByName(sb.HostIf); err == nil {
-		if err := netlink.LinkDel(l); err != nil {
-			errs = append(errs, fmt.Errorf("delete %s: %w", sb.HostIf, err))
+		if _, err := deleteLink(l); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if err := removeNamed(sb.Path); err != nil {
@@ -251,7 +251,7 @@ func (m *Manager) Sweep() (namespaces, links int, err error) {
 		}
 		namespaces++
 	}
-	all, err := netlink.LinkList()
+	all, err := listLinks()
 	if err != nil {
 		return namespaces, links, fmt.Errorf("list links: %w", err)
 	}
@@ -259,21 +259,53 @@ func (m *Manager) Sweep() (namespaces, links int, err error) {
 		if _, ok := l.(*netlink.Veth); !ok || !strings.HasPrefix(l.Attrs().Name, m.ifPrefix) {
 			continue
 		}
-		if err := netlink.LinkDel(l); err != nil {
-			errs = append(errs, fmt.Errorf("delete %s: %w", l.Attrs().Name, err))
-			continue
+		deleted, err := deleteLink(l)
+		if err != nil {
+			errs = append(errs, err)
 		}
-		links++
+		if deleted {
+			links++
+		}
 	}
 	return namespaces, links, errors.Join(errs...)
+}
+
+// listLinks lists the host's links. The kernel interrupts a dump when
+// links come and go meanwhile, as the veths of the namespaces Sweep just
+// unmounted do; the dump is then taken again.
+func listLinks() ([]netlink.Link, error) {
+	for attempt := 1; ; attempt++ {
+		all, err := netlink.LinkList()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) || attempt == 10 {
+			return all, err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// deleteLink deletes l and reports whether it did. A link already gone is
+// not an error: the host end of a veth goes with its peer when the
+// sandbox's namespace is destroyed, which the kernel does on its own time
+// once the namespace is unmounted and its last process is dead (Sweep
+// unmounts the namespaces before it deletes the veths it listed).
+func deleteLink(l netlink.Link) (bool, error) {
+	err := netlink.LinkDel(l)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, unix.ENODEV):
+		return false, nil
+	default:
+		return false, fmt.Errorf("delete %s: %w", l.Attrs().Name, err)
+	}
 }
 
 // newNamed creates a namespace bind-mounted at netnsDir/name. netns.NewNamed
 // switches the calling thread into the new namespace, so it runs on a locked
 // thread that is switched back.
 func newNamed(name string) (netns.NsHandle, error) {
-	if err := os.MkdirAll(netnsDir, 0o755); err != nil {
-		return 0, fmt.Errorf("create %s: %w", netnsDir, err)
+	if err := shareNetnsDir(); err != nil {
+		return 0, err
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -291,6 +323,41 @@ func newNamed(name string) (netns.NsHandle, error) {
 		return 0, fmt.Errorf("create netns %s: %w", name, err)
 	}
 	return ns, nil
+}
+
+var netnsDirShared struct {
+	sync.Mutex
+	done bool
+}
+
+// shareNetnsDir makes netnsDir a mount point with shared propagation before
+// the first namespace is mounted in it, as `ip netns add` does. iproute2
+// bind-mounts the directory onto itself when it is not a mount point yet;
+// a namespace mounted there before would then be hidden under the new
+// mount, where it can be neither unmounted nor removed (EBUSY), and leak.
+// With the directory already a mount point, iproute2 only marks it shared
+// again. Done once per process; a failure is retried at the next call.
+func shareNetnsDir() error {
+	netnsDirShared.Lock()
+	defer netnsDirShared.Unlock()
+	if netnsDirShared.done {
+		return nil
+	}
+	if err := os.MkdirAll(netnsDir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", netnsDir, err)
+	}
+	err := unix.Mount("", netnsDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	if errors.Is(err, unix.EINVAL) { // not a mount point
+		if err := unix.Mount(netnsDir, netnsDir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("bind-mount %s onto itself: %w", netnsDir, err)
+		}
+		err = unix.Mount("", netnsDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	}
+	if err != nil {
+		return fmt.Errorf("make %s a shared mount: %w", netnsDir, err)
+	}
+	netnsDirShared.done = true
+	return nil
 }
 
 func removeNamed(path string) error {

@@ -184,6 +184,9 @@ type Spec struct {
 	// NetNSPath is the network namespace to join; empty gives the sandbox
 	// a fresh one with loopback only.
 	NetNSPath string
+	// NodeFlags are node's options, before the entrypoint (--require of
+	// a script the executor provides).
+	NodeFlags []string
 	// ExtraFiles are placed read-only at their absolute Path in the
 	// sandbox (resolv.conf, the proxy's CA bundle).
 	ExtraFiles []File

@@ -77,6 +77,7 @@ func TestSpecHardening(t *testing.T) {
 				NodePath:   "/opt/node/bin/node",
 				Entrypoint: "src/main.mjs",
 				Args:       []string{"--flag", "two words"},
+				NodeFlags:  []string{"--import=data:text/javascript;base64,MA=="},
 				Env:        []string{"NODE_EXTRA_CA_CERTS=/etc/sandpit/ca.pem", "HOME=/tmp", "PATH=/opt/node/bin", "API_KEY=k"},
 				Limits:     small,
 				NetNSPath:  "/var/run/netns/sandpit-x2",
@@ -99,7 +100,8 @@ func TestSpecHardening(t *testing.T) {
 
 			t.Run("process", func(t *testing.T) {
 				p := got.Process
-				wantArgs := append([]string{tt.spec.NodePath, "/sandbox/" + tt.spec.Entrypoint}, tt.spec.Args...)
+				// node, its flags, the entrypoint, the program's args.
+				wantArgs := slices.Concat([]string{tt.spec.NodePath}, tt.spec.NodeFlags, []string{"/sandbox/" + tt.spec.Entrypoint}, tt.spec.Args)
 				if !slices.Equal(p.Args, wantArgs) {
 					t.Errorf("args = %q, want %q", p.Args, wantArgs)
 				}
@@ -155,6 +157,22 @@ func TestSpecHardening(t *testing.T) {
 				}{
 					{"RLIMIT_NOFILE", uint64(l.OpenFiles)},
 					{"RLIMIT_CORE", 0},
+					{"RLIMIT_MEMLOCK", 64 << 10},
+					{"RLIMIT_SIGPENDING", 1024},
+					{"RLIMIT_MSGQUEUE", 0},
+					{"RLIMIT_STACK", 8 << 20},
+					{"RLIMIT_FSIZE", l.TmpBytes + 1<<20},
+					{"RLIMIT_RTPRIO", 0},
+					{"RLIMIT_NICE", 0},
+					{"RLIMIT_RTTIME", ^uint64(0)},
+					{"RLIMIT_AS", ^uint64(0)},
+					{"RLIMIT_DATA", ^uint64(0)},
+					{"RLIMIT_RSS", ^uint64(0)},
+					{"RLIMIT_CPU", ^uint64(0)},
+					{"RLIMIT_LOCKS", ^uint64(0)},
+				}
+				if len(got.Process.Rlimits) != len(rlimits) {
+					t.Errorf("rlimits %v, want exactly the %d set on purpose", got.Process.Rlimits, len(rlimits))
 				}
 				for _, rl := range rlimits {
 					var found []specs.POSIXRlimit
@@ -199,11 +217,28 @@ func TestSpecHardening(t *testing.T) {
 				for _, name := range []string{
 					"mount", "umount2", "unshare", "setns", "bpf", "keyctl", "add_key",
 					"request_key", "kexec_load", "init_module", "reboot", "open_by_handle_at", "chroot",
+					// Refused on top of the default profile.
+					"ptrace", "process_vm_readv", "process_vm_writev", "personality",
+					// Refused by it without capabilities, kept so.
+					"userfaultfd", "perf_event_open", "io_uring_setup", "io_uring_enter", "io_uring_register",
 				} {
 					for _, sys := range sc.Syscalls {
 						if slices.Contains(sys.Names, name) && sys.Action == specs.ActAllow {
 							t.Errorf("seccomp allows %s (rule %+v)", name, sys)
 						}
+					}
+				}
+			})
+
+			t.Run("masked paths", func(t *testing.T) {
+				for _, p := range append([]string{"/proc/kcore", "/proc/timer_list", "/proc/sched_debug", "/sys/firmware"}, MaskedPaths...) {
+					if !slices.Contains(got.Linux.MaskedPaths, p) {
+						t.Errorf("%s not masked (masked: %q)", p, got.Linux.MaskedPaths)
+					}
+				}
+				for _, p := range []string{"/proc/stat", "/proc/cpuinfo", "/proc/meminfo", "/sys/fs/cgroup", "/sys/devices/system/cpu"} {
+					if slices.Contains(got.Linux.MaskedPaths, p) {
+						t.Errorf("%s masked: node reads it", p)
 					}
 				}
 			})
@@ -226,7 +261,7 @@ func TestSpecHardening(t *testing.T) {
 					dest, typ, source string
 					want              []string
 				}{
-					{"/tmp", "tmpfs", "tmpfs", []string{"nosuid", "nodev", "noexec", "mode=1777", fmt.Sprintf("size=%d", l.TmpBytes)}},
+					{"/tmp", "tmpfs", "tmpfs", []string{"nosuid", "nodev", "noexec", "mode=1777", fmt.Sprintf("size=%d", l.TmpBytes), fmt.Sprintf("nr_inodes=%d", TmpInodes(l))}},
 					{"/sandbox", "bind", tt.codeHostDir, []string{"ro", "nosuid", "nodev", "noexec"}},
 					// containerd's defaults, kept: the sandbox must not get
 					// a writable or exec-able /proc or /sys.
@@ -369,4 +404,21 @@ func deref[T any](p *T) T {
 		return zero
 	}
 	return *p
+}
+
+func TestTmpInodes(t *testing.T) {
+	tests := []struct {
+		tmp, memory uint64
+		want        uint64
+	}{
+		{16 << 20, 256 << 20, 4096},     // the defaults: one per 4 KiB of /tmp
+		{512 << 20, 2048 << 20, 131072}, // the maxima
+		{512 << 20, 64 << 20, 4096},     // a big /tmp in little memory: one per 16 KiB of memory
+		{64 << 10, 64 << 20, 64},        // the floor
+	}
+	for _, tt := range tests {
+		if got := TmpInodes(limits.Set{TmpBytes: tt.tmp, MemoryBytes: tt.memory}); got != tt.want {
+			t.Errorf("TmpInodes(tmp %d, memory %d) = %d, want %d", tt.tmp, tt.memory, got, tt.want)
+		}
+	}
 }

@@ -244,6 +244,8 @@ func (s *Service) finish(x *execution, net Network, prog program, out sandbox.Ou
 	res.NetworkLogTruncated = netSummary.LogTruncated
 	res.NetworkLogOmitted = netSummary.LogOmitted
 	res.NetworkLogOmittedAllowed = netSummary.LogOmittedAllowed
+	res.RequestsRateLimited = netSummary.RateLimited
+	res.DnsQueriesRateLimited = netSummary.DNSRateLimited
 	res.NetworkError = netProblem
 	term := terminationLabel(res.GetTermination())
 	s.metrics.executions.WithLabelValues(term).Inc()

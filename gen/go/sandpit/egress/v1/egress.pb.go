@@ -217,6 +217,7 @@ type Question struct {
 	//
 	//	*Question_Http
 	//	*Question_Dns
+	//	*Question_Tls
 	Kind          isQuestion_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -284,6 +285,15 @@ func (x *Question) GetDns() *DnsQuery {
 	return nil
 }
 
+func (x *Question) GetTls() *TlsServerName {
+	if x != nil {
+		if x, ok := x.Kind.(*Question_Tls); ok {
+			return x.Tls
+		}
+	}
+	return nil
+}
+
 type isQuestion_Kind interface {
 	isQuestion_Kind()
 }
@@ -298,9 +308,17 @@ type Question_Dns struct {
 	Dns *DnsQuery `protobuf:"bytes,3,opt,name=dns,proto3,oneof"`
 }
 
+type Question_Tls struct {
+	// The server name of a TLS handshake, asked before a leaf is minted
+	// for it.
+	Tls *TlsServerName `protobuf:"bytes,4,opt,name=tls,proto3,oneof"`
+}
+
 func (*Question_Http) isQuestion_Kind() {}
 
 func (*Question_Dns) isQuestion_Kind() {}
+
+func (*Question_Tls) isQuestion_Kind() {}
 
 // HttpRequest is a request as the proxy checked it: what is decided is
 // exactly what the proxy forwards. Lengths are in bytes; the proxy keeps
@@ -523,6 +541,78 @@ func (x *DnsQuery) GetType() string {
 	return ""
 }
 
+// TlsServerName is the server name (SNI) a sandbox's TLS ClientHello asked
+// for. The proxy asks before it mints a leaf for the name: the executor
+// answers DECISION_ALLOW when some host entry of the execution's policy
+// could allow https to the name (the question DNS asks, with the scheme),
+// DECISION_DENY otherwise, and records nothing in the network log. The
+// proxy refuses a denied handshake and reports it as a Refusal. This only
+// bounds what minting costs: every request on an allowed connection is
+// still decided on its own.
+type TlsServerName struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sandbox address the connection came from (at most 45).
+	SourceIp string `protobuf:"bytes,1,opt,name=source_ip,json=sourceIp,proto3" json:"source_ip,omitempty"`
+	// The server name, canonical: lowercase, no trailing dot, IDNA ASCII (at
+	// most 253).
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// The connection's original destination port.
+	Port          uint32 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TlsServerName) Reset() {
+	*x = TlsServerName{}
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TlsServerName) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TlsServerName) ProtoMessage() {}
+
+func (x *TlsServerName) ProtoReflect() protoreflect.Message {
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TlsServerName.ProtoReflect.Descriptor instead.
+func (*TlsServerName) Descriptor() ([]byte, []int) {
+	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *TlsServerName) GetSourceIp() string {
+	if x != nil {
+		return x.SourceIp
+	}
+	return ""
+}
+
+func (x *TlsServerName) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *TlsServerName) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
 // Report tells the executor what happened; it gets no answer.
 type Report struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -539,7 +629,7 @@ type Report struct {
 
 func (x *Report) Reset() {
 	*x = Report{}
-	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[5]
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -551,7 +641,7 @@ func (x *Report) String() string {
 func (*Report) ProtoMessage() {}
 
 func (x *Report) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[5]
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -564,7 +654,7 @@ func (x *Report) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Report.ProtoReflect.Descriptor instead.
 func (*Report) Descriptor() ([]byte, []int) {
-	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{5}
+	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Report) GetKind() isReport_Kind {
@@ -623,7 +713,9 @@ type Outcome struct {
 	BytesReceived uint64 `protobuf:"varint,4,opt,name=bytes_received,json=bytesReceived,proto3" json:"bytes_received,omitempty"`
 	// From the decision to the end of the response.
 	Duration *durationpb.Duration `protobuf:"bytes,5,opt,name=duration,proto3" json:"duration,omitempty"`
-	// Why the upstream exchange failed, if it did (at most 1 KiB).
+	// Why the upstream exchange failed, if it did, in fixed words naming the
+	// kind of failure and never an address; for a WebSocket, why the relay
+	// ended (at most 1 KiB).
 	Error         string `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -631,7 +723,7 @@ type Outcome struct {
 
 func (x *Outcome) Reset() {
 	*x = Outcome{}
-	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[6]
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -643,7 +735,7 @@ func (x *Outcome) String() string {
 func (*Outcome) ProtoMessage() {}
 
 func (x *Outcome) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[6]
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -656,7 +748,7 @@ func (x *Outcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Outcome.ProtoReflect.Descriptor instead.
 func (*Outcome) Descriptor() ([]byte, []int) {
-	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{6}
+	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Outcome) GetQuestionId() uint64 {
@@ -701,7 +793,11 @@ func (x *Outcome) GetError() string {
 	return ""
 }
 
-// Refusal reports a connection refused before a request could be read.
+// Refusal reports a connection refused before a request could be read,
+// or requests and queries the proxy refused by its per-source limits
+// without asking (HTTP 429, DNS REFUSED): then one of the rate_limited
+// counts is set, and reason only on at most one report a second per
+// source (the refusals are logged and shown as sparsely).
 type Refusal struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The sandbox address the connection came from (at most 45).
@@ -709,14 +805,20 @@ type Refusal struct {
 	// The original destination, host:port (at most 64).
 	Destination string `protobuf:"bytes,2,opt,name=destination,proto3" json:"destination,omitempty"`
 	// Why: not HTTP, TLS without SNI, ... (at most 1 KiB).
-	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// HTTP requests of source_ip refused by the per-source limits since
+	// the last report that counted them.
+	RateLimitedRequests uint32 `protobuf:"varint,4,opt,name=rate_limited_requests,json=rateLimitedRequests,proto3" json:"rate_limited_requests,omitempty"`
+	// DNS queries of source_ip refused by the per-source limits since the
+	// last report that counted them.
+	RateLimitedDnsQueries uint32 `protobuf:"varint,5,opt,name=rate_limited_dns_queries,json=rateLimitedDnsQueries,proto3" json:"rate_limited_dns_queries,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *Refusal) Reset() {
 	*x = Refusal{}
-	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[7]
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -728,7 +830,7 @@ func (x *Refusal) String() string {
 func (*Refusal) ProtoMessage() {}
 
 func (x *Refusal) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[7]
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -741,7 +843,7 @@ func (x *Refusal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Refusal.ProtoReflect.Descriptor instead.
 func (*Refusal) Descriptor() ([]byte, []int) {
-	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{7}
+	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Refusal) GetSourceIp() string {
@@ -763,6 +865,20 @@ func (x *Refusal) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *Refusal) GetRateLimitedRequests() uint32 {
+	if x != nil {
+		return x.RateLimitedRequests
+	}
+	return 0
+}
+
+func (x *Refusal) GetRateLimitedDnsQueries() uint32 {
+	if x != nil {
+		return x.RateLimitedDnsQueries
+	}
+	return 0
 }
 
 // DecideResponse answers one Question, or is a notice from the executor
@@ -793,7 +909,7 @@ type DecideResponse struct {
 
 func (x *DecideResponse) Reset() {
 	*x = DecideResponse{}
-	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[8]
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -805,7 +921,7 @@ func (x *DecideResponse) String() string {
 func (*DecideResponse) ProtoMessage() {}
 
 func (x *DecideResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[8]
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -818,7 +934,7 @@ func (x *DecideResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecideResponse.ProtoReflect.Descriptor instead.
 func (*DecideResponse) Descriptor() ([]byte, []int) {
-	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{8}
+	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DecideResponse) GetId() uint64 {
@@ -884,7 +1000,7 @@ type Release struct {
 
 func (x *Release) Reset() {
 	*x = Release{}
-	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[9]
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -896,7 +1012,7 @@ func (x *Release) String() string {
 func (*Release) ProtoMessage() {}
 
 func (x *Release) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[9]
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -909,7 +1025,7 @@ func (x *Release) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Release.ProtoReflect.Descriptor instead.
 func (*Release) Descriptor() ([]byte, []int) {
-	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{9}
+	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Release) GetSourceIp() string {
@@ -934,11 +1050,12 @@ const file_sandpit_egress_v1_egress_proto_rawDesc = "" +
 	"\x12ca_certificate_pem\x18\x02 \x01(\fR\x10caCertificatePem\x12/\n" +
 	"\x13transparent_address\x18\x03 \x01(\tR\x12transparentAddress\x12\x1f\n" +
 	"\vdns_address\x18\x04 \x01(\tR\n" +
-	"dnsAddress\"\x89\x01\n" +
+	"dnsAddress\"\xbf\x01\n" +
 	"\bQuestion\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x124\n" +
 	"\x04http\x18\x02 \x01(\v2\x1e.sandpit.egress.v1.HttpRequestH\x00R\x04http\x12/\n" +
-	"\x03dns\x18\x03 \x01(\v2\x1b.sandpit.egress.v1.DnsQueryH\x00R\x03dnsB\x06\n" +
+	"\x03dns\x18\x03 \x01(\v2\x1b.sandpit.egress.v1.DnsQueryH\x00R\x03dns\x124\n" +
+	"\x03tls\x18\x04 \x01(\v2 .sandpit.egress.v1.TlsServerNameH\x00R\x03tlsB\x06\n" +
 	"\x04kind\"\xd6\x02\n" +
 	"\vHttpRequest\x12\x1b\n" +
 	"\tsource_ip\x18\x01 \x01(\tR\bsourceIp\x12\x16\n" +
@@ -957,7 +1074,11 @@ const file_sandpit_egress_v1_egress_proto_rawDesc = "" +
 	"\bDnsQuery\x12\x1b\n" +
 	"\tsource_ip\x18\x01 \x01(\tR\bsourceIp\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
-	"\x04type\x18\x03 \x01(\tR\x04type\"\x80\x01\n" +
+	"\x04type\x18\x03 \x01(\tR\x04type\"T\n" +
+	"\rTlsServerName\x12\x1b\n" +
+	"\tsource_ip\x18\x01 \x01(\tR\bsourceIp\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\"\x80\x01\n" +
 	"\x06Report\x126\n" +
 	"\aoutcome\x18\x01 \x01(\v2\x1a.sandpit.egress.v1.OutcomeH\x00R\aoutcome\x126\n" +
 	"\arefusal\x18\x02 \x01(\v2\x1a.sandpit.egress.v1.RefusalH\x00R\arefusalB\x06\n" +
@@ -971,11 +1092,13 @@ const file_sandpit_egress_v1_egress_proto_rawDesc = "" +
 	"bytes_sent\x18\x03 \x01(\x04R\tbytesSent\x12%\n" +
 	"\x0ebytes_received\x18\x04 \x01(\x04R\rbytesReceived\x125\n" +
 	"\bduration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x14\n" +
-	"\x05error\x18\x06 \x01(\tR\x05error\"`\n" +
+	"\x05error\x18\x06 \x01(\tR\x05error\"\xcd\x01\n" +
 	"\aRefusal\x12\x1b\n" +
 	"\tsource_ip\x18\x01 \x01(\tR\bsourceIp\x12 \n" +
 	"\vdestination\x18\x02 \x01(\tR\vdestination\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x8f\x02\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x122\n" +
+	"\x15rate_limited_requests\x18\x04 \x01(\rR\x13rateLimitedRequests\x127\n" +
+	"\x18rate_limited_dns_queries\x18\x05 \x01(\rR\x15rateLimitedDnsQueries\"\x8f\x02\n" +
 	"\x0eDecideResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x127\n" +
 	"\bdecision\x18\x02 \x01(\x0e2\x1b.sandpit.policy.v1.DecisionR\bdecision\x12\x17\n" +
@@ -1001,39 +1124,41 @@ func file_sandpit_egress_v1_egress_proto_rawDescGZIP() []byte {
 	return file_sandpit_egress_v1_egress_proto_rawDescData
 }
 
-var file_sandpit_egress_v1_egress_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_sandpit_egress_v1_egress_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_sandpit_egress_v1_egress_proto_goTypes = []any{
 	(*DecideRequest)(nil),       // 0: sandpit.egress.v1.DecideRequest
 	(*Hello)(nil),               // 1: sandpit.egress.v1.Hello
 	(*Question)(nil),            // 2: sandpit.egress.v1.Question
 	(*HttpRequest)(nil),         // 3: sandpit.egress.v1.HttpRequest
 	(*DnsQuery)(nil),            // 4: sandpit.egress.v1.DnsQuery
-	(*Report)(nil),              // 5: sandpit.egress.v1.Report
-	(*Outcome)(nil),             // 6: sandpit.egress.v1.Outcome
-	(*Refusal)(nil),             // 7: sandpit.egress.v1.Refusal
-	(*DecideResponse)(nil),      // 8: sandpit.egress.v1.DecideResponse
-	(*Release)(nil),             // 9: sandpit.egress.v1.Release
-	(*durationpb.Duration)(nil), // 10: google.protobuf.Duration
-	(v1.Decision)(0),            // 11: sandpit.policy.v1.Decision
+	(*TlsServerName)(nil),       // 5: sandpit.egress.v1.TlsServerName
+	(*Report)(nil),              // 6: sandpit.egress.v1.Report
+	(*Outcome)(nil),             // 7: sandpit.egress.v1.Outcome
+	(*Refusal)(nil),             // 8: sandpit.egress.v1.Refusal
+	(*DecideResponse)(nil),      // 9: sandpit.egress.v1.DecideResponse
+	(*Release)(nil),             // 10: sandpit.egress.v1.Release
+	(*durationpb.Duration)(nil), // 11: google.protobuf.Duration
+	(v1.Decision)(0),            // 12: sandpit.policy.v1.Decision
 }
 var file_sandpit_egress_v1_egress_proto_depIdxs = []int32{
 	1,  // 0: sandpit.egress.v1.DecideRequest.hello:type_name -> sandpit.egress.v1.Hello
 	2,  // 1: sandpit.egress.v1.DecideRequest.question:type_name -> sandpit.egress.v1.Question
-	5,  // 2: sandpit.egress.v1.DecideRequest.report:type_name -> sandpit.egress.v1.Report
+	6,  // 2: sandpit.egress.v1.DecideRequest.report:type_name -> sandpit.egress.v1.Report
 	3,  // 3: sandpit.egress.v1.Question.http:type_name -> sandpit.egress.v1.HttpRequest
 	4,  // 4: sandpit.egress.v1.Question.dns:type_name -> sandpit.egress.v1.DnsQuery
-	6,  // 5: sandpit.egress.v1.Report.outcome:type_name -> sandpit.egress.v1.Outcome
-	7,  // 6: sandpit.egress.v1.Report.refusal:type_name -> sandpit.egress.v1.Refusal
-	10, // 7: sandpit.egress.v1.Outcome.duration:type_name -> google.protobuf.Duration
-	11, // 8: sandpit.egress.v1.DecideResponse.decision:type_name -> sandpit.policy.v1.Decision
-	9,  // 9: sandpit.egress.v1.DecideResponse.release:type_name -> sandpit.egress.v1.Release
-	0,  // 10: sandpit.egress.v1.DecisionService.Decide:input_type -> sandpit.egress.v1.DecideRequest
-	8,  // 11: sandpit.egress.v1.DecisionService.Decide:output_type -> sandpit.egress.v1.DecideResponse
-	11, // [11:12] is the sub-list for method output_type
-	10, // [10:11] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	5,  // 5: sandpit.egress.v1.Question.tls:type_name -> sandpit.egress.v1.TlsServerName
+	7,  // 6: sandpit.egress.v1.Report.outcome:type_name -> sandpit.egress.v1.Outcome
+	8,  // 7: sandpit.egress.v1.Report.refusal:type_name -> sandpit.egress.v1.Refusal
+	11, // 8: sandpit.egress.v1.Outcome.duration:type_name -> google.protobuf.Duration
+	12, // 9: sandpit.egress.v1.DecideResponse.decision:type_name -> sandpit.policy.v1.Decision
+	10, // 10: sandpit.egress.v1.DecideResponse.release:type_name -> sandpit.egress.v1.Release
+	0,  // 11: sandpit.egress.v1.DecisionService.Decide:input_type -> sandpit.egress.v1.DecideRequest
+	9,  // 12: sandpit.egress.v1.DecisionService.Decide:output_type -> sandpit.egress.v1.DecideResponse
+	12, // [12:13] is the sub-list for method output_type
+	11, // [11:12] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_sandpit_egress_v1_egress_proto_init() }
@@ -1049,8 +1174,9 @@ func file_sandpit_egress_v1_egress_proto_init() {
 	file_sandpit_egress_v1_egress_proto_msgTypes[2].OneofWrappers = []any{
 		(*Question_Http)(nil),
 		(*Question_Dns)(nil),
+		(*Question_Tls)(nil),
 	}
-	file_sandpit_egress_v1_egress_proto_msgTypes[5].OneofWrappers = []any{
+	file_sandpit_egress_v1_egress_proto_msgTypes[6].OneofWrappers = []any{
 		(*Report_Outcome)(nil),
 		(*Report_Refusal)(nil),
 	}
@@ -1060,7 +1186,7 @@ func file_sandpit_egress_v1_egress_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sandpit_egress_v1_egress_proto_rawDesc), len(file_sandpit_egress_v1_egress_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -37,7 +37,9 @@ const (
 	// A DNS query and its decision.
 	NetworkEventKind_NETWORK_EVENT_KIND_DNS NetworkEventKind = 3
 	// A connection refused before a request could be read (not HTTP, TLS
-	// without SNI, egress unavailable).
+	// without SNI, egress unavailable), or a sample of the requests and
+	// queries refused by the proxy's per-source limits (reason "rate
+	// limited: ...", at most one a second; the Result counts them all).
 	NetworkEventKind_NETWORK_EVENT_KIND_REFUSED NetworkEventKind = 4
 )
 
@@ -634,8 +636,12 @@ type NetworkEvent struct {
 	BytesReceived uint64 `protobuf:"varint,12,opt,name=bytes_received,json=bytesReceived,proto3" json:"bytes_received,omitempty"`
 	// From decision to the end of the response (outcome events only).
 	Duration *durationpb.Duration `protobuf:"bytes,13,opt,name=duration,proto3" json:"duration,omitempty"`
-	// Why the upstream exchange failed, if it did (outcome events only); at
-	// most 512 bytes, cut like url.
+	// Why the upstream exchange failed, if it did (outcome events only), in
+	// fixed words that name the kind of failure ("the upstream refused the
+	// connection", "the upstream's TLS certificate is not trusted"), never
+	// an address; for a WebSocket, why the relay ended: closed by the
+	// sandbox or the upstream, cut at a byte limit, or idle. At most 512
+	// bytes, cut like url.
 	Error         string `protobuf:"bytes,14,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -788,8 +794,9 @@ type NetworkLogEntry struct {
 	StatusCode int32 `protobuf:"varint,5,opt,name=status_code,json=statusCode,proto3" json:"status_code,omitempty"`
 	// True when the request was not forwarded.
 	Blocked bool `protobuf:"varint,6,opt,name=blocked,proto3" json:"blocked,omitempty"`
-	// Why it was blocked, or would have been in audit mode; at most 512
-	// bytes, cut like url.
+	// Why it was blocked, or would have been in audit mode; for an allowed
+	// request whose outcome never came, why (the egress proxy's decision
+	// stream closed first). At most 512 bytes, cut like url.
 	Reason string `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
 	// The rule (or default) that decided.
 	RuleId string `protobuf:"bytes,8,opt,name=rule_id,json=ruleId,proto3" json:"rule_id,omitempty"`
@@ -1039,13 +1046,14 @@ type Result struct {
 	StderrBytes uint64 `protobuf:"varint,11,opt,name=stderr_bytes,json=stderrBytes,proto3" json:"stderr_bytes,omitempty"`
 	// HTTP requests forwarded (audit-mode would-blocks included).
 	RequestsAllowed uint32 `protobuf:"varint,12,opt,name=requests_allowed,json=requestsAllowed,proto3" json:"requests_allowed,omitempty"`
-	// HTTP requests blocked.
+	// HTTP requests blocked, requests_rate_limited included.
 	RequestsBlocked uint32 `protobuf:"varint,13,opt,name=requests_blocked,json=requestsBlocked,proto3" json:"requests_blocked,omitempty"`
 	// Every HTTP request the program made, in order, up to 10,000 entries
 	// and about 3 MiB together (so that a Result fits a client's default
 	// 4 MiB message limit), of which blocked requests take at most half;
 	// requests past that are counted in network_log_omitted. requests_allowed and requests_blocked count them
-	// all.
+	// all. Requests refused by the proxy's per-source limits
+	// (requests_rate_limited) are not in it one by one.
 	NetworkLog []*NetworkLogEntry `protobuf:"bytes,14,rep,name=network_log,json=networkLog,proto3" json:"network_log,omitempty"`
 	// Set when the sandbox had no egress at all, and why (for example the
 	// egress proxy was unavailable).
@@ -1066,8 +1074,18 @@ type Result struct {
 	// about 1.5 MiB) is kept for allowed requests, so a flood of blocked
 	// ones cannot push an allowed one out.
 	NetworkLogOmittedAllowed uint32 `protobuf:"varint,19,opt,name=network_log_omitted_allowed,json=networkLogOmittedAllowed,proto3" json:"network_log_omitted_allowed,omitempty"`
-	unknownFields            protoimpl.UnknownFields
-	sizeCache                protoimpl.SizeCache
+	// Of requests_blocked, the HTTP requests the egress proxy refused (429)
+	// because the sandbox was over its per-source rate or in-flight limits,
+	// without asking the policy. They are not in network_log; the live
+	// network events show them sampled: at most one refused event a second,
+	// whose reason counts the refusals since the last.
+	RequestsRateLimited uint32 `protobuf:"varint,20,opt,name=requests_rate_limited,json=requestsRateLimited,proto3" json:"requests_rate_limited,omitempty"`
+	// DNS queries the egress proxy refused (REFUSED) because the sandbox
+	// was over its per-source DNS rate or in-flight limits, shown like
+	// requests_rate_limited.
+	DnsQueriesRateLimited uint32 `protobuf:"varint,21,opt,name=dns_queries_rate_limited,json=dnsQueriesRateLimited,proto3" json:"dns_queries_rate_limited,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *Result) Reset() {
@@ -1233,6 +1251,20 @@ func (x *Result) GetNetworkLogOmittedAllowed() uint32 {
 	return 0
 }
 
+func (x *Result) GetRequestsRateLimited() uint32 {
+	if x != nil {
+		return x.RequestsRateLimited
+	}
+	return 0
+}
+
+func (x *Result) GetDnsQueriesRateLimited() uint32 {
+	if x != nil {
+		return x.DnsQueriesRateLimited
+	}
+	return 0
+}
+
 var File_sandpit_executor_v1_executor_proto protoreflect.FileDescriptor
 
 const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
@@ -1315,7 +1347,7 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\fimage_digest\x18\x03 \x01(\tR\vimageDigest\x123\n" +
 	"\x06limits\x18\x04 \x01(\v2\x1b.sandpit.executor.v1.LimitsR\x06limits\"\x1c\n" +
 	"\x06Output\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\"\xe3\x06\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\xd0\a\n" +
 	"\x06Result\x12B\n" +
 	"\vtermination\x18\x01 \x01(\x0e2 .sandpit.executor.v1.TerminationR\vtermination\x12\x1b\n" +
 	"\texit_code\x18\x02 \x01(\x05R\bexitCode\x12\x16\n" +
@@ -1338,7 +1370,9 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\x16network_events_dropped\x18\x10 \x01(\rR\x14networkEventsDropped\x122\n" +
 	"\x15network_log_truncated\x18\x11 \x01(\bR\x13networkLogTruncated\x12.\n" +
 	"\x13network_log_omitted\x18\x12 \x01(\rR\x11networkLogOmitted\x12=\n" +
-	"\x1bnetwork_log_omitted_allowed\x18\x13 \x01(\rR\x18networkLogOmittedAllowed*\xb2\x01\n" +
+	"\x1bnetwork_log_omitted_allowed\x18\x13 \x01(\rR\x18networkLogOmittedAllowed\x122\n" +
+	"\x15requests_rate_limited\x18\x14 \x01(\rR\x13requestsRateLimited\x127\n" +
+	"\x18dns_queries_rate_limited\x18\x15 \x01(\rR\x15dnsQueriesRateLimited*\xb2\x01\n" +
 	"\x10NetworkEventKind\x12\"\n" +
 	"\x1eNETWORK_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aNETWORK_EVENT_KIND_REQUEST\x10\x01\x12\x1e\n" +

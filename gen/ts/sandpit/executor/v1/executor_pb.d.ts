@@ -374,8 +374,12 @@ export declare type NetworkEvent = Message<"sandpit.executor.v1.NetworkEvent"> &
   duration?: Duration | undefined;
 
   /**
-   * Why the upstream exchange failed, if it did (outcome events only); at
-   * most 512 bytes, cut like url.
+   * Why the upstream exchange failed, if it did (outcome events only), in
+   * fixed words that name the kind of failure ("the upstream refused the
+   * connection", "the upstream's TLS certificate is not trusted"), never
+   * an address; for a WebSocket, why the relay ended: closed by the
+   * sandbox or the upstream, cut at a byte limit, or idle. At most 512
+   * bytes, cut like url.
    *
    * @generated from field: string error = 14;
    */
@@ -441,8 +445,9 @@ export declare type NetworkLogEntry = Message<"sandpit.executor.v1.NetworkLogEnt
   blocked: boolean;
 
   /**
-   * Why it was blocked, or would have been in audit mode; at most 512
-   * bytes, cut like url.
+   * Why it was blocked, or would have been in audit mode; for an allowed
+   * request whose outcome never came, why (the egress proxy's decision
+   * stream closed first). At most 512 bytes, cut like url.
    *
    * @generated from field: string reason = 7;
    */
@@ -622,7 +627,7 @@ export declare type Result = Message<"sandpit.executor.v1.Result"> & {
   requestsAllowed: number;
 
   /**
-   * HTTP requests blocked.
+   * HTTP requests blocked, requests_rate_limited included.
    *
    * @generated from field: uint32 requests_blocked = 13;
    */
@@ -633,7 +638,8 @@ export declare type Result = Message<"sandpit.executor.v1.Result"> & {
    * and about 3 MiB together (so that a Result fits a client's default
    * 4 MiB message limit), of which blocked requests take at most half;
    * requests past that are counted in network_log_omitted. requests_allowed and requests_blocked count them
-   * all.
+   * all. Requests refused by the proxy's per-source limits
+   * (requests_rate_limited) are not in it one by one.
    *
    * @generated from field: repeated sandpit.executor.v1.NetworkLogEntry network_log = 14;
    */
@@ -682,6 +688,26 @@ export declare type Result = Message<"sandpit.executor.v1.Result"> & {
    * @generated from field: uint32 network_log_omitted_allowed = 19;
    */
   networkLogOmittedAllowed: number;
+
+  /**
+   * Of requests_blocked, the HTTP requests the egress proxy refused (429)
+   * because the sandbox was over its per-source rate or in-flight limits,
+   * without asking the policy. They are not in network_log; the live
+   * network events show them sampled: at most one refused event a second,
+   * whose reason counts the refusals since the last.
+   *
+   * @generated from field: uint32 requests_rate_limited = 20;
+   */
+  requestsRateLimited: number;
+
+  /**
+   * DNS queries the egress proxy refused (REFUSED) because the sandbox
+   * was over its per-source DNS rate or in-flight limits, shown like
+   * requests_rate_limited.
+   *
+   * @generated from field: uint32 dns_queries_rate_limited = 21;
+   */
+  dnsQueriesRateLimited: number;
 };
 
 /**
@@ -726,7 +752,9 @@ export enum NetworkEventKind {
 
   /**
    * A connection refused before a request could be read (not HTTP, TLS
-   * without SNI, egress unavailable).
+   * without SNI, egress unavailable), or a sample of the requests and
+   * queries refused by the proxy's per-source limits (reason "rate
+   * limited: ...", at most one a second; the Result counts them all).
    *
    * @generated from enum value: NETWORK_EVENT_KIND_REFUSED = 4;
    */
