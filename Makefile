@@ -112,6 +112,16 @@ test-containerd2: deps tools runc image image-sdk stripe-mock $(BIN)/containerd2
 bench: deps tools runc image image-sdk stripe-mock ## hello-world Execute latency vs bare node; proxy latency and throughput vs direct
 	cd test && $(TEST_ENV) go test -count=1 -run '^$$' -bench . -benchtime 40x -timeout 20m ./e2e/
 
+# make test runs the soak at the issue's counts (1,000 in a row, 200 at 16
+# concurrent, about 5 minutes here); make soak runs it longer.
+SOAK_SERIAL ?= 5000
+SOAK_CONCURRENT ?= 1000
+
+.PHONY: soak
+soak: deps tools runc image image-sdk stripe-mock ## the soak test, longer: SOAK_SERIAL executions in a row and SOAK_CONCURRENT at 16 concurrent, then every count back to its baseline
+	cd test && $(TEST_ENV) SANDPIT_SOAK_SERIAL=$(SOAK_SERIAL) SANDPIT_SOAK_CONCURRENT=$(SOAK_CONCURRENT) \
+		go test -count=1 -run '^TestSoakLeavesNothingBehind$$' -timeout 90m -v ./e2e/
+
 POLICY ?= deploy/policy/example.yaml
 
 .PHONY: binaries

@@ -107,21 +107,31 @@ func startEgress(t testing.TB, ports netPorts, policyYAML string) *egressOpts {
 	return o
 }
 
-// requireNoNetworkLeftovers fails if a namespace or veth of the tests is
+// networkLeftovers lists the namespaces and veths of the tests that are
 // still there.
-func requireNoNetworkLeftovers(t *testing.T) {
-	t.Helper()
+func networkLeftovers() []string {
+	var out []string
 	entries, _ := os.ReadDir("/run/netns")
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), testNetns) {
-			t.Errorf("namespace %s left behind", e.Name())
+			out = append(out, "namespace "+e.Name())
 		}
 	}
 	ifs, _ := net.Interfaces()
 	for _, i := range ifs {
 		if strings.HasPrefix(i.Name, testVethPrefix) {
-			t.Errorf("veth %s left behind", i.Name)
+			out = append(out, "veth "+i.Name)
 		}
+	}
+	return out
+}
+
+// requireNoNetworkLeftovers fails if a namespace or veth of the tests is
+// still there.
+func requireNoNetworkLeftovers(t *testing.T) {
+	t.Helper()
+	for _, l := range networkLeftovers() {
+		t.Errorf("%s left behind", l)
 	}
 }
 
