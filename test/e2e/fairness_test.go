@@ -17,10 +17,10 @@ import (
 // floodCode floods UDP 53 with queries for an allowed name and keeps 32
 // HTTPS requests to an allowed stand-in going back to back, for %d ms, and
 // counts what came back. The flood is paced at up to 25 queries a
-// millisecond (9,000-13,000/s here, 100 times the per-source rate): at
-// 50,000/s the proxy's one UDP socket overflows in the kernel before any
-// per-source limit applies, and a neighbour's query can be lost and retried
-// by its resolver after 2s (a per-source meter in nftables is the fix).
+// millisecond (9,000-13,000/s here, 100 times the per-source rate), so
+// that the proxy's own limits answer most of it; an unpaced flood, which
+// the executor's nftables meter cuts before the proxy, is
+// TestUnpacedDNSFloodIsMeteredInTheKernel's.
 const floodCode = `
 const dgram = require("dgram"), https = require("https"), os = require("os");
 const gw = os.networkInterfaces().eth0.find(a => a.family === "IPv4").address.replace(/\.\d+$/, m => "." + (Number(m.slice(1)) - 1));

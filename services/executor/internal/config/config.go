@@ -88,7 +88,7 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	fs.BoolVar(&c.Egress, "egress", false, "give sandboxes egress through the egress proxy on this host (which connects to --decision-listen); without it sandboxes have loopback only")
 	c.MaxNetworkLogBytes = decision.DefaultMaxNetworkLogBytes
 	fs.Var(byteSize{&c.MaxNetworkLogBytes}, "max-network-log-bytes", "bytes the network logs of all running executions may hold together (bytes, or with KiB/MiB/GiB; each log is also bounded to about 3 MiB); past it new entries are left out and counted in network_log_omitted")
-	fs.UintVar(&c.DNSPacketRate, "dns-packet-rate", firewall.DefaultDNSPacketRate, "UDP DNS packets a second (and burst) each sandbox may send; past it nftables drops them before they reach the proxy, whose own per-sandbox DNS limits answer REFUSED well below this")
+	fs.UintVar(&c.DNSPacketRate, "dns-packet-rate", firewall.DefaultDNSPacketRate, "UDP DNS packets a second each sandbox may send (burst 200); past it nftables drops them before they reach the proxy, whose own per-sandbox DNS limits answer REFUSED well below this")
 	fs.StringVar(&c.DecisionListen, "decision-listen", "127.0.0.1:50053", "gRPC listen address of the decision service the egress proxy connects to (with --egress)")
 	fs.UintVar(&c.ProxyPort, "proxy-port", 15001, "the egress proxy's transparent TCP port on this host")
 	fs.UintVar(&c.DNSPort, "dns-port", 15053, "the egress proxy's DNS port on this host")

@@ -216,6 +216,11 @@ func (a *Attachment) Detach() error {
 				a.NetworkError = "egress proxy unavailable: the proxy restarted with another CA during the execution; TLS connections after that failed"
 			}
 		}
+		// The address goes back to the pool: its next sandbox must not
+		// inherit this one's DNS meter.
+		if err := firewall.ForgetDNSMeter(a.e.cfg.Table, a.sb.SandboxIP); err != nil {
+			a.e.log.Warn("forget the sandbox's DNS meter", "error", err)
+		}
 		a.detachErr = a.e.net.Delete(a.sb)
 	})
 	return a.detachErr

@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
 
 	"github.com/sandpit-run/sandpit/services/executor/internal/netns"
@@ -291,7 +293,7 @@ func isErrno(err error, errs ...syscall.Errno) bool {
 
 // TestDNSFloodIsDroppedPerSandbox: sandbox a sends 20,000 DNS datagrams as
 // fast as it can while b sends 20, one every 10 ms. Past
-// DefaultDNSPacketRate a second (after a burst of as many) a's are dropped
+// DefaultDNSPacketRate a second (after a burst of DNSPacketBurst) a's are dropped
 // in the kernel, before the proxy's socket, and every one of b's arrives.
 func TestDNSFloodIsDroppedPerSandbox(t *testing.T) {
 	h := setup(t)
@@ -326,12 +328,51 @@ func TestDNSFloodIsDroppedPerSandbox(t *testing.T) {
 	gotA, gotB := h.dnsReceived(h.a.SandboxIP), h.dnsReceived(h.b.SandboxIP)
 	// At most the burst plus the rate over the time the flood took (and
 	// the wait after it), with a little room for the limiter's rounding.
-	most := int(DefaultDNSPacketRate + DefaultDNSPacketRate*(floodTook+200*time.Millisecond).Seconds()*1.1 + 10)
+	most := int(DNSPacketBurst + DefaultDNSPacketRate*(floodTook+200*time.Millisecond).Seconds()*1.1 + 10)
 	t.Logf("flood: %d sent in %v, %d received (at most %d); polite: %d sent in %v, %d received", flood, floodTook, gotA, most, polite, politeTook, gotB)
-	if gotA > most || gotA < DefaultDNSPacketRate/2 {
-		t.Errorf("the flooding sandbox got %d of %d datagrams through, want between %d and %d", gotA, flood, DefaultDNSPacketRate/2, most)
+	if gotA > most || gotA < DNSPacketBurst {
+		t.Errorf("the flooding sandbox got %d of %d datagrams through, want between %d and %d", gotA, flood, DNSPacketBurst, most)
 	}
 	if gotB != polite {
 		t.Errorf("the neighbour got %d of %d datagrams through, want all", gotB, polite)
 	}
+
+	// The address's next sandbox starts afresh once its entry is
+	// forgotten, as the executor does when a sandbox's network goes.
+	if got := meterEntries(t); !slices.Contains(got, h.a.SandboxIP) || !slices.Contains(got, h.b.SandboxIP) {
+		t.Fatalf("meter entries %v, want both sandboxes", got)
+	}
+	if err := ForgetDNSMeter(testTable, h.a.SandboxIP); err != nil {
+		t.Fatal(err)
+	}
+	if err := ForgetDNSMeter(testTable, h.a.HostIP); err != nil {
+		t.Errorf("forgetting an address without an entry: %v", err)
+	}
+	if got := meterEntries(t); slices.Contains(got, h.a.SandboxIP) || !slices.Contains(got, h.b.SandboxIP) {
+		t.Errorf("meter entries after forgetting %v: %v, want only %v", h.a.SandboxIP, got, h.b.SandboxIP)
+	}
+}
+
+// meterEntries lists the addresses in the DNS flood meter.
+func meterEntries(t *testing.T) []netip.Addr {
+	t.Helper()
+	c, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := c.GetSetByName(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: testTable}, dnsFloodSet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	els, err := c.GetSetElements(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []netip.Addr
+	for _, e := range els {
+		if a, ok := netip.AddrFromSlice(e.Key); ok {
+			out = append(out, a)
+		}
+	}
+	return out
 }
