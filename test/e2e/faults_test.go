@@ -280,8 +280,10 @@ func TestProxySIGKILLedUnderLoad(t *testing.T) {
 			t.Errorf("run %s: the request cut mid-response ended %q, want an error", name, c.Slow)
 		case c.count("up", "fast", "200") == 0 || c.count("up", "denied", "403") == 0:
 			t.Errorf("run %s: before the kill, allowed and denied requests were not answered 200 and 403: %v", name, c.Counts["up"])
-		case c.count("down", "fast", "ECONNREFUSED") == 0:
-			t.Errorf("run %s: no connection refused while the proxy was down: %v", name, c.Counts["down"])
+		// A round that had its connection open at the kill sees it reset;
+		// later ones are refused.
+		case c.count("down", "fast", "ECONNREFUSED|ECONNRESET") == 0 || c.count("down", "fast", "200") != 0:
+			t.Errorf("run %s: allowed requests were not refused or reset while the proxy was down: %v", name, c.Counts["down"])
 		case c.count("back", "fast", "UNABLE_TO_VERIFY_LEAF_SIGNATURE|SELF_SIGNED_CERT_IN_CHAIN|UNABLE_TO_GET_ISSUER_CERT_LOCALLY") == 0:
 			t.Errorf("run %s: after the restart the sandbox trusted the new proxy's CA it was never given: %v", name, c.Counts["back"])
 		}

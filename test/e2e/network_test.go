@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -27,6 +28,9 @@ type netPorts struct {
 	proxyGRPC          string
 	proxyPort, dnsPort uint16
 }
+
+// handedOut holds the ports freePort has returned.
+var handedOut sync.Map
 
 // freePort returns a port that is free for TCP and UDP on all addresses,
 // for a server another process will bind. It is taken below the kernel's
@@ -49,6 +53,11 @@ func freePort(t testing.TB) uint16 {
 	}
 	for range 200 {
 		port := floor + rand.IntN(low-floor)
+		// Never the same port twice in a run: one handed out earlier may
+		// be free now and about to be bound by the server it was for.
+		if _, taken := handedOut.LoadOrStore(port, true); taken {
+			continue
+		}
 		l, err := net.Listen("tcp4", fmt.Sprintf("0.0.0.0:%d", port))
 		if err != nil {
 			continue
