@@ -195,13 +195,7 @@ func (d *fileDecoder) policy(n *yaml.Node) *policyv1.Policy {
 		case "default":
 			p.DefaultAction = d.action("default_action", v)
 		case "hosts":
-			d.lines["hosts"] = v.Line
-			if isNull(v) || !d.kind("hosts", v, yaml.SequenceNode, "a list") {
-				return true
-			}
-			for i, hn := range v.Content {
-				p.Hosts = append(p.Hosts, d.host(fmt.Sprintf("hosts[%d]", i), hn))
-			}
+			d.list("hosts", v, func(f string, n *yaml.Node) { p.Hosts = append(p.Hosts, d.host(f, n)) })
 		case "limits":
 			p.Limits = d.limits("limits", v)
 		default:
@@ -229,6 +223,19 @@ func (d *fileDecoder) action(field string, n *yaml.Node) policyv1.Action {
 	}
 }
 
+// list records where the list at field is and calls each with every
+// item's field name (field[i]) and node. A null list is empty; anything
+// but a list is an error.
+func (d *fileDecoder) list(field string, v *yaml.Node, each func(item string, n *yaml.Node)) {
+	d.lines[field] = v.Line
+	if isNull(v) || !d.kind(field, v, yaml.SequenceNode, "a list") {
+		return
+	}
+	for i, n := range v.Content {
+		each(fmt.Sprintf("%s[%d]", field, i), n)
+	}
+}
+
 func (d *fileDecoder) host(field string, n *yaml.Node) *policyv1.HostPolicy {
 	h := &policyv1.HostPolicy{}
 	d.mapping(field, n, "host, rules, default, schemes, ports", func(key string, v *yaml.Node) bool {
@@ -236,33 +243,13 @@ func (d *fileDecoder) host(field string, n *yaml.Node) *policyv1.HostPolicy {
 		case "host":
 			h.Host = d.str(field+".host", v)
 		case "schemes":
-			f := field + ".schemes"
-			d.lines[f] = v.Line
-			if isNull(v) || !d.kind(f, v, yaml.SequenceNode, "a list") {
-				return true
-			}
-			for k, sn := range v.Content {
-				h.Schemes = append(h.Schemes, d.str(fmt.Sprintf("%s[%d]", f, k), sn))
-			}
+			d.list(field+".schemes", v, func(f string, n *yaml.Node) { h.Schemes = append(h.Schemes, d.str(f, n)) })
 		case "ports":
-			f := field + ".ports"
-			d.lines[f] = v.Line
-			if isNull(v) || !d.kind(f, v, yaml.SequenceNode, "a list") {
-				return true
-			}
-			for k, pn := range v.Content {
-				h.Ports = append(h.Ports, uint32(d.uint(fmt.Sprintf("%s[%d]", f, k), pn, math.MaxUint32)))
-			}
+			d.list(field+".ports", v, func(f string, n *yaml.Node) { h.Ports = append(h.Ports, uint32(d.uint(f, n, math.MaxUint32))) })
 		case "default":
 			h.DefaultAction = d.action(field+".default_action", v)
 		case "rules":
-			d.lines[field+".rules"] = v.Line
-			if isNull(v) || !d.kind(field+".rules", v, yaml.SequenceNode, "a list") {
-				return true
-			}
-			for j, rn := range v.Content {
-				h.Rules = append(h.Rules, d.rule(fmt.Sprintf("%s.rules[%d]", field, j), rn))
-			}
+			d.list(field+".rules", v, func(f string, n *yaml.Node) { h.Rules = append(h.Rules, d.rule(f, n)) })
 		default:
 			return false
 		}
@@ -278,14 +265,7 @@ func (d *fileDecoder) rule(field string, n *yaml.Node) *policyv1.Rule {
 		case "id":
 			r.Id = d.str(field+".id", v)
 		case "methods":
-			f := field + ".methods"
-			d.lines[f] = v.Line
-			if isNull(v) || !d.kind(f, v, yaml.SequenceNode, "a list") {
-				return true
-			}
-			for k, mn := range v.Content {
-				r.Methods = append(r.Methods, d.str(fmt.Sprintf("%s[%d]", f, k), mn))
-			}
+			d.list(field+".methods", v, func(f string, n *yaml.Node) { r.Methods = append(r.Methods, d.str(f, n)) })
 		case "path":
 			r.Path = d.str(field+".path", v)
 		case "action":
