@@ -8,7 +8,6 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -136,24 +135,7 @@ func TestOutputFloodKeepsExecutorMemoryBounded(t *testing.T) {
 	runtime.GC()
 	var base runtime.MemStats
 	runtime.ReadMemStats(&base)
-	var peak atomic.Uint64
-	stop := make(chan struct{})
-	sampled := make(chan struct{})
-	go func() {
-		defer close(sampled)
-		for {
-			var m runtime.MemStats
-			runtime.ReadMemStats(&m)
-			if m.HeapInuse > peak.Load() {
-				peak.Store(m.HeapInuse)
-			}
-			select {
-			case <-stop:
-				return
-			case <-time.After(5 * time.Millisecond):
-			}
-		}
-	}()
+	stopSampling := heapPeak(5 * time.Millisecond)
 
 	stream, err := e.client.Execute(context.Background(), req)
 	if err != nil {
@@ -177,13 +159,12 @@ func TestOutputFloodKeepsExecutorMemoryBounded(t *testing.T) {
 			time.Sleep(20 * time.Millisecond) // a slow reader
 		}
 	}
-	close(stop)
-	<-sampled
+	peak := stopSampling()
 	if n != 64<<20 || res.GetOutputTruncated() || res.GetExitCode() != 0 {
 		t.Fatalf("got %d bytes, result %v; want 64 MiB, complete", n, res)
 	}
-	growth := int64(peak.Load()) - int64(base.HeapInuse)
-	t.Logf("heap in use: base %d MiB, peak %d MiB while streaming 64 MiB", base.HeapInuse>>20, peak.Load()>>20)
+	growth := int64(peak) - int64(base.HeapInuse)
+	t.Logf("heap in use: base %d MiB, peak %d MiB while streaming 64 MiB", base.HeapInuse>>20, peak>>20)
 	if growth > 16<<20 {
 		t.Errorf("heap grew by %d MiB while streaming 64 MiB; output is being buffered", growth>>20)
 	}

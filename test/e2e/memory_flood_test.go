@@ -81,23 +81,7 @@ const get = (c, p) => new Promise(res => {
 	var base runtime.MemStats
 	runtime.ReadMemStats(&base)
 	baseRSS := vmRSS(t)
-	var peak atomic.Uint64
-	stop, sampled := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(sampled)
-		for {
-			var m runtime.MemStats
-			runtime.ReadMemStats(&m)
-			if m.HeapInuse > peak.Load() {
-				peak.Store(m.HeapInuse)
-			}
-			select {
-			case <-stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-		}
-	}()
+	stopSampling := heapPeak(20 * time.Millisecond)
 
 	start := time.Now()
 	var floodOut []byte
@@ -135,8 +119,7 @@ const get = (c, p) => new Promise(res => {
 	wg.Wait()
 	took := time.Since(start)
 	nb.check(t)
-	close(stop)
-	<-sampled
+	peak := stopSampling()
 	peakRSS := vmRSS(t)
 	if floodErr != nil || floodRes == nil {
 		t.Fatalf("flood: %v, result %v, stdout %s", floodErr, floodRes, floodOut)
@@ -169,11 +152,11 @@ const get = (c, p) => new Promise(res => {
 		t.Errorf("the executions' network logs still hold %d bytes of the global budget", used)
 	}
 
-	growth := int64(peak.Load()) - int64(base.HeapInuse)
+	growth := int64(peak) - int64(base.HeapInuse)
 	t.Logf("%d requests of %d KB queries in %.1fs (%.0f/s): %d network events; log %d entries, %d omitted",
 		n, 400, took.Seconds(), n/took.Seconds(), floodEvents, len(res.GetNetworkLog()), res.GetNetworkLogOmitted())
 	t.Logf("heap in use: base %d MiB, peak %d MiB (growth %d MiB, bound %d MiB); process RSS %d MiB before, %d MiB after",
-		base.HeapInuse>>20, peak.Load()>>20, growth>>20, floodHeapGrowthBound>>20, baseRSS>>20, peakRSS>>20)
+		base.HeapInuse>>20, peak>>20, growth>>20, floodHeapGrowthBound>>20, baseRSS>>20, peakRSS>>20)
 	if growth > floodHeapGrowthBound {
 		t.Errorf("the executor's heap grew by %d MiB during the flood, over the bound of %d MiB", growth>>20, floodHeapGrowthBound>>20)
 	}
@@ -197,4 +180,31 @@ func vmRSS(t *testing.T) int64 {
 	}
 	t.Fatal("no VmRSS in /proc/self/status")
 	return 0
+}
+
+// heapPeak samples this process's heap in use every interval until the
+// returned stop is called, which returns the largest value seen.
+func heapPeak(interval time.Duration) (stop func() uint64) {
+	var peak atomic.Uint64
+	done, sampled := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			var m runtime.MemStats
+			runtime.ReadMemStats(&m)
+			if m.HeapInuse > peak.Load() {
+				peak.Store(m.HeapInuse)
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(interval):
+			}
+		}
+	}()
+	return func() uint64 {
+		close(done)
+		<-sampled
+		return peak.Load()
+	}
 }

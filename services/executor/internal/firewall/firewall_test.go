@@ -38,6 +38,20 @@ type harness struct {
 	dnsFrom map[netip.Addr]int
 }
 
+// dnsFor collects what the DNS listener reports ("source bytes") for d.
+func (h *harness) dnsFor(d time.Duration) []string {
+	var got []string
+	timeout := time.After(d)
+	for {
+		select {
+		case s := <-h.dnsGot:
+			got = append(got, s)
+		case <-timeout:
+			return got
+		}
+	}
+}
+
 func (h *harness) dnsReceived(from netip.Addr) int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -231,17 +245,7 @@ func TestDNSIsRedirectedOtherUDPDropped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got []string
-	timeout := time.After(time.Second)
-collect:
-	for {
-		select {
-		case s := <-h.dnsGot:
-			got = append(got, s)
-		case <-timeout:
-			break collect
-		}
-	}
+	got := h.dnsFor(time.Second)
 	if len(got) != 2 || !strings.HasPrefix(got[0], h.a.SandboxIP.String()) {
 		t.Errorf("DNS listener got %v, want two datagrams from %v", got, h.a.SandboxIP)
 	}

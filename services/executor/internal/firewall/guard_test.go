@@ -129,17 +129,7 @@ func TestProxyPortsUnreachableFromPeers(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	var got []string
-	timeout := time.After(time.Second)
-collect:
-	for {
-		select {
-		case s := <-h.dnsGot:
-			got = append(got, s)
-		case <-timeout:
-			break collect
-		}
-	}
+	got := h.dnsFor(time.Second)
 	if want := fmt.Sprintf("%s %d", h.a.SandboxIP, len("sandbox")); len(got) != 1 || got[0] != want {
 		t.Errorf("DNS listener got %q, want only %q", got, want)
 	}
