@@ -28,13 +28,7 @@ func TestCutDecisionPathFailsFast(t *testing.T) {
 	pay := newStandIn(t, "pay.test")
 	hole := relaytest.Start(t, e.deciderAddr)
 	px := startProxy(t, ports, hole.Addr, map[string]string{"pay.test": pay.addr()}, upstreamCAPEM(t), fairLimits...)
-	deadline := time.Now().Add(10 * time.Second)
-	for !e.app.ProxyConnected() {
-		if time.Now().After(deadline) {
-			t.Fatalf("the proxy did not open a decision stream\n%s", px.logs.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	e.waitProxy(t, px)
 
 	req := code(`
 const dns = require("dns"), https = require("https");

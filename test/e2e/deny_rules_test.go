@@ -42,13 +42,7 @@ func startPolicyStack(t *testing.T, policyYAML string, proxyFlags ...string) (*n
 		"pay.test":        s.pay.addr(),
 		"api.github.test": s.github.addr(),
 	}, upstreamCAPEM(t), proxyFlags...)
-	deadline := time.Now().Add(10 * time.Second)
-	for !s.e.app.ProxyConnected() {
-		if time.Now().After(deadline) {
-			t.Fatalf("the proxy did not open a decision stream\n%s", s.proxy.logs.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	s.e.waitProxy(t, s.proxy)
 	return s, eo.policyFile
 }
 

@@ -78,13 +78,7 @@ func startNetStack(t testing.TB) *netStack {
 		// forbidden stand-in would see it.
 		"169.254.169.254": s.forbidden.addr(),
 	}, ca)
-	deadline := time.Now().Add(10 * time.Second)
-	for !s.e.app.ProxyConnected() {
-		if time.Now().After(deadline) {
-			t.Fatalf("the proxy did not open a decision stream\n%s", s.proxy.logs.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	s.e.waitProxy(t, s.proxy)
 	return s
 }
 

@@ -67,13 +67,7 @@ func TestFloodingSandboxDoesNotStarveItsNeighbour(t *testing.T) {
 	ports := netPorts{proxyGRPC: "127.0.0.1:" + itoa(freePort(t)), proxyPort: freePort(t), dnsPort: freePort(t)}
 	s := &netStack{e: startExecutor(t, executorOpts{egress: startEgress(t, ports, basePolicy)}), pay: newStandIn(t, "pay.test")}
 	s.proxy = startProxy(t, ports, s.e.deciderAddr, map[string]string{"pay.test": s.pay.addr()}, upstreamCAPEM(t), fairLimits...)
-	deadline := time.Now().Add(10 * time.Second)
-	for !s.e.app.ProxyConnected() {
-		if time.Now().After(deadline) {
-			t.Fatalf("the proxy did not open a decision stream\n%s", s.proxy.logs.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	s.e.waitProxy(t, s.proxy)
 	nb := startNeighbour(t, s.e)
 
 	const floodMs = 8000

@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 )
@@ -75,13 +74,7 @@ func TestMintOnlyForAllowableNames(t *testing.T) {
 	pay := newStandIn(t, "pay.test")
 	metrics := "127.0.0.1:" + itoa(freePort(t))
 	proxy := startProxy(t, ports, e.deciderAddr, map[string]string{"pay.test": pay.addr()}, upstreamCAPEM(t), "--metrics-listen", metrics)
-	deadline := time.Now().Add(10 * time.Second)
-	for !e.app.ProxyConnected() {
-		if time.Now().After(deadline) {
-			t.Fatalf("the proxy did not open a decision stream\n%s", proxy.logs.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	e.waitProxy(t, proxy)
 	before := leavesMinted(t, metrics)
 
 	r := e.mustRun(t, code(mintGateCode))

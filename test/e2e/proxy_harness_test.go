@@ -248,3 +248,13 @@ func (l *countingListener) Accept() (net.Conn, error) {
 	}
 	return c, err
 }
+
+// waitProxy waits up to 10 s for p to open its decision stream to e.
+func (e *executor) waitProxy(t testing.TB, p *egressProxy) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !e.app.ProxyConnected(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the proxy did not open a decision stream\n%s", p.logs.String())
+		}
+	}
+}

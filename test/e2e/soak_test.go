@@ -143,11 +143,7 @@ func startSoakStack(t *testing.T) *soakStack {
 	s.proxyMetrics = "127.0.0.1:" + itoa(freePort(t))
 	flags := append([]string{"--metrics-listen", s.proxyMetrics}, fairLimits...)
 	s.proxy = startProxy(t, ports, s.e.deciderAddr, map[string]string{"pay.test": s.pay.addr()}, upstreamCAPEM(t), flags...)
-	for deadline := time.Now().Add(10 * time.Second); !s.e.app.ProxyConnected(); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the proxy did not open a decision stream\n%s", s.proxy.logs.String())
-		}
-	}
+	s.e.waitProxy(t, s.proxy)
 	return s
 }
 

@@ -5,7 +5,6 @@ import (
 	"net"
 	"strings"
 	"testing"
-	"time"
 )
 
 // The operator names the metadata addresses, so the policy allows them;
@@ -51,13 +50,7 @@ func TestUpstreamFailuresRevealNoDetail(t *testing.T) {
 	down := closed.Addr().String()
 	closed.Close()
 	proxy := startProxy(t, ports, e.deciderAddr, map[string]string{"pay.test": pay.addr(), "down.test": down}, upstreamCAPEM(t))
-	deadline := time.Now().Add(10 * time.Second)
-	for !e.app.ProxyConnected() {
-		if time.Now().After(deadline) {
-			t.Fatalf("the proxy did not open a decision stream\n%s", proxy.logs.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	e.waitProxy(t, proxy)
 
 	failing := code(`
 const get = url => fetch(url).then(async r => ({ status: r.status, body: await r.text() }), e => ({ status: (e.cause && e.cause.code) || e.name }));

@@ -127,13 +127,7 @@ func TestUpstreamConnectionsPerExecution(t *testing.T) {
 	e := startExecutor(t, executorOpts{egress: startEgress(t, ports, basePolicy)})
 	h2, h1 := newConnLedger(t, true), newConnLedger(t, false)
 	proxy := startProxy(t, ports, e.deciderAddr, map[string]string{"pay.test": h2.srv.Listener.Addr().String(), "api.github.test": h1.srv.Listener.Addr().String()}, upstreamCAPEM(t))
-	deadline := time.Now().Add(10 * time.Second)
-	for !e.app.ProxyConnected() {
-		if time.Now().After(deadline) {
-			t.Fatalf("the proxy did not open a decision stream\n%s", proxy.logs.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	e.waitProxy(t, proxy)
 
 	sandboxes := []string{"a", "b"}
 	runs := make([]*run, len(sandboxes))

@@ -102,13 +102,7 @@ func startLimitStack(t *testing.T, extra ...string) (*executor, *wsStandIn, *egr
 	ws := newWSStandIn(t)
 	upstreams := map[string]string{"api.github.test": ws.srv.Listener.Addr().String(), "pay.test": newStandIn(t, "pay.test").addr()}
 	p := startProxy(t, ports, e.deciderAddr, upstreams, upstreamCAPEM(t), extra...)
-	deadline := time.Now().Add(10 * time.Second)
-	for !e.app.ProxyConnected() {
-		if time.Now().After(deadline) {
-			t.Fatalf("the proxy did not open a decision stream\n%s", p.logs.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	e.waitProxy(t, p)
 	return e, ws, p
 }
 

@@ -98,13 +98,7 @@ func startWedgeStack(t *testing.T, proxyFlags ...string) *wedgeStack {
 		"hang.test": s.hang.ln.Addr().String(),
 		"pay.test":  s.pay.addr(),
 	}, upstreamCAPEM(t), proxyFlags...)
-	deadline := time.Now().Add(10 * time.Second)
-	for !s.e.app.ProxyConnected() {
-		if time.Now().After(deadline) {
-			t.Fatalf("the proxy did not open a decision stream\n%s", s.proxy.logs.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	s.e.waitProxy(t, s.proxy)
 	return s
 }
 
