@@ -62,10 +62,9 @@ func ForgetDNSMeter(table string, addr netip.Addr) error {
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
-	set, err := c.GetSetByName(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: table}, dnsFloodSet)
-	if err != nil {
-		return fmt.Errorf("DNS flood meter of %s: %w", table, err)
-	}
+	// The set is named, not looked up: one netlink round trip per
+	// execution, not two.
+	set := &nftables.Set{Table: &nftables.Table{Family: nftables.TableFamilyIPv4, Name: table}, Name: dnsFloodSet, KeyType: nftables.TypeIPAddr}
 	key := addr.As4()
 	if err := c.SetDeleteElements(set, []nftables.SetElement{{Key: key[:]}}); err != nil {
 		return err
