@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -338,24 +339,24 @@ func (c *Client) failPending() {
 // A source over its Limits gets a deny at once, without asking, whose
 // err wraps ErrRateLimited.
 func (c *Client) AskHTTP(ctx context.Context, q HTTPQuestion) (Verdict, error) {
-	id := c.nextID.Add(1)
-	release, err := c.http.acquire(q.SourceIP)
-	if err != nil {
-		return limited(id, err)
-	}
-	defer release()
-	return c.ask(ctx, kindHTTP, id, q.message(id))
+	return c.askWithin(ctx, c.http, q.SourceIP, kindHTTP, q.message)
 }
 
 // AskDNS asks about a DNS query, like AskHTTP.
 func (c *Client) AskDNS(ctx context.Context, q DNSQuestion) (Verdict, error) {
+	return c.askWithin(ctx, c.dns, q.SourceIP, kindDNS, q.message)
+}
+
+// askWithin asks the question message makes, under lim's bounds for src:
+// over them, the deny comes at once, without asking.
+func (c *Client) askWithin(ctx context.Context, lim *sourceLimiter, src netip.Addr, kind string, message func(id uint64) *egressv1.DecideRequest) (Verdict, error) {
 	id := c.nextID.Add(1)
-	release, err := c.dns.acquire(q.SourceIP)
+	release, err := lim.acquire(src)
 	if err != nil {
 		return limited(id, err)
 	}
 	defer release()
-	return c.ask(ctx, kindDNS, id, q.message(id))
+	return c.ask(ctx, kind, id, message(id))
 }
 
 func (c *Client) ask(ctx context.Context, kind string, id uint64, req *egressv1.DecideRequest) (Verdict, error) {

@@ -29,11 +29,5 @@ func (q TLSQuestion) message(id uint64) *egressv1.DecideRequest {
 // fail-closed deny when the executor does not answer. It counts against
 // the source's HTTP limits, as the connection's requests do.
 func (c *Client) AskTLS(ctx context.Context, q TLSQuestion) (Verdict, error) {
-	id := c.nextID.Add(1)
-	release, err := c.http.acquire(q.SourceIP)
-	if err != nil {
-		return limited(id, err)
-	}
-	defer release()
-	return c.ask(ctx, kindTLS, id, q.message(id))
+	return c.askWithin(ctx, c.http, q.SourceIP, kindTLS, q.message)
 }
