@@ -435,8 +435,10 @@ func TestExecutorSIGKILLedUnderLoad(t *testing.T) {
 	p2 := startProc(t, dir, flags...)
 	requireNoLeftovers(t, dir, "")
 	requireNoNetworkLeftovers(t)
-	if !strings.Contains(p2.logs.String(), `"containers":2`) || !strings.Contains(p2.logs.String(), `"namespaces":2`) {
-		t.Errorf("the new executor did not report removing 2 containers and 2 namespaces:\n%s", p2.logs.String())
+	// The sandboxes' network namespaces and veths went with their
+	// processes, which the sweep killed with the containers.
+	if !strings.Contains(p2.logs.String(), `"containers":2`) {
+		t.Errorf("the new executor did not report removing 2 containers:\n%s", p2.logs.String())
 	}
 	if got := nftTable(t); got != table {
 		t.Errorf("nftables table after the restart:\n%s\nwant, as before the load:\n%s", got, table)

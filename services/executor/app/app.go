@@ -102,6 +102,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (_ *
 	}
 	a.cfg = cfg
 
+	var hostIDs *sandbox.HostIDs
+	if cfg.UserNS {
+		if hostIDs, err = sandbox.NewHostIDs(cfg.UserNSBase, int(cfg.UserNSCount)); err != nil {
+			return nil, err
+		}
+	}
 	a.rt, err = sandbox.New(ctx, sandbox.Config{
 		Address:     cfg.ContainerdAddress,
 		Namespace:   cfg.ContainerdNamespace,
@@ -110,6 +116,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (_ *
 		StateDir:    cfg.StateDir,
 		UID:         uint32(cfg.SandboxUID),
 		GID:         uint32(cfg.SandboxGID),
+		InitPath:    cfg.InitPath,
+		HostIDs:     hostIDs,
 	}, sandbox.NewMetrics(a.reg), log)
 	if err != nil {
 		return nil, err
@@ -384,7 +392,7 @@ func (n networks) Attach(ctx context.Context, id string, inline *policy.Compiled
 type attachment struct{ *egress.Attachment }
 
 func (a attachment) Contribute(s *sandbox.Spec) {
-	s.NetNSPath = a.NetNSPath
+	s.Network = a.Connect
 	s.ExtraFiles = append(s.ExtraFiles, a.ExtraFiles...)
 	s.Env = append(s.Env, a.Env...)
 	s.NodeFlags = append(s.NodeFlags, a.NodeFlags...)

@@ -147,6 +147,12 @@ func Start(ctx context.Context) (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Searchable by others, as /run/containerd must be: the runtime
+	// reaches a sandbox's root filesystem as the sandbox's user namespace
+	// root, an unprivileged host user.
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return nil, err
+	}
 	e := &Env{Dir: dir, Address: filepath.Join(dir, "c.sock"), RuncPath: runc, ImageRef: "sandpit.local/node:24", ImageTar: tar}
 	cfg := filepath.Join(dir, "config.toml")
 	// The CRI plugin is not used and would only slow start-up and log noise.

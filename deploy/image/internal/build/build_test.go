@@ -9,7 +9,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
+	"debug/elf"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -17,6 +19,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -322,7 +325,7 @@ func TestImageManifestAndConfig(t *testing.T) {
 		{"os", cf.OS, "linux"},
 		{"architecture", cf.Architecture, "amd64"},
 		{"created", cf.Created.Unix(), int64(0)},
-		{"entrypoint", strings.Join(c.Entrypoint, " "), "/usr/local/bin/node"},
+		{"entrypoint", strings.Join(c.Entrypoint, " "), "/usr/bin/tini -- /usr/local/bin/node"},
 		{"user", c.User, "65532:65532"},
 		{"workdir", c.WorkingDir, "/sandbox"},
 		{"env", strings.Join(c.Env, " "), "PATH=/usr/local/bin SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"},
@@ -353,13 +356,16 @@ var (
 		regexp.MustCompile(`^etc/ssl/certs/ca-certificates\.crt$`),
 		regexp.MustCompile(`^usr/local/bin/node$`),
 		regexp.MustCompile(`^usr/local/share/doc/node/LICENSE$`),
+		regexp.MustCompile(`^usr/bin/tini$`),
+		regexp.MustCompile(`^usr/share/doc/tini/copyright$`),
 		regexp.MustCompile(`^usr/lib/x86_64-linux-gnu/(ld-linux-x86-64\.so\.2|libc\.so\.6|libdl\.so\.2|libgcc_s\.so\.1|libm\.so\.6|libpthread\.so\.0|libstdc\+\+\.so\.6\.0\.[0-9]+)$`),
 	}
 )
 
 // violations lists every way files breaks the image's rules: no shells,
 // interpreters, network tools, package managers or compilers; no setuid or
-// setgid; executables are node and shared objects only; only the allowed
+// setgid; executables are node, tini (the one other program: PID 1) and
+// shared objects only; only the allowed
 // files; root ownership and a fixed mtime throughout.
 func violations(files map[string]fsEntry) []string {
 	return violationsAllowing(files, nil)
@@ -399,8 +405,8 @@ func violationsAllowing(files map[string]fsEntry, extra []*regexp.Regexp) []stri
 			}
 			continue
 		}
-		if h.Mode&0o111 != 0 && p != "usr/local/bin/node" && !sharedObject.MatchString(p) {
-			bad = append(bad, fmt.Sprintf("%s: executable (%o) but neither node nor a shared object", p, h.Mode))
+		if h.Mode&0o111 != 0 && p != "usr/local/bin/node" && p != "usr/bin/tini" && !sharedObject.MatchString(p) {
+			bad = append(bad, fmt.Sprintf("%s: executable (%o) but neither node, tini nor a shared object", p, h.Mode))
 		}
 		if inNodeModules(p) {
 			if h.Mode&0o111 != 0 {
@@ -440,6 +446,20 @@ func TestImageContents(t *testing.T) {
 	node, ok := files["usr/local/bin/node"]
 	if !ok || node.hdr.Typeflag != tar.TypeReg || node.hdr.Mode&0o111 == 0 {
 		t.Errorf("usr/local/bin/node missing or not an executable file")
+	}
+	// tini, the sandbox's PID 1, is a static executable: no loader, no
+	// library of its own.
+	tini, ok := files["usr/bin/tini"]
+	if !ok || tini.hdr.Typeflag != tar.TypeReg || tini.hdr.Mode&0o111 == 0 {
+		t.Errorf("usr/bin/tini missing or not an executable file")
+	} else if ef, err := elf.NewFile(bytes.NewReader(tini.data)); err != nil {
+		t.Errorf("usr/bin/tini is not an ELF file: %v", err)
+	} else {
+		for _, p := range ef.Progs {
+			if p.Type == elf.PT_INTERP {
+				t.Errorf("usr/bin/tini has an ELF interpreter: it is not the static build")
+			}
+		}
 	}
 	if !regexp.MustCompile(`(?m)^sandbox:x:65532:65532:[^:]*:/home/sandbox:`).Match(files["etc/passwd"].data) {
 		t.Errorf("etc/passwd has no sandbox user with uid 65532:\n%s", files["etc/passwd"].data)
@@ -570,6 +590,35 @@ console.log(process.version, process.getuid(), os.userInfo().username, tls.rootC
 		}
 		if got := strings.TrimSpace(string(out)); got != want+" 65532 sandbox true true" {
 			t.Fatalf("node in chroot printed %q", got)
+		}
+	})
+
+	t.Run("entrypoint in chroot", func(t *testing.T) {
+		if os.Geteuid() != 0 {
+			skipUnlessCI(t, "chroot needs root")
+		}
+		// The image's entrypoint as it is: tini runs node, which prints
+		// its parent's pid (tini's) and exits 7; tini exits with node's
+		// status.
+		cfg, err := img.ConfigFile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		argv := append(slices.Clone(cfg.Config.Entrypoint), "-e", `console.log(process.ppid); process.exit(7)`)
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.Dir = "/"
+		cmd.Env = []string{"PATH=/usr/local/bin"}
+		cmd.SysProcAttr = &syscall.SysProcAttr{
+			Chroot:     dir,
+			Credential: &syscall.Credential{Uid: 65532, Gid: 65532},
+		}
+		out, err := cmd.Output()
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != 7 {
+			t.Fatalf("entrypoint: %v, want exit status 7\n%s", err, out)
+		}
+		if got, want := strings.TrimSpace(string(out)), strconv.Itoa(cmd.Process.Pid); got != want {
+			t.Fatalf("node's parent is pid %s, want tini's, %s", got, want)
 		}
 	})
 }

@@ -27,7 +27,8 @@ import (
 // Settings of the sandbox image's config. The executor overrides User and
 // Env per execution anyway; these defaults make a bare `ctr run` safe too.
 const (
-	Entrypoint = "/usr/local/bin/node"
+	Node       = "/usr/local/bin/node"
+	Init       = "/" + rootfs.Init
 	User       = "65532:65532"
 	WorkingDir = "/sandbox"
 	CABundle   = "/etc/ssl/certs/ca-certificates.crt"
@@ -81,7 +82,8 @@ func Base(fs *rootfs.FS, workDir string, created time.Time, labels map[string]st
 		OS:           "linux",
 		Created:      v1.Time{Time: created.UTC()},
 		Config: v1.Config{
-			Entrypoint: []string{Entrypoint},
+			// tini runs node as its child; `--` ends tini's options.
+			Entrypoint: []string{Init, "--", Node},
 			User:       User,
 			WorkingDir: WorkingDir,
 			Env: []string{

@@ -50,13 +50,14 @@ type Deb struct {
 }
 
 // Debs are the Debian packages the image takes files from: glibc (libc, libm,
-// libdl, libpthread, ld.so), the GCC runtime libraries node links, and the
-// Mozilla CA set.
+// libdl, libpthread, ld.so), the GCC runtime libraries node links, the
+// Mozilla CA set, and tini (its static build is the sandbox's PID 1).
 var Debs = []Deb{
 	{Name: "libc6", Version: "2.36-9+deb12u14", Arch: "amd64", SHA256: "ba4f88f73dbc3ae9055f3c20f4523bfdbaf1ad13ff95e258924f77d20b4fbedf"},
 	{Name: "libgcc-s1", Version: "12.2.0-14+deb12u1", Arch: "amd64", SHA256: "3016e62cb4b7cd8038822870601f5ed131befe942774d0f745622cc77d8a88f7"},
 	{Name: "libstdc++6", Version: "12.2.0-14+deb12u1", Arch: "amd64", SHA256: "5cd3171216d4ab0fc911cfe9c35509bf2dd8f47761c43b7f6a4296701551a24d"},
 	{Name: "ca-certificates", Version: "20250419~deb12u2", Arch: "all", SHA256: "b9f76b5271a7ac373fd5e7e1b5b826a71ddd702b42a0d104955ecb1acfffc94b"},
+	{Name: "tini", Version: "0.19.0-1+b3", Arch: "amd64", SHA256: "7d1947665fa40e55f218fefad773dc6de66458d0b39eaa292cdcadfc7c996632"},
 }
 
 // DebByName returns the pin called name, or false if there is none.

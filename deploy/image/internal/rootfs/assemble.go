@@ -67,14 +67,14 @@ func Assemble(ctx context.Context, in *inputs.Set, workDir string) (*FS, error) 
 	if err := addCerts(ctx, fs, in); err != nil {
 		return nil, err
 	}
+	if err := addInit(ctx, fs, in); err != nil {
+		return nil, err
+	}
 	return fs, nil
 }
 
 // addBase adds the skeleton: merged-/usr links, users, name service config
-// and the directories the executor relies on. There is deliberately no init
-// process: node is PID 1, and when it exits the kernel tears down the
-// container's PID namespace, killing anything it left behind, which is
-// exactly the cleanup an init would otherwise be there for.
+// and the directories the executor relies on.
 func addBase(fs *FS) error {
 	steps := []error{
 		fs.Symlink("lib", "usr/lib"),
@@ -358,6 +358,42 @@ func addCerts(ctx context.Context, fs *FS, in *inputs.Set) error {
 	}
 	if err := fs.File("etc/ssl/certs/ca-certificates.crt", 0o644, bundle.Bytes()); err != nil {
 		return fmt.Errorf("add CA bundle: %w", err)
+	}
+	return nil
+}
+
+// Init is where the image's init lives: tini, PID 1 of every sandbox, with
+// node as its only child. It reaps the orphans node's children leave (node
+// does not, so as PID 1 they would pile up as zombies against the pids
+// limit), forwards signals to node and exits with node's status (128+N when
+// a signal N ended node, which is how the runtime reports a signal anyway).
+const Init = "usr/bin/tini"
+
+// addInit takes tini's static build (no library of its own to go wrong) and
+// its copyright file from the pinned package, and nothing else.
+func addInit(ctx context.Context, fs *FS, in *inputs.Set) error {
+	deb, ok := in.Debs["tini"]
+	if !ok {
+		return fmt.Errorf("add init: input tini missing")
+	}
+	const (
+		static    = "usr/bin/tini-static"
+		copyright = "usr/share/doc/tini/copyright"
+	)
+	got, err := readDeb(ctx, deb, func(p string) bool { return p == static || p == copyright })
+	if err != nil {
+		return fmt.Errorf("add init: %w", err)
+	}
+	for _, p := range []string{static, copyright} {
+		if e, ok := got[p]; !ok || e.typ != tar.TypeReg {
+			return fmt.Errorf("add init: %s is not a file of %s", p, filepath.Base(deb))
+		}
+	}
+	if err := fs.File(Init, 0o755, got[static].data); err != nil {
+		return fmt.Errorf("add init: %w", err)
+	}
+	if err := fs.File(copyright, 0o644, got[copyright].data); err != nil {
+		return fmt.Errorf("add init: %w", err)
 	}
 	return nil
 }

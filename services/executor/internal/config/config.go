@@ -31,6 +31,13 @@ type Config struct {
 	StateDir            string
 	SandboxUID          uint
 	SandboxGID          uint
+	// InitPath is the image's init, node's parent; empty makes node PID 1.
+	InitPath string
+	// UserNS gives each sandbox its own user namespace, mapped from one of
+	// UserNSCount ranges of 65536 host ids from UserNSBase.
+	UserNS      bool
+	UserNSBase  uint32
+	UserNSCount uint32
 
 	Image          string
 	ImageAllowlist []string
@@ -63,6 +70,15 @@ type Config struct {
 	ShutdownGrace time.Duration
 }
 
+// Defaults of the sandboxes' init and user namespaces: tini where the image
+// puts it, and 1024 ranges of 65536 host ids from 2^31 (far above any
+// host's users and the usual /etc/subuid ranges, which start at 100000).
+const (
+	DefaultInitPath    = "/usr/bin/tini"
+	DefaultUserNSBase  = 1 << 31
+	DefaultUserNSCount = 1024
+)
+
 // DefaultProxyUser is the user the egress proxy runs as under make run and
 // the systemd units: a user of its own, so that the output rule that keeps
 // its sockets from metadata addresses touches no other process.
@@ -82,6 +98,11 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&c.StateDir, "state-dir", "/run/sandpit/executor", "directory for per-execution files")
 	fs.UintVar(&c.SandboxUID, "sandbox-uid", 65532, "uid the program runs as (not 0)")
 	fs.UintVar(&c.SandboxGID, "sandbox-gid", 65532, "gid the program runs as (not 0)")
+	fs.StringVar(&c.InitPath, "init", DefaultInitPath, "init inside the image that runs node as its child, reaps orphans and exits with node's status; empty runs node as PID 1 (orphans of the program's children then stay zombies)")
+	fs.BoolVar(&c.UserNS, "userns", true, "run each sandbox in a user namespace of its own: ids 0-65535 inside map to a range of host ids no other running sandbox has (--userns-base, --userns-count); needs containerd's state directory (/run/containerd) to be 0711")
+	c.UserNSBase, c.UserNSCount = DefaultUserNSBase, DefaultUserNSCount
+	fs.Var(uint32Value{&c.UserNSBase}, "userns-base", "first host uid and gid of the sandboxes' user namespaces (a multiple of 65536); keep the ranges clear of the host's users and of /etc/subuid")
+	fs.Var(uint32Value{&c.UserNSCount}, "userns-count", "ranges of 65536 host ids from --userns-base, one per running sandbox; at least --max-concurrent")
 	fs.StringVar(&c.Image, "image", "sandpit.local/node:24", "default sandbox image")
 	allow := fs.String("image-allowlist", "", "comma-separated images a request may name besides the default; a trailing * matches a prefix")
 	fs.StringVar(&c.NodePath, "node-path", "/usr/local/bin/node", "node binary inside the image")
@@ -129,6 +150,12 @@ func (c Config) validate() error {
 	switch {
 	case c.SandboxUID == 0 || c.SandboxGID == 0:
 		return errors.New("sandbox-uid and sandbox-gid must not be 0")
+	case c.UserNS && (c.SandboxUID >= 1<<16 || c.SandboxGID >= 1<<16):
+		return errors.New("sandbox-uid and sandbox-gid must be below 65536 with --userns (a user namespace maps ids 0-65535)")
+	case c.UserNS && int(c.UserNSCount) < c.MaxConcurrent:
+		return fmt.Errorf("userns-count (%d) must be at least max-concurrent (%d): each running sandbox needs a range of its own", c.UserNSCount, c.MaxConcurrent)
+	case c.UserNS && (c.UserNSBase < 1<<16 || c.UserNSBase%(1<<16) != 0 || uint64(c.UserNSBase)+uint64(c.UserNSCount)<<16 > 1<<32-1):
+		return errors.New("userns-base must be a non-zero multiple of 65536, and userns-base + 65536 × userns-count must stay below 2^32-1")
 	case c.MaxConcurrent < 1:
 		return errors.New("max-concurrent must be at least 1")
 	case c.MaxQueue < 0:

@@ -142,8 +142,8 @@ func (e *Egress) Close() error {
 
 // Attachment is one execution's connection to the egress path.
 type Attachment struct {
-	// NetNSPath, ExtraFiles, Env and NodeFlags go into the sandbox spec.
-	NetNSPath  string
+	// ExtraFiles, Env and NodeFlags go into the sandbox spec, and Connect
+	// is its Network.
 	ExtraFiles []sandbox.File
 	Env        []string
 	NodeFlags  []string
@@ -163,17 +163,17 @@ type Attachment struct {
 // ErrNoAddress is returned when the address pool is exhausted.
 var ErrNoAddress = netns.ErrPoolExhausted
 
-// Attach creates the execution's namespace and registers its policy: the
+// Attach reserves the execution's addresses and registers its policy: the
 // operator's as it is at each decision (a reload applies to running
 // executions), narrowed by inline (nil for none). Live events go to events.
 // The sandbox trusts the CA of the proxy connected now; without one it
 // has no egress, and NetworkError says so.
 func (e *Egress) Attach(_ context.Context, id string, inline *policy.Compiled, events chan<- *executorv1.NetworkEvent) (*Attachment, error) {
-	sb, err := e.net.Create(id)
+	sb, err := e.net.Reserve()
 	if err != nil {
 		return nil, fmt.Errorf("create sandbox network: %w", err)
 	}
-	a := &Attachment{e: e, sb: sb, NetNSPath: sb.Path}
+	a := &Attachment{e: e, sb: sb}
 	live := &livePolicy{base: &e.base, inline: inline}
 	a.Network = decision.NewLiveExecution(id, live.current, events)
 	a.Network.UseLogBudget(e.logs)
@@ -193,6 +193,16 @@ func (e *Egress) Attach(_ context.Context, id string, inline *policy.Compiled, e
 	return a, nil
 }
 
+// Connect wires the network namespace of the sandbox whose first process
+// is pid (created by its runtime, not started yet) to the reserved
+// addresses.
+func (a *Attachment) Connect(pid uint32) error {
+	if err := a.e.net.Connect(a.sb, fmt.Sprintf("/proc/%d/ns/net", pid)); err != nil {
+		return fmt.Errorf("connect sandbox network: %w", err)
+	}
+	return nil
+}
+
 // Do runs fn on a thread inside the sandbox's network namespace: sockets it
 // opens are the sandbox's. For tests and benchmarks.
 func (a *Attachment) Do(fn func() error) error { return a.sb.Do(fn) }
@@ -200,7 +210,7 @@ func (a *Attachment) Do(fn func() error) error { return a.sb.Do(fn) }
 // GatewayIP is the host end's address, the sandbox's default route.
 func (a *Attachment) GatewayIP() string { return a.sb.HostIP.String() }
 
-// Detach ends the execution's registration and removes its namespace; it
+// Detach ends the execution's registration and removes its veth; it
 // sets NetworkError if the proxy was gone by the end, or had been replaced
 // by one with another CA, which the sandbox did not trust. Calls after the
 // first do nothing.

@@ -18,6 +18,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/sandpit-run/sandpit/services/executor/internal/ring"
 )
 
 // Host interfaces are an interface prefix plus the subnet index in hex;
@@ -41,10 +43,7 @@ type Manager struct {
 	size       int // number of /30 subnets in the pool
 	ifPrefix   string
 	namePrefix string
-
-	mu   sync.Mutex
-	used map[int]bool
-	next int
+	subnets    *ring.Ring
 }
 
 // NewManager returns a Manager handing out /30s from pool (IPv4, /8 to
@@ -60,7 +59,8 @@ func NewManager(pool netip.Prefix, ifPrefix, namePrefix string) (*Manager, error
 	if ifPrefix == "" || len(ifPrefix) > 8 || namePrefix == "" {
 		return nil, fmt.Errorf("netns: interface prefix %q must have 1 to 8 bytes and the name prefix must be set", ifPrefix)
 	}
-	return &Manager{pool: pool, size: 1 << (30 - pool.Bits()), ifPrefix: ifPrefix, namePrefix: namePrefix, used: map[int]bool{}}, nil
+	size := 1 << (30 - pool.Bits())
+	return &Manager{pool: pool, size: size, ifPrefix: ifPrefix, namePrefix: namePrefix, subnets: ring.New(size)}, nil
 }
 
 // IfPrefix is the prefix of the host ends of the manager's veths.
@@ -68,7 +68,8 @@ func (m *Manager) IfPrefix() string { return m.ifPrefix }
 
 // Sandbox is one namespace and its addresses.
 type Sandbox struct {
-	// Name of the namespace; Path is its bind mount, for the OCI spec.
+	// Name is the namespace's name under /run/netns when Create made it,
+	// empty otherwise; Path is the namespace Connect wired.
 	Name, Path string
 	// HostIf is the host end of the veth.
 	HostIf string
@@ -88,53 +89,61 @@ func (m *Manager) subnet(i int) (host, sandbox netip.Addr) {
 	return a(v + 1), a(v + 2)
 }
 
-func (m *Manager) allocate() (int, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for n := 0; n < m.size; n++ {
-		i := (m.next + n) % m.size
-		if !m.used[i] {
-			m.used[i] = true
-			m.next = i + 1
-			return i, nil
-		}
-	}
-	return 0, ErrPoolExhausted
-}
-
-func (m *Manager) release(i int) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	delete(m.used, i)
-}
-
-// Create makes the namespace of execution id. On error nothing is left.
-func (m *Manager) Create(id string) (sb *Sandbox, err error) {
-	idx, err := m.allocate()
-	if err != nil {
-		return nil, err
+// Reserve allocates a sandbox's subnet and host interface name; Connect
+// then wires a namespace to them. Delete frees what Reserve took.
+func (m *Manager) Reserve() (*Sandbox, error) {
+	idx, ok := m.subnets.Take()
+	if !ok {
+		return nil, ErrPoolExhausted
 	}
 	hostIP, sandboxIP := m.subnet(idx)
-	sb = &Sandbox{
-		Name:      m.namePrefix + id,
+	return &Sandbox{
 		HostIf:    fmt.Sprintf("%s%x", m.ifPrefix, idx),
 		HostIP:    hostIP,
 		SandboxIP: sandboxIP,
 		index:     idx,
+	}, nil
+}
+
+// Create reserves execution id's subnet and connects a namespace of its
+// own, bind-mounted under /run/netns, to it (for tests and tools that need
+// a namespace with no sandbox in it). On error nothing is left.
+func (m *Manager) Create(id string) (sb *Sandbox, err error) {
+	sb, err = m.Reserve()
+	if err != nil {
+		return nil, err
 	}
-	sb.Path = filepath.Join(netnsDir, sb.Name)
+	sb.Name = m.namePrefix + id
 	defer func() {
 		if err != nil {
 			_ = m.Delete(sb)
 			sb = nil
 		}
 	}()
-
 	ns, err := newNamed(sb.Name)
 	if err != nil {
 		return sb, err
 	}
+	ns.Close()
+	return sb, m.Connect(sb, filepath.Join(netnsDir, sb.Name))
+}
+
+// Connect wires the namespace at path (a bind mount, or a sandbox's
+// /proc/PID/ns/net) to sb: a veth whose host end gets sb's host address
+// and whose other end, eth0 in the namespace, the sandbox address and the
+// default route; loopback up; IPv6 off. It returns once the veth carries
+// packets. A namespace a sandbox's runtime created belongs to the
+// sandbox's user namespace, which is what lets the runtime mount a sysfs
+// for it; the executor, root on the host, may still configure it. On
+// error the caller's Delete removes what was made.
+func (m *Manager) Connect(sb *Sandbox, path string) error {
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", path, err)
+	}
 	defer ns.Close()
+	sb.Path = path
+	hostIP, sandboxIP := sb.HostIP, sb.SandboxIP
 
 	veth := &netlink.Veth{
 		LinkAttrs:     netlink.LinkAttrs{Name: sb.HostIf},
@@ -142,20 +151,20 @@ func (m *Manager) Create(id string) (sb *Sandbox, err error) {
 		PeerNamespace: netlink.NsFd(int(ns)),
 	}
 	if err := netlink.LinkAdd(veth); err != nil {
-		return sb, fmt.Errorf("add veth %s: %w", sb.HostIf, err)
+		return fmt.Errorf("add veth %s: %w", sb.HostIf, err)
 	}
 	host, err := netlink.LinkByName(sb.HostIf)
 	if err != nil {
-		return sb, fmt.Errorf("find veth %s: %w", sb.HostIf, err)
+		return fmt.Errorf("find veth %s: %w", sb.HostIf, err)
 	}
 	if err := disableIPv6(sb.HostIf); err != nil {
-		return sb, err
+		return err
 	}
 	if err := netlink.AddrAdd(host, &netlink.Addr{IPNet: ipNet(hostIP, 30)}); err != nil {
-		return sb, fmt.Errorf("address %s: %w", sb.HostIf, err)
+		return fmt.Errorf("address %s: %w", sb.HostIf, err)
 	}
 	if err := netlink.LinkSetUp(host); err != nil {
-		return sb, fmt.Errorf("up %s: %w", sb.HostIf, err)
+		return fmt.Errorf("up %s: %w", sb.HostIf, err)
 	}
 
 	err = inNamespace(ns, func() error {
@@ -196,9 +205,9 @@ func (m *Manager) Create(id string) (sb *Sandbox, err error) {
 		return nil
 	})
 	if err != nil {
-		return sb, err
+		return err
 	}
-	return sb, waitUp(sb.HostIf)
+	return waitUp(sb.HostIf)
 }
 
 // waitUp waits until the veth carries packets: datagrams sent before that
@@ -220,8 +229,10 @@ func waitUp(name string) error {
 	}
 }
 
-// Delete removes the sandbox's veth and namespace and frees its subnet.
-// What is already gone is not an error.
+// Delete removes the sandbox's veth (and its namespace, if Create made
+// it) and frees its subnet. What is already gone is not an error: a
+// sandbox's own namespace, and the veth with it, go when its last process
+// dies.
 func (m *Manager) Delete(sb *Sandbox) error {
 	var errs []error
 	if l, err := netlink.LinkByName(sb.HostIf); err == nil {
@@ -229,10 +240,12 @@ func (m *Manager) Delete(sb *Sandbox) error {
 			errs = append(errs, err)
 		}
 	}
-	if err := removeNamed(sb.Path); err != nil {
-		errs = append(errs, err)
+	if sb.Name != "" {
+		if err := removeNamed(filepath.Join(netnsDir, sb.Name)); err != nil {
+			errs = append(errs, err)
+		}
 	}
-	m.release(sb.index)
+	m.subnets.Free(sb.index)
 	return errors.Join(errs...)
 }
 

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -43,8 +44,15 @@ type Config struct {
 	RuncPath string
 	// StateDir holds per-execution host files (the code directories).
 	StateDir string
-	// UID and GID the program runs as; never 0.
+	// UID and GID the program runs as; never 0 (and below UserNSSize with
+	// HostIDs).
 	UID, GID uint32
+	// InitPath is the init in the image that runs node as its child and
+	// reaps orphans (tini); empty makes node PID 1.
+	InitPath string
+	// HostIDs, when set, gives each sandbox a user namespace of its own
+	// with one of its ranges; nil runs sandboxes in the host's.
+	HostIDs *HostIDs
 }
 
 // Runtime creates sandboxes through containerd.
@@ -66,6 +74,9 @@ type Runtime struct {
 func New(ctx context.Context, cfg Config, m *Metrics, log *slog.Logger) (*Runtime, error) {
 	if cfg.UID == 0 || cfg.GID == 0 {
 		return nil, errors.New("new runtime: sandbox uid and gid must not be 0")
+	}
+	if cfg.HostIDs != nil && (cfg.UID >= UserNSSize || cfg.GID >= UserNSSize) {
+		return nil, fmt.Errorf("new runtime: sandbox uid and gid must be below %d in a user namespace", UserNSSize)
 	}
 	if _, err := os.Stat(cfg.RuncPath); err != nil {
 		return nil, fmt.Errorf("new runtime: runc binary: %w", err)
@@ -181,9 +192,10 @@ type Spec struct {
 	Stdin  []byte
 	Limits limits.Set
 	Labels map[string]string
-	// NetNSPath is the network namespace to join; empty gives the sandbox
-	// a fresh one with loopback only.
-	NetNSPath string
+	// Network, when set, connects the sandbox's network namespace (loopback
+	// only until then): it is called with the pid of the sandbox's first
+	// process once its namespaces exist, before the program starts.
+	Network func(pid uint32) error
 	// NodeFlags are node's options, before the entrypoint (--require of
 	// a script the executor provides).
 	NodeFlags []string
@@ -272,6 +284,23 @@ func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func())
 		return out, err
 	}
 
+	// kept is set when the container or task could not be removed.
+	var kept bool
+	var hostID uint32
+	if r.cfg.HostIDs != nil {
+		var release func()
+		if hostID, release, err = r.cfg.HostIDs.Take(); err != nil {
+			return out, err
+		}
+		// Freed only once the sandbox is certainly gone: a range whose
+		// processes may still run is never given to another sandbox.
+		defer func() {
+			if !kept {
+				release()
+			}
+		}()
+	}
+
 	cgroupPath := path.Join("/", r.cfg.Namespace, id)
 	labels := map[string]string{LabelManaged: "true", LabelExecution: id}
 	for k, v := range spec.Labels {
@@ -282,7 +311,7 @@ func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func())
 		containerd.WithSnapshotter(r.cfg.Snapshotter),
 		containerd.WithNewSnapshotView(id, spec.Image.image, snapshots.WithLabels(map[string]string{LabelManaged: "true"})),
 		containerd.WithRuntime("io.containerd.runc.v2", &options.Options{BinaryName: r.cfg.RuncPath}),
-		containerd.WithNewSpec(specOpts(spec, cgroupPath, codeDir, extra, r.cfg.UID, r.cfg.GID)...),
+		containerd.WithNewSpec(specOpts(spec, r.cfg, hostID, cgroupPath, codeDir, extra)...),
 	)
 	if err != nil {
 		return out, fmt.Errorf("create container: %w", err)
@@ -292,6 +321,7 @@ func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func())
 		defer cancel()
 		if delErr := container.Delete(dctx, containerd.WithSnapshotCleanup); delErr != nil && !errdefs.IsNotFound(delErr) {
 			r.cleanupFailed("container", log, delErr)
+			kept = true
 		}
 	}()
 
@@ -302,7 +332,7 @@ func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func())
 	}
 	task, err := container.NewTask(ctx, cio.NewCreator(cio.WithStreams(stdin, spec.Stdout, spec.Stderr)))
 	if err != nil {
-		return out, fmt.Errorf("create task: %w", err)
+		return out, fmt.Errorf("create task: %w%s", err, r.createHint(err, hostID))
 	}
 	// Deferred first, so it runs last: a Delete that failed leaves the
 	// output copy running, and closing the FIFOs is what ends it.
@@ -312,9 +342,15 @@ func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func())
 		defer cancel()
 		if _, delErr := task.Delete(dctx, containerd.WithProcessKill); delErr != nil && !errdefs.IsNotFound(delErr) {
 			r.cleanupFailed("task", log, delErr)
+			kept = true
 		}
 	}()
 
+	if spec.Network != nil {
+		if err := spec.Network(task.Pid()); err != nil {
+			return out, err
+		}
+	}
 	// Wait before Start, so that an exit right after start is not missed.
 	exitCh, err := task.Wait(cleanupCtx)
 	if err != nil {
@@ -387,6 +423,20 @@ func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func())
 	}
 	out.Usage = usage
 	return out, nil
+}
+
+// createHint says what an operator can do about a task that could not be
+// created for a reason of the host's set-up, or nothing.
+func (r *Runtime) createHint(err error, hostID uint32) string {
+	msg := err.Error()
+	switch {
+	case hostID != 0 && strings.Contains(msg, "rootfs") && strings.Contains(msg, "permission denied"):
+		return fmt.Sprintf(" (the sandbox's user namespace root, host uid %d, must be able to reach its root filesystem: "+
+			"containerd's state directory, /run/containerd by default, and its parents must be searchable by others, mode 0711)", hostID)
+	case r.cfg.InitPath != "" && strings.Contains(msg, r.cfg.InitPath) && strings.Contains(msg, "no such file"):
+		return fmt.Sprintf(" (the image has no %s: build it with deploy/image, or run the executor with --init \"\" to make node PID 1)", r.cfg.InitPath)
+	}
+	return ""
 }
 
 // killAndWait kills every process of the task and waits, bounded, for the

@@ -26,19 +26,27 @@ const cpuPeriod = 100_000
 // specOpts returns the OCI spec of one sandbox, hardened: an unprivileged
 // user with no capabilities and no_new_privs, the default seccomp profile, a
 // read-only root, a size-capped noexec /tmp as the only writable place, the
-// code read-only, its own namespaces (network: loopback only) and cgroup
-// limits for memory without swap, CPU, pids and open files.
-func specOpts(s Spec, cgroupPath, codeHostDir string, extra []specs.Mount, uid, gid uint32) []oci.SpecOpts {
-	argv := append([]string{s.NodePath}, s.NodeFlags...)
+// code read-only, its own namespaces (network: loopback only until
+// Spec.Network connects it; user: ids 0-65535 mapped from hostID, unless
+// hostID is 0) and cgroup limits for memory without swap, CPU, pids and
+// open files. With cfg.InitPath node runs as the init's child.
+func specOpts(s Spec, cfg Config, hostID uint32, cgroupPath, codeHostDir string, extra []specs.Mount) []oci.SpecOpts {
+	var argv []string
+	if cfg.InitPath != "" {
+		// `--` ends the init's options, so node's are node's.
+		argv = append(argv, cfg.InitPath, "--")
+	}
+	argv = append(argv, s.NodePath)
+	argv = append(argv, s.NodeFlags...)
 	argv = append(argv, path.Join(CodeDir, s.Entrypoint))
 	argv = append(argv, s.Args...)
 	l := s.Limits
-	return []oci.SpecOpts{
+	opts := []oci.SpecOpts{
 		oci.WithProcessArgs(argv...),
 		oci.WithProcessCwd(CodeDir),
 		withEnv(s.Env),
 		oci.WithHostname("sandbox"),
-		oci.WithUIDGID(uid, gid),
+		oci.WithUIDGID(cfg.UID, cfg.GID),
 		withNoCapabilities,
 		oci.WithNoNewPrivileges,
 		seccomp.WithDefaultProfile(),
@@ -62,7 +70,7 @@ func specOpts(s Spec, cgroupPath, codeHostDir string, extra []specs.Mount, uid, 
 		}),
 		oci.WithMounts(extra),
 		oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.CgroupNamespace}),
-		oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: s.NetNSPath}),
+		oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace}),
 		oci.WithCgroup(cgroupPath),
 		oci.WithMemoryLimit(l.MemoryBytes),
 		withSwapLimit(l.MemoryBytes),
@@ -71,6 +79,11 @@ func specOpts(s Spec, cgroupPath, codeHostDir string, extra []specs.Mount, uid, 
 		withRlimits(rlimits(l)),
 		withOOMScoreAdj(1000),
 	}
+	if hostID != 0 {
+		ids := []specs.LinuxIDMapping{{ContainerID: 0, HostID: hostID, Size: UserNSSize}}
+		opts = append(opts, oci.WithUserNamespace(ids, ids))
+	}
+	return opts
 }
 
 // withEnv sets the environment to exactly env, dropping the defaults.

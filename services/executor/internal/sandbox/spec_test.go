@@ -24,11 +24,11 @@ import (
 // sandbox, without a daemon: none of specOpts' options uses the client. The
 // container id and namespace differ from cgroupPath so that containerd's
 // default cgroups path cannot pass for the one asked for.
-func generateSpec(t *testing.T, s Spec, cgroupPath, codeHostDir string, extra []specs.Mount, uid, gid uint32) *oci.Spec {
+func generateSpec(t *testing.T, s Spec, cfg Config, hostID uint32, cgroupPath, codeHostDir string, extra []specs.Mount) *oci.Spec {
 	t.Helper()
 	ctx := namespaces.WithNamespace(context.Background(), "spec-test")
 	spec, err := oci.GenerateSpec(ctx, nil, &containers.Container{ID: "spec-test-id"},
-		specOpts(s, cgroupPath, codeHostDir, extra, uid, gid)...)
+		specOpts(s, cfg, hostID, cgroupPath, codeHostDir, extra)...)
 	if err != nil {
 		t.Fatalf("generate spec: %v", err)
 	}
@@ -53,6 +53,9 @@ func TestSpecHardening(t *testing.T) {
 		codeHostDir string
 		extra       []specs.Mount
 		uid, gid    uint32
+		init        string
+		// hostID is the host id of the user namespace's 0; 0 for none.
+		hostID uint32
 		// wantQuota is spelled out rather than derived so that the
 		// millicores-to-quota arithmetic is checked, not repeated.
 		wantQuota int64
@@ -67,12 +70,14 @@ func TestSpecHardening(t *testing.T) {
 			},
 			cgroupPath:  "/sandpit/x1",
 			codeHostDir: "/var/lib/sandpit/executions/x1/code",
-			uid:         100000,
-			gid:         100000,
+			uid:         65532,
+			gid:         65532,
+			init:        "/usr/bin/tini",
+			hostID:      1<<31 + 3<<16,
 			wantQuota:   100_000,
 		},
 		{
-			name: "small limits, joined network namespace, extra files",
+			name: "small limits, node as PID 1 in the host's user namespace, extra files",
 			spec: Spec{
 				NodePath:   "/opt/node/bin/node",
 				Entrypoint: "src/main.mjs",
@@ -80,7 +85,6 @@ func TestSpecHardening(t *testing.T) {
 				NodeFlags:  []string{"--import=data:text/javascript;base64,MA=="},
 				Env:        []string{"NODE_EXTRA_CA_CERTS=/etc/sandpit/ca.pem", "HOME=/tmp", "PATH=/opt/node/bin", "API_KEY=k"},
 				Limits:     small,
-				NetNSPath:  "/var/run/netns/sandpit-x2",
 			},
 			cgroupPath:  "/other/x2",
 			codeHostDir: "/srv/sandpit/x2/code",
@@ -95,13 +99,18 @@ func TestSpecHardening(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := generateSpec(t, tt.spec, tt.cgroupPath, tt.codeHostDir, tt.extra, tt.uid, tt.gid)
+			got := generateSpec(t, tt.spec, Config{UID: tt.uid, GID: tt.gid, InitPath: tt.init}, tt.hostID, tt.cgroupPath, tt.codeHostDir, tt.extra)
 			l := tt.spec.Limits
 
 			t.Run("process", func(t *testing.T) {
 				p := got.Process
-				// node, its flags, the entrypoint, the program's args.
-				wantArgs := slices.Concat([]string{tt.spec.NodePath}, tt.spec.NodeFlags, []string{"/sandbox/" + tt.spec.Entrypoint}, tt.spec.Args)
+				// The init and `--` (if any), node, its flags, the
+				// entrypoint, the program's args.
+				var initArgs []string
+				if tt.init != "" {
+					initArgs = []string{tt.init, "--"}
+				}
+				wantArgs := slices.Concat(initArgs, []string{tt.spec.NodePath}, tt.spec.NodeFlags, []string{"/sandbox/" + tt.spec.Entrypoint}, tt.spec.Args)
 				if !slices.Equal(p.Args, wantArgs) {
 					t.Errorf("args = %q, want %q", p.Args, wantArgs)
 				}
@@ -336,7 +345,18 @@ func TestSpecHardening(t *testing.T) {
 					{specs.UTSNamespace, ""},
 					{specs.MountNamespace, ""},
 					{specs.CgroupNamespace, ""},
-					{specs.NetworkNamespace, tt.spec.NetNSPath},
+					// Always a fresh one; Spec.Network connects it.
+					{specs.NetworkNamespace, ""},
+				}
+				if n := slices.IndexFunc(got.Linux.Namespaces, func(ns specs.LinuxNamespace) bool { return ns.Type == specs.UserNamespace }); (n >= 0) != (tt.hostID != 0) {
+					t.Errorf("user namespace listed: %v, want %v (host id %d)", n >= 0, tt.hostID != 0, tt.hostID)
+				}
+				want := []specs.LinuxIDMapping{{ContainerID: 0, HostID: tt.hostID, Size: 65536}}
+				if tt.hostID == 0 {
+					want = nil
+				}
+				if !slices.Equal(got.Linux.UIDMappings, want) || !slices.Equal(got.Linux.GIDMappings, want) {
+					t.Errorf("uid mappings %v, gid mappings %v, want both %v", got.Linux.UIDMappings, got.Linux.GIDMappings, want)
 				}
 				for _, nc := range nsChecks {
 					var found []specs.LinuxNamespace
