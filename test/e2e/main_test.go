@@ -198,6 +198,26 @@ func (e *executor) execute(ctx context.Context, req *executorv1.ExecuteRequest) 
 	}
 }
 
+// stdoutUntil reads stream until the stdout so far contains want, and
+// returns that stdout and the Started event; the stream ending first fails
+// the test.
+func stdoutUntil(t testing.TB, stream executorv1.ExecutorService_ExecuteClient, want string) (string, *executorv1.Started) {
+	t.Helper()
+	var stdout strings.Builder
+	var started *executorv1.Started
+	for !strings.Contains(stdout.String(), want) {
+		ev, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("the execution ended before printing %q: %v\nstdout: %s", want, err, stdout.String())
+		}
+		if s := ev.GetStarted(); s != nil {
+			started = s
+		}
+		stdout.Write(ev.GetStdout().GetData())
+	}
+	return stdout.String(), started
+}
+
 // mustRun runs req and fails the test unless the stream ended with a result.
 func (e *executor) mustRun(t testing.TB, req *executorv1.ExecuteRequest) *run {
 	t.Helper()

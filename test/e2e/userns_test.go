@@ -46,19 +46,10 @@ setInterval(() => {}, 1000);
 		if err != nil {
 			t.Fatal(err)
 		}
-		var stdout strings.Builder
-		for !strings.HasSuffix(stdout.String(), "\n") {
-			ev, err := stream.Recv()
-			if err != nil {
-				t.Fatalf("sandbox %d ended before its line: %v\nstdout: %s", i, err, stdout.String())
-			}
-			if s := ev.GetStarted(); s != nil {
-				ids[i] = s.GetExecutionId()
-			}
-			stdout.Write(ev.GetStdout().GetData())
-		}
-		if err := json.Unmarshal([]byte(stdout.String()), &got[i]); err != nil {
-			t.Fatalf("sandbox %d printed %q: %v", i, stdout.String(), err)
+		stdout, started := stdoutUntil(t, stream, "\n")
+		ids[i] = started.GetExecutionId()
+		if err := json.Unmarshal([]byte(stdout), &got[i]); err != nil {
+			t.Fatalf("sandbox %d printed %q: %v", i, stdout, err)
 		}
 	}
 
