@@ -193,11 +193,10 @@ func (e *Egress) Attach(_ context.Context, id string, inline *policy.Compiled, e
 	return a, nil
 }
 
-// Connect wires the network namespace of the sandbox whose first process
-// is pid (created by its runtime, not started yet) to the reserved
-// addresses.
-func (a *Attachment) Connect(pid uint32) error {
-	if err := a.e.net.Connect(a.sb, fmt.Sprintf("/proc/%d/ns/net", pid)); err != nil {
+// Connect wires the network namespace at path (the sandbox's, created by
+// its runtime before the program starts) to the reserved addresses.
+func (a *Attachment) Connect(path string) error {
+	if err := a.e.net.Connect(a.sb, path); err != nil {
 		return fmt.Errorf("connect sandbox network: %w", err)
 	}
 	return nil

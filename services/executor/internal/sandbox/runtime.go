@@ -193,9 +193,10 @@ type Spec struct {
 	Limits limits.Set
 	Labels map[string]string
 	// Network, when set, connects the sandbox's network namespace (loopback
-	// only until then): it is called with the pid of the sandbox's first
-	// process once its namespaces exist, before the program starts.
-	Network func(pid uint32) error
+	// only until then): it is called with the namespace's path
+	// (/proc/PID/ns/net of the sandbox's first process) once the sandbox's
+	// namespaces exist, before the program starts.
+	Network func(netnsPath string) error
 	// NodeFlags are node's options, before the entrypoint (--require of
 	// a script the executor provides).
 	NodeFlags []string
@@ -347,7 +348,7 @@ func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func())
 	}()
 
 	if spec.Network != nil {
-		if err := spec.Network(task.Pid()); err != nil {
+		if err := spec.Network(fmt.Sprintf("/proc/%d/ns/net", task.Pid())); err != nil {
 			return out, err
 		}
 	}
