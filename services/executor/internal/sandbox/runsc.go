@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/containerd/containerd/api/types/runc/options"
@@ -152,7 +153,23 @@ func runscSpecOpts(s Spec) []oci.SpecOpts {
 	if s.Runtime != ociruntime.Runsc {
 		return nil
 	}
-	return []oci.SpecOpts{withClone3Allowed}
+	return []oci.SpecOpts{withClone3Allowed, withoutUserNamespace}
+}
+
+// withoutUserNamespace leaves the user namespace to runsc. With one in the
+// spec, this runsc's sandbox fails to boot ("error setting up chroot: error
+// converting mounts: operation not permitted"); without, it starts the
+// Sentry in a user namespace of its own that maps only host uid and gid
+// 65534 (nobody), with no capabilities outside it. The program's ids are
+// the Sentry's to serve, and what it writes in /tmp stays in the Sentry's
+// memory, but every runsc sandbox's Sentry is the same host nobody.
+func withoutUserNamespace(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+	if s.Linux == nil {
+		return nil
+	}
+	s.Linux.Namespaces = slices.DeleteFunc(s.Linux.Namespaces, func(ns specs.LinuxNamespace) bool { return ns.Type == specs.UserNamespace })
+	s.Linux.UIDMappings, s.Linux.GIDMappings = nil, nil
+	return nil
 }
 
 // withClone3Allowed lets clone3 through the seccomp profile under runsc.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -91,6 +92,35 @@ func TestRunscLaunchers(t *testing.T) {
 		l := newRunsc(cfg)
 		if !errors.Is(l.missing, ErrRuntimeUnavailable) || !strings.Contains(l.missing.Error(), "runsc") {
 			t.Errorf("runsc %q: %v, want ErrRuntimeUnavailable naming runsc", cfg.RunscPath, l.missing)
+		}
+	}
+}
+
+// TestRunscSpecHasNoUserNamespace asserts that under runsc a spec's user
+// namespace and id mappings are removed and its other namespaces kept.
+func TestRunscSpecHasNoUserNamespace(t *testing.T) {
+	ctx := namespaces.WithNamespace(context.Background(), "spec-test")
+	userns := func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
+		s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 1 << 31, Size: 65536}}
+		s.Linux.GIDMappings = s.Linux.UIDMappings
+		return nil
+	}
+	opts := append([]oci.SpecOpts{seccomp.WithDefaultProfile(), userns}, runscSpecOpts(Spec{Runtime: ociruntime.Runsc})...)
+	spec, err := oci.GenerateSpec(ctx, nil, &containers.Container{ID: "spec-test-id"}, opts...)
+	if err != nil {
+		t.Fatalf("generate spec: %v", err)
+	}
+	var types []specs.LinuxNamespaceType
+	for _, ns := range spec.Linux.Namespaces {
+		types = append(types, ns.Type)
+	}
+	if slices.Contains(types, specs.UserNamespace) || spec.Linux.UIDMappings != nil || spec.Linux.GIDMappings != nil {
+		t.Errorf("runsc spec keeps a user namespace: %v, uid map %v, gid map %v", types, spec.Linux.UIDMappings, spec.Linux.GIDMappings)
+	}
+	for _, want := range []specs.LinuxNamespaceType{specs.PIDNamespace, specs.MountNamespace, specs.NetworkNamespace} {
+		if !slices.Contains(types, want) {
+			t.Errorf("runsc spec lost the %s namespace: %v", want, types)
 		}
 	}
 }
