@@ -9,10 +9,12 @@ import (
 	"slices"
 	"strings"
 
+	tasks "github.com/containerd/containerd/api/services/tasks/v1"
 	"github.com/containerd/containerd/api/types/runc/options"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/sandpit-run/sandpit/services/executor/internal/ociruntime"
@@ -128,22 +130,41 @@ func (r *Runtime) withRuntime(s Spec) containerd.NewContainerOpts {
 	return containerd.WithRuntime(runcShim, &options.Options{BinaryName: bin})
 }
 
-// killUnlessStopped is containerd.WithProcessKill for a process that may
-// have ended or never started, which the delete removes without a kill.
-// runsc answers a kill of an ended sandbox with "sandbox is not running",
-// which the runc shim does not take for "not found" as it does runc's
-// "container not running", and one of a created sandbox with "cannot
-// signal container in state created": either would fail the delete.
-func killUnlessStopped(ctx context.Context, p containerd.Process) error {
-	idle := func() bool {
-		st, err := p.Status(ctx)
-		return err == nil && (st.Status == containerd.Stopped || st.Status == containerd.Created)
+// deleteTask kills task's processes, unless they have ended, and deletes
+// it. runsc answers a kill of an ended sandbox with "sandbox is not
+// running", which the runc shim does not take for "not found" as it does
+// runc's "container not running", and one of a created sandbox (its
+// start failed) with "cannot signal container in state created"; the
+// client then refuses to delete a created task that was not killed, so
+// that one is deleted through the task service, which runs runsc delete.
+func (r *Runtime) deleteTask(ctx context.Context, task containerd.Task) error {
+	_, err := task.Delete(ctx, killUnlessStopped)
+	if errdefs.IsFailedPrecondition(err) {
+		if st, serr := task.Status(ctx); serr == nil && st.Status == containerd.Created {
+			_, err = r.client.TaskService().Delete(ctx, &tasks.DeleteTaskRequest{ContainerID: task.ID()})
+		}
 	}
-	if idle() {
+	return err
+}
+
+// killUnlessStopped is containerd.WithProcessKill, except that a process
+// that has ended is not killed and a kill that fails on a process that
+// has ended or never started is no error (see deleteTask).
+func killUnlessStopped(ctx context.Context, p containerd.Process) error {
+	status := func() containerd.ProcessStatus {
+		st, err := p.Status(ctx)
+		if err != nil {
+			return containerd.Unknown
+		}
+		return st.Status
+	}
+	if status() == containerd.Stopped {
 		return nil
 	}
-	if err := containerd.WithProcessKill(ctx, p); err != nil && !idle() {
-		return err
+	if err := containerd.WithProcessKill(ctx, p); err != nil {
+		if st := status(); st != containerd.Stopped && st != containerd.Created {
+			return err
+		}
 	}
 	return nil
 }

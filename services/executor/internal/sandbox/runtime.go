@@ -350,7 +350,7 @@ func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func())
 	defer func() {
 		dctx, cancel := context.WithTimeout(cleanupCtx, cleanupTimeout)
 		defer cancel()
-		if _, delErr := task.Delete(dctx, killUnlessStopped); delErr != nil && !errdefs.IsNotFound(delErr) {
+		if delErr := r.deleteTask(dctx, task); delErr != nil && !errdefs.IsNotFound(delErr) {
 			r.cleanupFailed("task", log, delErr)
 			kept = true
 		}
@@ -369,7 +369,8 @@ func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func())
 	started()
 	begin := time.Now()
 	if err := task.Start(ctx); err != nil {
-		return out, fmt.Errorf("start task: %w", err)
+		// runsc reports a missing init here rather than at create.
+		return out, fmt.Errorf("start task: %w%s", err, r.createHint(err, hostID))
 	}
 
 	exited := make(chan struct{})

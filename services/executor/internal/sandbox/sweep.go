@@ -67,7 +67,7 @@ func (r *Runtime) sweep(ctx context.Context, live func(id string) bool) (Swept, 
 		}
 		if task, err := c.Task(ctx, nil); err == nil {
 			kctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			if _, err := task.Delete(kctx, killUnlessStopped); err != nil && !errdefs.IsNotFound(err) {
+			if err := r.deleteTask(kctx, task); err != nil && !errdefs.IsNotFound(err) {
 				errs = append(errs, fmt.Errorf("delete task %s: %w", c.ID(), err))
 			} else {
 				s.Tasks++
