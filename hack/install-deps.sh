@@ -2,7 +2,7 @@
 # Installs the Debian packages sandpit needs, only those that are missing.
 set -euo pipefail
 want=(containerd nftables libseccomp-dev pkg-config iproute2 ca-certificates
-	protobuf-compiler protobuf-compiler-grpc python3-grpcio python3-protobuf)
+	protobuf-compiler protobuf-compiler-grpc python3-grpcio python3-protobuf runsc)
 # npm installs the SDK test image's packages; any npm will do.
 command -v npm >/dev/null || want+=(npm)
 missing=()

@@ -31,11 +31,10 @@ func startApp(t *testing.T, ctd *containerdtest.Env, extra ...string) (a *app.Ap
 		"--metrics-listen", "",
 		"--containerd-address", ctd.Address,
 		"--containerd-namespace", containerdtest.Namespace,
-		"--runc", ctd.RuncPath,
 		"--state-dir", stateDir,
 		"--image", ctd.ImageRef,
 		"--shutdown-grace", "1s",
-	}, extra...)
+	}, append(ctd.RuntimeFlags(), extra...)...)
 	cfg, err := app.ParseConfig(args, func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)

@@ -102,26 +102,7 @@ func (o executorOpts) logger() *slog.Logger {
 // lifetime.
 func startExecutor(t testing.TB, o executorOpts) *executor {
 	t.Helper()
-	if o.slots == 0 {
-		o.slots, o.queue = 16, 16
-	}
-	args := []string{
-		"--listen", "127.0.0.1:0",
-		"--metrics-listen", "",
-		"--containerd-address", env.Address,
-		"--containerd-namespace", containerdtest.Namespace,
-		"--runc", env.RuncPath,
-		"--state-dir", stateDir,
-		"--image", env.ImageRef,
-		"--image-allowlist", strings.Join(o.allow, ","),
-		"--max-concurrent", strconv.Itoa(o.slots),
-		"--max-queue", strconv.Itoa(o.queue),
-		"--shutdown-grace", "0s",
-	}
-	if o.egress != nil {
-		args = append(args, o.egress.flags()...)
-	}
-	cfg, err := app.ParseConfig(append(args, o.flags...), func(string) string { return "" })
+	cfg, err := app.ParseConfig(executorArgs(o), func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,6 +131,30 @@ func startExecutor(t testing.TB, o executorOpts) *executor {
 		}
 	})
 	return &executor{app: a, addr: a.Addr(), client: executorv1.NewExecutorServiceClient(conn), deciderAddr: a.DecisionAddr()}
+}
+
+// executorArgs are the flags startExecutor builds the executor from.
+func executorArgs(o executorOpts) []string {
+	if o.slots == 0 {
+		o.slots, o.queue = 16, 16
+	}
+	args := []string{
+		"--listen", "127.0.0.1:0",
+		"--metrics-listen", "",
+		"--containerd-address", env.Address,
+		"--containerd-namespace", containerdtest.Namespace,
+		"--state-dir", stateDir,
+		"--image", env.ImageRef,
+		"--image-allowlist", strings.Join(o.allow, ","),
+		"--max-concurrent", strconv.Itoa(o.slots),
+		"--max-queue", strconv.Itoa(o.queue),
+		"--shutdown-grace", "0s",
+	}
+	args = append(args, env.RuntimeFlags()...)
+	if o.egress != nil {
+		args = append(args, o.egress.flags()...)
+	}
+	return append(args, o.flags...)
 }
 
 // run is one finished execution as the client saw it.

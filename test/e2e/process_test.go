@@ -90,10 +90,9 @@ func startProc(t *testing.T, stateDir string, extra ...string) *proc {
 		"--metrics-listen", "",
 		"--containerd-address", env.Address,
 		"--containerd-namespace", containerdtest.Namespace,
-		"--runc", env.RuncPath,
 		"--state-dir", stateDir,
 		"--image", env.ImageRef,
-	}, extra...)
+	}, append(env.RuntimeFlags(), extra...)...)
 	p.cmd = exec.Command(executorBinary(t), args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	if err := p.cmd.Start(); err != nil {

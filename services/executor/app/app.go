@@ -109,15 +109,17 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (_ *
 		}
 	}
 	a.rt, err = sandbox.New(ctx, sandbox.Config{
-		Address:     cfg.ContainerdAddress,
-		Namespace:   cfg.ContainerdNamespace,
-		Snapshotter: cfg.Snapshotter,
-		RuncPath:    cfg.RuncPath,
-		StateDir:    cfg.StateDir,
-		UID:         uint32(cfg.SandboxUID),
-		GID:         uint32(cfg.SandboxGID),
-		InitPath:    cfg.InitPath,
-		HostIDs:     hostIDs,
+		Address:       cfg.ContainerdAddress,
+		Namespace:     cfg.ContainerdNamespace,
+		Snapshotter:   cfg.Snapshotter,
+		RuncPath:      cfg.RuncPath,
+		RunscPath:     cfg.RunscPath,
+		RunscPlatform: cfg.RunscPlatform,
+		StateDir:      cfg.StateDir,
+		UID:           uint32(cfg.SandboxUID),
+		GID:           uint32(cfg.SandboxGID),
+		InitPath:      cfg.InitPath,
+		HostIDs:       hostIDs,
 	}, sandbox.NewMetrics(a.reg), log)
 	if err != nil {
 		return nil, err
@@ -127,6 +129,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (_ *
 		"snapshots", swept.Snapshots, "code_dirs", swept.CodeDirs)
 	if err != nil {
 		return nil, fmt.Errorf("sweep leftovers: %w", err)
+	}
+	if err := a.checkRuntimes(); err != nil {
+		return nil, err
 	}
 	if _, err := a.rt.ResolveImage(ctx, cfg.Image); err != nil {
 		return nil, fmt.Errorf("default image: %w (make image imports it)", err)
@@ -147,6 +152,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (_ *
 		DefaultImage:   cfg.Image,
 		ImageAllowlist: cfg.ImageAllowlist,
 		NodePath:       cfg.NodePath,
+		Runtimes:       cfg.Runtimes,
 		Egress:         eg,
 	}, a.rt, a.slots, server.NewMetrics(a.reg, a.slots), log)
 	a.srv = grpcserve.New(grpcserve.Options{
@@ -167,6 +173,25 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (_ *
 		return nil, err
 	}
 	return a, nil
+}
+
+// checkRuntimes refuses to start without the default OCI runtime; a runtime
+// only some images are bound to may be absent, and requests for those
+// images are refused (RUNTIME_UNAVAILABLE) until it is installed and the
+// executor restarted.
+func (a *App) checkRuntimes() error {
+	for _, rt := range a.cfg.Runtimes.Used() {
+		err := a.rt.Installed(rt)
+		switch {
+		case err == nil:
+			a.log.Info("OCI runtime ready", "runtime", rt, "default", rt == a.cfg.Runtimes.Default)
+		case rt == a.cfg.Runtimes.Default:
+			return fmt.Errorf("default OCI runtime: %w (install Debian's runsc, or set --runsc)", err)
+		default:
+			a.log.Warn("OCI runtime not installed; requests for the images bound to it are refused", "runtime", rt, "error", err)
+		}
+	}
+	return nil
 }
 
 // newEgress sets up sandbox networks and the decision service the proxy

@@ -27,7 +27,12 @@ type Env struct {
 	Dir      string
 	Address  string
 	RuncPath string
-	ImageRef string
+	// Runtime is the OCI runtime executors run sandboxes under:
+	// SANDPIT_RUNTIME, runc by default.
+	Runtime string
+	// RunscPath is gVisor's runsc: SANDPIT_RUNSC, Debian's by default.
+	RunscPath string
+	ImageRef  string
 	// ImageTar is the archive the image was imported from.
 	ImageTar string
 	args     []string
@@ -139,6 +144,10 @@ func Start(ctx context.Context) (*Env, error) {
 	if err != nil {
 		return nil, fmt.Errorf("runc: %w", err)
 	}
+	runtime, runsc, err := runtimeFromEnv()
+	if err != nil {
+		return nil, err
+	}
 	tar, err := Artifact("SANDPIT_IMAGE_TAR", "build/sandpit-node.tar")
 	if err != nil {
 		return nil, fmt.Errorf("image archive: %w", err)
@@ -153,7 +162,7 @@ func Start(ctx context.Context) (*Env, error) {
 	if err := os.Chmod(dir, 0o711); err != nil {
 		return nil, err
 	}
-	e := &Env{Dir: dir, Address: filepath.Join(dir, "c.sock"), RuncPath: runc, ImageRef: "sandpit.local/node:24", ImageTar: tar}
+	e := &Env{Dir: dir, Address: filepath.Join(dir, "c.sock"), RuncPath: runc, Runtime: runtime, RunscPath: runsc, ImageRef: "sandpit.local/node:24", ImageTar: tar}
 	cfg := filepath.Join(dir, "config.toml")
 	// The CRI plugin is not used and would only slow start-up and log noise.
 	if err := os.WriteFile(cfg, []byte("version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"), 0o644); err != nil {
@@ -169,6 +178,28 @@ func Start(ctx context.Context) (*Env, error) {
 		return nil, fmt.Errorf("%w\ncontainerd log:\n%s", err, log)
 	}
 	return e, nil
+}
+
+// runtimeFromEnv reads SANDPIT_RUNTIME and SANDPIT_RUNSC; under runsc the
+// binary must be there (make test installs Debian's runsc).
+func runtimeFromEnv() (runtime, runsc string, err error) {
+	runtime, runsc = os.Getenv("SANDPIT_RUNTIME"), os.Getenv("SANDPIT_RUNSC")
+	if runtime == "" {
+		runtime = "runc"
+	}
+	if runsc == "" {
+		runsc = "/usr/bin/runsc"
+	}
+	if _, err := os.Stat(runsc); err != nil && runtime == "runsc" {
+		return "", "", fmt.Errorf("runsc (SANDPIT_RUNTIME=runsc; set SANDPIT_RUNSC or apt-get install runsc): %w", err)
+	}
+	return runtime, runsc, nil
+}
+
+// RuntimeFlags are the executor flags that run its sandboxes under the
+// tests' runtime.
+func (e *Env) RuntimeFlags() []string {
+	return []string{"--runc", e.RuncPath, "--runtime", e.Runtime, "--runsc", e.RunscPath}
 }
 
 // Client returns a client of the private containerd in Namespace.

@@ -16,6 +16,8 @@ import (
 	"github.com/sandpit-run/sandpit/services/executor/internal/firewall"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
 	"github.com/sandpit-run/sandpit/services/executor/internal/netns"
+	"github.com/sandpit-run/sandpit/services/executor/internal/ociruntime"
+	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
 )
 
 // Config is the executor's whole configuration.
@@ -38,6 +40,12 @@ type Config struct {
 	UserNS      bool
 	UserNSBase  uint32
 	UserNSCount uint32
+
+	// Runtimes chooses each sandbox's OCI runtime: --runtime, and the
+	// images --image-runtime binds to one.
+	Runtimes      ociruntime.Table
+	RunscPath     string
+	RunscPlatform string
 
 	Image          string
 	ImageAllowlist []string
@@ -95,6 +103,11 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&c.ContainerdNamespace, "containerd-namespace", "sandpit", "containerd namespace the executor owns")
 	fs.StringVar(&c.Snapshotter, "snapshotter", "overlayfs", "containerd snapshotter")
 	fs.StringVar(&c.RuncPath, "runc", "/usr/local/lib/sandpit/runc", "runc binary the sandboxes run under")
+	c.Runtimes.Default = ociruntime.Runc
+	fs.Var(runtimeName{&c.Runtimes.Default}, "runtime", "OCI runtime sandboxes run under: runc, or runsc (gVisor) where it is installed")
+	fs.Var(&bindings{&c.Runtimes.Bindings}, "image-runtime", "IMAGE=RUNTIME: run IMAGE (a reference, or a prefix ending in *) under RUNTIME instead of --runtime; repeatable, first match wins")
+	fs.StringVar(&c.RunscPath, "runsc", "/usr/bin/runsc", "gVisor's runsc binary (Debian's runsc package); where it is absent, requests for images bound to runsc are refused")
+	fs.StringVar(&c.RunscPlatform, "runsc-platform", "ptrace", "runsc's platform: ptrace, or kvm where /dev/kvm works")
 	fs.StringVar(&c.StateDir, "state-dir", "/run/sandpit/executor", "directory for per-execution files")
 	fs.UintVar(&c.SandboxUID, "sandbox-uid", 65532, "uid the program runs as (not 0)")
 	fs.UintVar(&c.SandboxGID, "sandbox-gid", 65532, "gid the program runs as (not 0)")
@@ -170,6 +183,8 @@ func (c Config) validate() error {
 		return errors.New("dns-packet-rate must be between 1 and 1,000,000 packets a second")
 	case c.ProxyUser == "":
 		return errors.New("proxy-user must name the egress proxy's user (name or uid)")
+	case c.RunscPlatform != sandbox.RunscPlatformPtrace && c.RunscPlatform != sandbox.RunscPlatformKVM:
+		return fmt.Errorf("runsc-platform %q: want ptrace or kvm", c.RunscPlatform)
 	}
 	return limits.CheckConfig(c.Defaults, c.Maxima)
 }
@@ -189,6 +204,51 @@ func limitFlags(fs *flag.FlagSet, prefix string, s *limits.Set) {
 	fs.Var(byteSize{&s.TmpBytes}, prefix+"-tmp", what+" /tmp size")
 	fs.Var(uint32Value{&s.OpenFiles}, prefix+"-open-files", what+" open file descriptors")
 }
+
+// runtimeName is an OCI runtime's name.
+type runtimeName struct{ p *ociruntime.Name }
+
+func (v runtimeName) String() string {
+	if v.p == nil {
+		return ""
+	}
+	return string(*v.p)
+}
+
+func (v runtimeName) Set(s string) error {
+	n, err := ociruntime.Parse(s)
+	if err != nil {
+		return err
+	}
+	*v.p = n
+	return nil
+}
+
+// bindings collects --image-runtime, one binding a use.
+type bindings struct{ p *[]ociruntime.Binding }
+
+func (v *bindings) String() string {
+	if v.p == nil {
+		return ""
+	}
+	var out []string
+	for _, b := range *v.p {
+		out = append(out, b.Image+"="+string(b.Runtime))
+	}
+	return strings.Join(out, ",")
+}
+
+func (v *bindings) Set(s string) error {
+	b, err := ociruntime.ParseBinding(s)
+	if err != nil {
+		return err
+	}
+	*v.p = append(*v.p, b)
+	return nil
+}
+
+// Repeatable makes SANDPIT_IMAGE_RUNTIME a comma-separated list.
+func (v *bindings) Repeatable() {}
 
 type uint32Value struct{ p *uint32 }
 

@@ -1,11 +1,13 @@
 package config
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
+	"github.com/sandpit-run/sandpit/services/executor/internal/ociruntime"
 )
 
 func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
@@ -51,6 +53,10 @@ func TestParseRejects(t *testing.T) {
 		{"no slots", []string{"--max-concurrent", "0"}, nil, "max-concurrent"},
 		{"no DNS packets", []string{"--dns-packet-rate", "0"}, nil, "dns-packet-rate"},
 		{"stray argument", []string{"extra"}, nil, "unexpected"},
+		{"unknown runtime", []string{"--runtime", "kata"}, nil, "unknown OCI runtime"},
+		{"binding without runtime", []string{"--image-runtime", "sandpit.local/node:24"}, nil, "IMAGE=RUNTIME"},
+		{"binding to unknown runtime", nil, map[string]string{"SANDPIT_IMAGE_RUNTIME": "a=runc,b=kata"}, "SANDPIT_IMAGE_RUNTIME"},
+		{"unknown runsc platform", []string{"--runsc-platform", "systrap"}, nil, "runsc-platform"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -98,5 +104,34 @@ func TestEgressFlag(t *testing.T) {
 	}
 	if _, err := Parse([]string{"--egress-proxy", "127.0.0.1:50052"}, env(nil)); err == nil {
 		t.Error("--egress-proxy is still accepted: the executor no longer dials the proxy")
+	}
+}
+
+func TestRuntimeFlags(t *testing.T) {
+	c, err := Parse(nil, env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Runtimes.Choose(ociruntime.Request{Image: "sandpit.local/node:24"}); got != ociruntime.Runc || c.RunscPath != "/usr/bin/runsc" || c.RunscPlatform != "ptrace" {
+		t.Errorf("defaults: runtime %s, runsc %q, platform %q; want runc, /usr/bin/runsc, ptrace", got, c.RunscPath, c.RunscPlatform)
+	}
+	c, err = Parse([]string{"--runtime", "runsc", "--image-runtime", "sandpit.local/trusted:24=runc", "--image-runtime", "sandpit.local/node-sdk*=runsc"},
+		env(map[string]string{"SANDPIT_IMAGE_RUNTIME": "ignored=runc"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := ociruntime.Table{Default: ociruntime.Runsc, Bindings: []ociruntime.Binding{
+		{Image: "sandpit.local/trusted:24", Runtime: ociruntime.Runc},
+		{Image: "sandpit.local/node-sdk*", Runtime: ociruntime.Runsc},
+	}}
+	if !reflect.DeepEqual(c.Runtimes, want) {
+		t.Errorf("runtimes %+v, want %+v", c.Runtimes, want)
+	}
+	c, err = Parse(nil, env(map[string]string{"SANDPIT_IMAGE_RUNTIME": "a=runsc, b=runc"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Runtimes.Bindings) != 2 || c.Runtimes.Choose(ociruntime.Request{Image: "a"}) != ociruntime.Runsc || c.Runtimes.Choose(ociruntime.Request{Image: "b"}) != ociruntime.Runc {
+		t.Errorf("bindings from the environment: %+v", c.Runtimes.Bindings)
 	}
 }

@@ -19,7 +19,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/containerd/containerd/api/types/runc/options"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/cio"
@@ -27,6 +26,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
+	"github.com/sandpit-run/sandpit/services/executor/internal/ociruntime"
 )
 
 // ErrImageNotFound is returned when an image is not in containerd.
@@ -42,6 +42,12 @@ type Config struct {
 	Snapshotter string
 	// RuncPath is the runc binary the runc v2 shim runs.
 	RuncPath string
+	// RunscPath is gVisor's runsc; when empty or absent, sandboxes cannot
+	// run under runsc (see Installed).
+	RunscPath string
+	// RunscPlatform is runsc's --platform: RunscPlatformPtrace (the
+	// default) or RunscPlatformKVM.
+	RunscPlatform string
 	// StateDir holds per-execution host files (the code directories).
 	StateDir string
 	// UID and GID the program runs as; never 0 (and below UserNSSize with
@@ -61,6 +67,7 @@ type Runtime struct {
 	cfg     Config
 	log     *slog.Logger
 	metrics *Metrics
+	runsc   runscLaunchers
 
 	mu sync.Mutex
 	// live holds the ids of executions inside Run; Reap leaves them alone.
@@ -95,7 +102,7 @@ func New(ctx context.Context, cfg Config, m *Metrics, log *slog.Logger) (*Runtim
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	return &Runtime{client: client, cfg: cfg, log: log, metrics: m, live: map[string]bool{}}, nil
+	return &Runtime{client: client, cfg: cfg, log: log, metrics: m, runsc: newRunsc(cfg), live: map[string]bool{}}, nil
 }
 
 func (r *Runtime) enter(id string) {
@@ -192,6 +199,8 @@ type Spec struct {
 	Stdin  []byte
 	Limits limits.Set
 	Labels map[string]string
+	// Runtime is the OCI runtime the sandbox runs under; empty is runc.
+	Runtime ociruntime.Name
 	// Network, when set, connects the sandbox's network namespace (loopback
 	// only until then): it is called with the namespace's path
 	// (/proc/PID/ns/net of the sandbox's first process) once the sandbox's
@@ -311,8 +320,8 @@ func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func())
 		containerd.WithContainerLabels(labels),
 		containerd.WithSnapshotter(r.cfg.Snapshotter),
 		containerd.WithNewSnapshotView(id, spec.Image.image, snapshots.WithLabels(map[string]string{LabelManaged: "true"})),
-		containerd.WithRuntime("io.containerd.runc.v2", &options.Options{BinaryName: r.cfg.RuncPath}),
-		containerd.WithNewSpec(specOpts(spec, r.cfg, hostID, cgroupPath, codeDir, extra)...),
+		r.withRuntime(spec),
+		containerd.WithNewSpec(append(specOpts(spec, r.cfg, hostID, cgroupPath, codeDir, extra), runscSpecOpts(spec)...)...),
 	)
 	if err != nil {
 		return out, fmt.Errorf("create container: %w", err)
@@ -341,7 +350,7 @@ func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func())
 	defer func() {
 		dctx, cancel := context.WithTimeout(cleanupCtx, cleanupTimeout)
 		defer cancel()
-		if _, delErr := task.Delete(dctx, containerd.WithProcessKill); delErr != nil && !errdefs.IsNotFound(delErr) {
+		if delErr := r.deleteTask(dctx, task); delErr != nil && !errdefs.IsNotFound(delErr) {
 			r.cleanupFailed("task", log, delErr)
 			kept = true
 		}
@@ -360,7 +369,8 @@ func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func())
 	started()
 	begin := time.Now()
 	if err := task.Start(ctx); err != nil {
-		return out, fmt.Errorf("start task: %w", err)
+		// runsc reports a missing init here rather than at create.
+		return out, fmt.Errorf("start task: %w%s", err, r.createHint(err, hostID))
 	}
 
 	exited := make(chan struct{})

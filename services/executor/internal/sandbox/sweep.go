@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -68,10 +67,7 @@ func (r *Runtime) sweep(ctx context.Context, live func(id string) bool) (Swept, 
 		}
 		if task, err := c.Task(ctx, nil); err == nil {
 			kctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			if err := task.Kill(kctx, syscall.SIGKILL, containerd.WithKillAll); err != nil && !errdefs.IsNotFound(err) && !errdefs.IsFailedPrecondition(err) {
-				errs = append(errs, fmt.Errorf("kill task %s: %w", c.ID(), err))
-			}
-			if _, err := task.Delete(kctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+			if err := r.deleteTask(kctx, task); err != nil && !errdefs.IsNotFound(err) {
 				errs = append(errs, fmt.Errorf("delete task %s: %w", c.ID(), err))
 			} else {
 				s.Tasks++

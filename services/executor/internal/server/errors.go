@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
+	"github.com/sandpit-run/sandpit/services/executor/internal/ociruntime"
 )
 
 // ErrorDomain is the google.rpc.ErrorInfo domain of every error the
@@ -24,6 +25,7 @@ const (
 	ReasonInvalidArgument       = "INVALID_ARGUMENT"
 	ReasonImageNotAllowed       = "IMAGE_NOT_ALLOWED"
 	ReasonImageNotFound         = "IMAGE_NOT_FOUND"
+	ReasonRuntimeUnavailable    = "RUNTIME_UNAVAILABLE"
 	ReasonSlotsFull             = "SLOTS_FULL"
 	ReasonAddressPoolExhausted  = "ADDRESS_POOL_EXHAUSTED"
 	ReasonContainerdUnavailable = "CONTAINERD_UNAVAILABLE"
@@ -53,6 +55,13 @@ func withDetails(st *status.Status, ds ...protoadapt.MessageV1) error {
 
 func retry() *errdetails.RetryInfo {
 	return &errdetails.RetryInfo{RetryDelay: durationpb.New(retryAfter)}
+}
+
+// runtimeUnavailable refuses an image bound to a runtime this host lacks.
+func runtimeUnavailable(image string, rt ociruntime.Name) error {
+	return statusError(codes.FailedPrecondition, ReasonRuntimeUnavailable,
+		"image "+image+" runs under the OCI runtime "+string(rt)+", which is not installed on this executor; ask its operator, or name another image",
+		map[string]string{"image": image, "runtime": string(rt)})
 }
 
 // invalidArgument reports every violation in a BadRequest.

@@ -23,6 +23,7 @@ import (
 	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
 	"github.com/sandpit-run/sandpit/services/executor/internal/netns"
+	"github.com/sandpit-run/sandpit/services/executor/internal/ociruntime"
 	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
 	"github.com/sandpit-run/sandpit/services/policy"
 )
@@ -30,6 +31,9 @@ import (
 // Sandboxes runs programs in sandboxes; *sandbox.Runtime is the real one.
 type Sandboxes interface {
 	ResolveImage(ctx context.Context, ref string) (sandbox.Image, error)
+	// Installed says whether sandboxes can run under the runtime; its
+	// error wraps sandbox.ErrRuntimeUnavailable and says why not.
+	Installed(rt ociruntime.Name) error
 	Run(ctx context.Context, id string, spec sandbox.Spec, started func()) (sandbox.Outcome, error)
 }
 
@@ -61,6 +65,9 @@ type Config struct {
 	ImageAllowlist []string
 	// NodePath is node's path inside the image.
 	NodePath string
+	// Runtimes chooses each sandbox's OCI runtime; the zero Table runs
+	// every image under runc.
+	Runtimes ociruntime.Table
 	// Egress, when set, gives every sandbox policy-controlled egress
 	// through the proxy; without it sandboxes have loopback only.
 	Egress Egress
@@ -161,6 +168,10 @@ func (s *Service) admit(req *executorv1.ExecuteRequest) (program, error) {
 	if !s.imageAllowed(prog.image) {
 		return prog, statusError(codes.PermissionDenied, ReasonImageNotAllowed,
 			"image "+prog.image+" is not on the executor's image allowlist", map[string]string{"image": prog.image})
+	}
+	prog.runtime = s.cfg.Runtimes.Choose(ociruntime.Request{Image: prog.image})
+	if err := s.sb.Installed(prog.runtime); err != nil {
+		return prog, runtimeUnavailable(prog.image, prog.runtime)
 	}
 	return prog, nil
 }
@@ -290,6 +301,9 @@ func (s *Service) runtimeError(ctx context.Context, id string, err error) error 
 	case errors.Is(err, sandbox.ErrContainerdUnavailable) || errdefs.IsUnavailable(err) || errors.Is(err, context.DeadlineExceeded):
 		return statusError(codes.Unavailable, ReasonContainerdUnavailable,
 			"the executor lost its connection to containerd; the program may have run in part; retry once the executor is healthy", meta, retry())
+	case errors.Is(err, sandbox.ErrRuntimeUnavailable):
+		return statusError(codes.FailedPrecondition, ReasonRuntimeUnavailable,
+			"the sandbox's OCI runtime is not installed on this executor", meta)
 	case errors.Is(err, sandbox.ErrStuck):
 		return statusError(codes.Internal, ReasonSandboxStuck,
 			"the sandbox did not end after it was killed; it has been left for the executor to remove", meta)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -21,6 +22,7 @@ import (
 	"github.com/sandpit-run/sandpit/services/executor/internal/capacity"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
 	"github.com/sandpit-run/sandpit/services/executor/internal/netns"
+	"github.com/sandpit-run/sandpit/services/executor/internal/ociruntime"
 	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
 	"github.com/sandpit-run/sandpit/services/policy"
 )
@@ -28,11 +30,20 @@ import (
 // fakeSandboxes runs programs as the test says, without containerd.
 type fakeSandboxes struct {
 	resolveErr error
-	run        func(ctx context.Context, spec sandbox.Spec, started func()) (sandbox.Outcome, error)
+	// missing is a runtime Installed says is not installed.
+	missing ociruntime.Name
+	run     func(ctx context.Context, spec sandbox.Spec, started func()) (sandbox.Outcome, error)
 }
 
 func (f *fakeSandboxes) ResolveImage(_ context.Context, ref string) (sandbox.Image, error) {
 	return sandbox.Image{Ref: ref, Digest: "sha256:feed"}, f.resolveErr
+}
+
+func (f *fakeSandboxes) Installed(rt ociruntime.Name) error {
+	if rt == f.missing {
+		return fmt.Errorf("%w: %s: /usr/bin/runsc: no such file", sandbox.ErrRuntimeUnavailable, rt)
+	}
+	return nil
 }
 
 func (f *fakeSandboxes) Run(ctx context.Context, _ string, spec sandbox.Spec, started func()) (sandbox.Outcome, error) {
@@ -138,6 +149,7 @@ func TestExecuteErrors(t *testing.T) {
 		{name: "slots full", slots: full, code: codes.ResourceExhausted, reason: ReasonSlotsFull, retry: true},
 		{name: "containerd lost", sb: &fakeSandboxes{run: failWith(fmt.Errorf("%w: wait task: %s", sandbox.ErrContainerdUnavailable, secretDetail))}, code: codes.Unavailable, reason: ReasonContainerdUnavailable, retry: true},
 		{name: "containerd down at resolve", sb: &fakeSandboxes{resolveErr: fmt.Errorf("resolve: %w", context.DeadlineExceeded)}, code: codes.Unavailable, reason: ReasonContainerdUnavailable, retry: true},
+		{name: "runtime gone at run", sb: &fakeSandboxes{run: failWith(fmt.Errorf("create container: %w: %s", sandbox.ErrRuntimeUnavailable, secretDetail))}, code: codes.FailedPrecondition, reason: ReasonRuntimeUnavailable},
 		{name: "stuck", sb: &fakeSandboxes{run: failWith(fmt.Errorf("%w: %s", sandbox.ErrStuck, secretDetail))}, code: codes.Internal, reason: ReasonSandboxStuck},
 		{name: "internal", sb: &fakeSandboxes{run: failWith(errors.New(secretDetail))}, code: codes.Internal, reason: ReasonInternal},
 		{name: "caller deadline", ctx: expired, sb: &fakeSandboxes{run: failWith(context.DeadlineExceeded)}, code: codes.DeadlineExceeded, reason: ReasonDeadlineExceeded},
@@ -315,5 +327,43 @@ func TestAttachErrors(t *testing.T) {
 		if strings.Contains(status.Convert(err).Message(), "netlink") {
 			t.Errorf("message %q carries internal detail", status.Convert(err).Message())
 		}
+	}
+}
+
+// TestImageRuntimeBinding asserts that a sandbox runs under the runtime its
+// image is bound to, and that an image bound to a runtime this host lacks
+// is refused with FailedPrecondition before anything runs.
+func TestImageRuntimeBinding(t *testing.T) {
+	var ran []ociruntime.Name
+	sb := &fakeSandboxes{missing: ociruntime.Runsc, run: func(ctx context.Context, spec sandbox.Spec, started func()) (sandbox.Outcome, error) {
+		ran = append(ran, spec.Runtime)
+		return helloRun(ctx, spec, started)
+	}}
+	s := newService(t, sb, nil)
+	s.cfg.Runtimes = ociruntime.Table{Default: ociruntime.Runc, Bindings: []ociruntime.Binding{{Image: "sandpit.local/gvisor/*", Runtime: ociruntime.Runsc}}}
+
+	if err := s.Execute(&executorv1.ExecuteRequest{Code: "1"}, &fakeStream{ctx: context.Background()}); err != nil {
+		t.Fatalf("default image: %v", err)
+	}
+	err := s.Execute(&executorv1.ExecuteRequest{Code: "1", Image: "sandpit.local/gvisor/node:24"}, &fakeStream{ctx: context.Background()})
+	st := status.Convert(err)
+	if st.Code() != codes.FailedPrecondition || reasonOf(err) != ReasonRuntimeUnavailable {
+		t.Fatalf("bound to an absent runtime: %v, want FailedPrecondition %s", err, ReasonRuntimeUnavailable)
+	}
+	if !strings.Contains(st.Message(), "runsc") || !strings.Contains(st.Message(), "sandpit.local/gvisor/node:24") || strings.Contains(st.Message(), "/usr/bin") {
+		t.Errorf("message %q: want the image and runtime named, no host path", st.Message())
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && (info.GetMetadata()["runtime"] != "runsc" || info.GetMetadata()["image"] != "sandpit.local/gvisor/node:24") {
+			t.Errorf("ErrorInfo metadata %v", info.GetMetadata())
+		}
+	}
+
+	sb.missing = ""
+	if err := s.Execute(&executorv1.ExecuteRequest{Code: "1", Image: "sandpit.local/gvisor/node:24"}, &fakeStream{ctx: context.Background()}); err != nil {
+		t.Fatalf("bound image with its runtime installed: %v", err)
+	}
+	if want := []ociruntime.Name{ociruntime.Runc, ociruntime.Runsc}; !slices.Equal(ran, want) {
+		t.Errorf("sandboxes ran under %v, want %v (the refused one never runs)", ran, want)
 	}
 }

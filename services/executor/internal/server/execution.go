@@ -75,6 +75,7 @@ func (x *execution) spec(nodePath string, img sandbox.Image, prog program, req *
 		Stdin:      req.GetStdin(),
 		Limits:     prog.limits,
 		Labels:     req.GetLabels(),
+		Runtime:    prog.runtime,
 		Stdout:     x.stdout,
 		Stderr:     x.stderr,
 	}

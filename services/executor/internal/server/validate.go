@@ -11,6 +11,7 @@ import (
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
+	"github.com/sandpit-run/sandpit/services/executor/internal/ociruntime"
 	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
 	"github.com/sandpit-run/sandpit/services/policy"
 )
@@ -40,6 +41,7 @@ type program struct {
 	files      []sandbox.File
 	entrypoint string
 	image      string
+	runtime    ociruntime.Name
 	limits     limits.Set
 	// policy is the inline policy, compiled; nil when the request has none.
 	policy *policy.Compiled
