@@ -14,7 +14,7 @@ import (
 // Store keeps the last good version of the tenants file and reloads it when
 // the file, or a policy file it names, changes. An edit that does not load
 // leaves the last good version in force; Problem says why, and the
-// sandpit_tenants_file_ok gauge reads 0, until a good version is back.
+// sandpit_tenants_ok gauge reads 0, until a good version is back.
 type Store struct {
 	path string
 	log  *slog.Logger
@@ -24,38 +24,62 @@ type Store struct {
 	mtimes  map[string]time.Time
 	problem string
 
+	m reloadMetrics
+}
+
+// Source is where the executor's tenants come from: a file (Store) or a
+// database (PGStore).
+type Source interface {
+	// Current is the version in force.
+	Current() *Set
+	// Problem says why the source's latest version is not in force, or
+	// is empty when it is.
+	Problem() string
+}
+
+// reloadMetrics are a store's: reloads by result, and whether the version
+// in force is the source's latest.
+type reloadMetrics struct {
 	reloads *prometheus.CounterVec
 	ok      prometheus.Gauge
+}
+
+func newReloadMetrics() reloadMetrics {
+	m := reloadMetrics{
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sandpit_tenants_reloads_total",
+			Help: "Changes of the tenants (file, a policy file it names, or database), by result: ok, or failed when they did not load and the previous version stayed in force.",
+		}, []string{"result"}),
+		ok: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sandpit_tenants_ok",
+			Help: "1 when the tenants in force are the source's latest, 0 when its last change did not load and an older version is in force.",
+		}),
+	}
+	// Both series exist from the start, so an alert on failed reads 0.
+	m.reloads.WithLabelValues("ok")
+	m.reloads.WithLabelValues("failed")
+	return m
+}
+
+// register registers the metrics on reg; nil registers them nowhere.
+func (m reloadMetrics) register(reg prometheus.Registerer) {
+	if reg != nil {
+		reg.MustRegister(m.reloads, m.ok)
+	}
 }
 
 // Open loads the tenants file at path, which must load, and registers the
 // store's metrics on reg (nil registers none).
 func Open(path string, reg prometheus.Registerer, log *slog.Logger) (*Store, error) {
-	s := &Store{
-		path: path,
-		log:  log,
-		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sandpit_tenants_reloads_total",
-			Help: "Changes of the tenants file (or a policy file it names), by result: ok, or failed when it did not load and the previous version stayed in force.",
-		}, []string{"result"}),
-		ok: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "sandpit_tenants_file_ok",
-			Help: "1 when the tenants in force are what the tenants file says now, 0 when its last edit did not load and an older version is in force.",
-		}),
-	}
+	s := &Store{path: path, log: log, m: newReloadMetrics()}
 	set, mtimes, err := s.load()
 	if err != nil {
 		return nil, err
 	}
 	s.cur.Store(set)
 	s.mtimes = mtimes
-	s.ok.Set(1)
-	// Both series exist from the start, so an alert on failed reads 0.
-	s.reloads.WithLabelValues("ok")
-	s.reloads.WithLabelValues("failed")
-	if reg != nil {
-		reg.MustRegister(s.reloads, s.ok)
-	}
+	s.m.ok.Set(1)
+	s.m.register(reg)
 	return s, nil
 }
 
@@ -99,21 +123,21 @@ func (s *Store) Check() {
 	set, mtimes, err := s.load()
 	if err != nil {
 		if edited {
-			s.reloads.WithLabelValues("failed").Inc()
+			s.m.reloads.WithLabelValues("failed").Inc()
 		}
 		s.mtimes = mtimesOf(keys(s.mtimes))
 		if s.problem != err.Error() {
 			s.log.Error("tenants file changed but does not load; keeping the previous version", "path", s.path, "error", err)
 		}
 		s.problem = err.Error()
-		s.ok.Set(0)
+		s.m.ok.Set(0)
 		return
 	}
 	s.cur.Store(set)
 	s.mtimes = mtimes
 	s.problem = ""
-	s.reloads.WithLabelValues("ok").Inc()
-	s.ok.Set(1)
+	s.m.reloads.WithLabelValues("ok").Inc()
+	s.m.ok.Set(1)
 	s.log.Info("tenants reloaded", "path", s.path, "tenants", set.Len())
 }
 

@@ -186,10 +186,10 @@ func parse(data []byte, dir string) (*Set, error) {
 	if doc.Version == nil || *doc.Version != FileVersion {
 		return nil, fmt.Errorf("version: must be %d", FileVersion)
 	}
-	s := &Set{tenants: map[string]*tenant{}}
+	var files []string
 	// Each policy file is compiled once, however many entries name it.
 	compiled := map[string]*policy.Compiled{}
-	load := func(field, p string) (*policy.Compiled, error) {
+	s, err := build(doc.Tenants, func(field, p string) (*policy.Compiled, error) {
 		if !filepath.IsAbs(p) {
 			p = filepath.Join(dir, p)
 		}
@@ -205,10 +205,22 @@ func parse(data []byte, dir string) (*Set, error) {
 			return nil, fmt.Errorf("%s: %s: %w", field, p, err)
 		}
 		compiled[p] = c
-		s.Files = append(s.Files, p)
+		files = append(files, p)
 		return c, nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	for i, td := range doc.Tenants {
+	s.Files = files
+	return s, nil
+}
+
+// build compiles tenants; policy turns an entry's policy reference (a file
+// path, or a policy document itself) into a policy, field naming the entry
+// for errors.
+func build(docs []tenantDoc, policyOf func(field, ref string) (*policy.Compiled, error)) (*Set, error) {
+	s := &Set{tenants: map[string]*tenant{}}
+	for i, td := range docs {
 		field := fmt.Sprintf("tenants[%d]", i)
 		if !name.MatchString(td.Tenant) {
 			return nil, fmt.Errorf("%s.tenant: %q is not a tenant name (letters, digits and ._@:-, at most 128)", field, td.Tenant)
@@ -225,9 +237,9 @@ func parse(data []byte, dir string) (*Set, error) {
 			return nil, fmt.Errorf("%s.mode: %q must be enforce or audit", field, td.Mode)
 		}
 		if td.Policy == "" {
-			return nil, fmt.Errorf("%s.policy: every tenant needs a policy file (there is no default policy)", field)
+			return nil, fmt.Errorf("%s.policy: every tenant needs a policy (there is no default policy)", field)
 		}
-		pol, err := load(field+".policy", td.Policy)
+		pol, err := policyOf(field+".policy", td.Policy)
 		if err != nil {
 			return nil, err
 		}
@@ -250,7 +262,7 @@ func parse(data []byte, dir string) (*Set, error) {
 			e := t.entry
 			e.Tier = tr.Tier
 			if tr.Policy != "" {
-				narrow, err := load(tf+".policy", tr.Policy)
+				narrow, err := policyOf(tf+".policy", tr.Policy)
 				if err != nil {
 					return nil, err
 				}

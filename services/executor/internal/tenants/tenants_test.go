@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"github.com/sandpit-run/sandpit/services/policy"
@@ -57,6 +55,8 @@ func write(t *testing.T, dir string, files map[string]string) {
 		}
 	}
 }
+
+func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 func decide(e Entry, method, path string) policyv1.Decision {
 	return e.Policy.Decide(policy.Request{Method: method, Host: "api.stripe.com", Path: path}).Decision
@@ -141,67 +141,5 @@ func TestBadTenantsFilesAreRefused(t *testing.T) {
 				t.Fatalf("error %v, want one mentioning %q", err, tt.want)
 			}
 		})
-	}
-}
-
-func TestStoreReloadsAndKeepsTheLastGoodVersion(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "tenants.yaml")
-	write(t, dir, map[string]string{"tenants.yaml": tenantsFile, "stripe.yaml": stripePolicy, "no-charges.yaml": noCharges})
-	reg := prometheus.NewRegistry()
-	s, err := Open(path, reg, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// mtimes have a granularity; make each edit visibly later.
-	tick := time.Now()
-	edit := func(name, content string) {
-		t.Helper()
-		write(t, dir, map[string]string{name: content})
-		tick = tick.Add(2 * time.Second)
-		if err := os.Chtimes(filepath.Join(dir, name), tick, tick); err != nil {
-			t.Fatal(err)
-		}
-	}
-	charges := func() policyv1.Decision {
-		e, err := s.Current().Lookup("acme", "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return decide(e, "POST", "/v1/charges")
-	}
-	failed := func() float64 { return testutil.ToFloat64(s.reloads.WithLabelValues("failed")) }
-
-	s.Check() // nothing changed
-	if charges() != policyv1.Decision_DECISION_ALLOW || s.Problem() != "" {
-		t.Fatalf("before any edit: charges %v, problem %q", charges(), s.Problem())
-	}
-
-	// A policy file the tenants file names changes: picked up.
-	edit("stripe.yaml", noCharges)
-	s.Check()
-	if charges() != policyv1.Decision_DECISION_DENY {
-		t.Fatal("an edit of acme's policy file was not picked up")
-	}
-
-	// A broken edit keeps the last good version, and says why.
-	edit("tenants.yaml", strings.Replace(tenantsFile, "policy: stripe.yaml", "policy: acme-new.yaml", 1))
-	s.Check()
-	s.Check() // a second look at the same broken edit counts nothing more
-	if charges() != policyv1.Decision_DECISION_DENY || !strings.Contains(s.Problem(), "acme-new.yaml") {
-		t.Fatalf("after a broken edit: charges %v, problem %q", charges(), s.Problem())
-	}
-	if failed() != 1 || testutil.ToFloat64(s.ok) != 0 {
-		t.Errorf("after a broken edit: failed reloads %v, file ok %v; want 1 and 0", failed(), testutil.ToFloat64(s.ok))
-	}
-
-	// The fix is a file only the broken version names: still seen.
-	edit("acme-new.yaml", stripePolicy)
-	s.Check()
-	if charges() != policyv1.Decision_DECISION_ALLOW || s.Problem() != "" || testutil.ToFloat64(s.ok) != 1 {
-		t.Fatalf("after the fix: charges %v, problem %q, ok %v", charges(), s.Problem(), testutil.ToFloat64(s.ok))
-	}
-	if ok := testutil.ToFloat64(s.reloads.WithLabelValues("ok")); ok != 2 {
-		t.Errorf("ok reloads %v, want 2", ok)
 	}
 }
