@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"github.com/sandpit-run/sandpit/services/policy"
 )
