@@ -9,6 +9,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/peer"
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	"github.com/sandpit-run/sandpit/services/daemon/tlstest"
@@ -76,10 +78,12 @@ func grpcurlHello(t *testing.T, addr string, flags ...string) (string, error) {
 }
 
 // TestExecuteOverTLS serves the executor's caller port with TLS: a
-// plaintext caller is refused, a TLS client and grpcurl -cacert run code.
+// plaintext caller is refused, a TLS client and grpcurl -cacert run code,
+// and renewed files serve the next connection without a restart.
 func TestExecuteOverTLS(t *testing.T) {
 	f := newTLSFiles(t)
-	e := startExecutor(t, executorOpts{flags: []string{"--tls-cert", f.cert, "--tls-key", f.key}})
+	logs := &lockedBuffer{}
+	e := startExecutor(t, executorOpts{logs: logs, flags: []string{"--tls-cert", f.cert, "--tls-key", f.key}})
 
 	// startExecutor's own client speaks plaintext.
 	if r := e.execute(t.Context(), code(`console.log("hi")`)); r.err == nil {
@@ -98,6 +102,35 @@ func TestExecuteOverTLS(t *testing.T) {
 	if out, err := grpcurlHello(t, addr, "-cacert", f.caFile); err != nil || out != "hello over tls\n" {
 		t.Errorf("grpcurl -cacert: %v\n%s", err, out)
 	}
+
+	// A renewed pair serves the next connection; a broken one leaves it.
+	f.ca.Server(t, "sandpit-executor-renewed").WriteFiles(t, f.cert, f.key)
+	if cn := f.serverName(t, e); cn != "sandpit-executor-renewed" {
+		t.Errorf("after renewal the executor serves %q", cn)
+	}
+	tlstest.Pair{CertPEM: f.ca.PEM, KeyPEM: []byte("truncated")}.WriteFiles(t, f.cert, f.key)
+	if cn := f.serverName(t, e); cn != "sandpit-executor-renewed" {
+		t.Errorf("after a broken renewal the executor serves %q", cn)
+	}
+	if !strings.Contains(logs.String(), "does not load; keeping the previous pair") {
+		t.Error("the broken renewal was not logged")
+	}
+}
+
+// serverName is the common name of the certificate e serves a new
+// connection, asked over health.
+func (f tlsFiles) serverName(t *testing.T, e *executor) string {
+	t.Helper()
+	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: f.ca.Pool(), ServerName: "localhost"})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var p peer.Peer
+	if _, err := healthpb.NewHealthClient(conn).Check(t.Context(), &healthpb.HealthCheckRequest{}, grpc.Peer(&p)); err != nil {
+		t.Fatalf("health over TLS: %v", err)
+	}
+	return p.AuthInfo.(credentials.TLSInfo).State.PeerCertificates[0].Subject.CommonName
 }
 
 // TestExecuteOverMTLS requires a client certificate from --tls-client-ca:
