@@ -155,13 +155,22 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (_ *
 		Runtimes:       cfg.Runtimes,
 		Egress:         eg,
 	}, a.rt, a.slots, server.NewMetrics(a.reg, a.slots), log)
+	var callerOpts []grpc.ServerOption
+	if cfg.TLS.Enabled() {
+		creds, err := grpcserve.ServerCredentials(cfg.TLS, log)
+		if err != nil {
+			return nil, err
+		}
+		callerOpts = append(callerOpts, grpc.Creds(creds))
+	}
 	a.srv = grpcserve.New(grpcserve.Options{
-		Registerer:   prometheus.WrapRegistererWith(prometheus.Labels{"server": "executor"}, a.reg),
-		Log:          log,
-		Health:       a.hs,
-		MaxRecvBytes: int(cfg.Maxima.CodeBytes) + 1<<20,
-		LogStart:     true,
-		ErrorDomain:  server.ErrorDomain,
+		Registerer:    prometheus.WrapRegistererWith(prometheus.Labels{"server": "executor"}, a.reg),
+		Log:           log,
+		Health:        a.hs,
+		MaxRecvBytes:  int(cfg.Maxima.CodeBytes) + 1<<20,
+		LogStart:      true,
+		ErrorDomain:   server.ErrorDomain,
+		ServerOptions: callerOpts,
 	}, func(r grpc.ServiceRegistrar) { executorv1.RegisterExecutorServiceServer(r, svc) })
 
 	if a.lis == nil {
@@ -309,7 +318,7 @@ func (a *App) Run(ctx context.Context) error {
 		a.stop()
 		return nil
 	})
-	a.log.Info("serving", "listen", a.Addr(), "decision_listen", a.DecisionAddr(), "metrics_listen", a.cfg.MetricsListen, "image", a.cfg.Image)
+	a.log.Info("serving", "listen", a.Addr(), "tls", a.cfg.TLS.Enabled(), "mtls", a.cfg.TLS.ClientCAFile != "", "decision_listen", a.DecisionAddr(), "metrics_listen", a.cfg.MetricsListen, "image", a.cfg.Image)
 	err := g.Wait()
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		err = nil
