@@ -27,6 +27,7 @@ import (
 	"github.com/sandpit-run/sandpit/services/executor/internal/config"
 	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
 	"github.com/sandpit-run/sandpit/services/executor/internal/egress"
+	"github.com/sandpit-run/sandpit/services/executor/internal/identity"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
 	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
 	"github.com/sandpit-run/sandpit/services/executor/internal/server"
@@ -155,13 +156,24 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (_ *
 		Runtimes:       cfg.Runtimes,
 		Egress:         eg,
 	}, a.rt, a.slots, server.NewMetrics(a.reg, a.slots), log)
+	var authOpts []grpc.ServerOption
+	if cfg.JWT.Enabled() {
+		v, err := identity.New(cfg.JWT)
+		if err != nil {
+			return nil, err
+		}
+		authOpts = server.AuthOptions(v)
+		log.Info("callers authenticate with JWT bearer tokens", "issuer", cfg.JWT.Issuer, "audience", cfg.JWT.Audience,
+			"tenant_claim", cfg.JWT.TenantClaim, "tier_claim", cfg.JWT.TierClaim)
+	}
 	a.srv = grpcserve.New(grpcserve.Options{
-		Registerer:   prometheus.WrapRegistererWith(prometheus.Labels{"server": "executor"}, a.reg),
-		Log:          log,
-		Health:       a.hs,
-		MaxRecvBytes: int(cfg.Maxima.CodeBytes) + 1<<20,
-		LogStart:     true,
-		ErrorDomain:  server.ErrorDomain,
+		Registerer:    prometheus.WrapRegistererWith(prometheus.Labels{"server": "executor"}, a.reg),
+		Log:           log,
+		Health:        a.hs,
+		MaxRecvBytes:  int(cfg.Maxima.CodeBytes) + 1<<20,
+		LogStart:      true,
+		ErrorDomain:   server.ErrorDomain,
+		ServerOptions: authOpts,
 	}, func(r grpc.ServiceRegistrar) { executorv1.RegisterExecutorServiceServer(r, svc) })
 
 	if a.lis == nil {
