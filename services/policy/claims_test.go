@@ -71,3 +71,40 @@ func TestClaimsWithoutDomains(t *testing.T) {
 		t.Error("a malformed host pattern compiled")
 	}
 }
+
+// TestClaimsNeverAddAccess: over a grid of requests, whatever an operator
+// policy narrowed by claims allows, the operator's policy allows alone.
+func TestClaimsNeverAddAccess(t *testing.T) {
+	ops := []*Compiled{mustParse(t, seedOperatorYAML), mustParse(t, operatorYAML), DenyAll()}
+	var claims []*Compiled
+	for _, c := range []struct{ domains, revoked []string }{
+		{nil, nil}, {[]string{}, nil}, {[]string{"api.stripe.com"}, []string{"stripe_charges"}},
+		{[]string{"*.github.com", "evil.example.com"}, []string{"op-products", "hosts[1].default"}},
+	} {
+		cl, err := Claims(c.domains, c.revoked)
+		if err != nil {
+			t.Fatal(err)
+		}
+		claims = append(claims, cl)
+	}
+	hosts := []string{"api.stripe.com", "api.github.com", "evil.example.com"}
+	paths := []string{"/", "/v1/charges", "/v1/products/x"}
+	for _, op := range ops {
+		for _, cl := range claims {
+			c := Chain(op, cl)
+			for _, h := range hosts {
+				for _, p := range paths {
+					for _, m := range []string{"GET", "POST"} {
+						r := Request{Method: m, Host: h, Path: p}
+						if c.Decide(r).Forward() && !op.Decide(r).Forward() {
+							t.Errorf("claims let %+v through that the operator denies", r)
+						}
+					}
+				}
+				if c.CouldAllowHost(h) && !op.CouldAllowHost(h) {
+					t.Errorf("claims made host %s possible", h)
+				}
+			}
+		}
+	}
+}

@@ -42,7 +42,7 @@ func bearer(t *testing.T, domains ...string) context.Context {
 
 // TestJWTIdentityNarrowsEgress runs a JWT-enabled executor with the proxy
 // and real sandboxes: no token is Unauthenticated, health stays open, a
-// token's identity is in Started and the log, and its allowedDomains blocks
+// token's identity is in Started, network events and the log, and its allowedDomains blocks
 // a host the operator's policy allows.
 func TestJWTIdentityNarrowsEgress(t *testing.T) {
 	secret := filepath.Join(t.TempDir(), "jwt-secret")
@@ -121,8 +121,9 @@ s.on("error", e => console.log(JSON.stringify({ status: e.code })));
 		}
 	}
 	if blocked.GetDecision() != policyv1.Decision_DECISION_DENY || blocked.GetRuleId() != "token.allowedDomains" ||
-		!strings.Contains(blocked.GetReason(), "token does not allow host api.github.test") {
-		t.Errorf("network event %v: want a deny by token.allowedDomains saying the token does not allow the host", blocked)
+		!strings.Contains(blocked.GetReason(), "token does not allow host api.github.test") ||
+		blocked.GetTenant() != "user_123" || blocked.GetTier() != "pro" {
+		t.Errorf("network event %v: want a deny by token.allowedDomains saying the token does not allow the host, for user_123 (pro)", blocked)
 	}
 	if r.result.GetRequestsBlocked() != 1 {
 		t.Errorf("requests blocked %d, want 1", r.result.GetRequestsBlocked())

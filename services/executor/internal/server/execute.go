@@ -136,6 +136,7 @@ func (s *Service) Execute(req *executorv1.ExecuteRequest, stream grpc.ServerStre
 	ident, authed := identity.FromContext(ctx)
 	if authed {
 		x.log = x.log.With("tenant", ident.Tenant, "tier", ident.Tier)
+		x.tenant, x.tier = ident.Tenant, ident.Tier
 	}
 	defer x.cancel(nil)
 	stop := context.AfterFunc(s.shutdown, func() { x.cancel(errShutdown) })

@@ -18,6 +18,8 @@ import (
 type execution struct {
 	id     string
 	log    *slog.Logger
+	// tenant and tier are the caller's, stamped on its network events.
+	tenant, tier string
 	stream grpc.ServerStreamingServer[executorv1.ExecuteResponse]
 	// ctx is the sandbox's: it ends with the call, at shutdown or when the
 	// output limit is passed, with the cause.
@@ -135,7 +137,7 @@ func (x *execution) pump(runDone <-chan struct{}) {
 		case ev := <-x.events:
 			x.send(ev)
 		case nev := <-x.netEvents:
-			x.send(networkEvent(nev))
+			x.send(x.networkEvent(nev))
 		case <-runDone:
 			// Output Run drained is in the channel already; a writer
 			// still blocked on it is taken here too.
@@ -179,7 +181,7 @@ func (x *execution) drainNetwork() {
 	for {
 		select {
 		case nev := <-x.netEvents:
-			x.send(networkEvent(nev))
+			x.send(x.networkEvent(nev))
 		default:
 			return
 		}
@@ -211,6 +213,7 @@ func environment(req map[string]string) []string {
 	return env
 }
 
-func networkEvent(ev *executorv1.NetworkEvent) *executorv1.ExecuteResponse {
+func (x *execution) networkEvent(ev *executorv1.NetworkEvent) *executorv1.ExecuteResponse {
+	ev.Tenant, ev.Tier = x.tenant, x.tier
 	return &executorv1.ExecuteResponse{Event: &executorv1.ExecuteResponse_Network{Network: ev}}
 }

@@ -642,7 +642,12 @@ type NetworkEvent struct {
 	// an address; for a WebSocket, why the relay ended: closed by the
 	// sandbox or the upstream, cut at a byte limit, or idle. At most 512
 	// bytes, cut like url.
-	Error         string `protobuf:"bytes,14,opt,name=error,proto3" json:"error,omitempty"`
+	Error string `protobuf:"bytes,14,opt,name=error,proto3" json:"error,omitempty"`
+	// The caller's tenant and tier, as in Started; empty when the executor
+	// does not authenticate callers.
+	Tenant string `protobuf:"bytes,15,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// See tenant.
+	Tier          string `protobuf:"bytes,16,opt,name=tier,proto3" json:"tier,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -771,6 +776,20 @@ func (x *NetworkEvent) GetDuration() *durationpb.Duration {
 func (x *NetworkEvent) GetError() string {
 	if x != nil {
 		return x.Error
+	}
+	return ""
+}
+
+func (x *NetworkEvent) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *NetworkEvent) GetTier() string {
+	if x != nil {
+		return x.Tier
 	}
 	return ""
 }
@@ -1330,7 +1349,7 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\x06stderr\x18\x03 \x01(\v2\x1b.sandpit.executor.v1.OutputH\x00R\x06stderr\x125\n" +
 	"\x06result\x18\x04 \x01(\v2\x1b.sandpit.executor.v1.ResultH\x00R\x06result\x12=\n" +
 	"\anetwork\x18\x05 \x01(\v2!.sandpit.executor.v1.NetworkEventH\x00R\anetworkB\a\n" +
-	"\x05event\"\xf4\x03\n" +
+	"\x05event\"\xa0\x04\n" +
 	"\fNetworkEvent\x129\n" +
 	"\x04kind\x18\x01 \x01(\x0e2%.sandpit.executor.v1.NetworkEventKindR\x04kind\x12\x1d\n" +
 	"\n" +
@@ -1349,7 +1368,9 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"bytes_sent\x18\v \x01(\x04R\tbytesSent\x12%\n" +
 	"\x0ebytes_received\x18\f \x01(\x04R\rbytesReceived\x125\n" +
 	"\bduration\x18\r \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x14\n" +
-	"\x05error\x18\x0e \x01(\tR\x05error\"\xb6\x02\n" +
+	"\x05error\x18\x0e \x01(\tR\x05error\x12\x16\n" +
+	"\x06tenant\x18\x0f \x01(\tR\x06tenant\x12\x12\n" +
+	"\x04tier\x18\x10 \x01(\tR\x04tier\"\xb6\x02\n" +
 	"\x0fNetworkLogEntry\x128\n" +
 	"\ttimestamp\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\ttimestamp\x12\x16\n" +
 	"\x06method\x18\x02 \x01(\tR\x06method\x12\x10\n" +

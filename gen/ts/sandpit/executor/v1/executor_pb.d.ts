@@ -384,6 +384,21 @@ export declare type NetworkEvent = Message<"sandpit.executor.v1.NetworkEvent"> &
    * @generated from field: string error = 14;
    */
   error: string;
+
+  /**
+   * The caller's tenant and tier, as in Started; empty when the executor
+   * does not authenticate callers.
+   *
+   * @generated from field: string tenant = 15;
+   */
+  tenant: string;
+
+  /**
+   * See tenant.
+   *
+   * @generated from field: string tier = 16;
+   */
+  tier: string;
 };
 
 /**
