@@ -16,11 +16,11 @@ import (
 // containerd does (an output copy that outlives Run when containerd is
 // lost) can send on a closed channel.
 type execution struct {
-	id     string
-	log    *slog.Logger
+	id  string
+	log *slog.Logger
 	// tenant and tier are the caller's, stamped on its network events.
 	tenant, tier string
-	stream grpc.ServerStreamingServer[executorv1.ExecuteResponse]
+	stream       grpc.ServerStreamingServer[executorv1.ExecuteResponse]
 	// ctx is the sandbox's: it ends with the call, at shutdown or when the
 	// output limit is passed, with the cause.
 	ctx    context.Context
