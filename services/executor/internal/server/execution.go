@@ -16,11 +16,9 @@ import (
 // containerd does (an output copy that outlives Run when containerd is
 // lost) can send on a closed channel.
 type execution struct {
-	id  string
-	log *slog.Logger
-	// tenant and tier are the caller's, stamped on its network events.
-	tenant, tier string
-	stream       grpc.ServerStreamingServer[executorv1.ExecuteResponse]
+	id     string
+	log    *slog.Logger
+	stream grpc.ServerStreamingServer[executorv1.ExecuteResponse]
 	// ctx is the sandbox's: it ends with the call, at shutdown or when the
 	// output limit is passed, with the cause.
 	ctx    context.Context
@@ -40,6 +38,9 @@ type execution struct {
 	// stalled is set when the caller stopped reading: a send is still
 	// blocked and nothing else may be sent.
 	stalled bool
+
+	// tenant and tier are the caller's, stamped on its network events.
+	tenant, tier string
 }
 
 func (s *Service) newExecution(ctx context.Context, stream grpc.ServerStreamingServer[executorv1.ExecuteResponse]) *execution {
