@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -22,13 +23,20 @@ import (
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
+	"github.com/sandpit-run/sandpit/test/internal/containerdtest"
 )
 
 const jwtSecret = "the e2e tests' HS256 secret, 32+ bytes"
 
-// bearer is call metadata with an HS256 token of the prototype's payload
-// shape for tenant user_123, tier pro, limited to domains.
+// bearer is call metadata with jwtToken.
 func bearer(t *testing.T, domains ...string) context.Context {
+	t.Helper()
+	return metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+jwtToken(t, domains...))
+}
+
+// jwtToken is an HS256 token of the prototype's payload shape for tenant
+// user_123, tier pro, limited to domains.
+func jwtToken(t *testing.T, domains ...string) string {
 	t.Helper()
 	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
 		"sub": "user_123", "tier": "pro", "iss": "e2e", "aud": "sandpit",
@@ -37,7 +45,7 @@ func bearer(t *testing.T, domains ...string) context.Context {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok)
+	return tok
 }
 
 // TestJWTIdentityNarrowsEgress runs a JWT-enabled executor with the proxy
@@ -69,6 +77,27 @@ func TestJWTIdentityNarrowsEgress(t *testing.T) {
 	if _, err := healthpb.NewHealthClient(conn).Check(context.Background(), &healthpb.HealthCheckRequest{}); err != nil {
 		t.Errorf("health without a token: %v", err)
 	}
+	// As the README shows it: grpcurl through reflection, with and
+	// without a token.
+	grpcurl, err := containerdtest.Artifact("SANDPIT_GRPCURL", "bin/grpcurl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(grpcurl, "-plaintext", e.addr, "grpc.health.v1.Health/Check").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "SERVING") {
+		t.Errorf("grpcurl health without a token: %v\n%s", err, out)
+	}
+	out, err = exec.Command(grpcurl, "-plaintext", "-H", "authorization: Bearer "+jwtToken(t), "-d", `{"code": "console.log(1)"}`,
+		e.addr, "sandpit.executor.v1.ExecutorService/Execute").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), `"tenant": "user_123"`) || !strings.Contains(string(out), `"result"`) {
+		t.Errorf("grpcurl Execute with a token: %v\n%s", err, out)
+	}
+	out, err = exec.Command(grpcurl, "-plaintext", "-d", `{"code": "console.log(1)"}`,
+		e.addr, "sandpit.executor.v1.ExecutorService/Execute").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "Unauthenticated") {
+		t.Errorf("grpcurl Execute without a token: %v\n%s", err, out)
+	}
+
 	r := e.execute(context.Background(), code(`console.log("ran")`))
 	var reason string
 	for _, d := range status.Convert(r.err).Details() {
@@ -106,13 +135,13 @@ s.on("error", e => console.log(JSON.stringify({ status: e.code })));
 	}
 
 	// The control: a token that allows the host reaches it.
-	out, _ := run(bearer(t, "pay.test", "*.github.test"))
-	if !strings.Contains(out, "200") || hits.Load() != 1 {
-		t.Fatalf("a token allowing api.github.test: %s, stand-in hits %d; want 200 and one hit", out, hits.Load())
+	got, _ := run(bearer(t, "pay.test", "*.github.test"))
+	if !strings.Contains(got, "200") || hits.Load() != 1 {
+		t.Fatalf("a token allowing api.github.test: %s, stand-in hits %d; want 200 and one hit", got, hits.Load())
 	}
-	out, r = run(bearer(t, "pay.test"))
-	if strings.Contains(out, "200") || hits.Load() != 1 {
-		t.Errorf("a token without api.github.test: %s, stand-in hits %d; want it blocked", out, hits.Load())
+	got, r = run(bearer(t, "pay.test"))
+	if strings.Contains(got, "200") || hits.Load() != 1 {
+		t.Errorf("a token without api.github.test: %s, stand-in hits %d; want it blocked", got, hits.Load())
 	}
 	var blocked *executorv1.NetworkEvent
 	for _, ev := range requestEvents(r, executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REQUEST) {
