@@ -52,9 +52,11 @@ type Network interface {
 	Problem() string
 }
 
-// Egress attaches sandboxes to the egress proxy.
+// Egress attaches sandboxes to the egress proxy. narrow narrows the
+// operator's policy: the caller's token claims and the inline policy, nil
+// for neither.
 type Egress interface {
-	Attach(ctx context.Context, id string, inline *policy.Compiled, events chan<- *executorv1.NetworkEvent) (Network, error)
+	Attach(ctx context.Context, id string, narrow *policy.Compiled, events chan<- *executorv1.NetworkEvent) (Network, error)
 }
 
 // Config is what the service needs to know of the executor's configuration.
