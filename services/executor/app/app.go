@@ -158,7 +158,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (_ *
 	}, a.rt, a.slots, server.NewMetrics(a.reg, a.slots), log)
 	var authOpts []grpc.ServerOption
 	if cfg.JWT.Enabled() {
-		v, err := identity.New(cfg.JWT)
+		v, err := identity.New(cfg.JWT, log)
 		if err != nil {
 			return nil, err
 		}

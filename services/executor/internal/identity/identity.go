@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -93,10 +94,12 @@ type Verifier struct {
 	keys   []crypto.PublicKey
 	jwks   *jwksFile
 	parser *jwt.Parser
+	log    *slog.Logger
 }
 
-// New reads the keys cfg names.
-func New(cfg Config) (*Verifier, error) {
+// New reads the keys cfg names; log is told when the JWKS file stops
+// loading (callers are told only that no key verifies).
+func New(cfg Config, log *slog.Logger) (*Verifier, error) {
 	if !cfg.Enabled() {
 		return nil, errors.New("jwt: no key (a secret file, public key files or a JWKS file) is configured")
 	}
@@ -109,7 +112,7 @@ func New(cfg Config) (*Verifier, error) {
 	if cfg.TierClaim == "" {
 		cfg.TierClaim = DefaultTierClaim
 	}
-	v := &Verifier{cfg: cfg}
+	v := &Verifier{cfg: cfg, log: log}
 	var methods []string
 	if cfg.HS256SecretFile != "" {
 		b, err := os.ReadFile(cfg.HS256SecretFile)
@@ -194,7 +197,8 @@ func (v *Verifier) keyFor(t *jwt.Token) (any, error) {
 	if v.jwks != nil {
 		keys, err := v.jwks.load()
 		if err != nil {
-			return nil, err
+			v.log.Error("jwks file does not load; tokens it should verify are refused", "error", err)
+			return nil, errors.New("the executor's key set cannot be read; its log says why")
 		}
 		for _, k := range keys {
 			if (kid == "" || k.kid == kid) && fitsAlg(k.key, alg) {

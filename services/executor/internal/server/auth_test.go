@@ -47,7 +47,7 @@ func TestAuthOverGRPC(t *testing.T) {
 	if err := os.WriteFile(secret, []byte(authSecret), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	v, err := identity.New(identity.Config{HS256SecretFile: secret, Skew: identity.DefaultSkew})
+	v, err := identity.New(identity.Config{HS256SecretFile: secret, Skew: identity.DefaultSkew}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
