@@ -27,6 +27,7 @@ import (
 	"github.com/sandpit-run/sandpit/services/executor/internal/config"
 	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
 	"github.com/sandpit-run/sandpit/services/executor/internal/egress"
+	"github.com/sandpit-run/sandpit/services/executor/internal/identity"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
 	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
 	"github.com/sandpit-run/sandpit/services/executor/internal/server"
@@ -162,6 +163,15 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (_ *
 			return nil, err
 		}
 		callerOpts = append(callerOpts, grpc.Creds(creds))
+	}
+	if cfg.JWT.Enabled() {
+		v, err := identity.New(cfg.JWT, log)
+		if err != nil {
+			return nil, err
+		}
+		callerOpts = append(callerOpts, server.AuthOptions(v)...)
+		log.Info("callers authenticate with JWT bearer tokens", "issuer", cfg.JWT.Issuer, "audience", cfg.JWT.Audience,
+			"tenant_claim", cfg.JWT.TenantClaim, "tier_claim", cfg.JWT.TierClaim)
 	}
 	a.srv = grpcserve.New(grpcserve.Options{
 		Registerer:    prometheus.WrapRegistererWith(prometheus.Labels{"server": "executor"}, a.reg),

@@ -15,6 +15,7 @@ import (
 	"github.com/sandpit-run/sandpit/services/daemon/grpcserve"
 	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
 	"github.com/sandpit-run/sandpit/services/executor/internal/firewall"
+	"github.com/sandpit-run/sandpit/services/executor/internal/identity"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
 	"github.com/sandpit-run/sandpit/services/executor/internal/netns"
 	"github.com/sandpit-run/sandpit/services/executor/internal/ociruntime"
@@ -79,6 +80,9 @@ type Config struct {
 	MaxConcurrent int
 	MaxQueue      int
 	ShutdownGrace time.Duration
+
+	// JWT authenticates callers when it names a key.
+	JWT identity.Config
 }
 
 // Defaults of the sandboxes' init and user namespaces: tini where the image
@@ -145,6 +149,7 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	c.Defaults, c.Maxima = limits.Defaults, limits.Maxima
 	limitFlags(fs, "default", &c.Defaults)
 	limitFlags(fs, "max", &c.Maxima)
+	jwtFlags(fs, &c.JWT)
 
 	if err := fs.Parse(args); err != nil {
 		return c, err
