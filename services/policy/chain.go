@@ -6,10 +6,12 @@ package policy
 // only take access away. The decision reports the rule of the first policy
 // that denied, or of the last when all allowed; Decision.Layer says which.
 //
-// Only the base policy's mode counts: the chain is in audit mode exactly
-// when the base is, so a caller cannot turn the operator's enforcement into
-// audit, and narrowing an audited base only adds would-block verdicts.
-// Limits are the smallest non-zero limit of each kind.
+// Each policy's mode governs its own denials: an audit-mode policy's
+// denial is a would-block verdict (the request is forwarded and marked),
+// while an enforcing policy's denial blocks whatever the others say. So a
+// tenant's policy can be rolled out in audit mode under an enforced
+// operator policy, and no policy's mode can loosen another's. Limits are
+// the smallest non-zero limit of each kind.
 //
 // A nil base is [DenyAll]; a nil narrower policy narrows nothing (the source
 // was absent). Chains may be chained again; the layers are flattened.
@@ -19,7 +21,6 @@ func Chain(base *Compiled, narrower ...*Compiled) *Compiled {
 	}
 	c := &Compiled{
 		layers: append([]*layer(nil), base.layers...),
-		audit:  base.audit,
 		limits: base.limits,
 	}
 	for _, n := range narrower {
@@ -27,13 +28,21 @@ func Chain(base *Compiled, narrower ...*Compiled) *Compiled {
 			continue
 		}
 		c.layers = append(c.layers, n.layers...)
-		c.limits.MaxRequests = minNonZero(c.limits.MaxRequests, n.limits.MaxRequests)
-		c.limits.MaxRequestBytes = minNonZero(c.limits.MaxRequestBytes, n.limits.MaxRequestBytes)
+		c.limits = c.limits.lower(n.limits)
 	}
 	return c
 }
 
-func minNonZero[T uint32 | uint64](a, b T) T {
+// lower returns l with each limit of o that is tighter.
+func (l Limits) lower(o Limits) Limits {
+	return Limits{
+		MaxRequests:     MinNonZero(l.MaxRequests, o.MaxRequests),
+		MaxRequestBytes: MinNonZero(l.MaxRequestBytes, o.MaxRequestBytes),
+	}
+}
+
+// MinNonZero is the tighter of two limits where 0 means no limit.
+func MinNonZero[T ~uint32 | ~uint64 | ~int64](a, b T) T {
 	if a == 0 || b != 0 && b < a {
 		return b
 	}

@@ -52,7 +52,7 @@ func TestChainNarrows(t *testing.T) {
 		layer    int
 	}{
 		{name: "all allow: last layer reports", req: Request{Method: "GET", Host: "api.stripe.com", Path: "/v1/products/p1"}, decision: allowD, rule: "hosts[0].default", layer: 2},
-		{name: "inline denies what the operator allows", req: Request{Method: "POST", Host: "api.stripe.com", Path: "/v1/charges"}, decision: denyD, rule: "no-charges", layer: 2},
+		{name: "inline (in audit mode) denies what the operator allows", req: Request{Method: "POST", Host: "api.stripe.com", Path: "/v1/charges"}, decision: wouldD, rule: "no-charges", layer: 2},
 		{name: "claims deny what the operator allows", req: Request{Method: "GET", Host: "api.github.com", Path: "/"}, decision: denyD, rule: "default", layer: 1},
 		{name: "inline cannot add a host", req: Request{Method: "GET", Host: "evil.example.com", Path: "/"}, decision: denyD, rule: "default", layer: 0},
 		{name: "inline cannot widen a host", req: Request{Method: "DELETE", Host: "api.stripe.com", Path: "/v1/customers"}, decision: denyD, rule: "hosts[0].default", layer: 0},
@@ -66,8 +66,11 @@ func TestChainNarrows(t *testing.T) {
 			}
 		})
 	}
-	if c.Mode() != policyv1.Mode_MODE_ENFORCE {
-		t.Errorf("an audit inline policy made the chain %v, want enforce", c.Mode())
+	// The inline policy is in audit mode: its own denials are would-block,
+	// and nothing else changes (the cases above are denied by the
+	// enforcing layers, or by it).
+	if c.Mode() != policyv1.Mode_MODE_AUDIT {
+		t.Errorf("Mode = %v, want audit (the inline policy audits its own denials)", c.Mode())
 	}
 	if want := (Limits{MaxRequests: 10, MaxRequestBytes: 4 << 10}); c.Limits() != want {
 		t.Errorf("Limits = %+v, want %+v", c.Limits(), want)
@@ -105,7 +108,7 @@ func TestChainNeverAddsAccess(t *testing.T) {
 							(a.Decide(r).Action != policyv1.Action_ACTION_ALLOW || b.Decide(r).Action != policyv1.Action_ACTION_ALLOW) {
 							t.Errorf("chain allows %+v that one of its policies denies", r)
 						}
-						if c.CouldAllowHost(h) && (!a.CouldAllowHost(h) || !b.CouldAllowHost(h)) && !a.audit {
+						if c.CouldAllowHost(h) && (!a.CouldAllowHost(h) || !b.CouldAllowHost(h)) {
 							t.Errorf("chain could allow host %s that one of its policies could not", h)
 						}
 					}
@@ -115,19 +118,50 @@ func TestChainNeverAddsAccess(t *testing.T) {
 	}
 }
 
-func TestChainAuditBase(t *testing.T) {
-	base := mustParse(t, "version: 1\nmode: audit\ndefault: allow\n")
-	narrow := mustParse(t, "version: 1\nmode: enforce\nhosts:\n  - host: api.example.com\n    default: allow\n")
-	c := Chain(base, narrow)
-	if c.Mode() != policyv1.Mode_MODE_AUDIT {
-		t.Fatalf("Mode = %v, want audit (the base's)", c.Mode())
+// TestChainAuditLayer: each policy's mode governs its own denials. An
+// audited base does not soften an enforcing narrower's denial, and an
+// enforcing base's denial wins over an audited narrower's.
+func TestChainAuditLayer(t *testing.T) {
+	audited := mustParse(t, "version: 1\nmode: audit\nhosts:\n  - host: api.example.com\n    default: allow\n")
+	enforcing := mustParse(t, "version: 1\nmode: enforce\nhosts:\n  - host: api.example.com\n    default: allow\n  - host: other.example.com\n    default: allow\n")
+	tests := []struct {
+		name     string
+		chain    *Compiled
+		host     string
+		decision policyv1.Decision
+		layer    int
+		source   string
+	}{
+		{name: "audited base denies, enforcing narrower allows", chain: Chain(audited.From("tenant"), enforcing.From("inline")), host: "other.example.com", decision: wouldD, layer: 0, source: "tenant"},
+		{name: "both deny: the enforcing one blocks", chain: Chain(audited.From("tenant"), enforcing.From("inline")), host: "third.example.com", decision: denyD, layer: 1, source: "inline"},
+		{name: "enforcing base denies before an audited narrower", chain: Chain(enforcing.From("operator"), audited.From("tenant")), host: "third.example.com", decision: denyD, layer: 0, source: "operator"},
+		{name: "audited narrower denies what the base allows", chain: Chain(enforcing.From("operator"), audited.From("tenant")), host: "other.example.com", decision: wouldD, layer: 1, source: "tenant"},
+		{name: "all allow", chain: Chain(enforcing.From("operator"), audited.From("tenant")), host: "api.example.com", decision: allowD, layer: 1, source: "tenant"},
+		{name: "Audited turns enforcement into audit", chain: Chain(enforcing.From("operator"), enforcing.Audited().From("tenant")), host: "third.example.com", decision: denyD, layer: 0, source: "operator"},
+		{name: "Audited alone", chain: enforcing.Audited(), host: "third.example.com", decision: wouldD, layer: 0, source: ""},
 	}
-	d := c.Decide(Request{Method: "GET", Host: "other.example.com", Path: "/"})
-	if d.Decision != wouldD || d.Layer != 1 || d.RuleID != "default" {
-		t.Errorf("Decide = %v %q layer %d, want would-block by layer 1's default", d.Decision, d.RuleID, d.Layer)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := tt.chain.Decide(Request{Method: "GET", Host: tt.host, Path: "/"})
+			if d.Decision != tt.decision || d.Layer != tt.layer || d.Source != tt.source {
+				t.Errorf("Decide = %v layer %d source %q (%s), want %v layer %d source %q", d.Decision, d.Layer, d.Source, d.Reason, tt.decision, tt.layer, tt.source)
+			}
+		})
 	}
-	if !c.CouldAllowHost("other.example.com") {
-		t.Error("CouldAllowHost under an audit base = false, want true")
+	if !Chain(enforcing, audited).CouldAllowHost("other.example.com") {
+		t.Error("CouldAllowHost = false for a host only an audited policy denies, want true")
+	}
+	if Chain(audited, enforcing).CouldAllowHost("third.example.com") {
+		t.Error("CouldAllowHost = true for a host an enforcing policy denies, want false")
+	}
+	if enforcing.Mode() != policyv1.Mode_MODE_ENFORCE || enforcing.Audited().Mode() != policyv1.Mode_MODE_AUDIT {
+		t.Error("Audited changed its receiver, or did not audit")
+	}
+	if got := enforcing.Narrowed(Limits{MaxRequests: 7}).Limits(); got.MaxRequests != 7 {
+		t.Errorf("Narrowed limits = %+v, want max_requests 7", got)
+	}
+	if got := Chain(enforcing.Narrowed(Limits{MaxRequests: 7}), mustParse(t, "version: 1\nlimits: { max_requests: 9 }\n")).Limits(); got.MaxRequests != 7 {
+		t.Errorf("chain of Narrowed limits = %+v, want max_requests 7", got)
 	}
 }
 
@@ -156,8 +190,8 @@ func TestMinNonZero(t *testing.T) {
 		{0, 0, 0}, {0, 5, 5}, {5, 0, 5}, {3, 5, 3}, {5, 3, 3},
 	}
 	for _, tt := range tests {
-		if got := minNonZero(tt.a, tt.b); got != tt.want {
-			t.Errorf("minNonZero(%d, %d) = %d, want %d", tt.a, tt.b, got, tt.want)
+		if got := MinNonZero(tt.a, tt.b); got != tt.want {
+			t.Errorf("MinNonZero(%d, %d) = %d, want %d", tt.a, tt.b, got, tt.want)
 		}
 	}
 }

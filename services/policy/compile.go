@@ -41,6 +41,10 @@ type Decision struct {
 	// Layer is the position in the chain of the policy that decided: the
 	// first that denied, else the last. It is 0 for an unchained policy.
 	Layer int
+	// Source names where the deciding policy came from (see
+	// [Compiled.From]): operator, tenant, token or inline; empty when its
+	// source was never named.
+	Source string
 }
 
 // Forward reports whether the proxy should forward the request.
@@ -58,12 +62,14 @@ type Limits struct {
 // immutable and safe for concurrent use. The zero value denies everything.
 type Compiled struct {
 	layers []*layer
-	audit  bool
 	limits Limits
 }
 
 type layer struct {
+	// audit turns the layer's denials into would-block verdicts; an
+	// enforcing layer's denial wins over them.
 	audit        bool
+	source       string
 	defaultAllow bool
 	hosts        hostIndex[*hostEntry]
 	limits       Limits
@@ -104,7 +110,7 @@ func Compile(p *policyv1.Policy) (*Compiled, error) {
 	if len(errs) > 0 {
 		return nil, errs
 	}
-	return &Compiled{layers: []*layer{l}, audit: l.audit, limits: l.limits}, nil
+	return &Compiled{layers: []*layer{l}, limits: l.limits}, nil
 }
 
 // DenyAll is the policy an executor without a policy file uses: every
@@ -233,12 +239,46 @@ func compileRule(c *checker, field string, r *policyv1.Rule, ruleField map[strin
 	return cr
 }
 
-// Mode is the mode decisions are applied in: MODE_ENFORCE or MODE_AUDIT.
+// Mode is MODE_AUDIT when some policy of the chain is in audit mode (some
+// denials may be reported as would-block), else MODE_ENFORCE.
 func (c *Compiled) Mode() policyv1.Mode {
-	if c.audit {
-		return policyv1.Mode_MODE_AUDIT
+	for _, l := range c.layers {
+		if l.audit {
+			return policyv1.Mode_MODE_AUDIT
+		}
 	}
 	return policyv1.Mode_MODE_ENFORCE
+}
+
+// From returns c with source naming where each of its policies came from;
+// decisions report it in Decision.Source. c is not changed.
+func (c *Compiled) From(source string) *Compiled {
+	return c.withLayers(func(l *layer) { l.source = source })
+}
+
+// Audited returns c with every policy in audit mode: its denials are
+// would-block verdicts, unless an enforcing policy chained with it denies
+// too. c is not changed.
+func (c *Compiled) Audited() *Compiled {
+	return c.withLayers(func(l *layer) { l.audit = true })
+}
+
+// Narrowed returns c with each limit of l that is tighter than c's.
+func (c *Compiled) Narrowed(l Limits) *Compiled {
+	n := c.withLayers(func(*layer) {})
+	n.limits = n.limits.lower(l)
+	return n
+}
+
+// withLayers copies c, changing each of its layers' copies by change.
+func (c *Compiled) withLayers(change func(*layer)) *Compiled {
+	n := &Compiled{layers: make([]*layer, len(c.layers)), limits: c.limits}
+	for i, l := range c.layers {
+		cp := *l
+		change(&cp)
+		n.layers[i] = &cp
+	}
+	return n
 }
 
 // Limits are the policy's limits; for a chain, the smallest non-zero ones.
@@ -257,7 +297,17 @@ func (c *Compiled) Decide(r Request) Decision {
 		}
 	}
 	// A zero Compiled has no layers and denies, like DenyAll.
-	d := deny(RuleDefault, "no policy is in force")
+	if len(c.layers) == 0 {
+		d := deny(RuleDefault, "no policy is in force")
+		d.Decision = policyv1.Decision_DECISION_DENY
+		return d
+	}
+	// Every layer is asked, in order, until an enforcing one denies: that
+	// denial decides. An audit layer's denial is remembered (the first
+	// one is reported) and the walk goes on, so an enforcing layer after
+	// it still blocks.
+	var d Decision
+	var audited *Decision
 	var allowedBy []string
 	for i, l := range c.layers {
 		var ld Decision
@@ -270,28 +320,32 @@ func (c *Compiled) Decide(r Request) Decision {
 		} else {
 			ld = l.decide(req)
 		}
-		d = ld
-		d.Layer = i
-		if d.Action == policyv1.Action_ACTION_DENY {
-			break
+		ld.Layer, ld.Source = i, l.source
+		if ld.Action == policyv1.Action_ACTION_ALLOW {
+			d = ld
+			allowedBy = append(allowedBy, ld.RuleID)
+			continue
 		}
-		allowedBy = append(allowedBy, d.RuleID)
+		if !l.audit {
+			ld.Decision = policyv1.Decision_DECISION_DENY
+			return ld
+		}
+		if audited == nil {
+			audited = &ld
+		}
 	}
-	switch {
-	case d.Action == policyv1.Action_ACTION_ALLOW:
-		d.Decision = policyv1.Decision_DECISION_ALLOW
-	case c.audit:
-		d.Decision = policyv1.Decision_DECISION_WOULD_BLOCK
-	default:
-		d.Decision = policyv1.Decision_DECISION_DENY
+	if audited != nil {
+		audited.Decision = policyv1.Decision_DECISION_WOULD_BLOCK
+		return *audited
 	}
+	d.Decision = policyv1.Decision_DECISION_ALLOW
 	return d
 }
 
 // CouldAllowHost reports whether some request to host could be forwarded,
 // so the proxy's DNS can answer NXDOMAIN for names no rule could allow. In
 // audit mode every valid host could be (it would be forwarded as
-// would-block). A host that is not canonical (canon.CheckHost) never could.
+// would-block), so only the enforcing policies of a chain are asked. A host that is not canonical (canon.CheckHost) never could.
 func (c *Compiled) CouldAllowHost(host string) bool { return c.couldAllow(host, "") }
 
 // CouldAllowScheme is CouldAllowHost for requests over scheme alone: a host
@@ -309,10 +363,10 @@ func (c *Compiled) couldAllow(host, scheme string) bool {
 	if len(c.layers) == 0 {
 		return false
 	}
-	if c.audit {
-		return true
-	}
 	for _, l := range c.layers {
+		if l.audit {
+			continue
+		}
 		e, ok := l.hosts.lookup(h)
 		if ok && (!e.couldAllow || scheme != "" && !slices.Contains(e.endpoints.schemes, scheme)) || !ok && !l.defaultAllow {
 			return false

@@ -64,19 +64,12 @@ type Limits struct {
 // lower returns l with each limit of o that is tighter.
 func (l Limits) lower(o Limits) Limits {
 	return Limits{
-		MaxConcurrent:       minNonZero(l.MaxConcurrent, o.MaxConcurrent),
-		ExecutionsPerMinute: minNonZero(l.ExecutionsPerMinute, o.ExecutionsPerMinute),
-		MaxTimeout:          minNonZero(l.MaxTimeout, o.MaxTimeout),
-		MaxMemoryBytes:      minNonZero(l.MaxMemoryBytes, o.MaxMemoryBytes),
-		MaxRequests:         minNonZero(l.MaxRequests, o.MaxRequests),
+		MaxConcurrent:       policy.MinNonZero(l.MaxConcurrent, o.MaxConcurrent),
+		ExecutionsPerMinute: policy.MinNonZero(l.ExecutionsPerMinute, o.ExecutionsPerMinute),
+		MaxTimeout:          policy.MinNonZero(l.MaxTimeout, o.MaxTimeout),
+		MaxMemoryBytes:      policy.MinNonZero(l.MaxMemoryBytes, o.MaxMemoryBytes),
+		MaxRequests:         policy.MinNonZero(l.MaxRequests, o.MaxRequests),
 	}
-}
-
-func minNonZero[T uint32 | uint64 | time.Duration](a, b T) T {
-	if a == 0 || b != 0 && b < a {
-		return b
-	}
-	return a
 }
 
 // Entry is what one tenant and tier get.
