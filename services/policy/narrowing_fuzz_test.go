@@ -69,9 +69,10 @@ func genPolicy(data []byte) (*Compiled, []byte) {
 
 // FuzzChainNeverAddsAccess: for any two to four policies (operator, tenant,
 // token, inline) and any request of a grid, the chain allows a request
-// only if every one of them allows it alone, its limits are never looser
-// than any one's, and when it denies, the layer it names is one that
-// denies the request alone.
+// only if every one of them allows it alone, forwards one only if no
+// enforcing one blocks it alone, its limits are never looser than any
+// one's, and when it denies, the layer it names is one that denies the
+// request alone.
 func FuzzChainNeverAddsAccess(f *testing.F) {
 	f.Add([]byte{0x05, 0x01, 0x02, 0x13, 0x07, 0x0d, 0x02, 0x00, 0x01}, uint8(2))
 	f.Add([]byte{0xff, 0x19, 0x03, 0x1b, 0x07, 0x22, 0x01, 0x0c, 0x31, 0x02, 0x09, 0x05}, uint8(3))
@@ -119,6 +120,17 @@ func FuzzChainNeverAddsAccess(f *testing.F) {
 			}
 			if d.Layer < 0 || d.Layer >= len(sources) || sources[d.Layer].Decide(r).Action == policyv1.Action_ACTION_ALLOW {
 				t.Fatalf("the chain denies %+v naming layer %d (rule %q), which allows it alone", r, d.Layer, d.RuleID)
+			}
+			// Forwarded although denied (would-block): no enforcing source
+			// may deny it alone; blocked: the layer named enforces.
+			for i, s := range sources {
+				alone := s.Decide(r)
+				if d.Forward() && alone.Decision == policyv1.Decision_DECISION_DENY {
+					t.Fatalf("the chain forwards %+v (%v), which enforcing source %d blocks alone", r, d.Decision, i)
+				}
+				if !d.Forward() && i == d.Layer && alone.Decision != policyv1.Decision_DECISION_DENY {
+					t.Fatalf("the chain blocks %+v naming layer %d, which alone only %v", r, i, alone.Decision)
+				}
 			}
 		}
 	})
