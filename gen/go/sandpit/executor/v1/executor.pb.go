@@ -647,7 +647,13 @@ type NetworkEvent struct {
 	// does not authenticate callers.
 	Tenant string `protobuf:"bytes,15,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	// See tenant.
-	Tier          string `protobuf:"bytes,16,opt,name=tier,proto3" json:"tier,omitempty"`
+	Tier string `protobuf:"bytes,16,opt,name=tier,proto3" json:"tier,omitempty"`
+	// Which policy decided (request events): "operator" (the executor's
+	// policy file), "tenant" (the tenant's or tier's policy in the tenants
+	// file or database), "token" (the caller's token claims) or "inline"
+	// (the request's policy); empty when no policy was asked (a limit or
+	// the proxy decided).
+	Source        string `protobuf:"bytes,17,opt,name=source,proto3" json:"source,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -794,6 +800,13 @@ func (x *NetworkEvent) GetTier() string {
 	return ""
 }
 
+func (x *NetworkEvent) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
 // NetworkLogEntry is one request in the result's network log, in the shape
 // of the prototype's log.
 type NetworkLogEntry struct {
@@ -820,7 +833,9 @@ type NetworkLogEntry struct {
 	// The rule (or default) that decided.
 	RuleId string `protobuf:"bytes,8,opt,name=rule_id,json=ruleId,proto3" json:"rule_id,omitempty"`
 	// The verdict.
-	Decision      v1.Decision `protobuf:"varint,9,opt,name=decision,proto3,enum=sandpit.policy.v1.Decision" json:"decision,omitempty"`
+	Decision v1.Decision `protobuf:"varint,9,opt,name=decision,proto3,enum=sandpit.policy.v1.Decision" json:"decision,omitempty"`
+	// Which policy decided, as in NetworkEvent.source.
+	Source        string `protobuf:"bytes,10,opt,name=source,proto3" json:"source,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -918,6 +933,13 @@ func (x *NetworkLogEntry) GetDecision() v1.Decision {
 	return v1.Decision(0)
 }
 
+func (x *NetworkLogEntry) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
 // Started tells which sandbox runs the code and under which limits.
 type Started struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -934,7 +956,11 @@ type Started struct {
 	Tenant string `protobuf:"bytes,5,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	// The caller's tier, from its token's tier claim; empty when the token
 	// has none or callers are not authenticated.
-	Tier          string `protobuf:"bytes,6,opt,name=tier,proto3" json:"tier,omitempty"`
+	Tier string `protobuf:"bytes,6,opt,name=tier,proto3" json:"tier,omitempty"`
+	// MODE_AUDIT when a policy in force for this execution is in audit mode
+	// (the tenant's, for a tenant rolling a policy out): requests it denies
+	// are forwarded and reported as DECISION_WOULD_BLOCK.
+	PolicyMode    v1.Mode `protobuf:"varint,7,opt,name=policy_mode,json=policyMode,proto3,enum=sandpit.policy.v1.Mode" json:"policy_mode,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1009,6 +1035,13 @@ func (x *Started) GetTier() string {
 		return x.Tier
 	}
 	return ""
+}
+
+func (x *Started) GetPolicyMode() v1.Mode {
+	if x != nil {
+		return x.PolicyMode
+	}
+	return v1.Mode(0)
 }
 
 // Output is a chunk of bytes the program wrote. Chunks are not aligned to
@@ -1123,8 +1156,11 @@ type Result struct {
 	// was over its per-source DNS rate or in-flight limits, shown like
 	// requests_rate_limited.
 	DnsQueriesRateLimited uint32 `protobuf:"varint,21,opt,name=dns_queries_rate_limited,json=dnsQueriesRateLimited,proto3" json:"dns_queries_rate_limited,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// Of requests_allowed, the requests a policy in audit mode would have
+	// blocked (decision DECISION_WOULD_BLOCK in the log and the events).
+	RequestsWouldBlock uint32 `protobuf:"varint,22,opt,name=requests_would_block,json=requestsWouldBlock,proto3" json:"requests_would_block,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Result) Reset() {
@@ -1304,6 +1340,13 @@ func (x *Result) GetDnsQueriesRateLimited() uint32 {
 	return 0
 }
 
+func (x *Result) GetRequestsWouldBlock() uint32 {
+	if x != nil {
+		return x.RequestsWouldBlock
+	}
+	return 0
+}
+
 var File_sandpit_executor_v1_executor_proto protoreflect.FileDescriptor
 
 const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
@@ -1349,7 +1392,7 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\x06stderr\x18\x03 \x01(\v2\x1b.sandpit.executor.v1.OutputH\x00R\x06stderr\x125\n" +
 	"\x06result\x18\x04 \x01(\v2\x1b.sandpit.executor.v1.ResultH\x00R\x06result\x12=\n" +
 	"\anetwork\x18\x05 \x01(\v2!.sandpit.executor.v1.NetworkEventH\x00R\anetworkB\a\n" +
-	"\x05event\"\xa0\x04\n" +
+	"\x05event\"\xb8\x04\n" +
 	"\fNetworkEvent\x129\n" +
 	"\x04kind\x18\x01 \x01(\x0e2%.sandpit.executor.v1.NetworkEventKindR\x04kind\x12\x1d\n" +
 	"\n" +
@@ -1370,7 +1413,8 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\bduration\x18\r \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x14\n" +
 	"\x05error\x18\x0e \x01(\tR\x05error\x12\x16\n" +
 	"\x06tenant\x18\x0f \x01(\tR\x06tenant\x12\x12\n" +
-	"\x04tier\x18\x10 \x01(\tR\x04tier\"\xb6\x02\n" +
+	"\x04tier\x18\x10 \x01(\tR\x04tier\x12\x16\n" +
+	"\x06source\x18\x11 \x01(\tR\x06source\"\xce\x02\n" +
 	"\x0fNetworkLogEntry\x128\n" +
 	"\ttimestamp\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\ttimestamp\x12\x16\n" +
 	"\x06method\x18\x02 \x01(\tR\x06method\x12\x10\n" +
@@ -1381,16 +1425,20 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\ablocked\x18\x06 \x01(\bR\ablocked\x12\x16\n" +
 	"\x06reason\x18\a \x01(\tR\x06reason\x12\x17\n" +
 	"\arule_id\x18\b \x01(\tR\x06ruleId\x127\n" +
-	"\bdecision\x18\t \x01(\x0e2\x1b.sandpit.policy.v1.DecisionR\bdecision\"\xc6\x01\n" +
+	"\bdecision\x18\t \x01(\x0e2\x1b.sandpit.policy.v1.DecisionR\bdecision\x12\x16\n" +
+	"\x06source\x18\n" +
+	" \x01(\tR\x06source\"\x80\x02\n" +
 	"\aStarted\x12!\n" +
 	"\fexecution_id\x18\x01 \x01(\tR\vexecutionId\x12\x14\n" +
 	"\x05image\x18\x02 \x01(\tR\x05image\x12!\n" +
 	"\fimage_digest\x18\x03 \x01(\tR\vimageDigest\x123\n" +
 	"\x06limits\x18\x04 \x01(\v2\x1b.sandpit.executor.v1.LimitsR\x06limits\x12\x16\n" +
 	"\x06tenant\x18\x05 \x01(\tR\x06tenant\x12\x12\n" +
-	"\x04tier\x18\x06 \x01(\tR\x04tier\"\x1c\n" +
+	"\x04tier\x18\x06 \x01(\tR\x04tier\x128\n" +
+	"\vpolicy_mode\x18\a \x01(\x0e2\x17.sandpit.policy.v1.ModeR\n" +
+	"policyMode\"\x1c\n" +
 	"\x06Output\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\"\xd0\a\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\x82\b\n" +
 	"\x06Result\x12B\n" +
 	"\vtermination\x18\x01 \x01(\x0e2 .sandpit.executor.v1.TerminationR\vtermination\x12\x1b\n" +
 	"\texit_code\x18\x02 \x01(\x05R\bexitCode\x12\x16\n" +
@@ -1415,7 +1463,8 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\x13network_log_omitted\x18\x12 \x01(\rR\x11networkLogOmitted\x12=\n" +
 	"\x1bnetwork_log_omitted_allowed\x18\x13 \x01(\rR\x18networkLogOmittedAllowed\x122\n" +
 	"\x15requests_rate_limited\x18\x14 \x01(\rR\x13requestsRateLimited\x127\n" +
-	"\x18dns_queries_rate_limited\x18\x15 \x01(\rR\x15dnsQueriesRateLimited*\xb2\x01\n" +
+	"\x18dns_queries_rate_limited\x18\x15 \x01(\rR\x15dnsQueriesRateLimited\x120\n" +
+	"\x14requests_would_block\x18\x16 \x01(\rR\x12requestsWouldBlock*\xb2\x01\n" +
 	"\x10NetworkEventKind\x12\"\n" +
 	"\x1eNETWORK_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aNETWORK_EVENT_KIND_REQUEST\x10\x01\x12\x1e\n" +
@@ -1464,6 +1513,7 @@ var file_sandpit_executor_v1_executor_proto_goTypes = []any{
 	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
 	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
 	(v1.Decision)(0),              // 16: sandpit.policy.v1.Decision
+	(v1.Mode)(0),                  // 17: sandpit.policy.v1.Mode
 }
 var file_sandpit_executor_v1_executor_proto_depIdxs = []int32{
 	3,  // 0: sandpit.executor.v1.ExecuteRequest.files:type_name -> sandpit.executor.v1.File
@@ -1484,17 +1534,18 @@ var file_sandpit_executor_v1_executor_proto_depIdxs = []int32{
 	15, // 15: sandpit.executor.v1.NetworkLogEntry.timestamp:type_name -> google.protobuf.Timestamp
 	16, // 16: sandpit.executor.v1.NetworkLogEntry.decision:type_name -> sandpit.policy.v1.Decision
 	4,  // 17: sandpit.executor.v1.Started.limits:type_name -> sandpit.executor.v1.Limits
-	1,  // 18: sandpit.executor.v1.Result.termination:type_name -> sandpit.executor.v1.Termination
-	14, // 19: sandpit.executor.v1.Result.wall_time:type_name -> google.protobuf.Duration
-	14, // 20: sandpit.executor.v1.Result.cpu_time:type_name -> google.protobuf.Duration
-	7,  // 21: sandpit.executor.v1.Result.network_log:type_name -> sandpit.executor.v1.NetworkLogEntry
-	2,  // 22: sandpit.executor.v1.ExecutorService.Execute:input_type -> sandpit.executor.v1.ExecuteRequest
-	5,  // 23: sandpit.executor.v1.ExecutorService.Execute:output_type -> sandpit.executor.v1.ExecuteResponse
-	23, // [23:24] is the sub-list for method output_type
-	22, // [22:23] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	17, // 18: sandpit.executor.v1.Started.policy_mode:type_name -> sandpit.policy.v1.Mode
+	1,  // 19: sandpit.executor.v1.Result.termination:type_name -> sandpit.executor.v1.Termination
+	14, // 20: sandpit.executor.v1.Result.wall_time:type_name -> google.protobuf.Duration
+	14, // 21: sandpit.executor.v1.Result.cpu_time:type_name -> google.protobuf.Duration
+	7,  // 22: sandpit.executor.v1.Result.network_log:type_name -> sandpit.executor.v1.NetworkLogEntry
+	2,  // 23: sandpit.executor.v1.ExecutorService.Execute:input_type -> sandpit.executor.v1.ExecuteRequest
+	5,  // 24: sandpit.executor.v1.ExecutorService.Execute:output_type -> sandpit.executor.v1.ExecuteResponse
+	24, // [24:25] is the sub-list for method output_type
+	23, // [23:24] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_sandpit_executor_v1_executor_proto_init() }

@@ -4,7 +4,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
-import type { Decision, Policy } from "../../policy/v1/policy_pb.js";
+import type { Decision, Mode, Policy } from "../../policy/v1/policy_pb.js";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 
 /**
@@ -399,6 +399,17 @@ export declare type NetworkEvent = Message<"sandpit.executor.v1.NetworkEvent"> &
    * @generated from field: string tier = 16;
    */
   tier: string;
+
+  /**
+   * Which policy decided (request events): "operator" (the executor's
+   * policy file), "tenant" (the tenant's or tier's policy in the tenants
+   * file or database), "token" (the caller's token claims) or "inline"
+   * (the request's policy); empty when no policy was asked (a limit or
+   * the proxy decided).
+   *
+   * @generated from field: string source = 17;
+   */
+  source: string;
 };
 
 /**
@@ -481,6 +492,13 @@ export declare type NetworkLogEntry = Message<"sandpit.executor.v1.NetworkLogEnt
    * @generated from field: sandpit.policy.v1.Decision decision = 9;
    */
   decision: Decision;
+
+  /**
+   * Which policy decided, as in NetworkEvent.source.
+   *
+   * @generated from field: string source = 10;
+   */
+  source: string;
 };
 
 /**
@@ -538,6 +556,15 @@ export declare type Started = Message<"sandpit.executor.v1.Started"> & {
    * @generated from field: string tier = 6;
    */
   tier: string;
+
+  /**
+   * MODE_AUDIT when a policy in force for this execution is in audit mode
+   * (the tenant's, for a tenant rolling a policy out): requests it denies
+   * are forwarded and reported as DECISION_WOULD_BLOCK.
+   *
+   * @generated from field: sandpit.policy.v1.Mode policy_mode = 7;
+   */
+  policyMode: Mode;
 };
 
 /**
@@ -739,6 +766,14 @@ export declare type Result = Message<"sandpit.executor.v1.Result"> & {
    * @generated from field: uint32 dns_queries_rate_limited = 21;
    */
   dnsQueriesRateLimited: number;
+
+  /**
+   * Of requests_allowed, the requests a policy in audit mode would have
+   * blocked (decision DECISION_WOULD_BLOCK in the log and the events).
+   *
+   * @generated from field: uint32 requests_would_block = 22;
+   */
+  requestsWouldBlock: number;
 };
 
 /**
