@@ -432,6 +432,8 @@ func (n networks) Attach(ctx context.Context, id string, inline *policy.Compiled
 	return attachment{att}, nil
 }
 
+func (n networks) Policy(narrow *policy.Compiled) *policy.Compiled { return n.eg.Policy(narrow) }
+
 // attachment is one sandbox's network as the server uses it.
 type attachment struct{ *egress.Attachment }
 
@@ -442,6 +444,7 @@ func (a attachment) Contribute(s *sandbox.Spec) {
 	s.NodeFlags = append(s.NodeFlags, a.NodeFlags...)
 }
 
-func (a attachment) Close() error              { return a.Detach() }
-func (a attachment) Summary() decision.Summary { return a.Network.Summary() }
-func (a attachment) Problem() string           { return a.NetworkError }
+func (a attachment) Close() error                      { return a.Detach() }
+func (a attachment) Summary() decision.Summary         { return a.Network.Summary() }
+func (a attachment) Problem() string                   { return a.NetworkError }
+func (a attachment) Observe(f func(decision.Observed)) { a.Network.Observe(f) }

@@ -89,12 +89,16 @@ type Execution struct {
 	// the next request of a running execution.
 	policy func() *policy.Compiled
 	events chan<- *executorv1.NetworkEvent
+	// observe, when set, is told of every HTTP request decided, outside
+	// the lock (see Observe).
+	observe atomic.Pointer[func(Observed)]
 
-	mu       sync.Mutex
-	nextID   uint64
-	requests uint32
-	allowed  uint32
-	blocked  uint32
+	mu         sync.Mutex
+	nextID     uint64
+	requests   uint32
+	allowed    uint32
+	blocked    uint32
+	wouldBlock uint32 // of allowed, audit-mode would-blocks
 	log      []*executorv1.NetworkLogEntry
 	logBytes int
 	omitted  uint32 // requests left out of the log
@@ -127,11 +131,24 @@ func NewLiveExecution(id string, current func() *policy.Compiled, events chan<- 
 	return &Execution{id: id, policy: current, events: events}
 }
 
+// Observed is one HTTP request's decision, as Observe reports it. Host is
+// the canonical host the request named, bounded like the log's.
+type Observed struct {
+	Host, RuleID, Source string
+	Decision             policyv1.Decision
+}
+
+// Observe makes the execution call f with each HTTP request's decision,
+// from the decision service's goroutine: f must be quick and must not
+// block.
+func (e *Execution) Observe(f func(Observed)) { e.observe.Store(&f) }
+
 // Summary is what the result reports of the execution's network use; its
 // fields go to the Result fields of the same names.
 type Summary struct {
-	// Allowed and Blocked count every HTTP request decided.
-	Allowed, Blocked uint32
+	// Allowed and Blocked count every HTTP request decided; WouldBlock
+	// counts the allowed ones an audit-mode policy would have blocked.
+	Allowed, Blocked, WouldBlock uint32
 	// Log is the network log, within its bounds.
 	Log []*executorv1.NetworkLogEntry
 	// LogOmitted counts requests left out of Log by its bounds or the
@@ -162,6 +179,7 @@ func (e *Execution) Summary() Summary {
 	return Summary{
 		Allowed:           e.allowed,
 		Blocked:           e.blocked,
+		WouldBlock:        e.wouldBlock,
 		Log:               log,
 		LogOmitted:        e.omitted,
 		LogOmittedAllowed: e.omittedAllowed,
@@ -555,6 +573,9 @@ func (s *Service) decideHTTP(r *egressv1.HttpRequest) (*egressv1.DecideResponse,
 	} else {
 		e.allowed++
 	}
+	if d.Decision == policyv1.Decision_DECISION_WOULD_BLOCK {
+		e.wouldBlock++
+	}
 	entry := &executorv1.NetworkLogEntry{
 		Timestamp: timestamppb.New(now),
 		Method:    method,
@@ -563,6 +584,7 @@ func (s *Service) decideHTTP(r *egressv1.HttpRequest) (*egressv1.DecideResponse,
 		Blocked:   blocked,
 		RuleId:    rule,
 		Decision:  d.Decision,
+		Source:    d.Source,
 	}
 	if blocked {
 		entry.StatusCode = 403
@@ -588,7 +610,11 @@ func (s *Service) decideHTTP(r *egressv1.HttpRequest) (*egressv1.DecideResponse,
 		Decision:  d.Decision,
 		RuleId:    rule,
 		Reason:    logReason,
+		Source:    d.Source,
 	})
+	if f := e.observe.Load(); f != nil {
+		(*f)(Observed{Host: host, RuleID: rule, Source: d.Source, Decision: d.Decision})
+	}
 	resp := &egressv1.DecideResponse{Decision: d.Decision, RuleId: d.RuleID, Reason: reason, ExecutionId: e.id}
 	if !blocked {
 		resp.MaxRequestBytes = e.policy().Limits().MaxRequestBytes

@@ -57,8 +57,13 @@ type Config struct {
 	ProxyUID uint32
 	// Table names the executor's nftables tables.
 	Table string
-	// PolicyFile is the operator's policy (YAML); empty means deny all.
+	// PolicyFile is the operator's policy (YAML). Empty means deny all,
+	// unless TenantsDecide.
 	PolicyFile string
+	// TenantsDecide means the executor serves tenants, each execution
+	// narrowed by its tenant's policy: without PolicyFile the operator
+	// adds no policy of its own.
+	TenantsDecide bool
 	// IfPrefix and NamePrefix name the host veths and the namespaces; the
 	// executor owns everything with these prefixes.
 	IfPrefix, NamePrefix string
@@ -110,7 +115,7 @@ func New(ctx context.Context, cfg Config, metricsReg prometheus.Registerer, log 
 	reg := decision.NewRegistry()
 	reg.ExpectPorts(decision.Ports{Transparent: cfg.ProxyPort, DNS: cfg.DNSPort})
 	e := &Egress{cfg: cfg, net: m, reg: reg, log: log, logs: decision.NewLogBudget(cfg.MaxNetworkLogBytes), stopped: make(chan struct{})}
-	base, mtime, err := loadPolicy(cfg.PolicyFile)
+	base, mtime, err := loadPolicy(cfg.PolicyFile, cfg.TenantsDecide)
 	if err != nil {
 		return nil, err
 	}
@@ -123,6 +128,14 @@ func New(ctx context.Context, cfg Config, metricsReg prometheus.Registerer, log 
 		w.run(wctx)
 	}()
 	return e, nil
+}
+
+// SourceOperator names the operator's policy file in decisions.
+const SourceOperator = "operator"
+
+// Policy is what an execution attached with narrow is decided by now.
+func (e *Egress) Policy(narrow *policy.Compiled) *policy.Compiled {
+	return chain(e.base.Load(), narrow)
 }
 
 // NetworkLogBytes returns the bytes the network logs of the running
@@ -235,11 +248,16 @@ func (a *Attachment) Detach() error {
 	return a.detachErr
 }
 
-// loadPolicy reads the operator's policy file; without one every request is
-// denied.
-func loadPolicy(path string) (*policy.Compiled, time.Time, error) {
+// loadPolicy reads the operator's policy file, its decisions naming the
+// operator as their source. Without one every request is denied, or with
+// optional there is no operator policy (nil) and the executions' own
+// narrowing decides.
+func loadPolicy(path string, optional bool) (*policy.Compiled, time.Time, error) {
 	if path == "" {
-		return policy.DenyAll(), time.Time{}, nil
+		if optional {
+			return nil, time.Time{}, nil
+		}
+		return policy.DenyAll().From(SourceOperator), time.Time{}, nil
 	}
 	st, err := os.Stat(path)
 	if err != nil {
@@ -253,7 +271,7 @@ func loadPolicy(path string) (*policy.Compiled, time.Time, error) {
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("policy file %s: %w", path, err)
 	}
-	return c, st.ModTime(), nil
+	return c.From(SourceOperator), st.ModTime(), nil
 }
 
 // policyWatch keeps base in step with the operator's policy file.
@@ -308,7 +326,7 @@ func (w *policyWatch) check() {
 	if err != nil || st.ModTime().Equal(w.mtime) {
 		return
 	}
-	c, m, err := loadPolicy(w.path)
+	c, m, err := loadPolicy(w.path, false)
 	if err != nil {
 		w.log.Error("policy file changed but does not load; keeping the previous policy", "path", w.path, "error", err)
 		w.mtime = st.ModTime()

@@ -84,15 +84,35 @@ func TestPolicyFileReload(t *testing.T) {
 }
 
 func TestNoPolicyFileDeniesAll(t *testing.T) {
-	c, _, err := loadPolicy("")
+	c, _, err := loadPolicy("", false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := c.Decide(policy.Request{Method: "GET", Host: "api.example.com", Path: "/"}); d.Decision != policyv1.Decision_DECISION_DENY {
-		t.Errorf("without a policy file: %v", d.Decision)
+	req := policy.Request{Method: "GET", Host: "api.example.com", Path: "/"}
+	if d := c.Decide(req); d.Decision != policyv1.Decision_DECISION_DENY || d.Source != SourceOperator {
+		t.Errorf("without a policy file: %v by %q", d.Decision, d.Source)
 	}
-	if _, _, err := loadPolicy("/does/not/exist.yaml"); err == nil {
+	if _, _, err := loadPolicy("/does/not/exist.yaml", false); err == nil {
 		t.Error("a missing policy file loaded")
+	}
+	// When tenants decide, no policy file means no operator policy: the
+	// execution's narrowing alone decides, and without one it is denied.
+	none, _, err := loadPolicy("", true)
+	if err != nil || none != nil {
+		t.Fatalf("optional operator policy = %v, %v; want none", none, err)
+	}
+	allowAll, err := policy.Compile(&policyv1.Policy{DefaultAction: policyv1.Action_ACTION_ALLOW})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := chain(none, allowAll.From("tenant")).Decide(req); d.Decision != policyv1.Decision_DECISION_ALLOW || d.Source != "tenant" {
+		t.Errorf("tenant's policy alone: %v by %q", d.Decision, d.Source)
+	}
+	if d := chain(none, nil).Decide(req); d.Decision != policyv1.Decision_DECISION_DENY {
+		t.Errorf("no policy at all: %v", d.Decision)
+	}
+	if d := chain(c, allowAll.From("tenant")).Decide(req); d.Decision != policyv1.Decision_DECISION_DENY || d.Source != SourceOperator {
+		t.Errorf("operator's deny-all under a tenant that allows: %v by %q", d.Decision, d.Source)
 	}
 }
 

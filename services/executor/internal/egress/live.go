@@ -24,7 +24,17 @@ func (l *livePolicy) current() *policy.Compiled {
 	if c := l.cached.Load(); c != nil && c.base == b {
 		return c.chain
 	}
-	c := &chained{base: b, chain: policy.Chain(b, l.inline)}
+	c := &chained{base: b, chain: chain(b, l.inline)}
 	l.cached.Store(c)
 	return c.chain
+}
+
+// chain narrows the operator's policy base by narrow. A nil base (no
+// operator policy, tenants decide) leaves narrow alone, and with neither
+// every request is denied.
+func chain(base, narrow *policy.Compiled) *policy.Compiled {
+	if base == nil {
+		return policy.Chain(narrow)
+	}
+	return policy.Chain(base, narrow)
 }

@@ -24,7 +24,7 @@ hosts:
   - host: other.example.com
     default: allow
 `)
-	base, loaded, err := loadPolicy(path)
+	base, loaded, err := loadPolicy(path, false)
 	if err != nil {
 		t.Fatal(err)
 	}

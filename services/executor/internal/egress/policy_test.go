@@ -21,7 +21,7 @@ import (
 func TestPolicyReloadsCounted(t *testing.T) {
 	path, write := policyFile(t)
 	write("version: 1\ndefault: allow\n")
-	base, loaded, err := loadPolicy(path)
+	base, loaded, err := loadPolicy(path, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -108,15 +108,6 @@ func TestAuthOverGRPC(t *testing.T) {
 	}
 }
 
-// recordingEgress keeps the policy an execution was attached with, then
-// refuses, so that nothing runs.
-type recordingEgress struct{ narrow **policy.Compiled }
-
-func (r recordingEgress) Attach(_ context.Context, _ string, narrow *policy.Compiled, _ chan<- *executorv1.NetworkEvent) (Network, error) {
-	*r.narrow = narrow
-	return nil, errors.New("recorded")
-}
-
 // TestTokenNarrowsExecution: the token's claims and the inline policy both
 // narrow what the execution's network is attached with.
 func TestTokenNarrowsExecution(t *testing.T) {
@@ -126,7 +117,7 @@ func TestTokenNarrowsExecution(t *testing.T) {
 	}
 	var narrow *policy.Compiled
 	s := newService(t, &fakeSandboxes{run: helloRun}, nil)
-	s.cfg.Egress = recordingEgress{&narrow}
+	s.cfg.Egress = fakeEgress{err: errors.New("recorded"), narrow: &narrow}
 	ctx := identity.NewContext(context.Background(), identity.Identity{Tenant: "t", Policy: claims})
 	inline := &executorv1.ExecuteRequest{Code: "1", Policy: mustPolicy(t, `version: 1
 default: allow

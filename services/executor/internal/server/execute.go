@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
+	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"github.com/sandpit-run/sandpit/services/executor/internal/capacity"
 	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
 	"github.com/sandpit-run/sandpit/services/executor/internal/identity"
@@ -50,13 +51,18 @@ type Network interface {
 	Summary() decision.Summary
 	// Problem says why the sandbox had no egress, or is empty.
 	Problem() string
+	// Observe makes f see each HTTP request's decision; f must not block.
+	Observe(f func(decision.Observed))
 }
 
 // Egress attaches sandboxes to the egress proxy. narrow narrows the
-// operator's policy: the caller's token claims and the inline policy, nil
-// for neither.
+// operator's policy: the tenant's, the caller's token claims and the
+// inline policy, nil for none.
 type Egress interface {
 	Attach(ctx context.Context, id string, narrow *policy.Compiled, events chan<- *executorv1.NetworkEvent) (Network, error)
+	// Policy is what an execution attached with narrow would be decided
+	// by now: the operator's policy narrowed by it.
+	Policy(narrow *policy.Compiled) *policy.Compiled
 }
 
 // Config is what the service needs to know of the executor's configuration.
@@ -78,6 +84,9 @@ type Config struct {
 	// ended: a caller that stops reading loses its call then, and its slot
 	// is freed. Zero means DefaultSendGrace.
 	SendGrace time.Duration
+	// Tenancy maps callers to tenants and holds their quotas; nil runs
+	// every caller under the operator's policy and its token's claims.
+	Tenancy *Tenancy
 }
 
 // DefaultSendGrace is SendGrace's default.
@@ -124,6 +133,19 @@ func (s *Service) Execute(req *executorv1.ExecuteRequest, stream grpc.ServerStre
 	if err != nil {
 		return s.reject(err)
 	}
+	ident, authed := s.cfg.Tenancy.caller(ctx)
+	g, err := s.cfg.Tenancy.resolve(ident, authed, prog.policy)
+	if err == nil {
+		err = g.fitLimits(&prog.limits, requested(req))
+	}
+	if err != nil {
+		return s.reject(err)
+	}
+	endQuota, err := s.cfg.Tenancy.admit(g)
+	if err != nil {
+		return s.reject(err)
+	}
+	defer endQuota()
 	release, err := s.acquire(ctx)
 	if err != nil {
 		return s.reject(err)
@@ -135,20 +157,22 @@ func (s *Service) Execute(req *executorv1.ExecuteRequest, stream grpc.ServerStre
 	}
 
 	x := s.newExecution(ctx, stream)
-	ident, authed := identity.FromContext(ctx)
-	if authed {
-		x.log = x.log.With("tenant", ident.Tenant, "tier", ident.Tier)
-		x.tenant, x.tier = ident.Tenant, ident.Tier
+	if g.ident.Tenant != "" {
+		x.log = x.log.With("tenant", g.ident.Tenant, "tier", g.ident.Tier)
+		x.tenant, x.tier = g.ident.Tenant, g.ident.Tier
 	}
 	defer x.cancel(nil)
 	stop := context.AfterFunc(s.shutdown, func() { x.cancel(errShutdown) })
 	defer stop()
 
-	net, err := s.attachNetwork(ctx, x, narrowing(ident, prog))
+	net, err := s.attachNetwork(ctx, x, g.policy)
 	if err != nil {
 		return s.reject(err)
 	}
+	mode := policyv1.Mode_MODE_ENFORCE
 	if net != nil {
+		mode = s.cfg.Egress.Policy(g.policy).Mode()
+		net.Observe(func(o decision.Observed) { s.metrics.decisions.observe(x.tenant, o) })
 		defer func() {
 			if err := net.Close(); err != nil {
 				x.log.Error("remove sandbox network", "error", err)
@@ -162,7 +186,7 @@ func (s *Service) Execute(req *executorv1.ExecuteRequest, stream grpc.ServerStre
 	}
 	x.log.Info("execution starting", "image", img.Ref, "image_digest", img.Digest, "files", len(prog.files))
 	s.metrics.running.Inc()
-	out, runErr := x.run(s.sb, spec, started(x.id, img, prog, ident))
+	out, runErr := x.run(s.sb, spec, started(x.id, img, prog, g.ident, mode))
 	s.metrics.running.Dec()
 	return s.finish(x, net, prog, out, runErr)
 }
@@ -210,14 +234,18 @@ func (s *Service) resolveImage(ctx context.Context, ref string) (sandbox.Image, 
 	}
 }
 
-// narrowing is what narrows the operator's policy for this execution: the
-// caller's token's claims, then the request's inline policy; nil for
-// neither.
-func narrowing(ident identity.Identity, prog program) *policy.Compiled {
-	if ident.Policy == nil {
-		return prog.policy
+// requested says whether req sets the limit named field, as fitLimits
+// names them.
+func requested(req *executorv1.ExecuteRequest) func(field string) bool {
+	return func(field string) bool {
+		switch field {
+		case limitsFieldTimeout:
+			return req.GetLimits().GetTimeout().AsDuration() != 0
+		case limitsFieldMemory:
+			return req.GetLimits().GetMemoryBytes() != 0
+		}
+		return false
 	}
-	return policy.Chain(ident.Policy, prog.policy)
 }
 
 // attachNetwork gives the sandbox its egress, narrowed by narrow, or nil
@@ -268,6 +296,7 @@ func (s *Service) finish(x *execution, net Network, prog program, out sandbox.Ou
 	res := result(out, x.ctx, x.budget, x.stdout, x.stderr)
 	res.RequestsAllowed = netSummary.Allowed
 	res.RequestsBlocked = netSummary.Blocked
+	res.RequestsWouldBlock = netSummary.WouldBlock
 	res.NetworkLog = netSummary.Log
 	res.NetworkEventsDropped = netSummary.DroppedEvents
 	res.NetworkLogTruncated = netSummary.LogTruncated
@@ -337,7 +366,7 @@ func (s *Service) reject(err error) error {
 }
 
 // started is the first event of the stream.
-func started(id string, img sandbox.Image, prog program, ident identity.Identity) *executorv1.ExecuteResponse {
+func started(id string, img sandbox.Image, prog program, ident identity.Identity, mode policyv1.Mode) *executorv1.ExecuteResponse {
 	return &executorv1.ExecuteResponse{Event: &executorv1.ExecuteResponse_Started{Started: &executorv1.Started{
 		ExecutionId: id,
 		Image:       img.Ref,
@@ -345,6 +374,7 @@ func started(id string, img sandbox.Image, prog program, ident identity.Identity
 		Limits:      prog.limits.Proto(),
 		Tenant:      ident.Tenant,
 		Tier:        ident.Tier,
+		PolicyMode:  mode,
 	}}}
 }
 

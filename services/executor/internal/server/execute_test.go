@@ -301,12 +301,21 @@ func TestCallerThatStopsReadingLosesItsCallNotItsSlot(t *testing.T) {
 	}
 }
 
-// fakeEgress refuses to attach with err.
-type fakeEgress struct{ err error }
+// fakeEgress refuses to attach with err, keeping the policy the execution
+// was attached with in *narrow when that is set.
+type fakeEgress struct {
+	err    error
+	narrow **policy.Compiled
+}
 
-func (f fakeEgress) Attach(context.Context, string, *policy.Compiled, chan<- *executorv1.NetworkEvent) (Network, error) {
+func (f fakeEgress) Attach(_ context.Context, _ string, narrow *policy.Compiled, _ chan<- *executorv1.NetworkEvent) (Network, error) {
+	if f.narrow != nil {
+		*f.narrow = narrow
+	}
 	return nil, f.err
 }
+
+func (f fakeEgress) Policy(narrow *policy.Compiled) *policy.Compiled { return policy.Chain(narrow) }
 
 func TestAttachErrors(t *testing.T) {
 	tests := []struct {
@@ -319,7 +328,7 @@ func TestAttachErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		s := newService(t, &fakeSandboxes{run: helloRun}, nil)
-		s.cfg.Egress = fakeEgress{tt.err}
+		s.cfg.Egress = fakeEgress{err: tt.err}
 		err := s.Execute(&executorv1.ExecuteRequest{Code: "1"}, &fakeStream{ctx: context.Background()})
 		if status.Code(err) != tt.code || reasonOf(err) != tt.reason {
 			t.Errorf("attach failing with %v: got %v, want %v %s", tt.err, err, tt.code, tt.reason)

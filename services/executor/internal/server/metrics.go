@@ -1,10 +1,14 @@
 package server
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	"github.com/sandpit-run/sandpit/services/executor/internal/capacity"
+	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
+	"github.com/sandpit-run/sandpit/services/policy"
 )
 
 // metricsDuration buckets span a fast hello world to the maximum timeout.
@@ -21,6 +25,7 @@ type Metrics struct {
 	// reported as network_events_dropped and network_log_omitted.
 	eventsDropped prometheus.Counter
 	logOmitted    prometheus.Counter
+	decisions     *decisionCounter
 }
 
 // NewMetrics registers the executor's metrics on reg.
@@ -60,11 +65,73 @@ func NewMetrics(reg prometheus.Registerer, slots *capacity.Limiter) *Metrics {
 		}
 	}
 	m.executions.WithLabelValues(terminationError)
-	reg.MustRegister(m.executions, m.duration, m.running, m.rejected, m.eventsDropped, m.logOmitted,
+	m.decisions = newDecisionCounter(maxHostsPerTenant, maxDecisionSeries)
+	reg.MustRegister(m.decisions.vec, m.executions, m.duration, m.running, m.rejected, m.eventsDropped, m.logOmitted,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sandpit_execution_queue_waiting",
 			Help: "Executions waiting for a slot.",
 		}, func() float64 { return float64(slots.Waiting()) }),
 	)
 	return m
+}
+
+// Bounds on the series of sandpit_requests_decided_total: a sandbox names
+// the hosts it asks for, so a tenant's hosts beyond the first
+// maxHostsPerTenant are counted as host="_other", and past
+// maxDecisionSeries series in all every label but decision is "_other".
+const (
+	maxHostsPerTenant = 64
+	maxDecisionSeries = 10000
+	otherLabel        = "_other"
+)
+
+// decisionCounter counts HTTP decisions by tenant, host, rule, source and
+// decision, with bounded cardinality.
+type decisionCounter struct {
+	vec                 *prometheus.CounterVec
+	maxHosts, maxSeries int
+
+	mu     sync.Mutex
+	hosts  map[string]map[string]bool // tenant -> hosts with a series
+	series map[[4]string]bool
+}
+
+func newDecisionCounter(maxHosts, maxSeries int) *decisionCounter {
+	return &decisionCounter{
+		vec: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sandpit_requests_decided_total",
+			Help: "HTTP requests of sandboxes decided, by tenant (empty without tenants), host, rule, source (operator, tenant, token, inline, or empty when a limit or the proxy decided) and decision (allow, deny, would_block). A tenant's hosts past its first 64 are host=\"_other\"; past 10000 series every label but decision is \"_other\".",
+		}, []string{"tenant", "host", "rule", "source", "decision"}),
+		maxHosts:  maxHosts,
+		maxSeries: maxSeries,
+		hosts:     map[string]map[string]bool{},
+		series:    map[[4]string]bool{},
+	}
+}
+
+// observe counts one decision of tenant's execution.
+func (c *decisionCounter) observe(tenant string, o decision.Observed) {
+	l := [4]string{tenant, o.Host, o.RuleID, o.Source}
+	c.mu.Lock()
+	hs := c.hosts[tenant]
+	if hs == nil {
+		hs = map[string]bool{}
+		c.hosts[tenant] = hs
+	}
+	if !hs[l[1]] {
+		if len(hs) < c.maxHosts {
+			hs[l[1]] = true
+		} else {
+			l[1] = otherLabel
+		}
+	}
+	if !c.series[l] {
+		if len(c.series) < c.maxSeries {
+			c.series[l] = true
+		} else {
+			l = [4]string{otherLabel, otherLabel, otherLabel, otherLabel}
+		}
+	}
+	c.mu.Unlock()
+	c.vec.WithLabelValues(l[0], l[1], l[2], l[3], policy.DecisionLabel(o.Decision)).Inc()
 }

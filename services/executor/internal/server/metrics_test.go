@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -10,8 +11,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
+	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"github.com/sandpit-run/sandpit/services/daemon/metricstest"
 	"github.com/sandpit-run/sandpit/services/executor/internal/capacity"
 	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
@@ -27,12 +30,15 @@ func (summaryNetwork) Contribute(*sandbox.Spec)    {}
 func (summaryNetwork) Close() error                { return nil }
 func (n summaryNetwork) Summary() decision.Summary { return n.sum }
 func (summaryNetwork) Problem() string             { return "" }
+func (summaryNetwork) Observe(func(decision.Observed)) {}
 
 type summaryEgress struct{ sum decision.Summary }
 
 func (e summaryEgress) Attach(context.Context, string, *policy.Compiled, chan<- *executorv1.NetworkEvent) (Network, error) {
 	return summaryNetwork(e), nil
 }
+
+func (summaryEgress) Policy(narrow *policy.Compiled) *policy.Compiled { return policy.Chain(narrow) }
 
 // TestMetrics runs executions that exit, time out and fail, and one that
 // is refused: each is counted once under the shared vocabulary, and what
@@ -102,4 +108,39 @@ func TestMetrics(t *testing.T) {
 		reasons = append(reasons, strings.ToLower(r))
 	}
 	metricstest.CheckLabel(t, reg, "reason", reasons)
+}
+
+// TestDecisionCounterIsBounded: a sandbox naming ever new hosts adds at
+// most maxHosts series for its tenant, the rest go to host="_other", and
+// past maxSeries every series but the decision is "_other"; no count is
+// lost.
+func TestDecisionCounterIsBounded(t *testing.T) {
+	c := newDecisionCounter(3, 8)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c.vec)
+	for i := range 10 {
+		c.observe("acme", decision.Observed{Host: fmt.Sprintf("h%d.example.com", i), RuleID: "default", Source: "tenant", Decision: policyv1.Decision_DECISION_WOULD_BLOCK})
+	}
+	for i := range 10 {
+		c.observe(fmt.Sprintf("t%d", i), decision.Observed{Host: "api.stripe.com", RuleID: "r", Source: "operator", Decision: policyv1.Decision_DECISION_ALLOW})
+	}
+	if got := testutil.CollectAndCount(c.vec); got > 8+2 {
+		t.Errorf("%d series, want at most 8 and the _other ones", got)
+	}
+	if got := testutil.ToFloat64(c.vec.WithLabelValues("acme", otherLabel, "default", "tenant", "would_block")); got != 7 {
+		t.Errorf("acme's hosts past the first 3 counted %v, want 7", got)
+	}
+	if got := testutil.ToFloat64(c.vec.WithLabelValues("acme", "h0.example.com", "default", "tenant", "would_block")); got != 1 {
+		t.Errorf("acme's first host counted %v, want 1", got)
+	}
+	var total float64
+	for _, d := range []string{"allow", "would_block"} {
+		for _, l := range [][4]string{{otherLabel, otherLabel, otherLabel, otherLabel}} {
+			total += testutil.ToFloat64(c.vec.WithLabelValues(l[0], l[1], l[2], l[3], d))
+		}
+	}
+	// 4 acme series and 4 tenants fill the 8; the 6 other tenants overflow.
+	if total != 6 {
+		t.Errorf("overflow series counted %v, want 6", total)
+	}
 }
