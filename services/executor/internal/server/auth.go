@@ -11,17 +11,18 @@ import (
 	"google.golang.org/grpc/codes"
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
+	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"github.com/sandpit-run/sandpit/services/executor/internal/identity"
 )
 
-// AuthOptions make every ExecutorService call carry a bearer token v
-// accepts; health and reflection stay open. They go into the server's
+// AuthOptions make every ExecutorService and PolicyService call carry a
+// bearer token v accepts; health and reflection stay open. They go into the server's
 // ServerOptions, so the check runs inside metrics, logging and recovery
 // and refused calls are counted and logged like any other.
 func AuthOptions(v *identity.Verifier) []grpc.ServerOption {
 	check := authenticate(v)
 	executorOnly := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
-		return c.Service == executorv1.ExecutorService_ServiceDesc.ServiceName
+		return c.Service == executorv1.ExecutorService_ServiceDesc.ServiceName || c.Service == policyv1.PolicyService_ServiceDesc.ServiceName
 	})
 	return []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(check), executorOnly)),
@@ -35,15 +36,26 @@ func authenticate(v *identity.Verifier) auth.AuthFunc {
 	return func(ctx context.Context) (context.Context, error) {
 		// A missing header, or one of another scheme, is a missing token.
 		token, _ := auth.AuthFromMD(ctx, "bearer")
-		id, err := v.Verify(token)
+		id, err := verify(v, token, "", nil)
 		if err != nil {
-			reason := identity.ReasonMalformed
-			var ie *identity.Error
-			if errors.As(err, &ie) {
-				reason = ie.Reason
-			}
-			return nil, statusError(codes.Unauthenticated, reason, err.Error(), nil)
+			return nil, err
 		}
 		return identity.NewContext(ctx, id), nil
 	}
+}
+
+// verify checks token; a refused one is Unauthenticated with the reason,
+// its message prefixed with what (a field name, or empty) and its ErrorInfo
+// carrying meta.
+func verify(v *identity.Verifier, token, what string, meta map[string]string) (identity.Identity, error) {
+	id, err := v.Verify(token)
+	if err != nil {
+		reason := identity.ReasonMalformed
+		var ie *identity.Error
+		if errors.As(err, &ie) {
+			reason = ie.Reason
+		}
+		return id, statusError(codes.Unauthenticated, reason, what+err.Error(), meta)
+	}
+	return id, nil
 }

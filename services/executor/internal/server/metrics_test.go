@@ -26,10 +26,10 @@ import (
 // summaryNetwork is an attachment whose execution reports sum.
 type summaryNetwork struct{ sum decision.Summary }
 
-func (summaryNetwork) Contribute(*sandbox.Spec)    {}
-func (summaryNetwork) Close() error                { return nil }
-func (n summaryNetwork) Summary() decision.Summary { return n.sum }
-func (summaryNetwork) Problem() string             { return "" }
+func (summaryNetwork) Contribute(*sandbox.Spec)        {}
+func (summaryNetwork) Close() error                    { return nil }
+func (n summaryNetwork) Summary() decision.Summary     { return n.sum }
+func (summaryNetwork) Problem() string                 { return "" }
 func (summaryNetwork) Observe(func(decision.Observed)) {}
 
 type summaryEgress struct{ sum decision.Summary }
