@@ -181,9 +181,10 @@ soak: deps tools runc image image-sdk stripe-mock ## the soak test, longer: SOAK
 POLICY ?= deploy/policy/example.yaml
 
 .PHONY: binaries
-binaries: ## build the executor and egress proxy binaries
+binaries: ## build the executor, the egress proxy and sandpit-check
 	go build -o $(BIN)/sandpit-executor ./services/executor/cmd/sandpit-executor
 	go build -o $(BIN)/sandpit-egress-proxy ./services/egressproxy/cmd/sandpit-egress-proxy
+	go build -o $(BIN)/sandpit-check ./services/executor/cmd/sandpit-check
 
 .PHONY: run
 run: deps runc image binaries ## install what is missing, start containerd if none runs, run the egress proxy and the executor (POLICY=file, default deploy/policy/example.yaml)
@@ -196,6 +197,7 @@ run: deps runc image binaries ## install what is missing, start containerd if no
 install: deps runc image binaries ## install binaries, runc, systemd units and the example policy (kept if present), import the image
 	install -D -m 0755 $(BIN)/sandpit-executor /usr/local/bin/sandpit-executor
 	install -D -m 0755 $(BIN)/sandpit-egress-proxy /usr/local/bin/sandpit-egress-proxy
+	install -D -m 0755 $(BIN)/sandpit-check /usr/local/bin/sandpit-check
 	install -D -m 0755 $(BIN)/runc $(RUNC_INSTALL)
 	id -u sandpit-egress >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin sandpit-egress
 	install -D -m 0644 deploy/systemd/sandpit-executor.service /etc/systemd/system/sandpit-executor.service

@@ -112,3 +112,19 @@ func ServeMetricsOn(ctx context.Context, lis net.Listener, g prometheus.Gatherer
 	}
 	return nil
 }
+
+// Every calls f every interval until ctx ends; it returns when ctx ends.
+// The executor's periodic work (the policy file's and the tenants file's
+// watches, the reaper) runs on it.
+func Every(ctx context.Context, interval time.Duration, f func()) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f()
+		}
+	}
+}

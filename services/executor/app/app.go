@@ -21,6 +21,7 @@ import (
 
 	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
+	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"github.com/sandpit-run/sandpit/services/daemon/grpcserve"
 	"github.com/sandpit-run/sandpit/services/daemon/program"
 	"github.com/sandpit-run/sandpit/services/executor/internal/capacity"
@@ -31,6 +32,7 @@ import (
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
 	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
 	"github.com/sandpit-run/sandpit/services/executor/internal/server"
+	"github.com/sandpit-run/sandpit/services/executor/internal/tenants"
 	"github.com/sandpit-run/sandpit/services/policy"
 )
 
@@ -70,8 +72,13 @@ type App struct {
 	rt    *sandbox.Runtime
 	eg    *egress.Egress
 	slots *capacity.Limiter
-	reg   *prometheus.Registry
-	hs    *health.Server
+	// tenants is the tenants store, nil without one; tenantsFile is it
+	// when it is a file (polled by Run), tenantsDB when a database.
+	tenants     tenants.Source
+	tenantsFile *tenants.Store
+	tenantsDB   *tenants.PGStore
+	reg         *prometheus.Registry
+	hs          *health.Server
 
 	srv, decider       *grpc.Server
 	lis, dlis, metrics net.Listener
@@ -138,6 +145,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (_ *
 		return nil, fmt.Errorf("default image: %w (make image imports it)", err)
 	}
 
+	if err := a.openTenants(ctx); err != nil {
+		return nil, err
+	}
 	var eg server.Egress
 	if cfg.Egress {
 		if eg, err = a.newEgress(ctx); err != nil {
@@ -155,6 +165,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (_ *
 		NodePath:       cfg.NodePath,
 		Runtimes:       cfg.Runtimes,
 		Egress:         eg,
+		Tenancy:        &server.Tenancy{Source: a.tenants, CertTenants: cfg.TLS.ClientCAFile != ""},
 	}, a.rt, a.slots, server.NewMetrics(a.reg, a.slots), log)
 	var callerOpts []grpc.ServerOption
 	if cfg.TLS.Enabled() {
@@ -164,11 +175,13 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (_ *
 		}
 		callerOpts = append(callerOpts, grpc.Creds(creds))
 	}
+	var tokens *identity.Verifier
 	if cfg.JWT.Enabled() {
 		v, err := identity.New(cfg.JWT, log)
 		if err != nil {
 			return nil, err
 		}
+		tokens = v
 		callerOpts = append(callerOpts, server.AuthOptions(v)...)
 		log.Info("callers authenticate with JWT bearer tokens", "issuer", cfg.JWT.Issuer, "audience", cfg.JWT.Audience,
 			"tenant_claim", cfg.JWT.TenantClaim, "tier_claim", cfg.JWT.TierClaim)
@@ -181,7 +194,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (_ *
 		LogStart:      true,
 		ErrorDomain:   server.ErrorDomain,
 		ServerOptions: callerOpts,
-	}, func(r grpc.ServiceRegistrar) { executorv1.RegisterExecutorServiceServer(r, svc) })
+	}, func(r grpc.ServiceRegistrar) {
+		executorv1.RegisterExecutorServiceServer(r, svc)
+		policyv1.RegisterPolicyServiceServer(r, server.NewPolicyService(svc, tokens))
+	})
 
 	if a.lis == nil {
 		if a.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
@@ -192,6 +208,27 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (_ *
 		return nil, err
 	}
 	return a, nil
+}
+
+// openTenants opens the tenants store the configuration names, if any.
+func (a *App) openTenants(ctx context.Context) error {
+	switch cfg := a.cfg; {
+	case cfg.TenantsFile != "":
+		st, err := tenants.Open(cfg.TenantsFile, a.reg, a.log)
+		if err != nil {
+			return err
+		}
+		a.tenantsFile, a.tenants = st, st
+		a.log.Info("serving tenants", "tenants_file", cfg.TenantsFile, "tenants", st.Current().Len())
+	case cfg.PolicyStore != "":
+		st, err := tenants.OpenPostgres(ctx, cfg.PolicyStore, a.reg, a.log)
+		if err != nil {
+			return err
+		}
+		a.tenantsDB, a.tenants = st, st
+		a.log.Info("serving tenants", "policy_store", "postgres", "tenants", st.Current().Len())
+	}
+	return nil
 }
 
 // checkRuntimes refuses to start without the default OCI runtime; a runtime
@@ -229,6 +266,7 @@ func (a *App) newEgress(ctx context.Context) (server.Egress, error) {
 		ProxyUID:           proxyUID,
 		Table:              cfg.NftTable,
 		PolicyFile:         cfg.PolicyFile,
+		TenantsDecide:      cfg.Tenants(),
 		IfPrefix:           cfg.VethPrefix,
 		NamePrefix:         cfg.NetnsPrefix,
 		MaxNetworkLogBytes: int64(cfg.MaxNetworkLogBytes),
@@ -323,6 +361,12 @@ func (a *App) Run(ctx context.Context) error {
 		a.reap(gctx)
 		return nil
 	})
+	if a.tenantsFile != nil {
+		g.Go(func() error {
+			a.tenantsFile.Run(gctx, a.cfg.TenantsReload)
+			return nil
+		})
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		a.stop()
@@ -347,16 +391,9 @@ func (a *App) probe(ctx context.Context) error {
 // reap removes, while containerd answers, what executions left when their
 // cleanup failed (containerd lost mid-execution), without a restart.
 func (a *App) reap(ctx context.Context) {
-	t := time.NewTicker(healthInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	program.Every(ctx, healthInterval, func() {
 		if a.probe(ctx) != nil {
-			continue
+			return
 		}
 		rctx, cancel := context.WithTimeout(ctx, reapTimeout)
 		swept, err := a.rt.Reap(rctx)
@@ -368,7 +405,7 @@ func (a *App) reap(ctx context.Context) {
 		if err != nil {
 			a.log.Warn("reap lost executions", "error", err)
 		}
-	}
+	})
 }
 
 // stop ends serving: no new calls, the grace for running executions, then
@@ -413,6 +450,9 @@ func (a *App) close() {
 		if err := a.eg.Close(); err != nil {
 			a.log.Error("close egress", "error", err)
 		}
+	}
+	if a.tenantsDB != nil {
+		a.tenantsDB.Close()
 	}
 	if a.rt != nil {
 		_ = a.rt.Close()

@@ -83,6 +83,13 @@ type Config struct {
 
 	// JWT authenticates callers when it names a key.
 	JWT identity.Config
+
+	// TenantsFile or PolicyStore (a postgres:// URL), at most one, make
+	// the executor serve tenants: each caller's tenant and tier decide its
+	// policy and limits. TenantsReload is how often the file is looked at.
+	TenantsFile   string
+	PolicyStore   string
+	TenantsReload time.Duration
 }
 
 // Defaults of the sandboxes' init and user namespaces: tini where the image
@@ -150,6 +157,9 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	limitFlags(fs, "default", &c.Defaults)
 	limitFlags(fs, "max", &c.Maxima)
 	jwtFlags(fs, &c.JWT)
+	fs.StringVar(&c.TenantsFile, "tenants-file", "", "tenants file (YAML, version 1): each tenant's and tier's policy, audit mode and limits; reloaded on change, a broken edit keeps the last good version; needs authenticated callers (--jwt-* or --tls-client-ca)")
+	fs.StringVar(&c.PolicyStore, "policy-store", "", "postgres:// URL of a tenants database (the schema is migrated at start; changes are picked up by LISTEN/NOTIFY); instead of --tenants-file")
+	fs.DurationVar(&c.TenantsReload, "tenants-reload-interval", 2*time.Second, "how often --tenants-file and the policy files it names are looked at")
 
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -169,6 +179,9 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	}
 	return c, c.validate()
 }
+
+// Tenants reports whether the executor serves tenants.
+func (c Config) Tenants() bool { return c.TenantsFile != "" || c.PolicyStore != "" }
 
 func (c Config) validate() error {
 	if err := c.TLS.Check(); err != nil {
@@ -199,6 +212,14 @@ func (c Config) validate() error {
 		return errors.New("proxy-user must name the egress proxy's user (name or uid)")
 	case c.RunscPlatform != sandbox.RunscPlatformPtrace && c.RunscPlatform != sandbox.RunscPlatformKVM:
 		return fmt.Errorf("runsc-platform %q: want ptrace or kvm", c.RunscPlatform)
+	case c.TenantsFile != "" && c.PolicyStore != "":
+		return errors.New("tenants-file and policy-store: set one, not both")
+	case c.PolicyStore != "" && !strings.HasPrefix(c.PolicyStore, "postgres://") && !strings.HasPrefix(c.PolicyStore, "postgresql://"):
+		return errors.New("policy-store must be a postgres:// URL")
+	case c.Tenants() && !c.JWT.Enabled() && c.TLS.ClientCAFile == "":
+		return errors.New("tenants-file and policy-store need callers to be authenticated: set --jwt-* keys or --tls-client-ca")
+	case c.TenantsReload <= 0:
+		return errors.New("tenants-reload-interval must be positive")
 	}
 	return limits.CheckConfig(c.Defaults, c.Maxima)
 }

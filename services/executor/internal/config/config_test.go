@@ -60,6 +60,10 @@ func TestParseRejects(t *testing.T) {
 		{"tls cert without key", []string{"--tls-cert", "a.crt"}, nil, "tls-cert and tls-key"},
 		{"tls key without cert", nil, map[string]string{"SANDPIT_TLS_KEY": "a.key"}, "tls-cert and tls-key"},
 		{"client CA without tls", []string{"--tls-client-ca", "ca.crt"}, nil, "tls-client-ca needs"},
+		{"tenants without authentication", []string{"--tenants-file", "t.yaml"}, nil, "need callers to be authenticated"},
+		{"tenants file and store", []string{"--tenants-file", "t.yaml", "--policy-store", "postgres://x", "--jwt-hs256-secret-file", "s"}, nil, "not both"},
+		{"store not postgres", []string{"--policy-store", "mysql://x", "--jwt-hs256-secret-file", "s"}, nil, "postgres:// URL"},
+		{"no tenants reload", []string{"--tenants-reload-interval", "0s"}, nil, "tenants-reload-interval"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
+	"github.com/sandpit-run/sandpit/services/daemon/program"
 	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
 	"github.com/sandpit-run/sandpit/services/executor/internal/firewall"
 	"github.com/sandpit-run/sandpit/services/executor/internal/netns"
@@ -307,17 +308,11 @@ func (w *policyWatch) run(ctx context.Context) {
 	if w.path == "" {
 		return
 	}
-	t := time.NewTicker(2 * time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		w.check()
-	}
+	program.Every(ctx, PolicyPollInterval, w.check)
 }
+
+// PolicyPollInterval is how often the operator's policy file is looked at.
+const PolicyPollInterval = 2 * time.Second
 
 // check reloads the file if it changed since the last look. A file that no
 // longer loads keeps the last good policy in force.

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sandpit-run/sandpit/services/daemon/program"
 )
 
 // Store keeps the last good version of the tenants file and reloads it when
@@ -96,16 +98,7 @@ func (s *Store) Problem() string {
 
 // Run checks for changes every interval until ctx ends.
 func (s *Store) Run(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			s.Check()
-		}
-	}
+	program.Every(ctx, interval, s.Check)
 }
 
 // Check reloads the tenants if any of their files changed since the last
