@@ -87,7 +87,7 @@ lint: tools ## buf lint, buf format check, gofmt and go vet over every module
 	for m in $(MODULES); do (cd $$m && go vet $(INTEGRATION) ./...); done
 
 TEST_ENV = PYTHONDONTWRITEBYTECODE=1 SANDPIT_RUNC=$(BIN)/runc SANDPIT_IMAGE_TAR=$(IMAGE_TAR) SANDPIT_SDK_IMAGE_TAR=$(IMAGE_SDK_TAR) \
-	SANDPIT_GRPCURL=$(BIN)/grpcurl SANDPIT_STRIPE_MOCK=$(BIN)/stripe-mock
+	SANDPIT_GRPCURL=$(BIN)/grpcurl SANDPIT_STRIPE_MOCK=$(BIN)/stripe-mock SANDPIT_CHECK=$(BIN)/sandpit-check
 
 # Tests that need root, containerd, nftables, namespaces or a registry carry
 # the integration build tag; the rest are unit tests.
@@ -104,7 +104,7 @@ test-deps: deps
 	hack/install-deps.sh postgresql
 
 .PHONY: test
-test: test-deps tools runc image image-sdk stripe-mock checkgenerate lint examples unit ## run every test: unit (with -race), and integration against real containerd, runc, nftables and the image
+test: test-deps tools runc image image-sdk stripe-mock check-cli checkgenerate lint examples unit ## run every test: unit (with -race), and integration against real containerd, runc, nftables and the image
 	for m in $(MODULES); do (cd $$m && $(TEST_ENV) go test $(GOTEST_FLAGS) $(INTEGRATION) ./...); done
 	$(RUNSC_TEST)
 
@@ -161,7 +161,7 @@ $(BIN)/containerd2/containerd: tools/containerd2/go.mod tools/containerd2/go.sum
 	cd tools/containerd2 && GOWORK=off go build -o $(BIN)/containerd2/ github.com/containerd/containerd/v2/cmd/containerd github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
 
 .PHONY: test-containerd2
-test-containerd2: deps tools runc image image-sdk stripe-mock $(BIN)/containerd2/containerd ## run the integration tests against containerd 2.x (pinned in tools/containerd2) instead of Debian's 1.6
+test-containerd2: deps tools runc image image-sdk stripe-mock check-cli $(BIN)/containerd2/containerd ## run the integration tests against containerd 2.x (pinned in tools/containerd2) instead of Debian's 1.6
 	cd test && PATH=$(BIN)/containerd2:$$PATH SANDPIT_CONTAINERD=$(BIN)/containerd2/containerd $(TEST_ENV) go test $(GOTEST_FLAGS) ./e2e/
 
 .PHONY: bench
@@ -179,6 +179,10 @@ soak: deps tools runc image image-sdk stripe-mock ## the soak test, longer: SOAK
 		go test -count=1 -run '^TestSoakLeavesNothingBehind$$' -timeout 90m -v ./e2e/
 
 POLICY ?= deploy/policy/example.yaml
+
+.PHONY: check-cli
+check-cli: ## build sandpit-check (the Check RPC's CLI) into bin/
+	go build -o $(BIN)/sandpit-check ./services/executor/cmd/sandpit-check
 
 .PHONY: binaries
 binaries: ## build the executor, the egress proxy and sandpit-check

@@ -73,8 +73,9 @@ type Verdict struct {
 	QuestionID uint64
 	// Decision is DECISION_ALLOW, DECISION_DENY or DECISION_WOULD_BLOCK.
 	Decision policyv1.Decision
-	// RuleID and Reason say which rule decided and why.
-	RuleID, Reason string
+	// RuleID and Reason say which rule decided and why, Source which
+	// policy the rule is of (operator, tenant, token, inline).
+	RuleID, Reason, Source string
 	// ExecutionID is the execution the source address belongs to, empty
 	// when none does.
 	ExecutionID string
@@ -206,6 +207,7 @@ func verdict(resp *egressv1.DecideResponse) Verdict {
 		Decision:        resp.GetDecision(),
 		RuleID:          resp.GetRuleId(),
 		Reason:          resp.GetReason(),
+		Source:          resp.GetSource(),
 		ExecutionID:     resp.GetExecutionId(),
 		MaxRequestBytes: resp.GetMaxRequestBytes(),
 	}

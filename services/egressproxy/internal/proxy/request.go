@@ -175,6 +175,7 @@ type verdict struct {
 	allowed bool
 	label   string // policy.DecisionLabel of the verdict enforced
 	rule    string
+	source  string // the policy the rule is of
 	reason  string
 	at      time.Time
 	// maxBody is the most request body bytes to forward; 0 is no limit.
@@ -204,21 +205,21 @@ func (p *Proxy) decide(ctx context.Context, info connInfo, c *checked, contentLe
 		Violation:       c.violation,
 		ViolationStatus: c.status,
 	})
-	v := verdict{id: resp.QuestionID, rule: resp.RuleID, reason: resp.Reason, at: time.Now(), maxBody: resp.MaxRequestBytes, status: http.StatusForbidden}
+	v := verdict{id: resp.QuestionID, rule: resp.RuleID, source: resp.Source, reason: resp.Reason, at: time.Now(), maxBody: resp.MaxRequestBytes, status: http.StatusForbidden}
 	if errors.Is(err, decide.ErrRateLimited) {
 		v.status = http.StatusTooManyRequests
 	}
 	v.label = policy.DecisionLabel(resp.Decision)
 	v.allowed = v.label != policy.LabelDeny
 	if c.violation != "" {
-		v.allowed, v.label, v.rule, v.reason = false, policy.LabelDeny, "proxy", c.violation
+		v.allowed, v.label, v.rule, v.source, v.reason = false, policy.LabelDeny, "proxy", "", c.violation
 	}
 	p.cfg.Metrics.request(v.label, c.protocol)
 	if v.status == http.StatusTooManyRequests {
 		return v // the limiter logs these, sampled
 	}
 	p.log.Info("request", "source_ip", addrString(info.src), "method", c.method, "host", c.host, "path", path,
-		"protocol", c.protocol, "decision", v.label, "rule_id", v.rule, "reason", v.reason,
+		"protocol", c.protocol, "decision", v.label, "rule_id", v.rule, "source", v.source, "reason", v.reason,
 		"execution_id", resp.ExecutionID, "error", err)
 	return v
 }

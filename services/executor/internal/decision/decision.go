@@ -615,7 +615,7 @@ func (s *Service) decideHTTP(r *egressv1.HttpRequest) (*egressv1.DecideResponse,
 	if f := e.observe.Load(); f != nil {
 		(*f)(Observed{Host: host, RuleID: rule, Source: d.Source, Decision: d.Decision})
 	}
-	resp := &egressv1.DecideResponse{Decision: d.Decision, RuleId: d.RuleID, Reason: reason, ExecutionId: e.id}
+	resp := &egressv1.DecideResponse{Decision: d.Decision, RuleId: d.RuleID, Reason: reason, ExecutionId: e.id, Source: d.Source}
 	if !blocked {
 		resp.MaxRequestBytes = e.policy().Limits().MaxRequestBytes
 	}

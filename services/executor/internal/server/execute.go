@@ -172,7 +172,7 @@ func (s *Service) Execute(req *executorv1.ExecuteRequest, stream grpc.ServerStre
 	mode := policyv1.Mode_MODE_ENFORCE
 	if net != nil {
 		mode = s.cfg.Egress.Policy(g.policy).Mode()
-		net.Observe(func(o decision.Observed) { s.metrics.decisions.observe(x.tenant, o) })
+		net.Observe(x.observer(s.metrics.decisions))
 		defer func() {
 			if err := net.Close(); err != nil {
 				x.log.Error("remove sandbox network", "error", err)
@@ -309,7 +309,8 @@ func (s *Service) finish(x *execution, net Network, prog program, out sandbox.Ou
 	s.metrics.executions.WithLabelValues(term).Inc()
 	s.metrics.duration.Observe(out.WallTime.Seconds())
 	x.log.Info("execution ended", "termination", term, "exit_code", res.GetExitCode(), "wall_seconds", out.WallTime.Seconds(),
-		"cpu_seconds", out.Usage.CPU.Seconds(), "peak_memory_bytes", out.Usage.PeakMemory)
+		"cpu_seconds", out.Usage.CPU.Seconds(), "peak_memory_bytes", out.Usage.PeakMemory,
+		"requests_allowed", netSummary.Allowed, "requests_blocked", netSummary.Blocked, "requests_would_block", netSummary.WouldBlock)
 	if !x.finalSends(&executorv1.ExecuteResponse{Event: &executorv1.ExecuteResponse_Result{Result: res}}) {
 		x.log.Warn("the caller stopped reading; ending the call", "send_grace_seconds", x.sendGrace.Seconds())
 		s.metrics.rejected.WithLabelValues(strings.ToLower(ReasonCallerNotReading)).Inc()

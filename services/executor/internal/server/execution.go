@@ -3,11 +3,14 @@ package server
 import (
 	"context"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
+	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
+	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
 	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
 )
 
@@ -41,6 +44,8 @@ type execution struct {
 
 	// tenant and tier are the caller's, stamped on its network events.
 	tenant, tier string
+	// wouldBlock counts the would-block decisions (audit mode).
+	wouldBlock atomic.Uint32
 }
 
 func (s *Service) newExecution(ctx context.Context, stream grpc.ServerStreamingServer[executorv1.ExecuteResponse]) *execution {
@@ -217,4 +222,22 @@ func environment(req map[string]string) []string {
 func (x *execution) networkEvent(ev *executorv1.NetworkEvent) *executorv1.ExecuteResponse {
 	ev.Tenant, ev.Tier = x.tenant, x.tier
 	return &executorv1.ExecuteResponse{Event: &executorv1.ExecuteResponse_Network{Network: ev}}
+}
+
+// maxWouldBlockLogs bounds the would-block decisions an execution logs one
+// by one; the rest are counted in its "execution ended" line.
+const maxWouldBlockLogs = 20
+
+// observer counts each of the execution's decisions in c, and logs its
+// would-block ones (audit mode): what a tightened policy would break.
+func (x *execution) observer(c *decisionCounter) func(decision.Observed) {
+	return func(o decision.Observed) {
+		c.observe(x.tenant, o)
+		if o.Decision != policyv1.Decision_DECISION_WOULD_BLOCK {
+			return
+		}
+		if n := x.wouldBlock.Add(1); n <= maxWouldBlockLogs {
+			x.log.Info("request would be blocked (audit mode)", "host", o.Host, "rule", o.RuleID, "source", o.Source)
+		}
+	}
 }

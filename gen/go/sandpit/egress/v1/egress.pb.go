@@ -902,7 +902,10 @@ type DecideResponse struct {
 	MaxRequestBytes uint64 `protobuf:"varint,6,opt,name=max_request_bytes,json=maxRequestBytes,proto3" json:"max_request_bytes,omitempty"`
 	// A notice, never set on an answer: the execution that held a source
 	// address ended.
-	Release       *Release `protobuf:"bytes,7,opt,name=release,proto3" json:"release,omitempty"`
+	Release *Release `protobuf:"bytes,7,opt,name=release,proto3" json:"release,omitempty"`
+	// Which policy decided: operator, tenant, token or inline; empty when a
+	// limit or the proxy's own check did. For the proxy's log.
+	Source        string `protobuf:"bytes,8,opt,name=source,proto3" json:"source,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -984,6 +987,13 @@ func (x *DecideResponse) GetRelease() *Release {
 		return x.Release
 	}
 	return nil
+}
+
+func (x *DecideResponse) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
 }
 
 // Release tells the proxy that the execution holding source_ip ended, so
@@ -1098,7 +1108,7 @@ const file_sandpit_egress_v1_egress_proto_rawDesc = "" +
 	"\vdestination\x18\x02 \x01(\tR\vdestination\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x122\n" +
 	"\x15rate_limited_requests\x18\x04 \x01(\rR\x13rateLimitedRequests\x127\n" +
-	"\x18rate_limited_dns_queries\x18\x05 \x01(\rR\x15rateLimitedDnsQueries\"\x8f\x02\n" +
+	"\x18rate_limited_dns_queries\x18\x05 \x01(\rR\x15rateLimitedDnsQueries\"\xa7\x02\n" +
 	"\x0eDecideResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x127\n" +
 	"\bdecision\x18\x02 \x01(\x0e2\x1b.sandpit.policy.v1.DecisionR\bdecision\x12\x17\n" +
@@ -1106,7 +1116,8 @@ const file_sandpit_egress_v1_egress_proto_rawDesc = "" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12!\n" +
 	"\fexecution_id\x18\x05 \x01(\tR\vexecutionId\x12*\n" +
 	"\x11max_request_bytes\x18\x06 \x01(\x04R\x0fmaxRequestBytes\x124\n" +
-	"\arelease\x18\a \x01(\v2\x1a.sandpit.egress.v1.ReleaseR\arelease\"&\n" +
+	"\arelease\x18\a \x01(\v2\x1a.sandpit.egress.v1.ReleaseR\arelease\x12\x16\n" +
+	"\x06source\x18\b \x01(\tR\x06source\"&\n" +
 	"\aRelease\x12\x1b\n" +
 	"\tsource_ip\x18\x01 \x01(\tR\bsourceIp2d\n" +
 	"\x0fDecisionService\x12Q\n" +
