@@ -24,6 +24,7 @@ import (
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
+	"github.com/sandpit-run/sandpit/services/daemon/pgtest"
 	"github.com/sandpit-run/sandpit/test/internal/containerdtest"
 )
 
@@ -388,4 +389,56 @@ func TestTenantsEndToEnd(t *testing.T) {
 	if evs := decided(r); evs[1].GetDecision() != allow || evs[1].GetRuleId() != "acme-admin" {
 		t.Errorf("after a broken edit acme's /admin is %v by %q, want the last good version's allow by acme-admin", evs[1].GetDecision(), evs[1].GetRuleId())
 	}
+}
+
+// TestTenantsFromPostgres: an executor whose tenants are in PostgreSQL
+// (--policy-store) decides by them, and a change in the database changes
+// the next execution's decisions without a restart.
+func TestTenantsFromPostgres(t *testing.T) {
+	pg := pgtest.Start(t)
+	secret := filepath.Join(t.TempDir(), "jwt-secret")
+	if err := os.WriteFile(secret, []byte(jwtSecret), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ports := netPorts{proxyGRPC: "127.0.0.1:" + itoa(freePort(t)), proxyPort: freePort(t), dnsPort: freePort(t)}
+	e := startExecutor(t, executorOpts{egress: startEgress(t, ports, basePolicy), flags: []string{
+		"--jwt-hs256-secret-file", secret, "--jwt-issuer", "e2e", "--jwt-audience", "sandpit",
+		"--policy-store", pg.URL(),
+	}})
+	github := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	t.Cleanup(github.Close)
+	p := startProxy(t, ports, e.deciderAddr, map[string]string{"api.github.test": github.Listener.Addr().String()}, upstreamCAPEM(t))
+	e.waitProxy(t, p)
+
+	// The executor migrated the empty database at start: acme is unknown.
+	reqJSON := `[["GET","/repos/x"],["GET","/admin"]]`
+	run := func() *run {
+		return e.execute(asTenant(t, "acme", ""), &executorv1.ExecuteRequest{Code: httpRequestsJS, Args: []string{reqJSON}})
+	}
+	if r := run(); status.Code(r.err) != codes.PermissionDenied {
+		t.Fatalf("acme before it is in the database: %v, want PermissionDenied", r.err)
+	}
+	quote := func(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+	pg.Exec(t, "INSERT INTO sandpit_tenants (tenant, policy) VALUES ('acme', "+quote(acmePolicy)+")")
+	// adminDecision waits until the next execution decides /admin as want.
+	adminDecision := func(want policyv1.Decision, rule string) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			r := run()
+			if r.err == nil && r.result != nil {
+				evs := requestEvents(r, executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REQUEST)
+				if len(evs) == 2 && evs[1].GetDecision() == want && evs[1].GetRuleId() == rule && evs[1].GetSource() == "tenant" {
+					return
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("acme's /admin was not %v by %s 20 s after the database changed: %v", want, rule, r.err)
+			}
+		}
+	}
+	adminDecision(policyv1.Decision_DECISION_DENY, "hosts[0].default")
+	pg.Exec(t, "UPDATE sandpit_tenants SET policy = "+quote(acmeWidened)+" WHERE tenant = 'acme'")
+	adminDecision(policyv1.Decision_DECISION_ALLOW, "acme-admin")
+	pg.Exec(t, "UPDATE sandpit_tenants SET mode = 'audit', policy = "+quote(acmePolicy)+" WHERE tenant = 'acme'")
+	adminDecision(policyv1.Decision_DECISION_WOULD_BLOCK, "hosts[0].default")
 }

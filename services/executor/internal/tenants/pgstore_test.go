@@ -4,105 +4,18 @@ package tenants
 
 import (
 	"context"
-	"fmt"
-	"os"
-	"os/exec"
-	"os/user"
-	"path/filepath"
-	"sort"
-	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sandpit-run/sandpit/services/daemon/pgtest"
 )
 
-// startPostgres runs a PostgreSQL server of the test's own (Debian's
-// package: make test installs it) in a fresh data directory, listening
-// only on a unix socket in that directory, and returns its DSN. As root it
-// runs the server as nobody (PostgreSQL refuses to run as root). Under CI a
-// missing server fails the test; elsewhere it skips.
-func startPostgres(t *testing.T) string {
-	t.Helper()
-	bins, _ := filepath.Glob("/usr/lib/postgresql/*/bin/postgres")
-	if len(bins) == 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("no PostgreSQL server in /usr/lib/postgresql (make test installs Debian's postgresql)")
-		}
-		t.Skip("no PostgreSQL server (apt-get install postgresql)")
-	}
-	sort.Strings(bins)
-	bin := filepath.Dir(bins[len(bins)-1])
-	dir, err := os.MkdirTemp("", "sandpit-pg-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	var cred *syscall.Credential
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("nobody")
-		if err != nil {
-			t.Fatal(err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-		if err := os.Chown(dir, uid, gid); err != nil {
-			t.Fatal(err)
-		}
-	}
-	command := func(name string, args ...string) *exec.Cmd {
-		cmd := exec.Command(filepath.Join(bin, name), args...)
-		cmd.Env = []string{"LC_ALL=C", "PATH=/usr/bin:/bin"}
-		cmd.Dir = dir
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true}
-		return cmd
-	}
-	data := filepath.Join(dir, "data")
-	if out, err := command("initdb", "-D", data, "-U", "sandpit", "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C").CombinedOutput(); err != nil {
-		t.Fatalf("initdb: %v\n%s", err, out)
-	}
-	log, err := os.Create(filepath.Join(dir, "postgres.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := command("postgres", "-D", data, "-k", dir, "-c", "listen_addresses=", "-p", "5432", "-c", "fsync=off")
-	srv.Stdout, srv.Stderr = log, log
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = srv.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		_ = srv.Process.Signal(syscall.SIGINT) // fast shutdown
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = srv.Process.Kill()
-			<-exited
-		}
-	})
-	dsn := fmt.Sprintf("host=%s port=5432 user=sandpit dbname=postgres sslmode=disable", dir)
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		conn, err := pgx.Connect(context.Background(), dsn)
-		if err == nil {
-			conn.Close(context.Background())
-			return dsn
-		}
-		select {
-		case <-exited:
-			out, _ := os.ReadFile(log.Name())
-			t.Fatalf("postgres exited: %s", out)
-		default:
-		}
-		if time.Now().After(deadline) {
-			out, _ := os.ReadFile(log.Name())
-			t.Fatalf("postgres did not accept connections in 20s: %v\n%s", err, out)
-		}
-	}
-}
+// startPostgres runs a PostgreSQL server of the test's own and returns its
+// DSN (see pgtest).
+func startPostgres(t *testing.T) string { return pgtest.Start(t).DSN }
 
 // pgBackend writes tenants into the database in one transaction.
 type pgBackend struct {
