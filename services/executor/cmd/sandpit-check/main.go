@@ -44,9 +44,9 @@ const (
 
 type options struct {
 	addr, tokenFile, checkTokenFile, tenant, tier, policyFile, requestsFile string
-	caFile, certFile, keyFile                                              string
-	json, strict                                                           bool
-	timeout                                                                time.Duration
+	caFile, certFile, keyFile                                               string
+	json, strict                                                            bool
+	timeout                                                                 time.Duration
 }
 
 func main() {

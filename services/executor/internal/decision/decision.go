@@ -99,9 +99,9 @@ type Execution struct {
 	allowed    uint32
 	blocked    uint32
 	wouldBlock uint32 // of allowed, audit-mode would-blocks
-	log      []*executorv1.NetworkLogEntry
-	logBytes int
-	omitted  uint32 // requests left out of the log
+	log        []*executorv1.NetworkLogEntry
+	logBytes   int
+	omitted    uint32 // requests left out of the log
 	// Of the log: what allowed entries take, and the omitted requests
 	// that were allowed; the global budget entries count against.
 	allowedEntries, allowedBytes int
