@@ -119,6 +119,10 @@ func (p *PolicyService) whose(ctx context.Context, req *policyv1.CheckRequest) (
 		id, err := verify(p.tokens, req.GetToken(), "token: ", map[string]string{"field": "token"})
 		return id, err == nil, err
 	}
+	if t := p.svc.cfg.Tenancy; (t == nil || t.Source == nil) && (req.GetTenant() != "" || req.GetTier() != "") {
+		return identity.Identity{}, false, statusError(codes.FailedPrecondition, ReasonTenantUnknown,
+			"this executor serves no tenants; leave tenant and tier empty", map[string]string{"field": "tenant"})
+	}
 	caller, authed := p.svc.cfg.Tenancy.caller(ctx)
 	if !authed {
 		// Nobody is authenticated here: any tenant of the store may be
