@@ -186,9 +186,11 @@ type ExecuteRequest struct {
 	// characters, starting with a letter or digit), a value is valid UTF-8 of
 	// at most 256 bytes.
 	Labels map[string]string `protobuf:"bytes,9,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// The network policy of this execution. It narrows the executor's policy:
-	// a request is allowed only when both allow it. Unset means the
-	// executor's policy alone, whose default is to deny everything.
+	// The network policy of this execution. It narrows the executor's policy
+	// (and the caller's tenant's and token's): a request is allowed only when
+	// all allow it. Its mode governs only its own denials (audit: forwarded
+	// as would-block). Unset means the executor's policy alone, whose default
+	// is to deny everything.
 	Policy        *v1.Policy `protobuf:"bytes,10,opt,name=policy,proto3" json:"policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

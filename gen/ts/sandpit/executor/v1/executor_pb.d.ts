@@ -94,9 +94,11 @@ export declare type ExecuteRequest = Message<"sandpit.executor.v1.ExecuteRequest
   labels: { [key: string]: string };
 
   /**
-   * The network policy of this execution. It narrows the executor's policy:
-   * a request is allowed only when both allow it. Unset means the
-   * executor's policy alone, whose default is to deny everything.
+   * The network policy of this execution. It narrows the executor's policy
+   * (and the caller's tenant's and token's): a request is allowed only when
+   * all allow it. Its mode governs only its own denials (audit: forwarded
+   * as would-block). Unset means the executor's policy alone, whose default
+   * is to deny everything.
    *
    * @generated from field: sandpit.policy.v1.Policy policy = 10;
    */
