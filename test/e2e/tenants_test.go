@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -156,7 +157,21 @@ func TestTenantsEndToEnd(t *testing.T) {
 	e := startExecutor(t, executorOpts{egress: startEgress(t, ports, basePolicy), logs: logs, flags: []string{
 		"--jwt-hs256-secret-file", secret, "--jwt-issuer", "e2e", "--jwt-audience", "sandpit",
 		"--tenants-file", filepath.Join(dir, "tenants.yaml"), "--tenants-reload-interval", "200ms",
+		"--metrics-listen", "127.0.0.1:0",
 	}})
+	scrape := func(path string) (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + e.app.MetricsAddr() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, string(b)
+	}
 	var mu sync.Mutex
 	hits := map[string]int{}
 	github := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -270,6 +285,17 @@ func TestTenantsEndToEnd(t *testing.T) {
 	}
 	if l := logs.String(); !strings.Contains(l, `"msg":"request would be blocked (audit mode)"`) || !strings.Contains(l, `"tenant":"globex"`) {
 		t.Error("the executor's log has no would-block line for globex")
+	}
+	_, metrics := scrape("/metrics")
+	for _, series := range []string{
+		`sandpit_requests_decided_total{decision="would_block",host="api.github.test",rule="hosts[0].default",source="tenant",tenant="globex"} 3`,
+		`sandpit_requests_decided_total{decision="deny",host="api.github.test",rule="hosts[0].default",source="tenant",tenant="acme"} 3`,
+		`sandpit_requests_decided_total{decision="allow",host="api.github.test",rule="acme-repos",source="tenant",tenant="acme"} 1`,
+		"sandpit_tenants_ok 1",
+	} {
+		if !strings.Contains(metrics, series) {
+			t.Errorf("/metrics lacks %s", series)
+		}
 	}
 
 	// Check and sandpit-check agree with what the executions decided.
@@ -388,6 +414,12 @@ func TestTenantsEndToEnd(t *testing.T) {
 	_, r = runAs("acme", "")
 	if evs := decided(r); evs[1].GetDecision() != allow || evs[1].GetRuleId() != "acme-admin" {
 		t.Errorf("after a broken edit acme's /admin is %v by %q, want the last good version's allow by acme-admin", evs[1].GetDecision(), evs[1].GetRuleId())
+	}
+	if code, health := scrape("/healthz"); code != http.StatusOK || !strings.Contains(health, `"serving":true`) || !strings.Contains(health, "listed twice") {
+		t.Errorf("/healthz after a broken edit: %d %s; want 200, serving, and the reason under tenants", code, health)
+	}
+	if _, metrics := scrape("/metrics"); !strings.Contains(metrics, "sandpit_tenants_ok 0") || !strings.Contains(metrics, `sandpit_tenants_reloads_total{result="failed"} 1`) {
+		t.Errorf("/metrics after a broken edit lacks sandpit_tenants_ok 0 and one failed reload")
 	}
 }
 

@@ -83,6 +83,12 @@ func RegisterBuildInfo(reg prometheus.Registerer, binary string) {
 	reg.MustRegister(g)
 }
 
+// Route is a further handler on the metrics listener.
+type Route struct {
+	Path    string
+	Handler http.Handler
+}
+
 // ListenMetrics listens on addr for ServeMetricsOn; an empty addr gives a
 // nil listener, which serves nothing.
 func ListenMetrics(addr string) (net.Listener, error) {
@@ -96,14 +102,17 @@ func ListenMetrics(addr string) (net.Listener, error) {
 	return lis, nil
 }
 
-// ServeMetricsOn serves g's metrics at /metrics on lis until ctx ends; a nil
-// lis returns at once.
-func ServeMetricsOn(ctx context.Context, lis net.Listener, g prometheus.Gatherer) error {
+// ServeMetricsOn serves g's metrics at /metrics on lis until ctx ends, and
+// each of more at its path; a nil lis returns at once.
+func ServeMetricsOn(ctx context.Context, lis net.Listener, g prometheus.Gatherer, more ...Route) error {
 	if lis == nil {
 		return nil
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	for _, r := range more {
+		mux.Handle(r.Path, r.Handler)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	stop := context.AfterFunc(ctx, func() { _ = srv.Close() })
 	defer stop()

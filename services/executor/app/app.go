@@ -5,10 +5,12 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -297,6 +299,15 @@ func (a *App) newEgress(ctx context.Context) (server.Egress, error) {
 // Addr is the Execute listener's address.
 func (a *App) Addr() string { return a.lis.Addr().String() }
 
+// MetricsAddr is the metrics listener's address (/metrics, /healthz), empty
+// without one.
+func (a *App) MetricsAddr() string {
+	if a.metrics == nil {
+		return ""
+	}
+	return a.metrics.Addr().String()
+}
+
 // DecisionAddr is the decision service's address, empty without egress.
 func (a *App) DecisionAddr() string {
 	if a.dlis == nil {
@@ -352,7 +363,9 @@ func (a *App) Run(ctx context.Context) error {
 			return nil
 		})
 	}
-	g.Go(func() error { return program.ServeMetricsOn(gctx, a.metrics, a.reg) })
+	g.Go(func() error {
+		return program.ServeMetricsOn(gctx, a.metrics, a.reg, program.Route{Path: "/healthz", Handler: http.HandlerFunc(a.healthz)})
+	})
 	g.Go(func() error {
 		grpcserve.WatchHealth(gctx, a.hs, healthInterval, a.probe, a.log, executorv1.ExecutorService_ServiceDesc.ServiceName)
 		return nil
@@ -378,6 +391,34 @@ func (a *App) Run(ctx context.Context) error {
 		err = nil
 	}
 	return err
+}
+
+// healthz reports, as JSON on the metrics listener, what the gRPC health
+// status cannot say: each part's state and, when it is not ok, why. It
+// answers 503 when the executor cannot run code (containerd), 200 else,
+// even when a part is degraded (a tenants edit that did not load leaves the
+// last good version serving).
+func (a *App) healthz(w http.ResponseWriter, r *http.Request) {
+	checks := map[string]string{"containerd": "ok"}
+	code := http.StatusOK
+	if err := a.probe(r.Context()); err != nil {
+		checks["containerd"], code = err.Error(), http.StatusServiceUnavailable
+	}
+	if a.tenants != nil {
+		checks["tenants"] = "ok"
+		if p := a.tenants.Problem(); p != "" {
+			checks["tenants"] = "the last good version is in force: " + p
+		}
+	}
+	if a.eg != nil {
+		checks["egress_proxy"] = "ok"
+		if !a.eg.Registry().Connected() {
+			checks["egress_proxy"] = "no egress proxy holds a decision stream: every sandbox request is denied"
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(map[string]any{"serving": code == http.StatusOK, "checks": checks})
 }
 
 // probe is the health check: containerd answers.
