@@ -58,20 +58,7 @@ func (p *PolicyService) Check(ctx context.Context, req *policyv1.CheckRequest) (
 	if req.GetToken() != "" && (req.GetTenant() != "" || req.GetTier() != "") {
 		bad("token", "set either token or tenant and tier, not both")
 	}
-	var inline *policy.Compiled
-	if req.GetPolicy() != nil {
-		c, err := policy.Compile(req.GetPolicy())
-		var fes policy.Errors
-		switch {
-		case errors.As(err, &fes):
-			for _, fe := range fes {
-				bad("policy."+fe.Field, "%s", fe.Reason)
-			}
-		case err != nil:
-			bad("policy", "%v", err)
-		}
-		inline = c
-	}
+	inline := inlinePolicy(req.GetPolicy(), bad)
 	reqs := make([]policy.Request, len(req.GetRequests()))
 	if len(vs) == 0 {
 		for i, r := range req.GetRequests() {

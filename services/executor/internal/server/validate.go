@@ -10,6 +10,7 @@ import (
 	"unicode/utf8"
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
+	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
 	"github.com/sandpit-run/sandpit/services/executor/internal/ociruntime"
 	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
@@ -156,19 +157,7 @@ func (s *Service) validate(req *executorv1.ExecuteRequest) (program, []limits.Vi
 		}
 	}
 
-	if req.GetPolicy() != nil {
-		c, err := policy.Compile(req.GetPolicy())
-		var fes policy.Errors
-		switch {
-		case errors.As(err, &fes):
-			for _, fe := range fes {
-				bad("policy."+fe.Field, "%s", fe.Reason)
-			}
-		case err != nil:
-			bad("policy", "%v", err)
-		}
-		p.policy = c
-	}
+	p.policy = inlinePolicy(req.GetPolicy(), bad)
 
 	// Whether the image may be used is a permission, not a shape: admit
 	// checks it, after the request is known to be well formed.
@@ -206,4 +195,23 @@ func (s *Service) imageAllowed(ref string) bool {
 		}
 	}
 	return ref == s.cfg.DefaultImage
+}
+
+// inlinePolicy compiles a request's inline policy, nil for none; each
+// problem goes to bad as a field under "policy".
+func inlinePolicy(p *policyv1.Policy, bad func(field, format string, args ...any)) *policy.Compiled {
+	if p == nil {
+		return nil
+	}
+	c, err := policy.Compile(p)
+	var fes policy.Errors
+	switch {
+	case errors.As(err, &fes):
+		for _, fe := range fes {
+			bad("policy."+fe.Field, "%s", fe.Reason)
+		}
+	case err != nil:
+		bad("policy", "%v", err)
+	}
+	return c
 }
