@@ -345,6 +345,16 @@ func TestTenantsEndToEnd(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "allow") {
 		t.Errorf("sandpit-check with an allowed request: %v (want exit 0)\n%s", err, out)
 	}
+	// As the README shows it, with grpcurl through reflection.
+	grpcurl, err := containerdtest.Artifact("SANDPIT_GRPCURL", "bin/grpcurl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err = exec.Command(grpcurl, "-plaintext", "-H", "authorization: Bearer "+tenantToken(t, "globex", ""),
+		"-d", `{"requests": [{"method": "GET", "url": "http://api.github.test/admin"}]}`, e.addr, "sandpit.policy.v1.PolicyService/Check").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), `"DECISION_WOULD_BLOCK"`) || !strings.Contains(string(out), `"source": "tenant"`) {
+		t.Errorf("grpcurl Check as globex: %v\n%s", err, out)
+	}
 
 	// Refusals before anything runs.
 	refusals := []struct {

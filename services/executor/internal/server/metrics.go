@@ -91,9 +91,11 @@ type decisionCounter struct {
 	vec                 *prometheus.CounterVec
 	maxHosts, maxSeries int
 
-	mu     sync.Mutex
-	hosts  map[string]map[string]bool // tenant -> hosts with a series
-	series map[[4]string]bool
+	mu    sync.Mutex
+	hosts map[string]map[string]bool // tenant -> hosts with a series
+	// series holds each series' counter (tenant, host, rule, source,
+	// decision), so a decision costs no label hashing.
+	series map[[5]string]prometheus.Counter
 }
 
 func newDecisionCounter(maxHosts, maxSeries int) *decisionCounter {
@@ -105,14 +107,15 @@ func newDecisionCounter(maxHosts, maxSeries int) *decisionCounter {
 		maxHosts:  maxHosts,
 		maxSeries: maxSeries,
 		hosts:     map[string]map[string]bool{},
-		series:    map[[4]string]bool{},
+		series:    map[[5]string]prometheus.Counter{},
 	}
 }
 
 // observe counts one decision of tenant's execution.
 func (c *decisionCounter) observe(tenant string, o decision.Observed) {
-	l := [4]string{tenant, o.Host, o.RuleID, o.Source}
+	l := [5]string{tenant, o.Host, o.RuleID, o.Source, policy.DecisionLabel(o.Decision)}
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	hs := c.hosts[tenant]
 	if hs == nil {
 		hs = map[string]bool{}
@@ -125,13 +128,15 @@ func (c *decisionCounter) observe(tenant string, o decision.Observed) {
 			l[1] = otherLabel
 		}
 	}
-	if !c.series[l] {
-		if len(c.series) < c.maxSeries {
-			c.series[l] = true
-		} else {
-			l = [4]string{otherLabel, otherLabel, otherLabel, otherLabel}
+	ctr, ok := c.series[l]
+	if !ok {
+		if len(c.series) >= c.maxSeries {
+			l = [5]string{otherLabel, otherLabel, otherLabel, otherLabel, l[4]}
+		}
+		if ctr, ok = c.series[l]; !ok {
+			ctr = c.vec.WithLabelValues(l[:]...)
+			c.series[l] = ctr
 		}
 	}
-	c.mu.Unlock()
-	c.vec.WithLabelValues(l[0], l[1], l[2], l[3], policy.DecisionLabel(o.Decision)).Inc()
+	ctr.Inc()
 }
