@@ -164,13 +164,13 @@ func (g grant) fitLimits(req *limits.Set, asked func(field string) bool) error {
 		if asked(limitsFieldTimeout) {
 			return g.overLimit(limitMaxTimeout, lim.MaxTimeout.String(), limitsFieldTimeout+" "+req.Timeout.String())
 		}
-		req.Timeout = max(lim.MaxTimeout, limits.Floor.Timeout)
+		req.Timeout = lim.MaxTimeout // at least the floor: the tenants file checks it
 	}
 	if lim.MaxMemoryBytes > 0 && req.MemoryBytes > lim.MaxMemoryBytes {
 		if asked(limitsFieldMemory) {
 			return g.overLimit(limitMaxMemory, policy.FormatByteSize(lim.MaxMemoryBytes), limitsFieldMemory+" "+strconv.FormatUint(req.MemoryBytes, 10))
 		}
-		req.MemoryBytes = max(lim.MaxMemoryBytes, limits.Floor.MemoryBytes)
+		req.MemoryBytes = lim.MaxMemoryBytes
 	}
 	return nil
 }

@@ -38,6 +38,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
 	"github.com/sandpit-run/sandpit/services/policy"
 )
 
@@ -284,12 +285,18 @@ func (d limitsDoc) compile(field string) (Limits, error) {
 		if err != nil || t <= 0 {
 			return l, fmt.Errorf("%s.max_timeout: %q must be a positive duration such as 30s", field, d.MaxTimeout)
 		}
+		if t < limits.Floor.Timeout {
+			return l, fmt.Errorf("%s.max_timeout: %s is below the executor's floor %s", field, t, limits.Floor.Timeout)
+		}
 		l.MaxTimeout = t
 	}
 	if d.MaxMemory != "" {
 		b, err := policy.ParseByteSize(d.MaxMemory)
 		if err != nil || b == 0 {
 			return l, fmt.Errorf("%s.max_memory: %q must be a byte size such as 512MiB", field, d.MaxMemory)
+		}
+		if b < limits.Floor.MemoryBytes {
+			return l, fmt.Errorf("%s.max_memory: %s is below the executor's floor %s", field, d.MaxMemory, policy.FormatByteSize(limits.Floor.MemoryBytes))
 		}
 		l.MaxMemoryBytes = b
 	}

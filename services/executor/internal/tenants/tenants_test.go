@@ -129,6 +129,8 @@ func TestBadTenantsFilesAreRefused(t *testing.T) {
 		{"bad mode", "version: 1\ntenants:\n  - { tenant: a, policy: p.yaml, mode: permissive }\n", "enforce or audit"},
 		{"bad timeout", "version: 1\ntenants:\n  - { tenant: a, policy: p.yaml, limits: { max_timeout: soon } }\n", "max_timeout"},
 		{"bad memory", "version: 1\ntenants:\n  - { tenant: a, policy: p.yaml, limits: { max_memory: 1GB } }\n", "max_memory"},
+		{"memory below the floor", "version: 1\ntenants:\n  - { tenant: a, policy: p.yaml, limits: { max_memory: 16MiB } }\n", "below the executor's floor"},
+		{"timeout below the floor", "version: 1\ntenants:\n  - { tenant: a, policy: p.yaml, limits: { max_timeout: 10ms } }\n", "below the executor's floor"},
 		{"negative limit", "version: 1\ntenants:\n  - { tenant: a, policy: p.yaml, limits: { max_concurrent: -1 } }\n", "line 3"},
 		{"two documents", "version: 1\ntenants: []\n---\nversion: 1\n", "more than one"},
 	} {
