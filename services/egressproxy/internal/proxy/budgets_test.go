@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -25,6 +26,10 @@ func (d *budgetDecider) AskHTTP(_ context.Context, q decide.HTTPQuestion) (decid
 		return decide.Verdict{Decision: policyv1.Decision_DECISION_DENY, RuleID: "products", Reason: "rule products allows 1 requests a second", RetryAfterSeconds: 3}, nil
 	}
 	return decide.Verdict{Decision: policyv1.Decision_DECISION_ALLOW, RuleID: "test", MaxResponseBytes: 50}, nil
+}
+
+func (d *budgetDecider) AskTLS(context.Context, decide.TLSQuestion) (decide.Verdict, error) {
+	return decide.Verdict{Decision: policyv1.Decision_DECISION_ALLOW}, nil
 }
 
 func (d *budgetDecider) last(t *testing.T) decide.Outcome {
@@ -94,6 +99,35 @@ func TestResponseBudgetAndRate(t *testing.T) {
 	got, err := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK || err == nil || len(got) != 50 {
 		t.Errorf("a chunked response past the budget: %d, read %d bytes, err %v; want 200, 50 bytes and an error", resp.StatusCode, len(got), err)
+	}
+	if o := d.last(t); o.BytesReceived != 50 || o.Error != errResponseTooLarge.Error() {
+		t.Errorf("its outcome: %+v, want 50 bytes received and %q", o, errResponseTooLarge)
+	}
+}
+
+// Over HTTP/2 the same: 429 with Retry-After, and a response growing past
+// the budget has its stream reset after the bytes that fit.
+func TestResponseBudgetAndRateH2(t *testing.T) {
+	d := &budgetDecider{}
+	e := setupWithLog(t, slog.DiscardHandler, func(c *Config) { c.Decider = d })
+	c := e.h2Client("api.stripe.test")
+
+	resp := get(t, c, "GET", "https://api.stripe.test/rate", nil)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") != "3" {
+		t.Errorf("over a rate: %d Retry-After %q, want 429 Retry-After 3", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+
+	resp = get(t, c, "GET", "https://api.stripe.test/v1/products", nil)
+	body, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || err != nil || len(body) > 50 {
+		t.Errorf("a response within the budget: %d, %d bytes, %v", resp.StatusCode, len(body), err)
+	}
+
+	resp = get(t, c, "GET", "https://api.stripe.test/stream", nil)
+	body, err = io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || err == nil || len(body) > 50 {
+		t.Errorf("a response growing past the budget: %d, read %d bytes, err %v; want 200, at most 50 bytes and an error", resp.StatusCode, len(body), err)
 	}
 	if o := d.last(t); o.BytesReceived != 50 || o.Error != errResponseTooLarge.Error() {
 		t.Errorf("its outcome: %+v, want 50 bytes received and %q", o, errResponseTooLarge)
