@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
@@ -157,5 +158,35 @@ func TestMaxTotalResponseBytes(t *testing.T) {
 	wantRefused(t, resp, ruleTotalResponseBytes, 0)
 	if sum := e.Summary(); sum.ResponseBytes != 1024 || sum.Log[2].GetStatusCode() != 403 || sum.Log[2].GetRuleId() != ruleTotalResponseBytes {
 		t.Errorf("summary: response bytes %d, refusal logged %d %q; want 1024, 403 %s", sum.ResponseBytes, sum.Log[2].GetStatusCode(), sum.Log[2].GetRuleId(), ruleTotalResponseBytes)
+	}
+}
+
+// An allowed request whose outcome can no longer arrive (the stream
+// closed) gives back its open exchange, and what it held of the request
+// total counts as spent.
+func TestLostOutcomeSettles(t *testing.T) {
+	reg := NewRegistry()
+	e := NewExecution("x1", compile(t, budgetPolicy+"limits: { max_concurrent_connections: 1, max_total_request_bytes: 100 }\n"), make(chan *executorv1.NetworkEvent, 256))
+	t.Cleanup(reg.Register(netip.MustParseAddr("10.88.0.2"), e))
+	s := decider(t, reg)
+	wantAllowed(t, ask(t, s, bodyReq(1, "/a", -1)))
+	if err := s.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for e.Summary().RequestBytes != 100 {
+		if time.Now().After(deadline) {
+			t.Fatalf("request bytes %d after the stream closed, want the 100 held", e.Summary().RequestBytes)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	s2 := open(t, serve(t, reg))
+	if err := s2.Send(hello(testCA)); err != nil {
+		t.Fatal(err)
+	}
+	wantRefused(t, ask(t, s2, bodyReq(2, "/b", -1)), ruleTotalRequestBytes, 0)
+	wantAllowed(t, ask(t, s2, bodyReq(3, "/c", 0)))
+	if sum := e.Summary(); sum.PeakConcurrent != 1 {
+		t.Errorf("peak %d, want 1", sum.PeakConcurrent)
 	}
 }
