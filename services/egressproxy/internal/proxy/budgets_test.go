@@ -32,7 +32,9 @@ func (d *budgetDecider) AskTLS(context.Context, decide.TLSQuestion) (decide.Verd
 	return decide.Verdict{Decision: policyv1.Decision_DECISION_ALLOW}, nil
 }
 
-func (d *budgetDecider) last(t *testing.T) decide.Outcome {
+// wantCut checks the last outcome: received bytes returned, and the
+// response budget's error.
+func (d *budgetDecider) wantCut(t *testing.T, received uint64) {
 	t.Helper()
 	var o decide.Outcome
 	waitFor(t, "an outcome", func() bool {
@@ -44,7 +46,17 @@ func (d *budgetDecider) last(t *testing.T) decide.Outcome {
 		o = d.outcomes[len(d.outcomes)-1]
 		return true
 	})
-	return o
+	if o.BytesReceived != received || o.Error != errResponseTooLarge.Error() {
+		t.Errorf("outcome %+v, want %d bytes received and %q", o, received, errResponseTooLarge)
+	}
+}
+
+// wantRetryAfter checks resp is the 429 of budgetDecider's rate.
+func wantRetryAfter(t *testing.T, resp *http.Response) {
+	t.Helper()
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") != "3" {
+		t.Errorf("over a rate: %d Retry-After %q, want 429 Retry-After 3", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
 }
 
 // Over a rate the proxy answers 429 with the executor's Retry-After; a
@@ -80,9 +92,7 @@ func TestResponseBudgetAndRate(t *testing.T) {
 	}
 
 	resp, _ := send("/rate")
-	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") != "3" {
-		t.Errorf("over a rate: %d Retry-After %q, want 429 Retry-After 3", resp.StatusCode, resp.Header.Get("Retry-After"))
-	}
+	wantRetryAfter(t, resp)
 
 	resp, _ = send("/fixed")
 	var b struct {
@@ -91,18 +101,14 @@ func TestResponseBudgetAndRate(t *testing.T) {
 	if err := json.NewDecoder(resp.Body).Decode(&b); err != nil || resp.StatusCode != http.StatusForbidden || b.Rule != "limits.max_total_response_bytes" {
 		t.Errorf("a response of 100 bytes with 50 left: %d rule %q (%v), want 403 limits.max_total_response_bytes", resp.StatusCode, b.Rule, err)
 	}
-	if o := d.last(t); o.BytesReceived != 0 || o.Error != errResponseTooLarge.Error() {
-		t.Errorf("its outcome: %+v", o)
-	}
+	d.wantCut(t, 0)
 
 	resp, _ = send("/chunked")
 	got, err := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK || err == nil || len(got) != 50 {
 		t.Errorf("a chunked response past the budget: %d, read %d bytes, err %v; want 200, 50 bytes and an error", resp.StatusCode, len(got), err)
 	}
-	if o := d.last(t); o.BytesReceived != 50 || o.Error != errResponseTooLarge.Error() {
-		t.Errorf("its outcome: %+v, want 50 bytes received and %q", o, errResponseTooLarge)
-	}
+	d.wantCut(t, 50)
 }
 
 // Over HTTP/2 the same: 429 with Retry-After, and a response growing past
@@ -114,9 +120,7 @@ func TestResponseBudgetAndRateH2(t *testing.T) {
 
 	resp := get(t, c, "GET", "https://api.stripe.test/rate", nil)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") != "3" {
-		t.Errorf("over a rate: %d Retry-After %q, want 429 Retry-After 3", resp.StatusCode, resp.Header.Get("Retry-After"))
-	}
+	wantRetryAfter(t, resp)
 
 	resp = get(t, c, "GET", "https://api.stripe.test/v1/products", nil)
 	body, err := io.ReadAll(resp.Body)
@@ -129,7 +133,5 @@ func TestResponseBudgetAndRateH2(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || err == nil || len(body) > 50 {
 		t.Errorf("a response growing past the budget: %d, read %d bytes, err %v; want 200, at most 50 bytes and an error", resp.StatusCode, len(body), err)
 	}
-	if o := d.last(t); o.BytesReceived != 50 || o.Error != errResponseTooLarge.Error() {
-		t.Errorf("its outcome: %+v, want 50 bytes received and %q", o, errResponseTooLarge)
-	}
+	d.wantCut(t, 50)
 }
