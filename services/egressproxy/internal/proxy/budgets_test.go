@@ -103,6 +103,15 @@ func TestResponseBudgetAndRate(t *testing.T) {
 	}
 	d.wantCut(t, 0)
 
+	// A HEAD response declares a length but has no body: it spends nothing.
+	c := e.dialFrom(t, "127.0.0.2")
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "HEAD /fixed HTTP/1.1\r\nHost: hang.test\r\n\r\n")
+	head, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: "HEAD"})
+	if err != nil || head.StatusCode != http.StatusOK {
+		t.Errorf("HEAD of a response over the budget: %v %v, want 200", head, err)
+	}
+
 	resp, _ = send("/chunked")
 	got, err := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK || err == nil || len(got) != 50 {

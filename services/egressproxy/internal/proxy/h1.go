@@ -218,7 +218,7 @@ func (p *Proxy) serveOneH1(ctx context.Context, conn net.Conn, br *bufio.Reader,
 		return false
 	}
 	defer resp.Body.Close()
-	if v.maxResponse > 0 && resp.ContentLength > int64(v.maxResponse) {
+	if v.maxResponse > 0 && resp.ContentLength > int64(v.maxResponse) && bodyAllowed(req.Method, resp.StatusCode) {
 		p.outcome(c, v, resp.StatusCode, body.n.Load(), 0, errResponseTooLarge)
 		writeResponse(bw, http.StatusForbidden, "application/json", responseTooLarge(c, v, resp.ContentLength), true)
 		return false

@@ -57,7 +57,7 @@ func (p *Proxy) serveH2Request(w http.ResponseWriter, r *http.Request, info conn
 		return
 	}
 	defer resp.Body.Close()
-	if v.maxResponse > 0 && resp.ContentLength > int64(v.maxResponse) {
+	if v.maxResponse > 0 && resp.ContentLength > int64(v.maxResponse) && bodyAllowed(r.Method, resp.StatusCode) {
 		p.outcome(c, v, resp.StatusCode, body.n.Load(), 0, errResponseTooLarge)
 		writeH2(w, http.StatusForbidden, responseTooLarge(c, v, resp.ContentLength))
 		return
