@@ -391,7 +391,7 @@ func responseTooLarge(c *checked, v verdict, size int64) []byte {
 // limit.
 func tooLargeBody(c *checked, v verdict) []byte {
 	return blockBody(c, verdict{rule: "limits.max_request_bytes",
-		reason: fmt.Sprintf("request body larger than %d bytes", v.maxBody)})
+		reason: fmt.Sprintf("request body larger than %d bytes (the policy's max_request_bytes, or what was left of its max_total_request_bytes)", v.maxBody)})
 }
 
 func (c *countingReader) Close() error { return c.r.Close() }
