@@ -45,6 +45,19 @@ type Decision struct {
 	// [Compiled.From]): operator, tenant, token or inline; empty when its
 	// source was never named.
 	Source string
+	// Rates are the rates of the allow rules of every policy of the chain
+	// that allowed the request: each is kept on its own, so that a
+	// narrower policy's rule cannot lift a wider one's rate.
+	Rates []Rate
+}
+
+// Rate is an allow rule's rate (proto RuleRate): PerSecond requests a
+// second, in bursts of at most Burst. RuleID and Layer name the rule, so
+// its bucket is its own.
+type Rate struct {
+	RuleID           string
+	Layer            int
+	PerSecond, Burst uint32
 }
 
 // Forward reports whether the proxy should forward the request.
@@ -53,9 +66,13 @@ func (d Decision) Forward() bool {
 }
 
 // Limits bound an execution's requests; 0 means no limit from the policy.
+// The totals count body bytes of the whole execution.
 type Limits struct {
-	MaxRequests     uint32
-	MaxRequestBytes uint64
+	MaxRequests              uint32
+	MaxRequestBytes          uint64
+	MaxTotalRequestBytes     uint64
+	MaxTotalResponseBytes    uint64
+	MaxConcurrentConnections uint32
 }
 
 // Compiled is a validated policy, or a chain of them, ready to decide. It is
@@ -100,6 +117,7 @@ type rule struct {
 	websocket bool
 	reason    string
 	loose     pathPattern // deny rules: path in the form matchesLoosely compares
+	rate      Rate        // allow rules: PerSecond 0 means no rate
 }
 
 // Compile validates p and prepares it for deciding. The result does not
@@ -145,8 +163,11 @@ func compileLayer(p *policyv1.Policy) (*layer, Errors) {
 		defaultAllow: p.GetDefaultAction() == policyv1.Action_ACTION_ALLOW,
 		hosts:        newHostIndex[*hostEntry](),
 		limits: Limits{
-			MaxRequests:     p.GetLimits().GetMaxRequests(),
-			MaxRequestBytes: p.GetLimits().GetMaxRequestBytes(),
+			MaxRequests:              p.GetLimits().GetMaxRequests(),
+			MaxRequestBytes:          p.GetLimits().GetMaxRequestBytes(),
+			MaxTotalRequestBytes:     p.GetLimits().GetMaxTotalRequestBytes(),
+			MaxTotalResponseBytes:    p.GetLimits().GetMaxTotalResponseBytes(),
+			MaxConcurrentConnections: p.GetLimits().GetMaxConcurrentConnections(),
 		},
 	}
 	if n := len(p.GetHosts()); n > MaxHosts {
@@ -236,6 +257,10 @@ func compileRule(c *checker, field string, r *policyv1.Rule, ruleField map[strin
 	if cr.websocket && !cr.allow {
 		c.add(field+".websocket", "only allow rules take websocket: deny rules match upgrades anyway")
 	}
+	if r.GetRate() != nil {
+		cr.rate = compileRate(c, field+".rate", r.GetRate(), cr.allow)
+		cr.rate.RuleID = cr.id
+	}
 	return cr
 }
 
@@ -309,6 +334,7 @@ func (c *Compiled) Decide(r Request) Decision {
 	var d Decision
 	var audited *Decision
 	var allowedBy []string
+	var rates []Rate
 	for i, l := range c.layers {
 		var ld Decision
 		if l.claims {
@@ -322,6 +348,10 @@ func (c *Compiled) Decide(r Request) Decision {
 		}
 		ld.Layer, ld.Source = i, l.source
 		if ld.Action == policyv1.Action_ACTION_ALLOW {
+			for _, r := range ld.Rates {
+				r.Layer = i
+				rates = append(rates, r)
+			}
 			d = ld
 			allowedBy = append(allowedBy, ld.RuleID)
 			continue
@@ -336,9 +366,11 @@ func (c *Compiled) Decide(r Request) Decision {
 	}
 	if audited != nil {
 		audited.Decision = policyv1.Decision_DECISION_WOULD_BLOCK
+		audited.Rates = rates
 		return *audited
 	}
 	d.Decision = policyv1.Decision_DECISION_ALLOW
+	d.Rates = rates
 	return d
 }
 
@@ -451,7 +483,11 @@ func (l *layer) decide(r Request) Decision {
 			reason = fmt.Sprintf("rule %s %s %s %s on %s", ru.id, verb, r.Method, r.Path, e.pattern)
 		}
 		if ru.allow {
-			return Decision{Action: policyv1.Action_ACTION_ALLOW, RuleID: ru.id, Reason: reason}
+			d := Decision{Action: policyv1.Action_ACTION_ALLOW, RuleID: ru.id, Reason: reason}
+			if ru.rate.PerSecond > 0 {
+				d.Rates = []Rate{ru.rate}
+			}
+			return d
 		}
 		return Decision{Action: policyv1.Action_ACTION_DENY, RuleID: ru.id, Reason: reason}
 	}

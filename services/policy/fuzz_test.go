@@ -2,6 +2,7 @@ package policy
 
 import (
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -61,7 +62,7 @@ func FuzzDecide(f *testing.F) {
 	f.Fuzz(func(t *testing.T, method, host, path string, ws bool) {
 		r := Request{Method: method, Host: host, Path: path, WebSocket: ws}
 		d := c.Decide(r)
-		if d != c.Decide(r) {
+		if !reflect.DeepEqual(d, c.Decide(r)) {
 			t.Fatal("Decide is not deterministic")
 		}
 		if cd := chained.Decide(r); cd.Action != d.Action || cd.RuleID != d.RuleID {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,6 +57,13 @@ type netStack struct {
 
 func startNetStack(t testing.TB) *netStack {
 	t.Helper()
+	return startNetStackWith(t, nil)
+}
+
+// startNetStackWith is startNetStack with api.github.test served by
+// github, when not nil, rather than by the stand-in s.github.
+func startNetStackWith(t testing.TB, github http.Handler) *netStack {
+	t.Helper()
 	ports := netPorts{proxyGRPC: "127.0.0.1:" + itoa(freePort(t)), proxyPort: freePort(t), dnsPort: freePort(t)}
 	eo := startEgress(t, ports, basePolicy)
 	raw, err := net.Listen("tcp", "127.0.0.1:0")
@@ -68,11 +76,15 @@ func startNetStack(t testing.TB) *netStack {
 	s.pay = newStandIn(t, "pay.test")
 	s.github = newStandIn(t, "api.github.test")
 	s.forbidden = newStandIn(t, "forbidden.test")
+	githubAddr := s.github.addr()
+	if github != nil {
+		githubAddr = serveTLS(t, github).Listener.Addr().String()
+	}
 	ca := upstreamCAPEM(t)
 	s.proxy = startProxy(t, ports, s.e.deciderAddr, map[string]string{
 		"api.stripe.com":  s.stripe,
 		"pay.test":        s.pay.addr(),
-		"api.github.test": s.github.addr(),
+		"api.github.test": githubAddr,
 		"forbidden.test":  s.forbidden.addr(),
 		// Were the proxy ever to forward to the metadata address, the
 		// forbidden stand-in would see it.

@@ -176,7 +176,7 @@ func (p *Proxy) serveOneH1(ctx context.Context, conn net.Conn, br *bufio.Reader,
 		// the 403 before the client reads it; an unread body would also be
 		// parsed as the next request.
 		drained := req.ContentLength == 0 || drainBody(conn, req.Body)
-		writeResponse(bw, v.status, "application/json", blockBody(c, v), !keep || !drained)
+		writeResponse(bw, v.status, "application/json", blockBody(c, v), !keep || !drained, retryAfterLine(v))
 		return keep && drained
 	}
 	if headerHasToken(req.Header, "Expect", "100-continue") {
@@ -218,17 +218,25 @@ func (p *Proxy) serveOneH1(ctx context.Context, conn net.Conn, br *bufio.Reader,
 		return false
 	}
 	defer resp.Body.Close()
+	if v.maxResponse > 0 && resp.ContentLength > int64(v.maxResponse) && bodyAllowed(req.Method, resp.StatusCode) {
+		p.outcome(c, v, resp.StatusCode, body.n.Load(), 0, errResponseTooLarge)
+		writeResponse(bw, http.StatusForbidden, "application/json", responseTooLarge(c, v, resp.ContentLength), true)
+		return false
+	}
 
 	removeHopHeaders(resp.Header)
 	resp.Proto, resp.ProtoMajor, resp.ProtoMinor = "HTTP/1.1", 1, 1
 	resp.Close = !keep
 	resp.TransferEncoding = nil
 	if resp.ContentLength < 0 && bodyAllowed(req.Method, resp.StatusCode) {
-		if keep {
+		// Chunked also when the response budget may cut the body: a
+		// chunked body cut short fails in the client, where a body
+		// delimited by the close would look complete.
+		if keep || v.maxResponse > 0 && req.ProtoAtLeast(1, 1) {
 			resp.TransferEncoding = []string{"chunked"}
 		}
 	}
-	recv := &countingReader{r: resp.Body}
+	recv := &countingReader{r: resp.Body, limit: v.maxResponse, over: errResponseTooLarge}
 	// Flush what was written before every read from upstream, so streamed
 	// responses (server-sent events) reach the sandbox as they arrive.
 	resp.Body = flushingReader{r: recv, w: bw}
@@ -239,6 +247,10 @@ func (p *Proxy) serveOneH1(ctx context.Context, conn net.Conn, br *bufio.Reader,
 		werr = bw.Flush()
 	}
 	status := resp.StatusCode
+	if recv.exceeded.Load() {
+		// What was counted reaches the sandbox; the body's end never does.
+		_ = bw.Flush()
+	}
 	if werr != nil {
 		p.outcome(c, v, status, body.n.Load(), recv.n.Load(), sideOf(werr, body, recv))
 		return false
@@ -299,15 +311,29 @@ func (f flushingReader) Close() error { return nil }
 
 type writerOnly struct{ io.Writer }
 
-func writeResponse(bw *bufio.Writer, status int, contentType string, body []byte, closeConn bool) {
+func writeResponse(bw *bufio.Writer, status int, contentType string, body []byte, closeConn bool, extra ...string) {
 	fmt.Fprintf(bw, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n",
 		status, http.StatusText(status), contentType, len(body))
 	if closeConn {
 		bw.WriteString("Connection: close\r\n")
 	}
+	for _, h := range extra {
+		if h != "" {
+			bw.WriteString(h + "\r\n")
+		}
+	}
 	bw.WriteString("\r\n")
 	bw.Write(body)
 	_ = bw.Flush()
+}
+
+// retryAfterLine is the Retry-After header line of a refusal by a rate,
+// or "".
+func retryAfterLine(v verdict) string {
+	if s := retryAfter(v); s != "" {
+		return "Retry-After: " + s
+	}
+	return ""
 }
 
 func writeSimple(conn net.Conn, status int, msg string) {

@@ -73,6 +73,11 @@ func (s *standIn) handler() http.Handler {
 		switch r.URL.Path {
 		case "/redirect":
 			http.Redirect(w, r, "https://elsewhere.test/", http.StatusFound)
+		case "/stream":
+			// 100 bytes without a Content-Length, in two flushes.
+			io.WriteString(w, strings.Repeat("s", 40))
+			w.(http.Flusher).Flush()
+			io.WriteString(w, strings.Repeat("s", 60))
 		default:
 			w.Header().Set("Content-Type", "application/json")
 			fmt.Fprintf(w, `{"object":"list","proto":%q}`, r.Proto)

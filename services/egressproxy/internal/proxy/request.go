@@ -178,11 +178,14 @@ type verdict struct {
 	source  string // the policy the rule is of
 	reason  string
 	at      time.Time
-	// maxBody is the most request body bytes to forward; 0 is no limit.
-	maxBody uint64
+	// maxBody is the most request body bytes to forward, maxResponse the
+	// most response body bytes to return; 0 is no limit.
+	maxBody, maxResponse uint64
 	// status answers a refused request: 403, or 429 when its source was
-	// over a per-source limit and the executor was not asked.
-	status int
+	// over a per-source limit and the executor was not asked, or the
+	// executor refused it by a rate (retryAfter seconds, for Retry-After).
+	status     int
+	retryAfter uint32
 }
 
 // decide asks about c, whose declared body length is contentLength (-1
@@ -205,9 +208,13 @@ func (p *Proxy) decide(ctx context.Context, info connInfo, c *checked, contentLe
 		Violation:       c.violation,
 		ViolationStatus: c.status,
 	})
-	v := verdict{id: resp.QuestionID, rule: resp.RuleID, source: resp.Source, reason: resp.Reason, at: time.Now(), maxBody: resp.MaxRequestBytes, status: http.StatusForbidden}
+	v := verdict{id: resp.QuestionID, rule: resp.RuleID, source: resp.Source, reason: resp.Reason, at: time.Now(),
+		maxBody: resp.MaxRequestBytes, maxResponse: resp.MaxResponseBytes, status: http.StatusForbidden}
 	if errors.Is(err, decide.ErrRateLimited) {
 		v.status = http.StatusTooManyRequests
+	}
+	if resp.RetryAfterSeconds > 0 && !resp.Forward() {
+		v.status, v.retryAfter = http.StatusTooManyRequests, resp.RetryAfterSeconds
 	}
 	v.label = policy.DecisionLabel(resp.Decision)
 	v.allowed = v.label != policy.LabelDeny
@@ -215,7 +222,7 @@ func (p *Proxy) decide(ctx context.Context, info connInfo, c *checked, contentLe
 		v.allowed, v.label, v.rule, v.source, v.reason = false, policy.LabelDeny, "proxy", "", c.violation
 	}
 	p.cfg.Metrics.request(v.label, c.protocol)
-	if v.status == http.StatusTooManyRequests {
+	if v.status == http.StatusTooManyRequests && v.retryAfter == 0 {
 		return v // the limiter logs these, sampled
 	}
 	p.log.Info("request", "source_ip", addrString(info.src), "method", c.method, "host", c.host, "path", path,
@@ -317,8 +324,13 @@ func removeOverrideHeaders(h http.Header) {
 	}
 }
 
-// errBodyTooLarge ends a request body that grew past the policy's limit.
-var errBodyTooLarge = errors.New("request body larger than the policy allows")
+// errBodyTooLarge ends a request body that grew past the policy's limit,
+// errResponseTooLarge a response body past what is left of the
+// execution's max_total_response_bytes.
+var (
+	errBodyTooLarge     = errors.New("request body larger than the policy allows")
+	errResponseTooLarge = errors.New("response body cut: the execution's max_total_response_bytes is spent")
+)
 
 // countingReader counts bytes read through it and, with a limit, stops with
 // errBodyTooLarge at the first byte past it: no more than limit bytes are
@@ -327,6 +339,7 @@ type countingReader struct {
 	r        io.ReadCloser
 	n        atomic.Uint64
 	limit    uint64
+	over     error // what a read past limit returns; nil is errBodyTooLarge
 	exceeded atomic.Bool
 	// failed is set when a read failed other than at the end (or the
 	// limit): the side read from broke.
@@ -350,17 +363,35 @@ func (c *countingReader) Read(b []byte) (int, error) {
 		c.exceeded.Store(true)
 		n = int(c.limit - c.n.Load())
 		c.n.Add(uint64(n))
+		if c.over != nil {
+			return n, c.over
+		}
 		return n, errBodyTooLarge
 	}
 	c.n.Add(uint64(n))
 	return n, err
 }
 
+// retryAfter is the Retry-After header of a refusal by a rate, or "".
+func retryAfter(v verdict) string {
+	if v.retryAfter == 0 {
+		return ""
+	}
+	return strconv.FormatUint(uint64(v.retryAfter), 10)
+}
+
+// responseTooLarge is the 403 body for a response declaring more bytes
+// than the execution has left to receive.
+func responseTooLarge(c *checked, v verdict, size int64) []byte {
+	return blockBody(c, verdict{rule: "limits.max_total_response_bytes",
+		reason: fmt.Sprintf("response body of %d bytes is above the %d bytes left of the execution's max_total_response_bytes", size, v.maxResponse)})
+}
+
 // tooLargeBody is the 413 body for a request whose body grew past the
 // limit.
 func tooLargeBody(c *checked, v verdict) []byte {
 	return blockBody(c, verdict{rule: "limits.max_request_bytes",
-		reason: fmt.Sprintf("request body larger than %d bytes", v.maxBody)})
+		reason: fmt.Sprintf("request body larger than %d bytes (the policy's max_request_bytes, or what was left of its max_total_request_bytes)", v.maxBody)})
 }
 
 func (c *countingReader) Close() error { return c.r.Close() }
@@ -430,7 +461,7 @@ func (p *Proxy) outcome(c *checked, v verdict, status int, sent, received uint64
 // the sandbox failed, or reading its body did.
 func sideOf(err error, sent, recv *countingReader) error {
 	switch {
-	case err == nil, errors.Is(err, errBodyTooLarge):
+	case err == nil, errors.Is(err, errBodyTooLarge), errors.Is(err, errResponseTooLarge):
 		return err
 	case sent != nil && sent.failed.Load(), recv != nil && !recv.failed.Load():
 		return fmt.Errorf("%w: %w", errSandboxClosed, err)

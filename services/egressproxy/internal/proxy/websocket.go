@@ -100,7 +100,11 @@ func (p *Proxy) spliceWebSocket(ctx context.Context, conn net.Conn, br *bufio.Re
 	r := &wsRelay{conn: conn, up: up}
 	r.touch()
 	sent := &countingReader{r: io.NopCloser(br), limit: maxSent}
-	recv := &countingReader{r: up, limit: lim.MaxReceivedBytes}
+	maxRecv, recvRule := lim.MaxReceivedBytes, "the proxy's websocket-max-received-bytes"
+	if v.maxResponse > 0 && v.maxResponse < maxRecv {
+		maxRecv, recvRule = v.maxResponse, "limits.max_total_response_bytes"
+	}
+	recv := &countingReader{r: up, limit: maxRecv}
 
 	var wg sync.WaitGroup
 	done := make(chan struct{})
@@ -129,7 +133,7 @@ func (p *Proxy) spliceWebSocket(ctx context.Context, conn net.Conn, br *bufio.Re
 	_, err := io.Copy(conn, activeReader{r: recv, relay: r})
 	switch {
 	case recv.exceeded.Load():
-		r.cut(relayEnd(fmt.Sprintf("websocket cut: the upstream sent more than %d bytes (the proxy's websocket-max-received-bytes)", lim.MaxReceivedBytes)))
+		r.cut(relayEnd(fmt.Sprintf("websocket cut: the upstream sent more than %d bytes (%s)", maxRecv, recvRule)))
 	case ctx.Err() != nil:
 		r.cut(endReleased)
 	case err == nil, recv.failed.Load():

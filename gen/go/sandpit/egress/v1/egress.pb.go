@@ -905,9 +905,18 @@ type DecideResponse struct {
 	Release *Release `protobuf:"bytes,7,opt,name=release,proto3" json:"release,omitempty"`
 	// Which policy decided: operator, tenant, token or inline; empty when a
 	// limit or the proxy's own check did. For the proxy's log.
-	Source        string `protobuf:"bytes,8,opt,name=source,proto3" json:"source,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Source string `protobuf:"bytes,8,opt,name=source,proto3" json:"source,omitempty"`
+	// For an allowed request: the most response body bytes the proxy may
+	// return to the sandbox, 0 for no limit. A response declaring more is
+	// refused with 403; one that grows past it is cut and the exchange
+	// fails (the connection or stream is reset).
+	MaxResponseBytes uint64 `protobuf:"varint,9,opt,name=max_response_bytes,json=maxResponseBytes,proto3" json:"max_response_bytes,omitempty"`
+	// For a request denied by a rule's rate or the concurrency limit: the
+	// seconds after which it may succeed; the proxy answers 429 with this
+	// Retry-After rather than 403.
+	RetryAfterSeconds uint32 `protobuf:"varint,10,opt,name=retry_after_seconds,json=retryAfterSeconds,proto3" json:"retry_after_seconds,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *DecideResponse) Reset() {
@@ -994,6 +1003,20 @@ func (x *DecideResponse) GetSource() string {
 		return x.Source
 	}
 	return ""
+}
+
+func (x *DecideResponse) GetMaxResponseBytes() uint64 {
+	if x != nil {
+		return x.MaxResponseBytes
+	}
+	return 0
+}
+
+func (x *DecideResponse) GetRetryAfterSeconds() uint32 {
+	if x != nil {
+		return x.RetryAfterSeconds
+	}
+	return 0
 }
 
 // Release tells the proxy that the execution holding source_ip ended, so
@@ -1108,7 +1131,7 @@ const file_sandpit_egress_v1_egress_proto_rawDesc = "" +
 	"\vdestination\x18\x02 \x01(\tR\vdestination\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x122\n" +
 	"\x15rate_limited_requests\x18\x04 \x01(\rR\x13rateLimitedRequests\x127\n" +
-	"\x18rate_limited_dns_queries\x18\x05 \x01(\rR\x15rateLimitedDnsQueries\"\xa7\x02\n" +
+	"\x18rate_limited_dns_queries\x18\x05 \x01(\rR\x15rateLimitedDnsQueries\"\x85\x03\n" +
 	"\x0eDecideResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x127\n" +
 	"\bdecision\x18\x02 \x01(\x0e2\x1b.sandpit.policy.v1.DecisionR\bdecision\x12\x17\n" +
@@ -1117,7 +1140,10 @@ const file_sandpit_egress_v1_egress_proto_rawDesc = "" +
 	"\fexecution_id\x18\x05 \x01(\tR\vexecutionId\x12*\n" +
 	"\x11max_request_bytes\x18\x06 \x01(\x04R\x0fmaxRequestBytes\x124\n" +
 	"\arelease\x18\a \x01(\v2\x1a.sandpit.egress.v1.ReleaseR\arelease\x12\x16\n" +
-	"\x06source\x18\b \x01(\tR\x06source\"&\n" +
+	"\x06source\x18\b \x01(\tR\x06source\x12,\n" +
+	"\x12max_response_bytes\x18\t \x01(\x04R\x10maxResponseBytes\x12.\n" +
+	"\x13retry_after_seconds\x18\n" +
+	" \x01(\rR\x11retryAfterSeconds\"&\n" +
 	"\aRelease\x12\x1b\n" +
 	"\tsource_ip\x18\x01 \x01(\tR\bsourceIp2d\n" +
 	"\x0fDecisionService\x12Q\n" +

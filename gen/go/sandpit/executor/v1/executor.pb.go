@@ -1161,8 +1161,20 @@ type Result struct {
 	// Of requests_allowed, the requests a policy in audit mode would have
 	// blocked (decision DECISION_WOULD_BLOCK in the log and the events).
 	RequestsWouldBlock uint32 `protobuf:"varint,22,opt,name=requests_would_block,json=requestsWouldBlock,proto3" json:"requests_would_block,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// Request body bytes the egress proxy sent upstream, all requests
+	// together (what limits.max_total_request_bytes bounds).
+	RequestBytesTotal uint64 `protobuf:"varint,23,opt,name=request_bytes_total,json=requestBytesTotal,proto3" json:"request_bytes_total,omitempty"`
+	// Response body bytes the egress proxy returned to the sandbox, all
+	// responses together (what limits.max_total_response_bytes bounds).
+	ResponseBytesTotal uint64 `protobuf:"varint,24,opt,name=response_bytes_total,json=responseBytesTotal,proto3" json:"response_bytes_total,omitempty"`
+	// The most upstream exchanges the execution had open at once (what
+	// limits.max_concurrent_connections bounds).
+	PeakConcurrentConnections uint32 `protobuf:"varint,25,opt,name=peak_concurrent_connections,json=peakConcurrentConnections,proto3" json:"peak_concurrent_connections,omitempty"`
+	// Of requests_blocked, the requests refused (429) by a rule's rate or
+	// by limits.max_concurrent_connections.
+	RequestsOverRate uint32 `protobuf:"varint,26,opt,name=requests_over_rate,json=requestsOverRate,proto3" json:"requests_over_rate,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Result) Reset() {
@@ -1349,6 +1361,34 @@ func (x *Result) GetRequestsWouldBlock() uint32 {
 	return 0
 }
 
+func (x *Result) GetRequestBytesTotal() uint64 {
+	if x != nil {
+		return x.RequestBytesTotal
+	}
+	return 0
+}
+
+func (x *Result) GetResponseBytesTotal() uint64 {
+	if x != nil {
+		return x.ResponseBytesTotal
+	}
+	return 0
+}
+
+func (x *Result) GetPeakConcurrentConnections() uint32 {
+	if x != nil {
+		return x.PeakConcurrentConnections
+	}
+	return 0
+}
+
+func (x *Result) GetRequestsOverRate() uint32 {
+	if x != nil {
+		return x.RequestsOverRate
+	}
+	return 0
+}
+
 var File_sandpit_executor_v1_executor_proto protoreflect.FileDescriptor
 
 const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
@@ -1440,7 +1480,7 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\vpolicy_mode\x18\a \x01(\x0e2\x17.sandpit.policy.v1.ModeR\n" +
 	"policyMode\"\x1c\n" +
 	"\x06Output\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\"\x82\b\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\xd2\t\n" +
 	"\x06Result\x12B\n" +
 	"\vtermination\x18\x01 \x01(\x0e2 .sandpit.executor.v1.TerminationR\vtermination\x12\x1b\n" +
 	"\texit_code\x18\x02 \x01(\x05R\bexitCode\x12\x16\n" +
@@ -1466,7 +1506,11 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\x1bnetwork_log_omitted_allowed\x18\x13 \x01(\rR\x18networkLogOmittedAllowed\x122\n" +
 	"\x15requests_rate_limited\x18\x14 \x01(\rR\x13requestsRateLimited\x127\n" +
 	"\x18dns_queries_rate_limited\x18\x15 \x01(\rR\x15dnsQueriesRateLimited\x120\n" +
-	"\x14requests_would_block\x18\x16 \x01(\rR\x12requestsWouldBlock*\xb2\x01\n" +
+	"\x14requests_would_block\x18\x16 \x01(\rR\x12requestsWouldBlock\x12.\n" +
+	"\x13request_bytes_total\x18\x17 \x01(\x04R\x11requestBytesTotal\x120\n" +
+	"\x14response_bytes_total\x18\x18 \x01(\x04R\x12responseBytesTotal\x12>\n" +
+	"\x1bpeak_concurrent_connections\x18\x19 \x01(\rR\x19peakConcurrentConnections\x12,\n" +
+	"\x12requests_over_rate\x18\x1a \x01(\rR\x10requestsOverRate*\xb2\x01\n" +
 	"\x10NetworkEventKind\x12\"\n" +
 	"\x1eNETWORK_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aNETWORK_EVENT_KIND_REQUEST\x10\x01\x12\x1e\n" +

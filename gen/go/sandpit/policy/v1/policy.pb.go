@@ -369,7 +369,11 @@ type Rule struct {
 	Reason string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
 	// Whether a WebSocket upgrade request may match this rule; upgrades are
 	// denied unless an allowing rule says so.
-	Websocket     bool `protobuf:"varint,6,opt,name=websocket,proto3" json:"websocket,omitempty"`
+	Websocket bool `protobuf:"varint,6,opt,name=websocket,proto3" json:"websocket,omitempty"`
+	// For an allow rule: how fast one execution may make the requests it
+	// allows; unset means no rate. A request over it is refused with 429 and
+	// Retry-After.
+	Rate          *RuleRate `protobuf:"bytes,7,opt,name=rate,proto3" json:"rate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -446,6 +450,69 @@ func (x *Rule) GetWebsocket() bool {
 	return false
 }
 
+func (x *Rule) GetRate() *RuleRate {
+	if x != nil {
+		return x.Rate
+	}
+	return nil
+}
+
+// RuleRate is a token bucket: per_second requests a second on average, in
+// bursts of at most burst.
+type RuleRate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Requests a second, 1 to 10000.
+	PerSecond uint32 `protobuf:"varint,1,opt,name=per_second,json=perSecond,proto3" json:"per_second,omitempty"`
+	// The most requests at once; 0 means per_second. At most 10000.
+	Burst         uint32 `protobuf:"varint,2,opt,name=burst,proto3" json:"burst,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RuleRate) Reset() {
+	*x = RuleRate{}
+	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RuleRate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RuleRate) ProtoMessage() {}
+
+func (x *RuleRate) ProtoReflect() protoreflect.Message {
+	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RuleRate.ProtoReflect.Descriptor instead.
+func (*RuleRate) Descriptor() ([]byte, []int) {
+	return file_sandpit_policy_v1_policy_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RuleRate) GetPerSecond() uint32 {
+	if x != nil {
+		return x.PerSecond
+	}
+	return 0
+}
+
+func (x *RuleRate) GetBurst() uint32 {
+	if x != nil {
+		return x.Burst
+	}
+	return 0
+}
+
 // PolicyLimits bound an execution's network use.
 type PolicyLimits struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -454,13 +521,22 @@ type PolicyLimits struct {
 	// Request body bytes allowed per request; 0 means no limit beyond the
 	// executor's.
 	MaxRequestBytes uint64 `protobuf:"varint,2,opt,name=max_request_bytes,json=maxRequestBytes,proto3" json:"max_request_bytes,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Request body bytes allowed for the whole execution, all requests
+	// together; 0 means no limit.
+	MaxTotalRequestBytes uint64 `protobuf:"varint,3,opt,name=max_total_request_bytes,json=maxTotalRequestBytes,proto3" json:"max_total_request_bytes,omitempty"`
+	// Response body bytes returned to the sandbox for the whole execution;
+	// 0 means no limit.
+	MaxTotalResponseBytes uint64 `protobuf:"varint,4,opt,name=max_total_response_bytes,json=maxTotalResponseBytes,proto3" json:"max_total_response_bytes,omitempty"`
+	// Upstream exchanges (requests forwarded and not yet answered in full,
+	// open WebSockets) the execution may have at once; 0 means no limit.
+	MaxConcurrentConnections uint32 `protobuf:"varint,5,opt,name=max_concurrent_connections,json=maxConcurrentConnections,proto3" json:"max_concurrent_connections,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
 }
 
 func (x *PolicyLimits) Reset() {
 	*x = PolicyLimits{}
-	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[3]
+	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -472,7 +548,7 @@ func (x *PolicyLimits) String() string {
 func (*PolicyLimits) ProtoMessage() {}
 
 func (x *PolicyLimits) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[3]
+	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -485,7 +561,7 @@ func (x *PolicyLimits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyLimits.ProtoReflect.Descriptor instead.
 func (*PolicyLimits) Descriptor() ([]byte, []int) {
-	return file_sandpit_policy_v1_policy_proto_rawDescGZIP(), []int{3}
+	return file_sandpit_policy_v1_policy_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PolicyLimits) GetMaxRequests() uint32 {
@@ -498,6 +574,27 @@ func (x *PolicyLimits) GetMaxRequests() uint32 {
 func (x *PolicyLimits) GetMaxRequestBytes() uint64 {
 	if x != nil {
 		return x.MaxRequestBytes
+	}
+	return 0
+}
+
+func (x *PolicyLimits) GetMaxTotalRequestBytes() uint64 {
+	if x != nil {
+		return x.MaxTotalRequestBytes
+	}
+	return 0
+}
+
+func (x *PolicyLimits) GetMaxTotalResponseBytes() uint64 {
+	if x != nil {
+		return x.MaxTotalResponseBytes
+	}
+	return 0
+}
+
+func (x *PolicyLimits) GetMaxConcurrentConnections() uint32 {
+	if x != nil {
+		return x.MaxConcurrentConnections
 	}
 	return 0
 }
@@ -518,17 +615,25 @@ const file_sandpit_policy_v1_policy_proto_rawDesc = "" +
 	"\x05rules\x18\x02 \x03(\v2\x17.sandpit.policy.v1.RuleR\x05rules\x12@\n" +
 	"\x0edefault_action\x18\x03 \x01(\x0e2\x19.sandpit.policy.v1.ActionR\rdefaultAction\x12\x18\n" +
 	"\aschemes\x18\x04 \x03(\tR\aschemes\x12\x14\n" +
-	"\x05ports\x18\x05 \x03(\rR\x05ports\"\xad\x01\n" +
+	"\x05ports\x18\x05 \x03(\rR\x05ports\"\xde\x01\n" +
 	"\x04Rule\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\amethods\x18\x02 \x03(\tR\amethods\x12\x12\n" +
 	"\x04path\x18\x03 \x01(\tR\x04path\x121\n" +
 	"\x06action\x18\x04 \x01(\x0e2\x19.sandpit.policy.v1.ActionR\x06action\x12\x16\n" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x1c\n" +
-	"\twebsocket\x18\x06 \x01(\bR\twebsocket\"]\n" +
+	"\twebsocket\x18\x06 \x01(\bR\twebsocket\x12/\n" +
+	"\x04rate\x18\a \x01(\v2\x1b.sandpit.policy.v1.RuleRateR\x04rate\"?\n" +
+	"\bRuleRate\x12\x1d\n" +
+	"\n" +
+	"per_second\x18\x01 \x01(\rR\tperSecond\x12\x14\n" +
+	"\x05burst\x18\x02 \x01(\rR\x05burst\"\x8b\x02\n" +
 	"\fPolicyLimits\x12!\n" +
 	"\fmax_requests\x18\x01 \x01(\rR\vmaxRequests\x12*\n" +
-	"\x11max_request_bytes\x18\x02 \x01(\x04R\x0fmaxRequestBytes*>\n" +
+	"\x11max_request_bytes\x18\x02 \x01(\x04R\x0fmaxRequestBytes\x125\n" +
+	"\x17max_total_request_bytes\x18\x03 \x01(\x04R\x14maxTotalRequestBytes\x127\n" +
+	"\x18max_total_response_bytes\x18\x04 \x01(\x04R\x15maxTotalResponseBytes\x12<\n" +
+	"\x1amax_concurrent_connections\x18\x05 \x01(\rR\x18maxConcurrentConnections*>\n" +
 	"\x04Mode\x12\x14\n" +
 	"\x10MODE_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fMODE_ENFORCE\x10\x01\x12\x0e\n" +
@@ -557,7 +662,7 @@ func file_sandpit_policy_v1_policy_proto_rawDescGZIP() []byte {
 }
 
 var file_sandpit_policy_v1_policy_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_sandpit_policy_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_sandpit_policy_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_sandpit_policy_v1_policy_proto_goTypes = []any{
 	(Mode)(0),            // 0: sandpit.policy.v1.Mode
 	(Action)(0),          // 1: sandpit.policy.v1.Action
@@ -565,21 +670,23 @@ var file_sandpit_policy_v1_policy_proto_goTypes = []any{
 	(*Policy)(nil),       // 3: sandpit.policy.v1.Policy
 	(*HostPolicy)(nil),   // 4: sandpit.policy.v1.HostPolicy
 	(*Rule)(nil),         // 5: sandpit.policy.v1.Rule
-	(*PolicyLimits)(nil), // 6: sandpit.policy.v1.PolicyLimits
+	(*RuleRate)(nil),     // 6: sandpit.policy.v1.RuleRate
+	(*PolicyLimits)(nil), // 7: sandpit.policy.v1.PolicyLimits
 }
 var file_sandpit_policy_v1_policy_proto_depIdxs = []int32{
 	0, // 0: sandpit.policy.v1.Policy.mode:type_name -> sandpit.policy.v1.Mode
 	1, // 1: sandpit.policy.v1.Policy.default_action:type_name -> sandpit.policy.v1.Action
 	4, // 2: sandpit.policy.v1.Policy.hosts:type_name -> sandpit.policy.v1.HostPolicy
-	6, // 3: sandpit.policy.v1.Policy.limits:type_name -> sandpit.policy.v1.PolicyLimits
+	7, // 3: sandpit.policy.v1.Policy.limits:type_name -> sandpit.policy.v1.PolicyLimits
 	5, // 4: sandpit.policy.v1.HostPolicy.rules:type_name -> sandpit.policy.v1.Rule
 	1, // 5: sandpit.policy.v1.HostPolicy.default_action:type_name -> sandpit.policy.v1.Action
 	1, // 6: sandpit.policy.v1.Rule.action:type_name -> sandpit.policy.v1.Action
-	7, // [7:7] is the sub-list for method output_type
-	7, // [7:7] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	6, // 7: sandpit.policy.v1.Rule.rate:type_name -> sandpit.policy.v1.RuleRate
+	8, // [8:8] is the sub-list for method output_type
+	8, // [8:8] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_sandpit_policy_v1_policy_proto_init() }
@@ -593,7 +700,7 @@ func file_sandpit_policy_v1_policy_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sandpit_policy_v1_policy_proto_rawDesc), len(file_sandpit_policy_v1_policy_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

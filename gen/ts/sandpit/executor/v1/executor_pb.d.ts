@@ -776,6 +776,38 @@ export declare type Result = Message<"sandpit.executor.v1.Result"> & {
    * @generated from field: uint32 requests_would_block = 22;
    */
   requestsWouldBlock: number;
+
+  /**
+   * Request body bytes the egress proxy sent upstream, all requests
+   * together (what limits.max_total_request_bytes bounds).
+   *
+   * @generated from field: uint64 request_bytes_total = 23;
+   */
+  requestBytesTotal: bigint;
+
+  /**
+   * Response body bytes the egress proxy returned to the sandbox, all
+   * responses together (what limits.max_total_response_bytes bounds).
+   *
+   * @generated from field: uint64 response_bytes_total = 24;
+   */
+  responseBytesTotal: bigint;
+
+  /**
+   * The most upstream exchanges the execution had open at once (what
+   * limits.max_concurrent_connections bounds).
+   *
+   * @generated from field: uint32 peak_concurrent_connections = 25;
+   */
+  peakConcurrentConnections: number;
+
+  /**
+   * Of requests_blocked, the requests refused (429) by a rule's rate or
+   * by limits.max_concurrent_connections.
+   *
+   * @generated from field: uint32 requests_over_rate = 26;
+   */
+  requestsOverRate: number;
 };
 
 /**

@@ -162,6 +162,15 @@ export declare type Rule = Message<"sandpit.policy.v1.Rule"> & {
    * @generated from field: bool websocket = 6;
    */
   websocket: boolean;
+
+  /**
+   * For an allow rule: how fast one execution may make the requests it
+   * allows; unset means no rate. A request over it is refused with 429 and
+   * Retry-After.
+   *
+   * @generated from field: sandpit.policy.v1.RuleRate rate = 7;
+   */
+  rate?: RuleRate | undefined;
 };
 
 /**
@@ -169,6 +178,34 @@ export declare type Rule = Message<"sandpit.policy.v1.Rule"> & {
  * Use `create(RuleSchema)` to create a new message.
  */
 export declare const RuleSchema: GenMessage<Rule>;
+
+/**
+ * RuleRate is a token bucket: per_second requests a second on average, in
+ * bursts of at most burst.
+ *
+ * @generated from message sandpit.policy.v1.RuleRate
+ */
+export declare type RuleRate = Message<"sandpit.policy.v1.RuleRate"> & {
+  /**
+   * Requests a second, 1 to 10000.
+   *
+   * @generated from field: uint32 per_second = 1;
+   */
+  perSecond: number;
+
+  /**
+   * The most requests at once; 0 means per_second. At most 10000.
+   *
+   * @generated from field: uint32 burst = 2;
+   */
+  burst: number;
+};
+
+/**
+ * Describes the message sandpit.policy.v1.RuleRate.
+ * Use `create(RuleRateSchema)` to create a new message.
+ */
+export declare const RuleRateSchema: GenMessage<RuleRate>;
 
 /**
  * PolicyLimits bound an execution's network use.
@@ -190,6 +227,30 @@ export declare type PolicyLimits = Message<"sandpit.policy.v1.PolicyLimits"> & {
    * @generated from field: uint64 max_request_bytes = 2;
    */
   maxRequestBytes: bigint;
+
+  /**
+   * Request body bytes allowed for the whole execution, all requests
+   * together; 0 means no limit.
+   *
+   * @generated from field: uint64 max_total_request_bytes = 3;
+   */
+  maxTotalRequestBytes: bigint;
+
+  /**
+   * Response body bytes returned to the sandbox for the whole execution;
+   * 0 means no limit.
+   *
+   * @generated from field: uint64 max_total_response_bytes = 4;
+   */
+  maxTotalResponseBytes: bigint;
+
+  /**
+   * Upstream exchanges (requests forwarded and not yet answered in full,
+   * open WebSockets) the execution may have at once; 0 means no limit.
+   *
+   * @generated from field: uint32 max_concurrent_connections = 5;
+   */
+  maxConcurrentConnections: number;
 };
 
 /**
