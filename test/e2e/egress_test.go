@@ -56,8 +56,14 @@ type netStack struct {
 
 func startNetStack(t testing.TB) *netStack {
 	t.Helper()
+	return startNetStackWith(t, basePolicy)
+}
+
+// startNetStackWith is startNetStack with another operator policy.
+func startNetStackWith(t testing.TB, policy string) *netStack {
+	t.Helper()
 	ports := netPorts{proxyGRPC: "127.0.0.1:" + itoa(freePort(t)), proxyPort: freePort(t), dnsPort: freePort(t)}
-	eo := startEgress(t, ports, basePolicy)
+	eo := startEgress(t, ports, policy)
 	raw, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -457,11 +463,16 @@ fetch("https://api.github.test/after-decider-gone").then(async r => console.log(
 		t.Fatalf("request forwarded without a decision: %+v, stand-in got %v", got, s.github.requests())
 	}
 	if got.Status == "403" {
-		var body map[string]string
-		if err := json.Unmarshal([]byte(got.Body), &body); err != nil || body["decision"] != "blocked" {
-			t.Errorf("403 body %q", got.Body)
+		var body struct {
+			Decision string
+			Error    struct{ Type, Code string }
+		}
+		if err := json.Unmarshal([]byte(got.Body), &body); err != nil || body.Decision != "blocked" ||
+			body.Error.Type != "sandpit_policy_denied" || body.Error.Code != "decision_unavailable" {
+			t.Errorf("403 body %q, want code decision_unavailable", got.Body)
 		}
 	}
+	t.Logf("without a decision: %s", got.Status)
 }
 
 // TestSandboxTrustsProxyCAButHoldsNoKey checks that the CA is installed in
@@ -762,10 +773,10 @@ const http2 = require("http2");
 	t.Logf("oversized: %v; allowed: %d ok, failed %v", over, ok.OK, ok.Failed)
 
 	want := map[string]string{
-		"h2Cookie": "431 request_header_fields_too_large",
-		"h2Query":  "414 uri_too_long",
-		"h1Cookie": "431 request_header_fields_too_large",
-		"h1Query":  "414 uri_too_long",
+		"h2Cookie": "431 ambiguous_request",
+		"h2Query":  "414 ambiguous_request",
+		"h1Cookie": "431 ambiguous_request",
+		"h1Query":  "414 ambiguous_request",
 		"h2After":  "200",
 	}
 	for k, w := range want {

@@ -82,6 +82,9 @@ type Verdict struct {
 	// MaxRequestBytes bounds the body forwarded for an allowed request;
 	// 0 is no limit.
 	MaxRequestBytes uint64
+	// Code says why a request was denied (or would be): the executor's,
+	// or the proxy's own when it could not ask.
+	Code policyv1.DenialCode
 }
 
 // Forward reports whether the request may go upstream: allowed, or only
@@ -210,5 +213,6 @@ func verdict(resp *egressv1.DecideResponse) Verdict {
 		Source:          resp.GetSource(),
 		ExecutionID:     resp.GetExecutionId(),
 		MaxRequestBytes: resp.GetMaxRequestBytes(),
+		Code:            resp.GetDenialCode(),
 	}
 }

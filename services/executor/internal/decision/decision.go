@@ -483,7 +483,8 @@ func (s *Service) answer(q *egressv1.Question) (*egressv1.DecideResponse, pendin
 		s.metrics.decided(kindTLS, resp.GetDecision())
 	default:
 		// Only a newer proxy asks these; the kind label stays http|dns|tls.
-		resp = &egressv1.DecideResponse{Decision: policyv1.Decision_DECISION_DENY, RuleId: "proxy", Reason: "question of an unknown kind"}
+		resp = &egressv1.DecideResponse{Decision: policyv1.Decision_DECISION_DENY, RuleId: "proxy", Reason: "question of an unknown kind",
+			DenialCode: policyv1.DenialCode_DENIAL_CODE_AMBIGUOUS_REQUEST}
 	}
 	resp.Id = q.GetId()
 	resp.RuleId = bound.String(resp.GetRuleId(), maxRuleIDBytes)
@@ -555,7 +556,8 @@ func (s *Service) decideHTTP(r *egressv1.HttpRequest) (*egressv1.DecideResponse,
 	e := s.reg.lookup(r.GetSourceIp())
 	if e == nil {
 		return &egressv1.DecideResponse{Decision: policyv1.Decision_DECISION_DENY, RuleId: "no-execution",
-			Reason: "no running execution owns source address " + r.GetSourceIp()}, pending{}
+			Reason:     "no running execution owns source address " + r.GetSourceIp(),
+			DenialCode: policyv1.DenialCode_DENIAL_CODE_DECISION_UNAVAILABLE}, pending{}
 	}
 	d := e.decide(r)
 	now := time.Now()
@@ -577,14 +579,15 @@ func (s *Service) decideHTTP(r *egressv1.HttpRequest) (*egressv1.DecideResponse,
 		e.wouldBlock++
 	}
 	entry := &executorv1.NetworkLogEntry{
-		Timestamp: timestamppb.New(now),
-		Method:    method,
-		Url:       url,
-		Hostname:  host,
-		Blocked:   blocked,
-		RuleId:    rule,
-		Decision:  d.Decision,
-		Source:    d.Source,
+		Timestamp:  timestamppb.New(now),
+		Method:     method,
+		Url:        url,
+		Hostname:   host,
+		Blocked:    blocked,
+		RuleId:     rule,
+		Decision:   d.Decision,
+		Source:     d.Source,
+		DenialCode: d.Code,
 	}
 	if blocked {
 		entry.StatusCode = 403
@@ -601,21 +604,22 @@ func (s *Service) decideHTTP(r *egressv1.HttpRequest) (*egressv1.DecideResponse,
 	e.mu.Unlock()
 
 	e.emit(&executorv1.NetworkEvent{
-		Kind:      executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REQUEST,
-		RequestId: reqID,
-		Time:      timestamppb.New(now),
-		Method:    method,
-		Url:       url,
-		Host:      host,
-		Decision:  d.Decision,
-		RuleId:    rule,
-		Reason:    logReason,
-		Source:    d.Source,
+		Kind:       executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REQUEST,
+		RequestId:  reqID,
+		Time:       timestamppb.New(now),
+		Method:     method,
+		Url:        url,
+		Host:       host,
+		Decision:   d.Decision,
+		RuleId:     rule,
+		Reason:     logReason,
+		Source:     d.Source,
+		DenialCode: d.Code,
 	})
 	if f := e.observe.Load(); f != nil {
 		(*f)(Observed{Host: host, RuleID: rule, Source: d.Source, Decision: d.Decision})
 	}
-	resp := &egressv1.DecideResponse{Decision: d.Decision, RuleId: d.RuleID, Reason: reason, ExecutionId: e.id, Source: d.Source}
+	resp := &egressv1.DecideResponse{Decision: d.Decision, RuleId: d.RuleID, Reason: reason, ExecutionId: e.id, Source: d.Source, DenialCode: d.Code}
 	if !blocked {
 		resp.MaxRequestBytes = e.policy().Limits().MaxRequestBytes
 	}
@@ -625,14 +629,14 @@ func (s *Service) decideHTTP(r *egressv1.HttpRequest) (*egressv1.DecideResponse,
 // decide applies the proxy's own verdict, the execution's limits and its
 // policy, in that order.
 func (e *Execution) decide(r *egressv1.HttpRequest) policy.Decision {
-	block := func(rule, reason string) policy.Decision {
-		return policy.Decision{Action: policyv1.Action_ACTION_DENY, Decision: policyv1.Decision_DECISION_DENY, RuleID: rule, Reason: reason}
+	block := func(code policyv1.DenialCode, rule, reason string) policy.Decision {
+		return policy.Decision{Action: policyv1.Action_ACTION_DENY, Decision: policyv1.Decision_DECISION_DENY, RuleID: rule, Reason: reason, Code: code}
 	}
 	// A request the proxy found malformed or deceptive is blocked even in
 	// audit mode: forwarding it would send something other than what was
 	// checked.
 	if v := r.GetViolation(); v != "" {
-		return block("proxy", v)
+		return block(policyv1.DenialCode_DENIAL_CODE_AMBIGUOUS_REQUEST, "proxy", v)
 	}
 	pol := e.policy() // one policy for the limits and the decision
 	limits := pol.Limits()
@@ -641,10 +645,10 @@ func (e *Execution) decide(r *egressv1.HttpRequest) policy.Decision {
 	n := e.requests
 	e.mu.Unlock()
 	if limits.MaxRequests > 0 && n > limits.MaxRequests {
-		return block("limits.max_requests", fmt.Sprintf("the execution may make %d requests", limits.MaxRequests))
+		return block(policyv1.DenialCode_DENIAL_CODE_BUDGET_EXCEEDED, "limits.max_requests", fmt.Sprintf("the execution may make %d requests", limits.MaxRequests))
 	}
 	if limits.MaxRequestBytes > 0 && r.GetContentLength() > 0 && uint64(r.GetContentLength()) > limits.MaxRequestBytes {
-		return block("limits.max_request_bytes", fmt.Sprintf("request body of %d bytes is above the limit of %d", r.GetContentLength(), limits.MaxRequestBytes))
+		return block(policyv1.DenialCode_DENIAL_CODE_BUDGET_EXCEEDED, "limits.max_request_bytes", fmt.Sprintf("request body of %d bytes is above the limit of %d", r.GetContentLength(), limits.MaxRequestBytes))
 	}
 	return pol.Decide(policy.Request{
 		Method: r.GetMethod(), Host: r.GetHost(), Path: r.GetPath(), WebSocket: r.GetWebsocket(),
@@ -669,16 +673,17 @@ func (e *Execution) lost(p pending) {
 	}
 	e.mu.Unlock()
 	e.emit(&executorv1.NetworkEvent{
-		Kind:      executorv1.NetworkEventKind_NETWORK_EVENT_KIND_OUTCOME,
-		RequestId: p.id,
-		Time:      timestamppb.New(now),
-		Method:    p.entry.GetMethod(),
-		Url:       p.entry.GetUrl(),
-		Host:      p.entry.GetHostname(),
-		Decision:  p.entry.GetDecision(),
-		RuleId:    p.entry.GetRuleId(),
-		Duration:  durationpb.New(now.Sub(p.entry.GetTimestamp().AsTime())),
-		Error:     outcomeLost,
+		Kind:       executorv1.NetworkEventKind_NETWORK_EVENT_KIND_OUTCOME,
+		RequestId:  p.id,
+		Time:       timestamppb.New(now),
+		Method:     p.entry.GetMethod(),
+		Url:        p.entry.GetUrl(),
+		Host:       p.entry.GetHostname(),
+		Decision:   p.entry.GetDecision(),
+		RuleId:     p.entry.GetRuleId(),
+		DenialCode: p.entry.GetDenialCode(),
+		Duration:   durationpb.New(now.Sub(p.entry.GetTimestamp().AsTime())),
+		Error:      outcomeLost,
 	})
 }
 
@@ -695,6 +700,7 @@ func (e *Execution) outcome(p pending, o *egressv1.Outcome) {
 		Host:          p.entry.GetHostname(),
 		Decision:      p.entry.GetDecision(),
 		RuleId:        p.entry.GetRuleId(),
+		DenialCode:    p.entry.GetDenialCode(),
 		StatusCode:    o.GetStatusCode(),
 		BytesSent:     o.GetBytesSent(),
 		BytesReceived: o.GetBytesReceived(),

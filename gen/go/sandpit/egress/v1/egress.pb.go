@@ -905,7 +905,10 @@ type DecideResponse struct {
 	Release *Release `protobuf:"bytes,7,opt,name=release,proto3" json:"release,omitempty"`
 	// Which policy decided: operator, tenant, token or inline; empty when a
 	// limit or the proxy's own check did. For the proxy's log.
-	Source        string `protobuf:"bytes,8,opt,name=source,proto3" json:"source,omitempty"`
+	Source string `protobuf:"bytes,8,opt,name=source,proto3" json:"source,omitempty"`
+	// For a denial (or a would-block verdict): why, in one fixed word, for
+	// the refusal body's error.code; unset for an allowed request.
+	DenialCode    v1.DenialCode `protobuf:"varint,9,opt,name=denial_code,json=denialCode,proto3,enum=sandpit.policy.v1.DenialCode" json:"denial_code,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -994,6 +997,13 @@ func (x *DecideResponse) GetSource() string {
 		return x.Source
 	}
 	return ""
+}
+
+func (x *DecideResponse) GetDenialCode() v1.DenialCode {
+	if x != nil {
+		return x.DenialCode
+	}
+	return v1.DenialCode(0)
 }
 
 // Release tells the proxy that the execution holding source_ip ended, so
@@ -1108,7 +1118,7 @@ const file_sandpit_egress_v1_egress_proto_rawDesc = "" +
 	"\vdestination\x18\x02 \x01(\tR\vdestination\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x122\n" +
 	"\x15rate_limited_requests\x18\x04 \x01(\rR\x13rateLimitedRequests\x127\n" +
-	"\x18rate_limited_dns_queries\x18\x05 \x01(\rR\x15rateLimitedDnsQueries\"\xa7\x02\n" +
+	"\x18rate_limited_dns_queries\x18\x05 \x01(\rR\x15rateLimitedDnsQueries\"\xe7\x02\n" +
 	"\x0eDecideResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x127\n" +
 	"\bdecision\x18\x02 \x01(\x0e2\x1b.sandpit.policy.v1.DecisionR\bdecision\x12\x17\n" +
@@ -1117,7 +1127,9 @@ const file_sandpit_egress_v1_egress_proto_rawDesc = "" +
 	"\fexecution_id\x18\x05 \x01(\tR\vexecutionId\x12*\n" +
 	"\x11max_request_bytes\x18\x06 \x01(\x04R\x0fmaxRequestBytes\x124\n" +
 	"\arelease\x18\a \x01(\v2\x1a.sandpit.egress.v1.ReleaseR\arelease\x12\x16\n" +
-	"\x06source\x18\b \x01(\tR\x06source\"&\n" +
+	"\x06source\x18\b \x01(\tR\x06source\x12>\n" +
+	"\vdenial_code\x18\t \x01(\x0e2\x1d.sandpit.policy.v1.DenialCodeR\n" +
+	"denialCode\"&\n" +
 	"\aRelease\x12\x1b\n" +
 	"\tsource_ip\x18\x01 \x01(\tR\bsourceIp2d\n" +
 	"\x0fDecisionService\x12Q\n" +
@@ -1150,6 +1162,7 @@ var file_sandpit_egress_v1_egress_proto_goTypes = []any{
 	(*Release)(nil),             // 10: sandpit.egress.v1.Release
 	(*durationpb.Duration)(nil), // 11: google.protobuf.Duration
 	(v1.Decision)(0),            // 12: sandpit.policy.v1.Decision
+	(v1.DenialCode)(0),          // 13: sandpit.policy.v1.DenialCode
 }
 var file_sandpit_egress_v1_egress_proto_depIdxs = []int32{
 	1,  // 0: sandpit.egress.v1.DecideRequest.hello:type_name -> sandpit.egress.v1.Hello
@@ -1163,13 +1176,14 @@ var file_sandpit_egress_v1_egress_proto_depIdxs = []int32{
 	11, // 8: sandpit.egress.v1.Outcome.duration:type_name -> google.protobuf.Duration
 	12, // 9: sandpit.egress.v1.DecideResponse.decision:type_name -> sandpit.policy.v1.Decision
 	10, // 10: sandpit.egress.v1.DecideResponse.release:type_name -> sandpit.egress.v1.Release
-	0,  // 11: sandpit.egress.v1.DecisionService.Decide:input_type -> sandpit.egress.v1.DecideRequest
-	9,  // 12: sandpit.egress.v1.DecisionService.Decide:output_type -> sandpit.egress.v1.DecideResponse
-	12, // [12:13] is the sub-list for method output_type
-	11, // [11:12] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	13, // 11: sandpit.egress.v1.DecideResponse.denial_code:type_name -> sandpit.policy.v1.DenialCode
+	0,  // 12: sandpit.egress.v1.DecisionService.Decide:input_type -> sandpit.egress.v1.DecideRequest
+	9,  // 13: sandpit.egress.v1.DecisionService.Decide:output_type -> sandpit.egress.v1.DecideResponse
+	13, // [13:14] is the sub-list for method output_type
+	12, // [12:13] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_sandpit_egress_v1_egress_proto_init() }
