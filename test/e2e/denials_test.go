@@ -66,6 +66,9 @@ func TestSDKErrorsCarryTheDenial(t *testing.T) {
 	req := &executorv1.ExecuteRequest{Image: sdkImage, Code: fmt.Sprintf(denialCode, secret)}
 	var got map[string]denial
 	r := probe(t, s.e, req, &got)
+	for name, d := range got {
+		t.Logf("%s: %d %s %s: %q; hint %q", name, d.Status, d.Type, d.Code, d.Message, d.Hint)
+	}
 	tests := []struct {
 		name     string
 		code     policyv1.DenialCode
@@ -156,6 +159,7 @@ const stripe = new Stripe(%q, { maxNetworkRetries: 0, telemetry: false });
 `, secret), Policy: &policyv1.Policy{DefaultAction: policyv1.Action_ACTION_ALLOW, Limits: &policyv1.PolicyLimits{MaxRequests: 1}}}
 	var budget []string
 	r = probe(t, s.e, req, &budget)
+	t.Logf("under max_requests 1: %q", budget)
 	if len(budget) != 2 || budget[0] != "listed" || !strings.HasPrefix(budget[1], "403 budget_exceeded limits.max_requests: the execution is over its policy's limit limits.max_requests") {
 		t.Errorf("two product lists under max_requests 1: %q, want one listed and one 403 budget_exceeded", budget)
 	}

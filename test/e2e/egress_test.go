@@ -450,29 +450,41 @@ const f = (url, opts) => fetch(url, opts).then(r => String(r.status), e => (e.ca
 }
 
 // TestDecisionStreamGoneMeansDeny takes the decision service away: the proxy
-// must deny rather than forward.
+// must deny rather than forward. A name no longer resolves; a request to
+// the address its name had (so no DNS is asked) gets the 403 that says the
+// decision is unavailable.
 func TestDecisionStreamGoneMeansDeny(t *testing.T) {
 	s := startNetStack(t)
 	s.e.app.StopDecisions()
-	var got struct{ Status, Body string }
+	type answer struct{ Status, Body string }
+	var got struct{ Named, Direct answer }
 	probe(t, s.e, code(`
-fetch("https://api.github.test/after-decider-gone").then(async r => console.log(JSON.stringify({status: String(r.status), body: await r.text()})),
-  e => console.log(JSON.stringify({status: (e.cause && e.cause.code) || e.name})));
+const http = require("http");
+// Plain HTTP: without a decision stream the sandbox does not trust the
+// proxy's CA.
+const direct = () => new Promise(res => {
+  const q = http.request({ host: "198.18.0.1", port: 80, path: "/after-decider-gone",
+    headers: { Host: "api.github.test" } }, r => { let body = ""; r.on("data", d => body += d); r.on("end", () => res({ status: String(r.statusCode), body })); });
+  q.on("error", e => res({ status: e.code })); q.end();
+});
+(async () => {
+  const named = await fetch("https://api.github.test/after-decider-gone").then(async r => ({status: String(r.status), body: await r.text()}),
+    e => ({status: (e.cause && e.cause.code) || e.name}));
+  console.log(JSON.stringify({ named, direct: await direct() }));
+})();
 `), &got)
-	if got.Status == "200" || s.github.hits.Load() != 0 {
+	t.Logf("without a decision: by name %s, by address %s", got.Named.Status, got.Direct.Status)
+	if got.Named.Status == "200" || got.Direct.Status == "200" || s.github.hits.Load() != 0 {
 		t.Fatalf("request forwarded without a decision: %+v, stand-in got %v", got, s.github.requests())
 	}
-	if got.Status == "403" {
-		var body struct {
-			Decision string
-			Error    struct{ Type, Code string }
-		}
-		if err := json.Unmarshal([]byte(got.Body), &body); err != nil || body.Decision != "blocked" ||
-			body.Error.Type != "sandpit_policy_denied" || body.Error.Code != "decision_unavailable" {
-			t.Errorf("403 body %q, want code decision_unavailable", got.Body)
-		}
+	var body struct {
+		Decision string
+		Error    struct{ Type, Code string }
 	}
-	t.Logf("without a decision: %s", got.Status)
+	if err := json.Unmarshal([]byte(got.Direct.Body), &body); err != nil || got.Direct.Status != "403" || body.Decision != "blocked" ||
+		body.Error.Type != "sandpit_policy_denied" || body.Error.Code != "decision_unavailable" {
+		t.Errorf("by address: %s %q, want 403 with code decision_unavailable", got.Direct.Status, got.Direct.Body)
+	}
 }
 
 // TestSandboxTrustsProxyCAButHoldsNoKey checks that the CA is installed in
