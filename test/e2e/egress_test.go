@@ -619,8 +619,18 @@ const open = url => new Promise(res => {
 		}
 	}
 	var wsDecisions []string
+	refused := 0
 	for _, ev := range requestEvents(r, executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REQUEST) {
-		wsDecisions = append(wsDecisions, ev.GetUrl()+" "+ev.GetDecision().String()+" "+ev.GetRuleId())
+		wsDecisions = append(wsDecisions, ev.GetUrl()+" "+ev.GetDecision().String()+" "+ev.GetRuleId()+" "+ev.GetDenialCode().String())
+		if ev.GetDecision() == policyv1.Decision_DECISION_DENY {
+			refused++
+			if ev.GetDenialCode() != policyv1.DenialCode_DENIAL_CODE_WEBSOCKET_NOT_ALLOWED {
+				t.Errorf("the refused upgrade's event has code %v, want websocket_not_allowed", ev.GetDenialCode())
+			}
+		}
+	}
+	if refused != 1 {
+		t.Errorf("%d refused requests, want the upgrade without a rule: %v", refused, wsDecisions)
 	}
 	t.Logf("decisions: %v", wsDecisions)
 }

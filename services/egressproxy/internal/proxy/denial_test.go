@@ -47,6 +47,16 @@ func TestRefusalBodies(t *testing.T) {
 	}
 }
 
+// TestUnreadableRequestRefused: bytes that are no request get 400 with
+// the refusal body too.
+func TestUnreadableRequestRefused(t *testing.T) {
+	e := setup(t)
+	b := expectRefused(t, e.raw(t, "api.stripe.test", "NOT HTTP AT ALL\r\n\r\n"), http.StatusBadRequest, "ambiguous_request")
+	if b.Rule != "proxy" || b.Host != "api.stripe.test" || !strings.HasPrefix(b.Reason, "bad request") {
+		t.Errorf("body %+v", b)
+	}
+}
+
 // TestDenialHints gives every code a hint built from the request alone.
 func TestDenialHints(t *testing.T) {
 	c := &checked{method: "PUT", scheme: "https", host: "api.example.test", port: 8443, path: "/v1/things/1"}
