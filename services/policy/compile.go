@@ -38,6 +38,9 @@ type Decision struct {
 	RuleID string
 	// Reason says why, for the 403 body and the network log.
 	Reason string
+	// Code says why in one fixed word when Action is deny (what the
+	// caller would have to change), and is unset when it is allow.
+	Code policyv1.DenialCode
 	// Layer is the position in the chain of the policy that decided: the
 	// first that denied, else the last. It is 0 for an unchained policy.
 	Layer int
@@ -319,11 +322,12 @@ func (c *Compiled) Decide(r Request) Decision {
 			Action:   policyv1.Action_ACTION_DENY,
 			Decision: policyv1.Decision_DECISION_DENY,
 			Reason:   err.Error(),
+			Code:     policyv1.DenialCode_DENIAL_CODE_AMBIGUOUS_REQUEST,
 		}
 	}
 	// A zero Compiled has no layers and denies, like DenyAll.
 	if len(c.layers) == 0 {
-		d := deny(RuleDefault, "no policy is in force")
+		d := deny(codeHost, RuleDefault, "no policy is in force")
 		d.Decision = policyv1.Decision_DECISION_DENY
 		return d
 	}
@@ -452,26 +456,31 @@ func (l *layer) decide(r Request) Decision {
 	if !ok {
 		if l.defaultAllow {
 			if r.WebSocket {
-				return deny(RuleDefault, "WebSocket upgrades to %s need an allow rule with websocket: true; the host is not in the policy", r.Host)
+				return deny(codeWebSocket, RuleDefault, "WebSocket upgrades to %s need an allow rule with websocket: true; the host is not in the policy", r.Host)
 			}
 			return allow(RuleDefault, "host %s is not in the policy, whose default allows it", r.Host)
 		}
-		return deny(RuleDefault, "host %s is not in the policy", r.Host)
+		return deny(codeHost, RuleDefault, "host %s is not in the policy", r.Host)
 	}
 	if what, reason := e.endpoints.check(e.pattern, r.Scheme, r.Port); what != "" {
-		return deny(e.field+"."+what, "%s", reason)
+		return deny(codePort, e.field+"."+what, "%s", reason)
 	}
 	if !e.semicolon && strings.Contains(r.Path, ";") {
-		return deny(e.field+".path", "path %q has a \";\", which servers read differently (a path parameter to Tomcat and Spring, a literal to others); no rule of %s names a path with one", r.Path, e.pattern)
+		return deny(codeAmbiguous, e.field+".path", "path %q has a \";\", which servers read differently (a path parameter to Tomcat and Spring, a literal to others); no rule of %s names a path with one", r.Path, e.pattern)
 	}
 	loose := loosePath(r.Path)
+	// What the allow rules that did not decide had in common with the
+	// request, for the code of a default's denial.
+	var pathMatched, upgradeSkipped bool
 	for _, ru := range e.rules {
 		if !ru.matches(r, loose) {
+			pathMatched = pathMatched || ru.allow && ru.path.match(r.Path)
 			continue
 		}
 		if ru.allow && r.WebSocket && !ru.websocket {
 			// An allow rule that does not name upgrades lets them fall
 			// through to later rules, and in the end to a deny.
+			upgradeSkipped = true
 			continue
 		}
 		reason := ru.reason
@@ -489,13 +498,20 @@ func (l *layer) decide(r Request) Decision {
 			}
 			return d
 		}
-		return Decision{Action: policyv1.Action_ACTION_DENY, RuleID: ru.id, Reason: reason}
+		return Decision{Action: policyv1.Action_ACTION_DENY, RuleID: ru.id, Reason: reason, Code: policyv1.DenialCode_DENIAL_CODE_RULE_DENIED}
 	}
 	if !e.defaultAllow {
-		return deny(e.defaultID, "no rule of %s matches %s %s", e.pattern, r.Method, r.Path)
+		code := codePath
+		switch {
+		case upgradeSkipped:
+			code = codeWebSocket
+		case pathMatched:
+			code = codeMethod
+		}
+		return deny(code, e.defaultID, "no rule of %s matches %s %s", e.pattern, r.Method, r.Path)
 	}
 	if r.WebSocket {
-		return deny(e.defaultID, "WebSocket upgrades to %s need an allow rule with websocket: true; none matches %s", e.pattern, r.Path)
+		return deny(codeWebSocket, e.defaultID, "WebSocket upgrades to %s need an allow rule with websocket: true; none matches %s", e.pattern, r.Path)
 	}
 	return allow(e.defaultID, "no rule of %s matches %s %s, and the host's default allows it", e.pattern, r.Method, r.Path)
 }
@@ -514,6 +530,17 @@ func allow(id, format string, args ...any) Decision {
 	return Decision{Action: policyv1.Action_ACTION_ALLOW, RuleID: id, Reason: fmt.Sprintf(format, args...)}
 }
 
-func deny(id, format string, args ...any) Decision {
-	return Decision{Action: policyv1.Action_ACTION_DENY, RuleID: id, Reason: fmt.Sprintf(format, args...)}
+// Denial codes of the decisions decide makes, short for the calls.
+const (
+	codeHost      = policyv1.DenialCode_DENIAL_CODE_HOST_NOT_ALLOWED
+	codeMethod    = policyv1.DenialCode_DENIAL_CODE_METHOD_NOT_ALLOWED
+	codePath      = policyv1.DenialCode_DENIAL_CODE_PATH_NOT_ALLOWED
+	codePort      = policyv1.DenialCode_DENIAL_CODE_PORT_NOT_ALLOWED
+	codeWebSocket = policyv1.DenialCode_DENIAL_CODE_WEBSOCKET_NOT_ALLOWED
+	codeAmbiguous = policyv1.DenialCode_DENIAL_CODE_AMBIGUOUS_REQUEST
+	codeToken     = policyv1.DenialCode_DENIAL_CODE_TOKEN_DENIED
+)
+
+func deny(code policyv1.DenialCode, id, format string, args ...any) Decision {
+	return Decision{Action: policyv1.Action_ACTION_DENY, RuleID: id, Reason: fmt.Sprintf(format, args...), Code: code}
 }

@@ -84,6 +84,9 @@ func FuzzDecide(f *testing.F) {
 				t.Fatalf("canonical path %q is not a pattern matching itself: %v", path, err)
 			}
 		}
+		if (d.Code == policyv1.DenialCode_DENIAL_CODE_UNSPECIFIED) != allowed {
+			t.Fatalf("action %v with denial code %v", d.Action, d.Code)
+		}
 		if !allowed {
 			return
 		}

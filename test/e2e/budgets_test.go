@@ -119,7 +119,7 @@ func githubPolicy(rules []*policyv1.Rule, limits *policyv1.PolicyLimits) *policy
 // stand-in and the sandbox saw.
 func TestEgressBudgets(t *testing.T) {
 	up := &budgetStandIn{}
-	s := startNetStackWith(t, up)
+	s := startNetStackWith(t, basePolicy, up)
 
 	t.Run("rate", func(t *testing.T) {
 		req := code(budgetJS + `

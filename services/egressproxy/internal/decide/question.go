@@ -85,6 +85,9 @@ type Verdict struct {
 	// RetryAfterSeconds, on a deny by a rate or a concurrency limit, is
 	// the Retry-After of the 429 that answers it.
 	RetryAfterSeconds uint32
+	// Code says why a request was denied (or would be): the executor's,
+	// or the proxy's own when it could not ask.
+	Code policyv1.DenialCode
 }
 
 // Forward reports whether the request may go upstream: allowed, or only
@@ -215,5 +218,6 @@ func verdict(resp *egressv1.DecideResponse) Verdict {
 		MaxRequestBytes:   resp.GetMaxRequestBytes(),
 		MaxResponseBytes:  resp.GetMaxResponseBytes(),
 		RetryAfterSeconds: resp.GetRetryAfterSeconds(),
+		Code:              resp.GetDenialCode(),
 	}
 }

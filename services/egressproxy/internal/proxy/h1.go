@@ -12,6 +12,8 @@ import (
 	"net/textproto"
 	"strings"
 	"time"
+
+	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 )
 
 // serveH1 reads HTTP/1.x requests one after another (keep-alive) and
@@ -29,7 +31,7 @@ func (p *Proxy) serveH1(ctx context.Context, conn net.Conn, br *bufio.Reader, in
 		}
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !isTimeout(err) {
-				writeSimple(conn, http.StatusBadRequest, "bad request head: "+err.Error())
+				refuseUnreadable(conn, info, "bad request head: "+err.Error())
 			}
 			return
 		}
@@ -56,7 +58,7 @@ func isTimeout(err error) bool {
 func (p *Proxy) unparsable(ctx context.Context, conn net.Conn, line string, hdr textproto.MIMEHeader, info connInfo, err error) {
 	method, target, ok := requestLine(line)
 	if !ok {
-		writeSimple(conn, http.StatusBadRequest, "bad request: "+err.Error())
+		refuseUnreadable(conn, info, "bad request: "+err.Error())
 		return
 	}
 	req := &http.Request{Method: method, RequestURI: target, Header: http.Header(hdr), ContentLength: -1}
@@ -336,9 +338,13 @@ func retryAfterLine(v verdict) string {
 	return ""
 }
 
-func writeSimple(conn net.Conn, status int, msg string) {
-	bw := bufio.NewWriter(conn)
-	writeResponse(bw, status, "text/plain; charset=utf-8", []byte(msg+"\n"), true)
+// refuseUnreadable answers 400, with the refusal body, to bytes the proxy
+// could not read as a request: there was nothing to decide, so nothing is
+// reported, and only the sandbox that sent them sees why.
+func refuseUnreadable(conn net.Conn, info connInfo, why string) {
+	c := &checked{scheme: info.scheme, port: info.dst.Port(), host: info.sni}
+	v := verdict{rule: "proxy", reason: why, code: policyv1.DenialCode_DENIAL_CODE_AMBIGUOUS_REQUEST}
+	writeResponse(bufio.NewWriter(conn), http.StatusBadRequest, "application/json", blockBody(c, v), true)
 }
 
 // watchClose reads from the sandbox's connection while its request waits

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
 	"github.com/sandpit-run/sandpit/services/policy"
 	"github.com/sandpit-run/sandpit/services/policy/canon"
@@ -33,9 +34,9 @@ type checked struct {
 	websocket bool
 	violation string
 	// For a request refused over a size bound: the status it gets (0 is
-	// 403), and the refusal code and hint of its body.
-	status     int
-	code, hint string
+	// 403), and the hint of its refusal body.
+	status int
+	hint   string
 }
 
 func (c *checked) block(why string) {
@@ -177,7 +178,9 @@ type verdict struct {
 	rule    string
 	source  string // the policy the rule is of
 	reason  string
-	at      time.Time
+	// code says why a refused request was refused (or would be).
+	code policyv1.DenialCode
+	at   time.Time
 	// maxBody is the most request body bytes to forward, maxResponse the
 	// most response body bytes to return; 0 is no limit.
 	maxBody, maxResponse uint64
@@ -208,7 +211,7 @@ func (p *Proxy) decide(ctx context.Context, info connInfo, c *checked, contentLe
 		Violation:       c.violation,
 		ViolationStatus: c.status,
 	})
-	v := verdict{id: resp.QuestionID, rule: resp.RuleID, source: resp.Source, reason: resp.Reason, at: time.Now(),
+	v := verdict{id: resp.QuestionID, rule: resp.RuleID, source: resp.Source, reason: resp.Reason, code: resp.Code, at: time.Now(),
 		maxBody: resp.MaxRequestBytes, maxResponse: resp.MaxResponseBytes, status: http.StatusForbidden}
 	if errors.Is(err, decide.ErrRateLimited) {
 		v.status = http.StatusTooManyRequests
@@ -220,6 +223,7 @@ func (p *Proxy) decide(ctx context.Context, info connInfo, c *checked, contentLe
 	v.allowed = v.label != policy.LabelDeny
 	if c.violation != "" {
 		v.allowed, v.label, v.rule, v.source, v.reason = false, policy.LabelDeny, "proxy", "", c.violation
+		v.code = policyv1.DenialCode_DENIAL_CODE_AMBIGUOUS_REQUEST
 	}
 	p.cfg.Metrics.request(v.label, c.protocol)
 	if v.status == http.StatusTooManyRequests && v.retryAfter == 0 {
@@ -244,30 +248,6 @@ type apiError struct {
 	Type    string `json:"type"`
 	Code    string `json:"code"`
 	Message string `json:"message"`
-}
-
-// blockBody is the JSON body of every refusal of a request: 403 by the
-// policy or the proxy's checks, 414 and 431 over a size bound.
-func blockBody(c *checked, v verdict) []byte {
-	code := c.code
-	if code == "" {
-		code = codeBlocked
-	}
-	b, _ := json.Marshal(struct {
-		Decision string   `json:"decision"`
-		Rule     string   `json:"rule"`
-		Reason   string   `json:"reason"`
-		Hint     string   `json:"hint,omitempty"`
-		Host     string   `json:"host"`
-		Method   string   `json:"method"`
-		Path     string   `json:"path"`
-		Error    apiError `json:"error"`
-	}{"blocked", v.rule, v.reason, c.hint, c.host, c.method, c.path, apiError{
-		Type:    "sandpit_policy_error",
-		Code:    code,
-		Message: fmt.Sprintf("sandpit blocked %s %s%s: %s (rule %s)", c.method, c.host, c.path, v.reason, v.rule),
-	}})
-	return append(b, '\n')
 }
 
 // errorBody is the 502 body of an allowed request whose upstream failed:
@@ -383,14 +363,14 @@ func retryAfter(v verdict) string {
 // responseTooLarge is the 403 body for a response declaring more bytes
 // than the execution has left to receive.
 func responseTooLarge(c *checked, v verdict, size int64) []byte {
-	return blockBody(c, verdict{rule: "limits.max_total_response_bytes",
+	return blockBody(c, verdict{rule: "limits.max_total_response_bytes", code: policyv1.DenialCode_DENIAL_CODE_BUDGET_EXCEEDED,
 		reason: fmt.Sprintf("response body of %d bytes is above the %d bytes left of the execution's max_total_response_bytes", size, v.maxResponse)})
 }
 
 // tooLargeBody is the 413 body for a request whose body grew past the
 // limit.
 func tooLargeBody(c *checked, v verdict) []byte {
-	return blockBody(c, verdict{rule: "limits.max_request_bytes",
+	return blockBody(c, verdict{rule: "limits.max_request_bytes", code: policyv1.DenialCode_DENIAL_CODE_BUDGET_EXCEEDED,
 		reason: fmt.Sprintf("request body larger than %d bytes (the policy's max_request_bytes, or what was left of its max_total_request_bytes)", v.maxBody)})
 }
 

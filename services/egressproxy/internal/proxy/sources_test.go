@@ -370,7 +370,8 @@ func TestInFlightPerSourceBound(t *testing.T) {
 	resp := rawGet(t, e.dialFrom(t, "127.0.0.1"), "hang.test")
 	took := time.Since(start)
 	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusTooManyRequests || !strings.Contains(string(body), "already waiting for a verdict") {
+	if resp.StatusCode != http.StatusTooManyRequests || !strings.Contains(string(body), "already waiting for a verdict") ||
+		!strings.Contains(string(body), `"code":"rate_limited"`) {
 		t.Fatalf("over the bound: %d %s; want 429 naming the bound", resp.StatusCode, body)
 	}
 	// At once: not after a wait for a slot, nor the decide timeout.

@@ -54,11 +54,15 @@ type usage struct {
 // the totals. A refusal takes nothing: a refused request spends no token
 // of any bucket.
 func (e *Execution) admit(d policy.Decision, contentLength int64, l policy.Limits) (policy.Decision, grant) {
+	// A refusal with a retry (a rate, the open exchanges) is rate_limited,
+	// one by a total budget_exceeded.
 	refuse := func(rule, reason string, retryAfter uint32) (policy.Decision, grant) {
+		code := policyv1.DenialCode_DENIAL_CODE_BUDGET_EXCEEDED
 		if retryAfter > 0 {
 			e.use.overRate++
+			code = policyv1.DenialCode_DENIAL_CODE_RATE_LIMITED
 		}
-		return policy.Decision{Action: policyv1.Action_ACTION_DENY, Decision: policyv1.Decision_DECISION_DENY, RuleID: rule, Reason: reason, Source: d.Source, Layer: d.Layer},
+		return policy.Decision{Action: policyv1.Action_ACTION_DENY, Decision: policyv1.Decision_DECISION_DENY, RuleID: rule, Reason: reason, Source: d.Source, Layer: d.Layer, Code: code},
 			grant{retryAfter: retryAfter}
 	}
 	now := time.Now()

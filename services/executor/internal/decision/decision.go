@@ -501,7 +501,8 @@ func (s *Service) answer(q *egressv1.Question) (*egressv1.DecideResponse, pendin
 		s.metrics.decided(kindTLS, resp.GetDecision())
 	default:
 		// Only a newer proxy asks these; the kind label stays http|dns|tls.
-		resp = &egressv1.DecideResponse{Decision: policyv1.Decision_DECISION_DENY, RuleId: "proxy", Reason: "question of an unknown kind"}
+		resp = &egressv1.DecideResponse{Decision: policyv1.Decision_DECISION_DENY, RuleId: "proxy", Reason: "question of an unknown kind",
+			DenialCode: policyv1.DenialCode_DENIAL_CODE_AMBIGUOUS_REQUEST}
 	}
 	resp.Id = q.GetId()
 	resp.RuleId = bound.String(resp.GetRuleId(), maxRuleIDBytes)
@@ -573,7 +574,8 @@ func (s *Service) decideHTTP(r *egressv1.HttpRequest) (*egressv1.DecideResponse,
 	e := s.reg.lookup(r.GetSourceIp())
 	if e == nil {
 		return &egressv1.DecideResponse{Decision: policyv1.Decision_DECISION_DENY, RuleId: "no-execution",
-			Reason: "no running execution owns source address " + r.GetSourceIp()}, pending{}
+			Reason:     "no running execution owns source address " + r.GetSourceIp(),
+			DenialCode: policyv1.DenialCode_DENIAL_CODE_DECISION_UNAVAILABLE}, pending{}
 	}
 	d, g := e.decide(r)
 	now := time.Now()
@@ -595,14 +597,15 @@ func (s *Service) decideHTTP(r *egressv1.HttpRequest) (*egressv1.DecideResponse,
 		e.wouldBlock++
 	}
 	entry := &executorv1.NetworkLogEntry{
-		Timestamp: timestamppb.New(now),
-		Method:    method,
-		Url:       url,
-		Hostname:  host,
-		Blocked:   blocked,
-		RuleId:    rule,
-		Decision:  d.Decision,
-		Source:    d.Source,
+		Timestamp:  timestamppb.New(now),
+		Method:     method,
+		Url:        url,
+		Hostname:   host,
+		Blocked:    blocked,
+		RuleId:     rule,
+		Decision:   d.Decision,
+		Source:     d.Source,
+		DenialCode: d.Code,
 	}
 	if blocked {
 		entry.StatusCode = 403
@@ -622,21 +625,22 @@ func (s *Service) decideHTTP(r *egressv1.HttpRequest) (*egressv1.DecideResponse,
 	e.mu.Unlock()
 
 	e.emit(&executorv1.NetworkEvent{
-		Kind:      executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REQUEST,
-		RequestId: reqID,
-		Time:      timestamppb.New(now),
-		Method:    method,
-		Url:       url,
-		Host:      host,
-		Decision:  d.Decision,
-		RuleId:    rule,
-		Reason:    logReason,
-		Source:    d.Source,
+		Kind:       executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REQUEST,
+		RequestId:  reqID,
+		Time:       timestamppb.New(now),
+		Method:     method,
+		Url:        url,
+		Host:       host,
+		Decision:   d.Decision,
+		RuleId:     rule,
+		Reason:     logReason,
+		Source:     d.Source,
+		DenialCode: d.Code,
 	})
 	if f := e.observe.Load(); f != nil {
 		(*f)(Observed{Host: host, RuleID: rule, Source: d.Source, Decision: d.Decision})
 	}
-	resp := &egressv1.DecideResponse{Decision: d.Decision, RuleId: d.RuleID, Reason: reason, ExecutionId: e.id, Source: d.Source}
+	resp := &egressv1.DecideResponse{Decision: d.Decision, RuleId: d.RuleID, Reason: reason, ExecutionId: e.id, Source: d.Source, DenialCode: d.Code}
 	if !blocked {
 		resp.MaxRequestBytes = policy.MinNonZero(e.policy().Limits().MaxRequestBytes, g.maxRequest)
 		resp.MaxResponseBytes = g.maxResponse
@@ -648,14 +652,14 @@ func (s *Service) decideHTTP(r *egressv1.HttpRequest) (*egressv1.DecideResponse,
 // decide applies the proxy's own verdict, the execution's limits, its
 // policy and then its budgets (admit), in that order.
 func (e *Execution) decide(r *egressv1.HttpRequest) (policy.Decision, grant) {
-	block := func(rule, reason string) policy.Decision {
-		return policy.Decision{Action: policyv1.Action_ACTION_DENY, Decision: policyv1.Decision_DECISION_DENY, RuleID: rule, Reason: reason}
+	block := func(code policyv1.DenialCode, rule, reason string) policy.Decision {
+		return policy.Decision{Action: policyv1.Action_ACTION_DENY, Decision: policyv1.Decision_DECISION_DENY, RuleID: rule, Reason: reason, Code: code}
 	}
 	// A request the proxy found malformed or deceptive is blocked even in
 	// audit mode: forwarding it would send something other than what was
 	// checked.
 	if v := r.GetViolation(); v != "" {
-		return block("proxy", v), grant{}
+		return block(policyv1.DenialCode_DENIAL_CODE_AMBIGUOUS_REQUEST, "proxy", v), grant{}
 	}
 	pol := e.policy() // one policy for the limits and the decision
 	limits := pol.Limits()
@@ -664,10 +668,10 @@ func (e *Execution) decide(r *egressv1.HttpRequest) (policy.Decision, grant) {
 	n := e.requests
 	e.mu.Unlock()
 	if limits.MaxRequests > 0 && n > limits.MaxRequests {
-		return block("limits.max_requests", fmt.Sprintf("the execution may make %d requests", limits.MaxRequests)), grant{}
+		return block(policyv1.DenialCode_DENIAL_CODE_BUDGET_EXCEEDED, "limits.max_requests", fmt.Sprintf("the execution may make %d requests", limits.MaxRequests)), grant{}
 	}
 	if limits.MaxRequestBytes > 0 && r.GetContentLength() > 0 && uint64(r.GetContentLength()) > limits.MaxRequestBytes {
-		return block("limits.max_request_bytes", fmt.Sprintf("request body of %d bytes is above the limit of %d", r.GetContentLength(), limits.MaxRequestBytes)), grant{}
+		return block(policyv1.DenialCode_DENIAL_CODE_BUDGET_EXCEEDED, "limits.max_request_bytes", fmt.Sprintf("request body of %d bytes is above the limit of %d", r.GetContentLength(), limits.MaxRequestBytes)), grant{}
 	}
 	d := pol.Decide(policy.Request{
 		Method: r.GetMethod(), Host: r.GetHost(), Path: r.GetPath(), WebSocket: r.GetWebsocket(),
@@ -698,16 +702,17 @@ func (e *Execution) lost(p pending) {
 	}
 	e.mu.Unlock()
 	e.emit(&executorv1.NetworkEvent{
-		Kind:      executorv1.NetworkEventKind_NETWORK_EVENT_KIND_OUTCOME,
-		RequestId: p.id,
-		Time:      timestamppb.New(now),
-		Method:    p.entry.GetMethod(),
-		Url:       p.entry.GetUrl(),
-		Host:      p.entry.GetHostname(),
-		Decision:  p.entry.GetDecision(),
-		RuleId:    p.entry.GetRuleId(),
-		Duration:  durationpb.New(now.Sub(p.entry.GetTimestamp().AsTime())),
-		Error:     outcomeLost,
+		Kind:       executorv1.NetworkEventKind_NETWORK_EVENT_KIND_OUTCOME,
+		RequestId:  p.id,
+		Time:       timestamppb.New(now),
+		Method:     p.entry.GetMethod(),
+		Url:        p.entry.GetUrl(),
+		Host:       p.entry.GetHostname(),
+		Decision:   p.entry.GetDecision(),
+		RuleId:     p.entry.GetRuleId(),
+		DenialCode: p.entry.GetDenialCode(),
+		Duration:   durationpb.New(now.Sub(p.entry.GetTimestamp().AsTime())),
+		Error:      outcomeLost,
 	})
 }
 
@@ -725,6 +730,7 @@ func (e *Execution) outcome(p pending, o *egressv1.Outcome) {
 		Host:          p.entry.GetHostname(),
 		Decision:      p.entry.GetDecision(),
 		RuleId:        p.entry.GetRuleId(),
+		DenialCode:    p.entry.GetDenialCode(),
 		StatusCode:    o.GetStatusCode(),
 		BytesSent:     o.GetBytesSent(),
 		BytesReceived: o.GetBytesReceived(),

@@ -915,8 +915,11 @@ type DecideResponse struct {
 	// seconds after which it may succeed; the proxy answers 429 with this
 	// Retry-After rather than 403.
 	RetryAfterSeconds uint32 `protobuf:"varint,10,opt,name=retry_after_seconds,json=retryAfterSeconds,proto3" json:"retry_after_seconds,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// For a denial (or a would-block verdict): why, in one fixed word, for
+	// the refusal body's error.code; unset for an allowed request.
+	DenialCode    v1.DenialCode `protobuf:"varint,11,opt,name=denial_code,json=denialCode,proto3,enum=sandpit.policy.v1.DenialCode" json:"denial_code,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DecideResponse) Reset() {
@@ -1017,6 +1020,13 @@ func (x *DecideResponse) GetRetryAfterSeconds() uint32 {
 		return x.RetryAfterSeconds
 	}
 	return 0
+}
+
+func (x *DecideResponse) GetDenialCode() v1.DenialCode {
+	if x != nil {
+		return x.DenialCode
+	}
+	return v1.DenialCode(0)
 }
 
 // Release tells the proxy that the execution holding source_ip ended, so
@@ -1131,7 +1141,7 @@ const file_sandpit_egress_v1_egress_proto_rawDesc = "" +
 	"\vdestination\x18\x02 \x01(\tR\vdestination\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x122\n" +
 	"\x15rate_limited_requests\x18\x04 \x01(\rR\x13rateLimitedRequests\x127\n" +
-	"\x18rate_limited_dns_queries\x18\x05 \x01(\rR\x15rateLimitedDnsQueries\"\x85\x03\n" +
+	"\x18rate_limited_dns_queries\x18\x05 \x01(\rR\x15rateLimitedDnsQueries\"\xc5\x03\n" +
 	"\x0eDecideResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x127\n" +
 	"\bdecision\x18\x02 \x01(\x0e2\x1b.sandpit.policy.v1.DecisionR\bdecision\x12\x17\n" +
@@ -1143,7 +1153,9 @@ const file_sandpit_egress_v1_egress_proto_rawDesc = "" +
 	"\x06source\x18\b \x01(\tR\x06source\x12,\n" +
 	"\x12max_response_bytes\x18\t \x01(\x04R\x10maxResponseBytes\x12.\n" +
 	"\x13retry_after_seconds\x18\n" +
-	" \x01(\rR\x11retryAfterSeconds\"&\n" +
+	" \x01(\rR\x11retryAfterSeconds\x12>\n" +
+	"\vdenial_code\x18\v \x01(\x0e2\x1d.sandpit.policy.v1.DenialCodeR\n" +
+	"denialCode\"&\n" +
 	"\aRelease\x12\x1b\n" +
 	"\tsource_ip\x18\x01 \x01(\tR\bsourceIp2d\n" +
 	"\x0fDecisionService\x12Q\n" +
@@ -1176,6 +1188,7 @@ var file_sandpit_egress_v1_egress_proto_goTypes = []any{
 	(*Release)(nil),             // 10: sandpit.egress.v1.Release
 	(*durationpb.Duration)(nil), // 11: google.protobuf.Duration
 	(v1.Decision)(0),            // 12: sandpit.policy.v1.Decision
+	(v1.DenialCode)(0),          // 13: sandpit.policy.v1.DenialCode
 }
 var file_sandpit_egress_v1_egress_proto_depIdxs = []int32{
 	1,  // 0: sandpit.egress.v1.DecideRequest.hello:type_name -> sandpit.egress.v1.Hello
@@ -1189,13 +1202,14 @@ var file_sandpit_egress_v1_egress_proto_depIdxs = []int32{
 	11, // 8: sandpit.egress.v1.Outcome.duration:type_name -> google.protobuf.Duration
 	12, // 9: sandpit.egress.v1.DecideResponse.decision:type_name -> sandpit.policy.v1.Decision
 	10, // 10: sandpit.egress.v1.DecideResponse.release:type_name -> sandpit.egress.v1.Release
-	0,  // 11: sandpit.egress.v1.DecisionService.Decide:input_type -> sandpit.egress.v1.DecideRequest
-	9,  // 12: sandpit.egress.v1.DecisionService.Decide:output_type -> sandpit.egress.v1.DecideResponse
-	12, // [12:13] is the sub-list for method output_type
-	11, // [11:12] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	13, // 11: sandpit.egress.v1.DecideResponse.denial_code:type_name -> sandpit.policy.v1.DenialCode
+	0,  // 12: sandpit.egress.v1.DecisionService.Decide:input_type -> sandpit.egress.v1.DecideRequest
+	9,  // 13: sandpit.egress.v1.DecisionService.Decide:output_type -> sandpit.egress.v1.DecideResponse
+	13, // [13:14] is the sub-list for method output_type
+	12, // [12:13] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_sandpit_egress_v1_egress_proto_init() }

@@ -655,7 +655,11 @@ type NetworkEvent struct {
 	// file or database), "token" (the caller's token claims) or "inline"
 	// (the request's policy); empty when no policy was asked (a limit or
 	// the proxy decided).
-	Source        string `protobuf:"bytes,17,opt,name=source,proto3" json:"source,omitempty"`
+	Source string `protobuf:"bytes,17,opt,name=source,proto3" json:"source,omitempty"`
+	// Why a request was denied (or would be, in audit mode), as in the
+	// refusal body's error.code (request events and their outcomes);
+	// unset when it was allowed.
+	DenialCode    v1.DenialCode `protobuf:"varint,18,opt,name=denial_code,json=denialCode,proto3,enum=sandpit.policy.v1.DenialCode" json:"denial_code,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -809,6 +813,13 @@ func (x *NetworkEvent) GetSource() string {
 	return ""
 }
 
+func (x *NetworkEvent) GetDenialCode() v1.DenialCode {
+	if x != nil {
+		return x.DenialCode
+	}
+	return v1.DenialCode(0)
+}
+
 // NetworkLogEntry is one request in the result's network log, in the shape
 // of the prototype's log.
 type NetworkLogEntry struct {
@@ -837,7 +848,9 @@ type NetworkLogEntry struct {
 	// The verdict.
 	Decision v1.Decision `protobuf:"varint,9,opt,name=decision,proto3,enum=sandpit.policy.v1.Decision" json:"decision,omitempty"`
 	// Which policy decided, as in NetworkEvent.source.
-	Source        string `protobuf:"bytes,10,opt,name=source,proto3" json:"source,omitempty"`
+	Source string `protobuf:"bytes,10,opt,name=source,proto3" json:"source,omitempty"`
+	// Why it was denied (or would be), as in NetworkEvent.denial_code.
+	DenialCode    v1.DenialCode `protobuf:"varint,11,opt,name=denial_code,json=denialCode,proto3,enum=sandpit.policy.v1.DenialCode" json:"denial_code,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -940,6 +953,13 @@ func (x *NetworkLogEntry) GetSource() string {
 		return x.Source
 	}
 	return ""
+}
+
+func (x *NetworkLogEntry) GetDenialCode() v1.DenialCode {
+	if x != nil {
+		return x.DenialCode
+	}
+	return v1.DenialCode(0)
 }
 
 // Started tells which sandbox runs the code and under which limits.
@@ -1434,7 +1454,7 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\x06stderr\x18\x03 \x01(\v2\x1b.sandpit.executor.v1.OutputH\x00R\x06stderr\x125\n" +
 	"\x06result\x18\x04 \x01(\v2\x1b.sandpit.executor.v1.ResultH\x00R\x06result\x12=\n" +
 	"\anetwork\x18\x05 \x01(\v2!.sandpit.executor.v1.NetworkEventH\x00R\anetworkB\a\n" +
-	"\x05event\"\xb8\x04\n" +
+	"\x05event\"\xf8\x04\n" +
 	"\fNetworkEvent\x129\n" +
 	"\x04kind\x18\x01 \x01(\x0e2%.sandpit.executor.v1.NetworkEventKindR\x04kind\x12\x1d\n" +
 	"\n" +
@@ -1456,7 +1476,9 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\x05error\x18\x0e \x01(\tR\x05error\x12\x16\n" +
 	"\x06tenant\x18\x0f \x01(\tR\x06tenant\x12\x12\n" +
 	"\x04tier\x18\x10 \x01(\tR\x04tier\x12\x16\n" +
-	"\x06source\x18\x11 \x01(\tR\x06source\"\xce\x02\n" +
+	"\x06source\x18\x11 \x01(\tR\x06source\x12>\n" +
+	"\vdenial_code\x18\x12 \x01(\x0e2\x1d.sandpit.policy.v1.DenialCodeR\n" +
+	"denialCode\"\x8e\x03\n" +
 	"\x0fNetworkLogEntry\x128\n" +
 	"\ttimestamp\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\ttimestamp\x12\x16\n" +
 	"\x06method\x18\x02 \x01(\tR\x06method\x12\x10\n" +
@@ -1469,7 +1491,9 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\arule_id\x18\b \x01(\tR\x06ruleId\x127\n" +
 	"\bdecision\x18\t \x01(\x0e2\x1b.sandpit.policy.v1.DecisionR\bdecision\x12\x16\n" +
 	"\x06source\x18\n" +
-	" \x01(\tR\x06source\"\x80\x02\n" +
+	" \x01(\tR\x06source\x12>\n" +
+	"\vdenial_code\x18\v \x01(\x0e2\x1d.sandpit.policy.v1.DenialCodeR\n" +
+	"denialCode\"\x80\x02\n" +
 	"\aStarted\x12!\n" +
 	"\fexecution_id\x18\x01 \x01(\tR\vexecutionId\x12\x14\n" +
 	"\x05image\x18\x02 \x01(\tR\x05image\x12!\n" +
@@ -1559,7 +1583,8 @@ var file_sandpit_executor_v1_executor_proto_goTypes = []any{
 	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
 	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
 	(v1.Decision)(0),              // 16: sandpit.policy.v1.Decision
-	(v1.Mode)(0),                  // 17: sandpit.policy.v1.Mode
+	(v1.DenialCode)(0),            // 17: sandpit.policy.v1.DenialCode
+	(v1.Mode)(0),                  // 18: sandpit.policy.v1.Mode
 }
 var file_sandpit_executor_v1_executor_proto_depIdxs = []int32{
 	3,  // 0: sandpit.executor.v1.ExecuteRequest.files:type_name -> sandpit.executor.v1.File
@@ -1577,21 +1602,23 @@ var file_sandpit_executor_v1_executor_proto_depIdxs = []int32{
 	15, // 12: sandpit.executor.v1.NetworkEvent.time:type_name -> google.protobuf.Timestamp
 	16, // 13: sandpit.executor.v1.NetworkEvent.decision:type_name -> sandpit.policy.v1.Decision
 	14, // 14: sandpit.executor.v1.NetworkEvent.duration:type_name -> google.protobuf.Duration
-	15, // 15: sandpit.executor.v1.NetworkLogEntry.timestamp:type_name -> google.protobuf.Timestamp
-	16, // 16: sandpit.executor.v1.NetworkLogEntry.decision:type_name -> sandpit.policy.v1.Decision
-	4,  // 17: sandpit.executor.v1.Started.limits:type_name -> sandpit.executor.v1.Limits
-	17, // 18: sandpit.executor.v1.Started.policy_mode:type_name -> sandpit.policy.v1.Mode
-	1,  // 19: sandpit.executor.v1.Result.termination:type_name -> sandpit.executor.v1.Termination
-	14, // 20: sandpit.executor.v1.Result.wall_time:type_name -> google.protobuf.Duration
-	14, // 21: sandpit.executor.v1.Result.cpu_time:type_name -> google.protobuf.Duration
-	7,  // 22: sandpit.executor.v1.Result.network_log:type_name -> sandpit.executor.v1.NetworkLogEntry
-	2,  // 23: sandpit.executor.v1.ExecutorService.Execute:input_type -> sandpit.executor.v1.ExecuteRequest
-	5,  // 24: sandpit.executor.v1.ExecutorService.Execute:output_type -> sandpit.executor.v1.ExecuteResponse
-	24, // [24:25] is the sub-list for method output_type
-	23, // [23:24] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	17, // 15: sandpit.executor.v1.NetworkEvent.denial_code:type_name -> sandpit.policy.v1.DenialCode
+	15, // 16: sandpit.executor.v1.NetworkLogEntry.timestamp:type_name -> google.protobuf.Timestamp
+	16, // 17: sandpit.executor.v1.NetworkLogEntry.decision:type_name -> sandpit.policy.v1.Decision
+	17, // 18: sandpit.executor.v1.NetworkLogEntry.denial_code:type_name -> sandpit.policy.v1.DenialCode
+	4,  // 19: sandpit.executor.v1.Started.limits:type_name -> sandpit.executor.v1.Limits
+	18, // 20: sandpit.executor.v1.Started.policy_mode:type_name -> sandpit.policy.v1.Mode
+	1,  // 21: sandpit.executor.v1.Result.termination:type_name -> sandpit.executor.v1.Termination
+	14, // 22: sandpit.executor.v1.Result.wall_time:type_name -> google.protobuf.Duration
+	14, // 23: sandpit.executor.v1.Result.cpu_time:type_name -> google.protobuf.Duration
+	7,  // 24: sandpit.executor.v1.Result.network_log:type_name -> sandpit.executor.v1.NetworkLogEntry
+	2,  // 25: sandpit.executor.v1.ExecutorService.Execute:input_type -> sandpit.executor.v1.ExecuteRequest
+	5,  // 26: sandpit.executor.v1.ExecutorService.Execute:output_type -> sandpit.executor.v1.ExecuteResponse
+	26, // [26:27] is the sub-list for method output_type
+	25, // [25:26] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_sandpit_executor_v1_executor_proto_init() }

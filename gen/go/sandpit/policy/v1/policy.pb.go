@@ -184,6 +184,108 @@ func (Decision) EnumDescriptor() ([]byte, []int) {
 	return file_sandpit_policy_v1_policy_proto_rawDescGZIP(), []int{2}
 }
 
+// DenialCode says in one fixed word why a request was refused, or would
+// be in audit mode: the refusal body's error.code (the name without its
+// prefix, lowercase: DENIAL_CODE_PATH_NOT_ALLOWED is "path_not_allowed"),
+// so a program can act on it without parsing the reason.
+type DenialCode int32
+
+const (
+	// Not refused.
+	DenialCode_DENIAL_CODE_UNSPECIFIED DenialCode = 0
+	// No entry of the policy names the host, and its default denies.
+	DenialCode_DENIAL_CODE_HOST_NOT_ALLOWED DenialCode = 1
+	// A rule of the host matches the path, but not the method.
+	DenialCode_DENIAL_CODE_METHOD_NOT_ALLOWED DenialCode = 2
+	// No rule of the host matches the path, and the host's default denies.
+	DenialCode_DENIAL_CODE_PATH_NOT_ALLOWED DenialCode = 3
+	// The host entry does not allow the request's port or scheme.
+	DenialCode_DENIAL_CODE_PORT_NOT_ALLOWED DenialCode = 4
+	// A WebSocket upgrade no allow rule with websocket: true matches.
+	DenialCode_DENIAL_CODE_WEBSOCKET_NOT_ALLOWED DenialCode = 5
+	// An explicit deny rule matches.
+	DenialCode_DENIAL_CODE_RULE_DENIED DenialCode = 6
+	// The request is malformed, not in canonical form, or failed one of the
+	// proxy's own checks (host differing from the TLS server name, a size
+	// bound, ...).
+	DenialCode_DENIAL_CODE_AMBIGUOUS_REQUEST DenialCode = 7
+	// Over one of the policy's limits: limits.max_requests or
+	// limits.max_request_bytes.
+	DenialCode_DENIAL_CODE_BUDGET_EXCEEDED DenialCode = 8
+	// Over a rate: the proxy's per-source request limits.
+	DenialCode_DENIAL_CODE_RATE_LIMITED DenialCode = 9
+	// No decision could be had: no decision stream, no answer in time, or
+	// no running execution owns the source address.
+	DenialCode_DENIAL_CODE_DECISION_UNAVAILABLE DenialCode = 10
+	// A secret sent where it is not bound (reserved for credential
+	// brokering).
+	DenialCode_DENIAL_CODE_SECRET_MISUSE DenialCode = 11
+	// The caller's token does not allow the request (its allowedDomains or
+	// apiLimits claims).
+	DenialCode_DENIAL_CODE_TOKEN_DENIED DenialCode = 12
+)
+
+// Enum value maps for DenialCode.
+var (
+	DenialCode_name = map[int32]string{
+		0:  "DENIAL_CODE_UNSPECIFIED",
+		1:  "DENIAL_CODE_HOST_NOT_ALLOWED",
+		2:  "DENIAL_CODE_METHOD_NOT_ALLOWED",
+		3:  "DENIAL_CODE_PATH_NOT_ALLOWED",
+		4:  "DENIAL_CODE_PORT_NOT_ALLOWED",
+		5:  "DENIAL_CODE_WEBSOCKET_NOT_ALLOWED",
+		6:  "DENIAL_CODE_RULE_DENIED",
+		7:  "DENIAL_CODE_AMBIGUOUS_REQUEST",
+		8:  "DENIAL_CODE_BUDGET_EXCEEDED",
+		9:  "DENIAL_CODE_RATE_LIMITED",
+		10: "DENIAL_CODE_DECISION_UNAVAILABLE",
+		11: "DENIAL_CODE_SECRET_MISUSE",
+		12: "DENIAL_CODE_TOKEN_DENIED",
+	}
+	DenialCode_value = map[string]int32{
+		"DENIAL_CODE_UNSPECIFIED":           0,
+		"DENIAL_CODE_HOST_NOT_ALLOWED":      1,
+		"DENIAL_CODE_METHOD_NOT_ALLOWED":    2,
+		"DENIAL_CODE_PATH_NOT_ALLOWED":      3,
+		"DENIAL_CODE_PORT_NOT_ALLOWED":      4,
+		"DENIAL_CODE_WEBSOCKET_NOT_ALLOWED": 5,
+		"DENIAL_CODE_RULE_DENIED":           6,
+		"DENIAL_CODE_AMBIGUOUS_REQUEST":     7,
+		"DENIAL_CODE_BUDGET_EXCEEDED":       8,
+		"DENIAL_CODE_RATE_LIMITED":          9,
+		"DENIAL_CODE_DECISION_UNAVAILABLE":  10,
+		"DENIAL_CODE_SECRET_MISUSE":         11,
+		"DENIAL_CODE_TOKEN_DENIED":          12,
+	}
+)
+
+func (x DenialCode) Enum() *DenialCode {
+	p := new(DenialCode)
+	*p = x
+	return p
+}
+
+func (x DenialCode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DenialCode) Descriptor() protoreflect.EnumDescriptor {
+	return file_sandpit_policy_v1_policy_proto_enumTypes[3].Descriptor()
+}
+
+func (DenialCode) Type() protoreflect.EnumType {
+	return &file_sandpit_policy_v1_policy_proto_enumTypes[3]
+}
+
+func (x DenialCode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DenialCode.Descriptor instead.
+func (DenialCode) EnumDescriptor() ([]byte, []int) {
+	return file_sandpit_policy_v1_policy_proto_rawDescGZIP(), []int{3}
+}
+
 // Policy says which HTTP requests an execution may make. Hosts are matched
 // exactly or by a "*.suffix" pattern on whole labels; within a host, rules
 // are tried in order and the first match decides; a request no rule matches
@@ -647,7 +749,23 @@ const file_sandpit_policy_v1_policy_proto_rawDesc = "" +
 	"\x14DECISION_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eDECISION_ALLOW\x10\x01\x12\x11\n" +
 	"\rDECISION_DENY\x10\x02\x12\x18\n" +
-	"\x14DECISION_WOULD_BLOCK\x10\x03BBZ@github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1;policyv1b\x06proto3"
+	"\x14DECISION_WOULD_BLOCK\x10\x03*\xbc\x03\n" +
+	"\n" +
+	"DenialCode\x12\x1b\n" +
+	"\x17DENIAL_CODE_UNSPECIFIED\x10\x00\x12 \n" +
+	"\x1cDENIAL_CODE_HOST_NOT_ALLOWED\x10\x01\x12\"\n" +
+	"\x1eDENIAL_CODE_METHOD_NOT_ALLOWED\x10\x02\x12 \n" +
+	"\x1cDENIAL_CODE_PATH_NOT_ALLOWED\x10\x03\x12 \n" +
+	"\x1cDENIAL_CODE_PORT_NOT_ALLOWED\x10\x04\x12%\n" +
+	"!DENIAL_CODE_WEBSOCKET_NOT_ALLOWED\x10\x05\x12\x1b\n" +
+	"\x17DENIAL_CODE_RULE_DENIED\x10\x06\x12!\n" +
+	"\x1dDENIAL_CODE_AMBIGUOUS_REQUEST\x10\a\x12\x1f\n" +
+	"\x1bDENIAL_CODE_BUDGET_EXCEEDED\x10\b\x12\x1c\n" +
+	"\x18DENIAL_CODE_RATE_LIMITED\x10\t\x12$\n" +
+	" DENIAL_CODE_DECISION_UNAVAILABLE\x10\n" +
+	"\x12\x1d\n" +
+	"\x19DENIAL_CODE_SECRET_MISUSE\x10\v\x12\x1c\n" +
+	"\x18DENIAL_CODE_TOKEN_DENIED\x10\fBBZ@github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1;policyv1b\x06proto3"
 
 var (
 	file_sandpit_policy_v1_policy_proto_rawDescOnce sync.Once
@@ -661,27 +779,28 @@ func file_sandpit_policy_v1_policy_proto_rawDescGZIP() []byte {
 	return file_sandpit_policy_v1_policy_proto_rawDescData
 }
 
-var file_sandpit_policy_v1_policy_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_sandpit_policy_v1_policy_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
 var file_sandpit_policy_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_sandpit_policy_v1_policy_proto_goTypes = []any{
 	(Mode)(0),            // 0: sandpit.policy.v1.Mode
 	(Action)(0),          // 1: sandpit.policy.v1.Action
 	(Decision)(0),        // 2: sandpit.policy.v1.Decision
-	(*Policy)(nil),       // 3: sandpit.policy.v1.Policy
-	(*HostPolicy)(nil),   // 4: sandpit.policy.v1.HostPolicy
-	(*Rule)(nil),         // 5: sandpit.policy.v1.Rule
-	(*RuleRate)(nil),     // 6: sandpit.policy.v1.RuleRate
-	(*PolicyLimits)(nil), // 7: sandpit.policy.v1.PolicyLimits
+	(DenialCode)(0),      // 3: sandpit.policy.v1.DenialCode
+	(*Policy)(nil),       // 4: sandpit.policy.v1.Policy
+	(*HostPolicy)(nil),   // 5: sandpit.policy.v1.HostPolicy
+	(*Rule)(nil),         // 6: sandpit.policy.v1.Rule
+	(*RuleRate)(nil),     // 7: sandpit.policy.v1.RuleRate
+	(*PolicyLimits)(nil), // 8: sandpit.policy.v1.PolicyLimits
 }
 var file_sandpit_policy_v1_policy_proto_depIdxs = []int32{
 	0, // 0: sandpit.policy.v1.Policy.mode:type_name -> sandpit.policy.v1.Mode
 	1, // 1: sandpit.policy.v1.Policy.default_action:type_name -> sandpit.policy.v1.Action
-	4, // 2: sandpit.policy.v1.Policy.hosts:type_name -> sandpit.policy.v1.HostPolicy
-	7, // 3: sandpit.policy.v1.Policy.limits:type_name -> sandpit.policy.v1.PolicyLimits
-	5, // 4: sandpit.policy.v1.HostPolicy.rules:type_name -> sandpit.policy.v1.Rule
+	5, // 2: sandpit.policy.v1.Policy.hosts:type_name -> sandpit.policy.v1.HostPolicy
+	8, // 3: sandpit.policy.v1.Policy.limits:type_name -> sandpit.policy.v1.PolicyLimits
+	6, // 4: sandpit.policy.v1.HostPolicy.rules:type_name -> sandpit.policy.v1.Rule
 	1, // 5: sandpit.policy.v1.HostPolicy.default_action:type_name -> sandpit.policy.v1.Action
 	1, // 6: sandpit.policy.v1.Rule.action:type_name -> sandpit.policy.v1.Action
-	6, // 7: sandpit.policy.v1.Rule.rate:type_name -> sandpit.policy.v1.RuleRate
+	7, // 7: sandpit.policy.v1.Rule.rate:type_name -> sandpit.policy.v1.RuleRate
 	8, // [8:8] is the sub-list for method output_type
 	8, // [8:8] is the sub-list for method input_type
 	8, // [8:8] is the sub-list for extension type_name
@@ -699,7 +818,7 @@ func file_sandpit_policy_v1_policy_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sandpit_policy_v1_policy_proto_rawDesc), len(file_sandpit_policy_v1_policy_proto_rawDesc)),
-			NumEnums:      3,
+			NumEnums:      4,
 			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,

@@ -4,7 +4,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
-import type { Decision, Mode, Policy } from "../../policy/v1/policy_pb.js";
+import type { Decision, DenialCode, Mode, Policy } from "../../policy/v1/policy_pb.js";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 
 /**
@@ -412,6 +412,15 @@ export declare type NetworkEvent = Message<"sandpit.executor.v1.NetworkEvent"> &
    * @generated from field: string source = 17;
    */
   source: string;
+
+  /**
+   * Why a request was denied (or would be, in audit mode), as in the
+   * refusal body's error.code (request events and their outcomes);
+   * unset when it was allowed.
+   *
+   * @generated from field: sandpit.policy.v1.DenialCode denial_code = 18;
+   */
+  denialCode: DenialCode;
 };
 
 /**
@@ -501,6 +510,13 @@ export declare type NetworkLogEntry = Message<"sandpit.executor.v1.NetworkLogEnt
    * @generated from field: string source = 10;
    */
   source: string;
+
+  /**
+   * Why it was denied (or would be), as in NetworkEvent.denial_code.
+   *
+   * @generated from field: sandpit.policy.v1.DenialCode denial_code = 11;
+   */
+  denialCode: DenialCode;
 };
 
 /**

@@ -365,3 +365,115 @@ export enum Decision {
  */
 export declare const DecisionSchema: GenEnum<Decision>;
 
+/**
+ * DenialCode says in one fixed word why a request was refused, or would
+ * be in audit mode: the refusal body's error.code (the name without its
+ * prefix, lowercase: DENIAL_CODE_PATH_NOT_ALLOWED is "path_not_allowed"),
+ * so a program can act on it without parsing the reason.
+ *
+ * @generated from enum sandpit.policy.v1.DenialCode
+ */
+export enum DenialCode {
+  /**
+   * Not refused.
+   *
+   * @generated from enum value: DENIAL_CODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * No entry of the policy names the host, and its default denies.
+   *
+   * @generated from enum value: DENIAL_CODE_HOST_NOT_ALLOWED = 1;
+   */
+  HOST_NOT_ALLOWED = 1,
+
+  /**
+   * A rule of the host matches the path, but not the method.
+   *
+   * @generated from enum value: DENIAL_CODE_METHOD_NOT_ALLOWED = 2;
+   */
+  METHOD_NOT_ALLOWED = 2,
+
+  /**
+   * No rule of the host matches the path, and the host's default denies.
+   *
+   * @generated from enum value: DENIAL_CODE_PATH_NOT_ALLOWED = 3;
+   */
+  PATH_NOT_ALLOWED = 3,
+
+  /**
+   * The host entry does not allow the request's port or scheme.
+   *
+   * @generated from enum value: DENIAL_CODE_PORT_NOT_ALLOWED = 4;
+   */
+  PORT_NOT_ALLOWED = 4,
+
+  /**
+   * A WebSocket upgrade no allow rule with websocket: true matches.
+   *
+   * @generated from enum value: DENIAL_CODE_WEBSOCKET_NOT_ALLOWED = 5;
+   */
+  WEBSOCKET_NOT_ALLOWED = 5,
+
+  /**
+   * An explicit deny rule matches.
+   *
+   * @generated from enum value: DENIAL_CODE_RULE_DENIED = 6;
+   */
+  RULE_DENIED = 6,
+
+  /**
+   * The request is malformed, not in canonical form, or failed one of the
+   * proxy's own checks (host differing from the TLS server name, a size
+   * bound, ...).
+   *
+   * @generated from enum value: DENIAL_CODE_AMBIGUOUS_REQUEST = 7;
+   */
+  AMBIGUOUS_REQUEST = 7,
+
+  /**
+   * Over one of the policy's limits: limits.max_requests or
+   * limits.max_request_bytes.
+   *
+   * @generated from enum value: DENIAL_CODE_BUDGET_EXCEEDED = 8;
+   */
+  BUDGET_EXCEEDED = 8,
+
+  /**
+   * Over a rate: the proxy's per-source request limits.
+   *
+   * @generated from enum value: DENIAL_CODE_RATE_LIMITED = 9;
+   */
+  RATE_LIMITED = 9,
+
+  /**
+   * No decision could be had: no decision stream, no answer in time, or
+   * no running execution owns the source address.
+   *
+   * @generated from enum value: DENIAL_CODE_DECISION_UNAVAILABLE = 10;
+   */
+  DECISION_UNAVAILABLE = 10,
+
+  /**
+   * A secret sent where it is not bound (reserved for credential
+   * brokering).
+   *
+   * @generated from enum value: DENIAL_CODE_SECRET_MISUSE = 11;
+   */
+  SECRET_MISUSE = 11,
+
+  /**
+   * The caller's token does not allow the request (its allowedDomains or
+   * apiLimits claims).
+   *
+   * @generated from enum value: DENIAL_CODE_TOKEN_DENIED = 12;
+   */
+  TOKEN_DENIED = 12,
+}
+
+/**
+ * Describes the enum sandpit.policy.v1.DenialCode.
+ */
+export declare const DenialCodeSchema: GenEnum<DenialCode>;
+
