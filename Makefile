@@ -97,8 +97,14 @@ INTEGRATION := -tags integration
 unit: ## unit tests alone, with the race detector: no root, containerd or network (as nobody when started as root)
 	for m in $(UNIT_MODULES); do (cd $$m && go test -race -count=1 -exec $(CURDIR)/hack/unprivileged.sh ./...); done
 
+# What only the tests need: a PostgreSQL server for the tenants store's
+# tests (they start one of their own, in a fresh data directory).
+.PHONY: test-deps
+test-deps: deps
+	hack/install-deps.sh postgresql
+
 .PHONY: test
-test: deps tools runc image image-sdk stripe-mock checkgenerate lint examples unit ## run every test: unit (with -race), and integration against real containerd, runc, nftables and the image
+test: test-deps tools runc image image-sdk stripe-mock checkgenerate lint examples unit ## run every test: unit (with -race), and integration against real containerd, runc, nftables and the image
 	for m in $(MODULES); do (cd $$m && $(TEST_ENV) go test $(GOTEST_FLAGS) $(INTEGRATION) ./...); done
 	$(RUNSC_TEST)
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages sandpit needs, only those that are missing.
 set -euo pipefail
+# Extra packages may be named as arguments (make test adds postgresql, for
+# the tenants store's tests).
 want=(containerd nftables libseccomp-dev pkg-config iproute2 ca-certificates
-	protobuf-compiler protobuf-compiler-grpc python3-grpcio python3-protobuf runsc)
+	protobuf-compiler protobuf-compiler-grpc python3-grpcio python3-protobuf runsc "$@")
 # npm installs the SDK test image's packages; any npm will do.
 command -v npm >/dev/null || want+=(npm)
 missing=()

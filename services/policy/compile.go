@@ -67,6 +67,10 @@ type layer struct {
 	defaultAllow bool
 	hosts        hostIndex[*hostEntry]
 	limits       Limits
+	// claims marks a layer of a caller's token (see Claims), which
+	// decides by decideClaims; revoked are the rule ids it takes away.
+	claims  bool
+	revoked map[string]bool
 }
 
 type hostEntry struct {
@@ -254,12 +258,24 @@ func (c *Compiled) Decide(r Request) Decision {
 	}
 	// A zero Compiled has no layers and denies, like DenyAll.
 	d := deny(RuleDefault, "no policy is in force")
+	var allowedBy []string
 	for i, l := range c.layers {
-		d = l.decide(req)
+		var ld Decision
+		if l.claims {
+			ld = l.decideClaims(req, allowedBy)
+			if ld.Action == policyv1.Action_ACTION_ALLOW && i > 0 {
+				// A token grants nothing: the rule that allowed stays.
+				continue
+			}
+		} else {
+			ld = l.decide(req)
+		}
+		d = ld
 		d.Layer = i
 		if d.Action == policyv1.Action_ACTION_DENY {
 			break
 		}
+		allowedBy = append(allowedBy, d.RuleID)
 	}
 	switch {
 	case d.Action == policyv1.Action_ACTION_ALLOW:

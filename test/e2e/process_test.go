@@ -161,28 +161,7 @@ func TestGrpcurlStreamsHelloWorld(t *testing.T) {
 	if err != nil {
 		t.Fatalf("grpcurl: %v\n%s", err, out)
 	}
-	// grpcurl prints one JSON object per message.
-	dec := json.NewDecoder(strings.NewReader(string(out)))
-	var kinds []string
-	var stdout string
-	for {
-		var m map[string]json.RawMessage
-		if err := dec.Decode(&m); err == io.EOF {
-			break
-		} else if err != nil {
-			t.Fatalf("grpcurl output is not a JSON stream: %v\n%s", err, out)
-		}
-		for k, v := range m {
-			kinds = append(kinds, k)
-			if k == "stdout" {
-				var o struct{ Data []byte }
-				if err := json.Unmarshal(v, &o); err != nil {
-					t.Fatal(err)
-				}
-				stdout += string(o.Data)
-			}
-		}
-	}
+	kinds, stdout := grpcurlEvents(t, out)
 	if len(kinds) < 3 || kinds[0] != "started" || kinds[len(kinds)-1] != "result" {
 		t.Fatalf("event kinds %v, want started ... result\n%s", kinds, out)
 	}
@@ -203,6 +182,31 @@ func TestGrpcurlStreamsHelloWorld(t *testing.T) {
 	out, err = exec.Command(grpcurl, "-plaintext", p.addr, "list").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "sandpit.executor.v1.ExecutorService") || !strings.Contains(string(out), "grpc.health.v1.Health") {
 		t.Errorf("grpcurl list: %v\n%s", err, out)
+	}
+}
+
+// grpcurlEvents reads grpcurl's output of an Execute stream, one JSON
+// object per message: the events' kinds in order, and the stdout in them.
+func grpcurlEvents(t *testing.T, out []byte) (kinds []string, stdout string) {
+	t.Helper()
+	dec := json.NewDecoder(strings.NewReader(string(out)))
+	for {
+		var m map[string]json.RawMessage
+		if err := dec.Decode(&m); err == io.EOF {
+			return kinds, stdout
+		} else if err != nil {
+			t.Fatalf("grpcurl output is not a JSON stream: %v\n%s", err, out)
+		}
+		for k, v := range m {
+			kinds = append(kinds, k)
+			if k == "stdout" {
+				var o struct{ Data []byte }
+				if err := json.Unmarshal(v, &o); err != nil {
+					t.Fatal(err)
+				}
+				stdout += string(o.Data)
+			}
+		}
 	}
 }
 

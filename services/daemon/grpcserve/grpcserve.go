@@ -67,6 +67,7 @@ func New(o Options, register func(grpc.ServiceRegistrar)) *grpc.Server {
 		logging.WithDurationField(func(d time.Duration) logging.Fields {
 			return logging.Fields{"grpc.duration_seconds", d.Seconds()}
 		}),
+		logging.WithFieldsFromContext(clientFields),
 	}
 	recoverOpts := []recovery.Option{recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
 		panics.Inc()

@@ -28,6 +28,7 @@ import (
 	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
 	"github.com/sandpit-run/sandpit/services/executor/internal/decisionlisten"
 	"github.com/sandpit-run/sandpit/services/executor/internal/egress"
+	"github.com/sandpit-run/sandpit/services/executor/internal/identity"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
 	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
 	"github.com/sandpit-run/sandpit/services/executor/internal/server"
@@ -157,13 +158,31 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (_ *
 		Runtimes:       cfg.Runtimes,
 		Egress:         eg,
 	}, a.rt, a.slots, server.NewMetrics(a.reg, a.slots), log)
+	var callerOpts []grpc.ServerOption
+	if cfg.TLS.Enabled() {
+		creds, err := grpcserve.ServerCredentials(cfg.TLS, log)
+		if err != nil {
+			return nil, err
+		}
+		callerOpts = append(callerOpts, grpc.Creds(creds))
+	}
+	if cfg.JWT.Enabled() {
+		v, err := identity.New(cfg.JWT, log)
+		if err != nil {
+			return nil, err
+		}
+		callerOpts = append(callerOpts, server.AuthOptions(v)...)
+		log.Info("callers authenticate with JWT bearer tokens", "issuer", cfg.JWT.Issuer, "audience", cfg.JWT.Audience,
+			"tenant_claim", cfg.JWT.TenantClaim, "tier_claim", cfg.JWT.TierClaim)
+	}
 	a.srv = grpcserve.New(grpcserve.Options{
-		Registerer:   prometheus.WrapRegistererWith(prometheus.Labels{"server": "executor"}, a.reg),
-		Log:          log,
-		Health:       a.hs,
-		MaxRecvBytes: int(cfg.Maxima.CodeBytes) + 1<<20,
-		LogStart:     true,
-		ErrorDomain:  server.ErrorDomain,
+		Registerer:    prometheus.WrapRegistererWith(prometheus.Labels{"server": "executor"}, a.reg),
+		Log:           log,
+		Health:        a.hs,
+		MaxRecvBytes:  int(cfg.Maxima.CodeBytes) + 1<<20,
+		LogStart:      true,
+		ErrorDomain:   server.ErrorDomain,
+		ServerOptions: callerOpts,
 	}, func(r grpc.ServiceRegistrar) { executorv1.RegisterExecutorServiceServer(r, svc) })
 
 	if a.lis == nil {
@@ -314,7 +333,7 @@ func (a *App) Run(ctx context.Context) error {
 		a.stop()
 		return nil
 	})
-	a.log.Info("serving", "listen", a.Addr(), "decision_listen", a.DecisionAddr(), "metrics_listen", a.cfg.MetricsListen, "image", a.cfg.Image)
+	a.log.Info("serving", "listen", a.Addr(), "tls", a.cfg.TLS.Enabled(), "mtls", a.cfg.TLS.ClientCAFile != "", "decision_listen", a.DecisionAddr(), "metrics_listen", a.cfg.MetricsListen, "image", a.cfg.Image)
 	err := g.Wait()
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		err = nil

@@ -12,9 +12,11 @@ import (
 	"time"
 
 	"github.com/sandpit-run/sandpit/services/daemon/envflag"
+	"github.com/sandpit-run/sandpit/services/daemon/grpcserve"
 	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
 	"github.com/sandpit-run/sandpit/services/executor/internal/decisionlisten"
 	"github.com/sandpit-run/sandpit/services/executor/internal/firewall"
+	"github.com/sandpit-run/sandpit/services/executor/internal/identity"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
 	"github.com/sandpit-run/sandpit/services/executor/internal/netns"
 	"github.com/sandpit-run/sandpit/services/executor/internal/ociruntime"
@@ -23,7 +25,9 @@ import (
 
 // Config is the executor's whole configuration.
 type Config struct {
-	Listen        string
+	Listen string
+	// TLS, when enabled, secures Listen: the callers' port.
+	TLS           grpcserve.TLSFiles
 	MetricsListen string
 	LogLevel      string
 
@@ -81,6 +85,9 @@ type Config struct {
 	MaxConcurrent int
 	MaxQueue      int
 	ShutdownGrace time.Duration
+
+	// JWT authenticates callers when it names a key.
+	JWT identity.Config
 }
 
 // Defaults of the sandboxes' init and user namespaces: tini where the image
@@ -106,6 +113,9 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	var c Config
 	fs := flag.NewFlagSet("sandpit-executor", flag.ContinueOnError)
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:50051", "gRPC listen address")
+	fs.StringVar(&c.TLS.CertFile, "tls-cert", "", "PEM certificate chain served on --listen (TLS); read again at each new connection, so a renewed file needs no restart; empty serves plaintext")
+	fs.StringVar(&c.TLS.KeyFile, "tls-key", "", "PEM private key of --tls-cert; a new pair that does not load leaves the last good one in force, and is logged")
+	fs.StringVar(&c.TLS.ClientCAFile, "tls-client-ca", "", "PEM CA certificates: with it, callers must present a client certificate one of them signed (mTLS); its subject CN or URI SAN is logged with each call")
 	fs.StringVar(&c.MetricsListen, "metrics-listen", "127.0.0.1:9464", "HTTP listen address of /metrics; empty disables it")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.ContainerdAddress, "containerd-address", "/run/containerd/containerd.sock", "containerd socket")
@@ -153,6 +163,7 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	c.Defaults, c.Maxima = limits.Defaults, limits.Maxima
 	limitFlags(fs, "default", &c.Defaults)
 	limitFlags(fs, "max", &c.Maxima)
+	jwtFlags(fs, &c.JWT)
 
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -174,6 +185,9 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 }
 
 func (c Config) validate() error {
+	if err := c.TLS.Check(); err != nil {
+		return err
+	}
 	switch {
 	case c.SandboxUID == 0 || c.SandboxGID == 0:
 		return errors.New("sandbox-uid and sandbox-gid must not be 0")

@@ -57,6 +57,9 @@ func TestParseRejects(t *testing.T) {
 		{"binding without runtime", []string{"--image-runtime", "sandpit.local/node:24"}, nil, "IMAGE=RUNTIME"},
 		{"binding to unknown runtime", nil, map[string]string{"SANDPIT_IMAGE_RUNTIME": "a=runc,b=kata"}, "SANDPIT_IMAGE_RUNTIME"},
 		{"unknown runsc platform", []string{"--runsc-platform", "systrap"}, nil, "runsc-platform"},
+		{"tls cert without key", []string{"--tls-cert", "a.crt"}, nil, "tls-cert and tls-key"},
+		{"tls key without cert", nil, map[string]string{"SANDPIT_TLS_KEY": "a.key"}, "tls-cert and tls-key"},
+		{"client CA without tls", []string{"--tls-client-ca", "ca.crt"}, nil, "tls-client-ca needs"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

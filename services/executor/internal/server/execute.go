@@ -21,6 +21,7 @@ import (
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	"github.com/sandpit-run/sandpit/services/executor/internal/capacity"
 	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
+	"github.com/sandpit-run/sandpit/services/executor/internal/identity"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
 	"github.com/sandpit-run/sandpit/services/executor/internal/netns"
 	"github.com/sandpit-run/sandpit/services/executor/internal/ociruntime"
@@ -51,9 +52,11 @@ type Network interface {
 	Problem() string
 }
 
-// Egress attaches sandboxes to the egress proxy.
+// Egress attaches sandboxes to the egress proxy. narrow narrows the
+// operator's policy: the caller's token claims and the inline policy, nil
+// for neither.
 type Egress interface {
-	Attach(ctx context.Context, id string, inline *policy.Compiled, events chan<- *executorv1.NetworkEvent) (Network, error)
+	Attach(ctx context.Context, id string, narrow *policy.Compiled, events chan<- *executorv1.NetworkEvent) (Network, error)
 }
 
 // Config is what the service needs to know of the executor's configuration.
@@ -132,11 +135,16 @@ func (s *Service) Execute(req *executorv1.ExecuteRequest, stream grpc.ServerStre
 	}
 
 	x := s.newExecution(ctx, stream)
+	ident, authed := identity.FromContext(ctx)
+	if authed {
+		x.log = x.log.With("tenant", ident.Tenant, "tier", ident.Tier)
+		x.tenant, x.tier = ident.Tenant, ident.Tier
+	}
 	defer x.cancel(nil)
 	stop := context.AfterFunc(s.shutdown, func() { x.cancel(errShutdown) })
 	defer stop()
 
-	net, err := s.attachNetwork(ctx, x, prog)
+	net, err := s.attachNetwork(ctx, x, narrowing(ident, prog))
 	if err != nil {
 		return s.reject(err)
 	}
@@ -154,7 +162,7 @@ func (s *Service) Execute(req *executorv1.ExecuteRequest, stream grpc.ServerStre
 	}
 	x.log.Info("execution starting", "image", img.Ref, "image_digest", img.Digest, "files", len(prog.files))
 	s.metrics.running.Inc()
-	out, runErr := x.run(s.sb, spec, started(x.id, img, prog))
+	out, runErr := x.run(s.sb, spec, started(x.id, img, prog, ident))
 	s.metrics.running.Dec()
 	return s.finish(x, net, prog, out, runErr)
 }
@@ -202,13 +210,23 @@ func (s *Service) resolveImage(ctx context.Context, ref string) (sandbox.Image, 
 	}
 }
 
-// attachNetwork gives the sandbox its egress, or nil without an egress
-// proxy configured.
-func (s *Service) attachNetwork(ctx context.Context, x *execution, prog program) (Network, error) {
+// narrowing is what narrows the operator's policy for this execution: the
+// caller's token's claims, then the request's inline policy; nil for
+// neither.
+func narrowing(ident identity.Identity, prog program) *policy.Compiled {
+	if ident.Policy == nil {
+		return prog.policy
+	}
+	return policy.Chain(ident.Policy, prog.policy)
+}
+
+// attachNetwork gives the sandbox its egress, narrowed by narrow, or nil
+// without an egress proxy configured.
+func (s *Service) attachNetwork(ctx context.Context, x *execution, narrow *policy.Compiled) (Network, error) {
 	if s.cfg.Egress == nil {
 		return nil, nil
 	}
-	net, err := s.cfg.Egress.Attach(ctx, x.id, prog.policy, x.netEvents)
+	net, err := s.cfg.Egress.Attach(ctx, x.id, narrow, x.netEvents)
 	if errors.Is(err, netns.ErrPoolExhausted) {
 		return nil, statusError(codes.ResourceExhausted, ReasonAddressPoolExhausted,
 			"the sandbox address pool is exhausted; retry later", nil, retry())
@@ -319,12 +337,14 @@ func (s *Service) reject(err error) error {
 }
 
 // started is the first event of the stream.
-func started(id string, img sandbox.Image, prog program) *executorv1.ExecuteResponse {
+func started(id string, img sandbox.Image, prog program, ident identity.Identity) *executorv1.ExecuteResponse {
 	return &executorv1.ExecuteResponse{Event: &executorv1.ExecuteResponse_Started{Started: &executorv1.Started{
 		ExecutionId: id,
 		Image:       img.Ref,
 		ImageDigest: img.Digest,
 		Limits:      prog.limits.Proto(),
+		Tenant:      ident.Tenant,
+		Tier:        ident.Tier,
 	}}}
 }
 

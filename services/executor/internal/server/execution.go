@@ -38,6 +38,9 @@ type execution struct {
 	// stalled is set when the caller stopped reading: a send is still
 	// blocked and nothing else may be sent.
 	stalled bool
+
+	// tenant and tier are the caller's, stamped on its network events.
+	tenant, tier string
 }
 
 func (s *Service) newExecution(ctx context.Context, stream grpc.ServerStreamingServer[executorv1.ExecuteResponse]) *execution {
@@ -135,7 +138,7 @@ func (x *execution) pump(runDone <-chan struct{}) {
 		case ev := <-x.events:
 			x.send(ev)
 		case nev := <-x.netEvents:
-			x.send(networkEvent(nev))
+			x.send(x.networkEvent(nev))
 		case <-runDone:
 			// Output Run drained is in the channel already; a writer
 			// still blocked on it is taken here too.
@@ -179,7 +182,7 @@ func (x *execution) drainNetwork() {
 	for {
 		select {
 		case nev := <-x.netEvents:
-			x.send(networkEvent(nev))
+			x.send(x.networkEvent(nev))
 		default:
 			return
 		}
@@ -211,6 +214,7 @@ func environment(req map[string]string) []string {
 	return env
 }
 
-func networkEvent(ev *executorv1.NetworkEvent) *executorv1.ExecuteResponse {
+func (x *execution) networkEvent(ev *executorv1.NetworkEvent) *executorv1.ExecuteResponse {
+	ev.Tenant, ev.Tier = x.tenant, x.tier
 	return &executorv1.ExecuteResponse{Event: &executorv1.ExecuteResponse_Network{Network: ev}}
 }

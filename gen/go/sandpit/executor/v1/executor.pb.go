@@ -642,7 +642,12 @@ type NetworkEvent struct {
 	// an address; for a WebSocket, why the relay ended: closed by the
 	// sandbox or the upstream, cut at a byte limit, or idle. At most 512
 	// bytes, cut like url.
-	Error         string `protobuf:"bytes,14,opt,name=error,proto3" json:"error,omitempty"`
+	Error string `protobuf:"bytes,14,opt,name=error,proto3" json:"error,omitempty"`
+	// The caller's tenant and tier, as in Started; empty when the executor
+	// does not authenticate callers.
+	Tenant string `protobuf:"bytes,15,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// See tenant.
+	Tier          string `protobuf:"bytes,16,opt,name=tier,proto3" json:"tier,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -771,6 +776,20 @@ func (x *NetworkEvent) GetDuration() *durationpb.Duration {
 func (x *NetworkEvent) GetError() string {
 	if x != nil {
 		return x.Error
+	}
+	return ""
+}
+
+func (x *NetworkEvent) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *NetworkEvent) GetTier() string {
+	if x != nil {
+		return x.Tier
 	}
 	return ""
 }
@@ -909,7 +928,13 @@ type Started struct {
 	// The image's manifest digest (sha256:...).
 	ImageDigest string `protobuf:"bytes,3,opt,name=image_digest,json=imageDigest,proto3" json:"image_digest,omitempty"`
 	// The limits in force, after defaults were applied.
-	Limits        *Limits `protobuf:"bytes,4,opt,name=limits,proto3" json:"limits,omitempty"`
+	Limits *Limits `protobuf:"bytes,4,opt,name=limits,proto3" json:"limits,omitempty"`
+	// The caller's tenant, from its token's tenant claim; empty when the
+	// executor does not authenticate callers (no --jwt-* keys).
+	Tenant string `protobuf:"bytes,5,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// The caller's tier, from its token's tier claim; empty when the token
+	// has none or callers are not authenticated.
+	Tier          string `protobuf:"bytes,6,opt,name=tier,proto3" json:"tier,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -970,6 +995,20 @@ func (x *Started) GetLimits() *Limits {
 		return x.Limits
 	}
 	return nil
+}
+
+func (x *Started) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *Started) GetTier() string {
+	if x != nil {
+		return x.Tier
+	}
+	return ""
 }
 
 // Output is a chunk of bytes the program wrote. Chunks are not aligned to
@@ -1310,7 +1349,7 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\x06stderr\x18\x03 \x01(\v2\x1b.sandpit.executor.v1.OutputH\x00R\x06stderr\x125\n" +
 	"\x06result\x18\x04 \x01(\v2\x1b.sandpit.executor.v1.ResultH\x00R\x06result\x12=\n" +
 	"\anetwork\x18\x05 \x01(\v2!.sandpit.executor.v1.NetworkEventH\x00R\anetworkB\a\n" +
-	"\x05event\"\xf4\x03\n" +
+	"\x05event\"\xa0\x04\n" +
 	"\fNetworkEvent\x129\n" +
 	"\x04kind\x18\x01 \x01(\x0e2%.sandpit.executor.v1.NetworkEventKindR\x04kind\x12\x1d\n" +
 	"\n" +
@@ -1329,7 +1368,9 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"bytes_sent\x18\v \x01(\x04R\tbytesSent\x12%\n" +
 	"\x0ebytes_received\x18\f \x01(\x04R\rbytesReceived\x125\n" +
 	"\bduration\x18\r \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x14\n" +
-	"\x05error\x18\x0e \x01(\tR\x05error\"\xb6\x02\n" +
+	"\x05error\x18\x0e \x01(\tR\x05error\x12\x16\n" +
+	"\x06tenant\x18\x0f \x01(\tR\x06tenant\x12\x12\n" +
+	"\x04tier\x18\x10 \x01(\tR\x04tier\"\xb6\x02\n" +
 	"\x0fNetworkLogEntry\x128\n" +
 	"\ttimestamp\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\ttimestamp\x12\x16\n" +
 	"\x06method\x18\x02 \x01(\tR\x06method\x12\x10\n" +
@@ -1340,12 +1381,14 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\ablocked\x18\x06 \x01(\bR\ablocked\x12\x16\n" +
 	"\x06reason\x18\a \x01(\tR\x06reason\x12\x17\n" +
 	"\arule_id\x18\b \x01(\tR\x06ruleId\x127\n" +
-	"\bdecision\x18\t \x01(\x0e2\x1b.sandpit.policy.v1.DecisionR\bdecision\"\x9a\x01\n" +
+	"\bdecision\x18\t \x01(\x0e2\x1b.sandpit.policy.v1.DecisionR\bdecision\"\xc6\x01\n" +
 	"\aStarted\x12!\n" +
 	"\fexecution_id\x18\x01 \x01(\tR\vexecutionId\x12\x14\n" +
 	"\x05image\x18\x02 \x01(\tR\x05image\x12!\n" +
 	"\fimage_digest\x18\x03 \x01(\tR\vimageDigest\x123\n" +
-	"\x06limits\x18\x04 \x01(\v2\x1b.sandpit.executor.v1.LimitsR\x06limits\"\x1c\n" +
+	"\x06limits\x18\x04 \x01(\v2\x1b.sandpit.executor.v1.LimitsR\x06limits\x12\x16\n" +
+	"\x06tenant\x18\x05 \x01(\tR\x06tenant\x12\x12\n" +
+	"\x04tier\x18\x06 \x01(\tR\x04tier\"\x1c\n" +
 	"\x06Output\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\"\xd0\a\n" +
 	"\x06Result\x12B\n" +

@@ -384,6 +384,21 @@ export declare type NetworkEvent = Message<"sandpit.executor.v1.NetworkEvent"> &
    * @generated from field: string error = 14;
    */
   error: string;
+
+  /**
+   * The caller's tenant and tier, as in Started; empty when the executor
+   * does not authenticate callers.
+   *
+   * @generated from field: string tenant = 15;
+   */
+  tenant: string;
+
+  /**
+   * See tenant.
+   *
+   * @generated from field: string tier = 16;
+   */
+  tier: string;
 };
 
 /**
@@ -507,6 +522,22 @@ export declare type Started = Message<"sandpit.executor.v1.Started"> & {
    * @generated from field: sandpit.executor.v1.Limits limits = 4;
    */
   limits?: Limits | undefined;
+
+  /**
+   * The caller's tenant, from its token's tenant claim; empty when the
+   * executor does not authenticate callers (no --jwt-* keys).
+   *
+   * @generated from field: string tenant = 5;
+   */
+  tenant: string;
+
+  /**
+   * The caller's tier, from its token's tier claim; empty when the token
+   * has none or callers are not authenticated.
+   *
+   * @generated from field: string tier = 6;
+   */
+  tier: string;
 };
 
 /**
