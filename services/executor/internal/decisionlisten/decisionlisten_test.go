@@ -2,15 +2,11 @@ package decisionlisten
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/url"
 	"os"
@@ -26,6 +22,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/sandpit-run/sandpit/services/daemon/tlstest"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -181,46 +179,44 @@ func TestValidate(t *testing.T) {
 }
 
 // TestMutualTLSAdmitsOnlyTheProxysCertificate: no client certificate, one
-// from another CA and one of this CA naming another identity are refused,
-// each counted by its reason; the proxy's (by CN, DNS SAN or URI SAN) is
-// admitted.
+// from another CA, one of this CA naming another identity and a server
+// certificate are refused, each counted by its reason; the proxy's (by URI
+// SAN or CN) is admitted.
 func TestMutualTLSAdmitsOnlyTheProxysCertificate(t *testing.T) {
+	const identity = "spiffe://sandpit/egress-proxy"
 	dir := t.TempDir()
-	ca, other := newCA(t, "sandpit test CA"), newCA(t, "another CA")
-	server := ca.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "executor"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	ca, other := tlstest.NewCA(t, "sandpit test CA"), tlstest.NewCA(t, "another CA")
+	server := ca.Server(t, "executor")
 	files := TLSFiles{
-		CertFile:     write(t, dir, "server.pem", server.certPEM),
-		KeyFile:      write(t, dir, "server-key.pem", server.keyPEM),
-		ClientCAFile: write(t, dir, "ca.pem", ca.pem),
-		Identity:     "spiffe://sandpit/egress-proxy",
+		CertFile:     filepath.Join(dir, "server.pem"),
+		KeyFile:      filepath.Join(dir, "server-key.pem"),
+		ClientCAFile: filepath.Join(dir, "ca.pem"),
+		Identity:     identity,
 	}
+	server.WriteFiles(t, files.CertFile, files.KeyFile)
+	ca.WriteFile(t, files.ClientCAFile)
 	reg := prometheus.NewRegistry()
 	l, err := Listen(Config{Address: "127.0.0.1:0", TLS: files}, reg, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
 	serve(t, l)
-	client := func(certs ...tls.Certificate) credentials.TransportCredentials {
-		return credentials.NewTLS(&tls.Config{RootCAs: ca.pool(), Certificates: certs})
-	}
-	uri, err := url.Parse(files.Identity)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := func(c *testCA, tmpl *x509.Certificate) tls.Certificate {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-		return c.issue(t, tmpl).tls
+	client := func(certs ...tlstest.Pair) credentials.TransportCredentials {
+		c := &tls.Config{RootCAs: ca.Pool()}
+		for _, p := range certs {
+			c.Certificates = append(c.Certificates, p.TLS)
+		}
+		return credentials.NewTLS(c)
 	}
 	refusals := []struct {
 		name   string
 		creds  credentials.TransportCredentials
-		reason string
+		reason string // empty: refused before TLS, not counted
 	}{
 		{"no certificate", client(), reasonNoCertificate},
-		{"another CA's", client(proxy(other, &x509.Certificate{URIs: []*url.URL{uri}})), reasonUntrusted},
-		{"another identity", client(proxy(ca, &x509.Certificate{Subject: pkix.Name{CommonName: "stranger"}, DNSNames: []string{"stranger.test"}})), reasonIdentity},
-		{"a server certificate", client(server.tls), reasonUntrusted},
+		{"another CA's", client(other.Client(t, "egress-proxy", identity)), reasonUntrusted},
+		{"another identity", client(ca.Client(t, "stranger", "spiffe://sandpit/stranger")), reasonIdentity},
+		{"a server certificate", client(server), reasonUntrusted},
 		{"no TLS", insecure.NewCredentials(), ""},
 	}
 	for _, r := range refusals {
@@ -235,12 +231,9 @@ func TestMutualTLSAdmitsOnlyTheProxysCertificate(t *testing.T) {
 			t.Errorf("%s: the refusal was not counted as %s", r.name, r.reason)
 		}
 	}
-	for _, tmpl := range []*x509.Certificate{
-		{URIs: []*url.URL{uri}},
-		{Subject: pkix.Name{CommonName: files.Identity}},
-	} {
-		if err := check(t, l.Target(), client(proxy(ca, tmpl))); err != nil {
-			t.Errorf("the proxy's certificate (CN %q, URIs %v) was refused: %v", tmpl.Subject.CommonName, tmpl.URIs, err)
+	for _, p := range []tlstest.Pair{ca.Client(t, "egress-proxy", identity), ca.Client(t, identity, "")} {
+		if err := check(t, l.Target(), client(p)); err != nil {
+			t.Errorf("the proxy's certificate (%s) was refused: %v", p.TLS.Leaf.Subject, err)
 		}
 	}
 }
@@ -258,70 +251,4 @@ func TestNames(t *testing.T) {
 			t.Errorf("names(%q) = %v, want %v", id, got, want)
 		}
 	}
-}
-
-func write(t *testing.T, dir, name string, data []byte) string {
-	t.Helper()
-	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-// testCA signs the tests' certificates.
-type testCA struct {
-	cert *x509.Certificate
-	key  ed25519.PrivateKey
-	pem  []byte
-}
-
-type issued struct {
-	certPEM, keyPEM []byte
-	tls             tls.Certificate
-}
-
-func newCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	ca := &testCA{}
-	c := ca.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: name}, IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign})
-	ca.cert, ca.key, ca.pem = c.tls.Leaf, c.tls.PrivateKey.(ed25519.PrivateKey), c.certPEM
-	return ca
-}
-
-func (ca *testCA) pool() *x509.CertPool {
-	p := x509.NewCertPool()
-	p.AddCert(ca.cert)
-	return p
-}
-
-// issue signs tmpl with ca, or by itself when ca has no certificate yet.
-func (ca *testCA) issue(t *testing.T, tmpl *x509.Certificate) issued {
-	t.Helper()
-	pub, key, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl.SerialNumber = big.NewInt(time.Now().UnixNano())
-	tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
-	parent, signer := tmpl, key
-	if ca.cert != nil {
-		parent, signer = ca.cert, ca.key
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pkcs8, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := issued{
-		certPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		keyPEM:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8}),
-	}
-	if out.tls, err = tls.X509KeyPair(out.certPEM, out.keyPEM); err != nil {
-		t.Fatal(err)
-	}
-	return out
 }
