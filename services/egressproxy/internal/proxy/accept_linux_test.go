@@ -11,6 +11,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
+
+	"github.com/sandpit-run/sandpit/services/daemon/fdtest"
 )
 
 // TestAcceptingAgainWithNoConnectionWaiting runs Serve out of descriptors
@@ -43,32 +45,15 @@ func TestAcceptingAgainWithNoConnectionWaiting(t *testing.T) {
 	})
 	serving(t, p, ln)
 
-	// The client's socket is made while descriptors are plenty; connecting
-	// it takes none. The lowest free descriptor is the one an accept takes:
-	// with the limit just above it, it is the only one.
+	// The client's socket is made while descriptors are plenty;
+	// connecting it takes none. The one descriptor left free is the one
+	// the proxy's accept takes.
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer unix.Close(fd)
-	free, err := unix.Dup(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	unix.Close(free)
-	var was unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &was); err != nil {
-		t.Fatal(err)
-	}
-	restore := func() {
-		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &was); err != nil {
-			t.Fatalf("restore RLIMIT_NOFILE: %v", err)
-		}
-	}
-	defer restore()
-	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: uint64(free) + 1, Max: was.Max}); err != nil {
-		t.Fatal(err)
-	}
+	restore := fdtest.Limit(t, 1)
 	if err := unix.Connect(fd, &unix.SockaddrInet4{Port: ln.Addr().(*net.TCPAddr).Port, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
 		t.Fatal(err)
 	}
