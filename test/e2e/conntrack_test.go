@@ -5,30 +5,33 @@ import (
 )
 
 // refusedFromPortCode holds one connection to hang.test's port 80
-// (redirected to the proxy), then opens others from source port 41234,
-// each with a request on it: over the proxy's bound of one connection per
-// source, the proxy closes each unread. It tries until one is reset (the
-// request was in before the proxy closed it; else the close is a FIN) and
-// prints how the last ended and after how many tries.
+// (redirected to the proxy), open 300 ms so that the proxy counts it
+// first, then opens others from source port 41234, each with a request on
+// it: over the proxy's bound of one connection per source, the proxy
+// closes each unread. It tries until one is reset (the request was in
+// before the proxy closed it; else the close is a FIN) and prints how the
+// last ended and after how many tries.
 const refusedFromPortCode = `
 const net = require("net"), addr = require("os").networkInterfaces().eth0[0].address;
 const request = "GET /hang HTTP/1.1\r\nHost: hang.test\r\n\r\n";
-const attempt = () => new Promise(res => {
-  const s = net.connect({ host: "198.18.0.1", port: 80, localPort: 41234 }, () => s.write(request));
+// connect resolves with how the connection ended, or "open" when it is
+// still open after ms (and stays so).
+const connect = (localPort, ms) => new Promise(res => {
+  const s = net.connect({ host: "198.18.0.1", port: 80, localPort }, () => s.write(request));
   let status = "closed";
   s.on("error", e => { status = e.code; });
   s.on("close", () => res(status));
   s.resume();
+  setTimeout(() => res("open"), ms);
 });
-const held = net.connect({ host: "198.18.0.1", port: 80 }, async () => {
-  held.write(request);
-  let status, tries = 0;
-  while (tries++ < 50 && (status = await attempt()) !== "ECONNRESET") await new Promise(r => setTimeout(r, 50));
+(async () => {
+  let held;
+  for (let i = 0; i < 5 && held !== "open"; i++) held = await connect(0, 300);
+  let status = "held " + held, tries = 0;
+  while (held === "open" && tries++ < 50 && (status = await connect(41234, 1000)) !== "ECONNRESET") await new Promise(r => setTimeout(r, 50));
   console.log(JSON.stringify({ status, tries, addr }));
   process.exit(0);
-});
-held.on("error", e => { console.log(JSON.stringify({ status: "held " + e.code, addr })); process.exit(0); });
-held.resume();
+})();
 `
 
 // fromPortCode connects from source port 41234 to hang.test's port 80 and
