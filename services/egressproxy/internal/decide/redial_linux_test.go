@@ -56,7 +56,8 @@ func TestRedialsOnceDescriptorsAreFree(t *testing.T) {
 
 	freed := time.Now()
 	bound := 2*decide.MaxRedialDelay + time.Second
-	for !c.Connected() {
+	// The stream is open once the executor's side has had the hello.
+	for !c.Connected() || f.Streams() == 0 {
 		if time.Since(freed) > bound {
 			t.Fatalf("no stream %v after descriptors were free (connection %v), want one within %v", time.Since(freed), conn.GetState(), bound)
 		}
