@@ -14,10 +14,12 @@ chmod 0700 "$state/egress-ca"
 proxy_log=/var/log/sandpit-egress-proxy.log
 echo "starting the egress proxy as sandpit-egress (log: $proxy_log)"
 setpriv --reuid=sandpit-egress --regid=sandpit-egress --init-groups \
-	"$bin/sandpit-egress-proxy" --decider 127.0.0.1:50053 --ca-dir "$state/egress-ca" >>"$proxy_log" 2>&1 &
+	"$bin/sandpit-egress-proxy" --decider unix:///run/sandpit/executor/decision.sock --ca-dir "$state/egress-ca" >>"$proxy_log" 2>&1 &
 proxy=$!
 trap 'kill $proxy 2>/dev/null; wait $proxy 2>/dev/null' EXIT
 policy_flag=()
 [ -n "$policy" ] && policy_flag=(--policy-file "$policy")
+# The executor serves the proxy's decisions on a unix socket only
+# sandpit-egress may open (mode 0600, its owner; other peers are refused).
 "$bin/sandpit-executor" --containerd-address "$sock" --containerd-namespace "$ns" --runc "$runc" --image "$image" \
-	--egress "${policy_flag[@]}"
+	--egress --proxy-user sandpit-egress --decision-listen unix:///run/sandpit/executor/decision.sock "${policy_flag[@]}"

@@ -365,8 +365,9 @@ func checkCutRequest(t *testing.T, name string, r *liveRun) {
 // the orphans never get one through.
 func TestExecutorSIGKILLedUnderLoad(t *testing.T) {
 	ports := netPorts{proxyGRPC: "127.0.0.1:" + itoa(freePort(t)), proxyPort: freePort(t), dnsPort: freePort(t)}
-	decider := freeAddr(t)
-	flags := append(startEgress(t, ports, basePolicy).flags(), "--decision-listen", decider)
+	eo := startEgress(t, ports, basePolicy)
+	decider := "unix://" + eo.decisionSocket
+	flags := eo.flags()
 	dir := t.TempDir()
 	p := startProc(t, dir, flags...)
 	pay := newStandIn(t, "pay.test")

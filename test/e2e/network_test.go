@@ -79,20 +79,25 @@ func freePort(t testing.TB) uint16 {
 type egressOpts struct {
 	ports      netPorts
 	policyFile string
+	// decisionSocket is where the executor serves decisions, a unix
+	// socket only the proxy's user (here root) may open.
+	decisionSocket string
 }
 
 func (o *egressOpts) flags() []string {
 	f := []string{
 		"--egress",
-		"--decision-listen", "127.0.0.1:0",
+		"--decision-listen", "unix://" + o.decisionSocket,
 		"--proxy-port", itoa(o.ports.proxyPort),
 		"--dns-port", itoa(o.ports.dnsPort),
 		"--address-pool", testPool,
 		"--nft-table", testTable,
 		"--veth-prefix", testVethPrefix,
 		"--netns-prefix", testNetns,
-		// The harness runs the proxy binary as root; the metadata guard
-		// is tested on its own in the firewall's integration tests.
+		// The harness runs the proxy binary as root (the test's own
+		// uid): the metadata guard is tested on its own in the
+		// firewall's integration tests, the decision socket's peer check
+		// in decisionlisten's and TestOnlyTheProxyOpensTheDecideStream.
 		"--proxy-user", "root",
 	}
 	if o.policyFile != "" {
@@ -106,7 +111,7 @@ func (o *egressOpts) flags() []string {
 // running at ports.
 func startEgress(t testing.TB, ports netPorts, policyYAML string) *egressOpts {
 	t.Helper()
-	o := &egressOpts{ports: ports}
+	o := &egressOpts{ports: ports, decisionSocket: shortSocketPath(t, "decision.sock")}
 	if policyYAML != "" {
 		o.policyFile = filepath.Join(t.TempDir(), "policy.yaml")
 		if err := os.WriteFile(o.policyFile, []byte(policyYAML), 0o644); err != nil {
@@ -114,6 +119,19 @@ func startEgress(t testing.TB, ports netPorts, policyYAML string) *egressOpts {
 		}
 	}
 	return o
+}
+
+// shortSocketPath is a path for a unix socket named name in a directory
+// removed when the test ends: short, as socket paths have at most 107 bytes
+// and t.TempDir's grow with the test's name.
+func shortSocketPath(t testing.TB, name string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "sandpit-sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return filepath.Join(dir, name)
 }
 
 // networkLeftovers lists the namespaces and veths of the tests that are

@@ -286,13 +286,19 @@ func TestConnectionsPerSandboxAreBounded(t *testing.T) {
 			refused++
 		}
 	}
-	// Every connection past the bound that the proxy accepted it refused
-	// and reported. (Under a burst the kernel may refuse a few SYNs
-	// itself, ECONNREFUSED, before the proxy sees them: those are not
-	// the proxy's to report.)
-	if want := w.Connected - bound; refused != want || w.Connected+w.Errors["ECONNREFUSED"] != n {
-		t.Errorf("%d refusals naming the bound in the network events, want %d (%d connected, errors %v)", refused, want, w.Connected, w.Errors)
+	// Every connection reached the proxy (the ECONNREFUSED some once got
+	// was the previous iteration's connection tracking, see
+	// TestNextSandboxOnAnAddressInheritsNoConnections), and every one past
+	// the bound it refused and reported. The live events have a bounded
+	// buffer: a refusal that arrives while the caller's stream is behind
+	// is dropped and counted in network_events_dropped, never lost
+	// silently; over the decision socket the proxy's reports come in a
+	// tighter burst.
+	dropped := int(r.result.GetNetworkEventsDropped())
+	if want := w.Connected - bound; refused > want || refused+dropped < want || w.Connected != n {
+		t.Errorf("%d refusals naming the bound in the network events (%d events dropped), want %d (%d connected, errors %v)", refused, dropped, want, w.Connected, w.Errors)
 	}
+	t.Logf("%d refusals in the events, %d events dropped", refused, dropped)
 	if after > before+idleUpstreamSlack {
 		t.Errorf("10 s after the sandbox exited the proxy holds %d sockets, %d before", after, before)
 	}

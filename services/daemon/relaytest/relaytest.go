@@ -1,11 +1,14 @@
-// Package relaytest relays TCP connections on loopback for tests of a cut
-// network path: paused, a relay forwards nothing and closes nothing, as a
-// path whose packets are dropped does.
+// Package relaytest relays TCP connections on loopback, or unix socket
+// connections, for tests of a cut network path: paused, a relay forwards
+// nothing and closes nothing, as a path whose packets are dropped does.
 package relaytest
 
 import (
 	"io"
 	"net"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -22,14 +25,31 @@ type Relay struct {
 	paused bool
 }
 
-// Start relays connections to target until the test ends.
+// Start relays connections to target until the test ends. A target of
+// unix:///path is a unix socket, and the relay then listens on one of its
+// own (Addr is unix:///its-path); any other is a TCP address, and the relay
+// listens on loopback.
 func Start(t testing.TB, target string) *Relay {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	network, listenAt := "tcp", "127.0.0.1:0"
+	if path, ok := strings.CutPrefix(target, "unix://"); ok {
+		// A short directory of its own: socket paths have at most 107
+		// bytes, and t.TempDir's grow with the test's name.
+		dir, err := os.MkdirTemp("", "relay")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
+		network, listenAt, target = "unix", filepath.Join(dir, "relay.sock"), path
+	}
+	ln, err := net.Listen(network, listenAt)
 	if err != nil {
 		t.Fatal(err)
 	}
 	r := &Relay{Addr: ln.Addr().String()}
+	if network == "unix" {
+		r.Addr = "unix://" + r.Addr
+	}
 	r.cond = sync.NewCond(&r.mu)
 	var wg sync.WaitGroup
 	var conns []net.Conn
@@ -40,7 +60,7 @@ func Start(t testing.TB, target string) *Relay {
 			if err != nil {
 				return
 			}
-			u, err := net.Dial("tcp", target)
+			u, err := net.Dial(network, target)
 			if err != nil {
 				c.Close()
 				continue

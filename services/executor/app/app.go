@@ -29,6 +29,7 @@ import (
 	"github.com/sandpit-run/sandpit/services/executor/internal/capacity"
 	"github.com/sandpit-run/sandpit/services/executor/internal/config"
 	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
+	"github.com/sandpit-run/sandpit/services/executor/internal/decisionlisten"
 	"github.com/sandpit-run/sandpit/services/executor/internal/egress"
 	"github.com/sandpit-run/sandpit/services/executor/internal/identity"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
@@ -82,8 +83,9 @@ type App struct {
 	reg         *prometheus.Registry
 	hs          *health.Server
 
-	srv, decider       *grpc.Server
-	lis, dlis, metrics net.Listener
+	srv, decider *grpc.Server
+	lis, metrics net.Listener
+	dlis         *decisionlisten.Listener
 
 	// shutdown ends every running sandbox when cancelled.
 	shutdown context.Context
@@ -277,8 +279,10 @@ func (a *App) newEgress(ctx context.Context) (server.Egress, error) {
 	if err != nil {
 		return nil, fmt.Errorf("egress: %w", err)
 	}
-	if a.dlis, err = net.Listen("tcp", cfg.DecisionListen); err != nil {
-		return nil, fmt.Errorf("listen decisions: %w", err)
+	// Only the proxy may open the Decide stream: anyone else could forge
+	// network-log entries and spend an execution's request budget.
+	if a.dlis, err = decisionlisten.Listen(cfg.DecisionListener(proxyUID), a.reg, a.log); err != nil {
+		return nil, err
 	}
 	svc := decision.NewService(a.eg.Registry(), a.reg, a.log)
 	a.decider = grpcserve.New(grpcserve.Options{
@@ -289,9 +293,9 @@ func (a *App) newEgress(ctx context.Context) (server.Egress, error) {
 		// The proxy pings every 10s to find a cut decision path (its
 		// decide.KeepaliveTime); the default policy (5 min) would close
 		// its connection for pinging too often.
-		ServerOptions: []grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+		ServerOptions: append([]grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
 			MinTime: decision.KeepaliveMinTime, PermitWithoutStream: true,
-		})},
+		})}, a.dlis.ServerOptions...),
 	}, func(r grpc.ServiceRegistrar) { egressv1.RegisterDecisionServiceServer(r, svc) })
 	return Networks(a.eg), nil
 }
@@ -308,12 +312,13 @@ func (a *App) MetricsAddr() string {
 	return a.metrics.Addr().String()
 }
 
-// DecisionAddr is the decision service's address, empty without egress.
+// DecisionAddr is the gRPC target of the decision service (unix:///path
+// or host:port), empty without egress.
 func (a *App) DecisionAddr() string {
 	if a.dlis == nil {
 		return ""
 	}
-	return a.dlis.Addr().String()
+	return a.dlis.Target()
 }
 
 // ProxyConnected reports whether an egress proxy holds a decision stream.
@@ -482,10 +487,13 @@ func (a *App) close() {
 	if a.killAll != nil {
 		a.killAll()
 	}
-	for _, l := range []net.Listener{a.lis, a.dlis, a.metrics} {
+	for _, l := range []net.Listener{a.lis, a.metrics} {
 		if l != nil {
 			_ = l.Close()
 		}
+	}
+	if a.dlis != nil {
+		_ = a.dlis.Close()
 	}
 	if a.eg != nil {
 		if err := a.eg.Close(); err != nil {

@@ -20,7 +20,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 
 	"github.com/sandpit-run/sandpit/services/daemon/grpcserve"
@@ -101,7 +100,11 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 
 	// The proxy dials the executor, never the other way round; the hello
 	// tells it the CA its sandboxes must trust.
-	conn, err := grpc.NewClient(cfg.Decider, append(decide.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	creds, err := cfg.Decider.Credentials()
+	if err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient(cfg.Decider.Target, append(decide.DialOptions(), grpc.WithTransportCredentials(creds))...)
 	if err != nil {
 		return fmt.Errorf("decider: %w", err)
 	}
@@ -193,7 +196,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return nil
 	})
 	log.Info("serving", "listen", ln.Addr().String(), "dns_listen", pc.LocalAddr().String(),
-		"grpc_listen", glis.Addr().String(), "metrics_listen", cfg.MetricsListen, "decider", cfg.Decider,
+		"grpc_listen", glis.Addr().String(), "metrics_listen", cfg.MetricsListen, "decider", cfg.Decider.Target,
 		"ca_sha256", ca.Fingerprint(), "upstream_overrides", len(cfg.Upstreams), "upstream_allow", fmt.Sprint(cfg.UpstreamAllow))
 	return g.Wait()
 }

@@ -29,7 +29,8 @@ type Config struct {
 	MetricsListen string
 	LogLevel      string
 
-	Decider       string
+	// Decider is how the executor's decision service is reached.
+	Decider       decide.TransportConfig
 	DecideTimeout time.Duration
 	// Limits bound each sandbox address's questions; DNSWorkers answer
 	// UDP queries.
@@ -71,6 +72,9 @@ func (l *list) Set(s string) error {
 	return nil
 }
 
+// DefaultDecider is the executor's default --decision-listen.
+const DefaultDecider = "unix:///run/sandpit/executor/decision.sock"
+
 // Parse reads args (without the program name) and the environment.
 func Parse(args []string, getenv func(string) string) (Config, error) {
 	c := Config{Upstreams: map[string]string{}}
@@ -80,7 +84,12 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&c.GRPCListen, "grpc-listen", "127.0.0.1:50052", "gRPC listen address of health (SERVING while the decide stream is open) and reflection")
 	fs.StringVar(&c.MetricsListen, "metrics-listen", "127.0.0.1:9465", "HTTP listen address of /metrics; empty disables it")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
-	fs.StringVar(&c.Decider, "decider", "127.0.0.1:50053", "gRPC target of the executor's DecisionService, which the proxy dials and says hello to (host:port or unix:///path)")
+	fs.StringVar(&c.Decider.Target, "decider", DefaultDecider, "gRPC target of the executor's DecisionService, which the proxy dials and says hello to: unix:///path (the executor's --decision-listen socket, which admits its --proxy-user alone), or host:port with mutual TLS (--decider-tls-cert, --decider-tls-key, --decider-ca) or --decider-insecure-tcp")
+	fs.StringVar(&c.Decider.CertFile, "decider-tls-cert", "", "PEM client certificate the proxy shows the executor on a TCP --decider (it must name the executor's --decision-proxy-identity)")
+	fs.StringVar(&c.Decider.KeyFile, "decider-tls-key", "", "PEM private key of --decider-tls-cert")
+	fs.StringVar(&c.Decider.CAFile, "decider-ca", "", "PEM CA bundle the executor's certificate must chain to")
+	fs.StringVar(&c.Decider.ServerName, "decider-server-name", "", "name the executor's certificate must carry, when not --decider's host")
+	fs.BoolVar(&c.Decider.InsecureTCP, "decider-insecure-tcp", false, "dial a TCP --decider in the clear; for tests only")
 	fs.DurationVar(&c.DecideTimeout, "decide-timeout", 2*time.Second, "how long a request waits for its verdict before it is denied")
 	fs.Float64Var(&c.Limits.HTTPRate, "http-rate", decide.DefaultHTTPRate, "HTTP requests per second one sandbox address may have decided (token bucket); over it they get 429 at once; 0 disables")
 	fs.IntVar(&c.Limits.HTTPBurst, "http-burst", decide.DefaultHTTPBurst, "depth of the http-rate bucket")
@@ -146,6 +155,9 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	c.DNSAnswerIP = ip
 	if (c.CACert == "") != (c.CAKey == "") {
 		errs = append(errs, errors.New("ca-cert and ca-key go together"))
+	}
+	if err := c.Decider.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.DecideTimeout <= 0 {
 		errs = append(errs, errors.New("decide-timeout must be positive"))

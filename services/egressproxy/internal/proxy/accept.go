@@ -3,6 +3,8 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"net"
+	"os"
 	"sync"
 	"time"
 )
@@ -15,6 +17,34 @@ const (
 	acceptRetryMax = time.Second
 	acceptLogEvery = time.Second
 )
+
+// acceptProbe bounds the first accept after a failed one. The kernel
+// takes a descriptor before it looks for a connection, so out of
+// descriptors an accept fails at once even with none waiting; one that
+// waits has found a descriptor free. Without the bound, the last failure
+// of a burst would stand, and health stay NOT_SERVING, until the next
+// sandbox connected.
+const acceptProbe = 50 * time.Millisecond
+
+// errAcceptWaits is acceptNext's answer when a retry found a descriptor free
+// and no connection within acceptProbe.
+var errAcceptWaits = errors.New("accept waits for a connection")
+
+// acceptNext is ln.Accept; after a failure (retry) it is bounded by
+// acceptProbe, on listeners that take deadlines, and returns
+// errAcceptWaits when the bound passes.
+func acceptNext(ln net.Listener, retry bool) (net.Conn, error) {
+	dl, ok := ln.(interface{ SetDeadline(time.Time) error })
+	if !retry || !ok || dl.SetDeadline(time.Now().Add(acceptProbe)) != nil {
+		return ln.Accept()
+	}
+	c, err := ln.Accept()
+	_ = dl.SetDeadline(time.Time{})
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return nil, errAcceptWaits
+	}
+	return c, err
+}
 
 // acceptState is what Serve tells health about accepting.
 type acceptState struct {

@@ -137,7 +137,14 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	defer wg.Wait()
 	var backoff time.Duration
 	for {
-		c, err := ln.Accept()
+		c, err := acceptNext(ln, backoff != 0)
+		if errors.Is(err, errAcceptWaits) {
+			// A descriptor is free and no connection waits: the listener
+			// accepts again, though nothing has arrived to prove it.
+			backoff = 0
+			p.acceptOK()
+			continue
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil

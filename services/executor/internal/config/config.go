@@ -14,6 +14,7 @@ import (
 	"github.com/sandpit-run/sandpit/services/daemon/envflag"
 	"github.com/sandpit-run/sandpit/services/daemon/grpcserve"
 	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
+	"github.com/sandpit-run/sandpit/services/executor/internal/decisionlisten"
 	"github.com/sandpit-run/sandpit/services/executor/internal/firewall"
 	"github.com/sandpit-run/sandpit/services/executor/internal/identity"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
@@ -62,14 +63,18 @@ type Config struct {
 	// the proxy's CA from its hello; it never dials the proxy.
 	Egress         bool
 	DecisionListen string
-	ProxyPort      uint
-	DNSPort        uint
-	ProxyUser      string
-	AddressPool    string
-	NftTable       string
-	VethPrefix     string
-	NetnsPrefix    string
-	PolicyFile     string
+	// DecisionTLS and DecisionInsecureTCP say whom a TCP DecisionListen
+	// admits; a unix socket admits ProxyUser's peers alone.
+	DecisionTLS         decisionlisten.TLSFiles
+	DecisionInsecureTCP bool
+	ProxyPort           uint
+	DNSPort             uint
+	ProxyUser           string
+	AddressPool         string
+	NftTable            string
+	VethPrefix          string
+	NetnsPrefix         string
+	PolicyFile          string
 	// MaxNetworkLogBytes bounds the network logs of all running
 	// executions together.
 	MaxNetworkLogBytes uint64
@@ -106,6 +111,10 @@ const (
 // its sockets from metadata addresses touches no other process.
 const DefaultProxyUser = "sandpit-egress"
 
+// DefaultDecisionListen is the decision service's socket, under the
+// default --state-dir, where the proxy's --decider looks by default.
+const DefaultDecisionListen = "unix:///run/sandpit/executor/decision.sock"
+
 // Parse reads args (without the program name) and the environment.
 func Parse(args []string, getenv func(string) string) (Config, error) {
 	var c Config
@@ -140,7 +149,12 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	c.MaxNetworkLogBytes = decision.DefaultMaxNetworkLogBytes
 	fs.Var(byteSize{&c.MaxNetworkLogBytes}, "max-network-log-bytes", "bytes the network logs of all running executions may hold together (bytes, or with KiB/MiB/GiB; each log is also bounded to about 3 MiB); past it new entries are left out and counted in network_log_omitted")
 	fs.UintVar(&c.DNSPacketRate, "dns-packet-rate", firewall.DefaultDNSPacketRate, "UDP DNS packets a second each sandbox may send (burst 200); past it nftables drops them before they reach the proxy, whose own per-sandbox DNS limits answer REFUSED well below this")
-	fs.StringVar(&c.DecisionListen, "decision-listen", "127.0.0.1:50053", "gRPC listen address of the decision service the egress proxy connects to (with --egress)")
+	fs.StringVar(&c.DecisionListen, "decision-listen", DefaultDecisionListen, "where the decision service the egress proxy connects to listens (with --egress): unix:///path, a socket only --proxy-user may open (mode 0600, its owner; other peers' uids are refused on accept), or host:port with mutual TLS (--decision-tls-cert, --decision-tls-key, --decision-client-ca, --decision-proxy-identity) or --decision-insecure-tcp")
+	fs.StringVar(&c.DecisionTLS.CertFile, "decision-tls-cert", "", "PEM certificate of the decision service on a TCP --decision-listen")
+	fs.StringVar(&c.DecisionTLS.KeyFile, "decision-tls-key", "", "PEM private key of --decision-tls-cert")
+	fs.StringVar(&c.DecisionTLS.ClientCAFile, "decision-client-ca", "", "PEM CA bundle the egress proxy's client certificate must chain to")
+	fs.StringVar(&c.DecisionTLS.Identity, "decision-proxy-identity", "", "the only client identity admitted to the decision service: a DNS or URI SAN (e.g. spiffe://sandpit/egress-proxy) or the subject CN of the proxy's certificate")
+	fs.BoolVar(&c.DecisionInsecureTCP, "decision-insecure-tcp", false, "serve a TCP --decision-listen in the clear: any local process can then open the Decide stream; for tests only")
 	fs.UintVar(&c.ProxyPort, "proxy-port", 15001, "the egress proxy's transparent TCP port on this host")
 	fs.UintVar(&c.DNSPort, "dns-port", 15053, "the egress proxy's DNS port on this host")
 	fs.StringVar(&c.ProxyUser, "proxy-user", DefaultProxyUser, "user (name or uid) the egress proxy runs as: its sockets can never reach link-local and cloud metadata addresses except for DNS")
@@ -210,6 +224,8 @@ func (c Config) validate() error {
 		return errors.New("dns-packet-rate must be between 1 and 1,000,000 packets a second")
 	case c.ProxyUser == "":
 		return errors.New("proxy-user must name the egress proxy's user (name or uid)")
+	case c.Egress && c.decisionListen().Validate() != nil:
+		return c.decisionListen().Validate()
 	case c.RunscPlatform != sandbox.RunscPlatformPtrace && c.RunscPlatform != sandbox.RunscPlatformKVM:
 		return fmt.Errorf("runsc-platform %q: want ptrace or kvm", c.RunscPlatform)
 	case c.TenantsFile != "" && c.PolicyStore != "":
@@ -222,6 +238,20 @@ func (c Config) validate() error {
 		return errors.New("tenants-reload-interval must be positive")
 	}
 	return limits.CheckConfig(c.Defaults, c.Maxima)
+}
+
+// decisionListen is the decision listener's configuration but for the
+// proxy's uid, which is looked up when the listener opens.
+func (c Config) decisionListen() decisionlisten.Config {
+	return decisionlisten.Config{Address: c.DecisionListen, TLS: c.DecisionTLS, InsecureTCP: c.DecisionInsecureTCP}
+}
+
+// DecisionListener is the decision listener's configuration for the
+// proxy's uid.
+func (c Config) DecisionListener(proxyUID uint32) decisionlisten.Config {
+	d := c.decisionListen()
+	d.ProxyUID = proxyUID
+	return d
 }
 
 // limitFlags defines --PREFIX-timeout and friends over s.

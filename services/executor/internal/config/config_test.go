@@ -105,12 +105,38 @@ func TestEgressFlag(t *testing.T) {
 		{nil, map[string]string{"SANDPIT_EGRESS": "true"}, true},
 	} {
 		c, err := Parse(tt.args, env(tt.env))
-		if err != nil || c.Egress != tt.want || c.DecisionListen != "127.0.0.1:50053" {
+		if err != nil || c.Egress != tt.want || c.DecisionListen != DefaultDecisionListen {
 			t.Errorf("Parse(%q, %v): egress %v, decision listen %q, %v; want egress %v", tt.args, tt.env, c.Egress, c.DecisionListen, err, tt.want)
 		}
 	}
 	if _, err := Parse([]string{"--egress-proxy", "127.0.0.1:50052"}, env(nil)); err == nil {
 		t.Error("--egress-proxy is still accepted: the executor no longer dials the proxy")
+	}
+}
+
+// TestDecisionListenNeedsTLSOrOptIn: with egress, a TCP decision listener
+// needs mutual TLS or --decision-insecure-tcp; a unix socket needs neither.
+func TestDecisionListenNeedsTLSOrOptIn(t *testing.T) {
+	tls := []string{"--decision-tls-cert", "c.pem", "--decision-tls-key", "k.pem", "--decision-client-ca", "ca.pem", "--decision-proxy-identity", "spiffe://sandpit/egress-proxy"}
+	for _, tt := range []struct {
+		args []string
+		ok   bool
+	}{
+		{[]string{"--egress"}, true},
+		{[]string{"--egress", "--decision-listen", "127.0.0.1:50053"}, false},
+		{[]string{"--decision-listen", "127.0.0.1:50053"}, true}, // without egress nothing listens
+		{[]string{"--egress", "--decision-listen", "127.0.0.1:50053", "--decision-insecure-tcp"}, true},
+		{append([]string{"--egress", "--decision-listen", "127.0.0.1:50053"}, tls...), true},
+		{append([]string{"--egress", "--decision-listen", "127.0.0.1:50053"}, tls[:4]...), false},
+		{append([]string{"--egress"}, tls...), false},
+	} {
+		c, err := Parse(tt.args, env(nil))
+		if (err == nil) != tt.ok {
+			t.Errorf("Parse(%q): %v, want ok %v", tt.args, err, tt.ok)
+		}
+		if err == nil && c.DecisionListener(7).ProxyUID != 7 {
+			t.Errorf("Parse(%q): the proxy's uid is lost", tt.args)
+		}
 	}
 }
 

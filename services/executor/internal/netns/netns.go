@@ -232,7 +232,10 @@ func waitUp(name string) error {
 // Delete removes the sandbox's veth (and its namespace, if Create made
 // it) and frees its subnet. What is already gone is not an error: a
 // sandbox's own namespace, and the veth with it, go when its last process
-// dies.
+// dies. The address's connection tracking stays: the next sandbox given
+// it is redirected to the same proxy port, and conntrack takes up a new
+// connection over an old entry when the proxy answers its SYN (see
+// forgetFlows for when it cannot).
 func (m *Manager) Delete(sb *Sandbox) error {
 	var errs []error
 	if l, err := netlink.LinkByName(sb.HostIf); err == nil {
@@ -249,8 +252,32 @@ func (m *Manager) Delete(sb *Sandbox) error {
 	return errors.Join(errs...)
 }
 
+// forgetFlows deletes the connection tracking of every flow from or to an
+// address in p, and returns how many it deleted. An entry outlives its
+// executor (one that only the proxy's side reset stays 10 s, one never
+// closed for days), and conntrack does not reopen every entry for a new
+// connection with the same addresses and ports (not that reset one): the
+// new connection goes where the entry's redirect did. Were the proxy port
+// another since, the kernel would refuse it there.
+func forgetFlows(p netip.Prefix) (uint, error) {
+	var filters []netlink.CustomConntrackFilter
+	for _, tp := range []netlink.ConntrackFilterType{netlink.ConntrackOrigSrcIP, netlink.ConntrackOrigDstIP} {
+		f := &netlink.ConntrackFilter{}
+		if err := f.AddIPNet(tp, ipNet(p.Addr(), p.Bits())); err != nil {
+			return 0, err
+		}
+		filters = append(filters, f)
+	}
+	n, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, filters...)
+	if err != nil {
+		return n, fmt.Errorf("forget the flows of %s: %w", p, err)
+	}
+	return n, nil
+}
+
 // Sweep removes every namespace and host veth with the manager's prefixes,
-// left by a previous executor. It must run before any Create.
+// left by a previous executor, and the connection tracking of the pool's
+// addresses. It must run before any Create.
 func (m *Manager) Sweep() (namespaces, links int, err error) {
 	var errs []error
 	entries, _ := os.ReadDir(netnsDir)
@@ -279,6 +306,11 @@ func (m *Manager) Sweep() (namespaces, links int, err error) {
 		if deleted {
 			links++
 		}
+	}
+	// A previous executor's flows may have been redirected to another
+	// proxy port.
+	if _, err := forgetFlows(m.pool); err != nil {
+		errs = append(errs, err)
 	}
 	return namespaces, links, errors.Join(errs...)
 }
