@@ -134,7 +134,9 @@ func TestCheckFollowsTheDirectory(t *testing.T) {
 	}{
 		{"world-readable", func() { writeSecret(t, filepath.Join(dir, "acme", "leaky"), "x", 0o644) }, "lets others read it"},
 		{"empty", func() { writeSecret(t, filepath.Join(dir, "acme", "leaky"), "", 0o600) }, "empty"},
-		{"oversized", func() { writeSecret(t, filepath.Join(dir, "acme", "leaky"), strings.Repeat("k", MaxValueBytes+1), 0o600) }, "at most"},
+		{"oversized", func() {
+			writeSecret(t, filepath.Join(dir, "acme", "leaky"), strings.Repeat("k", MaxValueBytes+1), 0o600)
+		}, "at most"},
 	} {
 		broken.write()
 		s.Check()
