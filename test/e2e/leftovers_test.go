@@ -48,8 +48,13 @@ func leftovers(t testing.TB, stateDir, marker string) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Mounts of this run's containerd and executor only: a test process
+	// killed earlier (by a timeout) may have left its own behind, which
+	// are not this run's to answer for.
 	for _, m := range containerdtest.MountsUnder("/" + containerdtest.Namespace + "/") {
-		out = append(out, "mount "+m)
+		if strings.HasPrefix(m, env.Dir+"/") || strings.HasPrefix(m, stateDir+"/") {
+			out = append(out, "mount "+m)
+		}
 	}
 	procs, _ := filepath.Glob("/proc/[0-9]*")
 	for _, p := range procs {
