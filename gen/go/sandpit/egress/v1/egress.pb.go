@@ -548,7 +548,9 @@ func (x *DnsQuery) GetType() string {
 // DECISION_DENY otherwise, and records nothing in the network log. The
 // proxy refuses a denied handshake and reports it as a Refusal. This only
 // bounds what minting costs: every request on an allowed connection is
-// still decided on its own.
+// still decided on its own. A name the policy passes through (a host entry
+// marked passthrough) is answered with passthrough set instead, and
+// recorded as one request of the execution, admitted by its budgets.
 type TlsServerName struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The sandbox address the connection came from (at most 45).
@@ -920,8 +922,11 @@ type DecideResponse struct {
 	DenialCode v1.DenialCode `protobuf:"varint,11,opt,name=denial_code,json=denialCode,proto3,enum=sandpit.policy.v1.DenialCode" json:"denial_code,omitempty"`
 	// For a TLS server name allowed (or would-blocked) by a pass-through
 	// host entry: the proxy splices the connection to the upstream without
-	// interception and reports one Outcome for it (id is the question's),
-	// with the bytes copied each way.
+	// interception, bounds each direction by max_request_bytes and
+	// max_response_bytes, and reports one Outcome for it (id is the
+	// question's) with the bytes copied each way. Set on a denial too (a
+	// budget refused the connection): the executor recorded it, and the
+	// proxy does not report it again as a Refusal.
 	Passthrough   bool `protobuf:"varint,12,opt,name=passthrough,proto3" json:"passthrough,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
