@@ -61,7 +61,8 @@ type pinnedReply struct {
 // outcome with bytes both ways (and the Result's totals count them); the
 // same host intercepted (an inline policy that names it without
 // passthrough: the policies disagree) fails on the pin; an audit-mode
-// inline policy's denial splices it marked would-block; denied by the
+// inline policy's denial splices it marked would-block; past what is
+// left of a byte total the relay is cut; denied by the
 // inline policy, its name is not found and, dialed by address, the
 // handshake is refused; nothing more reaches the stand-in.
 func TestPassthroughPinnedClient(t *testing.T) {
@@ -154,6 +155,25 @@ func TestPassthroughPinnedClient(t *testing.T) {
 		if n := len(s.pay.requests()); n != 2 {
 			t.Errorf("the stand-in saw %d requests, want 2", n)
 		}
+	})
+
+	t.Run("budget", func(t *testing.T) {
+		// A total the handshake alone passes (the stand-in's certificate
+		// chain): the relay is cut at it, and the Result counts exactly it.
+		req := code(js)
+		req.Policy = &policyv1.Policy{Hosts: []*policyv1.HostPolicy{{Host: "pay.test", Passthrough: true}},
+			Limits: &policyv1.PolicyLimits{MaxTotalResponseBytes: 1000}}
+		var got pinnedReply
+		r := probe(t, s.e, req, &got)
+		if got.Status != 0 || got.Error == "" {
+			t.Errorf("pinned client over the response total: %+v, want the connection cut", got)
+		}
+		outs := requestEvents(r, executorv1.NetworkEventKind_NETWORK_EVENT_KIND_OUTCOME)
+		want := "pass-through cut: the upstream sent more than 1000 bytes (limits.max_total_response_bytes)"
+		if len(outs) != 1 || outs[0].GetError() != want || outs[0].GetBytesReceived() != 1000 || r.result.GetResponseBytesTotal() != 1000 {
+			t.Errorf("outcomes %v, Result response bytes %d; want one cut at 1000: %q", outs, r.result.GetResponseBytesTotal(), want)
+		}
+		t.Logf("budget: the client got %s after 1000 bytes", got.Error)
 	})
 
 	t.Run("not allowed", func(t *testing.T) {
