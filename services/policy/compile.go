@@ -110,6 +110,8 @@ type hostEntry struct {
 	// semicolon is whether some rule's path has a ";": only then may a
 	// request path have one (see matchesLoosely).
 	semicolon bool
+	// passthrough: connections are spliced, not intercepted (tls.go).
+	passthrough bool
 }
 
 type rule struct {
@@ -185,6 +187,9 @@ func compileLayer(p *policyv1.Policy) (*layer, Errors) {
 			defaultID:    field + ".default",
 			field:        field,
 			endpoints:    compileEndpoints(&c, field, hp.GetSchemes(), hp.GetPorts()),
+		}
+		if hp.GetPassthrough() {
+			compilePassthrough(&c, field, hp, e)
 		}
 		pat, err := parseHostPattern(hp.GetHost())
 		if err != nil {

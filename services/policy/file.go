@@ -239,7 +239,7 @@ func (d *fileDecoder) list(field string, v *yaml.Node, each func(item string, n 
 
 func (d *fileDecoder) host(field string, n *yaml.Node) *policyv1.HostPolicy {
 	h := &policyv1.HostPolicy{}
-	d.mapping(field, n, "host, rules, default, schemes, ports", func(key string, v *yaml.Node) bool {
+	d.mapping(field, n, "host, rules, default, schemes, ports, passthrough", func(key string, v *yaml.Node) bool {
 		switch key {
 		case "host":
 			h.Host = d.str(field+".host", v)
@@ -251,12 +251,25 @@ func (d *fileDecoder) host(field string, n *yaml.Node) *policyv1.HostPolicy {
 			h.DefaultAction = d.action(field+".default_action", v)
 		case "rules":
 			d.list(field+".rules", v, func(f string, n *yaml.Node) { h.Rules = append(h.Rules, d.rule(f, n)) })
+		case "passthrough":
+			d.boolean(field+".passthrough", v, &h.Passthrough)
 		default:
 			return false
 		}
 		return true
 	})
 	return h
+}
+
+// boolean reads true or false (YAML 1.2: not yes, no, on or off) into b.
+func (d *fileDecoder) boolean(field string, v *yaml.Node, b *bool) {
+	d.lines[field] = v.Line
+	if isNull(v) || !d.kind(field, v, yaml.ScalarNode, "true or false") {
+		return
+	}
+	if v.Tag != "!!bool" || v.Decode(b) != nil {
+		d.fail(field, v, "must be true or false")
+	}
 }
 
 func (d *fileDecoder) rule(field string, n *yaml.Node) *policyv1.Rule {
@@ -274,14 +287,7 @@ func (d *fileDecoder) rule(field string, n *yaml.Node) *policyv1.Rule {
 		case "reason":
 			r.Reason = d.str(field+".reason", v)
 		case "websocket":
-			f := field + ".websocket"
-			d.lines[f] = v.Line
-			if isNull(v) || !d.kind(f, v, yaml.ScalarNode, "true or false") {
-				return true
-			}
-			if v.Tag != "!!bool" || v.Decode(&r.Websocket) != nil {
-				d.fail(f, v, "must be true or false")
-			}
+			d.boolean(field+".websocket", v, &r.Websocket)
 		case "rate":
 			r.Rate = d.rate(field+".rate", v)
 		default:
@@ -473,6 +479,9 @@ func marshalHost(h *policyv1.HostPolicy) *yaml.Node {
 			ps.Content = append(ps.Content, scalar(strconv.FormatUint(uint64(p), 10)))
 		}
 		put(n, "ports", ps)
+	}
+	if h.GetPassthrough() {
+		put(n, "passthrough", &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!bool", Value: "true"})
 	}
 	return n
 }

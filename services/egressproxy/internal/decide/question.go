@@ -88,6 +88,10 @@ type Verdict struct {
 	// Code says why a request was denied (or would be): the executor's,
 	// or the proxy's own when it could not ask.
 	Code policyv1.DenialCode
+	// Passthrough, on a TLS answer, says the connection is spliced, not
+	// intercepted (or, denied, that the executor recorded its refusal);
+	// MaxRequestBytes and MaxResponseBytes then bound its bytes each way.
+	Passthrough bool
 }
 
 // Forward reports whether the request may go upstream: allowed, or only
@@ -219,5 +223,6 @@ func verdict(resp *egressv1.DecideResponse) Verdict {
 		MaxResponseBytes:  resp.GetMaxResponseBytes(),
 		RetryAfterSeconds: resp.GetRetryAfterSeconds(),
 		Code:              resp.GetDenialCode(),
+		Passthrough:       resp.GetPassthrough(),
 	}
 }

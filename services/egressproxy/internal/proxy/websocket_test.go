@@ -146,8 +146,8 @@ func TestWebSocketRelayBounds(t *testing.T) {
 			reason: "websocket cut: the upstream sent more than 3000 bytes (the proxy's websocket-max-received-bytes)"},
 		{name: "idle", limits: WebSocketLimits{IdleTimeout: 300 * time.Millisecond}, path: "/count", send: 10, upGot: 10, sent: 10,
 			reason: "websocket closed: nothing moved either way for 300ms (the proxy's websocket-idle-timeout)"},
-		{name: "sandbox closes", path: "/count", send: 10, halfOpen: true, upGot: 10, sent: 10, reason: string(endSandboxClosed)},
-		{name: "upstream closes", path: "/close", upGot: -1, recv: 5, reason: string(endUpstreamClosed)},
+		{name: "sandbox closes", path: "/count", send: 10, halfOpen: true, upGot: 10, sent: 10, reason: "websocket closed by the sandbox"},
+		{name: "upstream closes", path: "/close", upGot: -1, recv: 5, reason: "websocket closed by the upstream"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -207,8 +207,8 @@ func TestWebSocketReleased(t *testing.T) {
 		t.Fatalf("CloseSource closed %d connections, want 1", n)
 	}
 	_, _ = io.ReadAll(br)
-	if o := dec.outcome(t); o.Error != string(endReleased) || o.BytesSent != 3 || o.BytesReceived != 3 {
-		t.Errorf("outcome %+v, want %q with 3 bytes each way", o, endReleased)
+	if o := dec.outcome(t); o.Error != "websocket closed by the proxy: the execution ended or the proxy stopped" || o.BytesSent != 3 || o.BytesReceived != 3 {
+		t.Errorf("outcome %+v, want %q with 3 bytes each way", o, relayEnd("websocket closed by the proxy: the execution ended or the proxy stopped"))
 	}
 	if n := <-up.got; n != 3 {
 		t.Errorf("the upstream read %d bytes, want 3", n)

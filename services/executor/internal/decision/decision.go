@@ -497,7 +497,7 @@ func (s *Service) answer(q *egressv1.Question) (*egressv1.DecideResponse, pendin
 		resp = s.decideDNS(k.Dns)
 		s.metrics.decided(kindDNS, resp.GetDecision())
 	case *egressv1.Question_Tls:
-		resp = s.decideTLS(k.Tls)
+		resp, p = s.decideTLS(k.Tls)
 		s.metrics.decided(kindTLS, resp.GetDecision())
 	default:
 		// Only a newer proxy asks these; the kind label stays http|dns|tls.
@@ -578,8 +578,14 @@ func (s *Service) decideHTTP(r *egressv1.HttpRequest) (*egressv1.DecideResponse,
 			DenialCode: policyv1.DenialCode_DENIAL_CODE_DECISION_UNAVAILABLE}, pending{}
 	}
 	d, g := e.decide(r)
+	return e.request(r, redactedURL(r), d, g)
+}
+
+// request records a decided request (or spliced connection) in the
+// execution's log and events, and answers it.
+func (e *Execution) request(r *egressv1.HttpRequest, fullURL string, d policy.Decision, g grant) (*egressv1.DecideResponse, pending) {
 	now := time.Now()
-	fullURL, reason := redactedURL(r), d.Reason
+	reason := d.Reason
 	url := bound.String(fullURL, maxURLBytes)
 	logReason := bound.String(reason, maxLogReasonBytes)
 	method, host, rule := bound.String(r.GetMethod(), maxMethodBytes), bound.String(r.GetHost(), maxHostBytes), bound.String(d.RuleID, maxRuleIDBytes)
@@ -663,12 +669,8 @@ func (e *Execution) decide(r *egressv1.HttpRequest) (policy.Decision, grant) {
 	}
 	pol := e.policy() // one policy for the limits and the decision
 	limits := pol.Limits()
-	e.mu.Lock()
-	e.requests++
-	n := e.requests
-	e.mu.Unlock()
-	if limits.MaxRequests > 0 && n > limits.MaxRequests {
-		return block(policyv1.DenialCode_DENIAL_CODE_BUDGET_EXCEEDED, "limits.max_requests", fmt.Sprintf("the execution may make %d requests", limits.MaxRequests)), grant{}
+	if d, over := e.countRequest(limits); over {
+		return d, grant{}
 	}
 	if limits.MaxRequestBytes > 0 && r.GetContentLength() > 0 && uint64(r.GetContentLength()) > limits.MaxRequestBytes {
 		return block(policyv1.DenialCode_DENIAL_CODE_BUDGET_EXCEEDED, "limits.max_request_bytes", fmt.Sprintf("request body of %d bytes is above the limit of %d", r.GetContentLength(), limits.MaxRequestBytes)), grant{}
@@ -681,6 +683,20 @@ func (e *Execution) decide(r *egressv1.HttpRequest) (policy.Decision, grant) {
 		return d, grant{}
 	}
 	return e.admit(d, r.GetContentLength(), limits)
+}
+
+// countRequest counts one request against max_requests, and returns the
+// denial when it is over.
+func (e *Execution) countRequest(limits policy.Limits) (policy.Decision, bool) {
+	e.mu.Lock()
+	e.requests++
+	n := e.requests
+	e.mu.Unlock()
+	if limits.MaxRequests > 0 && n > limits.MaxRequests {
+		return policy.Decision{Action: policyv1.Action_ACTION_DENY, Decision: policyv1.Decision_DECISION_DENY, RuleID: "limits.max_requests",
+			Reason: fmt.Sprintf("the execution may make %d requests", limits.MaxRequests), Code: policyv1.DenialCode_DENIAL_CODE_BUDGET_EXCEEDED}, true
+	}
+	return policy.Decision{}, false
 }
 
 // lost ends p, whose outcome can no longer arrive, with outcomeLost: in

@@ -548,7 +548,9 @@ func (x *DnsQuery) GetType() string {
 // DECISION_DENY otherwise, and records nothing in the network log. The
 // proxy refuses a denied handshake and reports it as a Refusal. This only
 // bounds what minting costs: every request on an allowed connection is
-// still decided on its own.
+// still decided on its own. A name the policy passes through (a host entry
+// marked passthrough) is answered with passthrough set instead, and
+// recorded as one request of the execution, admitted by its budgets.
 type TlsServerName struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The sandbox address the connection came from (at most 45).
@@ -917,7 +919,15 @@ type DecideResponse struct {
 	RetryAfterSeconds uint32 `protobuf:"varint,10,opt,name=retry_after_seconds,json=retryAfterSeconds,proto3" json:"retry_after_seconds,omitempty"`
 	// For a denial (or a would-block verdict): why, in one fixed word, for
 	// the refusal body's error.code; unset for an allowed request.
-	DenialCode    v1.DenialCode `protobuf:"varint,11,opt,name=denial_code,json=denialCode,proto3,enum=sandpit.policy.v1.DenialCode" json:"denial_code,omitempty"`
+	DenialCode v1.DenialCode `protobuf:"varint,11,opt,name=denial_code,json=denialCode,proto3,enum=sandpit.policy.v1.DenialCode" json:"denial_code,omitempty"`
+	// For a TLS server name allowed (or would-blocked) by a pass-through
+	// host entry: the proxy splices the connection to the upstream without
+	// interception, bounds each direction by max_request_bytes and
+	// max_response_bytes, and reports one Outcome for it (id is the
+	// question's) with the bytes copied each way. Set on a denial too (a
+	// budget refused the connection): the executor recorded it, and the
+	// proxy does not report it again as a Refusal.
+	Passthrough   bool `protobuf:"varint,12,opt,name=passthrough,proto3" json:"passthrough,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1027,6 +1037,13 @@ func (x *DecideResponse) GetDenialCode() v1.DenialCode {
 		return x.DenialCode
 	}
 	return v1.DenialCode(0)
+}
+
+func (x *DecideResponse) GetPassthrough() bool {
+	if x != nil {
+		return x.Passthrough
+	}
+	return false
 }
 
 // Release tells the proxy that the execution holding source_ip ended, so
@@ -1141,7 +1158,7 @@ const file_sandpit_egress_v1_egress_proto_rawDesc = "" +
 	"\vdestination\x18\x02 \x01(\tR\vdestination\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x122\n" +
 	"\x15rate_limited_requests\x18\x04 \x01(\rR\x13rateLimitedRequests\x127\n" +
-	"\x18rate_limited_dns_queries\x18\x05 \x01(\rR\x15rateLimitedDnsQueries\"\xc5\x03\n" +
+	"\x18rate_limited_dns_queries\x18\x05 \x01(\rR\x15rateLimitedDnsQueries\"\xe7\x03\n" +
 	"\x0eDecideResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x127\n" +
 	"\bdecision\x18\x02 \x01(\x0e2\x1b.sandpit.policy.v1.DecisionR\bdecision\x12\x17\n" +
@@ -1155,7 +1172,8 @@ const file_sandpit_egress_v1_egress_proto_rawDesc = "" +
 	"\x13retry_after_seconds\x18\n" +
 	" \x01(\rR\x11retryAfterSeconds\x12>\n" +
 	"\vdenial_code\x18\v \x01(\x0e2\x1d.sandpit.policy.v1.DenialCodeR\n" +
-	"denialCode\"&\n" +
+	"denialCode\x12 \n" +
+	"\vpassthrough\x18\f \x01(\bR\vpassthrough\"&\n" +
 	"\aRelease\x12\x1b\n" +
 	"\tsource_ip\x18\x01 \x01(\tR\bsourceIp2d\n" +
 	"\x0fDecisionService\x12Q\n" +

@@ -383,7 +383,14 @@ type HostPolicy struct {
 	// set, every allowed scheme may use exactly these ports. A request to
 	// another port is denied before any rule is tried (rule id
 	// hosts[i].ports). At most 16 (MaxPortsPerHost), no duplicates.
-	Ports         []uint32 `protobuf:"varint,5,rep,packed,name=ports,proto3" json:"ports,omitempty"`
+	Ports []uint32 `protobuf:"varint,5,rep,packed,name=ports,proto3" json:"ports,omitempty"`
+	// TLS pass-through: connections to the host are spliced to the upstream
+	// after the proxy reads the ClientHello's server name, without
+	// interception, for clients that pin certificates. The whole host is
+	// allowed (no HTTP-level rules can apply), over https on its ports, and
+	// only if every policy of a chain marks it so (see README). An entry
+	// with rules, a deny default or the http scheme is refused.
+	Passthrough   bool `protobuf:"varint,6,opt,name=passthrough,proto3" json:"passthrough,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -451,6 +458,13 @@ func (x *HostPolicy) GetPorts() []uint32 {
 		return x.Ports
 	}
 	return nil
+}
+
+func (x *HostPolicy) GetPassthrough() bool {
+	if x != nil {
+		return x.Passthrough
+	}
+	return false
 }
 
 // Rule matches requests by method and path.
@@ -710,14 +724,15 @@ const file_sandpit_policy_v1_policy_proto_rawDesc = "" +
 	"\x04mode\x18\x01 \x01(\x0e2\x17.sandpit.policy.v1.ModeR\x04mode\x12@\n" +
 	"\x0edefault_action\x18\x02 \x01(\x0e2\x19.sandpit.policy.v1.ActionR\rdefaultAction\x123\n" +
 	"\x05hosts\x18\x03 \x03(\v2\x1d.sandpit.policy.v1.HostPolicyR\x05hosts\x127\n" +
-	"\x06limits\x18\x04 \x01(\v2\x1f.sandpit.policy.v1.PolicyLimitsR\x06limits\"\xc1\x01\n" +
+	"\x06limits\x18\x04 \x01(\v2\x1f.sandpit.policy.v1.PolicyLimitsR\x06limits\"\xe3\x01\n" +
 	"\n" +
 	"HostPolicy\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12-\n" +
 	"\x05rules\x18\x02 \x03(\v2\x17.sandpit.policy.v1.RuleR\x05rules\x12@\n" +
 	"\x0edefault_action\x18\x03 \x01(\x0e2\x19.sandpit.policy.v1.ActionR\rdefaultAction\x12\x18\n" +
 	"\aschemes\x18\x04 \x03(\tR\aschemes\x12\x14\n" +
-	"\x05ports\x18\x05 \x03(\rR\x05ports\"\xde\x01\n" +
+	"\x05ports\x18\x05 \x03(\rR\x05ports\x12 \n" +
+	"\vpassthrough\x18\x06 \x01(\bR\vpassthrough\"\xde\x01\n" +
 	"\x04Rule\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\amethods\x18\x02 \x03(\tR\amethods\x12\x12\n" +

@@ -103,6 +103,18 @@ export declare type HostPolicy = Message<"sandpit.policy.v1.HostPolicy"> & {
    * @generated from field: repeated uint32 ports = 5;
    */
   ports: number[];
+
+  /**
+   * TLS pass-through: connections to the host are spliced to the upstream
+   * after the proxy reads the ClientHello's server name, without
+   * interception, for clients that pin certificates. The whole host is
+   * allowed (no HTTP-level rules can apply), over https on its ports, and
+   * only if every policy of a chain marks it so (see README). An entry
+   * with rules, a deny default or the http scheme is refused.
+   *
+   * @generated from field: bool passthrough = 6;
+   */
+  passthrough: boolean;
 };
 
 /**
