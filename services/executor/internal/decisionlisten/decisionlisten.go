@@ -197,13 +197,15 @@ func (l *peerCredListener) Accept() (net.Conn, error) {
 		if err == nil && cred.Uid == l.uid {
 			return c, nil
 		}
-		c.Close()
+		// Counted and logged before the close, so that whoever sees the
+		// close also sees the count.
 		if err != nil {
 			l.log.Warn("decision connection refused: its peer's credentials are unknown", "error", err)
 		} else {
 			l.log.Warn("decision connection refused: its peer is not the egress proxy's user", "peer_uid", cred.Uid, "peer_pid", cred.Pid, "proxy_uid", l.uid)
 		}
 		l.refused.inc(reasonPeerUID)
+		c.Close()
 	}
 }
 
