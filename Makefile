@@ -56,7 +56,7 @@ $(IMAGE_SDK_TAR): $(IMAGE_DEPS)
 	go run ./deploy/image/cmd/sandpit-image --variant sdk --out $(IMAGE_SDK_TAR)
 
 .PHONY: image-sdk
-image-sdk: $(IMAGE_SDK_TAR) ## build the test variant of the image with stripe and axios at /node_modules
+image-sdk: $(IMAGE_SDK_TAR) ## build the test variant of the image with stripe, axios and openai at /node_modules
 
 $(BIN)/stripe-mock: tools/stripemock/go.mod tools/stripemock/go.sum
 	cd tools/stripemock && GOWORK=off GOBIN=$(BIN) go install tool

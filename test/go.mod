@@ -18,6 +18,7 @@ require (
 	github.com/sandpit-run/sandpit/gen/go v0.0.0
 	github.com/sandpit-run/sandpit/services/daemon v0.0.0
 	github.com/sandpit-run/sandpit/services/executor v0.0.0
+	github.com/sandpit-run/sandpit/services/policy v0.0.0
 	golang.org/x/net v0.62.0
 	golang.org/x/sys v0.49.0
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20261110000943-09e21b237f2c
@@ -66,7 +67,6 @@ require (
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
-	github.com/sandpit-run/sandpit/services/policy v0.0.0 // indirect
 	github.com/sirupsen/logrus v1.10.2 // indirect
 	github.com/vishvananda/netlink v1.3.1 // indirect
 	github.com/vishvananda/netns v0.0.5 // indirect

@@ -36,8 +36,11 @@ func Chain(base *Compiled, narrower ...*Compiled) *Compiled {
 // lower returns l with each limit of o that is tighter.
 func (l Limits) lower(o Limits) Limits {
 	return Limits{
-		MaxRequests:     MinNonZero(l.MaxRequests, o.MaxRequests),
-		MaxRequestBytes: MinNonZero(l.MaxRequestBytes, o.MaxRequestBytes),
+		MaxRequests:              MinNonZero(l.MaxRequests, o.MaxRequests),
+		MaxRequestBytes:          MinNonZero(l.MaxRequestBytes, o.MaxRequestBytes),
+		MaxTotalRequestBytes:     MinNonZero(l.MaxTotalRequestBytes, o.MaxTotalRequestBytes),
+		MaxTotalResponseBytes:    MinNonZero(l.MaxTotalResponseBytes, o.MaxTotalResponseBytes),
+		MaxConcurrentConnections: MinNonZero(l.MaxConcurrentConnections, o.MaxConcurrentConnections),
 	}
 }
 

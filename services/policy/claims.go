@@ -45,11 +45,11 @@ func Claims(allowedDomains, revoked []string) (*Compiled, error) {
 func (l *layer) decideClaims(r Request, allowedBy []string) Decision {
 	for _, id := range allowedBy {
 		if l.revoked[id] {
-			return deny(RuleTokenRevoked, "the caller's token takes rule %s away (apiLimits)", id)
+			return deny(codeToken, RuleTokenRevoked, "the caller's token takes rule %s away (apiLimits)", id)
 		}
 	}
 	if _, ok := l.hosts.lookup(r.Host); !ok && !l.defaultAllow {
-		return deny(RuleTokenDomains, "the caller's token does not allow host %s (allowedDomains)", r.Host)
+		return deny(codeToken, RuleTokenDomains, "the caller's token does not allow host %s (allowedDomains)", r.Host)
 	}
 	return allow("token", "the caller's token allows the request")
 }

@@ -38,6 +38,9 @@ type Decision struct {
 	RuleID string
 	// Reason says why, for the 403 body and the network log.
 	Reason string
+	// Code says why in one fixed word when Action is deny (what the
+	// caller would have to change), and is unset when it is allow.
+	Code policyv1.DenialCode
 	// Layer is the position in the chain of the policy that decided: the
 	// first that denied, else the last. It is 0 for an unchained policy.
 	Layer int
@@ -45,6 +48,19 @@ type Decision struct {
 	// [Compiled.From]): operator, tenant, token or inline; empty when its
 	// source was never named.
 	Source string
+	// Rates are the rates of the allow rules of every policy of the chain
+	// that allowed the request: each is kept on its own, so that a
+	// narrower policy's rule cannot lift a wider one's rate.
+	Rates []Rate
+}
+
+// Rate is an allow rule's rate (proto RuleRate): PerSecond requests a
+// second, in bursts of at most Burst. RuleID and Layer name the rule, so
+// its bucket is its own.
+type Rate struct {
+	RuleID           string
+	Layer            int
+	PerSecond, Burst uint32
 }
 
 // Forward reports whether the proxy should forward the request.
@@ -53,9 +69,13 @@ func (d Decision) Forward() bool {
 }
 
 // Limits bound an execution's requests; 0 means no limit from the policy.
+// The totals count body bytes of the whole execution.
 type Limits struct {
-	MaxRequests     uint32
-	MaxRequestBytes uint64
+	MaxRequests              uint32
+	MaxRequestBytes          uint64
+	MaxTotalRequestBytes     uint64
+	MaxTotalResponseBytes    uint64
+	MaxConcurrentConnections uint32
 }
 
 // Compiled is a validated policy, or a chain of them, ready to decide. It is
@@ -90,6 +110,8 @@ type hostEntry struct {
 	// semicolon is whether some rule's path has a ";": only then may a
 	// request path have one (see matchesLoosely).
 	semicolon bool
+	// passthrough: connections are spliced, not intercepted (tls.go).
+	passthrough bool
 }
 
 type rule struct {
@@ -100,6 +122,7 @@ type rule struct {
 	websocket bool
 	reason    string
 	loose     pathPattern // deny rules: path in the form matchesLoosely compares
+	rate      Rate        // allow rules: PerSecond 0 means no rate
 }
 
 // Compile validates p and prepares it for deciding. The result does not
@@ -145,8 +168,11 @@ func compileLayer(p *policyv1.Policy) (*layer, Errors) {
 		defaultAllow: p.GetDefaultAction() == policyv1.Action_ACTION_ALLOW,
 		hosts:        newHostIndex[*hostEntry](),
 		limits: Limits{
-			MaxRequests:     p.GetLimits().GetMaxRequests(),
-			MaxRequestBytes: p.GetLimits().GetMaxRequestBytes(),
+			MaxRequests:              p.GetLimits().GetMaxRequests(),
+			MaxRequestBytes:          p.GetLimits().GetMaxRequestBytes(),
+			MaxTotalRequestBytes:     p.GetLimits().GetMaxTotalRequestBytes(),
+			MaxTotalResponseBytes:    p.GetLimits().GetMaxTotalResponseBytes(),
+			MaxConcurrentConnections: p.GetLimits().GetMaxConcurrentConnections(),
 		},
 	}
 	if n := len(p.GetHosts()); n > MaxHosts {
@@ -161,6 +187,9 @@ func compileLayer(p *policyv1.Policy) (*layer, Errors) {
 			defaultID:    field + ".default",
 			field:        field,
 			endpoints:    compileEndpoints(&c, field, hp.GetSchemes(), hp.GetPorts()),
+		}
+		if hp.GetPassthrough() {
+			compilePassthrough(&c, field, hp, e)
 		}
 		pat, err := parseHostPattern(hp.GetHost())
 		if err != nil {
@@ -236,6 +265,10 @@ func compileRule(c *checker, field string, r *policyv1.Rule, ruleField map[strin
 	if cr.websocket && !cr.allow {
 		c.add(field+".websocket", "only allow rules take websocket: deny rules match upgrades anyway")
 	}
+	if r.GetRate() != nil {
+		cr.rate = compileRate(c, field+".rate", r.GetRate(), cr.allow)
+		cr.rate.RuleID = cr.id
+	}
 	return cr
 }
 
@@ -294,11 +327,12 @@ func (c *Compiled) Decide(r Request) Decision {
 			Action:   policyv1.Action_ACTION_DENY,
 			Decision: policyv1.Decision_DECISION_DENY,
 			Reason:   err.Error(),
+			Code:     policyv1.DenialCode_DENIAL_CODE_AMBIGUOUS_REQUEST,
 		}
 	}
 	// A zero Compiled has no layers and denies, like DenyAll.
 	if len(c.layers) == 0 {
-		d := deny(RuleDefault, "no policy is in force")
+		d := deny(codeHost, RuleDefault, "no policy is in force")
 		d.Decision = policyv1.Decision_DECISION_DENY
 		return d
 	}
@@ -309,6 +343,7 @@ func (c *Compiled) Decide(r Request) Decision {
 	var d Decision
 	var audited *Decision
 	var allowedBy []string
+	var rates []Rate
 	for i, l := range c.layers {
 		var ld Decision
 		if l.claims {
@@ -322,6 +357,10 @@ func (c *Compiled) Decide(r Request) Decision {
 		}
 		ld.Layer, ld.Source = i, l.source
 		if ld.Action == policyv1.Action_ACTION_ALLOW {
+			for _, r := range ld.Rates {
+				r.Layer = i
+				rates = append(rates, r)
+			}
 			d = ld
 			allowedBy = append(allowedBy, ld.RuleID)
 			continue
@@ -336,9 +375,11 @@ func (c *Compiled) Decide(r Request) Decision {
 	}
 	if audited != nil {
 		audited.Decision = policyv1.Decision_DECISION_WOULD_BLOCK
+		audited.Rates = rates
 		return *audited
 	}
 	d.Decision = policyv1.Decision_DECISION_ALLOW
+	d.Rates = rates
 	return d
 }
 
@@ -420,26 +461,31 @@ func (l *layer) decide(r Request) Decision {
 	if !ok {
 		if l.defaultAllow {
 			if r.WebSocket {
-				return deny(RuleDefault, "WebSocket upgrades to %s need an allow rule with websocket: true; the host is not in the policy", r.Host)
+				return deny(codeWebSocket, RuleDefault, "WebSocket upgrades to %s need an allow rule with websocket: true; the host is not in the policy", r.Host)
 			}
 			return allow(RuleDefault, "host %s is not in the policy, whose default allows it", r.Host)
 		}
-		return deny(RuleDefault, "host %s is not in the policy", r.Host)
+		return deny(codeHost, RuleDefault, "host %s is not in the policy", r.Host)
 	}
 	if what, reason := e.endpoints.check(e.pattern, r.Scheme, r.Port); what != "" {
-		return deny(e.field+"."+what, "%s", reason)
+		return deny(codePort, e.field+"."+what, "%s", reason)
 	}
 	if !e.semicolon && strings.Contains(r.Path, ";") {
-		return deny(e.field+".path", "path %q has a \";\", which servers read differently (a path parameter to Tomcat and Spring, a literal to others); no rule of %s names a path with one", r.Path, e.pattern)
+		return deny(codeAmbiguous, e.field+".path", "path %q has a \";\", which servers read differently (a path parameter to Tomcat and Spring, a literal to others); no rule of %s names a path with one", r.Path, e.pattern)
 	}
 	loose := loosePath(r.Path)
+	// What the allow rules that did not decide had in common with the
+	// request, for the code of a default's denial.
+	var pathMatched, upgradeSkipped bool
 	for _, ru := range e.rules {
 		if !ru.matches(r, loose) {
+			pathMatched = pathMatched || ru.allow && ru.path.match(r.Path)
 			continue
 		}
 		if ru.allow && r.WebSocket && !ru.websocket {
 			// An allow rule that does not name upgrades lets them fall
 			// through to later rules, and in the end to a deny.
+			upgradeSkipped = true
 			continue
 		}
 		reason := ru.reason
@@ -451,15 +497,26 @@ func (l *layer) decide(r Request) Decision {
 			reason = fmt.Sprintf("rule %s %s %s %s on %s", ru.id, verb, r.Method, r.Path, e.pattern)
 		}
 		if ru.allow {
-			return Decision{Action: policyv1.Action_ACTION_ALLOW, RuleID: ru.id, Reason: reason}
+			d := Decision{Action: policyv1.Action_ACTION_ALLOW, RuleID: ru.id, Reason: reason}
+			if ru.rate.PerSecond > 0 {
+				d.Rates = []Rate{ru.rate}
+			}
+			return d
 		}
-		return Decision{Action: policyv1.Action_ACTION_DENY, RuleID: ru.id, Reason: reason}
+		return Decision{Action: policyv1.Action_ACTION_DENY, RuleID: ru.id, Reason: reason, Code: policyv1.DenialCode_DENIAL_CODE_RULE_DENIED}
 	}
 	if !e.defaultAllow {
-		return deny(e.defaultID, "no rule of %s matches %s %s", e.pattern, r.Method, r.Path)
+		code := codePath
+		switch {
+		case upgradeSkipped:
+			code = codeWebSocket
+		case pathMatched:
+			code = codeMethod
+		}
+		return deny(code, e.defaultID, "no rule of %s matches %s %s", e.pattern, r.Method, r.Path)
 	}
 	if r.WebSocket {
-		return deny(e.defaultID, "WebSocket upgrades to %s need an allow rule with websocket: true; none matches %s", e.pattern, r.Path)
+		return deny(codeWebSocket, e.defaultID, "WebSocket upgrades to %s need an allow rule with websocket: true; none matches %s", e.pattern, r.Path)
 	}
 	return allow(e.defaultID, "no rule of %s matches %s %s, and the host's default allows it", e.pattern, r.Method, r.Path)
 }
@@ -478,6 +535,17 @@ func allow(id, format string, args ...any) Decision {
 	return Decision{Action: policyv1.Action_ACTION_ALLOW, RuleID: id, Reason: fmt.Sprintf(format, args...)}
 }
 
-func deny(id, format string, args ...any) Decision {
-	return Decision{Action: policyv1.Action_ACTION_DENY, RuleID: id, Reason: fmt.Sprintf(format, args...)}
+// Denial codes of the decisions decide makes, short for the calls.
+const (
+	codeHost      = policyv1.DenialCode_DENIAL_CODE_HOST_NOT_ALLOWED
+	codeMethod    = policyv1.DenialCode_DENIAL_CODE_METHOD_NOT_ALLOWED
+	codePath      = policyv1.DenialCode_DENIAL_CODE_PATH_NOT_ALLOWED
+	codePort      = policyv1.DenialCode_DENIAL_CODE_PORT_NOT_ALLOWED
+	codeWebSocket = policyv1.DenialCode_DENIAL_CODE_WEBSOCKET_NOT_ALLOWED
+	codeAmbiguous = policyv1.DenialCode_DENIAL_CODE_AMBIGUOUS_REQUEST
+	codeToken     = policyv1.DenialCode_DENIAL_CODE_TOKEN_DENIED
+)
+
+func deny(code policyv1.DenialCode, id, format string, args ...any) Decision {
+	return Decision{Action: policyv1.Action_ACTION_DENY, RuleID: id, Reason: fmt.Sprintf(format, args...), Code: code}
 }

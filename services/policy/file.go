@@ -12,6 +12,7 @@ import (
 
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"go.yaml.in/yaml/v3"
+	"google.golang.org/protobuf/proto"
 )
 
 // FileVersion is the version of the file format this package reads and
@@ -238,7 +239,7 @@ func (d *fileDecoder) list(field string, v *yaml.Node, each func(item string, n 
 
 func (d *fileDecoder) host(field string, n *yaml.Node) *policyv1.HostPolicy {
 	h := &policyv1.HostPolicy{}
-	d.mapping(field, n, "host, rules, default, schemes, ports", func(key string, v *yaml.Node) bool {
+	d.mapping(field, n, "host, rules, default, schemes, ports, passthrough", func(key string, v *yaml.Node) bool {
 		switch key {
 		case "host":
 			h.Host = d.str(field+".host", v)
@@ -250,6 +251,8 @@ func (d *fileDecoder) host(field string, n *yaml.Node) *policyv1.HostPolicy {
 			h.DefaultAction = d.action(field+".default_action", v)
 		case "rules":
 			d.list(field+".rules", v, func(f string, n *yaml.Node) { h.Rules = append(h.Rules, d.rule(f, n)) })
+		case "passthrough":
+			d.boolean(field+".passthrough", v, &h.Passthrough)
 		default:
 			return false
 		}
@@ -258,9 +261,20 @@ func (d *fileDecoder) host(field string, n *yaml.Node) *policyv1.HostPolicy {
 	return h
 }
 
+// boolean reads true or false (YAML 1.2: not yes, no, on or off) into b.
+func (d *fileDecoder) boolean(field string, v *yaml.Node, b *bool) {
+	d.lines[field] = v.Line
+	if isNull(v) || !d.kind(field, v, yaml.ScalarNode, "true or false") {
+		return
+	}
+	if v.Tag != "!!bool" || v.Decode(b) != nil {
+		d.fail(field, v, "must be true or false")
+	}
+}
+
 func (d *fileDecoder) rule(field string, n *yaml.Node) *policyv1.Rule {
 	r := &policyv1.Rule{}
-	d.mapping(field, n, "id, methods, path, action, reason, websocket", func(key string, v *yaml.Node) bool {
+	d.mapping(field, n, "id, methods, path, action, reason, websocket, rate", func(key string, v *yaml.Node) bool {
 		switch key {
 		case "id":
 			r.Id = d.str(field+".id", v)
@@ -273,14 +287,26 @@ func (d *fileDecoder) rule(field string, n *yaml.Node) *policyv1.Rule {
 		case "reason":
 			r.Reason = d.str(field+".reason", v)
 		case "websocket":
-			f := field + ".websocket"
-			d.lines[f] = v.Line
-			if isNull(v) || !d.kind(f, v, yaml.ScalarNode, "true or false") {
-				return true
-			}
-			if v.Tag != "!!bool" || v.Decode(&r.Websocket) != nil {
-				d.fail(f, v, "must be true or false")
-			}
+			d.boolean(field+".websocket", v, &r.Websocket)
+		case "rate":
+			r.Rate = d.rate(field+".rate", v)
+		default:
+			return false
+		}
+		return true
+	})
+	return r
+}
+
+// rate reads a rule's rate: { per_second: 5, burst: 10 }.
+func (d *fileDecoder) rate(field string, n *yaml.Node) *policyv1.RuleRate {
+	r := &policyv1.RuleRate{}
+	d.mapping(field, n, "per_second, burst", func(key string, v *yaml.Node) bool {
+		switch key {
+		case "per_second":
+			r.PerSecond = uint32(d.uint(field+".per_second", v, math.MaxUint32))
+		case "burst":
+			r.Burst = uint32(d.uint(field+".burst", v, math.MaxUint32))
 		default:
 			return false
 		}
@@ -291,22 +317,18 @@ func (d *fileDecoder) rule(field string, n *yaml.Node) *policyv1.Rule {
 
 func (d *fileDecoder) limits(field string, n *yaml.Node) *policyv1.PolicyLimits {
 	l := &policyv1.PolicyLimits{}
-	d.mapping(field, n, "max_requests, max_request_bytes", func(key string, v *yaml.Node) bool {
+	d.mapping(field, n, "max_requests, max_request_bytes, max_total_request_bytes, max_total_response_bytes, max_concurrent_connections", func(key string, v *yaml.Node) bool {
 		switch key {
 		case "max_requests":
 			l.MaxRequests = uint32(d.uint(field+".max_requests", v, math.MaxUint32))
 		case "max_request_bytes":
-			f := field + ".max_request_bytes"
-			if v.Kind == yaml.ScalarNode && v.Tag == "!!str" {
-				d.lines[f] = v.Line
-				b, err := ParseByteSize(v.Value)
-				if err != nil {
-					d.fail(f, v, "%v", err)
-				}
-				l.MaxRequestBytes = b
-				return true
-			}
-			l.MaxRequestBytes = d.uint(f, v, math.MaxUint64)
+			l.MaxRequestBytes = d.byteSize(field+".max_request_bytes", v)
+		case "max_total_request_bytes":
+			l.MaxTotalRequestBytes = d.byteSize(field+".max_total_request_bytes", v)
+		case "max_total_response_bytes":
+			l.MaxTotalResponseBytes = d.byteSize(field+".max_total_response_bytes", v)
+		case "max_concurrent_connections":
+			l.MaxConcurrentConnections = uint32(d.uint(field+".max_concurrent_connections", v, math.MaxUint32))
 		default:
 			return false
 		}
@@ -314,10 +336,24 @@ func (d *fileDecoder) limits(field string, n *yaml.Node) *policyv1.PolicyLimits 
 	})
 	// No limits and zero limits mean the same; nil keeps a file's round
 	// trip through Marshal exact.
-	if l.GetMaxRequests() == 0 && l.GetMaxRequestBytes() == 0 {
+	if proto.Equal(l, &policyv1.PolicyLimits{}) {
 		return nil
 	}
 	return l
+}
+
+// byteSize reads a byte count: a whole number, or a string with a unit
+// (ParseByteSize).
+func (d *fileDecoder) byteSize(field string, v *yaml.Node) uint64 {
+	if v.Kind == yaml.ScalarNode && v.Tag == "!!str" {
+		d.lines[field] = v.Line
+		b, err := ParseByteSize(v.Value)
+		if err != nil {
+			d.fail(field, v, "%v", err)
+		}
+		return b
+	}
+	return d.uint(field, v, math.MaxUint64)
 }
 
 var byteUnits = []struct {
@@ -396,19 +432,13 @@ func Marshal(p *policyv1.Policy) ([]byte, error) {
 		}
 		put(root, "hosts", hosts)
 	}
-	if l := p.GetLimits(); l.GetMaxRequests() != 0 || l.GetMaxRequestBytes() != 0 {
+	if l := p.GetLimits(); l != nil && !proto.Equal(l, &policyv1.PolicyLimits{}) {
 		limits := &yaml.Node{Kind: yaml.MappingNode, Style: yaml.FlowStyle}
-		if l.GetMaxRequests() != 0 {
-			put(limits, "max_requests", scalar(strconv.FormatUint(uint64(l.GetMaxRequests()), 10)))
-		}
-		if l.GetMaxRequestBytes() != 0 {
-			b := FormatByteSize(l.GetMaxRequestBytes())
-			if _, err := strconv.ParseUint(b, 10, 64); err == nil {
-				put(limits, "max_request_bytes", scalar(b))
-			} else {
-				put(limits, "max_request_bytes", str(b))
-			}
-		}
+		putUint(limits, "max_requests", uint64(l.GetMaxRequests()))
+		putByteSize(limits, "max_request_bytes", l.GetMaxRequestBytes())
+		putByteSize(limits, "max_total_request_bytes", l.GetMaxTotalRequestBytes())
+		putByteSize(limits, "max_total_response_bytes", l.GetMaxTotalResponseBytes())
+		putUint(limits, "max_concurrent_connections", uint64(l.GetMaxConcurrentConnections()))
 		put(root, "limits", limits)
 	}
 	var buf bytes.Buffer
@@ -450,6 +480,9 @@ func marshalHost(h *policyv1.HostPolicy) *yaml.Node {
 		}
 		put(n, "ports", ps)
 	}
+	if h.GetPassthrough() {
+		put(n, "passthrough", &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!bool", Value: "true"})
+	}
 	return n
 }
 
@@ -475,7 +508,34 @@ func marshalRule(r *policyv1.Rule) *yaml.Node {
 	if r.GetWebsocket() {
 		put(n, "websocket", &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!bool", Value: "true"})
 	}
+	if rt := r.GetRate(); rt != nil {
+		rate := &yaml.Node{Kind: yaml.MappingNode, Style: yaml.FlowStyle}
+		putUint(rate, "per_second", uint64(rt.GetPerSecond()))
+		putUint(rate, "burst", uint64(rt.GetBurst()))
+		put(n, "rate", rate)
+	}
 	return n
+}
+
+// putUint puts a number unless it is 0, which the file leaves out.
+func putUint(m *yaml.Node, key string, v uint64) {
+	if v != 0 {
+		put(m, key, scalar(strconv.FormatUint(v, 10)))
+	}
+}
+
+// putByteSize puts a byte count with its unit (FormatByteSize) unless it
+// is 0.
+func putByteSize(m *yaml.Node, key string, v uint64) {
+	if v == 0 {
+		return
+	}
+	b := FormatByteSize(v)
+	if _, err := strconv.ParseUint(b, 10, 64); err == nil {
+		put(m, key, scalar(b))
+	} else {
+		put(m, key, str(b))
+	}
 }
 
 func actionName(a policyv1.Action) string {

@@ -97,6 +97,10 @@ func TestParseErrors(t *testing.T) {
 		{name: "missing action", yaml: "version: 1\nhosts:\n  - host: a.com\n    rules:\n      - path: /x\n", field: "hosts[0].rules[0].action", line: 5, reason: "required"},
 		{name: "bad path", yaml: "version: 1\nhosts:\n  - host: a.com\n    rules:\n      - {action: allow, path: /a/../b}\n", field: "hosts[0].rules[0].path", line: 5, reason: `".."`},
 		{name: "lowercase method", yaml: "version: 1\nhosts:\n  - host: a.com\n    rules:\n      - {action: allow, methods: [get]}\n", field: "hosts[0].rules[0].methods[0]", line: 5, reason: "uppercase"},
+		{name: "passthrough yes", yaml: "version: 1\nhosts:\n  - host: a.com\n    passthrough: yes\n", field: "hosts[0].passthrough", line: 4, reason: "true or false"},
+		{name: "passthrough with rules", yaml: "version: 1\nhosts:\n  - host: a.com\n    passthrough: true\n    rules:\n      - {action: allow}\n", field: "hosts[0].passthrough", line: 4, reason: "no rule can apply"},
+		{name: "passthrough denied", yaml: "version: 1\nhosts:\n  - host: a.com\n    passthrough: true\n    default: deny\n", field: "hosts[0].passthrough", line: 4, reason: "allowed whole"},
+		{name: "passthrough over http", yaml: "version: 1\nhosts:\n  - host: a.com\n    passthrough: true\n    schemes: [https, http]\n", field: "hosts[0].passthrough", line: 4, reason: "remove http"},
 		{name: "duplicate id", yaml: "version: 1\nhosts:\n  - host: a.com\n    rules:\n      - {id: r, action: allow}\n  - host: b.com\n    rules:\n      - {id: r, action: allow}\n", field: "hosts[1].rules[0].id", line: 8, reason: "already the id of hosts[0].rules[0]"},
 	}
 	for _, tt := range tests {
@@ -234,6 +238,7 @@ func TestMarshalRoundTrip(t *testing.T) {
 	p.Hosts[2].Rules[0].Path = "/a:b/%7Bx%7D,(y)/&z/*/**"
 	p.Mode = policyv1.Mode_MODE_AUDIT
 	p.Limits.MaxRequestBytes = 1000
+	p.Hosts = append(p.Hosts, &policyv1.HostPolicy{Host: "pinned.example", Passthrough: true, Ports: []uint32{443, 8443}})
 	out, err := Marshal(p)
 	if err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -61,7 +62,7 @@ func FuzzDecide(f *testing.F) {
 	f.Fuzz(func(t *testing.T, method, host, path string, ws bool) {
 		r := Request{Method: method, Host: host, Path: path, WebSocket: ws}
 		d := c.Decide(r)
-		if d != c.Decide(r) {
+		if !reflect.DeepEqual(d, c.Decide(r)) {
 			t.Fatal("Decide is not deterministic")
 		}
 		if cd := chained.Decide(r); cd.Action != d.Action || cd.RuleID != d.RuleID {
@@ -82,6 +83,9 @@ func FuzzDecide(f *testing.F) {
 			if pp, err := parsePathPattern(path); err != nil || !pp.match(path) {
 				t.Fatalf("canonical path %q is not a pattern matching itself: %v", path, err)
 			}
+		}
+		if (d.Code == policyv1.DenialCode_DENIAL_CODE_UNSPECIFIED) != allowed {
+			t.Fatalf("action %v with denial code %v", d.Action, d.Code)
 		}
 		if !allowed {
 			return

@@ -19,6 +19,9 @@ const (
 	maxMethodLen      = 32
 	maxRuleIDLen      = 128
 	maxReasonLen      = 512
+	// MaxRatePerSecond bounds a rule's rate and burst: beyond it a rate
+	// bounds nothing the proxy's per-source limits do not.
+	MaxRatePerSecond = 10000
 )
 
 // RuleDefault is the rule id of a decision made by the policy's default.
@@ -152,4 +155,24 @@ func checkReason(r string) error {
 		}
 	}
 	return nil
+}
+
+// compileRate checks a rule's rate: only allow rules have one (a deny
+// rule's requests are never forwarded), per_second from 1 to
+// MaxRatePerSecond, burst at most that (0 means per_second).
+func compileRate(c *checker, field string, r *policyv1.RuleRate, allow bool) Rate {
+	if !allow {
+		c.add(field, "only allow rules take a rate: a deny rule forwards nothing")
+	}
+	ps, burst := r.GetPerSecond(), r.GetBurst()
+	if ps == 0 || ps > MaxRatePerSecond {
+		c.add(field+".per_second", "%d is not a rate: use 1 to %d requests a second", ps, MaxRatePerSecond)
+	}
+	if burst > MaxRatePerSecond {
+		c.add(field+".burst", "%d is more than %d", burst, MaxRatePerSecond)
+	}
+	if burst == 0 {
+		burst = ps
+	}
+	return Rate{PerSecond: ps, Burst: burst}
 }

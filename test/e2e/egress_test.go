@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,8 +57,16 @@ type netStack struct {
 
 func startNetStack(t testing.TB) *netStack {
 	t.Helper()
+	return startNetStackWith(t, basePolicy, nil)
+}
+
+// startNetStackWith is startNetStack with another operator policy, and
+// api.github.test served by github, when not nil, rather than by the
+// stand-in s.github.
+func startNetStackWith(t testing.TB, policy string, github http.Handler) *netStack {
+	t.Helper()
 	ports := netPorts{proxyGRPC: "127.0.0.1:" + itoa(freePort(t)), proxyPort: freePort(t), dnsPort: freePort(t)}
-	eo := startEgress(t, ports, basePolicy)
+	eo := startEgress(t, ports, policy)
 	raw, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -68,11 +77,15 @@ func startNetStack(t testing.TB) *netStack {
 	s.pay = newStandIn(t, "pay.test")
 	s.github = newStandIn(t, "api.github.test")
 	s.forbidden = newStandIn(t, "forbidden.test")
+	githubAddr := s.github.addr()
+	if github != nil {
+		githubAddr = serveTLS(t, github).Listener.Addr().String()
+	}
 	ca := upstreamCAPEM(t)
 	s.proxy = startProxy(t, ports, s.e.deciderAddr, map[string]string{
 		"api.stripe.com":  s.stripe,
 		"pay.test":        s.pay.addr(),
-		"api.github.test": s.github.addr(),
+		"api.github.test": githubAddr,
 		"forbidden.test":  s.forbidden.addr(),
 		// Were the proxy ever to forward to the metadata address, the
 		// forbidden stand-in would see it.
@@ -444,23 +457,40 @@ const f = (url, opts) => fetch(url, opts).then(r => String(r.status), e => (e.ca
 }
 
 // TestDecisionStreamGoneMeansDeny takes the decision service away: the proxy
-// must deny rather than forward.
+// must deny rather than forward. A name no longer resolves; a request to
+// the address its name had (so no DNS is asked) gets the 403 that says the
+// decision is unavailable.
 func TestDecisionStreamGoneMeansDeny(t *testing.T) {
 	s := startNetStack(t)
 	s.e.app.StopDecisions()
-	var got struct{ Status, Body string }
+	type answer struct{ Status, Body string }
+	var got struct{ Named, Direct answer }
 	probe(t, s.e, code(`
-fetch("https://api.github.test/after-decider-gone").then(async r => console.log(JSON.stringify({status: String(r.status), body: await r.text()})),
-  e => console.log(JSON.stringify({status: (e.cause && e.cause.code) || e.name})));
+const http = require("http");
+// Plain HTTP: without a decision stream the sandbox does not trust the
+// proxy's CA.
+const direct = () => new Promise(res => {
+  const q = http.request({ host: "198.18.0.1", port: 80, path: "/after-decider-gone",
+    headers: { Host: "api.github.test" } }, r => { let body = ""; r.on("data", d => body += d); r.on("end", () => res({ status: String(r.statusCode), body })); });
+  q.on("error", e => res({ status: e.code })); q.end();
+});
+(async () => {
+  const named = await fetch("https://api.github.test/after-decider-gone").then(async r => ({status: String(r.status), body: await r.text()}),
+    e => ({status: (e.cause && e.cause.code) || e.name}));
+  console.log(JSON.stringify({ named, direct: await direct() }));
+})();
 `), &got)
-	if got.Status == "200" || s.github.hits.Load() != 0 {
+	t.Logf("without a decision: by name %s, by address %s", got.Named.Status, got.Direct.Status)
+	if got.Named.Status == "200" || got.Direct.Status == "200" || s.github.hits.Load() != 0 {
 		t.Fatalf("request forwarded without a decision: %+v, stand-in got %v", got, s.github.requests())
 	}
-	if got.Status == "403" {
-		var body map[string]string
-		if err := json.Unmarshal([]byte(got.Body), &body); err != nil || body["decision"] != "blocked" {
-			t.Errorf("403 body %q", got.Body)
-		}
+	var body struct {
+		Decision string
+		Error    struct{ Type, Code string }
+	}
+	if err := json.Unmarshal([]byte(got.Direct.Body), &body); err != nil || got.Direct.Status != "403" || body.Decision != "blocked" ||
+		body.Error.Type != "sandpit_policy_denied" || body.Error.Code != "decision_unavailable" {
+		t.Errorf("by address: %s %q, want 403 with code decision_unavailable", got.Direct.Status, got.Direct.Body)
 	}
 }
 
@@ -596,8 +626,18 @@ const open = url => new Promise(res => {
 		}
 	}
 	var wsDecisions []string
+	refused := 0
 	for _, ev := range requestEvents(r, executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REQUEST) {
-		wsDecisions = append(wsDecisions, ev.GetUrl()+" "+ev.GetDecision().String()+" "+ev.GetRuleId())
+		wsDecisions = append(wsDecisions, ev.GetUrl()+" "+ev.GetDecision().String()+" "+ev.GetRuleId()+" "+ev.GetDenialCode().String())
+		if ev.GetDecision() == policyv1.Decision_DECISION_DENY {
+			refused++
+			if ev.GetDenialCode() != policyv1.DenialCode_DENIAL_CODE_WEBSOCKET_NOT_ALLOWED {
+				t.Errorf("the refused upgrade's event has code %v, want websocket_not_allowed", ev.GetDenialCode())
+			}
+		}
+	}
+	if refused != 1 {
+		t.Errorf("%d refused requests, want the upgrade without a rule: %v", refused, wsDecisions)
 	}
 	t.Logf("decisions: %v", wsDecisions)
 }
@@ -762,10 +802,10 @@ const http2 = require("http2");
 	t.Logf("oversized: %v; allowed: %d ok, failed %v", over, ok.OK, ok.Failed)
 
 	want := map[string]string{
-		"h2Cookie": "431 request_header_fields_too_large",
-		"h2Query":  "414 uri_too_long",
-		"h1Cookie": "431 request_header_fields_too_large",
-		"h1Query":  "414 uri_too_long",
+		"h2Cookie": "431 ambiguous_request",
+		"h2Query":  "414 ambiguous_request",
+		"h1Cookie": "431 ambiguous_request",
+		"h1Query":  "414 ambiguous_request",
 		"h2After":  "200",
 	}
 	for k, w := range want {

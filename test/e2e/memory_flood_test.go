@@ -129,8 +129,8 @@ const get = (c, p) => new Promise(res => {
 	if err := json.Unmarshal(lastLine(floodOut), &out); err != nil {
 		t.Fatalf("flood output %q: %v", floodOut, err)
 	}
-	if got, _ := out["414 uri_too_long"].(float64); got != n || len(out) != 2 || out["after"] != "200 " {
-		t.Errorf("flood statuses %v, want %d × 414 uri_too_long and the request after it 200", out, n)
+	if got, _ := out["414 ambiguous_request"].(float64); got != n || len(out) != 2 || out["after"] != "200 " {
+		t.Errorf("flood statuses %v, want %d × 414 ambiguous_request and the request after it 200", out, n)
 	}
 	res := floodRes
 	var blockedInLog, afterInLog int

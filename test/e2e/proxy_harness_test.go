@@ -80,7 +80,7 @@ func newStandIn(t testing.TB, host string) *standIn {
 		Handshake: func(*websocket.Config, *http.Request) error { return nil },
 		Handler:   func(ws *websocket.Conn) { _, _ = io.Copy(ws, ws) },
 	}
-	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	s.srv = serveTLS(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Upgrade") == "websocket" {
 			s.hits.Add(1)
 			s.mu.Lock()
@@ -97,11 +97,19 @@ func newStandIn(t testing.TB, host string) *standIn {
 		w.Header().Set("Content-Type", "application/json")
 		fmt.Fprintf(w, `{"stand_in":%q,"path":%q,"proto":%q}`, host, r.URL.Path, r.Proto)
 	}))
-	s.srv.EnableHTTP2 = true
-	s.srv.TLS = &tls.Config{Certificates: []tls.Certificate{upstreamCert(t)}}
-	s.srv.StartTLS()
-	t.Cleanup(s.srv.Close)
 	return s
+}
+
+// serveTLS serves h over HTTPS (HTTP/2 capable) on loopback with the
+// stand-ins' certificate until the test ends.
+func serveTLS(t testing.TB, h http.Handler) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(h)
+	srv.EnableHTTP2 = true
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{upstreamCert(t)}}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return srv
 }
 
 // standInHosts are the names every stand-in's certificate is valid for:

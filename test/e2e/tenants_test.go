@@ -228,17 +228,19 @@ func TestTenantsEndToEnd(t *testing.T) {
 		decision policyv1.Decision
 		rule     string
 		source   string
+		code     policyv1.DenialCode
 	}
 	want := func(t *testing.T, who string, evs []*executorv1.NetworkEvent, vs []verdict) {
 		t.Helper()
 		for i, v := range vs {
-			if ev := evs[i]; ev.GetDecision() != v.decision || ev.GetRuleId() != v.rule || ev.GetSource() != v.source {
-				t.Errorf("%s %s %s: %v by %q (%s), want %v by %q (%s)", who, requests[i][0], requests[i][1],
-					ev.GetDecision(), ev.GetRuleId(), ev.GetSource(), v.decision, v.rule, v.source)
+			if ev := evs[i]; ev.GetDecision() != v.decision || ev.GetRuleId() != v.rule || ev.GetSource() != v.source || ev.GetDenialCode() != v.code {
+				t.Errorf("%s %s %s: %v by %q (%s, %v), want %v by %q (%s, %v)", who, requests[i][0], requests[i][1],
+					ev.GetDecision(), ev.GetRuleId(), ev.GetSource(), ev.GetDenialCode(), v.decision, v.rule, v.source, v.code)
 			}
 		}
 	}
 	allow, deny, would := policyv1.Decision_DECISION_ALLOW, policyv1.Decision_DECISION_DENY, policyv1.Decision_DECISION_WOULD_BLOCK
+	noCode, pathCode, methodCode := policyv1.DenialCode_DENIAL_CODE_UNSPECIFIED, policyv1.DenialCode_DENIAL_CODE_PATH_NOT_ALLOWED, policyv1.DenialCode_DENIAL_CODE_METHOD_NOT_ALLOWED
 
 	// acme enforces its own policy under the operator's.
 	got, r := runAs("acme", "")
@@ -246,10 +248,10 @@ func TestTenantsEndToEnd(t *testing.T) {
 		t.Errorf("acme's Started: %v", r.started)
 	}
 	acmeVerdicts := []verdict{
-		{allow, "acme-repos", "tenant"},
-		{deny, "hosts[0].default", "tenant"},
-		{deny, "hosts[0].default", "tenant"},
-		{deny, "hosts[0].default", "tenant"},
+		{allow, "acme-repos", "tenant", noCode},
+		{deny, "hosts[0].default", "tenant", pathCode},
+		{deny, "hosts[0].default", "tenant", pathCode},
+		{deny, "hosts[0].default", "tenant", methodCode},
 	}
 	want(t, "acme", decided(r), acmeVerdicts)
 	if !strings.Contains(got[0], "200") || !strings.Contains(got[1], "403") || hitsOf("/admin") != 0 || hitsOf("/public/y") != 0 {
@@ -266,10 +268,10 @@ func TestTenantsEndToEnd(t *testing.T) {
 		t.Errorf("globex's Started: %v, want tenant globex in audit mode", r.started)
 	}
 	globexVerdicts := []verdict{
-		{would, "hosts[0].default", "tenant"},
-		{would, "hosts[0].default", "tenant"},
-		{allow, "globex-public", "tenant"},
-		{would, "hosts[0].default", "tenant"},
+		{would, "hosts[0].default", "tenant", pathCode},
+		{would, "hosts[0].default", "tenant", pathCode},
+		{allow, "globex-public", "tenant", noCode},
+		{would, "hosts[0].default", "tenant", pathCode},
 	}
 	want(t, "globex", decided(r), globexVerdicts)
 	for i, g := range got {
@@ -318,8 +320,8 @@ func TestTenantsEndToEnd(t *testing.T) {
 			t.Fatalf("Check as %s: %v", who, resp)
 		}
 		for i, v := range vs {
-			if got := resp.GetVerdicts()[i]; got.GetDecision() != v.decision || got.GetRuleId() != v.rule || got.GetSource() != v.source {
-				t.Errorf("Check as %s of %v: %v by %q (%s), the execution decided %v by %q (%s)", who, requests[i], got.GetDecision(), got.GetRuleId(), got.GetSource(), v.decision, v.rule, v.source)
+			if got := resp.GetVerdicts()[i]; got.GetDecision() != v.decision || got.GetRuleId() != v.rule || got.GetSource() != v.source || got.GetDenialCode() != v.code {
+				t.Errorf("Check as %s of %v: %v by %q (%s, %v), the execution decided %v by %q (%s, %v)", who, requests[i], got.GetDecision(), got.GetRuleId(), got.GetSource(), got.GetDenialCode(), v.decision, v.rule, v.source, v.code)
 			}
 		}
 	}

@@ -246,9 +246,13 @@ const rateLimitCode = `
 const dgram = require("dgram"), https = require("https"), os = require("os");
 const gw = os.networkInterfaces().eth0.find(a => a.family === "IPv4").address.replace(/\.\d+$/, m => "." + (Number(m.slice(1)) - 1));
 const agent = new https.Agent({ keepAlive: true, maxSockets: 1 });
+let limited = ""; // the error.code of the first 429's body
 const get = () => new Promise(res => {
   const q = https.request({ host: "198.18.0.1", port: 443, servername: "pay.test", path: "/v1/products/p1",
-    headers: { Host: "pay.test" }, agent }, r => { r.resume(); r.on("end", () => res(String(r.statusCode))); });
+    headers: { Host: "pay.test" }, agent }, r => {
+    let b = ""; r.on("data", d => b += d);
+    r.on("end", () => { if (r.statusCode === 429 && !limited) { try { limited = JSON.parse(b).error.code; } catch {} } res(String(r.statusCode)); });
+  });
   q.on("error", e => res(e.code)); q.end();
 });
 const query = id => {
@@ -267,6 +271,7 @@ const query = id => {
   }
   await new Promise(r => setTimeout(r, 200)); // the last DNS answers
   for (let i = 0; i < 200; i++) { const c = await get(); out.http[c] = (out.http[c] || 0) + 1; }
+  out.limited = limited;
   console.log(JSON.stringify(out));
   process.exit(0);
 })();
@@ -280,8 +285,9 @@ const query = id => {
 func TestRateLimitedCountedInResult(t *testing.T) {
 	e, _, proxy := startLimitStack(t, "--http-rate", "5", "--http-burst", "10", "--dns-rate", "5", "--dns-burst", "10")
 	var got struct {
-		HTTP map[string]int
-		DNS  map[string]int
+		HTTP    map[string]int
+		DNS     map[string]int
+		Limited string // the error.code of a 429's body
 	}
 	// No neighbour here: at 5 a second its own rounds would be over the
 	// limit. TestFloodingSandboxDoesNotStarveItsNeighbour checks one
@@ -294,6 +300,9 @@ func TestRateLimitedCountedInResult(t *testing.T) {
 	limited, refused := got.HTTP["429"], got.DNS["5"]
 	if limited < 150 || got.HTTP["200"]+limited != 200 {
 		t.Fatalf("http answers %v: want 200 answers, most of them 429\nproxy log:\n%s", got.HTTP, proxy.logs.String())
+	}
+	if got.Limited != "rate_limited" {
+		t.Errorf("a 429's error.code is %q, want rate_limited", got.Limited)
 	}
 	if refused < 50 || got.DNS["0"]+refused != 100 {
 		t.Fatalf("dns answers by rcode %v: want 100 answers, most REFUSED (5)", got.DNS)

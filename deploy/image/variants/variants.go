@@ -47,6 +47,7 @@ var all = map[string]*Variant{
 		Title: "sandpit-node-sdk",
 		Packages: map[string]string{
 			"axios":  "1.21.1",
+			"openai": "7.59.0",
 			"stripe": "23.1.0",
 		},
 	},

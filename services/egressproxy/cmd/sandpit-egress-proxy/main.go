@@ -140,12 +140,13 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		Redactor:    redact.New(cfg.RedactQueryParams),
 		NewUpstream: newUpstream,
 
-		MaxConnsPerSource: cfg.MaxConnsPerSource,
-		WebSocket:         cfg.WebSocket,
-		LeafMintRate:      mintRate,
-		LeafMintBurst:     cfg.LeafMintBurst,
-		Metrics:           proxy.NewMetrics(reg),
-		Log:               log,
+		MaxConnsPerSource:      cfg.MaxConnsPerSource,
+		WebSocket:              cfg.WebSocket,
+		PassthroughIdleTimeout: cfg.PassthroughIdleTimeout,
+		LeafMintRate:           mintRate,
+		LeafMintBurst:          cfg.LeafMintBurst,
+		Metrics:                proxy.NewMetrics(reg),
+		Log:                    log,
 	})
 	// When an execution ends the executor says so: nothing its sandbox
 	// opened may outlive it.

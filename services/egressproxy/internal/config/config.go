@@ -57,6 +57,9 @@ type Config struct {
 	MaxConnsPerSource int
 
 	WebSocket proxy.WebSocketLimits
+	// PassthroughIdleTimeout closes a spliced TLS connection idle that
+	// long.
+	PassthroughIdleTimeout time.Duration
 
 	RedactQueryParams []string
 }
@@ -117,6 +120,7 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	fs.Var(byteSize{&c.WebSocket.MaxSentBytes}, "websocket-max-sent-bytes", "bytes a sandbox may send over one WebSocket when its policy sets no limits.max_request_bytes (which bounds them otherwise), frames and their headers counted; past it the relay is cut (bytes, or with KiB/MiB/GiB)")
 	fs.Var(byteSize{&c.WebSocket.MaxReceivedBytes}, "websocket-max-received-bytes", "bytes one WebSocket may carry to the sandbox; past it the relay is cut (bytes, or with KiB/MiB/GiB)")
 	fs.DurationVar(&c.WebSocket.IdleTimeout, "websocket-idle-timeout", proxy.DefaultWebSocketIdleTimeout, "a WebSocket on which nothing moved either way for this long is closed")
+	fs.DurationVar(&c.PassthroughIdleTimeout, "passthrough-idle-timeout", proxy.DefaultPassthroughIdleTimeout, "a TLS pass-through connection on which nothing moved either way for this long is closed")
 	fs.Var(&redQ, "redact-query-param", "extra query parameter name to redact (repeatable)")
 
 	if err := fs.Parse(args); err != nil {
@@ -167,6 +171,9 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	}
 	if c.UpstreamIdleTimeout <= 0 {
 		errs = append(errs, errors.New("upstream-idle-timeout must be positive"))
+	}
+	if c.PassthroughIdleTimeout <= 0 {
+		errs = append(errs, errors.New("passthrough-idle-timeout must be positive"))
 	}
 	if c.MaxConnsPerSource <= 0 {
 		errs = append(errs, errors.New("max-conns-per-source must be positive"))

@@ -24,14 +24,14 @@ func TestParse(t *testing.T) {
 		c.DNSAnswerIP != netip.MustParseAddr("198.18.0.1") ||
 		c.UpstreamResponseHeaderTimeout != 5*time.Minute || c.UpstreamIdleTimeout != 90*time.Second ||
 		c.MaxConnsPerSource != 256 || c.Limits.HTTPInFlight != 64 ||
-		c.WebSocket.MaxSentBytes != 64<<20 || c.WebSocket.MaxReceivedBytes != 256<<20 || c.WebSocket.IdleTimeout != time.Minute ||
+		c.WebSocket.MaxSentBytes != 64<<20 || c.WebSocket.MaxReceivedBytes != 256<<20 || c.WebSocket.IdleTimeout != time.Minute || c.PassthroughIdleTimeout != 2*time.Minute ||
 		c.LeafCacheSize != 4096 || c.LeafMintRate != 10 || c.LeafMintBurst != 50 {
 		t.Fatalf("%+v", c)
 	}
 	for _, bad := range [][]string{{"--upstream", "x"}, {"--upstream-allow", "nope"}, {"--ca-cert", "a"}, {"--dns-answer-ip", "::1"}, {"extra"},
 		{"--upstream-response-header-timeout", "0s"}, {"--upstream-idle-timeout", "-1s"},
 		{"--max-conns-per-source", "0"}, {"--http-in-flight", "-1"},
-		{"--websocket-max-sent-bytes", "0"}, {"--websocket-max-received-bytes", "1MB"}, {"--websocket-idle-timeout", "0s"},
+		{"--websocket-max-sent-bytes", "0"}, {"--websocket-max-received-bytes", "1MB"}, {"--websocket-idle-timeout", "0s"}, {"--passthrough-idle-timeout", "0s"},
 		{"--leaf-cache-size", "0"}, {"--leaf-mint-rate", "-1"}, {"--leaf-mint-burst", "0"},
 		// One in-flight bound: the proxy's own slot bound and its flag are gone.
 		{"--max-decisions-per-source", "64"}} {

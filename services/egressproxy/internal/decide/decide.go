@@ -411,8 +411,8 @@ func (c *Client) ask(ctx context.Context, kind string, id uint64, req *egressv1.
 func (c *Client) deny(id uint64, cause, why string) (Verdict, error) {
 	c.metrics.failed(cause)
 	reason := ErrUnavailable.Error() + ": " + why
-	return Verdict{QuestionID: id, Decision: policyv1.Decision_DECISION_DENY, RuleID: "proxy", Reason: reason},
-		fmt.Errorf("%w: %s", ErrUnavailable, why)
+	return Verdict{QuestionID: id, Decision: policyv1.Decision_DECISION_DENY, RuleID: "proxy", Reason: reason,
+		Code: policyv1.DenialCode_DENIAL_CODE_DECISION_UNAVAILABLE}, fmt.Errorf("%w: %s", ErrUnavailable, why)
 }
 
 // ReportOutcome queues what an allowed request led to, best effort (see

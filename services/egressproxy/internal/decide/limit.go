@@ -197,7 +197,8 @@ func (l *sourceLimiter) forgetIdle(now time.Time) {
 
 // limited is the verdict of a question refused by a per-source limit.
 func limited(id uint64, err error) (Verdict, error) {
-	return Verdict{QuestionID: id, Decision: policyv1.Decision_DECISION_DENY, RuleID: "proxy", Reason: err.Error()}, err
+	return Verdict{QuestionID: id, Decision: policyv1.Decision_DECISION_DENY, RuleID: "proxy", Reason: err.Error(),
+		Code: policyv1.DenialCode_DENIAL_CODE_RATE_LIMITED}, err
 }
 
 // reportRefusals reports the limiters' refusals to the executor, which

@@ -79,9 +79,19 @@ type Verdict struct {
 	// ExecutionID is the execution the source address belongs to, empty
 	// when none does.
 	ExecutionID string
-	// MaxRequestBytes bounds the body forwarded for an allowed request;
-	// 0 is no limit.
-	MaxRequestBytes uint64
+	// MaxRequestBytes bounds the body forwarded for an allowed request,
+	// MaxResponseBytes the body returned to the sandbox; 0 is no limit.
+	MaxRequestBytes, MaxResponseBytes uint64
+	// RetryAfterSeconds, on a deny by a rate or a concurrency limit, is
+	// the Retry-After of the 429 that answers it.
+	RetryAfterSeconds uint32
+	// Code says why a request was denied (or would be): the executor's,
+	// or the proxy's own when it could not ask.
+	Code policyv1.DenialCode
+	// Passthrough, on a TLS answer, says the connection is spliced, not
+	// intercepted (or, denied, that the executor recorded its refusal);
+	// MaxRequestBytes and MaxResponseBytes then bound its bytes each way.
+	Passthrough bool
 }
 
 // Forward reports whether the request may go upstream: allowed, or only
@@ -203,12 +213,16 @@ func (r Refusal) message() *egressv1.DecideRequest {
 
 func verdict(resp *egressv1.DecideResponse) Verdict {
 	return Verdict{
-		QuestionID:      resp.GetId(),
-		Decision:        resp.GetDecision(),
-		RuleID:          resp.GetRuleId(),
-		Reason:          resp.GetReason(),
-		Source:          resp.GetSource(),
-		ExecutionID:     resp.GetExecutionId(),
-		MaxRequestBytes: resp.GetMaxRequestBytes(),
+		QuestionID:        resp.GetId(),
+		Decision:          resp.GetDecision(),
+		RuleID:            resp.GetRuleId(),
+		Reason:            resp.GetReason(),
+		Source:            resp.GetSource(),
+		ExecutionID:       resp.GetExecutionId(),
+		MaxRequestBytes:   resp.GetMaxRequestBytes(),
+		MaxResponseBytes:  resp.GetMaxResponseBytes(),
+		RetryAfterSeconds: resp.GetRetryAfterSeconds(),
+		Code:              resp.GetDenialCode(),
+		Passthrough:       resp.GetPassthrough(),
 	}
 }

@@ -153,8 +153,8 @@ func Allow(rule string) *egressv1.DecideResponse {
 }
 
 // Deny returns a denying response.
-func Deny(rule, reason string) *egressv1.DecideResponse {
-	return &egressv1.DecideResponse{Decision: policyv1.Decision_DECISION_DENY, RuleId: rule, Reason: reason, ExecutionId: "exec-1"}
+func Deny(code policyv1.DenialCode, rule, reason string) *egressv1.DecideResponse {
+	return &egressv1.DecideResponse{Decision: policyv1.Decision_DECISION_DENY, RuleId: rule, Reason: reason, ExecutionId: "exec-1", DenialCode: code}
 }
 
 // StripeLike allows GET (and WebSocket upgrades) under /v1/products and
@@ -174,13 +174,13 @@ func StripeLike(q *egressv1.Question) *egressv1.DecideResponse {
 	case h.GetHost() == "silent.test":
 		return nil
 	case h.GetViolation() != "":
-		return Deny("proxy", h.GetViolation())
+		return Deny(policyv1.DenialCode_DENIAL_CODE_AMBIGUOUS_REQUEST, "proxy", h.GetViolation())
 	case h.GetHost() != "api.stripe.test" && h.GetHost() != "plain.test":
-		return Deny("default", "host not in policy")
+		return Deny(policyv1.DenialCode_DENIAL_CODE_HOST_NOT_ALLOWED, "default", "host not in policy")
 	case h.GetMethod() == "GET" && (strings.HasPrefix(h.GetPath(), "/v1/products") || h.GetPath() == "/redirect" || h.GetPath() == "/ws"):
 		return Allow("hosts[0].rules[0]")
 	}
-	return Deny("hosts[0].rules[1]", "charges are not allowed")
+	return Deny(policyv1.DenialCode_DENIAL_CODE_RULE_DENIED, "hosts[0].rules[1]", "charges are not allowed")
 }
 
 // testName allows names under .test except blocked.test.
@@ -188,5 +188,5 @@ func testName(name, rule string) *egressv1.DecideResponse {
 	if strings.HasSuffix(name, ".test") && name != "blocked.test" {
 		return Allow(rule)
 	}
-	return Deny("default", "not in policy")
+	return Deny(policyv1.DenialCode_DENIAL_CODE_HOST_NOT_ALLOWED, "default", "not in policy")
 }

@@ -12,6 +12,8 @@ import (
 	"net/textproto"
 	"strings"
 	"time"
+
+	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 )
 
 // serveH1 reads HTTP/1.x requests one after another (keep-alive) and
@@ -29,7 +31,7 @@ func (p *Proxy) serveH1(ctx context.Context, conn net.Conn, br *bufio.Reader, in
 		}
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !isTimeout(err) {
-				writeSimple(conn, http.StatusBadRequest, "bad request head: "+err.Error())
+				refuseUnreadable(conn, info, "bad request head: "+err.Error())
 			}
 			return
 		}
@@ -56,7 +58,7 @@ func isTimeout(err error) bool {
 func (p *Proxy) unparsable(ctx context.Context, conn net.Conn, line string, hdr textproto.MIMEHeader, info connInfo, err error) {
 	method, target, ok := requestLine(line)
 	if !ok {
-		writeSimple(conn, http.StatusBadRequest, "bad request: "+err.Error())
+		refuseUnreadable(conn, info, "bad request: "+err.Error())
 		return
 	}
 	req := &http.Request{Method: method, RequestURI: target, Header: http.Header(hdr), ContentLength: -1}
@@ -176,7 +178,7 @@ func (p *Proxy) serveOneH1(ctx context.Context, conn net.Conn, br *bufio.Reader,
 		// the 403 before the client reads it; an unread body would also be
 		// parsed as the next request.
 		drained := req.ContentLength == 0 || drainBody(conn, req.Body)
-		writeResponse(bw, v.status, "application/json", blockBody(c, v), !keep || !drained)
+		writeResponse(bw, v.status, "application/json", blockBody(c, v), !keep || !drained, retryAfterLine(v))
 		return keep && drained
 	}
 	if headerHasToken(req.Header, "Expect", "100-continue") {
@@ -218,17 +220,25 @@ func (p *Proxy) serveOneH1(ctx context.Context, conn net.Conn, br *bufio.Reader,
 		return false
 	}
 	defer resp.Body.Close()
+	if v.maxResponse > 0 && resp.ContentLength > int64(v.maxResponse) && bodyAllowed(req.Method, resp.StatusCode) {
+		p.outcome(c, v, resp.StatusCode, body.n.Load(), 0, errResponseTooLarge)
+		writeResponse(bw, http.StatusForbidden, "application/json", responseTooLarge(c, v, resp.ContentLength), true)
+		return false
+	}
 
 	removeHopHeaders(resp.Header)
 	resp.Proto, resp.ProtoMajor, resp.ProtoMinor = "HTTP/1.1", 1, 1
 	resp.Close = !keep
 	resp.TransferEncoding = nil
 	if resp.ContentLength < 0 && bodyAllowed(req.Method, resp.StatusCode) {
-		if keep {
+		// Chunked also when the response budget may cut the body: a
+		// chunked body cut short fails in the client, where a body
+		// delimited by the close would look complete.
+		if keep || v.maxResponse > 0 && req.ProtoAtLeast(1, 1) {
 			resp.TransferEncoding = []string{"chunked"}
 		}
 	}
-	recv := &countingReader{r: resp.Body}
+	recv := &countingReader{r: resp.Body, limit: v.maxResponse, over: errResponseTooLarge}
 	// Flush what was written before every read from upstream, so streamed
 	// responses (server-sent events) reach the sandbox as they arrive.
 	resp.Body = flushingReader{r: recv, w: bw}
@@ -239,6 +249,10 @@ func (p *Proxy) serveOneH1(ctx context.Context, conn net.Conn, br *bufio.Reader,
 		werr = bw.Flush()
 	}
 	status := resp.StatusCode
+	if recv.exceeded.Load() {
+		// What was counted reaches the sandbox; the body's end never does.
+		_ = bw.Flush()
+	}
 	if werr != nil {
 		p.outcome(c, v, status, body.n.Load(), recv.n.Load(), sideOf(werr, body, recv))
 		return false
@@ -299,20 +313,38 @@ func (f flushingReader) Close() error { return nil }
 
 type writerOnly struct{ io.Writer }
 
-func writeResponse(bw *bufio.Writer, status int, contentType string, body []byte, closeConn bool) {
+func writeResponse(bw *bufio.Writer, status int, contentType string, body []byte, closeConn bool, extra ...string) {
 	fmt.Fprintf(bw, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n",
 		status, http.StatusText(status), contentType, len(body))
 	if closeConn {
 		bw.WriteString("Connection: close\r\n")
+	}
+	for _, h := range extra {
+		if h != "" {
+			bw.WriteString(h + "\r\n")
+		}
 	}
 	bw.WriteString("\r\n")
 	bw.Write(body)
 	_ = bw.Flush()
 }
 
-func writeSimple(conn net.Conn, status int, msg string) {
-	bw := bufio.NewWriter(conn)
-	writeResponse(bw, status, "text/plain; charset=utf-8", []byte(msg+"\n"), true)
+// retryAfterLine is the Retry-After header line of a refusal by a rate,
+// or "".
+func retryAfterLine(v verdict) string {
+	if s := retryAfter(v); s != "" {
+		return "Retry-After: " + s
+	}
+	return ""
+}
+
+// refuseUnreadable answers 400, with the refusal body, to bytes the proxy
+// could not read as a request: there was nothing to decide, so nothing is
+// reported, and only the sandbox that sent them sees why.
+func refuseUnreadable(conn net.Conn, info connInfo, why string) {
+	c := &checked{scheme: info.scheme, port: info.dst.Port(), host: info.sni}
+	v := verdict{rule: "proxy", reason: why, code: policyv1.DenialCode_DENIAL_CODE_AMBIGUOUS_REQUEST}
+	writeResponse(bufio.NewWriter(conn), http.StatusBadRequest, "application/json", blockBody(c, v), true)
 }
 
 // watchClose reads from the sandbox's connection while its request waits

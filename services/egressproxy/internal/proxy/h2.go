@@ -34,6 +34,9 @@ func (p *Proxy) serveH2Request(w http.ResponseWriter, r *http.Request, info conn
 	c := p.check(info, r, "HTTP/2", r.Header.Values("Host"))
 	v := p.decide(r.Context(), info, c, r.ContentLength)
 	if !v.allowed {
+		if s := retryAfter(v); s != "" {
+			w.Header().Set("Retry-After", s)
+		}
 		writeH2(w, v.status, blockBody(c, v))
 		return
 	}
@@ -54,6 +57,11 @@ func (p *Proxy) serveH2Request(w http.ResponseWriter, r *http.Request, info conn
 		return
 	}
 	defer resp.Body.Close()
+	if v.maxResponse > 0 && resp.ContentLength > int64(v.maxResponse) && bodyAllowed(r.Method, resp.StatusCode) {
+		p.outcome(c, v, resp.StatusCode, body.n.Load(), 0, errResponseTooLarge)
+		writeH2(w, http.StatusForbidden, responseTooLarge(c, v, resp.ContentLength))
+		return
+	}
 	removeHopHeaders(resp.Header)
 	for k, vv := range resp.Header {
 		w.Header()[k] = vv
@@ -68,6 +76,14 @@ func (p *Proxy) serveH2Request(w http.ResponseWriter, r *http.Request, info conn
 	var werr error
 	for {
 		n, rerr := resp.Body.Read(buf)
+		if left := v.maxResponse - recv; v.maxResponse > 0 && uint64(n) > left {
+			// Past the response budget: what fits is sent, then the
+			// stream is reset, so the sandbox sees the exchange fail.
+			_, _ = w.Write(buf[:left])
+			_ = rc.Flush()
+			p.outcome(c, v, resp.StatusCode, body.n.Load(), recv+left, errResponseTooLarge)
+			panic(http.ErrAbortHandler)
+		}
 		if n > 0 {
 			if _, err := w.Write(buf[:n]); err != nil {
 				werr = fmt.Errorf("%w: %w", errSandboxClosed, err)

@@ -41,13 +41,6 @@ const (
 	oversizedPathBytes = 1 << 10
 )
 
-// refusal codes, stable, in the JSON body's error.code.
-const (
-	codeBlocked        = "blocked_by_policy"
-	codeHeaderTooLarge = "request_header_fields_too_large"
-	codeURITooLong     = "uri_too_long"
-)
-
 // oversize is what is known of a request over a size bound: method,
 // target and host as sent, any of them possibly partial or empty.
 type oversize struct {
@@ -79,11 +72,9 @@ func (o oversize) checked(info connInfo) *checked {
 	path, _, _ := strings.Cut(o.target, "?")
 	c.path = bound.String(path, oversizedPathBytes)
 	what, limit := "request header fields", MaxHeaderBytes
-	c.code = codeHeaderTooLarge
 	c.hint = fmt.Sprintf("send at most %d bytes of request headers (names, values and line ends together); a large cookie is the usual cause", MaxHeaderBytes)
 	if o.status == http.StatusRequestURITooLong {
 		what, limit = "request target", MaxTargetBytes
-		c.code = codeURITooLong
 		c.hint = fmt.Sprintf("keep the path and query under %d bytes; send large parameters in the request body", MaxTargetBytes)
 	}
 	c.violation = fmt.Sprintf("%s over the proxy's limit of %d bytes", what, limit)

@@ -60,7 +60,11 @@ type gateAnswer struct {
 // the connection is still decided on its own. When the decision is
 // unavailable only the mint rate applies (see below); a source over its
 // question rate limits is refused (sni_undecided).
-func (p *Proxy) gateServerName(ctx context.Context, info connInfo) (class, reason string) {
+//
+// An answer marked passthrough is returned as v, and is never remembered:
+// each spliced connection is asked about, and recorded, on its own; it
+// needs no leaf, so the mint rate does not apply.
+func (p *Proxy) gateServerName(ctx context.Context, info connInfo) (class, reason string, v decide.Verdict) {
 	name := bound.String(info.sni, decide.MaxHostBytes)
 	refused := func(why string) string {
 		return fmt.Sprintf("TLS server name %q refused at the handshake: %s", name, why)
@@ -69,7 +73,8 @@ func (p *Proxy) gateServerName(ctx context.Context, info connInfo) (class, reaso
 	a, ok := p.gateAnswer(info.src, key)
 	undecided := ""
 	if !ok {
-		v, err := p.cfg.Decider.AskTLS(ctx, decide.TLSQuestion{SourceIP: info.src, Name: info.sni, Port: key.port})
+		var err error
+		v, err = p.cfg.Decider.AskTLS(ctx, decide.TLSQuestion{SourceIP: info.src, Name: info.sni, Port: key.port})
 		switch {
 		case errors.Is(err, decide.ErrUnavailable):
 			// Fail closed at the request, not here: the handshake goes on
@@ -80,23 +85,27 @@ func (p *Proxy) gateServerName(ctx context.Context, info connInfo) (class, reaso
 			undecided = v.Reason
 			a = gateAnswer{allowed: true}
 		case err != nil:
-			return refusedSNIUndecided, refused(v.Reason)
+			return refusedSNIUndecided, refused(v.Reason), decide.Verdict{}
+		case v.Passthrough && v.Forward():
+			return "", "", v
+		case v.Passthrough:
+			return refusedSNINotAllowed, refused(v.Reason), v
 		default:
 			a = gateAnswer{allowed: v.Forward(), reason: v.Reason, at: time.Now()}
 			p.rememberGate(info.src, key, a)
 		}
 	}
 	if !a.allowed {
-		return refusedSNINotAllowed, refused(a.reason)
+		return refusedSNINotAllowed, refused(a.reason), decide.Verdict{}
 	}
 	if !p.cfg.Minter.Cached(info.sni) && !p.takeMint(info.src) {
 		why := fmt.Sprintf("this sandbox asked for more new server names than the proxy mints certificates for (%g a second, burst %d)", p.cfg.LeafMintRate, p.cfg.LeafMintBurst)
 		if undecided != "" {
 			why += "; and " + undecided
 		}
-		return refusedMintRate, refused(why)
+		return refusedMintRate, refused(why), decide.Verdict{}
 	}
-	return "", ""
+	return "", "", decide.Verdict{}
 }
 
 // gate returns src's gate, made if need be; p.mu is held.

@@ -201,7 +201,7 @@ func BenchmarkGateCached(b *testing.B) {
 	handshake()
 	info := connInfo{src: netip.MustParseAddr("127.0.0.1"), dst: netip.MustParseAddrPort("203.0.113.10:443"), scheme: "https", sni: "api.stripe.test"}
 	for b.Loop() {
-		if class, reason := p.gateServerName(context.Background(), info); class != "" {
+		if class, reason, _ := p.gateServerName(context.Background(), info); class != "" {
 			b.Fatal(reason)
 		}
 	}

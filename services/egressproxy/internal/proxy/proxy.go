@@ -66,6 +66,10 @@ type Config struct {
 	// IdleTimeout bounds waiting for the next request on a connection;
 	// zero means 2 minutes.
 	IdleTimeout time.Duration
+	// PassthroughIdleTimeout closes a spliced TLS connection on which
+	// nothing moved either way for that long; zero means
+	// DefaultPassthroughIdleTimeout.
+	PassthroughIdleTimeout time.Duration
 	// MaxConnsPerSource bounds the open connections of one source
 	// address; zero means DefaultMaxConnsPerSource.
 	MaxConnsPerSource int
@@ -109,6 +113,9 @@ func New(cfg Config) *Proxy {
 	}
 	if cfg.IdleTimeout == 0 {
 		cfg.IdleTimeout = 2 * time.Minute
+	}
+	if cfg.PassthroughIdleTimeout == 0 {
+		cfg.PassthroughIdleTimeout = DefaultPassthroughIdleTimeout
 	}
 	if cfg.Redactor == nil {
 		cfg.Redactor = redact.New(nil)
@@ -280,14 +287,22 @@ func (p *Proxy) serveTLS(ctx context.Context, c net.Conn, br *bufio.Reader, info
 		return
 	}
 	info.sni = sni.Name
-	if class, reason := p.gateServerName(ctx, info); class != "" {
-		if class == refusedSNIUndecided {
-			// Over its question limits: the limiter logs and reports
-			// that, sampled, rather than once per connection.
-			p.cfg.Metrics.refusal(class)
-			return
-		}
+	class, reason, v := p.gateServerName(ctx, info)
+	switch {
+	case class == refusedSNIUndecided:
+		// Over its question limits: the limiter logs and reports that,
+		// sampled, rather than once per connection.
+		p.cfg.Metrics.refusal(class)
+		return
+	case class != "" && v.Passthrough:
+		// The executor recorded the refused pass-through itself.
+		p.logRefusal(info, class, reason, nil)
+		return
+	case class != "":
 		p.refuse(info, class, reason, nil)
+		return
+	case v.Passthrough:
+		p.splice(ctx, c, seen, br, info, v)
 		return
 	}
 	replay := &replayConn{Conn: c, r: io.MultiReader(bytes.NewReader(seen), br)}
@@ -316,13 +331,19 @@ func (p *Proxy) serveTLS(ctx context.Context, c net.Conn, br *bufio.Reader, info
 // refuse ends a connection before any request. class is what the metric
 // counts, one of a few; reason, in words, goes to the log and the report.
 func (p *Proxy) refuse(info connInfo, class, reason string, err error) {
+	p.logRefusal(info, class, reason, err)
+	p.cfg.Decider.ReportRefusal(decide.Refusal{SourceIP: info.src, Destination: info.dst, Reason: reason})
+}
+
+// logRefusal is refuse without the report, for a refusal the executor
+// recorded when it answered.
+func (p *Proxy) logRefusal(info connInfo, class, reason string, err error) {
 	dst := ""
 	if info.dst.IsValid() {
 		dst = info.dst.String()
 	}
 	p.log.Info("connection refused", "source_ip", info.src.String(), "destination", dst, "reason", reason, "error", err)
 	p.cfg.Metrics.refusal(class)
-	p.cfg.Decider.ReportRefusal(decide.Refusal{SourceIP: info.src, Destination: info.dst, Reason: reason})
 }
 
 var errHelloRead = errors.New("client hello read")

@@ -30,6 +30,7 @@ import (
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decidetest"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/dialer"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/mitm"
+	"github.com/sandpit-run/sandpit/services/policy"
 )
 
 const secret = "sk_test_4eC39HqLyjWDarjtT1zdp7dc"
@@ -73,6 +74,11 @@ func (s *standIn) handler() http.Handler {
 		switch r.URL.Path {
 		case "/redirect":
 			http.Redirect(w, r, "https://elsewhere.test/", http.StatusFound)
+		case "/stream":
+			// 100 bytes without a Content-Length, in two flushes.
+			io.WriteString(w, strings.Repeat("s", 40))
+			w.(http.Flusher).Flush()
+			io.WriteString(w, strings.Repeat("s", 60))
 		default:
 			w.Header().Set("Content-Type", "application/json")
 			fmt.Fprintf(w, `{"object":"list","proto":%q}`, r.Proto)
@@ -460,7 +466,9 @@ func TestDeciderGoneBlocks(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	resp = get(t, c, "GET", "https://api.stripe.test/v1/products", nil)
-	expectBlocked(t, resp, "policy decision unavailable")
+	if b := expectRefused(t, resp, http.StatusForbidden, "decision_unavailable"); !strings.HasPrefix(b.Reason, "policy decision unavailable") {
+		t.Errorf("reason %q", b.Reason)
+	}
 	if got := e.upstream.requests(); len(got) != 1 {
 		t.Fatalf("upstream saw %q", got)
 	}
@@ -564,12 +572,12 @@ func TestOversizedRefusedAndReported(t *testing.T) {
 		status                    int
 		code                      string
 	}{
-		{name: "h1 cookie", proto: "HTTP/1.1", path: "/v1/products", cookie: bigCookie, status: 431, code: "request_header_fields_too_large"},
-		{name: "h1 query", proto: "HTTP/1.1", path: bigQuery, status: 414, code: "uri_too_long"},
-		{name: "h1 target within the head bound", proto: "HTTP/1.1", raw: "GET /v1/products?q=" + strings.Repeat("q", 9<<10) + " HTTP/1.1\r\nHost: api.stripe.test\r\n\r\n", status: 414, code: "uri_too_long"},
-		{name: "h1 request line past the head bound", proto: "HTTP/1.1", raw: "GET /v1/products?q=" + strings.Repeat("q", 70<<10) + " HTTP/1.1\r\nHost: api.stripe.test\r\n\r\n", status: 414, code: "uri_too_long"},
-		{name: "h2 cookie", proto: "HTTP/2", path: "/v1/products", cookie: bigCookie, status: 431, code: "request_header_fields_too_large"},
-		{name: "h2 query", proto: "HTTP/2", path: bigQuery, status: 414, code: "uri_too_long"},
+		{name: "h1 cookie", proto: "HTTP/1.1", path: "/v1/products", cookie: bigCookie, status: 431, code: "ambiguous_request"},
+		{name: "h1 query", proto: "HTTP/1.1", path: bigQuery, status: 414, code: "ambiguous_request"},
+		{name: "h1 target within the head bound", proto: "HTTP/1.1", raw: "GET /v1/products?q=" + strings.Repeat("q", 9<<10) + " HTTP/1.1\r\nHost: api.stripe.test\r\n\r\n", status: 414, code: "ambiguous_request"},
+		{name: "h1 request line past the head bound", proto: "HTTP/1.1", raw: "GET /v1/products?q=" + strings.Repeat("q", 70<<10) + " HTTP/1.1\r\nHost: api.stripe.test\r\n\r\n", status: 414, code: "ambiguous_request"},
+		{name: "h2 cookie", proto: "HTTP/2", path: "/v1/products", cookie: bigCookie, status: 431, code: "ambiguous_request"},
+		{name: "h2 query", proto: "HTTP/2", path: bigQuery, status: 414, code: "ambiguous_request"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -638,7 +646,11 @@ func TestBoundsAreInclusive(t *testing.T) {
 
 type refusalBody struct {
 	Decision, Rule, Reason, Hint, Host, Method, Path string
-	Error                                            struct{ Type, Code, Message string }
+	RuleID                                           string `json:"rule_id"`
+	Error                                            struct {
+		Type, Code, Message, Hint, Host, Method, Path string
+		RuleID                                        string `json:"rule_id"`
+	}
 }
 
 func expectRefused(t *testing.T, resp *http.Response, status int, code string) refusalBody {
@@ -651,6 +663,13 @@ func expectRefused(t *testing.T, resp *http.Response, status int, code string) r
 	if resp.StatusCode != status || resp.Header.Get("Content-Type") != "application/json" || b.Decision != "blocked" ||
 		b.Error.Code != code || b.Hint == "" || b.Reason == "" {
 		t.Fatalf("status %d, body %+v; want %d with code %s", resp.StatusCode, b, status, code)
+	}
+	// The error member carries what the top level does, for SDKs that
+	// keep only it.
+	e := b.Error
+	if e.Type != policy.DenialType || e.Message == "" || e.RuleID != b.Rule || b.RuleID != b.Rule || e.Hint != b.Hint ||
+		e.Host != b.Host || e.Method != b.Method || e.Path != b.Path {
+		t.Fatalf("body %+v: the error member differs from the top level", b)
 	}
 	return b
 }

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
 	"github.com/sandpit-run/sandpit/services/policy"
 	"github.com/sandpit-run/sandpit/services/policy/canon"
@@ -33,9 +34,9 @@ type checked struct {
 	websocket bool
 	violation string
 	// For a request refused over a size bound: the status it gets (0 is
-	// 403), and the refusal code and hint of its body.
-	status     int
-	code, hint string
+	// 403), and the hint of its refusal body.
+	status int
+	hint   string
 }
 
 func (c *checked) block(why string) {
@@ -177,12 +178,17 @@ type verdict struct {
 	rule    string
 	source  string // the policy the rule is of
 	reason  string
-	at      time.Time
-	// maxBody is the most request body bytes to forward; 0 is no limit.
-	maxBody uint64
+	// code says why a refused request was refused (or would be).
+	code policyv1.DenialCode
+	at   time.Time
+	// maxBody is the most request body bytes to forward, maxResponse the
+	// most response body bytes to return; 0 is no limit.
+	maxBody, maxResponse uint64
 	// status answers a refused request: 403, or 429 when its source was
-	// over a per-source limit and the executor was not asked.
-	status int
+	// over a per-source limit and the executor was not asked, or the
+	// executor refused it by a rate (retryAfter seconds, for Retry-After).
+	status     int
+	retryAfter uint32
 }
 
 // decide asks about c, whose declared body length is contentLength (-1
@@ -205,17 +211,22 @@ func (p *Proxy) decide(ctx context.Context, info connInfo, c *checked, contentLe
 		Violation:       c.violation,
 		ViolationStatus: c.status,
 	})
-	v := verdict{id: resp.QuestionID, rule: resp.RuleID, source: resp.Source, reason: resp.Reason, at: time.Now(), maxBody: resp.MaxRequestBytes, status: http.StatusForbidden}
+	v := verdict{id: resp.QuestionID, rule: resp.RuleID, source: resp.Source, reason: resp.Reason, code: resp.Code, at: time.Now(),
+		maxBody: resp.MaxRequestBytes, maxResponse: resp.MaxResponseBytes, status: http.StatusForbidden}
 	if errors.Is(err, decide.ErrRateLimited) {
 		v.status = http.StatusTooManyRequests
+	}
+	if resp.RetryAfterSeconds > 0 && !resp.Forward() {
+		v.status, v.retryAfter = http.StatusTooManyRequests, resp.RetryAfterSeconds
 	}
 	v.label = policy.DecisionLabel(resp.Decision)
 	v.allowed = v.label != policy.LabelDeny
 	if c.violation != "" {
 		v.allowed, v.label, v.rule, v.source, v.reason = false, policy.LabelDeny, "proxy", "", c.violation
+		v.code = policyv1.DenialCode_DENIAL_CODE_AMBIGUOUS_REQUEST
 	}
 	p.cfg.Metrics.request(v.label, c.protocol)
-	if v.status == http.StatusTooManyRequests {
+	if v.status == http.StatusTooManyRequests && v.retryAfter == 0 {
 		return v // the limiter logs these, sampled
 	}
 	p.log.Info("request", "source_ip", addrString(info.src), "method", c.method, "host", c.host, "path", path,
@@ -237,30 +248,6 @@ type apiError struct {
 	Type    string `json:"type"`
 	Code    string `json:"code"`
 	Message string `json:"message"`
-}
-
-// blockBody is the JSON body of every refusal of a request: 403 by the
-// policy or the proxy's checks, 414 and 431 over a size bound.
-func blockBody(c *checked, v verdict) []byte {
-	code := c.code
-	if code == "" {
-		code = codeBlocked
-	}
-	b, _ := json.Marshal(struct {
-		Decision string   `json:"decision"`
-		Rule     string   `json:"rule"`
-		Reason   string   `json:"reason"`
-		Hint     string   `json:"hint,omitempty"`
-		Host     string   `json:"host"`
-		Method   string   `json:"method"`
-		Path     string   `json:"path"`
-		Error    apiError `json:"error"`
-	}{"blocked", v.rule, v.reason, c.hint, c.host, c.method, c.path, apiError{
-		Type:    "sandpit_policy_error",
-		Code:    code,
-		Message: fmt.Sprintf("sandpit blocked %s %s%s: %s (rule %s)", c.method, c.host, c.path, v.reason, v.rule),
-	}})
-	return append(b, '\n')
 }
 
 // errorBody is the 502 body of an allowed request whose upstream failed:
@@ -317,8 +304,13 @@ func removeOverrideHeaders(h http.Header) {
 	}
 }
 
-// errBodyTooLarge ends a request body that grew past the policy's limit.
-var errBodyTooLarge = errors.New("request body larger than the policy allows")
+// errBodyTooLarge ends a request body that grew past the policy's limit,
+// errResponseTooLarge a response body past what is left of the
+// execution's max_total_response_bytes.
+var (
+	errBodyTooLarge     = errors.New("request body larger than the policy allows")
+	errResponseTooLarge = errors.New("response body cut: the execution's max_total_response_bytes is spent")
+)
 
 // countingReader counts bytes read through it and, with a limit, stops with
 // errBodyTooLarge at the first byte past it: no more than limit bytes are
@@ -327,6 +319,7 @@ type countingReader struct {
 	r        io.ReadCloser
 	n        atomic.Uint64
 	limit    uint64
+	over     error // what a read past limit returns; nil is errBodyTooLarge
 	exceeded atomic.Bool
 	// failed is set when a read failed other than at the end (or the
 	// limit): the side read from broke.
@@ -350,17 +343,35 @@ func (c *countingReader) Read(b []byte) (int, error) {
 		c.exceeded.Store(true)
 		n = int(c.limit - c.n.Load())
 		c.n.Add(uint64(n))
+		if c.over != nil {
+			return n, c.over
+		}
 		return n, errBodyTooLarge
 	}
 	c.n.Add(uint64(n))
 	return n, err
 }
 
+// retryAfter is the Retry-After header of a refusal by a rate, or "".
+func retryAfter(v verdict) string {
+	if v.retryAfter == 0 {
+		return ""
+	}
+	return strconv.FormatUint(uint64(v.retryAfter), 10)
+}
+
+// responseTooLarge is the 403 body for a response declaring more bytes
+// than the execution has left to receive.
+func responseTooLarge(c *checked, v verdict, size int64) []byte {
+	return blockBody(c, verdict{rule: "limits.max_total_response_bytes", code: policyv1.DenialCode_DENIAL_CODE_BUDGET_EXCEEDED,
+		reason: fmt.Sprintf("response body of %d bytes is above the %d bytes left of the execution's max_total_response_bytes", size, v.maxResponse)})
+}
+
 // tooLargeBody is the 413 body for a request whose body grew past the
 // limit.
 func tooLargeBody(c *checked, v verdict) []byte {
-	return blockBody(c, verdict{rule: "limits.max_request_bytes",
-		reason: fmt.Sprintf("request body larger than %d bytes", v.maxBody)})
+	return blockBody(c, verdict{rule: "limits.max_request_bytes", code: policyv1.DenialCode_DENIAL_CODE_BUDGET_EXCEEDED,
+		reason: fmt.Sprintf("request body larger than %d bytes (the policy's max_request_bytes, or what was left of its max_total_request_bytes)", v.maxBody)})
 }
 
 func (c *countingReader) Close() error { return c.r.Close() }
@@ -430,7 +441,7 @@ func (p *Proxy) outcome(c *checked, v verdict, status int, sent, received uint64
 // the sandbox failed, or reading its body did.
 func sideOf(err error, sent, recv *countingReader) error {
 	switch {
-	case err == nil, errors.Is(err, errBodyTooLarge):
+	case err == nil, errors.Is(err, errBodyTooLarge), errors.Is(err, errResponseTooLarge):
 		return err
 	case sent != nil && sent.failed.Load(), recv != nil && !recv.failed.Load():
 		return fmt.Errorf("%w: %w", errSandboxClosed, err)

@@ -88,8 +88,8 @@ type plainEnv struct {
 	reg  *prometheus.Registry
 }
 
-// startPlain serves p on loopback as plain HTTP to port 80, every host
-// sent to upstream.
+// startPlain serves p on loopback as plain HTTP to port 80 (unless
+// cfg.OriginalDst says otherwise), every host sent to upstream.
 func startPlain(t *testing.T, cfg Config, upstream string) *plainEnv {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -98,7 +98,7 @@ func startPlain(t *testing.T, cfg Config, upstream string) *plainEnv {
 	}
 	d := dialer.New(dialer.Config{
 		Resolver:  failingResolver{},
-		Overrides: map[string]string{"hang.test": upstream, "other.test": upstream},
+		Overrides: map[string]string{"hang.test": upstream, "other.test": upstream, "pinned.test": upstream},
 		Allow:     []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
 	})
 	if next := cfg.NewUpstream; next != nil {
@@ -117,7 +117,9 @@ func startPlain(t *testing.T, cfg Config, upstream string) *plainEnv {
 	reg := prometheus.NewRegistry()
 	cfg.Metrics = NewMetrics(reg)
 	cfg.Log = slog.New(slog.DiscardHandler)
-	cfg.OriginalDst = func(net.Conn) (netip.AddrPort, error) { return netip.MustParseAddrPort("203.0.113.10:80"), nil }
+	if cfg.OriginalDst == nil {
+		cfg.OriginalDst = func(net.Conn) (netip.AddrPort, error) { return netip.MustParseAddrPort("203.0.113.10:80"), nil }
+	}
 	p := New(cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -370,7 +372,8 @@ func TestInFlightPerSourceBound(t *testing.T) {
 	resp := rawGet(t, e.dialFrom(t, "127.0.0.1"), "hang.test")
 	took := time.Since(start)
 	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusTooManyRequests || !strings.Contains(string(body), "already waiting for a verdict") {
+	if resp.StatusCode != http.StatusTooManyRequests || !strings.Contains(string(body), "already waiting for a verdict") ||
+		!strings.Contains(string(body), `"code":"rate_limited"`) {
 		t.Fatalf("over the bound: %d %s; want 429 naming the bound", resp.StatusCode, body)
 	}
 	// At once: not after a wait for a slot, nor the decide timeout.

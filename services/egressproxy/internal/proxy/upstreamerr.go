@@ -58,6 +58,8 @@ func outcomeError(err error) (text, class string) {
 		return string(end), ""
 	case errors.Is(err, errBodyTooLarge):
 		return errBodyTooLarge.Error(), ""
+	case errors.Is(err, errResponseTooLarge):
+		return errResponseTooLarge.Error(), ""
 	case errors.Is(err, errSandboxClosed), errors.Is(err, context.Canceled):
 		return errSandboxClosed.Error(), ""
 	}

@@ -142,7 +142,7 @@ func TestOutcomeErrorsNotUpstream(t *testing.T) {
 		{"sandbox gone", fmt.Errorf("%w: %w", errSandboxClosed, broken), "sandbox closed the connection"},
 		{"cancelled", fmt.Errorf("dial 10.9.8.2:443: %w", context.Canceled), "sandbox closed the connection"},
 		{"body too large", errBodyTooLarge, errBodyTooLarge.Error()},
-		{"websocket", endUpstreamClosed, string(endUpstreamClosed)},
+		{"websocket", relayEnd("websocket closed by the upstream"), "websocket closed by the upstream"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

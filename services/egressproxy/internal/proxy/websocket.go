@@ -54,19 +54,13 @@ func (l WebSocketLimits) withDefaults() WebSocketLimits {
 	return l
 }
 
-// relayEnd is why a WebSocket relay ended, in the words its outcome
-// reports. Which side closed is the side whose connection ended first:
+// relayEnd is why a relay (a WebSocket, a TLS pass-through) ended, in the
+// words its outcome reports. Which side closed is the side whose connection ended first:
 // frames are not inspected, so a close handshake the sandbox began, which
 // the upstream ends by closing its connection, reads as the upstream's.
 type relayEnd string
 
 func (e relayEnd) Error() string { return string(e) }
-
-const (
-	endSandboxClosed  relayEnd = "websocket closed by the sandbox"
-	endUpstreamClosed relayEnd = "websocket closed by the upstream"
-	endReleased       relayEnd = "websocket closed by the proxy: the execution ended or the proxy stopped"
-)
 
 // spliceWebSocket relays an accepted WebSocket upgrade: the 101 goes to
 // the sandbox, then bytes are copied both ways until either side closes,
@@ -93,62 +87,89 @@ func (p *Proxy) spliceWebSocket(ctx context.Context, conn net.Conn, br *bufio.Re
 	}
 
 	lim := p.cfg.WebSocket.withDefaults()
-	maxSent, sentRule := v.maxBody, "limits.max_request_bytes"
-	if maxSent == 0 {
-		maxSent, sentRule = lim.MaxSentBytes, "the proxy's websocket-max-sent-bytes"
+	b := relayBounds{what: "websocket", maxSent: v.maxBody, sentRule: "limits.max_request_bytes",
+		maxRecv: lim.MaxReceivedBytes, recvRule: "the proxy's websocket-max-received-bytes",
+		idle: lim.IdleTimeout, idleRule: "the proxy's websocket-idle-timeout"}
+	if b.maxSent == 0 {
+		b.maxSent, b.sentRule = lim.MaxSentBytes, "the proxy's websocket-max-sent-bytes"
 	}
-	r := &wsRelay{conn: conn, up: up}
+	if v.maxResponse > 0 && v.maxResponse < b.maxRecv {
+		b.maxRecv, b.recvRule = v.maxResponse, "limits.max_total_response_bytes"
+	}
+	sent, recv, why := relay(ctx, conn, br, up, b)
+	p.log.Info("websocket ended", "source_ip", addrString(sourceOf(conn)), "host", c.host, "path", p.cfg.Redactor.Path(c.path),
+		"bytes_sent", sent, "bytes_received", recv, "reason", string(why))
+	p.outcome(c, v, resp.StatusCode, sent, recv, why)
+}
+
+// relayBounds bound a relay: the bytes each way (0 is no bound) and the
+// rule that says so, and how long nothing may move. what names the relay
+// in the reasons it ends with.
+type relayBounds struct {
+	what               string
+	maxSent, maxRecv   uint64
+	sentRule, recvRule string
+	idle               time.Duration
+	idleRule           string
+}
+
+// relay copies bytes both ways, from in (the sandbox's side, read) to up
+// and from up to conn, until either side closes, a direction passes its
+// byte bound (the relay is cut there: no byte past it is passed on), ctx
+// ends, or nothing moves for the idle bound. It returns the bytes each way
+// and why it ended. Each direction copies through one buffer of io.Copy's.
+func relay(ctx context.Context, conn net.Conn, in io.Reader, up io.ReadWriteCloser, b relayBounds) (sentN, recvN uint64, why relayEnd) {
+	sandboxClosed, upstreamClosed := relayEnd(b.what+" closed by the sandbox"), relayEnd(b.what+" closed by the upstream")
+	released := relayEnd(b.what + " closed by the proxy: the execution ended or the proxy stopped")
+	r := &relayState{conn: conn, up: up}
 	r.touch()
-	sent := &countingReader{r: io.NopCloser(br), limit: maxSent}
-	recv := &countingReader{r: up, limit: lim.MaxReceivedBytes}
+	sent := &countingReader{r: io.NopCloser(in), limit: b.maxSent}
+	recv := &countingReader{r: up, limit: b.maxRecv}
 
 	var wg sync.WaitGroup
 	done := make(chan struct{})
-	wg.Go(func() { r.watchIdle(lim.IdleTimeout, done) })
+	wg.Go(func() { r.watchIdle(b, done) })
 	wg.Go(func() {
 		_, err := io.Copy(up, activeReader{r: sent, relay: r})
 		switch {
 		case sent.exceeded.Load():
-			r.cut(relayEnd(fmt.Sprintf("websocket cut: the sandbox sent more than %d bytes (%s)", maxSent, sentRule)))
+			r.cut(relayEnd(fmt.Sprintf("%s cut: the sandbox sent more than %d bytes (%s)", b.what, b.maxSent, b.sentRule)))
 		case ctx.Err() != nil:
-			r.cut(endReleased)
+			r.cut(released)
 		case err == nil:
 			// The sandbox half-closed: pass that on and keep relaying what
 			// the upstream still sends.
-			r.end(endSandboxClosed)
+			r.end(sandboxClosed)
 			if cw, ok := up.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
 				return
 			}
 			r.closeBoth()
 		case sent.failed.Load():
-			r.cut(endSandboxClosed)
+			r.cut(sandboxClosed)
 		default:
-			r.cut(endUpstreamClosed)
+			r.cut(upstreamClosed)
 		}
 	})
 	_, err := io.Copy(conn, activeReader{r: recv, relay: r})
 	switch {
 	case recv.exceeded.Load():
-		r.cut(relayEnd(fmt.Sprintf("websocket cut: the upstream sent more than %d bytes (the proxy's websocket-max-received-bytes)", lim.MaxReceivedBytes)))
+		r.cut(relayEnd(fmt.Sprintf("%s cut: the upstream sent more than %d bytes (%s)", b.what, b.maxRecv, b.recvRule)))
 	case ctx.Err() != nil:
-		r.cut(endReleased)
+		r.cut(released)
 	case err == nil, recv.failed.Load():
-		r.cut(endUpstreamClosed)
+		r.cut(upstreamClosed)
 	default:
-		r.cut(endSandboxClosed)
+		r.cut(sandboxClosed)
 	}
 	close(done)
 	wg.Wait()
 	// Both directions are done, each having recorded a reason first.
-	why := r.reason
-	p.log.Info("websocket ended", "source_ip", addrString(sourceOf(conn)), "host", c.host, "path", p.cfg.Redactor.Path(c.path),
-		"bytes_sent", sent.n.Load(), "bytes_received", recv.n.Load(), "reason", string(why))
-	p.outcome(c, v, resp.StatusCode, sent.n.Load(), recv.n.Load(), why)
+	return sent.n.Load(), recv.n.Load(), r.reason
 }
 
-// wsRelay is the state both directions of a relay share: when a byte last
+// relayState is the state both directions of a relay share: when a byte last
 // moved, and the first reason to end it.
-type wsRelay struct {
+type relayState struct {
 	conn net.Conn
 	up   io.Closer
 
@@ -157,24 +178,25 @@ type wsRelay struct {
 	reason relayEnd
 }
 
-func (r *wsRelay) touch() { r.last.Store(time.Now().UnixNano()) }
+func (r *relayState) touch() { r.last.Store(time.Now().UnixNano()) }
 
 // end records why the relay ends, unless a reason came first.
-func (r *wsRelay) end(why relayEnd) { r.once.Do(func() { r.reason = why }) }
+func (r *relayState) end(why relayEnd) { r.once.Do(func() { r.reason = why }) }
 
 // cut ends the relay for why and closes both sides.
-func (r *wsRelay) cut(why relayEnd) {
+func (r *relayState) cut(why relayEnd) {
 	r.end(why)
 	r.closeBoth()
 }
 
-func (r *wsRelay) closeBoth() {
+func (r *relayState) closeBoth() {
 	r.conn.Close()
 	r.up.Close()
 }
 
-// watchIdle cuts the relay once nothing moved for idle, until done.
-func (r *wsRelay) watchIdle(idle time.Duration, done <-chan struct{}) {
+// watchIdle cuts the relay once nothing moved for b.idle, until done.
+func (r *relayState) watchIdle(b relayBounds, done <-chan struct{}) {
+	idle := b.idle
 	t := time.NewTimer(idle)
 	defer t.Stop()
 	for {
@@ -185,7 +207,7 @@ func (r *wsRelay) watchIdle(idle time.Duration, done <-chan struct{}) {
 		}
 		quiet := time.Since(time.Unix(0, r.last.Load()))
 		if quiet >= idle {
-			r.cut(relayEnd(fmt.Sprintf("websocket closed: nothing moved either way for %s (the proxy's websocket-idle-timeout)", idle)))
+			r.cut(relayEnd(fmt.Sprintf("%s closed: nothing moved either way for %s (%s)", b.what, idle, b.idleRule)))
 			return
 		}
 		t.Reset(idle - quiet)
@@ -195,7 +217,7 @@ func (r *wsRelay) watchIdle(idle time.Duration, done <-chan struct{}) {
 // activeReader marks the relay active at every read that returns bytes.
 type activeReader struct {
 	r     io.Reader
-	relay *wsRelay
+	relay *relayState
 }
 
 func (a activeReader) Read(b []byte) (int, error) {

@@ -16,15 +16,15 @@ import (
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
 )
 
-// wsDecider allows every request with a body limit of maxBody and records
-// outcomes.
+// wsDecider allows every request with a body limit of maxBody, and
+// maxResp response bytes left, and records outcomes.
 type wsDecider struct {
 	outcomeRecorder
-	maxBody uint64
+	maxBody, maxResp uint64
 }
 
 func (d *wsDecider) AskHTTP(context.Context, decide.HTTPQuestion) (decide.Verdict, error) {
-	return decide.Verdict{Decision: policyv1.Decision_DECISION_ALLOW, RuleID: "test", MaxRequestBytes: d.maxBody}, nil
+	return decide.Verdict{Decision: policyv1.Decision_DECISION_ALLOW, RuleID: "test", MaxRequestBytes: d.maxBody, MaxResponseBytes: d.maxResp}, nil
 }
 
 func (d *wsDecider) outcome(t *testing.T) decide.Outcome {
@@ -122,6 +122,7 @@ func TestWebSocketRelayBounds(t *testing.T) {
 	tests := []struct {
 		name     string
 		maxBody  uint64
+		maxResp  uint64 // response bytes left of the execution's total
 		limits   WebSocketLimits
 		path     string
 		send     int  // bytes the sandbox sends after the 101
@@ -139,14 +140,18 @@ func TestWebSocketRelayBounds(t *testing.T) {
 			reason: "websocket cut: the sandbox sent more than 3000 bytes (limits.max_request_bytes)"},
 		{name: "received limit", limits: WebSocketLimits{MaxReceivedBytes: 3000}, path: "/flood", upGot: 0, recv: 3000,
 			reason: "websocket cut: the upstream sent more than 3000 bytes (the proxy's websocket-max-received-bytes)"},
+		{name: "response budget below the received limit", maxResp: 2000, limits: WebSocketLimits{MaxReceivedBytes: 3000}, path: "/flood", upGot: 0, recv: 2000,
+			reason: "websocket cut: the upstream sent more than 2000 bytes (limits.max_total_response_bytes)"},
+		{name: "received limit below the response budget", maxResp: 5000, limits: WebSocketLimits{MaxReceivedBytes: 3000}, path: "/flood", upGot: 0, recv: 3000,
+			reason: "websocket cut: the upstream sent more than 3000 bytes (the proxy's websocket-max-received-bytes)"},
 		{name: "idle", limits: WebSocketLimits{IdleTimeout: 300 * time.Millisecond}, path: "/count", send: 10, upGot: 10, sent: 10,
 			reason: "websocket closed: nothing moved either way for 300ms (the proxy's websocket-idle-timeout)"},
-		{name: "sandbox closes", path: "/count", send: 10, halfOpen: true, upGot: 10, sent: 10, reason: string(endSandboxClosed)},
-		{name: "upstream closes", path: "/close", upGot: -1, recv: 5, reason: string(endUpstreamClosed)},
+		{name: "sandbox closes", path: "/count", send: 10, halfOpen: true, upGot: 10, sent: 10, reason: "websocket closed by the sandbox"},
+		{name: "upstream closes", path: "/close", upGot: -1, recv: 5, reason: "websocket closed by the upstream"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			dec := &wsDecider{maxBody: tt.maxBody}
+			dec := &wsDecider{maxBody: tt.maxBody, maxResp: tt.maxResp}
 			e := startPlain(t, Config{Decider: dec, WebSocket: tt.limits}, up.ln.Addr().String())
 			c, br := openWS(t, e, "127.0.0.1", tt.path)
 			start := time.Now()
@@ -202,8 +207,8 @@ func TestWebSocketReleased(t *testing.T) {
 		t.Fatalf("CloseSource closed %d connections, want 1", n)
 	}
 	_, _ = io.ReadAll(br)
-	if o := dec.outcome(t); o.Error != string(endReleased) || o.BytesSent != 3 || o.BytesReceived != 3 {
-		t.Errorf("outcome %+v, want %q with 3 bytes each way", o, endReleased)
+	if o := dec.outcome(t); o.Error != "websocket closed by the proxy: the execution ended or the proxy stopped" || o.BytesSent != 3 || o.BytesReceived != 3 {
+		t.Errorf("outcome %+v, want %q with 3 bytes each way", o, relayEnd("websocket closed by the proxy: the execution ended or the proxy stopped"))
 	}
 	if n := <-up.got; n != 3 {
 		t.Errorf("the upstream read %d bytes, want 3", n)

@@ -234,10 +234,11 @@ func report(w io.Writer, asJSON bool, req *policyv1.CheckRequest, resp *policyv1
 		fmt.Fprintf(w, ", mode %s\n", strings.ToLower(strings.TrimPrefix(resp.GetMode().String(), "MODE_")))
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DECISION\tMETHOD\tURL\tRULE\tSOURCE\tREASON")
+	fmt.Fprintln(tw, "DECISION\tMETHOD\tURL\tRULE\tSOURCE\tCODE\tREASON")
 	for i, v := range resp.GetVerdicts() {
 		r := req.GetRequests()[i]
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", policy.DecisionLabel(v.GetDecision()), r.GetMethod(), r.GetUrl(), v.GetRuleId(), v.GetSource(), v.GetReason())
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", policy.DecisionLabel(v.GetDecision()), r.GetMethod(), r.GetUrl(), v.GetRuleId(), v.GetSource(),
+			policy.DenialCodeName(v.GetDenialCode()), v.GetReason())
 	}
 	return tw.Flush()
 }

@@ -113,6 +113,7 @@ type Execution struct {
 	// Requests (counted in blocked too) and DNS queries the proxy refused
 	// by its per-source limits.
 	rateLimited, dnsRateLimited uint32
+	use                         usage // see admit
 
 	dnsQueries atomic.Uint32 // see overDNSBudget
 }
@@ -165,6 +166,13 @@ type Summary struct {
 	// per-source limits without asking (not in Log), DNSRateLimited the
 	// DNS queries.
 	RateLimited, DNSRateLimited uint32
+	// RequestBytes and ResponseBytes are the body bytes the proxy sent
+	// upstream and returned to the sandbox, as its outcomes reported;
+	// PeakConcurrent the most upstream exchanges open at once; OverRate
+	// the requests of Blocked refused by a rule's rate or by
+	// max_concurrent_connections.
+	RequestBytes, ResponseBytes uint64
+	PeakConcurrent, OverRate    uint32
 }
 
 // Summary returns the counts and a copy of the log so far: an outcome
@@ -187,6 +195,10 @@ func (e *Execution) Summary() Summary {
 		DroppedEvents:     e.dropped,
 		RateLimited:       e.rateLimited,
 		DNSRateLimited:    e.dnsRateLimited,
+		RequestBytes:      e.use.requestBytes,
+		ResponseBytes:     e.use.responseBytes,
+		PeakConcurrent:    e.use.peakOpen,
+		OverRate:          e.use.overRate,
 	}
 }
 
@@ -368,7 +380,8 @@ type pending struct {
 	exec   *Execution
 	id     uint64 // the execution's request id
 	entry  *executorv1.NetworkLogEntry
-	logged bool // entry is in the execution's log
+	logged bool  // entry is in the execution's log
+	grant  grant // what it holds of the execution's budgets
 }
 
 // Decide takes the proxy's hello, then answers its questions in order on
@@ -443,8 +456,13 @@ func (s *Service) Decide(stream grpc.BidiStreamingServer[egressv1.DecideRequest,
 			return status.Error(codes.InvalidArgument, "hello is the first message of a Decide stream and only the first")
 		case *egressv1.DecideRequest_Question:
 			resp, p := s.answer(k.Question)
-			if p.exec != nil && resp.GetDecision() != policyv1.Decision_DECISION_DENY && len(outstanding) < maxOutstanding {
-				outstanding[k.Question.GetId()] = p
+			if p.exec != nil && resp.GetDecision() != policyv1.Decision_DECISION_DENY {
+				if len(outstanding) < maxOutstanding {
+					outstanding[k.Question.GetId()] = p
+				} else {
+					// Its outcome will not be heard: it holds nothing.
+					p.exec.settle(p.grant, p.grant.reserved, 0)
+				}
 			}
 			if err := stream.Send(resp); err != nil {
 				return err
@@ -479,11 +497,12 @@ func (s *Service) answer(q *egressv1.Question) (*egressv1.DecideResponse, pendin
 		resp = s.decideDNS(k.Dns)
 		s.metrics.decided(kindDNS, resp.GetDecision())
 	case *egressv1.Question_Tls:
-		resp = s.decideTLS(k.Tls)
+		resp, p = s.decideTLS(k.Tls)
 		s.metrics.decided(kindTLS, resp.GetDecision())
 	default:
 		// Only a newer proxy asks these; the kind label stays http|dns|tls.
-		resp = &egressv1.DecideResponse{Decision: policyv1.Decision_DECISION_DENY, RuleId: "proxy", Reason: "question of an unknown kind"}
+		resp = &egressv1.DecideResponse{Decision: policyv1.Decision_DECISION_DENY, RuleId: "proxy", Reason: "question of an unknown kind",
+			DenialCode: policyv1.DenialCode_DENIAL_CODE_AMBIGUOUS_REQUEST}
 	}
 	resp.Id = q.GetId()
 	resp.RuleId = bound.String(resp.GetRuleId(), maxRuleIDBytes)
@@ -555,11 +574,18 @@ func (s *Service) decideHTTP(r *egressv1.HttpRequest) (*egressv1.DecideResponse,
 	e := s.reg.lookup(r.GetSourceIp())
 	if e == nil {
 		return &egressv1.DecideResponse{Decision: policyv1.Decision_DECISION_DENY, RuleId: "no-execution",
-			Reason: "no running execution owns source address " + r.GetSourceIp()}, pending{}
+			Reason:     "no running execution owns source address " + r.GetSourceIp(),
+			DenialCode: policyv1.DenialCode_DENIAL_CODE_DECISION_UNAVAILABLE}, pending{}
 	}
-	d := e.decide(r)
+	d, g := e.decide(r)
+	return e.request(r, redactedURL(r), d, g)
+}
+
+// request records a decided request (or spliced connection) in the
+// execution's log and events, and answers it.
+func (e *Execution) request(r *egressv1.HttpRequest, fullURL string, d policy.Decision, g grant) (*egressv1.DecideResponse, pending) {
 	now := time.Now()
-	fullURL, reason := redactedURL(r), d.Reason
+	reason := d.Reason
 	url := bound.String(fullURL, maxURLBytes)
 	logReason := bound.String(reason, maxLogReasonBytes)
 	method, host, rule := bound.String(r.GetMethod(), maxMethodBytes), bound.String(r.GetHost(), maxHostBytes), bound.String(d.RuleID, maxRuleIDBytes)
@@ -577,17 +603,21 @@ func (s *Service) decideHTTP(r *egressv1.HttpRequest) (*egressv1.DecideResponse,
 		e.wouldBlock++
 	}
 	entry := &executorv1.NetworkLogEntry{
-		Timestamp: timestamppb.New(now),
-		Method:    method,
-		Url:       url,
-		Hostname:  host,
-		Blocked:   blocked,
-		RuleId:    rule,
-		Decision:  d.Decision,
-		Source:    d.Source,
+		Timestamp:  timestamppb.New(now),
+		Method:     method,
+		Url:        url,
+		Hostname:   host,
+		Blocked:    blocked,
+		RuleId:     rule,
+		Decision:   d.Decision,
+		Source:     d.Source,
+		DenialCode: d.Code,
 	}
 	if blocked {
 		entry.StatusCode = 403
+		if g.retryAfter > 0 {
+			entry.StatusCode = 429
+		}
 		if st := r.GetViolationStatus(); r.GetViolation() != "" && st != 0 {
 			entry.StatusCode = int32(st)
 		}
@@ -601,61 +631,80 @@ func (s *Service) decideHTTP(r *egressv1.HttpRequest) (*egressv1.DecideResponse,
 	e.mu.Unlock()
 
 	e.emit(&executorv1.NetworkEvent{
-		Kind:      executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REQUEST,
-		RequestId: reqID,
-		Time:      timestamppb.New(now),
-		Method:    method,
-		Url:       url,
-		Host:      host,
-		Decision:  d.Decision,
-		RuleId:    rule,
-		Reason:    logReason,
-		Source:    d.Source,
+		Kind:       executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REQUEST,
+		RequestId:  reqID,
+		Time:       timestamppb.New(now),
+		Method:     method,
+		Url:        url,
+		Host:       host,
+		Decision:   d.Decision,
+		RuleId:     rule,
+		Reason:     logReason,
+		Source:     d.Source,
+		DenialCode: d.Code,
 	})
 	if f := e.observe.Load(); f != nil {
 		(*f)(Observed{Host: host, RuleID: rule, Source: d.Source, Decision: d.Decision})
 	}
-	resp := &egressv1.DecideResponse{Decision: d.Decision, RuleId: d.RuleID, Reason: reason, ExecutionId: e.id, Source: d.Source}
+	resp := &egressv1.DecideResponse{Decision: d.Decision, RuleId: d.RuleID, Reason: reason, ExecutionId: e.id, Source: d.Source, DenialCode: d.Code}
 	if !blocked {
-		resp.MaxRequestBytes = e.policy().Limits().MaxRequestBytes
+		resp.MaxRequestBytes = policy.MinNonZero(e.policy().Limits().MaxRequestBytes, g.maxRequest)
+		resp.MaxResponseBytes = g.maxResponse
 	}
-	return resp, pending{exec: e, id: reqID, entry: entry, logged: logged}
+	resp.RetryAfterSeconds = g.retryAfter
+	return resp, pending{exec: e, id: reqID, entry: entry, logged: logged, grant: g}
 }
 
-// decide applies the proxy's own verdict, the execution's limits and its
-// policy, in that order.
-func (e *Execution) decide(r *egressv1.HttpRequest) policy.Decision {
-	block := func(rule, reason string) policy.Decision {
-		return policy.Decision{Action: policyv1.Action_ACTION_DENY, Decision: policyv1.Decision_DECISION_DENY, RuleID: rule, Reason: reason}
+// decide applies the proxy's own verdict, the execution's limits, its
+// policy and then its budgets (admit), in that order.
+func (e *Execution) decide(r *egressv1.HttpRequest) (policy.Decision, grant) {
+	block := func(code policyv1.DenialCode, rule, reason string) policy.Decision {
+		return policy.Decision{Action: policyv1.Action_ACTION_DENY, Decision: policyv1.Decision_DECISION_DENY, RuleID: rule, Reason: reason, Code: code}
 	}
 	// A request the proxy found malformed or deceptive is blocked even in
 	// audit mode: forwarding it would send something other than what was
 	// checked.
 	if v := r.GetViolation(); v != "" {
-		return block("proxy", v)
+		return block(policyv1.DenialCode_DENIAL_CODE_AMBIGUOUS_REQUEST, "proxy", v), grant{}
 	}
 	pol := e.policy() // one policy for the limits and the decision
 	limits := pol.Limits()
+	if d, over := e.countRequest(limits); over {
+		return d, grant{}
+	}
+	if limits.MaxRequestBytes > 0 && r.GetContentLength() > 0 && uint64(r.GetContentLength()) > limits.MaxRequestBytes {
+		return block(policyv1.DenialCode_DENIAL_CODE_BUDGET_EXCEEDED, "limits.max_request_bytes", fmt.Sprintf("request body of %d bytes is above the limit of %d", r.GetContentLength(), limits.MaxRequestBytes)), grant{}
+	}
+	d := pol.Decide(policy.Request{
+		Method: r.GetMethod(), Host: r.GetHost(), Path: r.GetPath(), WebSocket: r.GetWebsocket(),
+		Scheme: r.GetScheme(), Port: r.GetPort(),
+	})
+	if !d.Forward() {
+		return d, grant{}
+	}
+	return e.admit(d, r.GetContentLength(), limits)
+}
+
+// countRequest counts one request against max_requests, and returns the
+// denial when it is over.
+func (e *Execution) countRequest(limits policy.Limits) (policy.Decision, bool) {
 	e.mu.Lock()
 	e.requests++
 	n := e.requests
 	e.mu.Unlock()
 	if limits.MaxRequests > 0 && n > limits.MaxRequests {
-		return block("limits.max_requests", fmt.Sprintf("the execution may make %d requests", limits.MaxRequests))
+		return policy.Decision{Action: policyv1.Action_ACTION_DENY, Decision: policyv1.Decision_DECISION_DENY, RuleID: "limits.max_requests",
+			Reason: fmt.Sprintf("the execution may make %d requests", limits.MaxRequests), Code: policyv1.DenialCode_DENIAL_CODE_BUDGET_EXCEEDED}, true
 	}
-	if limits.MaxRequestBytes > 0 && r.GetContentLength() > 0 && uint64(r.GetContentLength()) > limits.MaxRequestBytes {
-		return block("limits.max_request_bytes", fmt.Sprintf("request body of %d bytes is above the limit of %d", r.GetContentLength(), limits.MaxRequestBytes))
-	}
-	return pol.Decide(policy.Request{
-		Method: r.GetMethod(), Host: r.GetHost(), Path: r.GetPath(), WebSocket: r.GetWebsocket(),
-		Scheme: r.GetScheme(), Port: r.GetPort(),
-	})
+	return policy.Decision{}, false
 }
 
 // lost ends p, whose outcome can no longer arrive, with outcomeLost: in
 // its log entry if the log has room for the reason (counted like any
 // entry's bytes), and in an outcome event.
 func (e *Execution) lost(p pending) {
+	// What it sent is not known: the bytes it held count as spent.
+	e.settle(p.grant, p.grant.reserved, 0)
 	now := time.Now()
 	e.mu.Lock()
 	if p.logged && p.entry.GetReason() == "" {
@@ -669,20 +718,22 @@ func (e *Execution) lost(p pending) {
 	}
 	e.mu.Unlock()
 	e.emit(&executorv1.NetworkEvent{
-		Kind:      executorv1.NetworkEventKind_NETWORK_EVENT_KIND_OUTCOME,
-		RequestId: p.id,
-		Time:      timestamppb.New(now),
-		Method:    p.entry.GetMethod(),
-		Url:       p.entry.GetUrl(),
-		Host:      p.entry.GetHostname(),
-		Decision:  p.entry.GetDecision(),
-		RuleId:    p.entry.GetRuleId(),
-		Duration:  durationpb.New(now.Sub(p.entry.GetTimestamp().AsTime())),
-		Error:     outcomeLost,
+		Kind:       executorv1.NetworkEventKind_NETWORK_EVENT_KIND_OUTCOME,
+		RequestId:  p.id,
+		Time:       timestamppb.New(now),
+		Method:     p.entry.GetMethod(),
+		Url:        p.entry.GetUrl(),
+		Host:       p.entry.GetHostname(),
+		Decision:   p.entry.GetDecision(),
+		RuleId:     p.entry.GetRuleId(),
+		DenialCode: p.entry.GetDenialCode(),
+		Duration:   durationpb.New(now.Sub(p.entry.GetTimestamp().AsTime())),
+		Error:      outcomeLost,
 	})
 }
 
 func (e *Execution) outcome(p pending, o *egressv1.Outcome) {
+	e.settle(p.grant, o.GetBytesSent(), o.GetBytesReceived())
 	e.mu.Lock()
 	p.entry.StatusCode = o.GetStatusCode()
 	e.mu.Unlock()
@@ -695,6 +746,7 @@ func (e *Execution) outcome(p pending, o *egressv1.Outcome) {
 		Host:          p.entry.GetHostname(),
 		Decision:      p.entry.GetDecision(),
 		RuleId:        p.entry.GetRuleId(),
+		DenialCode:    p.entry.GetDenialCode(),
 		StatusCode:    o.GetStatusCode(),
 		BytesSent:     o.GetBytesSent(),
 		BytesReceived: o.GetBytesReceived(),

@@ -4,6 +4,9 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
@@ -60,5 +63,65 @@ hosts:
 	}
 	if n := e.dnsQueries.Load(); n != 0 {
 		t.Errorf("TLS questions spent %d of the DNS budget", n)
+	}
+}
+
+// TestTLSPassthrough: a passed-through name is answered passthrough and
+// recorded as one request (CONNECT https://host:port) whose outcome
+// carries the bytes each way; max_concurrent_connections holds it while it
+// is open and max_requests counts it; a name the policy intercepts is not
+// passed through.
+func TestTLSPassthrough(t *testing.T) {
+	reg := NewRegistry()
+	events := make(chan *executorv1.NetworkEvent, 64)
+	e := NewExecution("x1", compile(t, `
+version: 1
+hosts:
+  - host: pinned.example
+    passthrough: true
+    ports: [443, 8443]
+  - host: api.stripe.com
+    default: allow
+limits: { max_concurrent_connections: 1, max_requests: 2, max_total_response_bytes: 1MiB }
+`), events)
+	defer reg.Register(netip.MustParseAddr("10.88.0.2"), e)()
+	s := decider(t, reg)
+	tlsQ := func(id uint64, name string, port uint32) *egressv1.DecideRequest {
+		return question(id, &egressv1.TlsServerName{SourceIp: "10.88.0.2", Name: name, Port: port})
+	}
+
+	resp := ask(t, s, tlsQ(1, "pinned.example", 8443))
+	if resp.GetDecision() != policyv1.Decision_DECISION_ALLOW || !resp.GetPassthrough() || resp.GetRuleId() != "hosts[0].passthrough" || resp.GetMaxResponseBytes() != 1<<20 {
+		t.Fatalf("pinned.example: %v passthrough=%v by %q, max response %d", resp.GetDecision(), resp.GetPassthrough(), resp.GetRuleId(), resp.GetMaxResponseBytes())
+	}
+	if ev := <-events; ev.GetKind() != executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REQUEST || ev.GetMethod() != "CONNECT" ||
+		ev.GetUrl() != "https://pinned.example:8443" || ev.GetRuleId() != "hosts[0].passthrough" {
+		t.Errorf("request event %v", ev)
+	}
+	// While it is open, a second connection is over the concurrency limit.
+	wantRefused(t, ask(t, s, tlsQ(2, "pinned.example", 443)), ruleConcurrent, 1)
+	<-events
+	if err := s.Send(report(&egressv1.Outcome{QuestionId: 1, BytesSent: 517, BytesReceived: 4096, Duration: durationpb.New(time.Second)})); err != nil {
+		t.Fatal(err)
+	}
+	// Intercepted names are answered as before, and recorded nowhere.
+	if resp := ask(t, s, tlsQ(3, "api.stripe.com", 443)); resp.GetDecision() != policyv1.Decision_DECISION_ALLOW || resp.GetPassthrough() || resp.GetRuleId() != "tls" {
+		t.Errorf("api.stripe.com: %v passthrough=%v by %q", resp.GetDecision(), resp.GetPassthrough(), resp.GetRuleId())
+	}
+	if ev := <-events; ev.GetKind() != executorv1.NetworkEventKind_NETWORK_EVENT_KIND_OUTCOME || ev.GetRequestId() != 1 ||
+		ev.GetBytesSent() != 517 || ev.GetBytesReceived() != 4096 || ev.GetDuration().AsDuration() != time.Second {
+		t.Errorf("outcome event %v", ev)
+	}
+	// The third connection is over max_requests (two were counted).
+	if resp := ask(t, s, tlsQ(4, "pinned.example", 443)); resp.GetDecision() != policyv1.Decision_DECISION_DENY || !resp.GetPassthrough() ||
+		resp.GetRuleId() != "limits.max_requests" || resp.GetDenialCode() != policyv1.DenialCode_DENIAL_CODE_BUDGET_EXCEEDED {
+		t.Errorf("over max_requests: %v passthrough=%v by %q code %v", resp.GetDecision(), resp.GetPassthrough(), resp.GetRuleId(), resp.GetDenialCode())
+	}
+	sum := e.Summary()
+	if sum.Allowed != 1 || sum.Blocked != 2 || len(sum.Log) != 3 || sum.RequestBytes != 517 || sum.ResponseBytes != 4096 {
+		t.Errorf("summary: allowed %d blocked %d, %d entries, bytes %d/%d", sum.Allowed, sum.Blocked, len(sum.Log), sum.RequestBytes, sum.ResponseBytes)
+	}
+	if l := sum.Log[0]; l.GetMethod() != "CONNECT" || l.GetUrl() != "https://pinned.example:8443" || l.GetBlocked() {
+		t.Errorf("log entry %v", l)
 	}
 }

@@ -89,7 +89,7 @@ func (p *PolicyService) Check(ctx context.Context, req *policyv1.CheckRequest) (
 	resp := &policyv1.CheckResponse{Tenant: g.ident.Tenant, Tier: g.ident.Tier, Mode: pol.Mode()}
 	for _, r := range reqs {
 		d := pol.Decide(r)
-		resp.Verdicts = append(resp.Verdicts, &policyv1.Verdict{Decision: d.Decision, RuleId: d.RuleID, Source: d.Source, Reason: d.Reason})
+		resp.Verdicts = append(resp.Verdicts, &policyv1.Verdict{Decision: d.Decision, RuleId: d.RuleID, Source: d.Source, Reason: d.Reason, DenialCode: d.Code})
 	}
 	return resp, nil
 }

@@ -72,7 +72,8 @@ func TestCheck(t *testing.T) {
 	if v := resp.GetVerdicts()[0]; v.GetDecision() != policyv1.Decision_DECISION_ALLOW || v.GetSource() != SourceTenant {
 		t.Errorf("acme's charge: %v", v)
 	}
-	if v := resp.GetVerdicts()[1]; v.GetDecision() != policyv1.Decision_DECISION_WOULD_BLOCK || v.GetRuleId() != "default" {
+	if v := resp.GetVerdicts()[1]; v.GetDecision() != policyv1.Decision_DECISION_WOULD_BLOCK || v.GetRuleId() != "default" ||
+		v.GetDenialCode() != policyv1.DenialCode_DENIAL_CODE_HOST_NOT_ALLOWED {
 		t.Errorf("acme's github: %v", v)
 	}
 	if _, err := p.Check(acme, &policyv1.CheckRequest{Tenant: "globex", Requests: reqs}); status.Code(err) != codes.PermissionDenied || reasonOf(err) != ReasonTenantMismatch {

@@ -304,6 +304,10 @@ func (s *Service) finish(x *execution, net Network, prog program, out sandbox.Ou
 	res.NetworkLogOmittedAllowed = netSummary.LogOmittedAllowed
 	res.RequestsRateLimited = netSummary.RateLimited
 	res.DnsQueriesRateLimited = netSummary.DNSRateLimited
+	res.RequestBytesTotal = netSummary.RequestBytes
+	res.ResponseBytesTotal = netSummary.ResponseBytes
+	res.PeakConcurrentConnections = netSummary.PeakConcurrent
+	res.RequestsOverRate = netSummary.OverRate
 	res.NetworkError = netProblem
 	term := terminationLabel(res.GetTermination())
 	s.metrics.executions.WithLabelValues(term).Inc()

@@ -548,7 +548,9 @@ func (x *DnsQuery) GetType() string {
 // DECISION_DENY otherwise, and records nothing in the network log. The
 // proxy refuses a denied handshake and reports it as a Refusal. This only
 // bounds what minting costs: every request on an allowed connection is
-// still decided on its own.
+// still decided on its own. A name the policy passes through (a host entry
+// marked passthrough) is answered with passthrough set instead, and
+// recorded as one request of the execution, admitted by its budgets.
 type TlsServerName struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The sandbox address the connection came from (at most 45).
@@ -905,7 +907,27 @@ type DecideResponse struct {
 	Release *Release `protobuf:"bytes,7,opt,name=release,proto3" json:"release,omitempty"`
 	// Which policy decided: operator, tenant, token or inline; empty when a
 	// limit or the proxy's own check did. For the proxy's log.
-	Source        string `protobuf:"bytes,8,opt,name=source,proto3" json:"source,omitempty"`
+	Source string `protobuf:"bytes,8,opt,name=source,proto3" json:"source,omitempty"`
+	// For an allowed request: the most response body bytes the proxy may
+	// return to the sandbox, 0 for no limit. A response declaring more is
+	// refused with 403; one that grows past it is cut and the exchange
+	// fails (the connection or stream is reset).
+	MaxResponseBytes uint64 `protobuf:"varint,9,opt,name=max_response_bytes,json=maxResponseBytes,proto3" json:"max_response_bytes,omitempty"`
+	// For a request denied by a rule's rate or the concurrency limit: the
+	// seconds after which it may succeed; the proxy answers 429 with this
+	// Retry-After rather than 403.
+	RetryAfterSeconds uint32 `protobuf:"varint,10,opt,name=retry_after_seconds,json=retryAfterSeconds,proto3" json:"retry_after_seconds,omitempty"`
+	// For a denial (or a would-block verdict): why, in one fixed word, for
+	// the refusal body's error.code; unset for an allowed request.
+	DenialCode v1.DenialCode `protobuf:"varint,11,opt,name=denial_code,json=denialCode,proto3,enum=sandpit.policy.v1.DenialCode" json:"denial_code,omitempty"`
+	// For a TLS server name allowed (or would-blocked) by a pass-through
+	// host entry: the proxy splices the connection to the upstream without
+	// interception, bounds each direction by max_request_bytes and
+	// max_response_bytes, and reports one Outcome for it (id is the
+	// question's) with the bytes copied each way. Set on a denial too (a
+	// budget refused the connection): the executor recorded it, and the
+	// proxy does not report it again as a Refusal.
+	Passthrough   bool `protobuf:"varint,12,opt,name=passthrough,proto3" json:"passthrough,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -994,6 +1016,34 @@ func (x *DecideResponse) GetSource() string {
 		return x.Source
 	}
 	return ""
+}
+
+func (x *DecideResponse) GetMaxResponseBytes() uint64 {
+	if x != nil {
+		return x.MaxResponseBytes
+	}
+	return 0
+}
+
+func (x *DecideResponse) GetRetryAfterSeconds() uint32 {
+	if x != nil {
+		return x.RetryAfterSeconds
+	}
+	return 0
+}
+
+func (x *DecideResponse) GetDenialCode() v1.DenialCode {
+	if x != nil {
+		return x.DenialCode
+	}
+	return v1.DenialCode(0)
+}
+
+func (x *DecideResponse) GetPassthrough() bool {
+	if x != nil {
+		return x.Passthrough
+	}
+	return false
 }
 
 // Release tells the proxy that the execution holding source_ip ended, so
@@ -1108,7 +1158,7 @@ const file_sandpit_egress_v1_egress_proto_rawDesc = "" +
 	"\vdestination\x18\x02 \x01(\tR\vdestination\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x122\n" +
 	"\x15rate_limited_requests\x18\x04 \x01(\rR\x13rateLimitedRequests\x127\n" +
-	"\x18rate_limited_dns_queries\x18\x05 \x01(\rR\x15rateLimitedDnsQueries\"\xa7\x02\n" +
+	"\x18rate_limited_dns_queries\x18\x05 \x01(\rR\x15rateLimitedDnsQueries\"\xe7\x03\n" +
 	"\x0eDecideResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x127\n" +
 	"\bdecision\x18\x02 \x01(\x0e2\x1b.sandpit.policy.v1.DecisionR\bdecision\x12\x17\n" +
@@ -1117,7 +1167,13 @@ const file_sandpit_egress_v1_egress_proto_rawDesc = "" +
 	"\fexecution_id\x18\x05 \x01(\tR\vexecutionId\x12*\n" +
 	"\x11max_request_bytes\x18\x06 \x01(\x04R\x0fmaxRequestBytes\x124\n" +
 	"\arelease\x18\a \x01(\v2\x1a.sandpit.egress.v1.ReleaseR\arelease\x12\x16\n" +
-	"\x06source\x18\b \x01(\tR\x06source\"&\n" +
+	"\x06source\x18\b \x01(\tR\x06source\x12,\n" +
+	"\x12max_response_bytes\x18\t \x01(\x04R\x10maxResponseBytes\x12.\n" +
+	"\x13retry_after_seconds\x18\n" +
+	" \x01(\rR\x11retryAfterSeconds\x12>\n" +
+	"\vdenial_code\x18\v \x01(\x0e2\x1d.sandpit.policy.v1.DenialCodeR\n" +
+	"denialCode\x12 \n" +
+	"\vpassthrough\x18\f \x01(\bR\vpassthrough\"&\n" +
 	"\aRelease\x12\x1b\n" +
 	"\tsource_ip\x18\x01 \x01(\tR\bsourceIp2d\n" +
 	"\x0fDecisionService\x12Q\n" +
@@ -1150,6 +1206,7 @@ var file_sandpit_egress_v1_egress_proto_goTypes = []any{
 	(*Release)(nil),             // 10: sandpit.egress.v1.Release
 	(*durationpb.Duration)(nil), // 11: google.protobuf.Duration
 	(v1.Decision)(0),            // 12: sandpit.policy.v1.Decision
+	(v1.DenialCode)(0),          // 13: sandpit.policy.v1.DenialCode
 }
 var file_sandpit_egress_v1_egress_proto_depIdxs = []int32{
 	1,  // 0: sandpit.egress.v1.DecideRequest.hello:type_name -> sandpit.egress.v1.Hello
@@ -1163,13 +1220,14 @@ var file_sandpit_egress_v1_egress_proto_depIdxs = []int32{
 	11, // 8: sandpit.egress.v1.Outcome.duration:type_name -> google.protobuf.Duration
 	12, // 9: sandpit.egress.v1.DecideResponse.decision:type_name -> sandpit.policy.v1.Decision
 	10, // 10: sandpit.egress.v1.DecideResponse.release:type_name -> sandpit.egress.v1.Release
-	0,  // 11: sandpit.egress.v1.DecisionService.Decide:input_type -> sandpit.egress.v1.DecideRequest
-	9,  // 12: sandpit.egress.v1.DecisionService.Decide:output_type -> sandpit.egress.v1.DecideResponse
-	12, // [12:13] is the sub-list for method output_type
-	11, // [11:12] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	13, // 11: sandpit.egress.v1.DecideResponse.denial_code:type_name -> sandpit.policy.v1.DenialCode
+	0,  // 12: sandpit.egress.v1.DecisionService.Decide:input_type -> sandpit.egress.v1.DecideRequest
+	9,  // 13: sandpit.egress.v1.DecisionService.Decide:output_type -> sandpit.egress.v1.DecideResponse
+	13, // [13:14] is the sub-list for method output_type
+	12, // [12:13] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_sandpit_egress_v1_egress_proto_init() }

@@ -655,7 +655,11 @@ type NetworkEvent struct {
 	// file or database), "token" (the caller's token claims) or "inline"
 	// (the request's policy); empty when no policy was asked (a limit or
 	// the proxy decided).
-	Source        string `protobuf:"bytes,17,opt,name=source,proto3" json:"source,omitempty"`
+	Source string `protobuf:"bytes,17,opt,name=source,proto3" json:"source,omitempty"`
+	// Why a request was denied (or would be, in audit mode), as in the
+	// refusal body's error.code (request events and their outcomes);
+	// unset when it was allowed.
+	DenialCode    v1.DenialCode `protobuf:"varint,18,opt,name=denial_code,json=denialCode,proto3,enum=sandpit.policy.v1.DenialCode" json:"denial_code,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -809,6 +813,13 @@ func (x *NetworkEvent) GetSource() string {
 	return ""
 }
 
+func (x *NetworkEvent) GetDenialCode() v1.DenialCode {
+	if x != nil {
+		return x.DenialCode
+	}
+	return v1.DenialCode(0)
+}
+
 // NetworkLogEntry is one request in the result's network log, in the shape
 // of the prototype's log.
 type NetworkLogEntry struct {
@@ -837,7 +848,9 @@ type NetworkLogEntry struct {
 	// The verdict.
 	Decision v1.Decision `protobuf:"varint,9,opt,name=decision,proto3,enum=sandpit.policy.v1.Decision" json:"decision,omitempty"`
 	// Which policy decided, as in NetworkEvent.source.
-	Source        string `protobuf:"bytes,10,opt,name=source,proto3" json:"source,omitempty"`
+	Source string `protobuf:"bytes,10,opt,name=source,proto3" json:"source,omitempty"`
+	// Why it was denied (or would be), as in NetworkEvent.denial_code.
+	DenialCode    v1.DenialCode `protobuf:"varint,11,opt,name=denial_code,json=denialCode,proto3,enum=sandpit.policy.v1.DenialCode" json:"denial_code,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -940,6 +953,13 @@ func (x *NetworkLogEntry) GetSource() string {
 		return x.Source
 	}
 	return ""
+}
+
+func (x *NetworkLogEntry) GetDenialCode() v1.DenialCode {
+	if x != nil {
+		return x.DenialCode
+	}
+	return v1.DenialCode(0)
 }
 
 // Started tells which sandbox runs the code and under which limits.
@@ -1161,8 +1181,20 @@ type Result struct {
 	// Of requests_allowed, the requests a policy in audit mode would have
 	// blocked (decision DECISION_WOULD_BLOCK in the log and the events).
 	RequestsWouldBlock uint32 `protobuf:"varint,22,opt,name=requests_would_block,json=requestsWouldBlock,proto3" json:"requests_would_block,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// Request body bytes the egress proxy sent upstream, all requests
+	// together (what limits.max_total_request_bytes bounds).
+	RequestBytesTotal uint64 `protobuf:"varint,23,opt,name=request_bytes_total,json=requestBytesTotal,proto3" json:"request_bytes_total,omitempty"`
+	// Response body bytes the egress proxy returned to the sandbox, all
+	// responses together (what limits.max_total_response_bytes bounds).
+	ResponseBytesTotal uint64 `protobuf:"varint,24,opt,name=response_bytes_total,json=responseBytesTotal,proto3" json:"response_bytes_total,omitempty"`
+	// The most upstream exchanges the execution had open at once (what
+	// limits.max_concurrent_connections bounds).
+	PeakConcurrentConnections uint32 `protobuf:"varint,25,opt,name=peak_concurrent_connections,json=peakConcurrentConnections,proto3" json:"peak_concurrent_connections,omitempty"`
+	// Of requests_blocked, the requests refused (429) by a rule's rate or
+	// by limits.max_concurrent_connections.
+	RequestsOverRate uint32 `protobuf:"varint,26,opt,name=requests_over_rate,json=requestsOverRate,proto3" json:"requests_over_rate,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Result) Reset() {
@@ -1349,6 +1381,34 @@ func (x *Result) GetRequestsWouldBlock() uint32 {
 	return 0
 }
 
+func (x *Result) GetRequestBytesTotal() uint64 {
+	if x != nil {
+		return x.RequestBytesTotal
+	}
+	return 0
+}
+
+func (x *Result) GetResponseBytesTotal() uint64 {
+	if x != nil {
+		return x.ResponseBytesTotal
+	}
+	return 0
+}
+
+func (x *Result) GetPeakConcurrentConnections() uint32 {
+	if x != nil {
+		return x.PeakConcurrentConnections
+	}
+	return 0
+}
+
+func (x *Result) GetRequestsOverRate() uint32 {
+	if x != nil {
+		return x.RequestsOverRate
+	}
+	return 0
+}
+
 var File_sandpit_executor_v1_executor_proto protoreflect.FileDescriptor
 
 const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
@@ -1394,7 +1454,7 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\x06stderr\x18\x03 \x01(\v2\x1b.sandpit.executor.v1.OutputH\x00R\x06stderr\x125\n" +
 	"\x06result\x18\x04 \x01(\v2\x1b.sandpit.executor.v1.ResultH\x00R\x06result\x12=\n" +
 	"\anetwork\x18\x05 \x01(\v2!.sandpit.executor.v1.NetworkEventH\x00R\anetworkB\a\n" +
-	"\x05event\"\xb8\x04\n" +
+	"\x05event\"\xf8\x04\n" +
 	"\fNetworkEvent\x129\n" +
 	"\x04kind\x18\x01 \x01(\x0e2%.sandpit.executor.v1.NetworkEventKindR\x04kind\x12\x1d\n" +
 	"\n" +
@@ -1416,7 +1476,9 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\x05error\x18\x0e \x01(\tR\x05error\x12\x16\n" +
 	"\x06tenant\x18\x0f \x01(\tR\x06tenant\x12\x12\n" +
 	"\x04tier\x18\x10 \x01(\tR\x04tier\x12\x16\n" +
-	"\x06source\x18\x11 \x01(\tR\x06source\"\xce\x02\n" +
+	"\x06source\x18\x11 \x01(\tR\x06source\x12>\n" +
+	"\vdenial_code\x18\x12 \x01(\x0e2\x1d.sandpit.policy.v1.DenialCodeR\n" +
+	"denialCode\"\x8e\x03\n" +
 	"\x0fNetworkLogEntry\x128\n" +
 	"\ttimestamp\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\ttimestamp\x12\x16\n" +
 	"\x06method\x18\x02 \x01(\tR\x06method\x12\x10\n" +
@@ -1429,7 +1491,9 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\arule_id\x18\b \x01(\tR\x06ruleId\x127\n" +
 	"\bdecision\x18\t \x01(\x0e2\x1b.sandpit.policy.v1.DecisionR\bdecision\x12\x16\n" +
 	"\x06source\x18\n" +
-	" \x01(\tR\x06source\"\x80\x02\n" +
+	" \x01(\tR\x06source\x12>\n" +
+	"\vdenial_code\x18\v \x01(\x0e2\x1d.sandpit.policy.v1.DenialCodeR\n" +
+	"denialCode\"\x80\x02\n" +
 	"\aStarted\x12!\n" +
 	"\fexecution_id\x18\x01 \x01(\tR\vexecutionId\x12\x14\n" +
 	"\x05image\x18\x02 \x01(\tR\x05image\x12!\n" +
@@ -1440,7 +1504,7 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\vpolicy_mode\x18\a \x01(\x0e2\x17.sandpit.policy.v1.ModeR\n" +
 	"policyMode\"\x1c\n" +
 	"\x06Output\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\"\x82\b\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\xd2\t\n" +
 	"\x06Result\x12B\n" +
 	"\vtermination\x18\x01 \x01(\x0e2 .sandpit.executor.v1.TerminationR\vtermination\x12\x1b\n" +
 	"\texit_code\x18\x02 \x01(\x05R\bexitCode\x12\x16\n" +
@@ -1466,7 +1530,11 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\x1bnetwork_log_omitted_allowed\x18\x13 \x01(\rR\x18networkLogOmittedAllowed\x122\n" +
 	"\x15requests_rate_limited\x18\x14 \x01(\rR\x13requestsRateLimited\x127\n" +
 	"\x18dns_queries_rate_limited\x18\x15 \x01(\rR\x15dnsQueriesRateLimited\x120\n" +
-	"\x14requests_would_block\x18\x16 \x01(\rR\x12requestsWouldBlock*\xb2\x01\n" +
+	"\x14requests_would_block\x18\x16 \x01(\rR\x12requestsWouldBlock\x12.\n" +
+	"\x13request_bytes_total\x18\x17 \x01(\x04R\x11requestBytesTotal\x120\n" +
+	"\x14response_bytes_total\x18\x18 \x01(\x04R\x12responseBytesTotal\x12>\n" +
+	"\x1bpeak_concurrent_connections\x18\x19 \x01(\rR\x19peakConcurrentConnections\x12,\n" +
+	"\x12requests_over_rate\x18\x1a \x01(\rR\x10requestsOverRate*\xb2\x01\n" +
 	"\x10NetworkEventKind\x12\"\n" +
 	"\x1eNETWORK_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aNETWORK_EVENT_KIND_REQUEST\x10\x01\x12\x1e\n" +
@@ -1515,7 +1583,8 @@ var file_sandpit_executor_v1_executor_proto_goTypes = []any{
 	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
 	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
 	(v1.Decision)(0),              // 16: sandpit.policy.v1.Decision
-	(v1.Mode)(0),                  // 17: sandpit.policy.v1.Mode
+	(v1.DenialCode)(0),            // 17: sandpit.policy.v1.DenialCode
+	(v1.Mode)(0),                  // 18: sandpit.policy.v1.Mode
 }
 var file_sandpit_executor_v1_executor_proto_depIdxs = []int32{
 	3,  // 0: sandpit.executor.v1.ExecuteRequest.files:type_name -> sandpit.executor.v1.File
@@ -1533,21 +1602,23 @@ var file_sandpit_executor_v1_executor_proto_depIdxs = []int32{
 	15, // 12: sandpit.executor.v1.NetworkEvent.time:type_name -> google.protobuf.Timestamp
 	16, // 13: sandpit.executor.v1.NetworkEvent.decision:type_name -> sandpit.policy.v1.Decision
 	14, // 14: sandpit.executor.v1.NetworkEvent.duration:type_name -> google.protobuf.Duration
-	15, // 15: sandpit.executor.v1.NetworkLogEntry.timestamp:type_name -> google.protobuf.Timestamp
-	16, // 16: sandpit.executor.v1.NetworkLogEntry.decision:type_name -> sandpit.policy.v1.Decision
-	4,  // 17: sandpit.executor.v1.Started.limits:type_name -> sandpit.executor.v1.Limits
-	17, // 18: sandpit.executor.v1.Started.policy_mode:type_name -> sandpit.policy.v1.Mode
-	1,  // 19: sandpit.executor.v1.Result.termination:type_name -> sandpit.executor.v1.Termination
-	14, // 20: sandpit.executor.v1.Result.wall_time:type_name -> google.protobuf.Duration
-	14, // 21: sandpit.executor.v1.Result.cpu_time:type_name -> google.protobuf.Duration
-	7,  // 22: sandpit.executor.v1.Result.network_log:type_name -> sandpit.executor.v1.NetworkLogEntry
-	2,  // 23: sandpit.executor.v1.ExecutorService.Execute:input_type -> sandpit.executor.v1.ExecuteRequest
-	5,  // 24: sandpit.executor.v1.ExecutorService.Execute:output_type -> sandpit.executor.v1.ExecuteResponse
-	24, // [24:25] is the sub-list for method output_type
-	23, // [23:24] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	17, // 15: sandpit.executor.v1.NetworkEvent.denial_code:type_name -> sandpit.policy.v1.DenialCode
+	15, // 16: sandpit.executor.v1.NetworkLogEntry.timestamp:type_name -> google.protobuf.Timestamp
+	16, // 17: sandpit.executor.v1.NetworkLogEntry.decision:type_name -> sandpit.policy.v1.Decision
+	17, // 18: sandpit.executor.v1.NetworkLogEntry.denial_code:type_name -> sandpit.policy.v1.DenialCode
+	4,  // 19: sandpit.executor.v1.Started.limits:type_name -> sandpit.executor.v1.Limits
+	18, // 20: sandpit.executor.v1.Started.policy_mode:type_name -> sandpit.policy.v1.Mode
+	1,  // 21: sandpit.executor.v1.Result.termination:type_name -> sandpit.executor.v1.Termination
+	14, // 22: sandpit.executor.v1.Result.wall_time:type_name -> google.protobuf.Duration
+	14, // 23: sandpit.executor.v1.Result.cpu_time:type_name -> google.protobuf.Duration
+	7,  // 24: sandpit.executor.v1.Result.network_log:type_name -> sandpit.executor.v1.NetworkLogEntry
+	2,  // 25: sandpit.executor.v1.ExecutorService.Execute:input_type -> sandpit.executor.v1.ExecuteRequest
+	5,  // 26: sandpit.executor.v1.ExecutorService.Execute:output_type -> sandpit.executor.v1.ExecuteResponse
+	26, // [26:27] is the sub-list for method output_type
+	25, // [25:26] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_sandpit_executor_v1_executor_proto_init() }

@@ -184,6 +184,108 @@ func (Decision) EnumDescriptor() ([]byte, []int) {
 	return file_sandpit_policy_v1_policy_proto_rawDescGZIP(), []int{2}
 }
 
+// DenialCode says in one fixed word why a request was refused, or would
+// be in audit mode: the refusal body's error.code (the name without its
+// prefix, lowercase: DENIAL_CODE_PATH_NOT_ALLOWED is "path_not_allowed"),
+// so a program can act on it without parsing the reason.
+type DenialCode int32
+
+const (
+	// Not refused.
+	DenialCode_DENIAL_CODE_UNSPECIFIED DenialCode = 0
+	// No entry of the policy names the host, and its default denies.
+	DenialCode_DENIAL_CODE_HOST_NOT_ALLOWED DenialCode = 1
+	// A rule of the host matches the path, but not the method.
+	DenialCode_DENIAL_CODE_METHOD_NOT_ALLOWED DenialCode = 2
+	// No rule of the host matches the path, and the host's default denies.
+	DenialCode_DENIAL_CODE_PATH_NOT_ALLOWED DenialCode = 3
+	// The host entry does not allow the request's port or scheme.
+	DenialCode_DENIAL_CODE_PORT_NOT_ALLOWED DenialCode = 4
+	// A WebSocket upgrade no allow rule with websocket: true matches.
+	DenialCode_DENIAL_CODE_WEBSOCKET_NOT_ALLOWED DenialCode = 5
+	// An explicit deny rule matches.
+	DenialCode_DENIAL_CODE_RULE_DENIED DenialCode = 6
+	// The request is malformed, not in canonical form, or failed one of the
+	// proxy's own checks (host differing from the TLS server name, a size
+	// bound, ...).
+	DenialCode_DENIAL_CODE_AMBIGUOUS_REQUEST DenialCode = 7
+	// Over one of the policy's limits: limits.max_requests or
+	// limits.max_request_bytes.
+	DenialCode_DENIAL_CODE_BUDGET_EXCEEDED DenialCode = 8
+	// Over a rate: the proxy's per-source request limits.
+	DenialCode_DENIAL_CODE_RATE_LIMITED DenialCode = 9
+	// No decision could be had: no decision stream, no answer in time, or
+	// no running execution owns the source address.
+	DenialCode_DENIAL_CODE_DECISION_UNAVAILABLE DenialCode = 10
+	// A secret sent where it is not bound (reserved for credential
+	// brokering).
+	DenialCode_DENIAL_CODE_SECRET_MISUSE DenialCode = 11
+	// The caller's token does not allow the request (its allowedDomains or
+	// apiLimits claims).
+	DenialCode_DENIAL_CODE_TOKEN_DENIED DenialCode = 12
+)
+
+// Enum value maps for DenialCode.
+var (
+	DenialCode_name = map[int32]string{
+		0:  "DENIAL_CODE_UNSPECIFIED",
+		1:  "DENIAL_CODE_HOST_NOT_ALLOWED",
+		2:  "DENIAL_CODE_METHOD_NOT_ALLOWED",
+		3:  "DENIAL_CODE_PATH_NOT_ALLOWED",
+		4:  "DENIAL_CODE_PORT_NOT_ALLOWED",
+		5:  "DENIAL_CODE_WEBSOCKET_NOT_ALLOWED",
+		6:  "DENIAL_CODE_RULE_DENIED",
+		7:  "DENIAL_CODE_AMBIGUOUS_REQUEST",
+		8:  "DENIAL_CODE_BUDGET_EXCEEDED",
+		9:  "DENIAL_CODE_RATE_LIMITED",
+		10: "DENIAL_CODE_DECISION_UNAVAILABLE",
+		11: "DENIAL_CODE_SECRET_MISUSE",
+		12: "DENIAL_CODE_TOKEN_DENIED",
+	}
+	DenialCode_value = map[string]int32{
+		"DENIAL_CODE_UNSPECIFIED":           0,
+		"DENIAL_CODE_HOST_NOT_ALLOWED":      1,
+		"DENIAL_CODE_METHOD_NOT_ALLOWED":    2,
+		"DENIAL_CODE_PATH_NOT_ALLOWED":      3,
+		"DENIAL_CODE_PORT_NOT_ALLOWED":      4,
+		"DENIAL_CODE_WEBSOCKET_NOT_ALLOWED": 5,
+		"DENIAL_CODE_RULE_DENIED":           6,
+		"DENIAL_CODE_AMBIGUOUS_REQUEST":     7,
+		"DENIAL_CODE_BUDGET_EXCEEDED":       8,
+		"DENIAL_CODE_RATE_LIMITED":          9,
+		"DENIAL_CODE_DECISION_UNAVAILABLE":  10,
+		"DENIAL_CODE_SECRET_MISUSE":         11,
+		"DENIAL_CODE_TOKEN_DENIED":          12,
+	}
+)
+
+func (x DenialCode) Enum() *DenialCode {
+	p := new(DenialCode)
+	*p = x
+	return p
+}
+
+func (x DenialCode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DenialCode) Descriptor() protoreflect.EnumDescriptor {
+	return file_sandpit_policy_v1_policy_proto_enumTypes[3].Descriptor()
+}
+
+func (DenialCode) Type() protoreflect.EnumType {
+	return &file_sandpit_policy_v1_policy_proto_enumTypes[3]
+}
+
+func (x DenialCode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DenialCode.Descriptor instead.
+func (DenialCode) EnumDescriptor() ([]byte, []int) {
+	return file_sandpit_policy_v1_policy_proto_rawDescGZIP(), []int{3}
+}
+
 // Policy says which HTTP requests an execution may make. Hosts are matched
 // exactly or by a "*.suffix" pattern on whole labels; within a host, rules
 // are tried in order and the first match decides; a request no rule matches
@@ -281,7 +383,14 @@ type HostPolicy struct {
 	// set, every allowed scheme may use exactly these ports. A request to
 	// another port is denied before any rule is tried (rule id
 	// hosts[i].ports). At most 16 (MaxPortsPerHost), no duplicates.
-	Ports         []uint32 `protobuf:"varint,5,rep,packed,name=ports,proto3" json:"ports,omitempty"`
+	Ports []uint32 `protobuf:"varint,5,rep,packed,name=ports,proto3" json:"ports,omitempty"`
+	// TLS pass-through: connections to the host are spliced to the upstream
+	// after the proxy reads the ClientHello's server name, without
+	// interception, for clients that pin certificates. The whole host is
+	// allowed (no HTTP-level rules can apply), over https on its ports, and
+	// only if every policy of a chain marks it so (see README). An entry
+	// with rules, a deny default or the http scheme is refused.
+	Passthrough   bool `protobuf:"varint,6,opt,name=passthrough,proto3" json:"passthrough,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -351,6 +460,13 @@ func (x *HostPolicy) GetPorts() []uint32 {
 	return nil
 }
 
+func (x *HostPolicy) GetPassthrough() bool {
+	if x != nil {
+		return x.Passthrough
+	}
+	return false
+}
+
 // Rule matches requests by method and path.
 type Rule struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -369,7 +485,11 @@ type Rule struct {
 	Reason string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
 	// Whether a WebSocket upgrade request may match this rule; upgrades are
 	// denied unless an allowing rule says so.
-	Websocket     bool `protobuf:"varint,6,opt,name=websocket,proto3" json:"websocket,omitempty"`
+	Websocket bool `protobuf:"varint,6,opt,name=websocket,proto3" json:"websocket,omitempty"`
+	// For an allow rule: how fast one execution may make the requests it
+	// allows; unset means no rate. A request over it is refused with 429 and
+	// Retry-After.
+	Rate          *RuleRate `protobuf:"bytes,7,opt,name=rate,proto3" json:"rate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -446,6 +566,69 @@ func (x *Rule) GetWebsocket() bool {
 	return false
 }
 
+func (x *Rule) GetRate() *RuleRate {
+	if x != nil {
+		return x.Rate
+	}
+	return nil
+}
+
+// RuleRate is a token bucket: per_second requests a second on average, in
+// bursts of at most burst.
+type RuleRate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Requests a second, 1 to 10000.
+	PerSecond uint32 `protobuf:"varint,1,opt,name=per_second,json=perSecond,proto3" json:"per_second,omitempty"`
+	// The most requests at once; 0 means per_second. At most 10000.
+	Burst         uint32 `protobuf:"varint,2,opt,name=burst,proto3" json:"burst,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RuleRate) Reset() {
+	*x = RuleRate{}
+	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RuleRate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RuleRate) ProtoMessage() {}
+
+func (x *RuleRate) ProtoReflect() protoreflect.Message {
+	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RuleRate.ProtoReflect.Descriptor instead.
+func (*RuleRate) Descriptor() ([]byte, []int) {
+	return file_sandpit_policy_v1_policy_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RuleRate) GetPerSecond() uint32 {
+	if x != nil {
+		return x.PerSecond
+	}
+	return 0
+}
+
+func (x *RuleRate) GetBurst() uint32 {
+	if x != nil {
+		return x.Burst
+	}
+	return 0
+}
+
 // PolicyLimits bound an execution's network use.
 type PolicyLimits struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -454,13 +637,22 @@ type PolicyLimits struct {
 	// Request body bytes allowed per request; 0 means no limit beyond the
 	// executor's.
 	MaxRequestBytes uint64 `protobuf:"varint,2,opt,name=max_request_bytes,json=maxRequestBytes,proto3" json:"max_request_bytes,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Request body bytes allowed for the whole execution, all requests
+	// together; 0 means no limit.
+	MaxTotalRequestBytes uint64 `protobuf:"varint,3,opt,name=max_total_request_bytes,json=maxTotalRequestBytes,proto3" json:"max_total_request_bytes,omitempty"`
+	// Response body bytes returned to the sandbox for the whole execution;
+	// 0 means no limit.
+	MaxTotalResponseBytes uint64 `protobuf:"varint,4,opt,name=max_total_response_bytes,json=maxTotalResponseBytes,proto3" json:"max_total_response_bytes,omitempty"`
+	// Upstream exchanges (requests forwarded and not yet answered in full,
+	// open WebSockets) the execution may have at once; 0 means no limit.
+	MaxConcurrentConnections uint32 `protobuf:"varint,5,opt,name=max_concurrent_connections,json=maxConcurrentConnections,proto3" json:"max_concurrent_connections,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
 }
 
 func (x *PolicyLimits) Reset() {
 	*x = PolicyLimits{}
-	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[3]
+	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -472,7 +664,7 @@ func (x *PolicyLimits) String() string {
 func (*PolicyLimits) ProtoMessage() {}
 
 func (x *PolicyLimits) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[3]
+	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -485,7 +677,7 @@ func (x *PolicyLimits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyLimits.ProtoReflect.Descriptor instead.
 func (*PolicyLimits) Descriptor() ([]byte, []int) {
-	return file_sandpit_policy_v1_policy_proto_rawDescGZIP(), []int{3}
+	return file_sandpit_policy_v1_policy_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PolicyLimits) GetMaxRequests() uint32 {
@@ -502,6 +694,27 @@ func (x *PolicyLimits) GetMaxRequestBytes() uint64 {
 	return 0
 }
 
+func (x *PolicyLimits) GetMaxTotalRequestBytes() uint64 {
+	if x != nil {
+		return x.MaxTotalRequestBytes
+	}
+	return 0
+}
+
+func (x *PolicyLimits) GetMaxTotalResponseBytes() uint64 {
+	if x != nil {
+		return x.MaxTotalResponseBytes
+	}
+	return 0
+}
+
+func (x *PolicyLimits) GetMaxConcurrentConnections() uint32 {
+	if x != nil {
+		return x.MaxConcurrentConnections
+	}
+	return 0
+}
+
 var File_sandpit_policy_v1_policy_proto protoreflect.FileDescriptor
 
 const file_sandpit_policy_v1_policy_proto_rawDesc = "" +
@@ -511,24 +724,33 @@ const file_sandpit_policy_v1_policy_proto_rawDesc = "" +
 	"\x04mode\x18\x01 \x01(\x0e2\x17.sandpit.policy.v1.ModeR\x04mode\x12@\n" +
 	"\x0edefault_action\x18\x02 \x01(\x0e2\x19.sandpit.policy.v1.ActionR\rdefaultAction\x123\n" +
 	"\x05hosts\x18\x03 \x03(\v2\x1d.sandpit.policy.v1.HostPolicyR\x05hosts\x127\n" +
-	"\x06limits\x18\x04 \x01(\v2\x1f.sandpit.policy.v1.PolicyLimitsR\x06limits\"\xc1\x01\n" +
+	"\x06limits\x18\x04 \x01(\v2\x1f.sandpit.policy.v1.PolicyLimitsR\x06limits\"\xe3\x01\n" +
 	"\n" +
 	"HostPolicy\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12-\n" +
 	"\x05rules\x18\x02 \x03(\v2\x17.sandpit.policy.v1.RuleR\x05rules\x12@\n" +
 	"\x0edefault_action\x18\x03 \x01(\x0e2\x19.sandpit.policy.v1.ActionR\rdefaultAction\x12\x18\n" +
 	"\aschemes\x18\x04 \x03(\tR\aschemes\x12\x14\n" +
-	"\x05ports\x18\x05 \x03(\rR\x05ports\"\xad\x01\n" +
+	"\x05ports\x18\x05 \x03(\rR\x05ports\x12 \n" +
+	"\vpassthrough\x18\x06 \x01(\bR\vpassthrough\"\xde\x01\n" +
 	"\x04Rule\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\amethods\x18\x02 \x03(\tR\amethods\x12\x12\n" +
 	"\x04path\x18\x03 \x01(\tR\x04path\x121\n" +
 	"\x06action\x18\x04 \x01(\x0e2\x19.sandpit.policy.v1.ActionR\x06action\x12\x16\n" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x1c\n" +
-	"\twebsocket\x18\x06 \x01(\bR\twebsocket\"]\n" +
+	"\twebsocket\x18\x06 \x01(\bR\twebsocket\x12/\n" +
+	"\x04rate\x18\a \x01(\v2\x1b.sandpit.policy.v1.RuleRateR\x04rate\"?\n" +
+	"\bRuleRate\x12\x1d\n" +
+	"\n" +
+	"per_second\x18\x01 \x01(\rR\tperSecond\x12\x14\n" +
+	"\x05burst\x18\x02 \x01(\rR\x05burst\"\x8b\x02\n" +
 	"\fPolicyLimits\x12!\n" +
 	"\fmax_requests\x18\x01 \x01(\rR\vmaxRequests\x12*\n" +
-	"\x11max_request_bytes\x18\x02 \x01(\x04R\x0fmaxRequestBytes*>\n" +
+	"\x11max_request_bytes\x18\x02 \x01(\x04R\x0fmaxRequestBytes\x125\n" +
+	"\x17max_total_request_bytes\x18\x03 \x01(\x04R\x14maxTotalRequestBytes\x127\n" +
+	"\x18max_total_response_bytes\x18\x04 \x01(\x04R\x15maxTotalResponseBytes\x12<\n" +
+	"\x1amax_concurrent_connections\x18\x05 \x01(\rR\x18maxConcurrentConnections*>\n" +
 	"\x04Mode\x12\x14\n" +
 	"\x10MODE_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fMODE_ENFORCE\x10\x01\x12\x0e\n" +
@@ -542,7 +764,23 @@ const file_sandpit_policy_v1_policy_proto_rawDesc = "" +
 	"\x14DECISION_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eDECISION_ALLOW\x10\x01\x12\x11\n" +
 	"\rDECISION_DENY\x10\x02\x12\x18\n" +
-	"\x14DECISION_WOULD_BLOCK\x10\x03BBZ@github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1;policyv1b\x06proto3"
+	"\x14DECISION_WOULD_BLOCK\x10\x03*\xbc\x03\n" +
+	"\n" +
+	"DenialCode\x12\x1b\n" +
+	"\x17DENIAL_CODE_UNSPECIFIED\x10\x00\x12 \n" +
+	"\x1cDENIAL_CODE_HOST_NOT_ALLOWED\x10\x01\x12\"\n" +
+	"\x1eDENIAL_CODE_METHOD_NOT_ALLOWED\x10\x02\x12 \n" +
+	"\x1cDENIAL_CODE_PATH_NOT_ALLOWED\x10\x03\x12 \n" +
+	"\x1cDENIAL_CODE_PORT_NOT_ALLOWED\x10\x04\x12%\n" +
+	"!DENIAL_CODE_WEBSOCKET_NOT_ALLOWED\x10\x05\x12\x1b\n" +
+	"\x17DENIAL_CODE_RULE_DENIED\x10\x06\x12!\n" +
+	"\x1dDENIAL_CODE_AMBIGUOUS_REQUEST\x10\a\x12\x1f\n" +
+	"\x1bDENIAL_CODE_BUDGET_EXCEEDED\x10\b\x12\x1c\n" +
+	"\x18DENIAL_CODE_RATE_LIMITED\x10\t\x12$\n" +
+	" DENIAL_CODE_DECISION_UNAVAILABLE\x10\n" +
+	"\x12\x1d\n" +
+	"\x19DENIAL_CODE_SECRET_MISUSE\x10\v\x12\x1c\n" +
+	"\x18DENIAL_CODE_TOKEN_DENIED\x10\fBBZ@github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1;policyv1b\x06proto3"
 
 var (
 	file_sandpit_policy_v1_policy_proto_rawDescOnce sync.Once
@@ -556,30 +794,33 @@ func file_sandpit_policy_v1_policy_proto_rawDescGZIP() []byte {
 	return file_sandpit_policy_v1_policy_proto_rawDescData
 }
 
-var file_sandpit_policy_v1_policy_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_sandpit_policy_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_sandpit_policy_v1_policy_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_sandpit_policy_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_sandpit_policy_v1_policy_proto_goTypes = []any{
 	(Mode)(0),            // 0: sandpit.policy.v1.Mode
 	(Action)(0),          // 1: sandpit.policy.v1.Action
 	(Decision)(0),        // 2: sandpit.policy.v1.Decision
-	(*Policy)(nil),       // 3: sandpit.policy.v1.Policy
-	(*HostPolicy)(nil),   // 4: sandpit.policy.v1.HostPolicy
-	(*Rule)(nil),         // 5: sandpit.policy.v1.Rule
-	(*PolicyLimits)(nil), // 6: sandpit.policy.v1.PolicyLimits
+	(DenialCode)(0),      // 3: sandpit.policy.v1.DenialCode
+	(*Policy)(nil),       // 4: sandpit.policy.v1.Policy
+	(*HostPolicy)(nil),   // 5: sandpit.policy.v1.HostPolicy
+	(*Rule)(nil),         // 6: sandpit.policy.v1.Rule
+	(*RuleRate)(nil),     // 7: sandpit.policy.v1.RuleRate
+	(*PolicyLimits)(nil), // 8: sandpit.policy.v1.PolicyLimits
 }
 var file_sandpit_policy_v1_policy_proto_depIdxs = []int32{
 	0, // 0: sandpit.policy.v1.Policy.mode:type_name -> sandpit.policy.v1.Mode
 	1, // 1: sandpit.policy.v1.Policy.default_action:type_name -> sandpit.policy.v1.Action
-	4, // 2: sandpit.policy.v1.Policy.hosts:type_name -> sandpit.policy.v1.HostPolicy
-	6, // 3: sandpit.policy.v1.Policy.limits:type_name -> sandpit.policy.v1.PolicyLimits
-	5, // 4: sandpit.policy.v1.HostPolicy.rules:type_name -> sandpit.policy.v1.Rule
+	5, // 2: sandpit.policy.v1.Policy.hosts:type_name -> sandpit.policy.v1.HostPolicy
+	8, // 3: sandpit.policy.v1.Policy.limits:type_name -> sandpit.policy.v1.PolicyLimits
+	6, // 4: sandpit.policy.v1.HostPolicy.rules:type_name -> sandpit.policy.v1.Rule
 	1, // 5: sandpit.policy.v1.HostPolicy.default_action:type_name -> sandpit.policy.v1.Action
 	1, // 6: sandpit.policy.v1.Rule.action:type_name -> sandpit.policy.v1.Action
-	7, // [7:7] is the sub-list for method output_type
-	7, // [7:7] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	7, // 7: sandpit.policy.v1.Rule.rate:type_name -> sandpit.policy.v1.RuleRate
+	8, // [8:8] is the sub-list for method output_type
+	8, // [8:8] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_sandpit_policy_v1_policy_proto_init() }
@@ -592,8 +833,8 @@ func file_sandpit_policy_v1_policy_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sandpit_policy_v1_policy_proto_rawDesc), len(file_sandpit_policy_v1_policy_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   4,
+			NumEnums:      4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

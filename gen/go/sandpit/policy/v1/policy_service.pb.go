@@ -247,7 +247,10 @@ type Verdict struct {
 	// Which policy decided: operator, tenant, token or inline.
 	Source string `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
 	// Why it was decided so.
-	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// For a denial (or a would-block verdict): why in one fixed word, as the
+	// proxy's refusal body says it in error.code.
+	DenialCode    DenialCode `protobuf:"varint,5,opt,name=denial_code,json=denialCode,proto3,enum=sandpit.policy.v1.DenialCode" json:"denial_code,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -310,6 +313,13 @@ func (x *Verdict) GetReason() string {
 	return ""
 }
 
+func (x *Verdict) GetDenialCode() DenialCode {
+	if x != nil {
+		return x.DenialCode
+	}
+	return DenialCode_DENIAL_CODE_UNSPECIFIED
+}
+
 var File_sandpit_policy_v1_policy_service_proto protoreflect.FileDescriptor
 
 const file_sandpit_policy_v1_policy_service_proto_rawDesc = "" +
@@ -328,12 +338,14 @@ const file_sandpit_policy_v1_policy_service_proto_rawDesc = "" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x12\n" +
 	"\x04tier\x18\x02 \x01(\tR\x04tier\x12+\n" +
 	"\x04mode\x18\x03 \x01(\x0e2\x17.sandpit.policy.v1.ModeR\x04mode\x126\n" +
-	"\bverdicts\x18\x04 \x03(\v2\x1a.sandpit.policy.v1.VerdictR\bverdicts\"\x8b\x01\n" +
+	"\bverdicts\x18\x04 \x03(\v2\x1a.sandpit.policy.v1.VerdictR\bverdicts\"\xcb\x01\n" +
 	"\aVerdict\x127\n" +
 	"\bdecision\x18\x01 \x01(\x0e2\x1b.sandpit.policy.v1.DecisionR\bdecision\x12\x17\n" +
 	"\arule_id\x18\x02 \x01(\tR\x06ruleId\x12\x16\n" +
 	"\x06source\x18\x03 \x01(\tR\x06source\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason2[\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12>\n" +
+	"\vdenial_code\x18\x05 \x01(\x0e2\x1d.sandpit.policy.v1.DenialCodeR\n" +
+	"denialCode2[\n" +
 	"\rPolicyService\x12J\n" +
 	"\x05Check\x12\x1f.sandpit.policy.v1.CheckRequest\x1a .sandpit.policy.v1.CheckResponseBBZ@github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1;policyv1b\x06proto3"
 
@@ -358,6 +370,7 @@ var file_sandpit_policy_v1_policy_service_proto_goTypes = []any{
 	(*Policy)(nil),         // 4: sandpit.policy.v1.Policy
 	(Mode)(0),              // 5: sandpit.policy.v1.Mode
 	(Decision)(0),          // 6: sandpit.policy.v1.Decision
+	(DenialCode)(0),        // 7: sandpit.policy.v1.DenialCode
 }
 var file_sandpit_policy_v1_policy_service_proto_depIdxs = []int32{
 	4, // 0: sandpit.policy.v1.CheckRequest.policy:type_name -> sandpit.policy.v1.Policy
@@ -365,13 +378,14 @@ var file_sandpit_policy_v1_policy_service_proto_depIdxs = []int32{
 	5, // 2: sandpit.policy.v1.CheckResponse.mode:type_name -> sandpit.policy.v1.Mode
 	3, // 3: sandpit.policy.v1.CheckResponse.verdicts:type_name -> sandpit.policy.v1.Verdict
 	6, // 4: sandpit.policy.v1.Verdict.decision:type_name -> sandpit.policy.v1.Decision
-	0, // 5: sandpit.policy.v1.PolicyService.Check:input_type -> sandpit.policy.v1.CheckRequest
-	2, // 6: sandpit.policy.v1.PolicyService.Check:output_type -> sandpit.policy.v1.CheckResponse
-	6, // [6:7] is the sub-list for method output_type
-	5, // [5:6] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	7, // 5: sandpit.policy.v1.Verdict.denial_code:type_name -> sandpit.policy.v1.DenialCode
+	0, // 6: sandpit.policy.v1.PolicyService.Check:input_type -> sandpit.policy.v1.CheckRequest
+	2, // 7: sandpit.policy.v1.PolicyService.Check:output_type -> sandpit.policy.v1.CheckResponse
+	7, // [7:8] is the sub-list for method output_type
+	6, // [6:7] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_sandpit_policy_v1_policy_service_proto_init() }

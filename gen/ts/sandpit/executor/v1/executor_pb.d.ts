@@ -4,7 +4,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
-import type { Decision, Mode, Policy } from "../../policy/v1/policy_pb.js";
+import type { Decision, DenialCode, Mode, Policy } from "../../policy/v1/policy_pb.js";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 
 /**
@@ -412,6 +412,15 @@ export declare type NetworkEvent = Message<"sandpit.executor.v1.NetworkEvent"> &
    * @generated from field: string source = 17;
    */
   source: string;
+
+  /**
+   * Why a request was denied (or would be, in audit mode), as in the
+   * refusal body's error.code (request events and their outcomes);
+   * unset when it was allowed.
+   *
+   * @generated from field: sandpit.policy.v1.DenialCode denial_code = 18;
+   */
+  denialCode: DenialCode;
 };
 
 /**
@@ -501,6 +510,13 @@ export declare type NetworkLogEntry = Message<"sandpit.executor.v1.NetworkLogEnt
    * @generated from field: string source = 10;
    */
   source: string;
+
+  /**
+   * Why it was denied (or would be), as in NetworkEvent.denial_code.
+   *
+   * @generated from field: sandpit.policy.v1.DenialCode denial_code = 11;
+   */
+  denialCode: DenialCode;
 };
 
 /**
@@ -776,6 +792,38 @@ export declare type Result = Message<"sandpit.executor.v1.Result"> & {
    * @generated from field: uint32 requests_would_block = 22;
    */
   requestsWouldBlock: number;
+
+  /**
+   * Request body bytes the egress proxy sent upstream, all requests
+   * together (what limits.max_total_request_bytes bounds).
+   *
+   * @generated from field: uint64 request_bytes_total = 23;
+   */
+  requestBytesTotal: bigint;
+
+  /**
+   * Response body bytes the egress proxy returned to the sandbox, all
+   * responses together (what limits.max_total_response_bytes bounds).
+   *
+   * @generated from field: uint64 response_bytes_total = 24;
+   */
+  responseBytesTotal: bigint;
+
+  /**
+   * The most upstream exchanges the execution had open at once (what
+   * limits.max_concurrent_connections bounds).
+   *
+   * @generated from field: uint32 peak_concurrent_connections = 25;
+   */
+  peakConcurrentConnections: number;
+
+  /**
+   * Of requests_blocked, the requests refused (429) by a rule's rate or
+   * by limits.max_concurrent_connections.
+   *
+   * @generated from field: uint32 requests_over_rate = 26;
+   */
+  requestsOverRate: number;
 };
 
 /**

@@ -103,6 +103,18 @@ export declare type HostPolicy = Message<"sandpit.policy.v1.HostPolicy"> & {
    * @generated from field: repeated uint32 ports = 5;
    */
   ports: number[];
+
+  /**
+   * TLS pass-through: connections to the host are spliced to the upstream
+   * after the proxy reads the ClientHello's server name, without
+   * interception, for clients that pin certificates. The whole host is
+   * allowed (no HTTP-level rules can apply), over https on its ports, and
+   * only if every policy of a chain marks it so (see README). An entry
+   * with rules, a deny default or the http scheme is refused.
+   *
+   * @generated from field: bool passthrough = 6;
+   */
+  passthrough: boolean;
 };
 
 /**
@@ -162,6 +174,15 @@ export declare type Rule = Message<"sandpit.policy.v1.Rule"> & {
    * @generated from field: bool websocket = 6;
    */
   websocket: boolean;
+
+  /**
+   * For an allow rule: how fast one execution may make the requests it
+   * allows; unset means no rate. A request over it is refused with 429 and
+   * Retry-After.
+   *
+   * @generated from field: sandpit.policy.v1.RuleRate rate = 7;
+   */
+  rate?: RuleRate | undefined;
 };
 
 /**
@@ -169,6 +190,34 @@ export declare type Rule = Message<"sandpit.policy.v1.Rule"> & {
  * Use `create(RuleSchema)` to create a new message.
  */
 export declare const RuleSchema: GenMessage<Rule>;
+
+/**
+ * RuleRate is a token bucket: per_second requests a second on average, in
+ * bursts of at most burst.
+ *
+ * @generated from message sandpit.policy.v1.RuleRate
+ */
+export declare type RuleRate = Message<"sandpit.policy.v1.RuleRate"> & {
+  /**
+   * Requests a second, 1 to 10000.
+   *
+   * @generated from field: uint32 per_second = 1;
+   */
+  perSecond: number;
+
+  /**
+   * The most requests at once; 0 means per_second. At most 10000.
+   *
+   * @generated from field: uint32 burst = 2;
+   */
+  burst: number;
+};
+
+/**
+ * Describes the message sandpit.policy.v1.RuleRate.
+ * Use `create(RuleRateSchema)` to create a new message.
+ */
+export declare const RuleRateSchema: GenMessage<RuleRate>;
 
 /**
  * PolicyLimits bound an execution's network use.
@@ -190,6 +239,30 @@ export declare type PolicyLimits = Message<"sandpit.policy.v1.PolicyLimits"> & {
    * @generated from field: uint64 max_request_bytes = 2;
    */
   maxRequestBytes: bigint;
+
+  /**
+   * Request body bytes allowed for the whole execution, all requests
+   * together; 0 means no limit.
+   *
+   * @generated from field: uint64 max_total_request_bytes = 3;
+   */
+  maxTotalRequestBytes: bigint;
+
+  /**
+   * Response body bytes returned to the sandbox for the whole execution;
+   * 0 means no limit.
+   *
+   * @generated from field: uint64 max_total_response_bytes = 4;
+   */
+  maxTotalResponseBytes: bigint;
+
+  /**
+   * Upstream exchanges (requests forwarded and not yet answered in full,
+   * open WebSockets) the execution may have at once; 0 means no limit.
+   *
+   * @generated from field: uint32 max_concurrent_connections = 5;
+   */
+  maxConcurrentConnections: number;
 };
 
 /**
@@ -303,4 +376,116 @@ export enum Decision {
  * Describes the enum sandpit.policy.v1.Decision.
  */
 export declare const DecisionSchema: GenEnum<Decision>;
+
+/**
+ * DenialCode says in one fixed word why a request was refused, or would
+ * be in audit mode: the refusal body's error.code (the name without its
+ * prefix, lowercase: DENIAL_CODE_PATH_NOT_ALLOWED is "path_not_allowed"),
+ * so a program can act on it without parsing the reason.
+ *
+ * @generated from enum sandpit.policy.v1.DenialCode
+ */
+export enum DenialCode {
+  /**
+   * Not refused.
+   *
+   * @generated from enum value: DENIAL_CODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * No entry of the policy names the host, and its default denies.
+   *
+   * @generated from enum value: DENIAL_CODE_HOST_NOT_ALLOWED = 1;
+   */
+  HOST_NOT_ALLOWED = 1,
+
+  /**
+   * A rule of the host matches the path, but not the method.
+   *
+   * @generated from enum value: DENIAL_CODE_METHOD_NOT_ALLOWED = 2;
+   */
+  METHOD_NOT_ALLOWED = 2,
+
+  /**
+   * No rule of the host matches the path, and the host's default denies.
+   *
+   * @generated from enum value: DENIAL_CODE_PATH_NOT_ALLOWED = 3;
+   */
+  PATH_NOT_ALLOWED = 3,
+
+  /**
+   * The host entry does not allow the request's port or scheme.
+   *
+   * @generated from enum value: DENIAL_CODE_PORT_NOT_ALLOWED = 4;
+   */
+  PORT_NOT_ALLOWED = 4,
+
+  /**
+   * A WebSocket upgrade no allow rule with websocket: true matches.
+   *
+   * @generated from enum value: DENIAL_CODE_WEBSOCKET_NOT_ALLOWED = 5;
+   */
+  WEBSOCKET_NOT_ALLOWED = 5,
+
+  /**
+   * An explicit deny rule matches.
+   *
+   * @generated from enum value: DENIAL_CODE_RULE_DENIED = 6;
+   */
+  RULE_DENIED = 6,
+
+  /**
+   * The request is malformed, not in canonical form, or failed one of the
+   * proxy's own checks (host differing from the TLS server name, a size
+   * bound, ...).
+   *
+   * @generated from enum value: DENIAL_CODE_AMBIGUOUS_REQUEST = 7;
+   */
+  AMBIGUOUS_REQUEST = 7,
+
+  /**
+   * Over one of the policy's limits: limits.max_requests or
+   * limits.max_request_bytes.
+   *
+   * @generated from enum value: DENIAL_CODE_BUDGET_EXCEEDED = 8;
+   */
+  BUDGET_EXCEEDED = 8,
+
+  /**
+   * Over a rate: the proxy's per-source request limits.
+   *
+   * @generated from enum value: DENIAL_CODE_RATE_LIMITED = 9;
+   */
+  RATE_LIMITED = 9,
+
+  /**
+   * No decision could be had: no decision stream, no answer in time, or
+   * no running execution owns the source address.
+   *
+   * @generated from enum value: DENIAL_CODE_DECISION_UNAVAILABLE = 10;
+   */
+  DECISION_UNAVAILABLE = 10,
+
+  /**
+   * A secret sent where it is not bound (reserved for credential
+   * brokering).
+   *
+   * @generated from enum value: DENIAL_CODE_SECRET_MISUSE = 11;
+   */
+  SECRET_MISUSE = 11,
+
+  /**
+   * The caller's token does not allow the request (its allowedDomains or
+   * apiLimits claims).
+   *
+   * @generated from enum value: DENIAL_CODE_TOKEN_DENIED = 12;
+   */
+  TOKEN_DENIED = 12,
+}
+
+/**
+ * Describes the enum sandpit.policy.v1.DenialCode.
+ */
+export declare const DenialCodeSchema: GenEnum<DenialCode>;
 

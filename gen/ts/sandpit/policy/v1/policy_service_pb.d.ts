@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
-import type { Decision, Mode, Policy } from "./policy_pb.js";
+import type { Decision, DenialCode, Mode, Policy } from "./policy_pb.js";
 
 /**
  * Describes the file sandpit/policy/v1/policy_service.proto.
@@ -166,6 +166,14 @@ export declare type Verdict = Message<"sandpit.policy.v1.Verdict"> & {
    * @generated from field: string reason = 4;
    */
   reason: string;
+
+  /**
+   * For a denial (or a would-block verdict): why in one fixed word, as the
+   * proxy's refusal body says it in error.code.
+   *
+   * @generated from field: sandpit.policy.v1.DenialCode denial_code = 5;
+   */
+  denialCode: DenialCode;
 };
 
 /**
