@@ -42,17 +42,7 @@ func TestParseBudgets(t *testing.T) {
 	if want := (Limits{MaxTotalRequestBytes: 1 << 20, MaxTotalResponseBytes: 4096, MaxConcurrentConnections: 3}); c.Limits() != want {
 		t.Errorf("Limits = %+v, want %+v", c.Limits(), want)
 	}
-	out, err := Marshal(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	back, err := Parse(out)
-	if err != nil {
-		t.Fatalf("Parse(Marshal(p)): %v\n%s", err, out)
-	}
-	if !proto.Equal(p, back) {
-		t.Errorf("round trip changed the policy:\n%s\ngot  %v\nwant %v", out, back, p)
-	}
+	out := roundTrip(t, p)
 	if !strings.Contains(string(out), "max_total_request_bytes: 1MiB") || !strings.Contains(string(out), "rate: {per_second: 5, burst: 10}") {
 		t.Errorf("Marshal wrote:\n%s", out)
 	}

@@ -239,17 +239,7 @@ func TestMarshalRoundTrip(t *testing.T) {
 	p.Mode = policyv1.Mode_MODE_AUDIT
 	p.Limits.MaxRequestBytes = 1000
 	p.Hosts = append(p.Hosts, &policyv1.HostPolicy{Host: "pinned.example", Passthrough: true, Ports: []uint32{443, 8443}})
-	out, err := Marshal(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	back, err := Parse(out)
-	if err != nil {
-		t.Fatalf("Parse(Marshal(p)): %v\n%s", err, out)
-	}
-	if !proto.Equal(p, back) {
-		t.Errorf("round trip changed the policy:\n%s\ngot  %v\nwant %v", out, back, p)
-	}
+	roundTrip(t, p)
 }
 
 func TestMarshalRefusesInvalid(t *testing.T) {

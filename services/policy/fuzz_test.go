@@ -150,17 +150,7 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("Parse accepted a policy Compile refuses: %v", err)
 		}
 		c.Decide(Request{Method: "GET", Host: "api.example.com", Path: "/"})
-		out, err := Marshal(p)
-		if err != nil {
-			t.Fatalf("Marshal of a parsed policy: %v", err)
-		}
-		back, err := Parse(out)
-		if err != nil {
-			t.Fatalf("Parse(Marshal(p)): %v\n%s", err, out)
-		}
-		if !proto.Equal(p, back) {
-			t.Fatalf("round trip changed the policy:\n%s\ngot  %v\nwant %v", out, back, p)
-		}
+		roundTrip(t, p)
 	})
 }
 
@@ -273,4 +263,22 @@ func FuzzCanonicalFixedPoint(f *testing.F) {
 			t.Fatalf("GET %s%s decided %v by %q (%s), want allowed by its own rule", h.Name, path, d.Decision, d.RuleID, d.Reason)
 		}
 	})
+}
+
+// roundTrip marshals p and parses it back, failing unless the same policy
+// comes back; it returns what Marshal wrote.
+func roundTrip(t testing.TB, p *policyv1.Policy) []byte {
+	t.Helper()
+	out, err := Marshal(p)
+	if err != nil {
+		t.Fatalf("Marshal: %v", err)
+	}
+	back, err := Parse(out)
+	if err != nil {
+		t.Fatalf("Parse(Marshal(p)): %v\n%s", err, out)
+	}
+	if !proto.Equal(p, back) {
+		t.Fatalf("round trip changed the policy:\n%s\ngot  %v\nwant %v", out, back, p)
+	}
+	return out
 }
