@@ -55,13 +55,9 @@ func ServerCredentials(f TLSFiles, log *slog.Logger) (credentials.TransportCrede
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: kp.get}
 	if f.ClientCAFile != "" {
-		pem, err := os.ReadFile(f.ClientCAFile)
-		if err != nil {
-			return nil, fmt.Errorf("tls client CA: %w", err)
-		}
 		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("tls client CA %s: no PEM certificate in it", f.ClientCAFile)
+		if err := AppendCertsFile(pool, f.ClientCAFile, "tls client CA"); err != nil {
+			return nil, err
 		}
 		cfg.ClientCAs, cfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
 	}
@@ -167,6 +163,19 @@ func VerifiedClient(ctx context.Context) (ClientIdentity, bool) {
 func clientFields(ctx context.Context) logging.Fields {
 	if id, ok := VerifiedClient(ctx); ok {
 		return logging.Fields{"client_identity", id.String()}
+	}
+	return nil
+}
+
+// AppendCertsFile adds the PEM certificates of the file at path to pool;
+// what names the file (a flag) in errors. A file with none is an error.
+func AppendCertsFile(pool *x509.CertPool, path, what string) error {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return fmt.Errorf("%s %s: no PEM certificate in it", what, path)
 	}
 	return nil
 }

@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"slices"
 	"time"
 
@@ -58,12 +57,8 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		roots = x509.NewCertPool()
 	}
 	if cfg.UpstreamCA != "" {
-		pem, err := os.ReadFile(cfg.UpstreamCA)
-		if err != nil {
-			return fmt.Errorf("upstream-ca: %w", err)
-		}
-		if !roots.AppendCertsFromPEM(pem) {
-			return fmt.Errorf("upstream-ca %s: no certificates", cfg.UpstreamCA)
+		if err := grpcserve.AppendCertsFile(roots, cfg.UpstreamCA, "upstream-ca"); err != nil {
+			return err
 		}
 	}
 

@@ -5,11 +5,12 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/sandpit-run/sandpit/services/daemon/grpcserve"
 )
 
 // TransportConfig says how the proxy reaches the executor's decision
@@ -64,13 +65,9 @@ func (c TransportConfig) Credentials() (credentials.TransportCredentials, error)
 	if err != nil {
 		return nil, fmt.Errorf("decider-tls-cert: %w", err)
 	}
-	pem, err := os.ReadFile(c.CAFile)
-	if err != nil {
-		return nil, fmt.Errorf("decider-ca: %w", err)
-	}
 	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("decider-ca %s: no certificates", c.CAFile)
+	if err := grpcserve.AppendCertsFile(roots, c.CAFile, "decider-ca"); err != nil {
+		return nil, err
 	}
 	return credentials.NewTLS(&tls.Config{
 		MinVersion:   tls.VersionTLS13,

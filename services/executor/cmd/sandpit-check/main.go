@@ -32,6 +32,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
+	"github.com/sandpit-run/sandpit/services/daemon/grpcserve"
 	"github.com/sandpit-run/sandpit/services/policy"
 )
 
@@ -197,13 +198,9 @@ func transport(o options) (credentials.TransportCredentials, error) {
 		}
 		return insecure.NewCredentials(), nil
 	}
-	pem, err := os.ReadFile(o.caFile)
-	if err != nil {
-		return nil, err
-	}
 	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("%s: no PEM certificate", o.caFile)
+	if err := grpcserve.AppendCertsFile(pool, o.caFile, "-tls-ca"); err != nil {
+		return nil, err
 	}
 	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	if o.certFile != "" {

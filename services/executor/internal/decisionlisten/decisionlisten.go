@@ -20,6 +20,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+
+	"github.com/sandpit-run/sandpit/services/daemon/grpcserve"
 )
 
 // UnixScheme prefixes a unix socket's path in an address.
@@ -237,13 +239,9 @@ func serverTLS(f TLSFiles, refused *refusals, log *slog.Logger) (*tls.Config, er
 	if err != nil {
 		return nil, fmt.Errorf("decision-tls-cert: %w", err)
 	}
-	pem, err := os.ReadFile(f.ClientCAFile)
-	if err != nil {
-		return nil, fmt.Errorf("decision-client-ca: %w", err)
-	}
 	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("decision-client-ca %s: no certificates", f.ClientCAFile)
+	if err := grpcserve.AppendCertsFile(pool, f.ClientCAFile, "decision-client-ca"); err != nil {
+		return nil, err
 	}
 	return &tls.Config{
 		MinVersion:   tls.VersionTLS13,
