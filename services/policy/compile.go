@@ -52,6 +52,16 @@ type Decision struct {
 	// that allowed the request: each is kept on its own, so that a
 	// narrower policy's rule cannot lift a wider one's rate.
 	Rates []Rate
+	// AllowedBy are the rules (or defaults) of every policy of the chain
+	// that allowed the request, by layer: what a secret binding's rules
+	// are checked against.
+	AllowedBy []RuleRef
+}
+
+// RuleRef names a rule (or default) of one policy of a chain.
+type RuleRef struct {
+	Layer  int
+	RuleID string
 }
 
 // Rate is an allow rule's rate (proto RuleRate): PerSecond requests a
@@ -93,6 +103,8 @@ type layer struct {
 	defaultAllow bool
 	hosts        hostIndex[*hostEntry]
 	limits       Limits
+	// secrets are the policy's secret bindings.
+	secrets []Binding
 	// claims marks a layer of a caller's token (see Claims), which
 	// decides by decideClaims; revoked are the rule ids it takes away.
 	claims  bool
@@ -180,6 +192,7 @@ func compileLayer(p *policyv1.Policy) (*layer, Errors) {
 	}
 	hostField := map[hostPattern]string{}
 	ruleField := map[string]string{}
+	allowRule := map[string]bool{}
 	for i, hp := range p.GetHosts() {
 		field := fmt.Sprintf("hosts[%d]", i)
 		e := &hostEntry{
@@ -212,10 +225,12 @@ func compileLayer(p *policyv1.Policy) (*layer, Errors) {
 			rf := fmt.Sprintf("%s.rules[%d]", field, j)
 			cr := compileRule(&c, rf, r, ruleField)
 			e.rules = append(e.rules, cr)
+			allowRule[cr.id] = cr.allow
 			e.couldAllow = e.couldAllow || cr.allow
 			e.semicolon = e.semicolon || strings.Contains(r.GetPath(), ";")
 		}
 	}
+	compileSecrets(&c, l, p, ruleField, allowRule)
 	return l, c.errs
 }
 
@@ -343,6 +358,7 @@ func (c *Compiled) Decide(r Request) Decision {
 	var d Decision
 	var audited *Decision
 	var allowedBy []string
+	var refs []RuleRef
 	var rates []Rate
 	for i, l := range c.layers {
 		var ld Decision
@@ -363,6 +379,7 @@ func (c *Compiled) Decide(r Request) Decision {
 			}
 			d = ld
 			allowedBy = append(allowedBy, ld.RuleID)
+			refs = append(refs, RuleRef{Layer: i, RuleID: ld.RuleID})
 			continue
 		}
 		if !l.audit {
@@ -379,7 +396,7 @@ func (c *Compiled) Decide(r Request) Decision {
 		return *audited
 	}
 	d.Decision = policyv1.Decision_DECISION_ALLOW
-	d.Rates = rates
+	d.Rates, d.AllowedBy = rates, refs
 	return d
 }
 
