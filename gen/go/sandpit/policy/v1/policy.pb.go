@@ -217,8 +217,9 @@ const (
 	// No decision could be had: no decision stream, no answer in time, or
 	// no running execution owns the source address.
 	DenialCode_DENIAL_CODE_DECISION_UNAVAILABLE DenialCode = 10
-	// A secret sent where it is not bound (reserved for credential
-	// brokering).
+	// A request carried a secret's placeholder where its binding does not
+	// let it go (another host, a rule it is not bound to, another header,
+	// the query or the path).
 	DenialCode_DENIAL_CODE_SECRET_MISUSE DenialCode = 11
 	// The caller's token does not allow the request (its allowedDomains or
 	// apiLimits claims).

@@ -600,8 +600,9 @@ export enum DenialCode {
   DECISION_UNAVAILABLE = 10,
 
   /**
-   * A secret sent where it is not bound (reserved for credential
-   * brokering).
+   * A request carried a secret's placeholder where its binding does not
+   * let it go (another host, a rule it is not bound to, another header,
+   * the query or the path).
    *
    * @generated from enum value: DENIAL_CODE_SECRET_MISUSE = 11;
    */
