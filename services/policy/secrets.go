@@ -102,6 +102,9 @@ func compileSecrets(c *checker, l *layer, p *policyv1.Policy, ruleField map[stri
 			if !b.hosts.add(pat, true) {
 				c.add(fmt.Sprintf("%s.hosts[%d]", field, j), "%s is listed twice", pat)
 			}
+			if pt, ok := passthroughOverlapping(l.hosts, pat); ok {
+				c.add(fmt.Sprintf("%s.hosts[%d]", field, j), "%s overlaps %s, which is passed through: the proxy never reads its requests, so it cannot place a secret in them", pat, pt)
+			}
 		}
 		if n := len(sb.GetRules()); n > MaxRulesPerBinding {
 			c.add(field+".rules", "%d rules, at most %d are allowed", n, MaxRulesPerBinding)
@@ -150,6 +153,26 @@ func compileSecrets(c *checker, l *layer, p *policyv1.Policy, ruleField map[stri
 	}
 }
 
+// passthroughOverlapping returns a pass-through host entry's pattern that
+// matches some host pat matches.
+func passthroughOverlapping(hosts hostIndex[*hostEntry], pat hostPattern) (hostPattern, bool) {
+	under := func(name, parent string) bool { return strings.HasSuffix(name, "."+parent) }
+	for name, e := range hosts.exact {
+		if e.passthrough && (name == pat.name && !pat.wildcard || pat.wildcard && under(name, pat.name)) {
+			return e.pattern, true
+		}
+	}
+	for name, e := range hosts.wildcard {
+		if !e.passthrough {
+			continue
+		}
+		if pat.wildcard && (name == pat.name || under(name, pat.name) || under(pat.name, name)) || !pat.wildcard && under(pat.name, name) {
+			return e.pattern, true
+		}
+	}
+	return hostPattern{}, false
+}
+
 // SecretBinding returns the binding of secret in the chain: the first
 // policy that binds it. Only the executor's and the tenants' policies may
 // bind (the executor refuses an inline policy with secrets).
@@ -175,34 +198,57 @@ func (c *Compiled) HasSecrets() bool {
 	return false
 }
 
-// SecretFits reports whether a request r, decided d by this chain, may
-// carry b's secret at p: only an allowed request (not a would-block one: it
-// is one a policy would deny), to one of b's hosts, allowed (when b names
-// rules) by one of them in b's policy, with the secret where b puts it.
-func (b Binding) SecretFits(r Request, d Decision, p Placement) bool {
-	if d.Decision != policyv1.Decision_DECISION_ALLOW || p.Kind != b.Placement.Kind {
-		return false
+// Misfit says why a request r, decided d by this chain, may not carry b's
+// secret at p, or is empty when it may: only an allowed request (not a
+// would-block one: it is one a policy would deny), to one of b's hosts,
+// allowed (when b names rules) by one of them in b's policy, with the
+// secret where b puts it. The reason names the secret and what the request
+// would have to change, never another binding or rule.
+func (b Binding) Misfit(r Request, d Decision, p Placement) string {
+	if d.Decision != policyv1.Decision_DECISION_ALLOW {
+		return fmt.Sprintf("secret %s goes only into requests the policies allow, and a policy in audit mode would block this one", b.Secret)
 	}
-	switch p.Kind {
-	case PlaceHeader:
-		if !strings.EqualFold(p.Name, b.Placement.Name) {
-			return false
-		}
-	case PlaceQuery:
-		if p.Name != b.Placement.Name {
-			return false
-		}
+	if p.Kind != b.Placement.Kind || !samePlace(p, b.Placement) {
+		return fmt.Sprintf("secret %s goes %s, not %s", b.Secret, b.Placement, p)
 	}
 	if _, ok := b.hosts.lookup(r.Host); !ok {
-		return false
+		return fmt.Sprintf("secret %s may not go to %s", b.Secret, r.Host)
 	}
 	if len(b.rules) == 0 {
-		return true
+		return ""
 	}
 	for _, a := range d.AllowedBy {
 		if a.Layer == b.layer && slices.Contains(b.rules, a.RuleID) {
-			return true
+			return ""
 		}
 	}
-	return false
+	return fmt.Sprintf("secret %s may not go with this request: the rule that allowed it is not one its binding names", b.Secret)
+}
+
+// SecretFits reports whether Misfit finds nothing wrong.
+func (b Binding) SecretFits(r Request, d Decision, p Placement) bool { return b.Misfit(r, d, p) == "" }
+
+func samePlace(p, q Placement) bool {
+	switch p.Kind {
+	case PlaceHeader:
+		return strings.EqualFold(p.Name, q.Name)
+	case PlaceQuery:
+		return p.Name == q.Name
+	}
+	return true
+}
+
+// String says where p puts a secret, for a reason: "in header
+// Authorization", "in basic credentials", "in query parameter key", "in
+// the path".
+func (p Placement) String() string {
+	switch p.Kind {
+	case PlaceHeader:
+		return "in header " + p.Name
+	case PlaceBasic:
+		return "in basic credentials"
+	case PlaceQuery:
+		return "in query parameter " + p.Name
+	}
+	return "in the path"
 }

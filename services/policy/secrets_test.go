@@ -151,3 +151,27 @@ func TestSecretFits(t *testing.T) {
 		t.Error("the binding of the chain's second policy does not see its own rule")
 	}
 }
+
+// TestSecretNotOnPassthrough: a binding may not name a host, or a pattern
+// overlapping one, that the same policy passes through.
+func TestSecretNotOnPassthrough(t *testing.T) {
+	base := "version: 1\nhosts:\n  - { host: pinned.test, passthrough: true }\n  - { host: \"*.spliced.test\", passthrough: true }\n  - { host: api.test, default: allow }\nsecrets:\n"
+	for _, host := range []string{"pinned.test", "a.spliced.test", "\"*.spliced.test\"", "\"*.b.spliced.test\""} {
+		p, err := Parse([]byte(base + "  - { secret: s, hosts: [" + host + "], basic: true }\n"))
+		if err == nil {
+			_, err = Compile(p)
+		}
+		if err == nil || !strings.Contains(err.Error(), "secrets[0].hosts[0]") || !strings.Contains(err.Error(), "passed through") {
+			t.Errorf("%s: err = %v, want a pass-through overlap", host, err)
+		}
+	}
+	for _, host := range []string{"api.test", "spliced.test", "\"*.api.test\"", "\"*.pinned.test\""} {
+		p, err := Parse([]byte(base + "  - { secret: s, hosts: [" + host + "], basic: true }\n"))
+		if err == nil {
+			_, err = Compile(p)
+		}
+		if err != nil {
+			t.Errorf("%s: %v", host, err)
+		}
+	}
+}

@@ -114,6 +114,11 @@ type Execution struct {
 	// by its per-source limits.
 	rateLimited, dnsRateLimited uint32
 	use                         usage // see admit
+	// secrets are the execution's, by placeholder id (UseSecrets, set
+	// once); withSecrets and secretMisuse count the requests they were
+	// swapped into and the ones refused for misuse.
+	secrets                   map[string]Secret
+	withSecrets, secretMisuse uint32
 
 	dnsQueries atomic.Uint32 // see overDNSBudget
 }
@@ -173,6 +178,10 @@ type Summary struct {
 	// max_concurrent_connections.
 	RequestBytes, ResponseBytes uint64
 	PeakConcurrent, OverRate    uint32
+	// WithSecrets counts the allowed requests a secret was placed into,
+	// SecretMisuse the blocked ones that carried a placeholder where its
+	// binding does not let it go.
+	WithSecrets, SecretMisuse uint32
 }
 
 // Summary returns the counts and a copy of the log so far: an outcome
@@ -199,6 +208,8 @@ func (e *Execution) Summary() Summary {
 		ResponseBytes:     e.use.responseBytes,
 		PeakConcurrent:    e.use.peakOpen,
 		OverRate:          e.use.overRate,
+		WithSecrets:       e.withSecrets,
+		SecretMisuse:      e.secretMisuse,
 	}
 }
 
@@ -612,6 +623,10 @@ func (e *Execution) request(r *egressv1.HttpRequest, fullURL string, d policy.De
 		Decision:   d.Decision,
 		Source:     d.Source,
 		DenialCode: d.Code,
+		Secrets:    g.secrets,
+	}
+	if !blocked && len(g.swaps) > 0 {
+		e.withSecrets++
 	}
 	if blocked {
 		entry.StatusCode = 403
@@ -642,6 +657,7 @@ func (e *Execution) request(r *egressv1.HttpRequest, fullURL string, d policy.De
 		Reason:     logReason,
 		Source:     d.Source,
 		DenialCode: d.Code,
+		Secrets:    g.secrets,
 	})
 	if f := e.observe.Load(); f != nil {
 		(*f)(Observed{Host: host, RuleID: rule, Source: d.Source, Decision: d.Decision})
@@ -650,6 +666,7 @@ func (e *Execution) request(r *egressv1.HttpRequest, fullURL string, d policy.De
 	if !blocked {
 		resp.MaxRequestBytes = policy.MinNonZero(e.policy().Limits().MaxRequestBytes, g.maxRequest)
 		resp.MaxResponseBytes = g.maxResponse
+		resp.Swaps = g.swaps
 	}
 	resp.RetryAfterSeconds = g.retryAfter
 	return resp, pending{exec: e, id: reqID, entry: entry, logged: logged, grant: g}
@@ -679,10 +696,16 @@ func (e *Execution) decide(r *egressv1.HttpRequest) (policy.Decision, grant) {
 		Method: r.GetMethod(), Host: r.GetHost(), Path: r.GetPath(), WebSocket: r.GetWebsocket(),
 		Scheme: r.GetScheme(), Port: r.GetPort(),
 	})
+	d, swaps, carried := e.placeSecrets(r, pol, d)
 	if !d.Forward() {
-		return d, grant{}
+		return d, grant{secrets: carried}
 	}
-	return e.admit(d, r.GetContentLength(), limits)
+	d, g := e.admit(d, r.GetContentLength(), limits)
+	g.secrets = carried
+	if d.Forward() {
+		g.swaps = swaps
+	}
+	return d, g
 }
 
 // countRequest counts one request against max_requests, and returns the

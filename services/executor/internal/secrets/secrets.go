@@ -280,15 +280,21 @@ func readDir(dir string) (map[string]Value, map[string]time.Time, error) {
 // letters and digits, the shape API keys have.
 const placeholderChars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
-// PlaceholderRandom is the length of a placeholder's random part: 32
-// characters of 62 hold 190 bits, so no two executions share one.
-const PlaceholderRandom = 32
+// Placeholder ids: every placeholder ends in Marker and IDRandom random
+// letters and digits, its IDLen-byte id, which the egress proxy finds in a
+// request without knowing any execution's placeholders. 29 characters of
+// 62 hold 172 bits, so no two executions share one.
+const (
+	Marker   = "SPX"
+	IDRandom = 29
+	IDLen    = len(Marker) + IDRandom
+)
 
-// Placeholder returns prefix followed by PlaceholderRandom random letters
-// and digits: a value of the shape an SDK checks (sk_test_..., ghp_...)
-// that stands for a secret in a sandbox and is worth nothing outside it.
+// Placeholder returns prefix, Marker and IDRandom random letters and
+// digits: a value of the shape an SDK checks (sk_test_..., ghp_...) that
+// stands for a secret in a sandbox and is worth nothing outside it.
 func Placeholder(prefix string) string {
-	b := make([]byte, PlaceholderRandom)
+	b := make([]byte, IDRandom)
 	max := big.NewInt(int64(len(placeholderChars)))
 	for i := range b {
 		n, err := rand.Int(rand.Reader, max)
@@ -297,5 +303,8 @@ func Placeholder(prefix string) string {
 		}
 		b[i] = placeholderChars[n.Int64()]
 	}
-	return prefix + string(b)
+	return prefix + Marker + string(b)
 }
+
+// ID is the id of placeholder p: its last IDLen bytes.
+func ID(p string) string { return p[max(0, len(p)-IDLen):] }

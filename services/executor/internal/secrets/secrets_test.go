@@ -179,10 +179,10 @@ func TestEnvironmentSecrets(t *testing.T) {
 	}
 }
 
-// TestPlaceholder: the prefix an SDK checks, then 32 letters and digits,
-// different every time.
+// TestPlaceholder: the prefix an SDK checks, the marker, then 29 letters
+// and digits, different every time; its id is the marker and what follows.
 func TestPlaceholder(t *testing.T) {
-	shape := regexp.MustCompile(`^sk_test_[A-Za-z0-9]{32}$`)
+	shape := regexp.MustCompile(`^sk_test_SPX[A-Za-z0-9]{29}$`)
 	seen := map[string]bool{}
 	for range 1000 {
 		p := Placeholder("sk_test_")
@@ -190,5 +190,8 @@ func TestPlaceholder(t *testing.T) {
 			t.Fatalf("placeholder %q: wrong shape or repeated", p)
 		}
 		seen[p] = true
+		if id := ID(p); len(id) != IDLen || p != "sk_test_"+id {
+			t.Fatalf("ID(%q) = %q", p, id)
+		}
 	}
 }
