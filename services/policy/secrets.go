@@ -27,6 +27,11 @@ var (
 	queryName  = regexp.MustCompile(`^[A-Za-z0-9_.~-]{1,64}$`)
 )
 
+// IsSecretName reports whether s can name a secret: a-z, 0-9 and _.-, at
+// most 64, starting with a letter or digit (safe as a file name and in a
+// log line).
+func IsSecretName(s string) bool { return secretName.MatchString(s) }
+
 // headersNeverBound are the headers a secret cannot be placed in: the
 // ones that frame or route the request.
 var headersNeverBound = []string{"host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer", "cookie"}

@@ -14,8 +14,9 @@ import (
 // Placeholder, the proxy swaps it for Value where the binding of Name
 // lets it go.
 type Secret struct {
-	Name, Placeholder string
-	Value             secrets.Value
+	// Env is the sandbox's variable that holds the placeholder.
+	Name, Env, Placeholder string
+	Value                  secrets.Value
 }
 
 // UseSecrets gives the execution its secrets, before its program starts.

@@ -19,10 +19,12 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/sandpit-run/sandpit/services/executor/internal/tenants"
+	"github.com/sandpit-run/sandpit/services/policy"
 )
 
 // Bounds on what the store holds.
@@ -42,10 +44,6 @@ var (
 	ErrNotFound = errors.New("no such secret")
 	ErrBadName  = errors.New("not a secret name")
 )
-
-// names of secrets and tenants' directories: safe as file names, in logs
-// and in a policy file.
-var name = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,63}$`)
 
 // Value is a secret's bytes, which it never prints.
 type Value struct {
@@ -100,7 +98,7 @@ func Open(dir string, environ []string, log *slog.Logger) (*Store, error) {
 			continue
 		}
 		n := strings.ToLower(strings.TrimPrefix(k, EnvPrefix))
-		if !name.MatchString(n) {
+		if !policy.IsSecretName(n) {
 			return nil, fmt.Errorf("environment variable %s: %q is not a secret name (a-z, 0-9, _.-, at most 64)", k, n)
 		}
 		if len(v) == 0 || len(v) > MaxValueBytes {
@@ -123,7 +121,7 @@ func Open(dir string, environ []string, log *slog.Logger) (*Store, error) {
 // else SANDPIT_SECRET_<NAME>. A tenant never sees another tenant's
 // secrets, nor the executor's.
 func (s *Store) Lookup(tenant, secret string) (Value, error) {
-	if !name.MatchString(secret) || tenant != "" && !name.MatchString(tenant) {
+	if !policy.IsSecretName(secret) || tenant != "" && !tenants.IsName(tenant) {
 		return Value{}, fmt.Errorf("%w: %q", ErrBadName, secret)
 	}
 	key := secret
@@ -142,6 +140,13 @@ func (s *Store) Lookup(tenant, secret string) (Value, error) {
 		}
 	}
 	return Value{}, fmt.Errorf("%w %q", ErrNotFound, secret)
+}
+
+// Len is how many secrets the store holds.
+func (s *Store) Len() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.files) + len(s.env)
 }
 
 // Problem says why the directory's last change is not in force, or is
@@ -215,7 +220,7 @@ func scan(dir string) ([]string, map[string]time.Time, error) {
 		return nil
 	}
 	for _, e := range top {
-		if !name.MatchString(e.Name()) {
+		if e.IsDir() && !tenants.IsName(e.Name()) || !e.IsDir() && !policy.IsSecretName(e.Name()) {
 			continue
 		}
 		p := filepath.Join(dir, e.Name())
@@ -230,7 +235,7 @@ func scan(dir string) ([]string, map[string]time.Time, error) {
 			return nil, nil, fmt.Errorf("secrets of tenant %s: %w", e.Name(), err)
 		}
 		for _, f := range sub {
-			if !f.IsDir() && name.MatchString(f.Name()) {
+			if !f.IsDir() && policy.IsSecretName(f.Name()) {
 				if err := add(e.Name()+"/"+f.Name(), filepath.Join(p, f.Name())); err != nil {
 					return nil, nil, err
 				}

@@ -148,6 +148,9 @@ type limitsDoc struct {
 // in logs and metric labels.
 var name = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$`)
 
+// IsName reports whether s can name a tenant or a tier.
+func IsName(s string) bool { return name.MatchString(s) }
+
 // Load reads the tenants file at path and every policy file it names.
 func Load(path string) (*Set, error) {
 	data, err := os.ReadFile(path)
