@@ -23,6 +23,10 @@ const (
 	upstreamTLSError    = "tls_error"
 	upstreamClosed      = "connection_closed"
 	upstreamOther       = "upstream_error"
+	// Not the upstream's failure as such: its response to a request
+	// carrying a secret came compressed, so the value could not be
+	// scrubbed from it.
+	upstreamUnscrubbable = "unscrubbable_response"
 )
 
 // upstreamErrorMessages are the only words of an upstream failure a
@@ -39,6 +43,7 @@ var upstreamErrorMessages = map[string]string{
 	upstreamTLSError:    "TLS with the upstream failed",
 	upstreamClosed:      "the upstream closed the connection",
 	upstreamOther:       "sandpit could not reach the upstream",
+	upstreamUnscrubbable: "the upstream compressed its response to a request carrying a secret; sandpit returns such a response only as it can scrub it, uncompressed",
 }
 
 // errSandboxClosed is wrapped by the error of an exchange that failed on
@@ -80,6 +85,8 @@ func upstreamErrorClass(err error) string {
 		certErr   x509.CertificateInvalidError
 	)
 	switch {
+	case errors.Is(err, errUnscrubbable):
+		return upstreamUnscrubbable
 	case errors.Is(err, dialer.ErrRefused):
 		return upstreamRefused
 	case errors.Is(err, dialer.ErrNotResolved), errors.As(err, &dnsErr):

@@ -104,6 +104,9 @@ func Open(dir string, environ []string, log *slog.Logger) (*Store, error) {
 		if len(v) == 0 || len(v) > MaxValueBytes {
 			return nil, fmt.Errorf("environment variable %s: a secret holds 1 to %d bytes", k, MaxValueBytes)
 		}
+		if err := checkBytes([]byte(v)); err != nil {
+			return nil, fmt.Errorf("environment variable %s: %w", k, err)
+		}
 		s.env[n] = Value{name: n, b: []byte(v)}
 	}
 	if dir != "" {
@@ -275,10 +278,24 @@ func readDir(dir string) (map[string]Value, map[string]time.Time, error) {
 		if len(b) == 0 {
 			return nil, nil, fmt.Errorf("secret %s: empty", key)
 		}
+		if err := checkBytes(b); err != nil {
+			return nil, nil, fmt.Errorf("secret %s: %w", key, err)
+		}
 		n := key[strings.LastIndexByte(key, '/')+1:]
 		files[key] = Value{name: n, b: b}
 	}
 	return files, mtimes, nil
+}
+
+// checkBytes refuses a value with control characters (but tab): a secret
+// goes into a header, where they would end it or be refused, or a query.
+func checkBytes(b []byte) error {
+	for _, c := range b {
+		if c < 0x20 && c != '\t' || c == 0x7f {
+			return errors.New("holds a control character: a secret goes into a header or a query, where it cannot")
+		}
+	}
+	return nil
 }
 
 // placeholderChars are what a placeholder's random part is drawn from:

@@ -162,7 +162,7 @@ func TestCheckFollowsTheDirectory(t *testing.T) {
 // TestEnvironmentSecrets: SANDPIT_SECRET_<NAME> is the executor's secret
 // <name>; a bad name or an empty value is refused at start.
 func TestEnvironmentSecrets(t *testing.T) {
-	for _, env := range [][]string{{EnvPrefix + "BAD/NAME=x"}, {EnvPrefix + "EMPTY="}, {EnvPrefix + "BIG=" + strings.Repeat("k", MaxValueBytes+1)}} {
+	for _, env := range [][]string{{EnvPrefix + "BAD/NAME=x"}, {EnvPrefix + "EMPTY="}, {EnvPrefix + "BIG=" + strings.Repeat("k", MaxValueBytes+1)}, {EnvPrefix + "CRLF=a\r\nX-Injected: 1"}} {
 		if _, err := Open("", env, quiet()); err == nil {
 			t.Errorf("Open with %.40q: no error", env)
 		}
