@@ -34,15 +34,15 @@ const (
 // fixed, naming no address, port or library error. The error itself goes
 // to the proxy's log only.
 var upstreamErrorMessages = map[string]string{
-	upstreamDNSFailure:  "sandpit could not resolve the upstream's name",
-	upstreamRefused:     "sandpit refuses to connect to the upstream's address (private, special-purpose or this host's own)",
-	upstreamConnRefused: "the upstream refused the connection",
-	upstreamUnreachable: "the upstream is unreachable",
-	upstreamTimeout:     "the upstream did not answer in time",
-	upstreamTLSCert:     "the upstream's TLS certificate is not trusted",
-	upstreamTLSError:    "TLS with the upstream failed",
-	upstreamClosed:      "the upstream closed the connection",
-	upstreamOther:       "sandpit could not reach the upstream",
+	upstreamDNSFailure:   "sandpit could not resolve the upstream's name",
+	upstreamRefused:      "sandpit refuses to connect to the upstream's address (private, special-purpose or this host's own)",
+	upstreamConnRefused:  "the upstream refused the connection",
+	upstreamUnreachable:  "the upstream is unreachable",
+	upstreamTimeout:      "the upstream did not answer in time",
+	upstreamTLSCert:      "the upstream's TLS certificate is not trusted",
+	upstreamTLSError:     "TLS with the upstream failed",
+	upstreamClosed:       "the upstream closed the connection",
+	upstreamOther:        "sandpit could not reach the upstream",
 	upstreamUnscrubbable: "the upstream compressed its response to a request carrying a secret; sandpit returns such a response only as it can scrub it, uncompressed",
 }
 

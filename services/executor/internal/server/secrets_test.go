@@ -49,7 +49,9 @@ func (b bindingEgress) Attach(context.Context, string, *policy.Compiled, chan<- 
 	return secretsNetwork{got: b.got}, nil
 }
 
-func (b bindingEgress) Policy(narrow *policy.Compiled) *policy.Compiled { return policy.Chain(b.op, narrow) }
+func (b bindingEgress) Policy(narrow *policy.Compiled) *policy.Compiled {
+	return policy.Chain(b.op, narrow)
+}
 
 // TestExecuteSecrets: a request's secrets reach the sandbox as
 // placeholders of their binding's shape and the execution's network as
