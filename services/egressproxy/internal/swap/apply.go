@@ -20,13 +20,14 @@ type Swap struct {
 
 // Apply replaces every occurrence of each swap's Placeholder in h's values
 // by its Value (inside Basic credentials: decoded, replaced, re-encoded
-// with standard base64) and in rawQuery's parameter values (decoded,
-// replaced, re-encoded with url.QueryEscape; an undecodable value gets the
-// escaped Value in its raw bytes; parameters without a placeholder keep
-// their exact bytes), and returns the new raw query. It never touches the
-// path or header names. It fails, leaving h and the query unusable, when a
-// Value with bytes a header value may not hold (CR, LF, NUL, other
-// controls but HTAB) would be placed in a header.
+// with standard base64; the base64 text itself is not searched) and in
+// rawQuery's parameter values (decoded, replaced, re-encoded with
+// url.QueryEscape; an undecodable value gets the escaped Value in its raw
+// bytes; parameters without a placeholder keep their exact bytes), and
+// returns the new raw query. It never touches the path or header names.
+// It fails, leaving h and the query unusable, when a Value with bytes a
+// header value may not hold (CR, LF, NUL, other controls but HTAB) would
+// be placed in a header.
 func Apply(h http.Header, rawQuery string, swaps []Swap) (string, error) {
 	swaps = nonEmpty(swaps, func(s Swap) string { return s.Placeholder })
 	if len(swaps) == 0 {

@@ -45,7 +45,9 @@ type Found struct {
 	// 128 and 64 bytes); empty for BASIC and PATH.
 	Name string
 	// Value is the whole header value, the decoded Basic credentials or
-	// the decoded query value, cut to MaxValue.
+	// the decoded query value, cut to MaxValue. The first one found for
+	// (ID, Place, Name) stands for the others. Name and Value are made
+	// valid UTF-8 (an invalid byte becomes U+FFFD) for the proto.
 	Value string
 }
 

@@ -16,6 +16,8 @@ const chunk = 32 << 10
 // the longest value's length less one byte between reads. On EOF it emits
 // what it holds; on another error it drops what it holds (a value cut by
 // the error must not reach the sandbox in part) and returns the error.
+// Each read of r costs one search per value over what it holds and what
+// came in.
 func NewScrubber(r io.Reader, swaps []Swap) io.Reader {
 	swaps = nonEmpty(swaps, func(s Swap) string { return string(s.Value) })
 	if len(swaps) == 0 {
