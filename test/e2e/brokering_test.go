@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -10,6 +11,9 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
@@ -74,14 +78,14 @@ const attempt = async f => { try { return await f(); } catch (e) { return { fail
 // keyChecker is a stand-in that answers only a request with the bearer
 // token want, reflecting the Authorization header back in a response
 // header and in the body, as some APIs do in errors or echoes.
-func keyChecker(t *testing.T, want string, body func(auth string) string) (addr string, got func() []string) {
+func keyChecker(t *testing.T, body func(auth string) string, want ...string) (addr string, got func() []string) {
 	t.Helper()
 	var seen lockedBuffer
 	srv := serveTLS(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		auth := r.Header.Get("Authorization")
 		fmt.Fprintf(&seen, "%s %s auth=%s accept-encoding=%s\n", r.Method, r.URL.RequestURI(), auth, r.Header.Get("Accept-Encoding"))
 		w.Header().Set("Content-Type", "application/json")
-		if auth != "Bearer "+want {
+		if !slices.ContainsFunc(want, func(w string) bool { return auth == "Bearer "+w }) {
 			w.WriteHeader(http.StatusUnauthorized)
 			fmt.Fprint(w, `{"error":{"type":"invalid_request_error","message":"Invalid API Key provided"}}`)
 			return
@@ -91,6 +95,8 @@ func keyChecker(t *testing.T, want string, body func(auth string) string) (addr 
 	}))
 	return srv.Listener.Addr().String(), func() []string { return strings.Split(strings.TrimSpace(seen.String()), "\n") }
 }
+
+func githubBody(auth string) string { return fmt.Sprintf(`{"login":"octocat","token":%q}`, auth) }
 
 // TestCredentialBrokering runs the real Stripe SDK and axios in a sandbox
 // that holds only placeholders: the stand-ins for api.stripe.com and
@@ -112,18 +118,18 @@ func TestCredentialBrokering(t *testing.T) {
 	eo := startEgress(t, ports, brokerPolicy)
 	execLogs := &lockedBuffer{}
 	e := startExecutor(t, executorOpts{egress: eo, logs: execLogs, allow: []string{sdkImage}, flags: []string{"--secrets-dir", dir}})
-	stripeAddr, stripeSeen := keyChecker(t, realStripeKey, func(auth string) string {
+	stripeAddr, stripeSeen := keyChecker(t, func(auth string) string {
 		return fmt.Sprintf(`{"object":"list","url":"/v1/products","has_more":false,"data":[{"id":"prod_1","object":"product","description":%q}]}`, "called with "+auth)
-	})
-	githubAddr, githubSeen := keyChecker(t, realGitHubKey, func(auth string) string { return fmt.Sprintf(`{"login":"octocat","token":%q}`, auth) })
+	}, realStripeKey)
+	githubAddr, githubSeen := keyChecker(t, githubBody, realGitHubKey)
 	pay := newStandIn(t, "pay.test")
 	proxy := startProxy(t, ports, e.deciderAddr, map[string]string{"api.stripe.com": stripeAddr, "api.github.test": githubAddr, "pay.test": pay.addr()}, upstreamCAPEM(t))
 	e.waitProxy(t, proxy)
 
 	var got struct {
-		Key, Gh  string
-		Products struct{ Description, Echo string }
-		Github   struct{ Login, Token string }
+		Key, Gh                           string
+		Products                          struct{ Description, Echo string }
+		Github                            struct{ Login, Token string }
 		Customers, PayBearer, StripeQuery struct {
 			Failed struct {
 				Status int
@@ -198,3 +204,92 @@ func TestCredentialBrokering(t *testing.T) {
 	}
 }
 
+// tenantSecretsPolicy is each tenant's policy: api.github.test, with the
+// tenant's own "github" and "stripe" secrets bound to it.
+const tenantSecretsPolicy = `version: 1
+hosts:
+  - { host: api.github.test, default: allow }
+secrets:
+  - { secret: github, placeholder: ghp_, hosts: [api.github.test], header: { name: Authorization, template: "Bearer {{secret}}" } }
+  - { secret: stripe, placeholder: sk_test_, hosts: [api.github.test], header: { name: X-Stripe-Key } }
+`
+
+const githubTokenJS = `
+const axios = require("axios");
+(async () => {
+  try {
+    const r = await axios.get("https://api.github.test/user", { headers: { Authorization: "Bearer " + process.env.GITHUB_TOKEN } });
+    console.log(JSON.stringify({ status: r.status, token: r.data.token }));
+  } catch (e) { console.log(JSON.stringify({ status: e.response ? e.response.status : 0 })); }
+})();
+`
+
+// TestTenantSecrets: a tenant's secret (DIR/<tenant>/<name>) reaches its
+// bound host for that tenant's executions only: acme and globex each get
+// their own value under the same name, and globex naming a secret only
+// acme has is refused with SECRET_NOT_ALLOWED before anything runs.
+func TestTenantSecrets(t *testing.T) {
+	dir := t.TempDir()
+	files := map[string]string{
+		"tenants.yaml":          "version: 1\ntenants:\n  - { tenant: acme, policy: tenant.yaml }\n  - { tenant: globex, policy: tenant.yaml }\n",
+		"tenant.yaml":           tenantSecretsPolicy,
+		"secrets/acme/github":   "ghp_AcmeRealToken0000000000000000000000",
+		"secrets/acme/stripe":   "sk_live_AcmeRealStripe000000000000000000",
+		"secrets/globex/github": "ghp_GlobexRealToken00000000000000000000",
+		"jwt-secret":            jwtSecret,
+	}
+	for name, content := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ports := netPorts{proxyGRPC: "127.0.0.1:" + itoa(freePort(t)), proxyPort: freePort(t), dnsPort: freePort(t)}
+	logs := &lockedBuffer{}
+	e := startExecutor(t, executorOpts{egress: startEgress(t, ports, ""), logs: logs, allow: []string{sdkImage}, flags: []string{
+		"--jwt-hs256-secret-file", filepath.Join(dir, "jwt-secret"), "--jwt-issuer", "e2e", "--jwt-audience", "sandpit",
+		"--tenants-file", filepath.Join(dir, "tenants.yaml"), "--secrets-dir", filepath.Join(dir, "secrets"),
+	}})
+	addr, seen := keyChecker(t, githubBody, files["secrets/acme/github"], files["secrets/globex/github"])
+	p := startProxy(t, ports, e.deciderAddr, map[string]string{"api.github.test": addr}, upstreamCAPEM(t))
+	e.waitProxy(t, p)
+
+	for i, tenant := range []string{"acme", "globex"} {
+		r := e.execute(asTenant(t, tenant, ""), &executorv1.ExecuteRequest{Image: sdkImage, Code: githubTokenJS, Secrets: map[string]string{"GITHUB_TOKEN": "github"}})
+		if r.err != nil {
+			t.Fatalf("%s: %v", tenant, r.err)
+		}
+		var got struct {
+			Status int
+			Token  string
+		}
+		if err := json.Unmarshal(r.stdout, &got); err != nil || got.Status != 200 || !regexp.MustCompile(`^Bearer ghp_SPX[A-Za-z0-9]{29}$`).MatchString(got.Token) {
+			t.Errorf("%s: %s (%v), want 200 and its placeholder reflected", tenant, r.stdout, err)
+		}
+		if s := seen(); len(s) != i+1 || !strings.Contains(s[i], "auth=Bearer "+files["secrets/"+tenant+"/github"]) {
+			t.Errorf("%s: the stand-in saw %q, want the tenant's own token", tenant, s)
+		}
+	}
+
+	r := e.execute(asTenant(t, "globex", ""), &executorv1.ExecuteRequest{Image: sdkImage, Code: githubTokenJS, Secrets: map[string]string{"STRIPE_KEY": "stripe"}})
+	if status.Code(r.err) != codes.PermissionDenied || !strings.Contains(r.err.Error(), `tenant globex has no secret "stripe"`) || r.started != nil {
+		t.Errorf("globex naming acme's secret: %v (started %v), want PermissionDenied SECRET_NOT_ALLOWED before anything ran", r.err, r.started)
+	}
+	var ei *errdetails.ErrorInfo
+	for _, d := range status.Convert(r.err).Details() {
+		if x, ok := d.(*errdetails.ErrorInfo); ok {
+			ei = x
+		}
+	}
+	if ei.GetReason() != "SECRET_NOT_ALLOWED" {
+		t.Errorf("reason %q, want SECRET_NOT_ALLOWED", ei.GetReason())
+	}
+	for _, v := range []string{files["secrets/acme/github"], files["secrets/acme/stripe"], files["secrets/globex/github"]} {
+		if strings.Contains(logs.String(), v) || strings.Contains(p.logs.String(), v) {
+			t.Error("a tenant's secret is in the executor's or the proxy's log")
+		}
+	}
+}

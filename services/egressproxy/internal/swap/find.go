@@ -59,7 +59,9 @@ const (
 )
 
 // Find returns every placeholder id in the request, deduplicated by (ID,
-// Place, Name), in a stable order: headers by name, then the query, then
+// Place, Name, Value): each value holding a placeholder is reported, since
+// Apply swaps into all of them and each must be what its binding places.
+// The order is stable: headers by name, then the query, then
 // the path. It runs in time linear in its input.
 func Find(h http.Header, path, rawQuery string) ([]Found, error) {
 	f := finder{seen: map[Found]bool{}}
@@ -100,7 +102,7 @@ func Find(h http.Header, path, rawQuery string) ([]Found, error) {
 // finder collects what Find finds.
 type finder struct {
 	found   []Found
-	seen    map[Found]bool // keyed by (ID, Place, Name), Value empty
+	seen    map[Found]bool // keyed by the whole Found, Value cut
 	tooMany bool
 }
 
@@ -111,7 +113,7 @@ func (f *finder) scan(s string, place egressv1.PlaceholderPlace, name, value str
 		if f.tooMany {
 			return
 		}
-		key := Found{ID: id, Place: place, Name: name}
+		key := Found{ID: id, Place: place, Name: name, Value: cut(value, MaxValue)}
 		if f.seen[key] {
 			continue
 		}
@@ -120,7 +122,6 @@ func (f *finder) scan(s string, place egressv1.PlaceholderPlace, name, value str
 			return
 		}
 		f.seen[key] = true
-		key.Value = cut(value, MaxValue)
 		f.found = append(f.found, key)
 	}
 }

@@ -97,11 +97,12 @@ func TestFind(t *testing.T) {
 			},
 		},
 		{
-			name: "deduplicated by id, place and name",
-			h:    http.Header{"X-K": {a, a}, "X-L": {a}},
+			name: "deduplicated by id, place, name and value",
+			h:    http.Header{"X-K": {a, a, a + " more"}, "X-L": {a}},
 			path: "/" + a + "/" + a,
 			want: []Found{
 				{ID: a, Place: placeHeader, Name: "X-K", Value: a},
+				{ID: a, Place: placeHeader, Name: "X-K", Value: a + " more"},
 				{ID: a, Place: placeHeader, Name: "X-L", Value: a},
 				{ID: a, Place: placePath},
 			},

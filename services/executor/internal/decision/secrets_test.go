@@ -90,6 +90,7 @@ func TestPlaceSecrets(t *testing.T) {
 		{"the path", withPlaceholders(httpReq(7, "10.88.0.2", "GET", "api.stripe.com", "/v1/products/"+ph),
 			&egressv1.FoundPlaceholder{Id: id, Place: egressv1.PlaceholderPlace_PLACEHOLDER_PLACE_PATH}), e, misuse, "", []string{"stripe"}, "not in the path"},
 		{"one bound, one misplaced", withPlaceholders(httpReq(8, "10.88.0.2", "GET", "api.stripe.com", "/v1/products"), bearer, header(id, "X-Echo", ph)), e, misuse, "", []string{"stripe"}, "X-Echo"},
+		{"a second value of the bound header", withPlaceholders(httpReq(15, "10.88.0.2", "GET", "api.stripe.com", "/v1/products"), bearer, header(id, "Authorization", ph)), e, misuse, "", []string{"stripe"}, "whole value"},
 		{"a bound query parameter", withPlaceholders(httpReq(9, "10.88.0.2", "GET", "maps.test", "/geo"),
 			&egressv1.FoundPlaceholder{Id: secrets.ID(mapsPH), Place: egressv1.PlaceholderPlace_PLACEHOLDER_PLACE_QUERY, Name: "key", Value: mapsPH}), e, 0, mapsPH, []string{"maps"}, ""},
 		{"a placeholder of no secret of the execution", withPlaceholders(httpReq(10, "10.88.0.2", "GET", "other.test", "/"), header("SPX"+strings.Repeat("a", 29), "Authorization", "x")), e, 0, "", nil, ""},
@@ -130,8 +131,8 @@ func TestPlaceSecrets(t *testing.T) {
 			}
 		})
 	}
-	if got := e.Summary(); got.WithSecrets != 2 || got.SecretMisuse != 8 {
-		t.Errorf("with secrets %d, misuse %d; want 2 and 8", got.WithSecrets, got.SecretMisuse)
+	if got := e.Summary(); got.WithSecrets != 2 || got.SecretMisuse != 9 {
+		t.Errorf("with secrets %d, misuse %d; want 2 and 9", got.WithSecrets, got.SecretMisuse)
 	}
 	if got := audit.Summary(); got.WithSecrets != 1 || got.SecretMisuse != 1 {
 		t.Errorf("audit: with secrets %d, misuse %d; want 1 and 1", got.WithSecrets, got.SecretMisuse)
