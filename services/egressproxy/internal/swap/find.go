@@ -109,11 +109,15 @@ type finder struct {
 // scan records every id in s as found at place under name, with value
 // (cut) as the Found's Value.
 func (f *finder) scan(s string, place egressv1.PlaceholderPlace, name, value string) {
+	cutValue := ""
 	for id := range ids(s) {
 		if f.tooMany {
 			return
 		}
-		key := Found{ID: id, Place: place, Name: name, Value: cut(value, MaxValue)}
+		if cutValue == "" {
+			cutValue = cut(value, MaxValue) // once: cutting reads all of value
+		}
+		key := Found{ID: id, Place: place, Name: name, Value: cutValue}
 		if f.seen[key] {
 			continue
 		}
