@@ -692,10 +692,7 @@ func (e *Execution) decide(r *egressv1.HttpRequest) (policy.Decision, grant) {
 	if limits.MaxRequestBytes > 0 && r.GetContentLength() > 0 && uint64(r.GetContentLength()) > limits.MaxRequestBytes {
 		return block(policyv1.DenialCode_DENIAL_CODE_BUDGET_EXCEEDED, "limits.max_request_bytes", fmt.Sprintf("request body of %d bytes is above the limit of %d", r.GetContentLength(), limits.MaxRequestBytes)), grant{}
 	}
-	d := pol.Decide(policy.Request{
-		Method: r.GetMethod(), Host: r.GetHost(), Path: r.GetPath(), WebSocket: r.GetWebsocket(),
-		Scheme: r.GetScheme(), Port: r.GetPort(),
-	})
+	d := pol.Decide(policyRequest(r))
 	d, swaps, carried := e.placeSecrets(r, pol, d)
 	if !d.Forward() {
 		return d, grant{secrets: carried}
@@ -706,6 +703,11 @@ func (e *Execution) decide(r *egressv1.HttpRequest) (policy.Decision, grant) {
 		g.swaps = swaps
 	}
 	return d, g
+}
+
+// policyRequest is what the policy decides of r.
+func policyRequest(r *egressv1.HttpRequest) policy.Request {
+	return policy.Request{Method: r.GetMethod(), Host: r.GetHost(), Path: r.GetPath(), WebSocket: r.GetWebsocket(), Scheme: r.GetScheme(), Port: r.GetPort()}
 }
 
 // countRequest counts one request against max_requests, and returns the

@@ -47,7 +47,7 @@ func (e *Execution) placeSecrets(r *egressv1.HttpRequest, pol *policy.Compiled, 
 	e.mu.Lock()
 	known := e.secrets
 	e.mu.Unlock()
-	req := policy.Request{Method: r.GetMethod(), Host: r.GetHost(), Path: r.GetPath(), WebSocket: r.GetWebsocket(), Scheme: r.GetScheme(), Port: r.GetPort()}
+	req := policyRequest(r)
 	var (
 		swaps          []*egressv1.Swap
 		names          []string

@@ -138,3 +138,49 @@ func TestPlaceSecrets(t *testing.T) {
 		t.Errorf("audit: with secrets %d, misuse %d; want 1 and 1", got.WithSecrets, got.SecretMisuse)
 	}
 }
+
+// FuzzPlaceSecrets: whatever request carries the placeholder, wherever,
+// the executor answers a swap only for an allowed request to the bound
+// host, allowed by the bound rule, with the placeholder as the whole
+// templated value of the bound header; every other request carrying it is
+// denied.
+func FuzzPlaceSecrets(f *testing.F) {
+	pol := compile(f, secretsPolicy)
+	store, err := secrets.Open("", []string{"SANDPIT_SECRET_STRIPE=" + realKey}, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	v, _ := store.Lookup("", "stripe")
+	ph := secrets.Placeholder("sk_test_")
+	e := NewExecution("x", pol, make(chan *executorv1.NetworkEvent))
+	e.UseSecrets([]Secret{{Name: "stripe", Placeholder: ph, Value: v}})
+	f.Add("GET", "api.stripe.com", "/v1/products/p1", uint8(1), "Authorization", "Bearer {}", false)
+	f.Add("GET", "api.stripe.com", "/v1/products/p1", uint8(1), "authorization", "Bearer {}", false)
+	f.Add("POST", "api.stripe.com", "/v1/charges", uint8(1), "Authorization", "Bearer {}", false)
+	f.Add("GET", "other.test", "/", uint8(1), "Authorization", "Bearer {}", false)
+	f.Add("GET", "api.stripe.com", "/v1/products", uint8(3), "key", "{}", false)
+	f.Add("GET", "api.stripe.com", "/v1/stream", uint8(1), "Authorization", "Bearer {}", true)
+	f.Add("GET", "api.stripe.com", "/v1/products/{}", uint8(4), "", "", false)
+	f.Fuzz(func(t *testing.T, method, host, path string, place uint8, name, value string, ws bool) {
+		value = strings.ReplaceAll(value, "{}", ph)
+		r := &egressv1.HttpRequest{Method: method, Scheme: "https", Host: host, Port: 443, Path: strings.ReplaceAll(path, "{}", ph), Websocket: ws,
+			Placeholders: []*egressv1.FoundPlaceholder{{Id: secrets.ID(ph), Place: egressv1.PlaceholderPlace(place % 5), Name: name, Value: value}}}
+		before := pol.Decide(policyRequest(r))
+		d, swaps, names := e.placeSecrets(r, pol, before)
+		if !slices.Equal(names, []string{"stripe"}) {
+			t.Fatalf("carried %v, want stripe", names)
+		}
+		if len(swaps) == 0 {
+			if d.Forward() {
+				t.Fatalf("forwarded without a swap: %+v", d)
+			}
+			return
+		}
+		bound := before.Decision == policyv1.Decision_DECISION_ALLOW && host == "api.stripe.com" && !ws &&
+			(before.RuleID == "products" || before.RuleID == "stream") &&
+			r.Placeholders[0].GetPlace() == egressv1.PlaceholderPlace_PLACEHOLDER_PLACE_HEADER && strings.EqualFold(name, "Authorization") && value == "Bearer "+ph
+		if !bound || !d.Forward() || len(swaps) != 1 || swaps[0].GetPlaceholder() != ph {
+			t.Fatalf("swapped for %s %s%s with %v %q=%q (decided %v by %s)", method, host, r.Path, r.Placeholders[0].GetPlace(), name, value, before.Decision, before.RuleID)
+		}
+	})
+}
