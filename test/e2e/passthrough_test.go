@@ -4,11 +4,16 @@ import (
 	"crypto/sha256"
 	"encoding/pem"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
+	"github.com/sandpit-run/sandpit/test/internal/containerdtest"
 )
 
 // passthroughPolicy is the operator's: pay.test passed through (its
@@ -64,7 +69,9 @@ type pinnedReply struct {
 // inline policy's denial splices it marked would-block; past what is
 // left of a byte total the relay is cut; denied by the
 // inline policy, its name is not found and, dialed by address, the
-// handshake is refused; nothing more reaches the stand-in.
+// handshake is refused; nothing more reaches the stand-in. sandpit-check
+// (the Check RPC) reports the host passed through, and intercepted under
+// the inline policy that names it.
 func TestPassthroughPinnedClient(t *testing.T) {
 	s := startNetStackWith(t, passthroughPolicy, nil)
 	leaf := upstreamCert(t).Certificate[0]
@@ -207,5 +214,28 @@ func TestPassthroughPinnedClient(t *testing.T) {
 			t.Errorf("the stand-in saw %d requests, want still 2", n)
 		}
 		t.Logf("refused: by name %s, by address %s", "ENOTFOUND", got.Error)
+	})
+
+	// sandpit-check says what the runs above saw: pay.test passed through
+	// by the operator's entry, intercepted under an inline policy that
+	// names it, api.github.test intercepted.
+	t.Run("check", func(t *testing.T) {
+		cli, err := containerdtest.Artifact("SANDPIT_CHECK", "bin/sandpit-check")
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(cli, "-addr", s.e.addr, "GET", "https://pay.test/pinned", "GET", "https://api.github.test/").CombinedOutput()
+		if err != nil || !regexp.MustCompile(`(?m)^allow +passthrough +GET +https://pay\.test/pinned +hosts\[0\]\.passthrough +operator`).Match(out) ||
+			!regexp.MustCompile(`(?m)^allow +intercept +GET +https://api\.github\.test/ `).Match(out) {
+			t.Errorf("sandpit-check: %v\n%s\nwant pay.test passed through by hosts[0].passthrough, api.github.test intercepted", err, out)
+		}
+		names := filepath.Join(t.TempDir(), "inline.yaml")
+		if err := os.WriteFile(names, []byte("version: 1\nhosts:\n  - host: pay.test\n    default: allow\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, err = exec.Command(cli, "-addr", s.e.addr, "-policy", names, "GET", "https://pay.test/pinned").CombinedOutput()
+		if err != nil || !regexp.MustCompile(`(?m)^allow +intercept +GET +https://pay\.test/pinned `).Match(out) {
+			t.Errorf("sandpit-check with an inline policy naming pay.test: %v\n%s\nwant it intercepted", err, out)
+		}
 	})
 }
