@@ -191,8 +191,9 @@ func TestPassthroughPinnedClient(t *testing.T) {
 		if got.Error != "ENOTFOUND" {
 			t.Errorf("pinned client, host denied: %+v, want its name not found", got)
 		}
-		if dns := requestEvents(r, executorv1.NetworkEventKind_NETWORK_EVENT_KIND_DNS); len(dns) == 0 || dns[0].GetDecision() != policyv1.Decision_DECISION_DENY {
-			t.Errorf("DNS events %v, want pay.test denied", dns)
+		if dns := requestEvents(r, executorv1.NetworkEventKind_NETWORK_EVENT_KIND_DNS); len(dns) == 0 || dns[0].GetDecision() != policyv1.Decision_DECISION_DENY ||
+			dns[0].GetDenialCode() != policyv1.DenialCode_DENIAL_CODE_HOST_NOT_ALLOWED {
+			t.Errorf("DNS events %v, want pay.test denied, host_not_allowed", dns)
 		}
 		// Skipping DNS, the connection is refused at the handshake.
 		req = code(byAddress)
@@ -202,8 +203,9 @@ func TestPassthroughPinnedClient(t *testing.T) {
 			t.Errorf("pinned client by address, host denied: %+v, want the connection refused", got)
 		}
 		refused := requestEvents(r, executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REFUSED)
-		if len(refused) != 1 || !strings.Contains(refused[0].GetReason(), `TLS server name "pay.test" refused at the handshake`) {
-			t.Errorf("refused events %v, want the handshake's", refused)
+		if len(refused) != 1 || !strings.Contains(refused[0].GetReason(), `TLS server name "pay.test" refused at the handshake`) ||
+			refused[0].GetDenialCode() != policyv1.DenialCode_DENIAL_CODE_AMBIGUOUS_REQUEST {
+			t.Errorf("refused events %v, want the handshake's, ambiguous_request", refused)
 		}
 		for _, ev := range r.network {
 			if ev.GetMethod() == "CONNECT" {
