@@ -220,18 +220,33 @@ func compileLayer(p *policyv1.Policy) (*layer, Errors) {
 		if n := len(hp.GetRules()); n > MaxRulesPerHost {
 			c.add(field+".rules", "%d rules, at most %d are allowed", n, MaxRulesPerHost)
 		}
-		e.couldAllow = e.defaultAllow
 		for j, r := range hp.GetRules() {
 			rf := fmt.Sprintf("%s.rules[%d]", field, j)
 			cr := compileRule(&c, rf, r, ruleField)
 			e.rules = append(e.rules, cr)
 			allowRule[cr.id] = cr.allow
-			e.couldAllow = e.couldAllow || cr.allow
 			e.semicolon = e.semicolon || strings.Contains(r.GetPath(), ";")
 		}
+		e.couldAllow = couldAllowRules(e.rules, e.defaultAllow)
 	}
 	compileSecrets(&c, l, p, ruleField, allowRule)
 	return l, c.errs
+}
+
+// couldAllowRules reports whether an entry with rules and a default that
+// allows (or not) could allow some request: by an allow rule or the
+// default that a deny rule for every method and path does not come
+// before (rules decide in order, so nothing after it is reached).
+func couldAllowRules(rules []rule, defaultAllow bool) bool {
+	for _, ru := range rules {
+		if ru.allow {
+			return true
+		}
+		if len(ru.methods) == 0 && ru.path.matchesEvery() {
+			return false
+		}
+	}
+	return defaultAllow
 }
 
 func compileRule(c *checker, field string, r *policyv1.Rule, ruleField map[string]string) rule {

@@ -784,33 +784,40 @@ func (s *Service) decideDNS(q *egressv1.DnsQuery) *egressv1.DecideResponse {
 	e := s.reg.lookup(q.GetSourceIp())
 	if e == nil {
 		return &egressv1.DecideResponse{Decision: policyv1.Decision_DECISION_DENY, RuleId: "no-execution",
-			Reason: "no running execution owns source address " + q.GetSourceIp()}
+			Reason: "no running execution owns source address " + q.GetSourceIp(), DenialCode: policyv1.DenialCode_DENIAL_CODE_DECISION_UNAVAILABLE}
 	}
 	if resp, over := e.overDNSBudget(); over {
 		return resp
 	}
+	// A name no host entry could allow any request to is not resolved:
+	// host_not_allowed, as a request to it would be denied.
 	name := bound.String(q.GetName(), maxHostBytes)
-	d, reason := policyv1.Decision_DECISION_DENY, "no rule of the policy could allow a request to "+name
+	d, reason, code := policyv1.Decision_DECISION_DENY, "no rule of the policy could allow a request to "+name, policyv1.DenialCode_DENIAL_CODE_HOST_NOT_ALLOWED
 	if e.policy().CouldAllowHost(q.GetName()) {
-		d, reason = policyv1.Decision_DECISION_ALLOW, ""
+		d, reason, code = policyv1.Decision_DECISION_ALLOW, "", policyv1.DenialCode_DENIAL_CODE_UNSPECIFIED
 	}
 	e.emit(&executorv1.NetworkEvent{
-		Kind:     executorv1.NetworkEventKind_NETWORK_EVENT_KIND_DNS,
-		Time:     timestamppb.Now(),
-		Method:   bound.String(q.GetType(), maxMethodBytes),
-		Url:      name,
-		Host:     name,
-		Decision: d,
-		RuleId:   "dns",
-		Reason:   bound.String(reason, maxLogReasonBytes),
+		Kind:       executorv1.NetworkEventKind_NETWORK_EVENT_KIND_DNS,
+		Time:       timestamppb.Now(),
+		Method:     bound.String(q.GetType(), maxMethodBytes),
+		Url:        name,
+		Host:       name,
+		Decision:   d,
+		RuleId:     "dns",
+		Reason:     bound.String(reason, maxLogReasonBytes),
+		DenialCode: code,
 	})
-	return &egressv1.DecideResponse{Decision: d, RuleId: "dns", Reason: reason, ExecutionId: e.id}
+	return &egressv1.DecideResponse{Decision: d, RuleId: "dns", Reason: reason, ExecutionId: e.id, DenialCode: code}
 }
 
 // refusal records a refused connection, or requests and queries the
 // proxy refused by its per-source limits: those are counted, and shown as
-// an event only when the proxy sampled a reason for them.
+// an event (rate_limited) only when the proxy sampled a reason for them.
+// A refused connection's event is ambiguous_request: the connection
+// failed one of the proxy's own checks before a request could be read,
+// and the report says which only in its reason.
 func (e *Execution) refusal(r *egressv1.Refusal) {
+	code := policyv1.DenialCode_DENIAL_CODE_AMBIGUOUS_REQUEST
 	if n, q := r.GetRateLimitedRequests(), r.GetRateLimitedDnsQueries(); n > 0 || q > 0 {
 		e.mu.Lock()
 		e.blocked += n
@@ -820,15 +827,17 @@ func (e *Execution) refusal(r *egressv1.Refusal) {
 		if r.GetReason() == "" {
 			return
 		}
+		code = policyv1.DenialCode_DENIAL_CODE_RATE_LIMITED
 	}
 	e.emit(&executorv1.NetworkEvent{
-		Kind:     executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REFUSED,
-		Time:     timestamppb.Now(),
-		Url:      bound.String(r.GetDestination(), maxHostBytes),
-		Host:     bound.String(r.GetDestination(), maxHostBytes),
-		Decision: policyv1.Decision_DECISION_DENY,
-		RuleId:   "proxy",
-		Reason:   bound.String(r.GetReason(), maxLogReasonBytes),
+		Kind:       executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REFUSED,
+		Time:       timestamppb.Now(),
+		Url:        bound.String(r.GetDestination(), maxHostBytes),
+		Host:       bound.String(r.GetDestination(), maxHostBytes),
+		Decision:   policyv1.Decision_DECISION_DENY,
+		RuleId:     "proxy",
+		Reason:     bound.String(r.GetReason(), maxLogReasonBytes),
+		DenialCode: code,
 	})
 }
 

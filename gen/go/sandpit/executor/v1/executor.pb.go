@@ -678,8 +678,10 @@ type NetworkEvent struct {
 	// the proxy decided).
 	Source string `protobuf:"bytes,17,opt,name=source,proto3" json:"source,omitempty"`
 	// Why a request was denied (or would be, in audit mode), as in the
-	// refusal body's error.code (request events and their outcomes);
-	// unset when it was allowed.
+	// refusal body's error.code (request events and their outcomes); for a
+	// denied DNS query host_not_allowed (or budget_exceeded), for a refused
+	// event ambiguous_request (or rate_limited, a sample of the per-source
+	// limits' refusals); unset when it was allowed.
 	DenialCode v1.DenialCode `protobuf:"varint,18,opt,name=denial_code,json=denialCode,proto3,enum=sandpit.policy.v1.DenialCode" json:"denial_code,omitempty"`
 	// The secrets whose placeholders the request carried (request events),
 	// by name: swapped for their values when it was allowed, the reason of

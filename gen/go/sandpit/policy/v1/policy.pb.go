@@ -187,13 +187,16 @@ func (Decision) EnumDescriptor() ([]byte, []int) {
 // DenialCode says in one fixed word why a request was refused, or would
 // be in audit mode: the refusal body's error.code (the name without its
 // prefix, lowercase: DENIAL_CODE_PATH_NOT_ALLOWED is "path_not_allowed"),
-// so a program can act on it without parsing the reason.
+// so a program can act on it without parsing the reason. Network events
+// of DNS queries and refused connections carry one too (see each code).
 type DenialCode int32
 
 const (
 	// Not refused.
 	DenialCode_DENIAL_CODE_UNSPECIFIED DenialCode = 0
-	// No entry of the policy names the host, and its default denies.
+	// No entry of the policy names the host, and its default denies. A DNS
+	// query's event: no host entry could allow any request to the name, so
+	// it is not resolved.
 	DenialCode_DENIAL_CODE_HOST_NOT_ALLOWED DenialCode = 1
 	// A rule of the host matches the path, but not the method.
 	DenialCode_DENIAL_CODE_METHOD_NOT_ALLOWED DenialCode = 2
@@ -207,12 +210,17 @@ const (
 	DenialCode_DENIAL_CODE_RULE_DENIED DenialCode = 6
 	// The request is malformed, not in canonical form, or failed one of the
 	// proxy's own checks (host differing from the TLS server name, a size
-	// bound, ...).
+	// bound, ...). A refused connection's event: the proxy refused it before
+	// a request could be read (not HTTP or TLS, TLS without or with an
+	// invalid server name, a failed handshake, a server name refused at the
+	// handshake, too many connections); its reason says which.
 	DenialCode_DENIAL_CODE_AMBIGUOUS_REQUEST DenialCode = 7
 	// Over one of the policy's limits: limits.max_requests or
-	// limits.max_request_bytes.
+	// limits.max_request_bytes; a DNS query's event: over the execution's
+	// DNS query budget.
 	DenialCode_DENIAL_CODE_BUDGET_EXCEEDED DenialCode = 8
-	// Over a rate: the proxy's per-source request limits.
+	// Over a rate: the proxy's per-source request limits; a refused event
+	// sampling the requests and DNS queries those limits refused.
 	DenialCode_DENIAL_CODE_RATE_LIMITED DenialCode = 9
 	// No decision could be had: no decision stream, no answer in time, or
 	// no running execution owns the source address.

@@ -434,8 +434,10 @@ export declare type NetworkEvent = Message<"sandpit.executor.v1.NetworkEvent"> &
 
   /**
    * Why a request was denied (or would be, in audit mode), as in the
-   * refusal body's error.code (request events and their outcomes);
-   * unset when it was allowed.
+   * refusal body's error.code (request events and their outcomes); for a
+   * denied DNS query host_not_allowed (or budget_exceeded), for a refused
+   * event ambiguous_request (or rate_limited, a sample of the per-source
+   * limits' refusals); unset when it was allowed.
    *
    * @generated from field: sandpit.policy.v1.DenialCode denial_code = 18;
    */

@@ -513,7 +513,8 @@ export declare const DecisionSchema: GenEnum<Decision>;
  * DenialCode says in one fixed word why a request was refused, or would
  * be in audit mode: the refusal body's error.code (the name without its
  * prefix, lowercase: DENIAL_CODE_PATH_NOT_ALLOWED is "path_not_allowed"),
- * so a program can act on it without parsing the reason.
+ * so a program can act on it without parsing the reason. Network events
+ * of DNS queries and refused connections carry one too (see each code).
  *
  * @generated from enum sandpit.policy.v1.DenialCode
  */
@@ -526,7 +527,9 @@ export enum DenialCode {
   UNSPECIFIED = 0,
 
   /**
-   * No entry of the policy names the host, and its default denies.
+   * No entry of the policy names the host, and its default denies. A DNS
+   * query's event: no host entry could allow any request to the name, so
+   * it is not resolved.
    *
    * @generated from enum value: DENIAL_CODE_HOST_NOT_ALLOWED = 1;
    */
@@ -570,7 +573,10 @@ export enum DenialCode {
   /**
    * The request is malformed, not in canonical form, or failed one of the
    * proxy's own checks (host differing from the TLS server name, a size
-   * bound, ...).
+   * bound, ...). A refused connection's event: the proxy refused it before
+   * a request could be read (not HTTP or TLS, TLS without or with an
+   * invalid server name, a failed handshake, a server name refused at the
+   * handshake, too many connections); its reason says which.
    *
    * @generated from enum value: DENIAL_CODE_AMBIGUOUS_REQUEST = 7;
    */
@@ -578,14 +584,16 @@ export enum DenialCode {
 
   /**
    * Over one of the policy's limits: limits.max_requests or
-   * limits.max_request_bytes.
+   * limits.max_request_bytes; a DNS query's event: over the execution's
+   * DNS query budget.
    *
    * @generated from enum value: DENIAL_CODE_BUDGET_EXCEEDED = 8;
    */
   BUDGET_EXCEEDED = 8,
 
   /**
-   * Over a rate: the proxy's per-source request limits.
+   * Over a rate: the proxy's per-source request limits; a refused event
+   * sampling the requests and DNS queries those limits refused.
    *
    * @generated from enum value: DENIAL_CODE_RATE_LIMITED = 9;
    */

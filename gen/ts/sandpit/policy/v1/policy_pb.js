@@ -118,7 +118,8 @@ export const DenialCodeSchema = /*@__PURE__*/
  * DenialCode says in one fixed word why a request was refused, or would
  * be in audit mode: the refusal body's error.code (the name without its
  * prefix, lowercase: DENIAL_CODE_PATH_NOT_ALLOWED is "path_not_allowed"),
- * so a program can act on it without parsing the reason.
+ * so a program can act on it without parsing the reason. Network events
+ * of DNS queries and refused connections carry one too (see each code).
  *
  * @generated from enum sandpit.policy.v1.DenialCode
  */
