@@ -245,10 +245,12 @@ func (a *App) openTenants(ctx context.Context) error {
 
 // openSecrets opens the secret store of --secrets-dir and the
 // SANDPIT_SECRET_* variables, which it then unsets so that nothing the
-// executor starts inherits them. Without either there is no store.
+// executor starts inherits them, with the tenants database of
+// --policy-store as a source of tenants' secrets (a file wins over a row).
+// Without any there is no store.
 func (a *App) openSecrets() error {
 	environ := os.Environ()
-	use := a.cfg.SecretsDir != ""
+	use := a.cfg.SecretsDir != "" || a.tenantsDB != nil
 	for _, kv := range environ {
 		use = use || strings.HasPrefix(kv, secrets.EnvPrefix)
 	}
@@ -264,8 +266,11 @@ func (a *App) openSecrets() error {
 			_ = os.Unsetenv(k)
 		}
 	}
+	if a.tenantsDB != nil {
+		st.AddSource(a.tenantsDB.Secret)
+	}
 	a.secrets = st
-	a.log.Info("serving secrets", "secrets_dir", a.cfg.SecretsDir, "secrets", st.Len())
+	a.log.Info("serving secrets", "secrets_dir", a.cfg.SecretsDir, "secrets", st.Len(), "policy_store", a.tenantsDB != nil)
 	return nil
 }
 

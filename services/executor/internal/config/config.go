@@ -177,7 +177,7 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	limitFlags(fs, "max", &c.Maxima)
 	jwtFlags(fs, &c.JWT)
 	fs.StringVar(&c.TenantsFile, "tenants-file", "", "tenants file (YAML, version 1): each tenant's and tier's policy, audit mode and limits; reloaded on change, a broken edit keeps the last good version; needs authenticated callers (--jwt-* or --tls-client-ca)")
-	fs.StringVar(&c.PolicyStore, "policy-store", "", "postgres:// URL of a tenants database (the schema is migrated at start; changes are picked up by LISTEN/NOTIFY); instead of --tenants-file")
+	fs.StringVar(&c.PolicyStore, "policy-store", "", "postgres:// URL of a tenants database (the schema is migrated at start; changes are picked up by LISTEN/NOTIFY); instead of --tenants-file. Its sandpit_secrets table holds tenants' secrets too (a --secrets-dir file wins over a row)")
 	fs.DurationVar(&c.TenantsReload, "tenants-reload-interval", 2*time.Second, "how often --tenants-file and the policy files it names are looked at")
 	fs.StringVar(&c.SecretsDir, "secrets-dir", "", "directory of the secrets requests may name (ExecuteRequest.secrets), one file each, mode 0600: DIR/<tenant>/<name>, or DIR/<name> on an executor without tenants (SANDPIT_SECRET_<NAME> variables too); re-read on change, a broken edit keeps the last good version")
 	fs.DurationVar(&c.SecretsReload, "secrets-reload-interval", 2*time.Second, "how often --secrets-dir is looked at")

@@ -1,9 +1,10 @@
 // Package secrets is the executor's store of the credentials the egress
 // proxy places into a sandbox's allowed requests, so that the code never
 // holds them: files in a directory (one per secret, read again when they
-// change) and the executor's own environment. A secret belongs to a tenant
-// (DIR/<tenant>/<name>) or, on an executor without tenants, to the executor
-// (DIR/<name>, SANDPIT_SECRET_<NAME>).
+// change), the executor's own environment and sources of tenants' secrets
+// (AddSource: the PostgreSQL tenants store). A secret belongs to a tenant
+// (DIR/<tenant>/<name>, a source's) or, on an executor without tenants, to
+// the executor (DIR/<name>, SANDPIT_SECRET_<NAME>).
 //
 // A Value never shows its bytes: fmt, slog and encoding/json print its name
 // only, so a secret that reaches a log line, an error or an event by
@@ -31,7 +32,7 @@ import (
 const (
 	// MaxValueBytes bounds one secret: API keys and tokens are far
 	// smaller; a larger file is refused, not cut.
-	MaxValueBytes = 16 << 10
+	MaxValueBytes = tenants.MaxSecretBytes
 	// MaxSecrets bounds the secrets of the directory together.
 	MaxSecrets = 10000
 	// EnvPrefix names the executor's environment variables that hold
@@ -73,14 +74,15 @@ func (v Value) MarshalJSON() ([]byte, error) { return []byte(`"` + v.String() + 
 // MarshalText is String.
 func (v Value) MarshalText() ([]byte, error) { return []byte(v.String()), nil }
 
-// Store holds the secrets of a directory, re-read by Check, and of the
-// environment, read once.
+// Store holds the secrets of a directory, re-read by Check, of the
+// environment, read once, and of its sources.
 type Store struct {
 	dir string
 	env map[string]Value
 	log *slog.Logger
 
 	mu      sync.RWMutex
+	sources []Source
 	files   map[string]Value // "tenant/name" or "name"
 	mtimes  map[string]time.Time
 	problem string
@@ -89,7 +91,8 @@ type Store struct {
 // Open reads the secrets of dir (empty for none) and of environ (the
 // executor's environment, os.Environ()). Variables with EnvPrefix are
 // executor-wide secrets; the caller should unset them (Unsetenv) so that
-// no child process inherits them.
+// no child process inherits them. With neither the store is empty until
+// a source is added.
 func Open(dir string, environ []string, log *slog.Logger) (*Store, error) {
 	s := &Store{dir: dir, env: map[string]Value{}, log: log}
 	for _, kv := range environ {
@@ -98,13 +101,7 @@ func Open(dir string, environ []string, log *slog.Logger) (*Store, error) {
 			continue
 		}
 		n := strings.ToLower(strings.TrimPrefix(k, EnvPrefix))
-		if !policy.IsSecretName(n) {
-			return nil, fmt.Errorf("environment variable %s: %q is not a secret name (a-z, 0-9, _.-, at most 64)", k, n)
-		}
-		if len(v) == 0 || len(v) > MaxValueBytes {
-			return nil, fmt.Errorf("environment variable %s: a secret holds 1 to %d bytes", k, MaxValueBytes)
-		}
-		if err := checkBytes([]byte(v)); err != nil {
+		if err := tenants.CheckSecret(n, []byte(v)); err != nil {
 			return nil, fmt.Errorf("environment variable %s: %w", k, err)
 		}
 		s.env[n] = Value{name: n, b: []byte(v)}
@@ -119,10 +116,23 @@ func Open(dir string, environ []string, log *slog.Logger) (*Store, error) {
 	return s, nil
 }
 
-// Lookup returns tenant's secret name: DIR/<tenant>/<name>. With an empty
-// tenant (an executor without tenants) it is the executor's: DIR/<name>,
-// else SANDPIT_SECRET_<NAME>. A tenant never sees another tenant's
-// secrets, nor the executor's.
+// Source gives tenant's secret name, when it holds it: the PostgreSQL
+// tenants store's Secret. The bytes are not to be changed.
+type Source func(tenant, name string) ([]byte, bool)
+
+// AddSource adds a source of tenants' secrets, consulted after the
+// directory (a file wins over a source) and after the sources added
+// before it.
+func (s *Store) AddSource(src Source) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sources = append(s.sources, src)
+}
+
+// Lookup returns tenant's secret name: DIR/<tenant>/<name>, else the first
+// source's that has it. With an empty tenant (an executor without tenants)
+// it is the executor's: DIR/<name>, else SANDPIT_SECRET_<NAME>. A tenant
+// never sees another tenant's secrets, nor the executor's.
 func (s *Store) Lookup(tenant, secret string) (Value, error) {
 	if !policy.IsSecretName(secret) || tenant != "" && !tenants.IsName(tenant) {
 		return Value{}, fmt.Errorf("%w: %q", ErrBadName, secret)
@@ -133,6 +143,7 @@ func (s *Store) Lookup(tenant, secret string) (Value, error) {
 	}
 	s.mu.RLock()
 	v, ok := s.files[key]
+	sources := s.sources
 	s.mu.RUnlock()
 	if ok {
 		return v, nil
@@ -141,11 +152,18 @@ func (s *Store) Lookup(tenant, secret string) (Value, error) {
 		if v, ok := s.env[secret]; ok {
 			return v, nil
 		}
+		return Value{}, fmt.Errorf("%w %q", ErrNotFound, secret)
+	}
+	for _, src := range sources {
+		if b, ok := src(tenant, secret); ok {
+			return Value{name: secret, b: b}, nil
+		}
 	}
 	return Value{}, fmt.Errorf("%w %q", ErrNotFound, secret)
 }
 
-// Len is how many secrets the store holds.
+// Len is how many secrets the directory and the environment hold (a
+// source's are its own to count).
 func (s *Store) Len() int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -275,27 +293,13 @@ func readDir(dir string) (map[string]Value, map[string]time.Time, error) {
 			return nil, nil, fmt.Errorf("secret %s: %w", key, err)
 		}
 		b = []byte(strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r"))
-		if len(b) == 0 {
-			return nil, nil, fmt.Errorf("secret %s: empty", key)
-		}
-		if err := checkBytes(b); err != nil {
+		n := key[strings.LastIndexByte(key, '/')+1:]
+		if err := tenants.CheckSecret(n, b); err != nil {
 			return nil, nil, fmt.Errorf("secret %s: %w", key, err)
 		}
-		n := key[strings.LastIndexByte(key, '/')+1:]
 		files[key] = Value{name: n, b: b}
 	}
 	return files, mtimes, nil
-}
-
-// checkBytes refuses a value with control characters (but tab): a secret
-// goes into a header, where they would end it or be refused, or a query.
-func checkBytes(b []byte) error {
-	for _, c := range b {
-		if c < 0x20 && c != '\t' || c == 0x7f {
-			return errors.New("holds a control character: a secret goes into a header or a query, where it cannot")
-		}
-	}
-	return nil
 }
 
 // placeholderChars are what a placeholder's random part is drawn from:

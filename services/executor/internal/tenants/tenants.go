@@ -90,6 +90,18 @@ type Set struct {
 	// Files are every file the set was read from: the tenants file and
 	// each policy file it names, for a watcher to notice a change in any.
 	Files []string
+	// secrets are the tenants' secrets of a database (sandpit_secrets);
+	// the file has none (they are the secrets directory's).
+	secrets map[secretKey][]byte
+}
+
+// secretKey is a tenant's secret's name.
+type secretKey struct{ tenant, name string }
+
+// Secret returns tenant's secret name, if the set holds it.
+func (s *Set) Secret(tenant, name string) ([]byte, bool) {
+	v, ok := s.secrets[secretKey{tenant, name}]
+	return v, ok
 }
 
 type tenant struct {
