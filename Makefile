@@ -165,8 +165,9 @@ test-containerd2: deps tools runc image image-sdk stripe-mock check-cli $(BIN)/c
 	cd test && PATH=$(BIN)/containerd2:$$PATH SANDPIT_CONTAINERD=$(BIN)/containerd2/containerd $(TEST_ENV) go test $(GOTEST_FLAGS) ./e2e/
 
 .PHONY: bench
-bench: deps tools runc image image-sdk stripe-mock ## hello-world Execute latency vs bare node; proxy latency and throughput vs direct
+bench: deps tools runc image image-sdk stripe-mock ## hello-world Execute latency vs bare node; proxy latency and throughput vs direct; what brokering a secret adds to a request
 	cd test && $(TEST_ENV) go test -count=1 -run '^$$' -bench . -benchtime 40x -timeout 20m ./e2e/
+	cd services/egressproxy && go test -count=1 -run '^$$' -bench 'BrokeredRequest' -benchmem ./internal/proxy/
 
 # make test runs the soak at the issue's counts (1,000 in a row, 200 at 16
 # concurrent, about 5 minutes here); make soak runs it longer.

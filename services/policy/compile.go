@@ -52,6 +52,16 @@ type Decision struct {
 	// that allowed the request: each is kept on its own, so that a
 	// narrower policy's rule cannot lift a wider one's rate.
 	Rates []Rate
+	// AllowedBy are the rules (or defaults) of every policy of the chain
+	// that allowed the request, by layer: what a secret binding's rules
+	// are checked against.
+	AllowedBy []RuleRef
+}
+
+// RuleRef names a rule (or default) of one policy of a chain.
+type RuleRef struct {
+	Layer  int
+	RuleID string
 }
 
 // Rate is an allow rule's rate (proto RuleRate): PerSecond requests a
@@ -93,6 +103,8 @@ type layer struct {
 	defaultAllow bool
 	hosts        hostIndex[*hostEntry]
 	limits       Limits
+	// secrets are the policy's secret bindings.
+	secrets []Binding
 	// claims marks a layer of a caller's token (see Claims), which
 	// decides by decideClaims; revoked are the rule ids it takes away.
 	claims  bool
@@ -180,6 +192,7 @@ func compileLayer(p *policyv1.Policy) (*layer, Errors) {
 	}
 	hostField := map[hostPattern]string{}
 	ruleField := map[string]string{}
+	allowRule := map[string]bool{}
 	for i, hp := range p.GetHosts() {
 		field := fmt.Sprintf("hosts[%d]", i)
 		e := &hostEntry{
@@ -207,16 +220,33 @@ func compileLayer(p *policyv1.Policy) (*layer, Errors) {
 		if n := len(hp.GetRules()); n > MaxRulesPerHost {
 			c.add(field+".rules", "%d rules, at most %d are allowed", n, MaxRulesPerHost)
 		}
-		e.couldAllow = e.defaultAllow
 		for j, r := range hp.GetRules() {
 			rf := fmt.Sprintf("%s.rules[%d]", field, j)
 			cr := compileRule(&c, rf, r, ruleField)
 			e.rules = append(e.rules, cr)
-			e.couldAllow = e.couldAllow || cr.allow
+			allowRule[cr.id] = cr.allow
 			e.semicolon = e.semicolon || strings.Contains(r.GetPath(), ";")
 		}
+		e.couldAllow = couldAllowRules(e.rules, e.defaultAllow)
 	}
+	compileSecrets(&c, l, p, ruleField, allowRule)
 	return l, c.errs
+}
+
+// couldAllowRules reports whether an entry with rules and a default that
+// allows (or not) could allow some request: by an allow rule or the
+// default that a deny rule for every method and path does not come
+// before (rules decide in order, so nothing after it is reached).
+func couldAllowRules(rules []rule, defaultAllow bool) bool {
+	for _, ru := range rules {
+		if ru.allow {
+			return true
+		}
+		if len(ru.methods) == 0 && ru.path.matchesEvery() {
+			return false
+		}
+	}
+	return defaultAllow
 }
 
 func compileRule(c *checker, field string, r *policyv1.Rule, ruleField map[string]string) rule {
@@ -343,6 +373,7 @@ func (c *Compiled) Decide(r Request) Decision {
 	var d Decision
 	var audited *Decision
 	var allowedBy []string
+	var refs []RuleRef
 	var rates []Rate
 	for i, l := range c.layers {
 		var ld Decision
@@ -363,6 +394,7 @@ func (c *Compiled) Decide(r Request) Decision {
 			}
 			d = ld
 			allowedBy = append(allowedBy, ld.RuleID)
+			refs = append(refs, RuleRef{Layer: i, RuleID: ld.RuleID})
 			continue
 		}
 		if !l.audit {
@@ -379,7 +411,7 @@ func (c *Compiled) Decide(r Request) Decision {
 		return *audited
 	}
 	d.Decision = policyv1.Decision_DECISION_ALLOW
-	d.Rates = rates
+	d.Rates, d.AllowedBy = rates, refs
 	return d
 }
 

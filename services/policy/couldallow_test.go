@@ -1,6 +1,10 @@
 package policy
 
-import "testing"
+import (
+	"testing"
+
+	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
+)
 
 // TestCouldAllowScheme: a TLS server name could be allowed only by an entry
 // that lists https (or a default that allows); ports are not its concern.
@@ -42,5 +46,48 @@ hosts:
 	open := mustParse(t, "version: 1\ndefault: allow\n")
 	if !open.CouldAllowScheme("anything.example.org", SchemeHTTPS) {
 		t.Error("a default that allows could not allow https")
+	}
+}
+
+// TestCouldAllowShadowedByDeny: a deny rule for every method and path
+// shuts an entry (rules decide in order): its default and the rules after
+// it allow nothing, so DNS does not resolve the name and DecideTLS denies
+// it; a narrower deny rule, or one after an allow rule, does not.
+func TestCouldAllowShadowedByDeny(t *testing.T) {
+	c := mustParse(t, `version: 1
+default: deny
+hosts:
+  - host: shut.example.com
+    rules:
+      - { id: none, action: deny }
+      - { id: late, path: /v1/**, action: allow }
+    default: allow
+  - host: shut-prefix.example.com
+    rules: [{ id: none-prefix, path: "/**", action: deny }]
+    default: allow
+  - host: get-only.example.com
+    rules: [{ id: no-get, methods: [GET], action: deny }]
+    default: allow
+  - host: narrow.example.com
+    rules: [{ id: no-admin, path: /admin/**, action: deny }]
+    default: allow
+  - host: allow-first.example.com
+    rules:
+      - { id: v1, path: /v1/**, action: allow }
+      - { id: rest, action: deny }
+`)
+	for host, want := range map[string]bool{
+		"shut.example.com": false, "shut-prefix.example.com": false,
+		"get-only.example.com": true, "narrow.example.com": true, "allow-first.example.com": true,
+	} {
+		if got := c.CouldAllowHost(host); got != want {
+			t.Errorf("CouldAllowHost(%s) = %v, want %v", host, got, want)
+		}
+		if d := c.DecideTLS(host, 443); d.Forward() != want {
+			t.Errorf("DecideTLS(%s) = %v (%s), want forwarded %v", host, d.Decision, d.Reason, want)
+		}
+		if d := c.Decide(Request{Method: "POST", Host: host, Path: "/v1/x"}); want != (d.Action == policyv1.Action_ACTION_ALLOW) {
+			t.Errorf("Decide(POST %s/v1/x) = %v by %s", host, d.Action, d.RuleID)
+		}
 	}
 }

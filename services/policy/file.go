@@ -173,7 +173,7 @@ func (d *fileDecoder) uint(field string, n *yaml.Node, limit uint64) uint64 {
 func (d *fileDecoder) policy(n *yaml.Node) *policyv1.Policy {
 	p := &policyv1.Policy{}
 	version := false
-	d.mapping("", n, "version, mode, default, hosts, limits", func(key string, v *yaml.Node) bool {
+	d.mapping("", n, "version, mode, default, hosts, limits, secrets", func(key string, v *yaml.Node) bool {
 		switch key {
 		case "version":
 			version = true
@@ -199,6 +199,8 @@ func (d *fileDecoder) policy(n *yaml.Node) *policyv1.Policy {
 			d.list("hosts", v, func(f string, n *yaml.Node) { p.Hosts = append(p.Hosts, d.host(f, n)) })
 		case "limits":
 			p.Limits = d.limits("limits", v)
+		case "secrets":
+			d.list("secrets", v, func(f string, n *yaml.Node) { p.Secrets = append(p.Secrets, d.secret(f, n)) })
 		default:
 			return false
 		}
@@ -296,6 +298,56 @@ func (d *fileDecoder) rule(field string, n *yaml.Node) *policyv1.Rule {
 		return true
 	})
 	return r
+}
+
+// secret reads a secret binding:
+//
+//	{ secret: stripe, placeholder: sk_test_, hosts: [api.stripe.com], rules: [charges],
+//	  header: { name: Authorization, template: "Bearer {{secret}}" } }
+//
+// with basic: true or query: NAME instead of header.
+func (d *fileDecoder) secret(field string, n *yaml.Node) *policyv1.SecretBinding {
+	b := &policyv1.SecretBinding{}
+	d.mapping(field, n, "secret, placeholder, hosts, rules, header, basic, query", func(key string, v *yaml.Node) bool {
+		switch key {
+		case "secret":
+			b.Secret = d.str(field+".secret", v)
+		case "placeholder":
+			b.PlaceholderPrefix = d.str(field+".placeholder_prefix", v)
+		case "hosts":
+			d.list(field+".hosts", v, func(f string, n *yaml.Node) { b.Hosts = append(b.Hosts, d.str(f, n)) })
+		case "rules":
+			d.list(field+".rules", v, func(f string, n *yaml.Node) { b.Rules = append(b.Rules, d.str(f, n)) })
+		case "header":
+			h := &policyv1.HeaderPlacement{}
+			d.mapping(field+".header", v, "name, template", func(key string, v *yaml.Node) bool {
+				switch key {
+				case "name":
+					h.Name = d.str(field+".header.name", v)
+				case "template":
+					h.Template = d.str(field+".header.template", v)
+				default:
+					return false
+				}
+				return true
+			})
+			b.Placement = &policyv1.SecretBinding_Header{Header: h}
+		case "basic":
+			f := field + ".basic"
+			d.lines[f] = v.Line
+			var on bool
+			if v.Tag != "!!bool" || v.Decode(&on) != nil || !on {
+				d.fail(f, v, "must be true (or leave it out)")
+			}
+			b.Placement = &policyv1.SecretBinding_Basic{Basic: &policyv1.BasicPlacement{}}
+		case "query":
+			b.Placement = &policyv1.SecretBinding_Query{Query: d.str(field+".query", v)}
+		default:
+			return false
+		}
+		return true
+	})
+	return b
 }
 
 // rate reads a rule's rate: { per_second: 5, burst: 10 }.
@@ -441,6 +493,13 @@ func Marshal(p *policyv1.Policy) ([]byte, error) {
 		putUint(limits, "max_concurrent_connections", uint64(l.GetMaxConcurrentConnections()))
 		put(root, "limits", limits)
 	}
+	if len(p.GetSecrets()) > 0 {
+		secrets := &yaml.Node{Kind: yaml.SequenceNode}
+		for _, b := range p.GetSecrets() {
+			secrets.Content = append(secrets.Content, marshalSecret(b))
+		}
+		put(root, "secrets", secrets)
+	}
 	var buf bytes.Buffer
 	enc := yaml.NewEncoder(&buf)
 	enc.SetIndent(2)
@@ -515,6 +574,41 @@ func marshalRule(r *policyv1.Rule) *yaml.Node {
 		put(n, "rate", rate)
 	}
 	return n
+}
+
+func marshalSecret(b *policyv1.SecretBinding) *yaml.Node {
+	n := &yaml.Node{Kind: yaml.MappingNode}
+	put(n, "secret", str(b.GetSecret()))
+	if b.GetPlaceholderPrefix() != "" {
+		put(n, "placeholder", str(b.GetPlaceholderPrefix()))
+	}
+	put(n, "hosts", flowList(b.GetHosts()))
+	if len(b.GetRules()) > 0 {
+		put(n, "rules", flowList(b.GetRules()))
+	}
+	switch pl := b.GetPlacement().(type) {
+	case *policyv1.SecretBinding_Header:
+		h := &yaml.Node{Kind: yaml.MappingNode, Style: yaml.FlowStyle}
+		put(h, "name", str(pl.Header.GetName()))
+		if pl.Header.GetTemplate() != "" {
+			put(h, "template", str(pl.Header.GetTemplate()))
+		}
+		put(n, "header", h)
+	case *policyv1.SecretBinding_Basic:
+		put(n, "basic", &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!bool", Value: "true"})
+	case *policyv1.SecretBinding_Query:
+		put(n, "query", str(pl.Query))
+	}
+	return n
+}
+
+// flowList is a list of strings on one line.
+func flowList(items []string) *yaml.Node {
+	l := &yaml.Node{Kind: yaml.SequenceNode, Style: yaml.FlowStyle}
+	for _, s := range items {
+		l.Content = append(l.Content, str(s))
+	}
+	return l
 }
 
 // putUint puts a number unless it is 0, which the file leaves out.

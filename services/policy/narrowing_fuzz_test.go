@@ -8,8 +8,10 @@ import (
 
 // genPolicy builds a policy from fuzz bytes: hosts, rules (methods, path
 // pattern, action, websocket), defaults, mode and schemes drawn from small
-// sets that overlap, so that the sources of a chain disagree often. It
-// returns nil when the bytes make a policy that does not validate.
+// sets that overlap, so that the sources of a chain disagree often; a
+// host byte with its top bit set makes a pass-through entry (no rules,
+// ports 443 and 8443 when 0x40 is set too). It returns nil when the bytes
+// make a policy that does not validate.
 func genPolicy(data []byte) (*Compiled, []byte) {
 	next := func() byte {
 		if len(data) == 0 {
@@ -44,6 +46,14 @@ func genPolicy(data []byte) (*Compiled, []byte) {
 			continue
 		}
 		used[h] = true
+		if hb&0x80 != 0 {
+			hp := &policyv1.HostPolicy{Host: h, Passthrough: true}
+			if hb&0x40 != 0 {
+				hp.Ports = []uint32{443, 8443}
+			}
+			p.Hosts = append(p.Hosts, hp)
+			continue
+		}
 		hp := &policyv1.HostPolicy{Host: h, DefaultAction: action(hb >> 3)}
 		if hb&0x40 != 0 && h != "10.0.0.5" {
 			hp.Schemes = []string{"https", "http"}

@@ -84,6 +84,9 @@ func (p pathPattern) String() string {
 	return b.String()
 }
 
+// matchesEvery reports whether p matches every path: no path, or "/**".
+func (p pathPattern) matchesEvery() bool { return p.any || p.prefix && len(p.segments) == 0 }
+
 // match takes a path canon.CheckPath accepted. A prefix pattern matches the
 // prefix itself ("/v1/products" for "/v1/products/**") and anything under
 // it, including the prefix with a trailing slash.

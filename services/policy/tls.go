@@ -55,8 +55,8 @@ func compilePassthrough(c *checker, field string, hp *policyv1.HostPolicy, e *ho
 	if len(hp.GetRules()) > 0 {
 		c.add(f, "a pass-through host is spliced without interception, so no rule can apply to it: remove its rules or passthrough")
 	}
-	// Secret bindings will be checked here too: a secret cannot be placed
-	// in a request the proxy never reads.
+	// A secret bound to a host passed through is refused by
+	// compileSecrets: the proxy never reads such a host's requests.
 	if hp.GetDefaultAction() == policyv1.Action_ACTION_DENY {
 		c.add(f, "a pass-through host is allowed whole: drop default: deny (or the entry, to deny the host)")
 	}

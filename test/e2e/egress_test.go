@@ -379,6 +379,11 @@ const udp = (host, port) => new Promise(res => {
 	if len(refused) < 3 {
 		t.Errorf("%d refused-connection events, want one per non-HTTP TCP attempt: %v", len(refused), r.network)
 	}
+	for _, ev := range refused {
+		if ev.GetDenialCode() != policyv1.DenialCode_DENIAL_CODE_AMBIGUOUS_REQUEST {
+			t.Errorf("refused-connection event %v, want ambiguous_request", ev)
+		}
+	}
 }
 
 // TestDeceptiveRequestsAreBlocked sends requests that try to reach a host

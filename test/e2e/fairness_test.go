@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
+	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 )
 
 // floodCode floods UDP 53 with queries for an allowed name and keeps 32
@@ -150,6 +151,9 @@ func TestFloodingSandboxDoesNotStarveItsNeighbour(t *testing.T) {
 	for _, ev := range floodEvents {
 		if ev.GetKind() == executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REFUSED && strings.HasPrefix(ev.GetReason(), "rate limited: ") {
 			limited++
+			if ev.GetDenialCode() != policyv1.DenialCode_DENIAL_CODE_RATE_LIMITED {
+				t.Errorf("rate-limited refusal event %v, want rate_limited", ev)
+			}
 		}
 	}
 	if limited == 0 {

@@ -4,11 +4,16 @@ import (
 	"crypto/sha256"
 	"encoding/pem"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
+	"github.com/sandpit-run/sandpit/test/internal/containerdtest"
 )
 
 // passthroughPolicy is the operator's: pay.test passed through (its
@@ -64,7 +69,9 @@ type pinnedReply struct {
 // inline policy's denial splices it marked would-block; past what is
 // left of a byte total the relay is cut; denied by the
 // inline policy, its name is not found and, dialed by address, the
-// handshake is refused; nothing more reaches the stand-in.
+// handshake is refused; nothing more reaches the stand-in. sandpit-check
+// (the Check RPC) reports the host passed through, and intercepted under
+// the inline policy that names it.
 func TestPassthroughPinnedClient(t *testing.T) {
 	s := startNetStackWith(t, passthroughPolicy, nil)
 	leaf := upstreamCert(t).Certificate[0]
@@ -184,8 +191,9 @@ func TestPassthroughPinnedClient(t *testing.T) {
 		if got.Error != "ENOTFOUND" {
 			t.Errorf("pinned client, host denied: %+v, want its name not found", got)
 		}
-		if dns := requestEvents(r, executorv1.NetworkEventKind_NETWORK_EVENT_KIND_DNS); len(dns) == 0 || dns[0].GetDecision() != policyv1.Decision_DECISION_DENY {
-			t.Errorf("DNS events %v, want pay.test denied", dns)
+		if dns := requestEvents(r, executorv1.NetworkEventKind_NETWORK_EVENT_KIND_DNS); len(dns) == 0 || dns[0].GetDecision() != policyv1.Decision_DECISION_DENY ||
+			dns[0].GetDenialCode() != policyv1.DenialCode_DENIAL_CODE_HOST_NOT_ALLOWED {
+			t.Errorf("DNS events %v, want pay.test denied, host_not_allowed", dns)
 		}
 		// Skipping DNS, the connection is refused at the handshake.
 		req = code(byAddress)
@@ -195,8 +203,9 @@ func TestPassthroughPinnedClient(t *testing.T) {
 			t.Errorf("pinned client by address, host denied: %+v, want the connection refused", got)
 		}
 		refused := requestEvents(r, executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REFUSED)
-		if len(refused) != 1 || !strings.Contains(refused[0].GetReason(), `TLS server name "pay.test" refused at the handshake`) {
-			t.Errorf("refused events %v, want the handshake's", refused)
+		if len(refused) != 1 || !strings.Contains(refused[0].GetReason(), `TLS server name "pay.test" refused at the handshake`) ||
+			refused[0].GetDenialCode() != policyv1.DenialCode_DENIAL_CODE_AMBIGUOUS_REQUEST {
+			t.Errorf("refused events %v, want the handshake's, ambiguous_request", refused)
 		}
 		for _, ev := range r.network {
 			if ev.GetMethod() == "CONNECT" {
@@ -207,5 +216,28 @@ func TestPassthroughPinnedClient(t *testing.T) {
 			t.Errorf("the stand-in saw %d requests, want still 2", n)
 		}
 		t.Logf("refused: by name %s, by address %s", "ENOTFOUND", got.Error)
+	})
+
+	// sandpit-check says what the runs above saw: pay.test passed through
+	// by the operator's entry, intercepted under an inline policy that
+	// names it, api.github.test intercepted.
+	t.Run("check", func(t *testing.T) {
+		cli, err := containerdtest.Artifact("SANDPIT_CHECK", "bin/sandpit-check")
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(cli, "-addr", s.e.addr, "GET", "https://pay.test/pinned", "GET", "https://api.github.test/").CombinedOutput()
+		if err != nil || !regexp.MustCompile(`(?m)^allow +passthrough +GET +https://pay\.test/pinned +hosts\[0\]\.passthrough +operator`).Match(out) ||
+			!regexp.MustCompile(`(?m)^allow +intercept +GET +https://api\.github\.test/ `).Match(out) {
+			t.Errorf("sandpit-check: %v\n%s\nwant pay.test passed through by hosts[0].passthrough, api.github.test intercepted", err, out)
+		}
+		names := filepath.Join(t.TempDir(), "inline.yaml")
+		if err := os.WriteFile(names, []byte("version: 1\nhosts:\n  - host: pay.test\n    default: allow\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, err = exec.Command(cli, "-addr", s.e.addr, "-policy", names, "GET", "https://pay.test/pinned").CombinedOutput()
+		if err != nil || !regexp.MustCompile(`(?m)^allow +intercept +GET +https://pay\.test/pinned `).Match(out) {
+			t.Errorf("sandpit-check with an inline policy naming pay.test: %v\n%s\nwant it intercepted", err, out)
+		}
 	})
 }

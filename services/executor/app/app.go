@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -34,6 +36,7 @@ import (
 	"github.com/sandpit-run/sandpit/services/executor/internal/identity"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
 	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
+	"github.com/sandpit-run/sandpit/services/executor/internal/secrets"
 	"github.com/sandpit-run/sandpit/services/executor/internal/server"
 	"github.com/sandpit-run/sandpit/services/executor/internal/tenants"
 	"github.com/sandpit-run/sandpit/services/policy"
@@ -80,6 +83,7 @@ type App struct {
 	tenants     tenants.Source
 	tenantsFile *tenants.Store
 	tenantsDB   *tenants.PGStore
+	secrets     *secrets.Store
 	reg         *prometheus.Registry
 	hs          *health.Server
 
@@ -152,6 +156,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (_ *
 	if err := a.openTenants(ctx); err != nil {
 		return nil, err
 	}
+	if err := a.openSecrets(); err != nil {
+		return nil, err
+	}
 	var eg server.Egress
 	if cfg.Egress {
 		if eg, err = a.newEgress(ctx); err != nil {
@@ -170,6 +177,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (_ *
 		Runtimes:       cfg.Runtimes,
 		Egress:         eg,
 		Tenancy:        &server.Tenancy{Source: a.tenants, CertTenants: cfg.TLS.ClientCAFile != ""},
+		Secrets:        a.secrets,
 	}, a.rt, a.slots, server.NewMetrics(a.reg, a.slots), log)
 	var callerOpts []grpc.ServerOption
 	if cfg.TLS.Enabled() {
@@ -232,6 +240,37 @@ func (a *App) openTenants(ctx context.Context) error {
 		a.tenantsDB, a.tenants = st, st
 		a.log.Info("serving tenants", "policy_store", "postgres", "tenants", st.Current().Len())
 	}
+	return nil
+}
+
+// openSecrets opens the secret store of --secrets-dir and the
+// SANDPIT_SECRET_* variables, which it then unsets so that nothing the
+// executor starts inherits them, with the tenants database of
+// --policy-store as a source of tenants' secrets (a file wins over a row).
+// Without any there is no store.
+func (a *App) openSecrets() error {
+	environ := os.Environ()
+	use := a.cfg.SecretsDir != "" || a.tenantsDB != nil
+	for _, kv := range environ {
+		use = use || strings.HasPrefix(kv, secrets.EnvPrefix)
+	}
+	if !use {
+		return nil
+	}
+	st, err := secrets.Open(a.cfg.SecretsDir, environ, a.log)
+	if err != nil {
+		return err
+	}
+	for _, kv := range environ {
+		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, secrets.EnvPrefix) {
+			_ = os.Unsetenv(k)
+		}
+	}
+	if a.tenantsDB != nil {
+		st.AddSource(a.tenantsDB.Secret)
+	}
+	a.secrets = st
+	a.log.Info("serving secrets", "secrets_dir", a.cfg.SecretsDir, "secrets", st.Len(), "policy_store", a.tenantsDB != nil)
 	return nil
 }
 
@@ -385,6 +424,12 @@ func (a *App) Run(ctx context.Context) error {
 			return nil
 		})
 	}
+	if a.secrets != nil && a.cfg.SecretsDir != "" {
+		g.Go(func() error {
+			program.Every(gctx, a.cfg.SecretsReload, a.secrets.Check)
+			return nil
+		})
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		a.stop()
@@ -413,6 +458,12 @@ func (a *App) healthz(w http.ResponseWriter, r *http.Request) {
 		checks["tenants"] = "ok"
 		if p := a.tenants.Problem(); p != "" {
 			checks["tenants"] = "the last good version is in force: " + p
+		}
+	}
+	if a.secrets != nil {
+		checks["secrets"] = "ok"
+		if p := a.secrets.Problem(); p != "" {
+			checks["secrets"] = "the last good version is in force: " + p
 		}
 	}
 	if a.eg != nil {
@@ -537,3 +588,4 @@ func (a attachment) Close() error                      { return a.Detach() }
 func (a attachment) Summary() decision.Summary         { return a.Network.Summary() }
 func (a attachment) Problem() string                   { return a.NetworkError }
 func (a attachment) Observe(f func(decision.Observed)) { a.Network.Observe(f) }
+func (a attachment) UseSecrets(s []decision.Secret)    { a.Network.UseSecrets(s) }

@@ -98,6 +98,11 @@ func TestHelloFirstOnEveryStream(t *testing.T) {
 	f := decidetest.Start(t, decidetest.StripeLike)
 	c := newClient(t, f.Addr, 2*time.Second)
 	waitUp(t, c, true)
+	// The client is up once it sent its hello; the kill must find the
+	// server's side of the stream, which a loaded machine may start later.
+	for f.Streams() < 1 {
+		time.Sleep(time.Millisecond)
+	}
 	f.KillStreams()
 	// The client retries after 50-100ms; the bound is generous because a
 	// loaded machine running -race delays it (seen once at over 5s).

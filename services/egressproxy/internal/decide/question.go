@@ -54,7 +54,18 @@ type HTTPQuestion struct {
 	// 403).
 	Violation       string
 	ViolationStatus int
+	// Placeholders are the secrets' placeholders found in the request, at
+	// most MaxPlaceholders, each bounded as egress.proto says.
+	Placeholders []*egressv1.FoundPlaceholder
 }
+
+// Bounds of the placeholders a question carries.
+const (
+	MaxPlaceholders         = 16
+	maxPlaceholderNameBytes = 128
+	maxPlaceholderIDBytes   = 32
+	MaxPlaceholderValue     = 512
+)
 
 // DNSQuestion is a query a sandbox sent to the proxy's resolver.
 type DNSQuestion struct {
@@ -88,6 +99,9 @@ type Verdict struct {
 	// Code says why a request was denied (or would be): the executor's,
 	// or the proxy's own when it could not ask.
 	Code policyv1.DenialCode
+	// Swaps, on an allowed request, are the placeholders to replace by
+	// their secrets' values, and back in the response.
+	Swaps []*egressv1.Swap
 	// Passthrough, on a TLS answer, says the connection is spliced, not
 	// intercepted (or, denied, that the executor recorded its refusal);
 	// MaxRequestBytes and MaxResponseBytes then bound its bytes each way.
@@ -180,7 +194,26 @@ func (q HTTPQuestion) message(id uint64) *egressv1.DecideRequest {
 		Websocket:       q.WebSocket,
 		Violation:       bound.String(violation, MaxReasonBytes),
 		ViolationStatus: uint32(status),
+		Placeholders:    boundPlaceholders(q.Placeholders),
 	}}})
+}
+
+// boundPlaceholders keeps found placeholders within their bounds; a cut
+// value matches no binding, so the executor refuses rather than swaps.
+func boundPlaceholders(found []*egressv1.FoundPlaceholder) []*egressv1.FoundPlaceholder {
+	if len(found) > MaxPlaceholders {
+		found = found[:MaxPlaceholders]
+	}
+	out := make([]*egressv1.FoundPlaceholder, len(found))
+	for i, f := range found {
+		out[i] = &egressv1.FoundPlaceholder{
+			Id:    bound.String(f.GetId(), maxPlaceholderIDBytes),
+			Place: f.GetPlace(),
+			Name:  bound.String(f.GetName(), maxPlaceholderNameBytes),
+			Value: bound.String(f.GetValue(), MaxPlaceholderValue),
+		}
+	}
+	return out
 }
 
 func (q DNSQuestion) message(id uint64) *egressv1.DecideRequest {
@@ -224,5 +257,6 @@ func verdict(resp *egressv1.DecideResponse) Verdict {
 		RetryAfterSeconds: resp.GetRetryAfterSeconds(),
 		Code:              resp.GetDenialCode(),
 		Passthrough:       resp.GetPassthrough(),
+		Swaps:             resp.GetSwaps(),
 	}
 }

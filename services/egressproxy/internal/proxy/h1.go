@@ -192,6 +192,11 @@ func (p *Proxy) serveOneH1(ctx context.Context, conn net.Conn, br *bufio.Reader,
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	out := p.upstreamRequest(rctx, c, req, body)
+	if err := placeSecrets(out, v); err != nil {
+		p.outcome(c, v, 0, 0, 0, err)
+		writeResponse(bw, http.StatusBadGateway, "application/json", errorBody(c, err), true)
+		return false
+	}
 	// With nothing left to read of the request, a read on the sandbox's
 	// connection tells when it closes: the upstream request is cancelled
 	// then rather than left waiting for an answer.
@@ -220,6 +225,11 @@ func (p *Proxy) serveOneH1(ctx context.Context, conn net.Conn, br *bufio.Reader,
 		return false
 	}
 	defer resp.Body.Close()
+	if err := scrubResponse(resp, v); err != nil {
+		p.outcome(c, v, resp.StatusCode, body.n.Load(), 0, err)
+		writeResponse(bw, http.StatusBadGateway, "application/json", errorBody(c, err), true)
+		return false
+	}
 	if v.maxResponse > 0 && resp.ContentLength > int64(v.maxResponse) && bodyAllowed(req.Method, resp.StatusCode) {
 		p.outcome(c, v, resp.StatusCode, body.n.Load(), 0, errResponseTooLarge)
 		writeResponse(bw, http.StatusForbidden, "application/json", responseTooLarge(c, v, resp.ContentLength), true)

@@ -41,7 +41,13 @@ func (p *Proxy) serveH2Request(w http.ResponseWriter, r *http.Request, info conn
 		return
 	}
 	body := &countingReader{r: r.Body, limit: v.maxBody}
-	resp, err := p.upstream(info.src).RoundTrip(p.upstreamRequest(r.Context(), c, r, body))
+	out := p.upstreamRequest(r.Context(), c, r, body)
+	if err := placeSecrets(out, v); err != nil {
+		p.outcome(c, v, 0, 0, 0, err)
+		writeH2(w, http.StatusBadGateway, errorBody(c, err))
+		return
+	}
+	resp, err := p.upstream(info.src).RoundTrip(out)
 	if body.exceeded.Load() {
 		if err == nil {
 			resp.Body.Close()
@@ -57,6 +63,11 @@ func (p *Proxy) serveH2Request(w http.ResponseWriter, r *http.Request, info conn
 		return
 	}
 	defer resp.Body.Close()
+	if err := scrubResponse(resp, v); err != nil {
+		p.outcome(c, v, resp.StatusCode, body.n.Load(), 0, err)
+		writeH2(w, http.StatusBadGateway, errorBody(c, err))
+		return
+	}
 	if v.maxResponse > 0 && resp.ContentLength > int64(v.maxResponse) && bodyAllowed(r.Method, resp.StatusCode) {
 		p.outcome(c, v, resp.StatusCode, body.n.Load(), 0, errResponseTooLarge)
 		writeH2(w, http.StatusForbidden, responseTooLarge(c, v, resp.ContentLength))

@@ -74,6 +74,10 @@ func (s *standIn) handler() http.Handler {
 		switch r.URL.Path {
 		case "/redirect":
 			http.Redirect(w, r, "https://elsewhere.test/", http.StatusFound)
+		case "/echo-auth":
+			// Reflects the credentials, as some APIs do in errors.
+			w.Header().Set("X-Echo", r.Header.Get("Authorization"))
+			fmt.Fprintf(w, `{"auth":%q}`, r.Header.Get("Authorization"))
 		case "/stream":
 			// 100 bytes without a Content-Length, in two flushes.
 			io.WriteString(w, strings.Repeat("s", 40))

@@ -14,8 +14,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
+	"github.com/sandpit-run/sandpit/services/egressproxy/internal/swap"
 	"github.com/sandpit-run/sandpit/services/policy"
 	"github.com/sandpit-run/sandpit/services/policy/canon"
 )
@@ -37,6 +39,8 @@ type checked struct {
 	// 403), and the hint of its refusal body.
 	status int
 	hint   string
+	// found are the secrets' placeholders the request carries.
+	found []*egressv1.FoundPlaceholder
 }
 
 func (c *checked) block(why string) {
@@ -145,6 +149,7 @@ func (p *Proxy) check(info connInfo, r *http.Request, protocol string, hostHeade
 	if (c.scheme == "https" && c.port != 443) || (c.scheme == "http" && c.port != 80) {
 		c.authority += ":" + strconv.Itoa(int(c.port))
 	}
+	c.findPlaceholders(r)
 	return c
 }
 
@@ -189,6 +194,8 @@ type verdict struct {
 	// executor refused it by a rate (retryAfter seconds, for Retry-After).
 	status     int
 	retryAfter uint32
+	// swaps are the secrets to place into an allowed request.
+	swaps []swap.Swap
 }
 
 // decide asks about c, whose declared body length is contentLength (-1
@@ -210,6 +217,7 @@ func (p *Proxy) decide(ctx context.Context, info connInfo, c *checked, contentLe
 		WebSocket:       c.websocket,
 		Violation:       c.violation,
 		ViolationStatus: c.status,
+		Placeholders:    c.found,
 	})
 	v := verdict{id: resp.QuestionID, rule: resp.RuleID, source: resp.Source, reason: resp.Reason, code: resp.Code, at: time.Now(),
 		maxBody: resp.MaxRequestBytes, maxResponse: resp.MaxResponseBytes, status: http.StatusForbidden}
@@ -221,8 +229,11 @@ func (p *Proxy) decide(ctx context.Context, info connInfo, c *checked, contentLe
 	}
 	v.label = policy.DecisionLabel(resp.Decision)
 	v.allowed = v.label != policy.LabelDeny
+	if v.allowed {
+		v.swaps = swapsOf(resp.Swaps)
+	}
 	if c.violation != "" {
-		v.allowed, v.label, v.rule, v.source, v.reason = false, policy.LabelDeny, "proxy", "", c.violation
+		v.allowed, v.label, v.rule, v.source, v.reason, v.swaps = false, policy.LabelDeny, "proxy", "", c.violation, nil
 		v.code = policyv1.DenialCode_DENIAL_CODE_AMBIGUOUS_REQUEST
 	}
 	p.cfg.Metrics.request(v.label, c.protocol)
@@ -231,7 +242,7 @@ func (p *Proxy) decide(ctx context.Context, info connInfo, c *checked, contentLe
 	}
 	p.log.Info("request", "source_ip", addrString(info.src), "method", c.method, "host", c.host, "path", path,
 		"protocol", c.protocol, "decision", v.label, "rule_id", v.rule, "source", v.source, "reason", v.reason,
-		"execution_id", resp.ExecutionID, "error", err)
+		"execution_id", resp.ExecutionID, "placeholders", len(c.found), "secrets_placed", len(v.swaps), "error", err)
 	return v
 }
 

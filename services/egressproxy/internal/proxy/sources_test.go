@@ -90,7 +90,7 @@ type plainEnv struct {
 
 // startPlain serves p on loopback as plain HTTP to port 80 (unless
 // cfg.OriginalDst says otherwise), every host sent to upstream.
-func startPlain(t *testing.T, cfg Config, upstream string) *plainEnv {
+func startPlain(t testing.TB, cfg Config, upstream string) *plainEnv {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -23,6 +23,10 @@ const (
 	upstreamTLSError    = "tls_error"
 	upstreamClosed      = "connection_closed"
 	upstreamOther       = "upstream_error"
+	// Not the upstream's failure as such: its response to a request
+	// carrying a secret came compressed, so the value could not be
+	// scrubbed from it.
+	upstreamUnscrubbable = "unscrubbable_response"
 )
 
 // upstreamErrorMessages are the only words of an upstream failure a
@@ -30,15 +34,16 @@ const (
 // fixed, naming no address, port or library error. The error itself goes
 // to the proxy's log only.
 var upstreamErrorMessages = map[string]string{
-	upstreamDNSFailure:  "sandpit could not resolve the upstream's name",
-	upstreamRefused:     "sandpit refuses to connect to the upstream's address (private, special-purpose or this host's own)",
-	upstreamConnRefused: "the upstream refused the connection",
-	upstreamUnreachable: "the upstream is unreachable",
-	upstreamTimeout:     "the upstream did not answer in time",
-	upstreamTLSCert:     "the upstream's TLS certificate is not trusted",
-	upstreamTLSError:    "TLS with the upstream failed",
-	upstreamClosed:      "the upstream closed the connection",
-	upstreamOther:       "sandpit could not reach the upstream",
+	upstreamDNSFailure:   "sandpit could not resolve the upstream's name",
+	upstreamRefused:      "sandpit refuses to connect to the upstream's address (private, special-purpose or this host's own)",
+	upstreamConnRefused:  "the upstream refused the connection",
+	upstreamUnreachable:  "the upstream is unreachable",
+	upstreamTimeout:      "the upstream did not answer in time",
+	upstreamTLSCert:      "the upstream's TLS certificate is not trusted",
+	upstreamTLSError:     "TLS with the upstream failed",
+	upstreamClosed:       "the upstream closed the connection",
+	upstreamOther:        "sandpit could not reach the upstream",
+	upstreamUnscrubbable: "the upstream compressed its response to a request carrying a secret; sandpit returns such a response only as it can scrub it, uncompressed",
 }
 
 // errSandboxClosed is wrapped by the error of an exchange that failed on
@@ -80,6 +85,8 @@ func upstreamErrorClass(err error) string {
 		certErr   x509.CertificateInvalidError
 	)
 	switch {
+	case errors.Is(err, errUnscrubbable):
+		return upstreamUnscrubbable
 	case errors.Is(err, dialer.ErrRefused):
 		return upstreamRefused
 	case errors.Is(err, dialer.ErrNotResolved), errors.As(err, &dnsErr):

@@ -231,11 +231,25 @@ func report(w io.Writer, asJSON bool, req *policyv1.CheckRequest, resp *policyv1
 		fmt.Fprintf(w, ", mode %s\n", strings.ToLower(strings.TrimPrefix(resp.GetMode().String(), "MODE_")))
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DECISION\tMETHOD\tURL\tRULE\tSOURCE\tCODE\tREASON")
+	fmt.Fprintln(tw, "DECISION\tTLS\tMETHOD\tURL\tRULE\tSOURCE\tCODE\tREASON")
 	for i, v := range resp.GetVerdicts() {
 		r := req.GetRequests()[i]
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", policy.DecisionLabel(v.GetDecision()), r.GetMethod(), r.GetUrl(), v.GetRuleId(), v.GetSource(),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", policy.DecisionLabel(v.GetDecision()), tlsLabel(r, v), r.GetMethod(), r.GetUrl(), v.GetRuleId(), v.GetSource(),
 			policy.DenialCodeName(v.GetDenialCode()), v.GetReason())
 	}
 	return tw.Flush()
+}
+
+// tlsLabel is the TLS column: how the proxy would carry an https
+// request's connection ("passthrough": spliced, its method and path
+// unseen; "intercept": decrypted, the request decided by the rules); "-"
+// for plain http and for a denied request.
+func tlsLabel(r *policyv1.CheckedRequest, v *policyv1.Verdict) string {
+	switch {
+	case v.GetPassthrough():
+		return "passthrough"
+	case v.GetDecision() != policyv1.Decision_DECISION_DENY && strings.HasPrefix(strings.ToLower(r.GetUrl()), "https://"):
+		return "intercept"
+	}
+	return "-"
 }

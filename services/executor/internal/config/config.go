@@ -95,6 +95,11 @@ type Config struct {
 	TenantsFile   string
 	PolicyStore   string
 	TenantsReload time.Duration
+	// SecretsDir holds the secrets requests may name (DIR/<tenant>/<name>,
+	// or DIR/<name> without tenants); SecretsReload is how often it is
+	// looked at.
+	SecretsDir    string
+	SecretsReload time.Duration
 }
 
 // Defaults of the sandboxes' init and user namespaces: tini where the image
@@ -172,8 +177,10 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	limitFlags(fs, "max", &c.Maxima)
 	jwtFlags(fs, &c.JWT)
 	fs.StringVar(&c.TenantsFile, "tenants-file", "", "tenants file (YAML, version 1): each tenant's and tier's policy, audit mode and limits; reloaded on change, a broken edit keeps the last good version; needs authenticated callers (--jwt-* or --tls-client-ca)")
-	fs.StringVar(&c.PolicyStore, "policy-store", "", "postgres:// URL of a tenants database (the schema is migrated at start; changes are picked up by LISTEN/NOTIFY); instead of --tenants-file")
+	fs.StringVar(&c.PolicyStore, "policy-store", "", "postgres:// URL of a tenants database (the schema is migrated at start; changes are picked up by LISTEN/NOTIFY); instead of --tenants-file. Its sandpit_secrets table holds tenants' secrets too (a --secrets-dir file wins over a row)")
 	fs.DurationVar(&c.TenantsReload, "tenants-reload-interval", 2*time.Second, "how often --tenants-file and the policy files it names are looked at")
+	fs.StringVar(&c.SecretsDir, "secrets-dir", "", "directory of the secrets requests may name (ExecuteRequest.secrets), one file each, mode 0600: DIR/<tenant>/<name>, or DIR/<name> on an executor without tenants (SANDPIT_SECRET_<NAME> variables too); re-read on change, a broken edit keeps the last good version")
+	fs.DurationVar(&c.SecretsReload, "secrets-reload-interval", 2*time.Second, "how often --secrets-dir is looked at")
 
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -236,6 +243,10 @@ func (c Config) validate() error {
 		return errors.New("tenants-file and policy-store need callers to be authenticated: set --jwt-* keys or --tls-client-ca")
 	case c.TenantsReload <= 0:
 		return errors.New("tenants-reload-interval must be positive")
+	case c.SecretsReload <= 0:
+		return errors.New("secrets-reload-interval must be positive")
+	case c.SecretsDir != "" && !c.Egress:
+		return errors.New("secrets-dir needs the egress proxy (--egress): only the proxy places secrets into requests")
 	}
 	return limits.CheckConfig(c.Defaults, c.Maxima)
 }

@@ -31,12 +31,14 @@ func (e *Execution) overDNSBudget() (*egressv1.DecideResponse, bool) {
 	reason := fmt.Sprintf("dns query budget of %d queries per execution spent", DNSBudget)
 	if n == DNSBudget+1 {
 		e.emit(&executorv1.NetworkEvent{
-			Kind:     executorv1.NetworkEventKind_NETWORK_EVENT_KIND_DNS,
-			Time:     timestamppb.Now(),
-			Decision: policyv1.Decision_DECISION_DENY,
-			RuleId:   "dns.budget",
-			Reason:   reason,
+			Kind:       executorv1.NetworkEventKind_NETWORK_EVENT_KIND_DNS,
+			Time:       timestamppb.Now(),
+			Decision:   policyv1.Decision_DECISION_DENY,
+			RuleId:     "dns.budget",
+			Reason:     reason,
+			DenialCode: policyv1.DenialCode_DENIAL_CODE_BUDGET_EXCEEDED,
 		})
 	}
-	return &egressv1.DecideResponse{Decision: policyv1.Decision_DECISION_DENY, RuleId: "dns.budget", Reason: reason, ExecutionId: e.id}, true
+	return &egressv1.DecideResponse{Decision: policyv1.Decision_DECISION_DENY, RuleId: "dns.budget", Reason: reason, ExecutionId: e.id,
+		DenialCode: policyv1.DenialCode_DENIAL_CODE_BUDGET_EXCEEDED}, true
 }

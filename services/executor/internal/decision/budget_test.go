@@ -10,7 +10,8 @@ import (
 )
 
 // An execution's DNS queries past DNSBudget are denied with the budget's
-// reason, one event says so, and a neighbour's are still answered.
+// reason and code (budget_exceeded), one event says so, and a
+// neighbour's are still answered.
 func TestDNSBudget(t *testing.T) {
 	reg := NewRegistry()
 	events := make(chan *executorv1.NetworkEvent, DNSBudget+16)
@@ -30,7 +31,7 @@ func TestDNSBudget(t *testing.T) {
 		id++
 		resp := ask(t, s, dnsReq(id, "10.88.0.2", "api.stripe.com"))
 		if resp.GetDecision() != policyv1.Decision_DECISION_DENY || resp.GetRuleId() != "dns.budget" ||
-			!strings.Contains(resp.GetReason(), "dns query budget of 1000") {
+			!strings.Contains(resp.GetReason(), "dns query budget of 1000") || resp.GetDenialCode() != policyv1.DenialCode_DENIAL_CODE_BUDGET_EXCEEDED {
 			t.Fatalf("query %d over the budget: %v %q %q", id, resp.GetDecision(), resp.GetRuleId(), resp.GetReason())
 		}
 	}
@@ -42,6 +43,9 @@ func TestDNSBudget(t *testing.T) {
 	for len(events) > 0 {
 		if ev := <-events; ev.GetRuleId() == "dns.budget" {
 			budgetEvents++
+			if ev.GetDenialCode() != policyv1.DenialCode_DENIAL_CODE_BUDGET_EXCEEDED {
+				t.Errorf("the spent budget's event %v, want budget_exceeded", ev)
+			}
 		}
 	}
 	if budgetEvents != 1 {

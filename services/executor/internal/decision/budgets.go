@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
 	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"github.com/sandpit-run/sandpit/services/policy"
 )
@@ -33,6 +34,10 @@ type grant struct {
 	// retryAfter, on a refusal by a rate or the concurrency limit, is the
 	// seconds for the proxy's Retry-After.
 	retryAfter uint32
+	// swaps are the secrets the proxy places into the request; secrets
+	// names the secrets whose placeholders it carried (placeSecrets).
+	swaps   []*egressv1.Swap
+	secrets []string
 }
 
 // usage is an execution's use of its budgets; Execution.mu guards it.

@@ -114,6 +114,11 @@ type Execution struct {
 	// by its per-source limits.
 	rateLimited, dnsRateLimited uint32
 	use                         usage // see admit
+	// secrets are the execution's, by placeholder id (UseSecrets, set
+	// once); withSecrets and secretMisuse count the requests they were
+	// swapped into and the ones refused for misuse.
+	secrets                   map[string]Secret
+	withSecrets, secretMisuse uint32
 
 	dnsQueries atomic.Uint32 // see overDNSBudget
 }
@@ -173,6 +178,10 @@ type Summary struct {
 	// max_concurrent_connections.
 	RequestBytes, ResponseBytes uint64
 	PeakConcurrent, OverRate    uint32
+	// WithSecrets counts the allowed requests a secret was placed into,
+	// SecretMisuse the blocked ones that carried a placeholder where its
+	// binding does not let it go.
+	WithSecrets, SecretMisuse uint32
 }
 
 // Summary returns the counts and a copy of the log so far: an outcome
@@ -199,6 +208,8 @@ func (e *Execution) Summary() Summary {
 		ResponseBytes:     e.use.responseBytes,
 		PeakConcurrent:    e.use.peakOpen,
 		OverRate:          e.use.overRate,
+		WithSecrets:       e.withSecrets,
+		SecretMisuse:      e.secretMisuse,
 	}
 }
 
@@ -612,6 +623,10 @@ func (e *Execution) request(r *egressv1.HttpRequest, fullURL string, d policy.De
 		Decision:   d.Decision,
 		Source:     d.Source,
 		DenialCode: d.Code,
+		Secrets:    g.secrets,
+	}
+	if !blocked && len(g.swaps) > 0 {
+		e.withSecrets++
 	}
 	if blocked {
 		entry.StatusCode = 403
@@ -642,6 +657,7 @@ func (e *Execution) request(r *egressv1.HttpRequest, fullURL string, d policy.De
 		Reason:     logReason,
 		Source:     d.Source,
 		DenialCode: d.Code,
+		Secrets:    g.secrets,
 	})
 	if f := e.observe.Load(); f != nil {
 		(*f)(Observed{Host: host, RuleID: rule, Source: d.Source, Decision: d.Decision})
@@ -650,6 +666,7 @@ func (e *Execution) request(r *egressv1.HttpRequest, fullURL string, d policy.De
 	if !blocked {
 		resp.MaxRequestBytes = policy.MinNonZero(e.policy().Limits().MaxRequestBytes, g.maxRequest)
 		resp.MaxResponseBytes = g.maxResponse
+		resp.Swaps = g.swaps
 	}
 	resp.RetryAfterSeconds = g.retryAfter
 	return resp, pending{exec: e, id: reqID, entry: entry, logged: logged, grant: g}
@@ -675,14 +692,22 @@ func (e *Execution) decide(r *egressv1.HttpRequest) (policy.Decision, grant) {
 	if limits.MaxRequestBytes > 0 && r.GetContentLength() > 0 && uint64(r.GetContentLength()) > limits.MaxRequestBytes {
 		return block(policyv1.DenialCode_DENIAL_CODE_BUDGET_EXCEEDED, "limits.max_request_bytes", fmt.Sprintf("request body of %d bytes is above the limit of %d", r.GetContentLength(), limits.MaxRequestBytes)), grant{}
 	}
-	d := pol.Decide(policy.Request{
-		Method: r.GetMethod(), Host: r.GetHost(), Path: r.GetPath(), WebSocket: r.GetWebsocket(),
-		Scheme: r.GetScheme(), Port: r.GetPort(),
-	})
+	d := pol.Decide(policyRequest(r))
+	d, swaps, carried := e.placeSecrets(r, pol, d)
 	if !d.Forward() {
-		return d, grant{}
+		return d, grant{secrets: carried}
 	}
-	return e.admit(d, r.GetContentLength(), limits)
+	d, g := e.admit(d, r.GetContentLength(), limits)
+	g.secrets = carried
+	if d.Forward() {
+		g.swaps = swaps
+	}
+	return d, g
+}
+
+// policyRequest is what the policy decides of r.
+func policyRequest(r *egressv1.HttpRequest) policy.Request {
+	return policy.Request{Method: r.GetMethod(), Host: r.GetHost(), Path: r.GetPath(), WebSocket: r.GetWebsocket(), Scheme: r.GetScheme(), Port: r.GetPort()}
 }
 
 // countRequest counts one request against max_requests, and returns the
@@ -759,33 +784,40 @@ func (s *Service) decideDNS(q *egressv1.DnsQuery) *egressv1.DecideResponse {
 	e := s.reg.lookup(q.GetSourceIp())
 	if e == nil {
 		return &egressv1.DecideResponse{Decision: policyv1.Decision_DECISION_DENY, RuleId: "no-execution",
-			Reason: "no running execution owns source address " + q.GetSourceIp()}
+			Reason: "no running execution owns source address " + q.GetSourceIp(), DenialCode: policyv1.DenialCode_DENIAL_CODE_DECISION_UNAVAILABLE}
 	}
 	if resp, over := e.overDNSBudget(); over {
 		return resp
 	}
+	// A name no host entry could allow any request to is not resolved:
+	// host_not_allowed, as a request to it would be denied.
 	name := bound.String(q.GetName(), maxHostBytes)
-	d, reason := policyv1.Decision_DECISION_DENY, "no rule of the policy could allow a request to "+name
+	d, reason, code := policyv1.Decision_DECISION_DENY, "no rule of the policy could allow a request to "+name, policyv1.DenialCode_DENIAL_CODE_HOST_NOT_ALLOWED
 	if e.policy().CouldAllowHost(q.GetName()) {
-		d, reason = policyv1.Decision_DECISION_ALLOW, ""
+		d, reason, code = policyv1.Decision_DECISION_ALLOW, "", policyv1.DenialCode_DENIAL_CODE_UNSPECIFIED
 	}
 	e.emit(&executorv1.NetworkEvent{
-		Kind:     executorv1.NetworkEventKind_NETWORK_EVENT_KIND_DNS,
-		Time:     timestamppb.Now(),
-		Method:   bound.String(q.GetType(), maxMethodBytes),
-		Url:      name,
-		Host:     name,
-		Decision: d,
-		RuleId:   "dns",
-		Reason:   bound.String(reason, maxLogReasonBytes),
+		Kind:       executorv1.NetworkEventKind_NETWORK_EVENT_KIND_DNS,
+		Time:       timestamppb.Now(),
+		Method:     bound.String(q.GetType(), maxMethodBytes),
+		Url:        name,
+		Host:       name,
+		Decision:   d,
+		RuleId:     "dns",
+		Reason:     bound.String(reason, maxLogReasonBytes),
+		DenialCode: code,
 	})
-	return &egressv1.DecideResponse{Decision: d, RuleId: "dns", Reason: reason, ExecutionId: e.id}
+	return &egressv1.DecideResponse{Decision: d, RuleId: "dns", Reason: reason, ExecutionId: e.id, DenialCode: code}
 }
 
 // refusal records a refused connection, or requests and queries the
 // proxy refused by its per-source limits: those are counted, and shown as
-// an event only when the proxy sampled a reason for them.
+// an event (rate_limited) only when the proxy sampled a reason for them.
+// A refused connection's event is ambiguous_request: the connection
+// failed one of the proxy's own checks before a request could be read,
+// and the report says which only in its reason.
 func (e *Execution) refusal(r *egressv1.Refusal) {
+	code := policyv1.DenialCode_DENIAL_CODE_AMBIGUOUS_REQUEST
 	if n, q := r.GetRateLimitedRequests(), r.GetRateLimitedDnsQueries(); n > 0 || q > 0 {
 		e.mu.Lock()
 		e.blocked += n
@@ -795,15 +827,17 @@ func (e *Execution) refusal(r *egressv1.Refusal) {
 		if r.GetReason() == "" {
 			return
 		}
+		code = policyv1.DenialCode_DENIAL_CODE_RATE_LIMITED
 	}
 	e.emit(&executorv1.NetworkEvent{
-		Kind:     executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REFUSED,
-		Time:     timestamppb.Now(),
-		Url:      bound.String(r.GetDestination(), maxHostBytes),
-		Host:     bound.String(r.GetDestination(), maxHostBytes),
-		Decision: policyv1.Decision_DECISION_DENY,
-		RuleId:   "proxy",
-		Reason:   bound.String(r.GetReason(), maxLogReasonBytes),
+		Kind:       executorv1.NetworkEventKind_NETWORK_EVENT_KIND_REFUSED,
+		Time:       timestamppb.Now(),
+		Url:        bound.String(r.GetDestination(), maxHostBytes),
+		Host:       bound.String(r.GetDestination(), maxHostBytes),
+		Decision:   policyv1.Decision_DECISION_DENY,
+		RuleId:     "proxy",
+		Reason:     bound.String(r.GetReason(), maxLogReasonBytes),
+		DenialCode: code,
 	})
 }
 

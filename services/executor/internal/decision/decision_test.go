@@ -44,7 +44,7 @@ hosts:
 limits: { max_requests: 3, max_request_bytes: 100 }
 `
 
-func compile(t *testing.T, y string) *policy.Compiled {
+func compile(t testing.TB, y string) *policy.Compiled {
 	t.Helper()
 	p, err := policy.Parse([]byte(y))
 	if err != nil {

@@ -1,9 +1,10 @@
 // Package secrets is the executor's store of the credentials the egress
 // proxy places into a sandbox's allowed requests, so that the code never
 // holds them: files in a directory (one per secret, read again when they
-// change) and the executor's own environment. A secret belongs to a tenant
-// (DIR/<tenant>/<name>) or, on an executor without tenants, to the executor
-// (DIR/<name>, SANDPIT_SECRET_<NAME>).
+// change), the executor's own environment and sources of tenants' secrets
+// (AddSource: the PostgreSQL tenants store). A secret belongs to a tenant
+// (DIR/<tenant>/<name>, a source's) or, on an executor without tenants, to
+// the executor (DIR/<name>, SANDPIT_SECRET_<NAME>).
 //
 // A Value never shows its bytes: fmt, slog and encoding/json print its name
 // only, so a secret that reaches a log line, an error or an event by
@@ -19,17 +20,19 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/sandpit-run/sandpit/services/executor/internal/tenants"
+	"github.com/sandpit-run/sandpit/services/policy"
 )
 
 // Bounds on what the store holds.
 const (
 	// MaxValueBytes bounds one secret: API keys and tokens are far
 	// smaller; a larger file is refused, not cut.
-	MaxValueBytes = 16 << 10
+	MaxValueBytes = tenants.MaxSecretBytes
 	// MaxSecrets bounds the secrets of the directory together.
 	MaxSecrets = 10000
 	// EnvPrefix names the executor's environment variables that hold
@@ -42,10 +45,6 @@ var (
 	ErrNotFound = errors.New("no such secret")
 	ErrBadName  = errors.New("not a secret name")
 )
-
-// names of secrets and tenants' directories: safe as file names, in logs
-// and in a policy file.
-var name = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,63}$`)
 
 // Value is a secret's bytes, which it never prints.
 type Value struct {
@@ -75,14 +74,15 @@ func (v Value) MarshalJSON() ([]byte, error) { return []byte(`"` + v.String() + 
 // MarshalText is String.
 func (v Value) MarshalText() ([]byte, error) { return []byte(v.String()), nil }
 
-// Store holds the secrets of a directory, re-read by Check, and of the
-// environment, read once.
+// Store holds the secrets of a directory, re-read by Check, of the
+// environment, read once, and of its sources.
 type Store struct {
 	dir string
 	env map[string]Value
 	log *slog.Logger
 
 	mu      sync.RWMutex
+	sources []Source
 	files   map[string]Value // "tenant/name" or "name"
 	mtimes  map[string]time.Time
 	problem string
@@ -91,7 +91,8 @@ type Store struct {
 // Open reads the secrets of dir (empty for none) and of environ (the
 // executor's environment, os.Environ()). Variables with EnvPrefix are
 // executor-wide secrets; the caller should unset them (Unsetenv) so that
-// no child process inherits them.
+// no child process inherits them. With neither the store is empty until
+// a source is added.
 func Open(dir string, environ []string, log *slog.Logger) (*Store, error) {
 	s := &Store{dir: dir, env: map[string]Value{}, log: log}
 	for _, kv := range environ {
@@ -100,11 +101,8 @@ func Open(dir string, environ []string, log *slog.Logger) (*Store, error) {
 			continue
 		}
 		n := strings.ToLower(strings.TrimPrefix(k, EnvPrefix))
-		if !name.MatchString(n) {
-			return nil, fmt.Errorf("environment variable %s: %q is not a secret name (a-z, 0-9, _.-, at most 64)", k, n)
-		}
-		if len(v) == 0 || len(v) > MaxValueBytes {
-			return nil, fmt.Errorf("environment variable %s: a secret holds 1 to %d bytes", k, MaxValueBytes)
+		if err := tenants.CheckSecret(n, []byte(v)); err != nil {
+			return nil, fmt.Errorf("environment variable %s: %w", k, err)
 		}
 		s.env[n] = Value{name: n, b: []byte(v)}
 	}
@@ -118,12 +116,25 @@ func Open(dir string, environ []string, log *slog.Logger) (*Store, error) {
 	return s, nil
 }
 
-// Lookup returns tenant's secret name: DIR/<tenant>/<name>. With an empty
-// tenant (an executor without tenants) it is the executor's: DIR/<name>,
-// else SANDPIT_SECRET_<NAME>. A tenant never sees another tenant's
-// secrets, nor the executor's.
+// Source gives tenant's secret name, when it holds it: the PostgreSQL
+// tenants store's Secret. The bytes are not to be changed.
+type Source func(tenant, name string) ([]byte, bool)
+
+// AddSource adds a source of tenants' secrets, consulted after the
+// directory (a file wins over a source) and after the sources added
+// before it.
+func (s *Store) AddSource(src Source) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sources = append(s.sources, src)
+}
+
+// Lookup returns tenant's secret name: DIR/<tenant>/<name>, else the first
+// source's that has it. With an empty tenant (an executor without tenants)
+// it is the executor's: DIR/<name>, else SANDPIT_SECRET_<NAME>. A tenant
+// never sees another tenant's secrets, nor the executor's.
 func (s *Store) Lookup(tenant, secret string) (Value, error) {
-	if !name.MatchString(secret) || tenant != "" && !name.MatchString(tenant) {
+	if !policy.IsSecretName(secret) || tenant != "" && !tenants.IsName(tenant) {
 		return Value{}, fmt.Errorf("%w: %q", ErrBadName, secret)
 	}
 	key := secret
@@ -132,6 +143,7 @@ func (s *Store) Lookup(tenant, secret string) (Value, error) {
 	}
 	s.mu.RLock()
 	v, ok := s.files[key]
+	sources := s.sources
 	s.mu.RUnlock()
 	if ok {
 		return v, nil
@@ -140,8 +152,22 @@ func (s *Store) Lookup(tenant, secret string) (Value, error) {
 		if v, ok := s.env[secret]; ok {
 			return v, nil
 		}
+		return Value{}, fmt.Errorf("%w %q", ErrNotFound, secret)
+	}
+	for _, src := range sources {
+		if b, ok := src(tenant, secret); ok {
+			return Value{name: secret, b: b}, nil
+		}
 	}
 	return Value{}, fmt.Errorf("%w %q", ErrNotFound, secret)
+}
+
+// Len is how many secrets the directory and the environment hold (a
+// source's are its own to count).
+func (s *Store) Len() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.files) + len(s.env)
 }
 
 // Problem says why the directory's last change is not in force, or is
@@ -215,7 +241,7 @@ func scan(dir string) ([]string, map[string]time.Time, error) {
 		return nil
 	}
 	for _, e := range top {
-		if !name.MatchString(e.Name()) {
+		if e.IsDir() && !tenants.IsName(e.Name()) || !e.IsDir() && !policy.IsSecretName(e.Name()) {
 			continue
 		}
 		p := filepath.Join(dir, e.Name())
@@ -230,7 +256,7 @@ func scan(dir string) ([]string, map[string]time.Time, error) {
 			return nil, nil, fmt.Errorf("secrets of tenant %s: %w", e.Name(), err)
 		}
 		for _, f := range sub {
-			if !f.IsDir() && name.MatchString(f.Name()) {
+			if !f.IsDir() && policy.IsSecretName(f.Name()) {
 				if err := add(e.Name()+"/"+f.Name(), filepath.Join(p, f.Name())); err != nil {
 					return nil, nil, err
 				}
@@ -267,10 +293,10 @@ func readDir(dir string) (map[string]Value, map[string]time.Time, error) {
 			return nil, nil, fmt.Errorf("secret %s: %w", key, err)
 		}
 		b = []byte(strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r"))
-		if len(b) == 0 {
-			return nil, nil, fmt.Errorf("secret %s: empty", key)
-		}
 		n := key[strings.LastIndexByte(key, '/')+1:]
+		if err := tenants.CheckSecret(n, b); err != nil {
+			return nil, nil, fmt.Errorf("secret %s: %w", key, err)
+		}
 		files[key] = Value{name: n, b: b}
 	}
 	return files, mtimes, nil
@@ -280,15 +306,21 @@ func readDir(dir string) (map[string]Value, map[string]time.Time, error) {
 // letters and digits, the shape API keys have.
 const placeholderChars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
-// PlaceholderRandom is the length of a placeholder's random part: 32
-// characters of 62 hold 190 bits, so no two executions share one.
-const PlaceholderRandom = 32
+// Placeholder ids: every placeholder ends in Marker and IDRandom random
+// letters and digits, its IDLen-byte id, which the egress proxy finds in a
+// request without knowing any execution's placeholders. 29 characters of
+// 62 hold 172 bits, so no two executions share one.
+const (
+	Marker   = "SPX"
+	IDRandom = 29
+	IDLen    = len(Marker) + IDRandom
+)
 
-// Placeholder returns prefix followed by PlaceholderRandom random letters
-// and digits: a value of the shape an SDK checks (sk_test_..., ghp_...)
-// that stands for a secret in a sandbox and is worth nothing outside it.
+// Placeholder returns prefix, Marker and IDRandom random letters and
+// digits: a value of the shape an SDK checks (sk_test_..., ghp_...) that
+// stands for a secret in a sandbox and is worth nothing outside it.
 func Placeholder(prefix string) string {
-	b := make([]byte, PlaceholderRandom)
+	b := make([]byte, IDRandom)
 	max := big.NewInt(int64(len(placeholderChars)))
 	for i := range b {
 		n, err := rand.Int(rand.Reader, max)
@@ -297,5 +329,8 @@ func Placeholder(prefix string) string {
 		}
 		b[i] = placeholderChars[n.Int64()]
 	}
-	return prefix + string(b)
+	return prefix + Marker + string(b)
 }
+
+// ID is the id of placeholder p: its last IDLen bytes.
+func ID(p string) string { return p[max(0, len(p)-IDLen):] }

@@ -76,6 +76,61 @@ func TestLookupBelongsToItsTenant(t *testing.T) {
 	}
 }
 
+// TestSourcesAfterTheDirectory: a source serves a tenant's secrets the
+// directory lacks (a file wins when both have one, an earlier source over a
+// later one); a tenant never gets another tenant's secret, nor does the
+// executor (no tenant) get a source's; what a source gives never prints.
+func TestSourcesAfterTheDirectory(t *testing.T) {
+	dir := t.TempDir()
+	writeSecret(t, filepath.Join(dir, "acme", "stripe"), "from-the-file", 0o600)
+	s, err := Open(dir, nil, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	table := func(rows map[[2]string]string) Source {
+		return func(tenant, name string) ([]byte, bool) {
+			v, ok := rows[[2]string{tenant, name}]
+			return []byte(v), ok
+		}
+	}
+	s.AddSource(table(map[[2]string]string{
+		{"acme", "stripe"}: "from-the-database", {"acme", "github"}: "ghp_acmeDB", {"globex", "openai"}: stripeKey,
+	}))
+	s.AddSource(table(map[[2]string]string{{"acme", "github"}: "second-source", {"acme", "slack"}: "xoxb-second"}))
+	tests := []struct {
+		tenant, name, want string
+		err                error
+	}{
+		{"acme", "stripe", "from-the-file", nil},
+		{"acme", "github", "ghp_acmeDB", nil},
+		{"acme", "slack", "xoxb-second", nil},
+		{"globex", "openai", stripeKey, nil},
+		{"acme", "openai", "", ErrNotFound},   // globex's
+		{"globex", "github", "", ErrNotFound}, // acme's
+		{"", "openai", "", ErrNotFound},       // no tenant: the executor's only
+		{"acme", "../globex/openai", "", ErrBadName},
+	}
+	for _, tt := range tests {
+		v, err := s.Lookup(tt.tenant, tt.name)
+		if !errors.Is(err, tt.err) || string(v.Reveal()) != tt.want {
+			t.Errorf("Lookup(%q, %q) = %q, %v; want %q, %v", tt.tenant, tt.name, v.Reveal(), err, tt.want, tt.err)
+		}
+	}
+	v, _ := s.Lookup("globex", "openai")
+	if out := fmt.Sprintf("%v %+v %s", v, v, v); strings.Contains(out, "REALVALUE") || v.Name() != "openai" {
+		t.Errorf("a source's value prints as %q (name %q)", out, v.Name())
+	}
+	// With no directory and no environment, a store serves its sources.
+	bare, err := Open("", nil, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bare.AddSource(table(map[[2]string]string{{"acme", "github"}: "ghp_acmeDB"}))
+	if v, err := bare.Lookup("acme", "github"); err != nil || string(v.Reveal()) != "ghp_acmeDB" {
+		t.Errorf("a store of sources only: %q, %v", v.Reveal(), err)
+	}
+}
+
 // TestValueNeverPrints: fmt in every verb, slog in text and JSON, and
 // encoding/json show the secret's name, never its bytes.
 func TestValueNeverPrints(t *testing.T) {
@@ -162,7 +217,7 @@ func TestCheckFollowsTheDirectory(t *testing.T) {
 // TestEnvironmentSecrets: SANDPIT_SECRET_<NAME> is the executor's secret
 // <name>; a bad name or an empty value is refused at start.
 func TestEnvironmentSecrets(t *testing.T) {
-	for _, env := range [][]string{{EnvPrefix + "BAD/NAME=x"}, {EnvPrefix + "EMPTY="}, {EnvPrefix + "BIG=" + strings.Repeat("k", MaxValueBytes+1)}} {
+	for _, env := range [][]string{{EnvPrefix + "BAD/NAME=x"}, {EnvPrefix + "EMPTY="}, {EnvPrefix + "BIG=" + strings.Repeat("k", MaxValueBytes+1)}, {EnvPrefix + "CRLF=a\r\nX-Injected: 1"}} {
 		if _, err := Open("", env, quiet()); err == nil {
 			t.Errorf("Open with %.40q: no error", env)
 		}
@@ -179,10 +234,10 @@ func TestEnvironmentSecrets(t *testing.T) {
 	}
 }
 
-// TestPlaceholder: the prefix an SDK checks, then 32 letters and digits,
-// different every time.
+// TestPlaceholder: the prefix an SDK checks, the marker, then 29 letters
+// and digits, different every time; its id is the marker and what follows.
 func TestPlaceholder(t *testing.T) {
-	shape := regexp.MustCompile(`^sk_test_[A-Za-z0-9]{32}$`)
+	shape := regexp.MustCompile(`^sk_test_SPX[A-Za-z0-9]{29}$`)
 	seen := map[string]bool{}
 	for range 1000 {
 		p := Placeholder("sk_test_")
@@ -190,5 +245,8 @@ func TestPlaceholder(t *testing.T) {
 			t.Fatalf("placeholder %q: wrong shape or repeated", p)
 		}
 		seen[p] = true
+		if id := ID(p); len(id) != IDLen || p != "sk_test_"+id {
+			t.Fatalf("ID(%q) = %q", p, id)
+		}
 	}
 }

@@ -88,10 +88,23 @@ func (p *PolicyService) Check(ctx context.Context, req *policyv1.CheckRequest) (
 	pol := p.svc.cfg.Egress.Policy(g.policy)
 	resp := &policyv1.CheckResponse{Tenant: g.ident.Tenant, Tier: g.ident.Tier, Mode: pol.Mode()}
 	for _, r := range reqs {
-		d := pol.Decide(r)
-		resp.Verdicts = append(resp.Verdicts, &policyv1.Verdict{Decision: d.Decision, RuleId: d.RuleID, Source: d.Source, Reason: d.Reason, DenialCode: d.Code})
+		resp.Verdicts = append(resp.Verdicts, verdict(pol, r))
 	}
 	return resp, nil
+}
+
+// verdict decides r as the decision service would: an https request to a
+// host the chain passes through (policy.DecideTLS) is decided whole at
+// the handshake, by the pass-through entry, and never by its method or
+// path; any other request by its rules.
+func verdict(pol *policy.Compiled, r policy.Request) *policyv1.Verdict {
+	if r.Scheme == policy.SchemeHTTPS {
+		if td := pol.DecideTLS(r.Host, r.Port); td.Passthrough {
+			return &policyv1.Verdict{Decision: td.Decision, RuleId: td.RuleID, Source: td.Source, Reason: td.Reason, DenialCode: td.Code, Passthrough: true}
+		}
+	}
+	d := pol.Decide(r)
+	return &policyv1.Verdict{Decision: d.Decision, RuleId: d.RuleID, Source: d.Source, Reason: d.Reason, DenialCode: d.Code}
 }
 
 // whose is the identity a Check decides for: the request's token's, the

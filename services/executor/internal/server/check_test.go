@@ -154,3 +154,84 @@ func TestClientCertificateNamesTheTenant(t *testing.T) {
 		t.Error("an unverified client certificate named a tenant")
 	}
 }
+
+// operatorEgress is fakeEgress whose operator policy is op.
+type operatorEgress struct {
+	fakeEgress
+	op *policy.Compiled
+}
+
+func (o operatorEgress) Policy(narrow *policy.Compiled) *policy.Compiled {
+	return policy.Chain(o.op, narrow)
+}
+
+// TestCheckPassthrough: an https request to a host the operator passes
+// through is reported passed through, by the entry and whatever its
+// method and path, as the decision service decides its server name; an
+// inline policy that names the host without passthrough makes it
+// intercepted and decided by the rules, one that leaves the host out
+// denies it, and neither plain http nor another host is passed through.
+func TestCheckPassthrough(t *testing.T) {
+	s := newService(t, &fakeSandboxes{run: helloRun}, nil)
+	s.cfg.Egress = operatorEgress{op: mustCompile(t, `
+version: 1
+default: deny
+hosts:
+  - host: pay.test
+    passthrough: true
+  - host: api.github.test
+    schemes: [https, http]
+    default: allow
+`).From("operator")}
+	p := NewPolicyService(s, nil)
+	reqs := []*policyv1.CheckedRequest{
+		{Method: "POST", Url: "https://pay.test/v1/charges"},
+		{Method: "GET", Url: "https://api.github.test/repos"},
+		{Method: "GET", Url: "https://pay.test:8443/"},
+	}
+	resp, err := p.Check(context.Background(), &policyv1.CheckRequest{Requests: reqs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := resp.GetVerdicts()[0]; !v.GetPassthrough() || v.GetDecision() != policyv1.Decision_DECISION_ALLOW || v.GetRuleId() != "hosts[0].passthrough" ||
+		v.GetSource() != "operator" || v.GetDenialCode() != policyv1.DenialCode_DENIAL_CODE_UNSPECIFIED {
+		t.Errorf("POST to the pass-through host: %v, want allowed and passed through by hosts[0].passthrough", v)
+	}
+	if v := resp.GetVerdicts()[1]; v.GetPassthrough() || v.GetDecision() != policyv1.Decision_DECISION_ALLOW {
+		t.Errorf("the intercepted host: %v, want allowed and not passed through", v)
+	}
+	// A port the entry does not allow: the server name is not passed
+	// through, and the request is denied by its port.
+	if v := resp.GetVerdicts()[2]; v.GetPassthrough() || v.GetDecision() != policyv1.Decision_DECISION_DENY ||
+		v.GetDenialCode() != policyv1.DenialCode_DENIAL_CODE_PORT_NOT_ALLOWED {
+		t.Errorf("the pass-through host on another port: %v, want denied by its port, not passed through", v)
+	}
+
+	// The policies disagree: intercepted, and the inline rules decide.
+	names := mustPolicy(t, "version: 1\nhosts:\n  - host: pay.test\n    rules: [{ id: no-charges, methods: [POST], path: /v1/charges, action: deny }]\n    default: allow\n")
+	resp, err = p.Check(context.Background(), &policyv1.CheckRequest{Requests: reqs[:1], Policy: names})
+	if v := resp.GetVerdicts()[0]; err != nil || v.GetPassthrough() || v.GetDecision() != policyv1.Decision_DECISION_DENY || v.GetRuleId() != "no-charges" ||
+		v.GetSource() != SourceInline {
+		t.Errorf("inline policy intercepting pay.test: %v, %v; want denied by its no-charges rule, not passed through", v, err)
+	}
+	// A narrower policy that leaves the host out denies it.
+	other := mustPolicy(t, "version: 1\nhosts:\n  - host: api.github.test\n    default: allow\n")
+	resp, err = p.Check(context.Background(), &policyv1.CheckRequest{Requests: reqs[:1], Policy: other})
+	if v := resp.GetVerdicts()[0]; err != nil || v.GetPassthrough() || v.GetDecision() != policyv1.Decision_DECISION_DENY ||
+		v.GetDenialCode() != policyv1.DenialCode_DENIAL_CODE_HOST_NOT_ALLOWED || v.GetSource() != SourceInline {
+		t.Errorf("inline policy without pay.test: %v, %v; want denied (host_not_allowed), not passed through", v, err)
+	}
+	// In audit mode the denial is a would-block pass-through, as the
+	// proxy splices it.
+	audit := mustPolicy(t, "version: 1\nmode: audit\nhosts:\n  - host: api.github.test\n    default: allow\n")
+	resp, err = p.Check(context.Background(), &policyv1.CheckRequest{Requests: reqs[:1], Policy: audit})
+	if v := resp.GetVerdicts()[0]; err != nil || !v.GetPassthrough() || v.GetDecision() != policyv1.Decision_DECISION_WOULD_BLOCK ||
+		v.GetDenialCode() != policyv1.DenialCode_DENIAL_CODE_HOST_NOT_ALLOWED {
+		t.Errorf("audit inline policy without pay.test: %v, %v; want a would-block pass-through", v, err)
+	}
+	// Plain http is never spliced.
+	resp, err = p.Check(context.Background(), &policyv1.CheckRequest{Requests: []*policyv1.CheckedRequest{{Method: "GET", Url: "http://pay.test/"}}})
+	if v := resp.GetVerdicts()[0]; err != nil || v.GetPassthrough() || v.GetDecision() != policyv1.Decision_DECISION_DENY {
+		t.Errorf("http to the pass-through host: %v, %v; want denied (its schemes), not passed through", v, err)
+	}
+}

@@ -27,6 +27,7 @@ import (
 	"github.com/sandpit-run/sandpit/services/executor/internal/netns"
 	"github.com/sandpit-run/sandpit/services/executor/internal/ociruntime"
 	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
+	"github.com/sandpit-run/sandpit/services/executor/internal/secrets"
 	"github.com/sandpit-run/sandpit/services/policy"
 )
 
@@ -53,6 +54,8 @@ type Network interface {
 	Problem() string
 	// Observe makes f see each HTTP request's decision; f must not block.
 	Observe(f func(decision.Observed))
+	// UseSecrets gives the execution the secrets its requests may carry.
+	UseSecrets(s []decision.Secret)
 }
 
 // Egress attaches sandboxes to the egress proxy. narrow narrows the
@@ -87,6 +90,8 @@ type Config struct {
 	// Tenancy maps callers to tenants and holds their quotas; nil runs
 	// every caller under the operator's policy and its token's claims.
 	Tenancy *Tenancy
+	// Secrets holds the secrets requests may name; nil for none.
+	Secrets *secrets.Store
 }
 
 // DefaultSendGrace is SendGrace's default.
@@ -141,6 +146,14 @@ func (s *Service) Execute(req *executorv1.ExecuteRequest, stream grpc.ServerStre
 	if err != nil {
 		return s.reject(err)
 	}
+	var chain *policy.Compiled // what the execution is decided by, as of now
+	if s.cfg.Egress != nil {
+		chain = s.cfg.Egress.Policy(g.policy)
+	}
+	secretsUsed, err := s.bindSecrets(req, g.ident.Tenant, chain)
+	if err != nil {
+		return s.reject(err)
+	}
 	endQuota, err := s.cfg.Tenancy.admit(g)
 	if err != nil {
 		return s.reject(err)
@@ -171,7 +184,8 @@ func (s *Service) Execute(req *executorv1.ExecuteRequest, stream grpc.ServerStre
 	}
 	mode := policyv1.Mode_MODE_ENFORCE
 	if net != nil {
-		mode = s.cfg.Egress.Policy(g.policy).Mode()
+		mode = chain.Mode()
+		net.UseSecrets(secretsUsed)
 		net.Observe(x.observer(s.metrics.decisions))
 		defer func() {
 			if err := net.Close(); err != nil {
@@ -181,10 +195,11 @@ func (s *Service) Execute(req *executorv1.ExecuteRequest, stream grpc.ServerStre
 	}
 
 	spec := x.spec(s.cfg.NodePath, img, prog, req)
+	spec.Env = append(spec.Env, secretEnv(secretsUsed)...)
 	if net != nil {
 		net.Contribute(&spec)
 	}
-	x.log.Info("execution starting", "image", img.Ref, "image_digest", img.Digest, "files", len(prog.files))
+	x.log.Info("execution starting", "image", img.Ref, "image_digest", img.Digest, "files", len(prog.files), "secrets", secretNames(secretsUsed))
 	s.metrics.running.Inc()
 	out, runErr := x.run(s.sb, spec, started(x.id, img, prog, g.ident, mode))
 	s.metrics.running.Dec()
@@ -308,6 +323,8 @@ func (s *Service) finish(x *execution, net Network, prog program, out sandbox.Ou
 	res.ResponseBytesTotal = netSummary.ResponseBytes
 	res.PeakConcurrentConnections = netSummary.PeakConcurrent
 	res.RequestsOverRate = netSummary.OverRate
+	res.RequestsWithSecrets = netSummary.WithSecrets
+	res.RequestsSecretMisuse = netSummary.SecretMisuse
 	res.NetworkError = netProblem
 	term := terminationLabel(res.GetTermination())
 	s.metrics.executions.WithLabelValues(term).Inc()

@@ -31,6 +31,7 @@ func (summaryNetwork) Close() error                    { return nil }
 func (n summaryNetwork) Summary() decision.Summary     { return n.sum }
 func (summaryNetwork) Problem() string                 { return "" }
 func (summaryNetwork) Observe(func(decision.Observed)) {}
+func (summaryNetwork) UseSecrets([]decision.Secret)    {}
 
 type summaryEgress struct{ sum decision.Summary }
 

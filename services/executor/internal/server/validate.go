@@ -25,6 +25,9 @@ const (
 	maxEnv        = 256
 	maxLabels     = 32
 	maxLabelValue = 256
+	// maxSecrets bounds a request's secrets, as the proxy bounds the
+	// placeholders it finds in one request.
+	maxSecrets = 16
 	// defaultEntrypoint names a single-file program's file.
 	defaultEntrypoint = "main.js"
 )
@@ -139,6 +142,7 @@ func (s *Service) validate(req *executorv1.ExecuteRequest) (program, []limits.Vi
 		size += uint64(len(k) + len(v))
 	}
 	size += uint64(len(req.GetStdin()))
+	validateSecrets(req, bad)
 
 	if size > p.limits.CodeBytes {
 		bad("code", "code, args, env and stdin take %d bytes, above the limit of %d (limits.code_bytes)", size, p.limits.CodeBytes)
@@ -167,6 +171,32 @@ func (s *Service) validate(req *executorv1.ExecuteRequest) (program, []limits.Vi
 	}
 	slices.SortFunc(vs, func(a, b limits.Violation) int { return strings.Compare(a.Field, b.Field) })
 	return p, vs
+}
+
+// validateSecrets checks the shape of req.secrets: environment names not
+// otherwise set, secret names. Whether the caller may use them is checked
+// once its tenant is known (bindSecrets).
+func validateSecrets(req *executorv1.ExecuteRequest, bad func(field, format string, args ...any)) {
+	if len(req.GetSecrets()) > maxSecrets {
+		bad("secrets", "%d secrets, at most %d are allowed", len(req.GetSecrets()), maxSecrets)
+	}
+	for k, name := range req.GetSecrets() {
+		field := fmt.Sprintf("secrets[%q]", k)
+		_, inEnv := req.GetEnv()[k]
+		switch {
+		case !envName.MatchString(k):
+			bad(field, "name must match %s", envName)
+		case slices.Contains(reservedEnv, k):
+			bad(field, "%s is set by the executor", k)
+		case inEnv:
+			bad(field, "%s is in env too: a variable holds a value or a secret's placeholder, not both", k)
+		case !policy.IsSecretName(name):
+			bad(field, "%q is not a secret name (a-z, 0-9 and _.-, at most 64)", name)
+		}
+	}
+	if len(req.GetPolicy().GetSecrets()) > 0 {
+		bad("policy.secrets", "an inline policy cannot bind secrets: only the executor's and the tenants' policies do")
+	}
 }
 
 // checkPath returns why p is not a usable file path under the code dir, or "".

@@ -3,6 +3,7 @@ package tenants
 import (
 	"context"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
@@ -208,7 +209,7 @@ func (s *PGStore) reload(ctx context.Context) {
 	s.setProblem("")
 	s.m.reloads.WithLabelValues("ok").Inc()
 	s.m.ok.Set(1)
-	s.log.Info("tenants reloaded from the database", "tenants", set.Len())
+	s.log.Info("tenants reloaded from the database", "tenants", set.Len(), "secrets", len(set.secrets))
 }
 
 // setProblem sets the problem and reports whether it is a new one.
@@ -220,9 +221,15 @@ func (s *PGStore) setProblem(p string) bool {
 	return changed
 }
 
-// load reads every tenant and tier in one snapshot.
+// Secret returns tenant's secret name from the version in force: a row of
+// sandpit_secrets. The bytes are the caller's to wrap (secrets.Value), never
+// to print.
+func (s *PGStore) Secret(tenant, name string) ([]byte, bool) { return s.Current().Secret(tenant, name) }
+
+// load reads every tenant, tier and secret in one snapshot.
 func (s *PGStore) load(ctx context.Context) (*Set, error) {
 	var docs []tenantDoc
+	secrets := map[secretKey][]byte{}
 	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `SELECT tenant, mode, policy, max_concurrent, executions_per_minute,
 			coalesce(max_timeout, ''), coalesce(max_memory, ''), max_requests FROM sandpit_tenants ORDER BY tenant`)
@@ -257,12 +264,31 @@ func (s *PGStore) load(ctx context.Context) (*Set, error) {
 			i := index[tenantName] // the foreign key says it is there
 			docs[i].Tiers = append(docs[i].Tiers, d)
 		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		rows, err = tx.Query(ctx, `SELECT tenant, name, value FROM sandpit_secrets`)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var k secretKey
+			var v []byte
+			if err := rows.Scan(&k.tenant, &k.name, &v); err != nil {
+				return err
+			}
+			// The error names the row, never its value.
+			if err := CheckSecret(k.name, v); err != nil {
+				return fmt.Errorf("sandpit_secrets (%q, %q): %w", k.tenant, k.name, err)
+			}
+			secrets[k] = v
+		}
 		return rows.Err()
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read tenants: %w", err)
 	}
-	return build(docs, func(field, doc string) (*policy.Compiled, error) {
+	set, err := build(docs, func(field, doc string) (*policy.Compiled, error) {
 		p, err := policy.Parse([]byte(doc))
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", field, err)
@@ -273,4 +299,34 @@ func (s *PGStore) load(ctx context.Context) (*Set, error) {
 		}
 		return c, nil
 	})
+	if err != nil {
+		return nil, err
+	}
+	set.secrets = secrets
+	return set, nil
+}
+
+// MaxSecretBytes bounds one secret's value: API keys and tokens are far
+// smaller. The migration's CHECK holds the same bound.
+const MaxSecretBytes = 16 << 10
+
+// CheckSecret refuses a secret that is not a secret name, a value that is
+// empty or over MaxSecretBytes, and one with a control character (but
+// tab): a secret goes into a header, where they would end it or be
+// refused, or a query. The error never holds the value.
+func CheckSecret(name string, v []byte) error {
+	switch {
+	case !policy.IsSecretName(name):
+		return fmt.Errorf("%q is not a secret name (a-z, 0-9, _.-, at most 64)", name)
+	case len(v) == 0:
+		return errors.New("empty")
+	case len(v) > MaxSecretBytes:
+		return fmt.Errorf("%d bytes, at most %d", len(v), MaxSecretBytes)
+	}
+	for _, c := range v {
+		if c < 0x20 && c != '\t' || c == 0x7f {
+			return errors.New("holds a control character: a secret goes into a header or a query, where it cannot")
+		}
+	}
+	return nil
 }

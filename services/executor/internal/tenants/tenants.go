@@ -90,6 +90,18 @@ type Set struct {
 	// Files are every file the set was read from: the tenants file and
 	// each policy file it names, for a watcher to notice a change in any.
 	Files []string
+	// secrets are the tenants' secrets of a database (sandpit_secrets);
+	// the file has none (they are the secrets directory's).
+	secrets map[secretKey][]byte
+}
+
+// secretKey is a tenant's secret's name.
+type secretKey struct{ tenant, name string }
+
+// Secret returns tenant's secret name, if the set holds it.
+func (s *Set) Secret(tenant, name string) ([]byte, bool) {
+	v, ok := s.secrets[secretKey{tenant, name}]
+	return v, ok
 }
 
 type tenant struct {
@@ -147,6 +159,9 @@ type limitsDoc struct {
 // names of tenants and tiers: what a JWT claim may sensibly hold, and safe
 // in logs and metric labels.
 var name = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$`)
+
+// IsName reports whether s can name a tenant or a tier.
+func IsName(s string) bool { return name.MatchString(s) }
 
 // Load reads the tenants file at path and every policy file it names.
 func Load(path string) (*Set, error) {

@@ -144,3 +144,28 @@ func TestBadTenantsFilesAreRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckSecret: a secret name and 1 to MaxSecretBytes bytes, tab but no
+// other control character; the error never holds the value.
+func TestCheckSecret(t *testing.T) {
+	for _, tt := range []struct {
+		name, value string
+		ok          bool
+	}{
+		{"stripe", "sk_live_abc", true},
+		{"tabbed", "a\tb", true},
+		{"largest", strings.Repeat("k", MaxSecretBytes), true},
+		{"Stripe", "x", false},
+		{"../stripe", "x", false},
+		{"empty", "", false},
+		{"big", strings.Repeat("k", MaxSecretBytes+1), false},
+		{"crlf", "sk_live_SECRET\r\nX-Injected: 1", false},
+		{"nul", "sk_live_SECRET\x00", false},
+		{"del", "sk_live_SECRET\x7f", false},
+	} {
+		err := CheckSecret(tt.name, []byte(tt.value))
+		if (err == nil) != tt.ok || err != nil && strings.Contains(err.Error(), "SECRET") {
+			t.Errorf("CheckSecret(%q, %.20q) = %v; want ok %v, and no value in the error", tt.name, tt.value, err, tt.ok)
+		}
+	}
+}

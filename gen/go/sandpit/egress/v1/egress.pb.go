@@ -23,6 +23,67 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Where a FoundPlaceholder was found.
+type PlaceholderPlace int32
+
+const (
+	PlaceholderPlace_PLACEHOLDER_PLACE_UNSPECIFIED PlaceholderPlace = 0
+	// In the value of header name.
+	PlaceholderPlace_PLACEHOLDER_PLACE_HEADER PlaceholderPlace = 1
+	// In the credentials of Authorization: Basic, decoded.
+	PlaceholderPlace_PLACEHOLDER_PLACE_BASIC PlaceholderPlace = 2
+	// In the value of query parameter name.
+	PlaceholderPlace_PLACEHOLDER_PLACE_QUERY PlaceholderPlace = 3
+	// In the path, or a query's parameter name: no binding places a secret
+	// there.
+	PlaceholderPlace_PLACEHOLDER_PLACE_PATH PlaceholderPlace = 4
+)
+
+// Enum value maps for PlaceholderPlace.
+var (
+	PlaceholderPlace_name = map[int32]string{
+		0: "PLACEHOLDER_PLACE_UNSPECIFIED",
+		1: "PLACEHOLDER_PLACE_HEADER",
+		2: "PLACEHOLDER_PLACE_BASIC",
+		3: "PLACEHOLDER_PLACE_QUERY",
+		4: "PLACEHOLDER_PLACE_PATH",
+	}
+	PlaceholderPlace_value = map[string]int32{
+		"PLACEHOLDER_PLACE_UNSPECIFIED": 0,
+		"PLACEHOLDER_PLACE_HEADER":      1,
+		"PLACEHOLDER_PLACE_BASIC":       2,
+		"PLACEHOLDER_PLACE_QUERY":       3,
+		"PLACEHOLDER_PLACE_PATH":        4,
+	}
+)
+
+func (x PlaceholderPlace) Enum() *PlaceholderPlace {
+	p := new(PlaceholderPlace)
+	*p = x
+	return p
+}
+
+func (x PlaceholderPlace) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PlaceholderPlace) Descriptor() protoreflect.EnumDescriptor {
+	return file_sandpit_egress_v1_egress_proto_enumTypes[0].Descriptor()
+}
+
+func (PlaceholderPlace) Type() protoreflect.EnumType {
+	return &file_sandpit_egress_v1_egress_proto_enumTypes[0]
+}
+
+func (x PlaceholderPlace) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PlaceholderPlace.Descriptor instead.
+func (PlaceholderPlace) EnumDescriptor() ([]byte, []int) {
+	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{0}
+}
+
 // DecideRequest is one message from the proxy.
 type DecideRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -359,8 +420,14 @@ type HttpRequest struct {
 	// network log. 0 means 403; 414 and 431 are requests over the proxy's
 	// target and header bounds.
 	ViolationStatus uint32 `protobuf:"varint,12,opt,name=violation_status,json=violationStatus,proto3" json:"violation_status,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The placeholders of secrets the proxy found in the request (header
+	// values, basic credentials, the query and the path), at most 16: a
+	// request with more is a violation. The executor swaps only its own
+	// execution's, and only where their bindings allow; a found placeholder
+	// it does not know is ignored.
+	Placeholders  []*FoundPlaceholder `protobuf:"bytes,13,rep,name=placeholders,proto3" json:"placeholders,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HttpRequest) Reset() {
@@ -477,6 +544,148 @@ func (x *HttpRequest) GetViolationStatus() uint32 {
 	return 0
 }
 
+func (x *HttpRequest) GetPlaceholders() []*FoundPlaceholder {
+	if x != nil {
+		return x.Placeholders
+	}
+	return nil
+}
+
+// FoundPlaceholder is one placeholder found in a request: its marker and
+// random part, and where it was. The proxy finds these without knowing
+// any execution's placeholders.
+type FoundPlaceholder struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "SPX" and the 29 letters and digits after it (32 bytes).
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Where it was found.
+	Place PlaceholderPlace `protobuf:"varint,2,opt,name=place,proto3,enum=sandpit.egress.v1.PlaceholderPlace" json:"place,omitempty"`
+	// The header's name (at most 128 bytes) or the query parameter's (at
+	// most 64, decoded); empty for basic and path.
+	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// What the executor compares with the binding: a header's whole value,
+	// basic's decoded "user:password", a query parameter's decoded value.
+	// At most 512 bytes, cut beyond (and then equal to no binding).
+	Value         string `protobuf:"bytes,4,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FoundPlaceholder) Reset() {
+	*x = FoundPlaceholder{}
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FoundPlaceholder) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FoundPlaceholder) ProtoMessage() {}
+
+func (x *FoundPlaceholder) ProtoReflect() protoreflect.Message {
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FoundPlaceholder.ProtoReflect.Descriptor instead.
+func (*FoundPlaceholder) Descriptor() ([]byte, []int) {
+	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *FoundPlaceholder) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *FoundPlaceholder) GetPlace() PlaceholderPlace {
+	if x != nil {
+		return x.Place
+	}
+	return PlaceholderPlace_PLACEHOLDER_PLACE_UNSPECIFIED
+}
+
+func (x *FoundPlaceholder) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FoundPlaceholder) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+// Swap is a placeholder the proxy replaces by its secret's value in the
+// request it answers, everywhere it found the placeholder, and the value
+// by the placeholder in the response returned to the sandbox.
+type Swap struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The full placeholder (prefix, marker and random part).
+	Placeholder string `protobuf:"bytes,1,opt,name=placeholder,proto3" json:"placeholder,omitempty"`
+	// The secret's value (at most 16 KiB). Never logged by either side.
+	Value         []byte `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Swap) Reset() {
+	*x = Swap{}
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Swap) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Swap) ProtoMessage() {}
+
+func (x *Swap) ProtoReflect() protoreflect.Message {
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Swap.ProtoReflect.Descriptor instead.
+func (*Swap) Descriptor() ([]byte, []int) {
+	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Swap) GetPlaceholder() string {
+	if x != nil {
+		return x.Placeholder
+	}
+	return ""
+}
+
+func (x *Swap) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
 // DnsQuery is a query a sandbox sent to the proxy's resolver.
 type DnsQuery struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -492,7 +701,7 @@ type DnsQuery struct {
 
 func (x *DnsQuery) Reset() {
 	*x = DnsQuery{}
-	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[4]
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -504,7 +713,7 @@ func (x *DnsQuery) String() string {
 func (*DnsQuery) ProtoMessage() {}
 
 func (x *DnsQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[4]
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -517,7 +726,7 @@ func (x *DnsQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DnsQuery.ProtoReflect.Descriptor instead.
 func (*DnsQuery) Descriptor() ([]byte, []int) {
-	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{4}
+	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DnsQuery) GetSourceIp() string {
@@ -566,7 +775,7 @@ type TlsServerName struct {
 
 func (x *TlsServerName) Reset() {
 	*x = TlsServerName{}
-	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[5]
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -578,7 +787,7 @@ func (x *TlsServerName) String() string {
 func (*TlsServerName) ProtoMessage() {}
 
 func (x *TlsServerName) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[5]
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -591,7 +800,7 @@ func (x *TlsServerName) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TlsServerName.ProtoReflect.Descriptor instead.
 func (*TlsServerName) Descriptor() ([]byte, []int) {
-	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{5}
+	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *TlsServerName) GetSourceIp() string {
@@ -631,7 +840,7 @@ type Report struct {
 
 func (x *Report) Reset() {
 	*x = Report{}
-	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[6]
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -643,7 +852,7 @@ func (x *Report) String() string {
 func (*Report) ProtoMessage() {}
 
 func (x *Report) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[6]
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -656,7 +865,7 @@ func (x *Report) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Report.ProtoReflect.Descriptor instead.
 func (*Report) Descriptor() ([]byte, []int) {
-	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{6}
+	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Report) GetKind() isReport_Kind {
@@ -725,7 +934,7 @@ type Outcome struct {
 
 func (x *Outcome) Reset() {
 	*x = Outcome{}
-	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[7]
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -737,7 +946,7 @@ func (x *Outcome) String() string {
 func (*Outcome) ProtoMessage() {}
 
 func (x *Outcome) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[7]
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -750,7 +959,7 @@ func (x *Outcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Outcome.ProtoReflect.Descriptor instead.
 func (*Outcome) Descriptor() ([]byte, []int) {
-	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{7}
+	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Outcome) GetQuestionId() uint64 {
@@ -820,7 +1029,7 @@ type Refusal struct {
 
 func (x *Refusal) Reset() {
 	*x = Refusal{}
-	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[8]
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -832,7 +1041,7 @@ func (x *Refusal) String() string {
 func (*Refusal) ProtoMessage() {}
 
 func (x *Refusal) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[8]
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -845,7 +1054,7 @@ func (x *Refusal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Refusal.ProtoReflect.Descriptor instead.
 func (*Refusal) Descriptor() ([]byte, []int) {
-	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{8}
+	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Refusal) GetSourceIp() string {
@@ -927,14 +1136,17 @@ type DecideResponse struct {
 	// question's) with the bytes copied each way. Set on a denial too (a
 	// budget refused the connection): the executor recorded it, and the
 	// proxy does not report it again as a Refusal.
-	Passthrough   bool `protobuf:"varint,12,opt,name=passthrough,proto3" json:"passthrough,omitempty"`
+	Passthrough bool `protobuf:"varint,12,opt,name=passthrough,proto3" json:"passthrough,omitempty"`
+	// For an allowed request that carried placeholders its bindings allow:
+	// what to swap. At most 16.
+	Swaps         []*Swap `protobuf:"bytes,13,rep,name=swaps,proto3" json:"swaps,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DecideResponse) Reset() {
 	*x = DecideResponse{}
-	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[9]
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -946,7 +1158,7 @@ func (x *DecideResponse) String() string {
 func (*DecideResponse) ProtoMessage() {}
 
 func (x *DecideResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[9]
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -959,7 +1171,7 @@ func (x *DecideResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecideResponse.ProtoReflect.Descriptor instead.
 func (*DecideResponse) Descriptor() ([]byte, []int) {
-	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{9}
+	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DecideResponse) GetId() uint64 {
@@ -1046,6 +1258,13 @@ func (x *DecideResponse) GetPassthrough() bool {
 	return false
 }
 
+func (x *DecideResponse) GetSwaps() []*Swap {
+	if x != nil {
+		return x.Swaps
+	}
+	return nil
+}
+
 // Release tells the proxy that the execution holding source_ip ended, so
 // that nothing it opened outlives it: the proxy closes every connection
 // from that address and cancels their upstream requests. The executor
@@ -1060,7 +1279,7 @@ type Release struct {
 
 func (x *Release) Reset() {
 	*x = Release{}
-	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[10]
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1072,7 +1291,7 @@ func (x *Release) String() string {
 func (*Release) ProtoMessage() {}
 
 func (x *Release) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[10]
+	mi := &file_sandpit_egress_v1_egress_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1085,7 +1304,7 @@ func (x *Release) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Release.ProtoReflect.Descriptor instead.
 func (*Release) Descriptor() ([]byte, []int) {
-	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{10}
+	return file_sandpit_egress_v1_egress_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Release) GetSourceIp() string {
@@ -1116,7 +1335,7 @@ const file_sandpit_egress_v1_egress_proto_rawDesc = "" +
 	"\x04http\x18\x02 \x01(\v2\x1e.sandpit.egress.v1.HttpRequestH\x00R\x04http\x12/\n" +
 	"\x03dns\x18\x03 \x01(\v2\x1b.sandpit.egress.v1.DnsQueryH\x00R\x03dns\x124\n" +
 	"\x03tls\x18\x04 \x01(\v2 .sandpit.egress.v1.TlsServerNameH\x00R\x03tlsB\x06\n" +
-	"\x04kind\"\xd6\x02\n" +
+	"\x04kind\"\x9f\x03\n" +
 	"\vHttpRequest\x12\x1b\n" +
 	"\tsource_ip\x18\x01 \x01(\tR\bsourceIp\x12\x16\n" +
 	"\x06method\x18\x02 \x01(\tR\x06method\x12\x16\n" +
@@ -1130,7 +1349,16 @@ const file_sandpit_egress_v1_egress_proto_rawDesc = "" +
 	"\twebsocket\x18\n" +
 	" \x01(\bR\twebsocket\x12\x1c\n" +
 	"\tviolation\x18\v \x01(\tR\tviolation\x12)\n" +
-	"\x10violation_status\x18\f \x01(\rR\x0fviolationStatus\"O\n" +
+	"\x10violation_status\x18\f \x01(\rR\x0fviolationStatus\x12G\n" +
+	"\fplaceholders\x18\r \x03(\v2#.sandpit.egress.v1.FoundPlaceholderR\fplaceholders\"\x87\x01\n" +
+	"\x10FoundPlaceholder\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x129\n" +
+	"\x05place\x18\x02 \x01(\x0e2#.sandpit.egress.v1.PlaceholderPlaceR\x05place\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x04 \x01(\tR\x05value\">\n" +
+	"\x04Swap\x12 \n" +
+	"\vplaceholder\x18\x01 \x01(\tR\vplaceholder\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\"O\n" +
 	"\bDnsQuery\x12\x1b\n" +
 	"\tsource_ip\x18\x01 \x01(\tR\bsourceIp\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -1158,7 +1386,7 @@ const file_sandpit_egress_v1_egress_proto_rawDesc = "" +
 	"\vdestination\x18\x02 \x01(\tR\vdestination\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x122\n" +
 	"\x15rate_limited_requests\x18\x04 \x01(\rR\x13rateLimitedRequests\x127\n" +
-	"\x18rate_limited_dns_queries\x18\x05 \x01(\rR\x15rateLimitedDnsQueries\"\xe7\x03\n" +
+	"\x18rate_limited_dns_queries\x18\x05 \x01(\rR\x15rateLimitedDnsQueries\"\x96\x04\n" +
 	"\x0eDecideResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x127\n" +
 	"\bdecision\x18\x02 \x01(\x0e2\x1b.sandpit.policy.v1.DecisionR\bdecision\x12\x17\n" +
@@ -1173,9 +1401,16 @@ const file_sandpit_egress_v1_egress_proto_rawDesc = "" +
 	" \x01(\rR\x11retryAfterSeconds\x12>\n" +
 	"\vdenial_code\x18\v \x01(\x0e2\x1d.sandpit.policy.v1.DenialCodeR\n" +
 	"denialCode\x12 \n" +
-	"\vpassthrough\x18\f \x01(\bR\vpassthrough\"&\n" +
+	"\vpassthrough\x18\f \x01(\bR\vpassthrough\x12-\n" +
+	"\x05swaps\x18\r \x03(\v2\x17.sandpit.egress.v1.SwapR\x05swaps\"&\n" +
 	"\aRelease\x12\x1b\n" +
-	"\tsource_ip\x18\x01 \x01(\tR\bsourceIp2d\n" +
+	"\tsource_ip\x18\x01 \x01(\tR\bsourceIp*\xa9\x01\n" +
+	"\x10PlaceholderPlace\x12!\n" +
+	"\x1dPLACEHOLDER_PLACE_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18PLACEHOLDER_PLACE_HEADER\x10\x01\x12\x1b\n" +
+	"\x17PLACEHOLDER_PLACE_BASIC\x10\x02\x12\x1b\n" +
+	"\x17PLACEHOLDER_PLACE_QUERY\x10\x03\x12\x1a\n" +
+	"\x16PLACEHOLDER_PLACE_PATH\x10\x042d\n" +
 	"\x0fDecisionService\x12Q\n" +
 	"\x06Decide\x12 .sandpit.egress.v1.DecideRequest\x1a!.sandpit.egress.v1.DecideResponse(\x010\x01BBZ@github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1;egressv1b\x06proto3"
 
@@ -1191,43 +1426,50 @@ func file_sandpit_egress_v1_egress_proto_rawDescGZIP() []byte {
 	return file_sandpit_egress_v1_egress_proto_rawDescData
 }
 
-var file_sandpit_egress_v1_egress_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_sandpit_egress_v1_egress_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_sandpit_egress_v1_egress_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_sandpit_egress_v1_egress_proto_goTypes = []any{
-	(*DecideRequest)(nil),       // 0: sandpit.egress.v1.DecideRequest
-	(*Hello)(nil),               // 1: sandpit.egress.v1.Hello
-	(*Question)(nil),            // 2: sandpit.egress.v1.Question
-	(*HttpRequest)(nil),         // 3: sandpit.egress.v1.HttpRequest
-	(*DnsQuery)(nil),            // 4: sandpit.egress.v1.DnsQuery
-	(*TlsServerName)(nil),       // 5: sandpit.egress.v1.TlsServerName
-	(*Report)(nil),              // 6: sandpit.egress.v1.Report
-	(*Outcome)(nil),             // 7: sandpit.egress.v1.Outcome
-	(*Refusal)(nil),             // 8: sandpit.egress.v1.Refusal
-	(*DecideResponse)(nil),      // 9: sandpit.egress.v1.DecideResponse
-	(*Release)(nil),             // 10: sandpit.egress.v1.Release
-	(*durationpb.Duration)(nil), // 11: google.protobuf.Duration
-	(v1.Decision)(0),            // 12: sandpit.policy.v1.Decision
-	(v1.DenialCode)(0),          // 13: sandpit.policy.v1.DenialCode
+	(PlaceholderPlace)(0),       // 0: sandpit.egress.v1.PlaceholderPlace
+	(*DecideRequest)(nil),       // 1: sandpit.egress.v1.DecideRequest
+	(*Hello)(nil),               // 2: sandpit.egress.v1.Hello
+	(*Question)(nil),            // 3: sandpit.egress.v1.Question
+	(*HttpRequest)(nil),         // 4: sandpit.egress.v1.HttpRequest
+	(*FoundPlaceholder)(nil),    // 5: sandpit.egress.v1.FoundPlaceholder
+	(*Swap)(nil),                // 6: sandpit.egress.v1.Swap
+	(*DnsQuery)(nil),            // 7: sandpit.egress.v1.DnsQuery
+	(*TlsServerName)(nil),       // 8: sandpit.egress.v1.TlsServerName
+	(*Report)(nil),              // 9: sandpit.egress.v1.Report
+	(*Outcome)(nil),             // 10: sandpit.egress.v1.Outcome
+	(*Refusal)(nil),             // 11: sandpit.egress.v1.Refusal
+	(*DecideResponse)(nil),      // 12: sandpit.egress.v1.DecideResponse
+	(*Release)(nil),             // 13: sandpit.egress.v1.Release
+	(*durationpb.Duration)(nil), // 14: google.protobuf.Duration
+	(v1.Decision)(0),            // 15: sandpit.policy.v1.Decision
+	(v1.DenialCode)(0),          // 16: sandpit.policy.v1.DenialCode
 }
 var file_sandpit_egress_v1_egress_proto_depIdxs = []int32{
-	1,  // 0: sandpit.egress.v1.DecideRequest.hello:type_name -> sandpit.egress.v1.Hello
-	2,  // 1: sandpit.egress.v1.DecideRequest.question:type_name -> sandpit.egress.v1.Question
-	6,  // 2: sandpit.egress.v1.DecideRequest.report:type_name -> sandpit.egress.v1.Report
-	3,  // 3: sandpit.egress.v1.Question.http:type_name -> sandpit.egress.v1.HttpRequest
-	4,  // 4: sandpit.egress.v1.Question.dns:type_name -> sandpit.egress.v1.DnsQuery
-	5,  // 5: sandpit.egress.v1.Question.tls:type_name -> sandpit.egress.v1.TlsServerName
-	7,  // 6: sandpit.egress.v1.Report.outcome:type_name -> sandpit.egress.v1.Outcome
-	8,  // 7: sandpit.egress.v1.Report.refusal:type_name -> sandpit.egress.v1.Refusal
-	11, // 8: sandpit.egress.v1.Outcome.duration:type_name -> google.protobuf.Duration
-	12, // 9: sandpit.egress.v1.DecideResponse.decision:type_name -> sandpit.policy.v1.Decision
-	10, // 10: sandpit.egress.v1.DecideResponse.release:type_name -> sandpit.egress.v1.Release
-	13, // 11: sandpit.egress.v1.DecideResponse.denial_code:type_name -> sandpit.policy.v1.DenialCode
-	0,  // 12: sandpit.egress.v1.DecisionService.Decide:input_type -> sandpit.egress.v1.DecideRequest
-	9,  // 13: sandpit.egress.v1.DecisionService.Decide:output_type -> sandpit.egress.v1.DecideResponse
-	13, // [13:14] is the sub-list for method output_type
-	12, // [12:13] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	2,  // 0: sandpit.egress.v1.DecideRequest.hello:type_name -> sandpit.egress.v1.Hello
+	3,  // 1: sandpit.egress.v1.DecideRequest.question:type_name -> sandpit.egress.v1.Question
+	9,  // 2: sandpit.egress.v1.DecideRequest.report:type_name -> sandpit.egress.v1.Report
+	4,  // 3: sandpit.egress.v1.Question.http:type_name -> sandpit.egress.v1.HttpRequest
+	7,  // 4: sandpit.egress.v1.Question.dns:type_name -> sandpit.egress.v1.DnsQuery
+	8,  // 5: sandpit.egress.v1.Question.tls:type_name -> sandpit.egress.v1.TlsServerName
+	5,  // 6: sandpit.egress.v1.HttpRequest.placeholders:type_name -> sandpit.egress.v1.FoundPlaceholder
+	0,  // 7: sandpit.egress.v1.FoundPlaceholder.place:type_name -> sandpit.egress.v1.PlaceholderPlace
+	10, // 8: sandpit.egress.v1.Report.outcome:type_name -> sandpit.egress.v1.Outcome
+	11, // 9: sandpit.egress.v1.Report.refusal:type_name -> sandpit.egress.v1.Refusal
+	14, // 10: sandpit.egress.v1.Outcome.duration:type_name -> google.protobuf.Duration
+	15, // 11: sandpit.egress.v1.DecideResponse.decision:type_name -> sandpit.policy.v1.Decision
+	13, // 12: sandpit.egress.v1.DecideResponse.release:type_name -> sandpit.egress.v1.Release
+	16, // 13: sandpit.egress.v1.DecideResponse.denial_code:type_name -> sandpit.policy.v1.DenialCode
+	6,  // 14: sandpit.egress.v1.DecideResponse.swaps:type_name -> sandpit.egress.v1.Swap
+	1,  // 15: sandpit.egress.v1.DecisionService.Decide:input_type -> sandpit.egress.v1.DecideRequest
+	12, // 16: sandpit.egress.v1.DecisionService.Decide:output_type -> sandpit.egress.v1.DecideResponse
+	16, // [16:17] is the sub-list for method output_type
+	15, // [15:16] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_sandpit_egress_v1_egress_proto_init() }
@@ -1245,7 +1487,7 @@ func file_sandpit_egress_v1_egress_proto_init() {
 		(*Question_Dns)(nil),
 		(*Question_Tls)(nil),
 	}
-	file_sandpit_egress_v1_egress_proto_msgTypes[6].OneofWrappers = []any{
+	file_sandpit_egress_v1_egress_proto_msgTypes[8].OneofWrappers = []any{
 		(*Report_Outcome)(nil),
 		(*Report_Refusal)(nil),
 	}
@@ -1254,13 +1496,14 @@ func file_sandpit_egress_v1_egress_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sandpit_egress_v1_egress_proto_rawDesc), len(file_sandpit_egress_v1_egress_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   11,
+			NumEnums:      1,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_sandpit_egress_v1_egress_proto_goTypes,
 		DependencyIndexes: file_sandpit_egress_v1_egress_proto_depIdxs,
+		EnumInfos:         file_sandpit_egress_v1_egress_proto_enumTypes,
 		MessageInfos:      file_sandpit_egress_v1_egress_proto_msgTypes,
 	}.Build()
 	File_sandpit_egress_v1_egress_proto = out.File

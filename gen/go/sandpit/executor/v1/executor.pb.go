@@ -191,7 +191,21 @@ type ExecuteRequest struct {
 	// all allow it. Its mode governs only its own denials (audit: forwarded
 	// as would-block). Unset means the executor's policy alone, whose default
 	// is to deny everything.
-	Policy        *v1.Policy `protobuf:"bytes,10,opt,name=policy,proto3" json:"policy,omitempty"`
+	Policy *v1.Policy `protobuf:"bytes,10,opt,name=policy,proto3" json:"policy,omitempty"`
+	// Secrets the program's requests need, which it never holds: environment
+	// variable name -> secret name in the executor's store (the caller's
+	// tenant's secrets, or the executor's without tenants). The variable
+	// holds a placeholder of the secret's shape (its binding's
+	// placeholder_prefix, "SPX" and 29 random letters and digits), unique to
+	// the execution; the egress proxy swaps it for the value only in a
+	// request the policies allow, to a host and rule the secret's binding
+	// names, placed as the binding says. A placeholder anywhere else blocks
+	// its request (DENIAL_CODE_SECRET_MISUSE). At most 16; a name must be
+	// a valid environment variable not also in env, a secret a binding of
+	// the executor's or the tenant's policy names (else PERMISSION_DENIED,
+	// reason SECRET_NOT_ALLOWED). Values never appear in events, the
+	// Result, logs or errors.
+	Secrets       map[string]string `protobuf:"bytes,11,rep,name=secrets,proto3" json:"secrets,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -292,6 +306,13 @@ func (x *ExecuteRequest) GetLabels() map[string]string {
 func (x *ExecuteRequest) GetPolicy() *v1.Policy {
 	if x != nil {
 		return x.Policy
+	}
+	return nil
+}
+
+func (x *ExecuteRequest) GetSecrets() map[string]string {
+	if x != nil {
+		return x.Secrets
 	}
 	return nil
 }
@@ -657,9 +678,15 @@ type NetworkEvent struct {
 	// the proxy decided).
 	Source string `protobuf:"bytes,17,opt,name=source,proto3" json:"source,omitempty"`
 	// Why a request was denied (or would be, in audit mode), as in the
-	// refusal body's error.code (request events and their outcomes);
-	// unset when it was allowed.
-	DenialCode    v1.DenialCode `protobuf:"varint,18,opt,name=denial_code,json=denialCode,proto3,enum=sandpit.policy.v1.DenialCode" json:"denial_code,omitempty"`
+	// refusal body's error.code (request events and their outcomes); for a
+	// denied DNS query host_not_allowed (or budget_exceeded), for a refused
+	// event ambiguous_request (or rate_limited, a sample of the per-source
+	// limits' refusals); unset when it was allowed.
+	DenialCode v1.DenialCode `protobuf:"varint,18,opt,name=denial_code,json=denialCode,proto3,enum=sandpit.policy.v1.DenialCode" json:"denial_code,omitempty"`
+	// The secrets whose placeholders the request carried (request events),
+	// by name: swapped for their values when it was allowed, the reason of
+	// its denial when it was refused for secret misuse. Never a value.
+	Secrets       []string `protobuf:"bytes,19,rep,name=secrets,proto3" json:"secrets,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -820,6 +847,13 @@ func (x *NetworkEvent) GetDenialCode() v1.DenialCode {
 	return v1.DenialCode(0)
 }
 
+func (x *NetworkEvent) GetSecrets() []string {
+	if x != nil {
+		return x.Secrets
+	}
+	return nil
+}
+
 // NetworkLogEntry is one request in the result's network log, in the shape
 // of the prototype's log.
 type NetworkLogEntry struct {
@@ -850,7 +884,9 @@ type NetworkLogEntry struct {
 	// Which policy decided, as in NetworkEvent.source.
 	Source string `protobuf:"bytes,10,opt,name=source,proto3" json:"source,omitempty"`
 	// Why it was denied (or would be), as in NetworkEvent.denial_code.
-	DenialCode    v1.DenialCode `protobuf:"varint,11,opt,name=denial_code,json=denialCode,proto3,enum=sandpit.policy.v1.DenialCode" json:"denial_code,omitempty"`
+	DenialCode v1.DenialCode `protobuf:"varint,11,opt,name=denial_code,json=denialCode,proto3,enum=sandpit.policy.v1.DenialCode" json:"denial_code,omitempty"`
+	// The secrets the request carried, as in NetworkEvent.secrets.
+	Secrets       []string `protobuf:"bytes,12,rep,name=secrets,proto3" json:"secrets,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -960,6 +996,13 @@ func (x *NetworkLogEntry) GetDenialCode() v1.DenialCode {
 		return x.DenialCode
 	}
 	return v1.DenialCode(0)
+}
+
+func (x *NetworkLogEntry) GetSecrets() []string {
+	if x != nil {
+		return x.Secrets
+	}
+	return nil
 }
 
 // Started tells which sandbox runs the code and under which limits.
@@ -1193,8 +1236,17 @@ type Result struct {
 	// Of requests_blocked, the requests refused (429) by a rule's rate or
 	// by limits.max_concurrent_connections.
 	RequestsOverRate uint32 `protobuf:"varint,26,opt,name=requests_over_rate,json=requestsOverRate,proto3" json:"requests_over_rate,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Of requests_allowed, the requests the egress proxy placed a secret
+	// into (ExecuteRequest.secrets).
+	RequestsWithSecrets uint32 `protobuf:"varint,27,opt,name=requests_with_secrets,json=requestsWithSecrets,proto3" json:"requests_with_secrets,omitempty"`
+	// Of requests_blocked, the requests refused because they carried a
+	// secret's placeholder where its binding does not let it go
+	// (DENIAL_CODE_SECRET_MISUSE): another host, a rule it is not bound to,
+	// another header, the query or the path. Audit mode does not forward
+	// them.
+	RequestsSecretMisuse uint32 `protobuf:"varint,28,opt,name=requests_secret_misuse,json=requestsSecretMisuse,proto3" json:"requests_secret_misuse,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *Result) Reset() {
@@ -1409,11 +1461,25 @@ func (x *Result) GetRequestsOverRate() uint32 {
 	return 0
 }
 
+func (x *Result) GetRequestsWithSecrets() uint32 {
+	if x != nil {
+		return x.RequestsWithSecrets
+	}
+	return 0
+}
+
+func (x *Result) GetRequestsSecretMisuse() uint32 {
+	if x != nil {
+		return x.RequestsSecretMisuse
+	}
+	return 0
+}
+
 var File_sandpit_executor_v1_executor_proto protoreflect.FileDescriptor
 
 const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\n" +
-	"\"sandpit/executor/v1/executor.proto\x12\x13sandpit.executor.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1esandpit/policy/v1/policy.proto\"\x99\x04\n" +
+	"\"sandpit/executor/v1/executor.proto\x12\x13sandpit.executor.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1esandpit/policy/v1/policy.proto\"\xa1\x05\n" +
 	"\x0eExecuteRequest\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\tR\x04code\x12/\n" +
 	"\x05files\x18\x02 \x03(\v2\x19.sandpit.executor.v1.FileR\x05files\x12\x1e\n" +
@@ -1427,11 +1493,15 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\x06limits\x18\b \x01(\v2\x1b.sandpit.executor.v1.LimitsR\x06limits\x12G\n" +
 	"\x06labels\x18\t \x03(\v2/.sandpit.executor.v1.ExecuteRequest.LabelsEntryR\x06labels\x121\n" +
 	"\x06policy\x18\n" +
-	" \x01(\v2\x19.sandpit.policy.v1.PolicyR\x06policy\x1a6\n" +
+	" \x01(\v2\x19.sandpit.policy.v1.PolicyR\x06policy\x12J\n" +
+	"\asecrets\x18\v \x03(\v20.sandpit.executor.v1.ExecuteRequest.SecretsEntryR\asecrets\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a:\n" +
+	"\fSecretsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"4\n" +
 	"\x04File\x12\x12\n" +
@@ -1454,7 +1524,7 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\x06stderr\x18\x03 \x01(\v2\x1b.sandpit.executor.v1.OutputH\x00R\x06stderr\x125\n" +
 	"\x06result\x18\x04 \x01(\v2\x1b.sandpit.executor.v1.ResultH\x00R\x06result\x12=\n" +
 	"\anetwork\x18\x05 \x01(\v2!.sandpit.executor.v1.NetworkEventH\x00R\anetworkB\a\n" +
-	"\x05event\"\xf8\x04\n" +
+	"\x05event\"\x92\x05\n" +
 	"\fNetworkEvent\x129\n" +
 	"\x04kind\x18\x01 \x01(\x0e2%.sandpit.executor.v1.NetworkEventKindR\x04kind\x12\x1d\n" +
 	"\n" +
@@ -1478,7 +1548,8 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\x04tier\x18\x10 \x01(\tR\x04tier\x12\x16\n" +
 	"\x06source\x18\x11 \x01(\tR\x06source\x12>\n" +
 	"\vdenial_code\x18\x12 \x01(\x0e2\x1d.sandpit.policy.v1.DenialCodeR\n" +
-	"denialCode\"\x8e\x03\n" +
+	"denialCode\x12\x18\n" +
+	"\asecrets\x18\x13 \x03(\tR\asecrets\"\xa8\x03\n" +
 	"\x0fNetworkLogEntry\x128\n" +
 	"\ttimestamp\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\ttimestamp\x12\x16\n" +
 	"\x06method\x18\x02 \x01(\tR\x06method\x12\x10\n" +
@@ -1493,7 +1564,8 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\x06source\x18\n" +
 	" \x01(\tR\x06source\x12>\n" +
 	"\vdenial_code\x18\v \x01(\x0e2\x1d.sandpit.policy.v1.DenialCodeR\n" +
-	"denialCode\"\x80\x02\n" +
+	"denialCode\x12\x18\n" +
+	"\asecrets\x18\f \x03(\tR\asecrets\"\x80\x02\n" +
 	"\aStarted\x12!\n" +
 	"\fexecution_id\x18\x01 \x01(\tR\vexecutionId\x12\x14\n" +
 	"\x05image\x18\x02 \x01(\tR\x05image\x12!\n" +
@@ -1504,7 +1576,8 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\vpolicy_mode\x18\a \x01(\x0e2\x17.sandpit.policy.v1.ModeR\n" +
 	"policyMode\"\x1c\n" +
 	"\x06Output\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\"\xd2\t\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\xbc\n" +
+	"\n" +
 	"\x06Result\x12B\n" +
 	"\vtermination\x18\x01 \x01(\x0e2 .sandpit.executor.v1.TerminationR\vtermination\x12\x1b\n" +
 	"\texit_code\x18\x02 \x01(\x05R\bexitCode\x12\x16\n" +
@@ -1534,7 +1607,9 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\x13request_bytes_total\x18\x17 \x01(\x04R\x11requestBytesTotal\x120\n" +
 	"\x14response_bytes_total\x18\x18 \x01(\x04R\x12responseBytesTotal\x12>\n" +
 	"\x1bpeak_concurrent_connections\x18\x19 \x01(\rR\x19peakConcurrentConnections\x12,\n" +
-	"\x12requests_over_rate\x18\x1a \x01(\rR\x10requestsOverRate*\xb2\x01\n" +
+	"\x12requests_over_rate\x18\x1a \x01(\rR\x10requestsOverRate\x122\n" +
+	"\x15requests_with_secrets\x18\x1b \x01(\rR\x13requestsWithSecrets\x124\n" +
+	"\x16requests_secret_misuse\x18\x1c \x01(\rR\x14requestsSecretMisuse*\xb2\x01\n" +
 	"\x10NetworkEventKind\x12\"\n" +
 	"\x1eNETWORK_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aNETWORK_EVENT_KIND_REQUEST\x10\x01\x12\x1e\n" +
@@ -1564,7 +1639,7 @@ func file_sandpit_executor_v1_executor_proto_rawDescGZIP() []byte {
 }
 
 var file_sandpit_executor_v1_executor_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_sandpit_executor_v1_executor_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_sandpit_executor_v1_executor_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_sandpit_executor_v1_executor_proto_goTypes = []any{
 	(NetworkEventKind)(0),         // 0: sandpit.executor.v1.NetworkEventKind
 	(Termination)(0),              // 1: sandpit.executor.v1.Termination
@@ -1579,46 +1654,48 @@ var file_sandpit_executor_v1_executor_proto_goTypes = []any{
 	(*Result)(nil),                // 10: sandpit.executor.v1.Result
 	nil,                           // 11: sandpit.executor.v1.ExecuteRequest.EnvEntry
 	nil,                           // 12: sandpit.executor.v1.ExecuteRequest.LabelsEntry
-	(*v1.Policy)(nil),             // 13: sandpit.policy.v1.Policy
-	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
-	(v1.Decision)(0),              // 16: sandpit.policy.v1.Decision
-	(v1.DenialCode)(0),            // 17: sandpit.policy.v1.DenialCode
-	(v1.Mode)(0),                  // 18: sandpit.policy.v1.Mode
+	nil,                           // 13: sandpit.executor.v1.ExecuteRequest.SecretsEntry
+	(*v1.Policy)(nil),             // 14: sandpit.policy.v1.Policy
+	(*durationpb.Duration)(nil),   // 15: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(v1.Decision)(0),              // 17: sandpit.policy.v1.Decision
+	(v1.DenialCode)(0),            // 18: sandpit.policy.v1.DenialCode
+	(v1.Mode)(0),                  // 19: sandpit.policy.v1.Mode
 }
 var file_sandpit_executor_v1_executor_proto_depIdxs = []int32{
 	3,  // 0: sandpit.executor.v1.ExecuteRequest.files:type_name -> sandpit.executor.v1.File
 	11, // 1: sandpit.executor.v1.ExecuteRequest.env:type_name -> sandpit.executor.v1.ExecuteRequest.EnvEntry
 	4,  // 2: sandpit.executor.v1.ExecuteRequest.limits:type_name -> sandpit.executor.v1.Limits
 	12, // 3: sandpit.executor.v1.ExecuteRequest.labels:type_name -> sandpit.executor.v1.ExecuteRequest.LabelsEntry
-	13, // 4: sandpit.executor.v1.ExecuteRequest.policy:type_name -> sandpit.policy.v1.Policy
-	14, // 5: sandpit.executor.v1.Limits.timeout:type_name -> google.protobuf.Duration
-	8,  // 6: sandpit.executor.v1.ExecuteResponse.started:type_name -> sandpit.executor.v1.Started
-	9,  // 7: sandpit.executor.v1.ExecuteResponse.stdout:type_name -> sandpit.executor.v1.Output
-	9,  // 8: sandpit.executor.v1.ExecuteResponse.stderr:type_name -> sandpit.executor.v1.Output
-	10, // 9: sandpit.executor.v1.ExecuteResponse.result:type_name -> sandpit.executor.v1.Result
-	6,  // 10: sandpit.executor.v1.ExecuteResponse.network:type_name -> sandpit.executor.v1.NetworkEvent
-	0,  // 11: sandpit.executor.v1.NetworkEvent.kind:type_name -> sandpit.executor.v1.NetworkEventKind
-	15, // 12: sandpit.executor.v1.NetworkEvent.time:type_name -> google.protobuf.Timestamp
-	16, // 13: sandpit.executor.v1.NetworkEvent.decision:type_name -> sandpit.policy.v1.Decision
-	14, // 14: sandpit.executor.v1.NetworkEvent.duration:type_name -> google.protobuf.Duration
-	17, // 15: sandpit.executor.v1.NetworkEvent.denial_code:type_name -> sandpit.policy.v1.DenialCode
-	15, // 16: sandpit.executor.v1.NetworkLogEntry.timestamp:type_name -> google.protobuf.Timestamp
-	16, // 17: sandpit.executor.v1.NetworkLogEntry.decision:type_name -> sandpit.policy.v1.Decision
-	17, // 18: sandpit.executor.v1.NetworkLogEntry.denial_code:type_name -> sandpit.policy.v1.DenialCode
-	4,  // 19: sandpit.executor.v1.Started.limits:type_name -> sandpit.executor.v1.Limits
-	18, // 20: sandpit.executor.v1.Started.policy_mode:type_name -> sandpit.policy.v1.Mode
-	1,  // 21: sandpit.executor.v1.Result.termination:type_name -> sandpit.executor.v1.Termination
-	14, // 22: sandpit.executor.v1.Result.wall_time:type_name -> google.protobuf.Duration
-	14, // 23: sandpit.executor.v1.Result.cpu_time:type_name -> google.protobuf.Duration
-	7,  // 24: sandpit.executor.v1.Result.network_log:type_name -> sandpit.executor.v1.NetworkLogEntry
-	2,  // 25: sandpit.executor.v1.ExecutorService.Execute:input_type -> sandpit.executor.v1.ExecuteRequest
-	5,  // 26: sandpit.executor.v1.ExecutorService.Execute:output_type -> sandpit.executor.v1.ExecuteResponse
-	26, // [26:27] is the sub-list for method output_type
-	25, // [25:26] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	14, // 4: sandpit.executor.v1.ExecuteRequest.policy:type_name -> sandpit.policy.v1.Policy
+	13, // 5: sandpit.executor.v1.ExecuteRequest.secrets:type_name -> sandpit.executor.v1.ExecuteRequest.SecretsEntry
+	15, // 6: sandpit.executor.v1.Limits.timeout:type_name -> google.protobuf.Duration
+	8,  // 7: sandpit.executor.v1.ExecuteResponse.started:type_name -> sandpit.executor.v1.Started
+	9,  // 8: sandpit.executor.v1.ExecuteResponse.stdout:type_name -> sandpit.executor.v1.Output
+	9,  // 9: sandpit.executor.v1.ExecuteResponse.stderr:type_name -> sandpit.executor.v1.Output
+	10, // 10: sandpit.executor.v1.ExecuteResponse.result:type_name -> sandpit.executor.v1.Result
+	6,  // 11: sandpit.executor.v1.ExecuteResponse.network:type_name -> sandpit.executor.v1.NetworkEvent
+	0,  // 12: sandpit.executor.v1.NetworkEvent.kind:type_name -> sandpit.executor.v1.NetworkEventKind
+	16, // 13: sandpit.executor.v1.NetworkEvent.time:type_name -> google.protobuf.Timestamp
+	17, // 14: sandpit.executor.v1.NetworkEvent.decision:type_name -> sandpit.policy.v1.Decision
+	15, // 15: sandpit.executor.v1.NetworkEvent.duration:type_name -> google.protobuf.Duration
+	18, // 16: sandpit.executor.v1.NetworkEvent.denial_code:type_name -> sandpit.policy.v1.DenialCode
+	16, // 17: sandpit.executor.v1.NetworkLogEntry.timestamp:type_name -> google.protobuf.Timestamp
+	17, // 18: sandpit.executor.v1.NetworkLogEntry.decision:type_name -> sandpit.policy.v1.Decision
+	18, // 19: sandpit.executor.v1.NetworkLogEntry.denial_code:type_name -> sandpit.policy.v1.DenialCode
+	4,  // 20: sandpit.executor.v1.Started.limits:type_name -> sandpit.executor.v1.Limits
+	19, // 21: sandpit.executor.v1.Started.policy_mode:type_name -> sandpit.policy.v1.Mode
+	1,  // 22: sandpit.executor.v1.Result.termination:type_name -> sandpit.executor.v1.Termination
+	15, // 23: sandpit.executor.v1.Result.wall_time:type_name -> google.protobuf.Duration
+	15, // 24: sandpit.executor.v1.Result.cpu_time:type_name -> google.protobuf.Duration
+	7,  // 25: sandpit.executor.v1.Result.network_log:type_name -> sandpit.executor.v1.NetworkLogEntry
+	2,  // 26: sandpit.executor.v1.ExecutorService.Execute:input_type -> sandpit.executor.v1.ExecuteRequest
+	5,  // 27: sandpit.executor.v1.ExecutorService.Execute:output_type -> sandpit.executor.v1.ExecuteResponse
+	27, // [27:28] is the sub-list for method output_type
+	26, // [26:27] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_sandpit_executor_v1_executor_proto_init() }
@@ -1639,7 +1716,7 @@ func file_sandpit_executor_v1_executor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sandpit_executor_v1_executor_proto_rawDesc), len(file_sandpit_executor_v1_executor_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

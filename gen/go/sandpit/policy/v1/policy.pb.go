@@ -187,13 +187,16 @@ func (Decision) EnumDescriptor() ([]byte, []int) {
 // DenialCode says in one fixed word why a request was refused, or would
 // be in audit mode: the refusal body's error.code (the name without its
 // prefix, lowercase: DENIAL_CODE_PATH_NOT_ALLOWED is "path_not_allowed"),
-// so a program can act on it without parsing the reason.
+// so a program can act on it without parsing the reason. Network events
+// of DNS queries and refused connections carry one too (see each code).
 type DenialCode int32
 
 const (
 	// Not refused.
 	DenialCode_DENIAL_CODE_UNSPECIFIED DenialCode = 0
-	// No entry of the policy names the host, and its default denies.
+	// No entry of the policy names the host, and its default denies. A DNS
+	// query's event: no host entry could allow any request to the name, so
+	// it is not resolved.
 	DenialCode_DENIAL_CODE_HOST_NOT_ALLOWED DenialCode = 1
 	// A rule of the host matches the path, but not the method.
 	DenialCode_DENIAL_CODE_METHOD_NOT_ALLOWED DenialCode = 2
@@ -207,18 +210,24 @@ const (
 	DenialCode_DENIAL_CODE_RULE_DENIED DenialCode = 6
 	// The request is malformed, not in canonical form, or failed one of the
 	// proxy's own checks (host differing from the TLS server name, a size
-	// bound, ...).
+	// bound, ...). A refused connection's event: the proxy refused it before
+	// a request could be read (not HTTP or TLS, TLS without or with an
+	// invalid server name, a failed handshake, a server name refused at the
+	// handshake, too many connections); its reason says which.
 	DenialCode_DENIAL_CODE_AMBIGUOUS_REQUEST DenialCode = 7
 	// Over one of the policy's limits: limits.max_requests or
-	// limits.max_request_bytes.
+	// limits.max_request_bytes; a DNS query's event: over the execution's
+	// DNS query budget.
 	DenialCode_DENIAL_CODE_BUDGET_EXCEEDED DenialCode = 8
-	// Over a rate: the proxy's per-source request limits.
+	// Over a rate: the proxy's per-source request limits; a refused event
+	// sampling the requests and DNS queries those limits refused.
 	DenialCode_DENIAL_CODE_RATE_LIMITED DenialCode = 9
 	// No decision could be had: no decision stream, no answer in time, or
 	// no running execution owns the source address.
 	DenialCode_DENIAL_CODE_DECISION_UNAVAILABLE DenialCode = 10
-	// A secret sent where it is not bound (reserved for credential
-	// brokering).
+	// A request carried a secret's placeholder where its binding does not
+	// let it go (another host, a rule it is not bound to, another header,
+	// the query or the path).
 	DenialCode_DENIAL_CODE_SECRET_MISUSE DenialCode = 11
 	// The caller's token does not allow the request (its allowedDomains or
 	// apiLimits claims).
@@ -301,7 +310,12 @@ type Policy struct {
 	// Per-host rules.
 	Hosts []*HostPolicy `protobuf:"bytes,3,rep,name=hosts,proto3" json:"hosts,omitempty"`
 	// Limits on the execution's requests.
-	Limits        *PolicyLimits `protobuf:"bytes,4,opt,name=limits,proto3" json:"limits,omitempty"`
+	Limits *PolicyLimits `protobuf:"bytes,4,opt,name=limits,proto3" json:"limits,omitempty"`
+	// Secrets the proxy may place into the execution's requests for the
+	// code, which only ever holds a placeholder (see SecretBinding). Only the
+	// executor's and a tenant's policies bind secrets; an inline policy
+	// cannot.
+	Secrets       []*SecretBinding `protobuf:"bytes,5,rep,name=secrets,proto3" json:"secrets,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -364,6 +378,254 @@ func (x *Policy) GetLimits() *PolicyLimits {
 	return nil
 }
 
+func (x *Policy) GetSecrets() []*SecretBinding {
+	if x != nil {
+		return x.Secrets
+	}
+	return nil
+}
+
+// SecretBinding says where a secret of the executor's store may go. A
+// request naming it (ExecuteRequest.secrets) gets a placeholder of its
+// shape in the sandbox's environment; the proxy swaps the placeholder for
+// the value only in a request the policies allow, to one of hosts, allowed
+// by one of rules when rules is set, and placed as placement says.
+// Anywhere else the placeholder blocks the request (secret_misuse).
+type SecretBinding struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The secret's name in the store (a-z, 0-9 and _.-, at most 64).
+	Secret string `protobuf:"bytes,1,opt,name=secret,proto3" json:"secret,omitempty"`
+	// The placeholder's prefix, the shape an SDK checks ("sk_test_",
+	// "ghp_"); 32 random letters and digits follow it. At most 32
+	// characters of letters, digits and _-.
+	PlaceholderPrefix string `protobuf:"bytes,2,opt,name=placeholder_prefix,json=placeholderPrefix,proto3" json:"placeholder_prefix,omitempty"`
+	// Host patterns the secret may go to, as HostPolicy.host. At least one.
+	Hosts []string `protobuf:"bytes,3,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	// Rule ids of this policy: when set, only requests one of them allowed.
+	Rules []string `protobuf:"bytes,4,rep,name=rules,proto3" json:"rules,omitempty"`
+	// Where the proxy puts the value.
+	//
+	// Types that are valid to be assigned to Placement:
+	//
+	//	*SecretBinding_Header
+	//	*SecretBinding_Basic
+	//	*SecretBinding_Query
+	Placement     isSecretBinding_Placement `protobuf_oneof:"placement"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecretBinding) Reset() {
+	*x = SecretBinding{}
+	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecretBinding) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecretBinding) ProtoMessage() {}
+
+func (x *SecretBinding) ProtoReflect() protoreflect.Message {
+	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecretBinding.ProtoReflect.Descriptor instead.
+func (*SecretBinding) Descriptor() ([]byte, []int) {
+	return file_sandpit_policy_v1_policy_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SecretBinding) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+func (x *SecretBinding) GetPlaceholderPrefix() string {
+	if x != nil {
+		return x.PlaceholderPrefix
+	}
+	return ""
+}
+
+func (x *SecretBinding) GetHosts() []string {
+	if x != nil {
+		return x.Hosts
+	}
+	return nil
+}
+
+func (x *SecretBinding) GetRules() []string {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+func (x *SecretBinding) GetPlacement() isSecretBinding_Placement {
+	if x != nil {
+		return x.Placement
+	}
+	return nil
+}
+
+func (x *SecretBinding) GetHeader() *HeaderPlacement {
+	if x != nil {
+		if x, ok := x.Placement.(*SecretBinding_Header); ok {
+			return x.Header
+		}
+	}
+	return nil
+}
+
+func (x *SecretBinding) GetBasic() *BasicPlacement {
+	if x != nil {
+		if x, ok := x.Placement.(*SecretBinding_Basic); ok {
+			return x.Basic
+		}
+	}
+	return nil
+}
+
+func (x *SecretBinding) GetQuery() string {
+	if x != nil {
+		if x, ok := x.Placement.(*SecretBinding_Query); ok {
+			return x.Query
+		}
+	}
+	return ""
+}
+
+type isSecretBinding_Placement interface {
+	isSecretBinding_Placement()
+}
+
+type SecretBinding_Header struct {
+	// In a request header, whose whole value must be template with the
+	// placeholder for {{secret}}.
+	Header *HeaderPlacement `protobuf:"bytes,5,opt,name=header,proto3,oneof"`
+}
+
+type SecretBinding_Basic struct {
+	// As the user name or the password of Authorization: Basic.
+	Basic *BasicPlacement `protobuf:"bytes,6,opt,name=basic,proto3,oneof"`
+}
+
+type SecretBinding_Query struct {
+	// As the value of this query parameter.
+	Query string `protobuf:"bytes,7,opt,name=query,proto3,oneof"`
+}
+
+func (*SecretBinding_Header) isSecretBinding_Placement() {}
+
+func (*SecretBinding_Basic) isSecretBinding_Placement() {}
+
+func (*SecretBinding_Query) isSecretBinding_Placement() {}
+
+// HeaderPlacement puts a secret in a header.
+type HeaderPlacement struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The header's name, e.g. Authorization.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The header's value, with {{secret}} once where the secret goes;
+	// empty means "{{secret}}".
+	Template      string `protobuf:"bytes,2,opt,name=template,proto3" json:"template,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeaderPlacement) Reset() {
+	*x = HeaderPlacement{}
+	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeaderPlacement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeaderPlacement) ProtoMessage() {}
+
+func (x *HeaderPlacement) ProtoReflect() protoreflect.Message {
+	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeaderPlacement.ProtoReflect.Descriptor instead.
+func (*HeaderPlacement) Descriptor() ([]byte, []int) {
+	return file_sandpit_policy_v1_policy_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *HeaderPlacement) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *HeaderPlacement) GetTemplate() string {
+	if x != nil {
+		return x.Template
+	}
+	return ""
+}
+
+// BasicPlacement puts a secret in HTTP basic authentication.
+type BasicPlacement struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BasicPlacement) Reset() {
+	*x = BasicPlacement{}
+	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BasicPlacement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BasicPlacement) ProtoMessage() {}
+
+func (x *BasicPlacement) ProtoReflect() protoreflect.Message {
+	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BasicPlacement.ProtoReflect.Descriptor instead.
+func (*BasicPlacement) Descriptor() ([]byte, []int) {
+	return file_sandpit_policy_v1_policy_proto_rawDescGZIP(), []int{3}
+}
+
 // HostPolicy holds the rules of one host pattern.
 type HostPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -397,7 +659,7 @@ type HostPolicy struct {
 
 func (x *HostPolicy) Reset() {
 	*x = HostPolicy{}
-	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[1]
+	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -409,7 +671,7 @@ func (x *HostPolicy) String() string {
 func (*HostPolicy) ProtoMessage() {}
 
 func (x *HostPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[1]
+	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -422,7 +684,7 @@ func (x *HostPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostPolicy.ProtoReflect.Descriptor instead.
 func (*HostPolicy) Descriptor() ([]byte, []int) {
-	return file_sandpit_policy_v1_policy_proto_rawDescGZIP(), []int{1}
+	return file_sandpit_policy_v1_policy_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *HostPolicy) GetHost() string {
@@ -496,7 +758,7 @@ type Rule struct {
 
 func (x *Rule) Reset() {
 	*x = Rule{}
-	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[2]
+	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -508,7 +770,7 @@ func (x *Rule) String() string {
 func (*Rule) ProtoMessage() {}
 
 func (x *Rule) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[2]
+	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -521,7 +783,7 @@ func (x *Rule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rule.ProtoReflect.Descriptor instead.
 func (*Rule) Descriptor() ([]byte, []int) {
-	return file_sandpit_policy_v1_policy_proto_rawDescGZIP(), []int{2}
+	return file_sandpit_policy_v1_policy_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Rule) GetId() string {
@@ -587,7 +849,7 @@ type RuleRate struct {
 
 func (x *RuleRate) Reset() {
 	*x = RuleRate{}
-	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[3]
+	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -599,7 +861,7 @@ func (x *RuleRate) String() string {
 func (*RuleRate) ProtoMessage() {}
 
 func (x *RuleRate) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[3]
+	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -612,7 +874,7 @@ func (x *RuleRate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RuleRate.ProtoReflect.Descriptor instead.
 func (*RuleRate) Descriptor() ([]byte, []int) {
-	return file_sandpit_policy_v1_policy_proto_rawDescGZIP(), []int{3}
+	return file_sandpit_policy_v1_policy_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RuleRate) GetPerSecond() uint32 {
@@ -652,7 +914,7 @@ type PolicyLimits struct {
 
 func (x *PolicyLimits) Reset() {
 	*x = PolicyLimits{}
-	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[4]
+	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -664,7 +926,7 @@ func (x *PolicyLimits) String() string {
 func (*PolicyLimits) ProtoMessage() {}
 
 func (x *PolicyLimits) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[4]
+	mi := &file_sandpit_policy_v1_policy_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -677,7 +939,7 @@ func (x *PolicyLimits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyLimits.ProtoReflect.Descriptor instead.
 func (*PolicyLimits) Descriptor() ([]byte, []int) {
-	return file_sandpit_policy_v1_policy_proto_rawDescGZIP(), []int{4}
+	return file_sandpit_policy_v1_policy_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PolicyLimits) GetMaxRequests() uint32 {
@@ -719,12 +981,26 @@ var File_sandpit_policy_v1_policy_proto protoreflect.FileDescriptor
 
 const file_sandpit_policy_v1_policy_proto_rawDesc = "" +
 	"\n" +
-	"\x1esandpit/policy/v1/policy.proto\x12\x11sandpit.policy.v1\"\xe5\x01\n" +
+	"\x1esandpit/policy/v1/policy.proto\x12\x11sandpit.policy.v1\"\xa1\x02\n" +
 	"\x06Policy\x12+\n" +
 	"\x04mode\x18\x01 \x01(\x0e2\x17.sandpit.policy.v1.ModeR\x04mode\x12@\n" +
 	"\x0edefault_action\x18\x02 \x01(\x0e2\x19.sandpit.policy.v1.ActionR\rdefaultAction\x123\n" +
 	"\x05hosts\x18\x03 \x03(\v2\x1d.sandpit.policy.v1.HostPolicyR\x05hosts\x127\n" +
-	"\x06limits\x18\x04 \x01(\v2\x1f.sandpit.policy.v1.PolicyLimitsR\x06limits\"\xe3\x01\n" +
+	"\x06limits\x18\x04 \x01(\v2\x1f.sandpit.policy.v1.PolicyLimitsR\x06limits\x12:\n" +
+	"\asecrets\x18\x05 \x03(\v2 .sandpit.policy.v1.SecretBindingR\asecrets\"\xa0\x02\n" +
+	"\rSecretBinding\x12\x16\n" +
+	"\x06secret\x18\x01 \x01(\tR\x06secret\x12-\n" +
+	"\x12placeholder_prefix\x18\x02 \x01(\tR\x11placeholderPrefix\x12\x14\n" +
+	"\x05hosts\x18\x03 \x03(\tR\x05hosts\x12\x14\n" +
+	"\x05rules\x18\x04 \x03(\tR\x05rules\x12<\n" +
+	"\x06header\x18\x05 \x01(\v2\".sandpit.policy.v1.HeaderPlacementH\x00R\x06header\x129\n" +
+	"\x05basic\x18\x06 \x01(\v2!.sandpit.policy.v1.BasicPlacementH\x00R\x05basic\x12\x16\n" +
+	"\x05query\x18\a \x01(\tH\x00R\x05queryB\v\n" +
+	"\tplacement\"A\n" +
+	"\x0fHeaderPlacement\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\btemplate\x18\x02 \x01(\tR\btemplate\"\x10\n" +
+	"\x0eBasicPlacement\"\xe3\x01\n" +
 	"\n" +
 	"HostPolicy\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12-\n" +
@@ -795,32 +1071,38 @@ func file_sandpit_policy_v1_policy_proto_rawDescGZIP() []byte {
 }
 
 var file_sandpit_policy_v1_policy_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_sandpit_policy_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_sandpit_policy_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_sandpit_policy_v1_policy_proto_goTypes = []any{
-	(Mode)(0),            // 0: sandpit.policy.v1.Mode
-	(Action)(0),          // 1: sandpit.policy.v1.Action
-	(Decision)(0),        // 2: sandpit.policy.v1.Decision
-	(DenialCode)(0),      // 3: sandpit.policy.v1.DenialCode
-	(*Policy)(nil),       // 4: sandpit.policy.v1.Policy
-	(*HostPolicy)(nil),   // 5: sandpit.policy.v1.HostPolicy
-	(*Rule)(nil),         // 6: sandpit.policy.v1.Rule
-	(*RuleRate)(nil),     // 7: sandpit.policy.v1.RuleRate
-	(*PolicyLimits)(nil), // 8: sandpit.policy.v1.PolicyLimits
+	(Mode)(0),               // 0: sandpit.policy.v1.Mode
+	(Action)(0),             // 1: sandpit.policy.v1.Action
+	(Decision)(0),           // 2: sandpit.policy.v1.Decision
+	(DenialCode)(0),         // 3: sandpit.policy.v1.DenialCode
+	(*Policy)(nil),          // 4: sandpit.policy.v1.Policy
+	(*SecretBinding)(nil),   // 5: sandpit.policy.v1.SecretBinding
+	(*HeaderPlacement)(nil), // 6: sandpit.policy.v1.HeaderPlacement
+	(*BasicPlacement)(nil),  // 7: sandpit.policy.v1.BasicPlacement
+	(*HostPolicy)(nil),      // 8: sandpit.policy.v1.HostPolicy
+	(*Rule)(nil),            // 9: sandpit.policy.v1.Rule
+	(*RuleRate)(nil),        // 10: sandpit.policy.v1.RuleRate
+	(*PolicyLimits)(nil),    // 11: sandpit.policy.v1.PolicyLimits
 }
 var file_sandpit_policy_v1_policy_proto_depIdxs = []int32{
-	0, // 0: sandpit.policy.v1.Policy.mode:type_name -> sandpit.policy.v1.Mode
-	1, // 1: sandpit.policy.v1.Policy.default_action:type_name -> sandpit.policy.v1.Action
-	5, // 2: sandpit.policy.v1.Policy.hosts:type_name -> sandpit.policy.v1.HostPolicy
-	8, // 3: sandpit.policy.v1.Policy.limits:type_name -> sandpit.policy.v1.PolicyLimits
-	6, // 4: sandpit.policy.v1.HostPolicy.rules:type_name -> sandpit.policy.v1.Rule
-	1, // 5: sandpit.policy.v1.HostPolicy.default_action:type_name -> sandpit.policy.v1.Action
-	1, // 6: sandpit.policy.v1.Rule.action:type_name -> sandpit.policy.v1.Action
-	7, // 7: sandpit.policy.v1.Rule.rate:type_name -> sandpit.policy.v1.RuleRate
-	8, // [8:8] is the sub-list for method output_type
-	8, // [8:8] is the sub-list for method input_type
-	8, // [8:8] is the sub-list for extension type_name
-	8, // [8:8] is the sub-list for extension extendee
-	0, // [0:8] is the sub-list for field type_name
+	0,  // 0: sandpit.policy.v1.Policy.mode:type_name -> sandpit.policy.v1.Mode
+	1,  // 1: sandpit.policy.v1.Policy.default_action:type_name -> sandpit.policy.v1.Action
+	8,  // 2: sandpit.policy.v1.Policy.hosts:type_name -> sandpit.policy.v1.HostPolicy
+	11, // 3: sandpit.policy.v1.Policy.limits:type_name -> sandpit.policy.v1.PolicyLimits
+	5,  // 4: sandpit.policy.v1.Policy.secrets:type_name -> sandpit.policy.v1.SecretBinding
+	6,  // 5: sandpit.policy.v1.SecretBinding.header:type_name -> sandpit.policy.v1.HeaderPlacement
+	7,  // 6: sandpit.policy.v1.SecretBinding.basic:type_name -> sandpit.policy.v1.BasicPlacement
+	9,  // 7: sandpit.policy.v1.HostPolicy.rules:type_name -> sandpit.policy.v1.Rule
+	1,  // 8: sandpit.policy.v1.HostPolicy.default_action:type_name -> sandpit.policy.v1.Action
+	1,  // 9: sandpit.policy.v1.Rule.action:type_name -> sandpit.policy.v1.Action
+	10, // 10: sandpit.policy.v1.Rule.rate:type_name -> sandpit.policy.v1.RuleRate
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_sandpit_policy_v1_policy_proto_init() }
@@ -828,13 +1110,18 @@ func file_sandpit_policy_v1_policy_proto_init() {
 	if File_sandpit_policy_v1_policy_proto != nil {
 		return
 	}
+	file_sandpit_policy_v1_policy_proto_msgTypes[1].OneofWrappers = []any{
+		(*SecretBinding_Header)(nil),
+		(*SecretBinding_Basic)(nil),
+		(*SecretBinding_Query)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sandpit_policy_v1_policy_proto_rawDesc), len(file_sandpit_policy_v1_policy_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   5,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

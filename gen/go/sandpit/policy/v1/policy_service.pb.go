@@ -250,7 +250,15 @@ type Verdict struct {
 	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
 	// For a denial (or a would-block verdict): why in one fixed word, as the
 	// proxy's refusal body says it in error.code.
-	DenialCode    DenialCode `protobuf:"varint,5,opt,name=denial_code,json=denialCode,proto3,enum=sandpit.policy.v1.DenialCode" json:"denial_code,omitempty"`
+	DenialCode DenialCode `protobuf:"varint,5,opt,name=denial_code,json=denialCode,proto3,enum=sandpit.policy.v1.DenialCode" json:"denial_code,omitempty"`
+	// For an https request: the proxy would splice its connection to the
+	// upstream without interception (a hosts[].passthrough entry of every
+	// policy in force that allows the host covers it; a narrower policy
+	// that names the host without passthrough makes it intercepted). Then
+	// rule_id is that entry's (hosts[N].passthrough), the method and path
+	// are not seen by the proxy, and the connection counts as one request
+	// (CONNECT https://host:port) in the execution's log and budgets.
+	Passthrough   bool `protobuf:"varint,6,opt,name=passthrough,proto3" json:"passthrough,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -320,6 +328,13 @@ func (x *Verdict) GetDenialCode() DenialCode {
 	return DenialCode_DENIAL_CODE_UNSPECIFIED
 }
 
+func (x *Verdict) GetPassthrough() bool {
+	if x != nil {
+		return x.Passthrough
+	}
+	return false
+}
+
 var File_sandpit_policy_v1_policy_service_proto protoreflect.FileDescriptor
 
 const file_sandpit_policy_v1_policy_service_proto_rawDesc = "" +
@@ -338,14 +353,15 @@ const file_sandpit_policy_v1_policy_service_proto_rawDesc = "" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x12\n" +
 	"\x04tier\x18\x02 \x01(\tR\x04tier\x12+\n" +
 	"\x04mode\x18\x03 \x01(\x0e2\x17.sandpit.policy.v1.ModeR\x04mode\x126\n" +
-	"\bverdicts\x18\x04 \x03(\v2\x1a.sandpit.policy.v1.VerdictR\bverdicts\"\xcb\x01\n" +
+	"\bverdicts\x18\x04 \x03(\v2\x1a.sandpit.policy.v1.VerdictR\bverdicts\"\xed\x01\n" +
 	"\aVerdict\x127\n" +
 	"\bdecision\x18\x01 \x01(\x0e2\x1b.sandpit.policy.v1.DecisionR\bdecision\x12\x17\n" +
 	"\arule_id\x18\x02 \x01(\tR\x06ruleId\x12\x16\n" +
 	"\x06source\x18\x03 \x01(\tR\x06source\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12>\n" +
 	"\vdenial_code\x18\x05 \x01(\x0e2\x1d.sandpit.policy.v1.DenialCodeR\n" +
-	"denialCode2[\n" +
+	"denialCode\x12 \n" +
+	"\vpassthrough\x18\x06 \x01(\bR\vpassthrough2[\n" +
 	"\rPolicyService\x12J\n" +
 	"\x05Check\x12\x1f.sandpit.policy.v1.CheckRequest\x1a .sandpit.policy.v1.CheckResponseBBZ@github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1;policyv1b\x06proto3"
 

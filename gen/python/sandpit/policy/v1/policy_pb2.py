@@ -13,7 +13,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esandpit/policy/v1/policy.proto\x12\x11sandpit.policy.v1\"\xe5\x01\n\x06Policy\x12+\n\x04mode\x18\x01 \x01(\x0e\x32\x17.sandpit.policy.v1.ModeR\x04mode\x12@\n\x0e\x64\x65\x66\x61ult_action\x18\x02 \x01(\x0e\x32\x19.sandpit.policy.v1.ActionR\rdefaultAction\x12\x33\n\x05hosts\x18\x03 \x03(\x0b\x32\x1d.sandpit.policy.v1.HostPolicyR\x05hosts\x12\x37\n\x06limits\x18\x04 \x01(\x0b\x32\x1f.sandpit.policy.v1.PolicyLimitsR\x06limits\"\xe3\x01\n\nHostPolicy\x12\x12\n\x04host\x18\x01 \x01(\tR\x04host\x12-\n\x05rules\x18\x02 \x03(\x0b\x32\x17.sandpit.policy.v1.RuleR\x05rules\x12@\n\x0e\x64\x65\x66\x61ult_action\x18\x03 \x01(\x0e\x32\x19.sandpit.policy.v1.ActionR\rdefaultAction\x12\x18\n\x07schemes\x18\x04 \x03(\tR\x07schemes\x12\x14\n\x05ports\x18\x05 \x03(\rR\x05ports\x12 \n\x0bpassthrough\x18\x06 \x01(\x08R\x0bpassthrough\"\xde\x01\n\x04Rule\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n\x07methods\x18\x02 \x03(\tR\x07methods\x12\x12\n\x04path\x18\x03 \x01(\tR\x04path\x12\x31\n\x06\x61\x63tion\x18\x04 \x01(\x0e\x32\x19.sandpit.policy.v1.ActionR\x06\x61\x63tion\x12\x16\n\x06reason\x18\x05 \x01(\tR\x06reason\x12\x1c\n\twebsocket\x18\x06 \x01(\x08R\twebsocket\x12/\n\x04rate\x18\x07 \x01(\x0b\x32\x1b.sandpit.policy.v1.RuleRateR\x04rate\"?\n\x08RuleRate\x12\x1d\n\nper_second\x18\x01 \x01(\rR\tperSecond\x12\x14\n\x05\x62urst\x18\x02 \x01(\rR\x05\x62urst\"\x8b\x02\n\x0cPolicyLimits\x12!\n\x0cmax_requests\x18\x01 \x01(\rR\x0bmaxRequests\x12*\n\x11max_request_bytes\x18\x02 \x01(\x04R\x0fmaxRequestBytes\x12\x35\n\x17max_total_request_bytes\x18\x03 \x01(\x04R\x14maxTotalRequestBytes\x12\x37\n\x18max_total_response_bytes\x18\x04 \x01(\x04R\x15maxTotalResponseBytes\x12<\n\x1amax_concurrent_connections\x18\x05 \x01(\rR\x18maxConcurrentConnections*>\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x10\n\x0cMODE_ENFORCE\x10\x01\x12\x0e\n\nMODE_AUDIT\x10\x02*C\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x41\x43TION_ALLOW\x10\x01\x12\x0f\n\x0b\x41\x43TION_DENY\x10\x02*e\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02\x12\x18\n\x14\x44\x45\x43ISION_WOULD_BLOCK\x10\x03*\xbc\x03\n\nDenialCode\x12\x1b\n\x17\x44\x45NIAL_CODE_UNSPECIFIED\x10\x00\x12 \n\x1c\x44\x45NIAL_CODE_HOST_NOT_ALLOWED\x10\x01\x12\"\n\x1e\x44\x45NIAL_CODE_METHOD_NOT_ALLOWED\x10\x02\x12 \n\x1c\x44\x45NIAL_CODE_PATH_NOT_ALLOWED\x10\x03\x12 \n\x1c\x44\x45NIAL_CODE_PORT_NOT_ALLOWED\x10\x04\x12%\n!DENIAL_CODE_WEBSOCKET_NOT_ALLOWED\x10\x05\x12\x1b\n\x17\x44\x45NIAL_CODE_RULE_DENIED\x10\x06\x12!\n\x1d\x44\x45NIAL_CODE_AMBIGUOUS_REQUEST\x10\x07\x12\x1f\n\x1b\x44\x45NIAL_CODE_BUDGET_EXCEEDED\x10\x08\x12\x1c\n\x18\x44\x45NIAL_CODE_RATE_LIMITED\x10\t\x12$\n DENIAL_CODE_DECISION_UNAVAILABLE\x10\n\x12\x1d\n\x19\x44\x45NIAL_CODE_SECRET_MISUSE\x10\x0b\x12\x1c\n\x18\x44\x45NIAL_CODE_TOKEN_DENIED\x10\x0c\x42\x42Z@github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1;policyv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esandpit/policy/v1/policy.proto\x12\x11sandpit.policy.v1\"\xa1\x02\n\x06Policy\x12+\n\x04mode\x18\x01 \x01(\x0e\x32\x17.sandpit.policy.v1.ModeR\x04mode\x12@\n\x0e\x64\x65\x66\x61ult_action\x18\x02 \x01(\x0e\x32\x19.sandpit.policy.v1.ActionR\rdefaultAction\x12\x33\n\x05hosts\x18\x03 \x03(\x0b\x32\x1d.sandpit.policy.v1.HostPolicyR\x05hosts\x12\x37\n\x06limits\x18\x04 \x01(\x0b\x32\x1f.sandpit.policy.v1.PolicyLimitsR\x06limits\x12:\n\x07secrets\x18\x05 \x03(\x0b\x32 .sandpit.policy.v1.SecretBindingR\x07secrets\"\xa0\x02\n\rSecretBinding\x12\x16\n\x06secret\x18\x01 \x01(\tR\x06secret\x12-\n\x12placeholder_prefix\x18\x02 \x01(\tR\x11placeholderPrefix\x12\x14\n\x05hosts\x18\x03 \x03(\tR\x05hosts\x12\x14\n\x05rules\x18\x04 \x03(\tR\x05rules\x12<\n\x06header\x18\x05 \x01(\x0b\x32\".sandpit.policy.v1.HeaderPlacementH\x00R\x06header\x12\x39\n\x05\x62\x61sic\x18\x06 \x01(\x0b\x32!.sandpit.policy.v1.BasicPlacementH\x00R\x05\x62\x61sic\x12\x16\n\x05query\x18\x07 \x01(\tH\x00R\x05queryB\x0b\n\tplacement\"A\n\x0fHeaderPlacement\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n\x08template\x18\x02 \x01(\tR\x08template\"\x10\n\x0e\x42\x61sicPlacement\"\xe3\x01\n\nHostPolicy\x12\x12\n\x04host\x18\x01 \x01(\tR\x04host\x12-\n\x05rules\x18\x02 \x03(\x0b\x32\x17.sandpit.policy.v1.RuleR\x05rules\x12@\n\x0e\x64\x65\x66\x61ult_action\x18\x03 \x01(\x0e\x32\x19.sandpit.policy.v1.ActionR\rdefaultAction\x12\x18\n\x07schemes\x18\x04 \x03(\tR\x07schemes\x12\x14\n\x05ports\x18\x05 \x03(\rR\x05ports\x12 \n\x0bpassthrough\x18\x06 \x01(\x08R\x0bpassthrough\"\xde\x01\n\x04Rule\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n\x07methods\x18\x02 \x03(\tR\x07methods\x12\x12\n\x04path\x18\x03 \x01(\tR\x04path\x12\x31\n\x06\x61\x63tion\x18\x04 \x01(\x0e\x32\x19.sandpit.policy.v1.ActionR\x06\x61\x63tion\x12\x16\n\x06reason\x18\x05 \x01(\tR\x06reason\x12\x1c\n\twebsocket\x18\x06 \x01(\x08R\twebsocket\x12/\n\x04rate\x18\x07 \x01(\x0b\x32\x1b.sandpit.policy.v1.RuleRateR\x04rate\"?\n\x08RuleRate\x12\x1d\n\nper_second\x18\x01 \x01(\rR\tperSecond\x12\x14\n\x05\x62urst\x18\x02 \x01(\rR\x05\x62urst\"\x8b\x02\n\x0cPolicyLimits\x12!\n\x0cmax_requests\x18\x01 \x01(\rR\x0bmaxRequests\x12*\n\x11max_request_bytes\x18\x02 \x01(\x04R\x0fmaxRequestBytes\x12\x35\n\x17max_total_request_bytes\x18\x03 \x01(\x04R\x14maxTotalRequestBytes\x12\x37\n\x18max_total_response_bytes\x18\x04 \x01(\x04R\x15maxTotalResponseBytes\x12<\n\x1amax_concurrent_connections\x18\x05 \x01(\rR\x18maxConcurrentConnections*>\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x10\n\x0cMODE_ENFORCE\x10\x01\x12\x0e\n\nMODE_AUDIT\x10\x02*C\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x41\x43TION_ALLOW\x10\x01\x12\x0f\n\x0b\x41\x43TION_DENY\x10\x02*e\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02\x12\x18\n\x14\x44\x45\x43ISION_WOULD_BLOCK\x10\x03*\xbc\x03\n\nDenialCode\x12\x1b\n\x17\x44\x45NIAL_CODE_UNSPECIFIED\x10\x00\x12 \n\x1c\x44\x45NIAL_CODE_HOST_NOT_ALLOWED\x10\x01\x12\"\n\x1e\x44\x45NIAL_CODE_METHOD_NOT_ALLOWED\x10\x02\x12 \n\x1c\x44\x45NIAL_CODE_PATH_NOT_ALLOWED\x10\x03\x12 \n\x1c\x44\x45NIAL_CODE_PORT_NOT_ALLOWED\x10\x04\x12%\n!DENIAL_CODE_WEBSOCKET_NOT_ALLOWED\x10\x05\x12\x1b\n\x17\x44\x45NIAL_CODE_RULE_DENIED\x10\x06\x12!\n\x1d\x44\x45NIAL_CODE_AMBIGUOUS_REQUEST\x10\x07\x12\x1f\n\x1b\x44\x45NIAL_CODE_BUDGET_EXCEEDED\x10\x08\x12\x1c\n\x18\x44\x45NIAL_CODE_RATE_LIMITED\x10\t\x12$\n DENIAL_CODE_DECISION_UNAVAILABLE\x10\n\x12\x1d\n\x19\x44\x45NIAL_CODE_SECRET_MISUSE\x10\x0b\x12\x1c\n\x18\x44\x45NIAL_CODE_TOKEN_DENIED\x10\x0c\x42\x42Z@github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1;policyv1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sandpit.policy.v1.policy_pb2', globals())
@@ -21,22 +21,28 @@ if _descriptor._USE_C_DESCRIPTORS == False:
 
   DESCRIPTOR._options = None
   DESCRIPTOR._serialized_options = b'Z@github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1;policyv1'
-  _MODE._serialized_start=1075
-  _MODE._serialized_end=1137
-  _ACTION._serialized_start=1139
-  _ACTION._serialized_end=1206
-  _DECISION._serialized_start=1208
-  _DECISION._serialized_end=1309
-  _DENIALCODE._serialized_start=1312
-  _DENIALCODE._serialized_end=1756
+  _MODE._serialized_start=1511
+  _MODE._serialized_end=1573
+  _ACTION._serialized_start=1575
+  _ACTION._serialized_end=1642
+  _DECISION._serialized_start=1644
+  _DECISION._serialized_end=1745
+  _DENIALCODE._serialized_start=1748
+  _DENIALCODE._serialized_end=2192
   _POLICY._serialized_start=54
-  _POLICY._serialized_end=283
-  _HOSTPOLICY._serialized_start=286
-  _HOSTPOLICY._serialized_end=513
-  _RULE._serialized_start=516
-  _RULE._serialized_end=738
-  _RULERATE._serialized_start=740
-  _RULERATE._serialized_end=803
-  _POLICYLIMITS._serialized_start=806
-  _POLICYLIMITS._serialized_end=1073
+  _POLICY._serialized_end=343
+  _SECRETBINDING._serialized_start=346
+  _SECRETBINDING._serialized_end=634
+  _HEADERPLACEMENT._serialized_start=636
+  _HEADERPLACEMENT._serialized_end=701
+  _BASICPLACEMENT._serialized_start=703
+  _BASICPLACEMENT._serialized_end=719
+  _HOSTPOLICY._serialized_start=722
+  _HOSTPOLICY._serialized_end=949
+  _RULE._serialized_start=952
+  _RULE._serialized_end=1174
+  _RULERATE._serialized_start=1176
+  _RULERATE._serialized_end=1239
+  _POLICYLIMITS._serialized_start=1242
+  _POLICYLIMITS._serialized_end=1509
 # @@protoc_insertion_point(module_scope)

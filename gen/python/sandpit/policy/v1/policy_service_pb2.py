@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 from sandpit.policy.v1 import policy_pb2 as sandpit_dot_policy_dot_v1_dot_policy__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&sandpit/policy/v1/policy_service.proto\x12\x11sandpit.policy.v1\x1a\x1esandpit/policy/v1/policy.proto\"\xc2\x01\n\x0c\x43heckRequest\x12\x16\n\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x12\n\x04tier\x18\x02 \x01(\tR\x04tier\x12\x14\n\x05token\x18\x03 \x01(\tR\x05token\x12\x31\n\x06policy\x18\x04 \x01(\x0b\x32\x19.sandpit.policy.v1.PolicyR\x06policy\x12=\n\x08requests\x18\x05 \x03(\x0b\x32!.sandpit.policy.v1.CheckedRequestR\x08requests\":\n\x0e\x43heckedRequest\x12\x16\n\x06method\x18\x01 \x01(\tR\x06method\x12\x10\n\x03url\x18\x02 \x01(\tR\x03url\"\xa0\x01\n\rCheckResponse\x12\x16\n\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x12\n\x04tier\x18\x02 \x01(\tR\x04tier\x12+\n\x04mode\x18\x03 \x01(\x0e\x32\x17.sandpit.policy.v1.ModeR\x04mode\x12\x36\n\x08verdicts\x18\x04 \x03(\x0b\x32\x1a.sandpit.policy.v1.VerdictR\x08verdicts\"\xcb\x01\n\x07Verdict\x12\x37\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x1b.sandpit.policy.v1.DecisionR\x08\x64\x65\x63ision\x12\x17\n\x07rule_id\x18\x02 \x01(\tR\x06ruleId\x12\x16\n\x06source\x18\x03 \x01(\tR\x06source\x12\x16\n\x06reason\x18\x04 \x01(\tR\x06reason\x12>\n\x0b\x64\x65nial_code\x18\x05 \x01(\x0e\x32\x1d.sandpit.policy.v1.DenialCodeR\ndenialCode2[\n\rPolicyService\x12J\n\x05\x43heck\x12\x1f.sandpit.policy.v1.CheckRequest\x1a .sandpit.policy.v1.CheckResponseBBZ@github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1;policyv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&sandpit/policy/v1/policy_service.proto\x12\x11sandpit.policy.v1\x1a\x1esandpit/policy/v1/policy.proto\"\xc2\x01\n\x0c\x43heckRequest\x12\x16\n\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x12\n\x04tier\x18\x02 \x01(\tR\x04tier\x12\x14\n\x05token\x18\x03 \x01(\tR\x05token\x12\x31\n\x06policy\x18\x04 \x01(\x0b\x32\x19.sandpit.policy.v1.PolicyR\x06policy\x12=\n\x08requests\x18\x05 \x03(\x0b\x32!.sandpit.policy.v1.CheckedRequestR\x08requests\":\n\x0e\x43heckedRequest\x12\x16\n\x06method\x18\x01 \x01(\tR\x06method\x12\x10\n\x03url\x18\x02 \x01(\tR\x03url\"\xa0\x01\n\rCheckResponse\x12\x16\n\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x12\n\x04tier\x18\x02 \x01(\tR\x04tier\x12+\n\x04mode\x18\x03 \x01(\x0e\x32\x17.sandpit.policy.v1.ModeR\x04mode\x12\x36\n\x08verdicts\x18\x04 \x03(\x0b\x32\x1a.sandpit.policy.v1.VerdictR\x08verdicts\"\xed\x01\n\x07Verdict\x12\x37\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x1b.sandpit.policy.v1.DecisionR\x08\x64\x65\x63ision\x12\x17\n\x07rule_id\x18\x02 \x01(\tR\x06ruleId\x12\x16\n\x06source\x18\x03 \x01(\tR\x06source\x12\x16\n\x06reason\x18\x04 \x01(\tR\x06reason\x12>\n\x0b\x64\x65nial_code\x18\x05 \x01(\x0e\x32\x1d.sandpit.policy.v1.DenialCodeR\ndenialCode\x12 \n\x0bpassthrough\x18\x06 \x01(\x08R\x0bpassthrough2[\n\rPolicyService\x12J\n\x05\x43heck\x12\x1f.sandpit.policy.v1.CheckRequest\x1a .sandpit.policy.v1.CheckResponseBBZ@github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1;policyv1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sandpit.policy.v1.policy_service_pb2', globals())
@@ -29,7 +29,7 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _CHECKRESPONSE._serialized_start=351
   _CHECKRESPONSE._serialized_end=511
   _VERDICT._serialized_start=514
-  _VERDICT._serialized_end=717
-  _POLICYSERVICE._serialized_start=719
-  _POLICYSERVICE._serialized_end=810
+  _VERDICT._serialized_end=751
+  _POLICYSERVICE._serialized_start=753
+  _POLICYSERVICE._serialized_end=844
 # @@protoc_insertion_point(module_scope)

@@ -103,6 +103,25 @@ export declare type ExecuteRequest = Message<"sandpit.executor.v1.ExecuteRequest
    * @generated from field: sandpit.policy.v1.Policy policy = 10;
    */
   policy?: Policy | undefined;
+
+  /**
+   * Secrets the program's requests need, which it never holds: environment
+   * variable name -> secret name in the executor's store (the caller's
+   * tenant's secrets, or the executor's without tenants). The variable
+   * holds a placeholder of the secret's shape (its binding's
+   * placeholder_prefix, "SPX" and 29 random letters and digits), unique to
+   * the execution; the egress proxy swaps it for the value only in a
+   * request the policies allow, to a host and rule the secret's binding
+   * names, placed as the binding says. A placeholder anywhere else blocks
+   * its request (DENIAL_CODE_SECRET_MISUSE). At most 16; a name must be
+   * a valid environment variable not also in env, a secret a binding of
+   * the executor's or the tenant's policy names (else PERMISSION_DENIED,
+   * reason SECRET_NOT_ALLOWED). Values never appear in events, the
+   * Result, logs or errors.
+   *
+   * @generated from field: map<string, string> secrets = 11;
+   */
+  secrets: { [key: string]: string };
 };
 
 /**
@@ -415,12 +434,23 @@ export declare type NetworkEvent = Message<"sandpit.executor.v1.NetworkEvent"> &
 
   /**
    * Why a request was denied (or would be, in audit mode), as in the
-   * refusal body's error.code (request events and their outcomes);
-   * unset when it was allowed.
+   * refusal body's error.code (request events and their outcomes); for a
+   * denied DNS query host_not_allowed (or budget_exceeded), for a refused
+   * event ambiguous_request (or rate_limited, a sample of the per-source
+   * limits' refusals); unset when it was allowed.
    *
    * @generated from field: sandpit.policy.v1.DenialCode denial_code = 18;
    */
   denialCode: DenialCode;
+
+  /**
+   * The secrets whose placeholders the request carried (request events),
+   * by name: swapped for their values when it was allowed, the reason of
+   * its denial when it was refused for secret misuse. Never a value.
+   *
+   * @generated from field: repeated string secrets = 19;
+   */
+  secrets: string[];
 };
 
 /**
@@ -517,6 +547,13 @@ export declare type NetworkLogEntry = Message<"sandpit.executor.v1.NetworkLogEnt
    * @generated from field: sandpit.policy.v1.DenialCode denial_code = 11;
    */
   denialCode: DenialCode;
+
+  /**
+   * The secrets the request carried, as in NetworkEvent.secrets.
+   *
+   * @generated from field: repeated string secrets = 12;
+   */
+  secrets: string[];
 };
 
 /**
@@ -824,6 +861,25 @@ export declare type Result = Message<"sandpit.executor.v1.Result"> & {
    * @generated from field: uint32 requests_over_rate = 26;
    */
   requestsOverRate: number;
+
+  /**
+   * Of requests_allowed, the requests the egress proxy placed a secret
+   * into (ExecuteRequest.secrets).
+   *
+   * @generated from field: uint32 requests_with_secrets = 27;
+   */
+  requestsWithSecrets: number;
+
+  /**
+   * Of requests_blocked, the requests refused because they carried a
+   * secret's placeholder where its binding does not let it go
+   * (DENIAL_CODE_SECRET_MISUSE): another host, a rule it is not bound to,
+   * another header, the query or the path. Audit mode does not forward
+   * them.
+   *
+   * @generated from field: uint32 requests_secret_misuse = 28;
+   */
+  requestsSecretMisuse: number;
 };
 
 /**

@@ -48,6 +48,16 @@ export declare type Policy = Message<"sandpit.policy.v1.Policy"> & {
    * @generated from field: sandpit.policy.v1.PolicyLimits limits = 4;
    */
   limits?: PolicyLimits | undefined;
+
+  /**
+   * Secrets the proxy may place into the execution's requests for the
+   * code, which only ever holds a placeholder (see SecretBinding). Only the
+   * executor's and a tenant's policies bind secrets; an inline policy
+   * cannot.
+   *
+   * @generated from field: repeated sandpit.policy.v1.SecretBinding secrets = 5;
+   */
+  secrets: SecretBinding[];
 };
 
 /**
@@ -55,6 +65,128 @@ export declare type Policy = Message<"sandpit.policy.v1.Policy"> & {
  * Use `create(PolicySchema)` to create a new message.
  */
 export declare const PolicySchema: GenMessage<Policy>;
+
+/**
+ * SecretBinding says where a secret of the executor's store may go. A
+ * request naming it (ExecuteRequest.secrets) gets a placeholder of its
+ * shape in the sandbox's environment; the proxy swaps the placeholder for
+ * the value only in a request the policies allow, to one of hosts, allowed
+ * by one of rules when rules is set, and placed as placement says.
+ * Anywhere else the placeholder blocks the request (secret_misuse).
+ *
+ * @generated from message sandpit.policy.v1.SecretBinding
+ */
+export declare type SecretBinding = Message<"sandpit.policy.v1.SecretBinding"> & {
+  /**
+   * The secret's name in the store (a-z, 0-9 and _.-, at most 64).
+   *
+   * @generated from field: string secret = 1;
+   */
+  secret: string;
+
+  /**
+   * The placeholder's prefix, the shape an SDK checks ("sk_test_",
+   * "ghp_"); 32 random letters and digits follow it. At most 32
+   * characters of letters, digits and _-.
+   *
+   * @generated from field: string placeholder_prefix = 2;
+   */
+  placeholderPrefix: string;
+
+  /**
+   * Host patterns the secret may go to, as HostPolicy.host. At least one.
+   *
+   * @generated from field: repeated string hosts = 3;
+   */
+  hosts: string[];
+
+  /**
+   * Rule ids of this policy: when set, only requests one of them allowed.
+   *
+   * @generated from field: repeated string rules = 4;
+   */
+  rules: string[];
+
+  /**
+   * Where the proxy puts the value.
+   *
+   * @generated from oneof sandpit.policy.v1.SecretBinding.placement
+   */
+  placement: {
+    /**
+     * In a request header, whose whole value must be template with the
+     * placeholder for {{secret}}.
+     *
+     * @generated from field: sandpit.policy.v1.HeaderPlacement header = 5;
+     */
+    value: HeaderPlacement;
+    case: "header";
+  } | {
+    /**
+     * As the user name or the password of Authorization: Basic.
+     *
+     * @generated from field: sandpit.policy.v1.BasicPlacement basic = 6;
+     */
+    value: BasicPlacement;
+    case: "basic";
+  } | {
+    /**
+     * As the value of this query parameter.
+     *
+     * @generated from field: string query = 7;
+     */
+    value: string;
+    case: "query";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message sandpit.policy.v1.SecretBinding.
+ * Use `create(SecretBindingSchema)` to create a new message.
+ */
+export declare const SecretBindingSchema: GenMessage<SecretBinding>;
+
+/**
+ * HeaderPlacement puts a secret in a header.
+ *
+ * @generated from message sandpit.policy.v1.HeaderPlacement
+ */
+export declare type HeaderPlacement = Message<"sandpit.policy.v1.HeaderPlacement"> & {
+  /**
+   * The header's name, e.g. Authorization.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The header's value, with {{secret}} once where the secret goes;
+   * empty means "{{secret}}".
+   *
+   * @generated from field: string template = 2;
+   */
+  template: string;
+};
+
+/**
+ * Describes the message sandpit.policy.v1.HeaderPlacement.
+ * Use `create(HeaderPlacementSchema)` to create a new message.
+ */
+export declare const HeaderPlacementSchema: GenMessage<HeaderPlacement>;
+
+/**
+ * BasicPlacement puts a secret in HTTP basic authentication.
+ *
+ * @generated from message sandpit.policy.v1.BasicPlacement
+ */
+export declare type BasicPlacement = Message<"sandpit.policy.v1.BasicPlacement"> & {
+};
+
+/**
+ * Describes the message sandpit.policy.v1.BasicPlacement.
+ * Use `create(BasicPlacementSchema)` to create a new message.
+ */
+export declare const BasicPlacementSchema: GenMessage<BasicPlacement>;
 
 /**
  * HostPolicy holds the rules of one host pattern.
@@ -381,7 +513,8 @@ export declare const DecisionSchema: GenEnum<Decision>;
  * DenialCode says in one fixed word why a request was refused, or would
  * be in audit mode: the refusal body's error.code (the name without its
  * prefix, lowercase: DENIAL_CODE_PATH_NOT_ALLOWED is "path_not_allowed"),
- * so a program can act on it without parsing the reason.
+ * so a program can act on it without parsing the reason. Network events
+ * of DNS queries and refused connections carry one too (see each code).
  *
  * @generated from enum sandpit.policy.v1.DenialCode
  */
@@ -394,7 +527,9 @@ export enum DenialCode {
   UNSPECIFIED = 0,
 
   /**
-   * No entry of the policy names the host, and its default denies.
+   * No entry of the policy names the host, and its default denies. A DNS
+   * query's event: no host entry could allow any request to the name, so
+   * it is not resolved.
    *
    * @generated from enum value: DENIAL_CODE_HOST_NOT_ALLOWED = 1;
    */
@@ -438,7 +573,10 @@ export enum DenialCode {
   /**
    * The request is malformed, not in canonical form, or failed one of the
    * proxy's own checks (host differing from the TLS server name, a size
-   * bound, ...).
+   * bound, ...). A refused connection's event: the proxy refused it before
+   * a request could be read (not HTTP or TLS, TLS without or with an
+   * invalid server name, a failed handshake, a server name refused at the
+   * handshake, too many connections); its reason says which.
    *
    * @generated from enum value: DENIAL_CODE_AMBIGUOUS_REQUEST = 7;
    */
@@ -446,14 +584,16 @@ export enum DenialCode {
 
   /**
    * Over one of the policy's limits: limits.max_requests or
-   * limits.max_request_bytes.
+   * limits.max_request_bytes; a DNS query's event: over the execution's
+   * DNS query budget.
    *
    * @generated from enum value: DENIAL_CODE_BUDGET_EXCEEDED = 8;
    */
   BUDGET_EXCEEDED = 8,
 
   /**
-   * Over a rate: the proxy's per-source request limits.
+   * Over a rate: the proxy's per-source request limits; a refused event
+   * sampling the requests and DNS queries those limits refused.
    *
    * @generated from enum value: DENIAL_CODE_RATE_LIMITED = 9;
    */
@@ -468,8 +608,9 @@ export enum DenialCode {
   DECISION_UNAVAILABLE = 10,
 
   /**
-   * A secret sent where it is not bound (reserved for credential
-   * brokering).
+   * A request carried a secret's placeholder where its binding does not
+   * let it go (another host, a rule it is not bound to, another header,
+   * the query or the path).
    *
    * @generated from enum value: DENIAL_CODE_SECRET_MISUSE = 11;
    */

@@ -8,7 +8,7 @@ import { enumDesc, fileDesc, messageDesc, tsEnum } from "@bufbuild/protobuf/code
  * Describes the file sandpit/policy/v1/policy.proto.
  */
 export const file_sandpit_policy_v1_policy = /*@__PURE__*/
-  fileDesc("Ch5zYW5kcGl0L3BvbGljeS92MS9wb2xpY3kucHJvdG8SEXNhbmRwaXQucG9saWN5LnYxIsEBCgZQb2xpY3kSJQoEbW9kZRgBIAEoDjIXLnNhbmRwaXQucG9saWN5LnYxLk1vZGUSMQoOZGVmYXVsdF9hY3Rpb24YAiABKA4yGS5zYW5kcGl0LnBvbGljeS52MS5BY3Rpb24SLAoFaG9zdHMYAyADKAsyHS5zYW5kcGl0LnBvbGljeS52MS5Ib3N0UG9saWN5Ei8KBmxpbWl0cxgEIAEoCzIfLnNhbmRwaXQucG9saWN5LnYxLlBvbGljeUxpbWl0cyKqAQoKSG9zdFBvbGljeRIMCgRob3N0GAEgASgJEiYKBXJ1bGVzGAIgAygLMhcuc2FuZHBpdC5wb2xpY3kudjEuUnVsZRIxCg5kZWZhdWx0X2FjdGlvbhgDIAEoDjIZLnNhbmRwaXQucG9saWN5LnYxLkFjdGlvbhIPCgdzY2hlbWVzGAQgAygJEg0KBXBvcnRzGAUgAygNEhMKC3Bhc3N0aHJvdWdoGAYgASgIIqoBCgRSdWxlEgoKAmlkGAEgASgJEg8KB21ldGhvZHMYAiADKAkSDAoEcGF0aBgDIAEoCRIpCgZhY3Rpb24YBCABKA4yGS5zYW5kcGl0LnBvbGljeS52MS5BY3Rpb24SDgoGcmVhc29uGAUgASgJEhEKCXdlYnNvY2tldBgGIAEoCBIpCgRyYXRlGAcgASgLMhsuc2FuZHBpdC5wb2xpY3kudjEuUnVsZVJhdGUiLQoIUnVsZVJhdGUSEgoKcGVyX3NlY29uZBgBIAEoDRINCgVidXJzdBgCIAEoDSKmAQoMUG9saWN5TGltaXRzEhQKDG1heF9yZXF1ZXN0cxgBIAEoDRIZChFtYXhfcmVxdWVzdF9ieXRlcxgCIAEoBBIfChdtYXhfdG90YWxfcmVxdWVzdF9ieXRlcxgDIAEoBBIgChhtYXhfdG90YWxfcmVzcG9uc2VfYnl0ZXMYBCABKAQSIgoabWF4X2NvbmN1cnJlbnRfY29ubmVjdGlvbnMYBSABKA0qPgoETW9kZRIUChBNT0RFX1VOU1BFQ0lGSUVEEAASEAoMTU9ERV9FTkZPUkNFEAESDgoKTU9ERV9BVURJVBACKkMKBkFjdGlvbhIWChJBQ1RJT05fVU5TUEVDSUZJRUQQABIQCgxBQ1RJT05fQUxMT1cQARIPCgtBQ1RJT05fREVOWRACKmUKCERlY2lzaW9uEhgKFERFQ0lTSU9OX1VOU1BFQ0lGSUVEEAASEgoOREVDSVNJT05fQUxMT1cQARIRCg1ERUNJU0lPTl9ERU5ZEAISGAoUREVDSVNJT05fV09VTERfQkxPQ0sQAyq8AwoKRGVuaWFsQ29kZRIbChdERU5JQUxfQ09ERV9VTlNQRUNJRklFRBAAEiAKHERFTklBTF9DT0RFX0hPU1RfTk9UX0FMTE9XRUQQARIiCh5ERU5JQUxfQ09ERV9NRVRIT0RfTk9UX0FMTE9XRUQQAhIgChxERU5JQUxfQ09ERV9QQVRIX05PVF9BTExPV0VEEAMSIAocREVOSUFMX0NPREVfUE9SVF9OT1RfQUxMT1dFRBAEEiUKIURFTklBTF9DT0RFX1dFQlNPQ0tFVF9OT1RfQUxMT1dFRBAFEhsKF0RFTklBTF9DT0RFX1JVTEVfREVOSUVEEAYSIQodREVOSUFMX0NPREVfQU1CSUdVT1VTX1JFUVVFU1QQBxIfChtERU5JQUxfQ09ERV9CVURHRVRfRVhDRUVERUQQCBIcChhERU5JQUxfQ09ERV9SQVRFX0xJTUlURUQQCRIkCiBERU5JQUxfQ09ERV9ERUNJU0lPTl9VTkFWQUlMQUJMRRAKEh0KGURFTklBTF9DT0RFX1NFQ1JFVF9NSVNVU0UQCxIcChhERU5JQUxfQ09ERV9UT0tFTl9ERU5JRUQQDEJCWkBnaXRodWIuY29tL3NhbmRwaXQtcnVuL3NhbmRwaXQvZ2VuL2dvL3NhbmRwaXQvcG9saWN5L3YxO3BvbGljeXYxYgZwcm90bzM");
+  fileDesc("Ch5zYW5kcGl0L3BvbGljeS92MS9wb2xpY3kucHJvdG8SEXNhbmRwaXQucG9saWN5LnYxIvQBCgZQb2xpY3kSJQoEbW9kZRgBIAEoDjIXLnNhbmRwaXQucG9saWN5LnYxLk1vZGUSMQoOZGVmYXVsdF9hY3Rpb24YAiABKA4yGS5zYW5kcGl0LnBvbGljeS52MS5BY3Rpb24SLAoFaG9zdHMYAyADKAsyHS5zYW5kcGl0LnBvbGljeS52MS5Ib3N0UG9saWN5Ei8KBmxpbWl0cxgEIAEoCzIfLnNhbmRwaXQucG9saWN5LnYxLlBvbGljeUxpbWl0cxIxCgdzZWNyZXRzGAUgAygLMiAuc2FuZHBpdC5wb2xpY3kudjEuU2VjcmV0QmluZGluZyLhAQoNU2VjcmV0QmluZGluZxIOCgZzZWNyZXQYASABKAkSGgoScGxhY2Vob2xkZXJfcHJlZml4GAIgASgJEg0KBWhvc3RzGAMgAygJEg0KBXJ1bGVzGAQgAygJEjQKBmhlYWRlchgFIAEoCzIiLnNhbmRwaXQucG9saWN5LnYxLkhlYWRlclBsYWNlbWVudEgAEjIKBWJhc2ljGAYgASgLMiEuc2FuZHBpdC5wb2xpY3kudjEuQmFzaWNQbGFjZW1lbnRIABIPCgVxdWVyeRgHIAEoCUgAQgsKCXBsYWNlbWVudCIxCg9IZWFkZXJQbGFjZW1lbnQSDAoEbmFtZRgBIAEoCRIQCgh0ZW1wbGF0ZRgCIAEoCSIQCg5CYXNpY1BsYWNlbWVudCKqAQoKSG9zdFBvbGljeRIMCgRob3N0GAEgASgJEiYKBXJ1bGVzGAIgAygLMhcuc2FuZHBpdC5wb2xpY3kudjEuUnVsZRIxCg5kZWZhdWx0X2FjdGlvbhgDIAEoDjIZLnNhbmRwaXQucG9saWN5LnYxLkFjdGlvbhIPCgdzY2hlbWVzGAQgAygJEg0KBXBvcnRzGAUgAygNEhMKC3Bhc3N0aHJvdWdoGAYgASgIIqoBCgRSdWxlEgoKAmlkGAEgASgJEg8KB21ldGhvZHMYAiADKAkSDAoEcGF0aBgDIAEoCRIpCgZhY3Rpb24YBCABKA4yGS5zYW5kcGl0LnBvbGljeS52MS5BY3Rpb24SDgoGcmVhc29uGAUgASgJEhEKCXdlYnNvY2tldBgGIAEoCBIpCgRyYXRlGAcgASgLMhsuc2FuZHBpdC5wb2xpY3kudjEuUnVsZVJhdGUiLQoIUnVsZVJhdGUSEgoKcGVyX3NlY29uZBgBIAEoDRINCgVidXJzdBgCIAEoDSKmAQoMUG9saWN5TGltaXRzEhQKDG1heF9yZXF1ZXN0cxgBIAEoDRIZChFtYXhfcmVxdWVzdF9ieXRlcxgCIAEoBBIfChdtYXhfdG90YWxfcmVxdWVzdF9ieXRlcxgDIAEoBBIgChhtYXhfdG90YWxfcmVzcG9uc2VfYnl0ZXMYBCABKAQSIgoabWF4X2NvbmN1cnJlbnRfY29ubmVjdGlvbnMYBSABKA0qPgoETW9kZRIUChBNT0RFX1VOU1BFQ0lGSUVEEAASEAoMTU9ERV9FTkZPUkNFEAESDgoKTU9ERV9BVURJVBACKkMKBkFjdGlvbhIWChJBQ1RJT05fVU5TUEVDSUZJRUQQABIQCgxBQ1RJT05fQUxMT1cQARIPCgtBQ1RJT05fREVOWRACKmUKCERlY2lzaW9uEhgKFERFQ0lTSU9OX1VOU1BFQ0lGSUVEEAASEgoOREVDSVNJT05fQUxMT1cQARIRCg1ERUNJU0lPTl9ERU5ZEAISGAoUREVDSVNJT05fV09VTERfQkxPQ0sQAyq8AwoKRGVuaWFsQ29kZRIbChdERU5JQUxfQ09ERV9VTlNQRUNJRklFRBAAEiAKHERFTklBTF9DT0RFX0hPU1RfTk9UX0FMTE9XRUQQARIiCh5ERU5JQUxfQ09ERV9NRVRIT0RfTk9UX0FMTE9XRUQQAhIgChxERU5JQUxfQ09ERV9QQVRIX05PVF9BTExPV0VEEAMSIAocREVOSUFMX0NPREVfUE9SVF9OT1RfQUxMT1dFRBAEEiUKIURFTklBTF9DT0RFX1dFQlNPQ0tFVF9OT1RfQUxMT1dFRBAFEhsKF0RFTklBTF9DT0RFX1JVTEVfREVOSUVEEAYSIQodREVOSUFMX0NPREVfQU1CSUdVT1VTX1JFUVVFU1QQBxIfChtERU5JQUxfQ09ERV9CVURHRVRfRVhDRUVERUQQCBIcChhERU5JQUxfQ09ERV9SQVRFX0xJTUlURUQQCRIkCiBERU5JQUxfQ09ERV9ERUNJU0lPTl9VTkFWQUlMQUJMRRAKEh0KGURFTklBTF9DT0RFX1NFQ1JFVF9NSVNVU0UQCxIcChhERU5JQUxfQ09ERV9UT0tFTl9ERU5JRUQQDEJCWkBnaXRodWIuY29tL3NhbmRwaXQtcnVuL3NhbmRwaXQvZ2VuL2dvL3NhbmRwaXQvcG9saWN5L3YxO3BvbGljeXYxYgZwcm90bzM");
 
 /**
  * Describes the message sandpit.policy.v1.Policy.
@@ -18,32 +18,53 @@ export const PolicySchema = /*@__PURE__*/
   messageDesc(file_sandpit_policy_v1_policy, 0);
 
 /**
+ * Describes the message sandpit.policy.v1.SecretBinding.
+ * Use `create(SecretBindingSchema)` to create a new message.
+ */
+export const SecretBindingSchema = /*@__PURE__*/
+  messageDesc(file_sandpit_policy_v1_policy, 1);
+
+/**
+ * Describes the message sandpit.policy.v1.HeaderPlacement.
+ * Use `create(HeaderPlacementSchema)` to create a new message.
+ */
+export const HeaderPlacementSchema = /*@__PURE__*/
+  messageDesc(file_sandpit_policy_v1_policy, 2);
+
+/**
+ * Describes the message sandpit.policy.v1.BasicPlacement.
+ * Use `create(BasicPlacementSchema)` to create a new message.
+ */
+export const BasicPlacementSchema = /*@__PURE__*/
+  messageDesc(file_sandpit_policy_v1_policy, 3);
+
+/**
  * Describes the message sandpit.policy.v1.HostPolicy.
  * Use `create(HostPolicySchema)` to create a new message.
  */
 export const HostPolicySchema = /*@__PURE__*/
-  messageDesc(file_sandpit_policy_v1_policy, 1);
+  messageDesc(file_sandpit_policy_v1_policy, 4);
 
 /**
  * Describes the message sandpit.policy.v1.Rule.
  * Use `create(RuleSchema)` to create a new message.
  */
 export const RuleSchema = /*@__PURE__*/
-  messageDesc(file_sandpit_policy_v1_policy, 2);
+  messageDesc(file_sandpit_policy_v1_policy, 5);
 
 /**
  * Describes the message sandpit.policy.v1.RuleRate.
  * Use `create(RuleRateSchema)` to create a new message.
  */
 export const RuleRateSchema = /*@__PURE__*/
-  messageDesc(file_sandpit_policy_v1_policy, 3);
+  messageDesc(file_sandpit_policy_v1_policy, 6);
 
 /**
  * Describes the message sandpit.policy.v1.PolicyLimits.
  * Use `create(PolicyLimitsSchema)` to create a new message.
  */
 export const PolicyLimitsSchema = /*@__PURE__*/
-  messageDesc(file_sandpit_policy_v1_policy, 4);
+  messageDesc(file_sandpit_policy_v1_policy, 7);
 
 /**
  * Describes the enum sandpit.policy.v1.Mode.
@@ -97,7 +118,8 @@ export const DenialCodeSchema = /*@__PURE__*/
  * DenialCode says in one fixed word why a request was refused, or would
  * be in audit mode: the refusal body's error.code (the name without its
  * prefix, lowercase: DENIAL_CODE_PATH_NOT_ALLOWED is "path_not_allowed"),
- * so a program can act on it without parsing the reason.
+ * so a program can act on it without parsing the reason. Network events
+ * of DNS queries and refused connections carry one too (see each code).
  *
  * @generated from enum sandpit.policy.v1.DenialCode
  */

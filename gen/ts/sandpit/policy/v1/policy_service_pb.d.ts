@@ -174,6 +174,19 @@ export declare type Verdict = Message<"sandpit.policy.v1.Verdict"> & {
    * @generated from field: sandpit.policy.v1.DenialCode denial_code = 5;
    */
   denialCode: DenialCode;
+
+  /**
+   * For an https request: the proxy would splice its connection to the
+   * upstream without interception (a hosts[].passthrough entry of every
+   * policy in force that allows the host covers it; a narrower policy
+   * that names the host without passthrough makes it intercepted). Then
+   * rule_id is that entry's (hosts[N].passthrough), the method and path
+   * are not seen by the proxy, and the connection counts as one request
+   * (CONNECT https://host:port) in the execution's log and budgets.
+   *
+   * @generated from field: bool passthrough = 6;
+   */
+  passthrough: boolean;
 };
 
 /**
