@@ -28,33 +28,53 @@ var files embed.FS
 type Variant struct {
 	// Name is what --variant selects.
 	Name string
-	// Ref is the image reference the variant is imported under.
-	Ref string
+	// Profile is the image's name: it is imported as
+	// sandpit.local/PROFILE:MAJOR.
+	Profile string
 	// Title is the org.opencontainers.image.title label.
 	Title string
 	// Packages are the top-level npm packages and their pinned versions,
 	// as in package.json (the tests check the installed versions).
 	Packages map[string]string
 	// PackageJSON and PackageLock are the embedded package.json and
-	// package-lock.json.
+	// package-lock.json; nil for a variant without npm packages.
 	PackageJSON, PackageLock []byte
+	// Shell adds a shell (busybox): the debug variant, for operators.
+	Shell bool
 }
 
 var all = map[string]*Variant{
+	"debug": {
+		Name:    "debug",
+		Profile: "node-debug",
+		Title:   "sandpit-node-debug",
+		Shell:   true,
+	},
 	"sdk": {
-		Name:  "sdk",
-		Ref:   "sandpit.local/node-sdk:24",
-		Title: "sandpit-node-sdk",
+		Name:    "sdk",
+		Profile: "node-sdk",
+		Title:   "sandpit-node-sdk",
 		Packages: map[string]string{
-			"axios":  "1.21.1",
-			"openai": "7.59.0",
-			"stripe": "23.1.0",
+			"@anthropic-ai/sdk":  "1.15.0",
+			"@aws-sdk/client-s3": "3.1175.0",
+			"axios":              "1.21.1",
+			"dayjs":              "1.11.23",
+			"lodash":             "4.18.1",
+			"moment":             "2.31.0",
+			"node-fetch":         "3.3.2",
+			"openai":             "7.59.0",
+			"stripe":             "23.1.0",
+			"uuid":               "14.0.3",
+			"zod":                "4.6.7",
 		},
 	},
 }
 
 func init() {
 	for name, v := range all {
+		if v.Shell {
+			continue
+		}
 		var err error
 		if v.PackageJSON, err = files.ReadFile(name + "/package.json"); err != nil {
 			panic(err)

@@ -22,6 +22,7 @@ import (
 
 	"github.com/sandpit-run/sandpit/deploy/image/internal/build"
 	"github.com/sandpit-run/sandpit/deploy/image/internal/inputs"
+	"github.com/sandpit-run/sandpit/deploy/image/internal/pins"
 	"github.com/sandpit-run/sandpit/deploy/image/variants"
 )
 
@@ -47,8 +48,9 @@ func run() error {
 	}
 	out := flag.String("out", "", "OCI layout tar to write (default build/sandpit-node.tar, or build/sandpit-node-VARIANT.tar)")
 	cache := flag.String("cache", defaultCache, "directory for downloaded inputs (reused when checksums match)")
-	name := flag.String("name", "", "image name recorded for containerd import (default "+build.DefaultName+", or the variant's name)")
+	name := flag.String("name", "", "image name recorded for containerd import (default "+build.NameFor("PROFILE", "MAJOR")+": node, or the variant's profile, and --node)")
 	variant := flag.String("variant", "", "build a test variant: "+strings.Join(variants.Names(), ", ")+" (default none: the node-only image)")
+	nodeMajor := flag.String("node", pins.DefaultNodeMajor, "Node.js release line: "+strings.Join(pins.NodeMajors(), ", "))
 	epoch := flag.Int64("source-date-epoch", defaultEpoch, "creation time and file mtime, in Unix seconds (default $SOURCE_DATE_EPOCH or 0)")
 	verbose := flag.Bool("v", false, "log progress to stderr")
 	flag.Parse()
@@ -66,6 +68,9 @@ func run() error {
 		if *variant != "" {
 			*out = "build/sandpit-node-" + *variant + ".tar"
 		}
+		if *nodeMajor != pins.DefaultNodeMajor {
+			*out = strings.TrimSuffix(*out, ".tar") + "-" + *nodeMajor + ".tar"
+		}
 	}
 
 	level := slog.LevelWarn
@@ -77,12 +82,13 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	digest, err := build.Run(ctx, build.Options{
-		Out:      *out,
-		CacheDir: *cache,
-		Name:     *name,
-		Variant:  *variant,
-		Created:  time.Unix(*epoch, 0).UTC(),
-		Log:      log,
+		Out:       *out,
+		CacheDir:  *cache,
+		Name:      *name,
+		Variant:   *variant,
+		NodeMajor: *nodeMajor,
+		Created:   time.Unix(*epoch, 0).UTC(),
+		Log:       log,
 	})
 	if err != nil {
 		return err

@@ -24,7 +24,14 @@ import (
 )
 
 // DefaultName is the reference the executor expects the default image under.
-const DefaultName = "sandpit.local/node:24"
+const DefaultName = Repository + "/node:" + pins.DefaultNodeMajor
+
+// Repository is where the images sandpit builds are named: PROFILE:MAJOR
+// under it (sandpit.local/node-sdk:22).
+const Repository = "sandpit.local"
+
+// NameFor is the reference of profile built for Node.js release line major.
+func NameFor(profile, major string) string { return Repository + "/" + profile + ":" + major }
 
 // Options of one build.
 type Options struct {
@@ -38,6 +45,9 @@ type Options struct {
 	// Variant, if set, names a test variant (package variants): the
 	// default image plus a layer of preinstalled npm packages.
 	Variant string
+	// NodeMajor is the Node.js release line (pins.Nodes); empty is
+	// pins.DefaultNodeMajor.
+	NodeMajor string
 	// Created is the image creation time and every file's mtime. Keep it
 	// fixed (SOURCE_DATE_EPOCH) for reproducible output.
 	Created time.Time
@@ -46,11 +56,11 @@ type Options struct {
 
 // Labels returns the image labels: the pinned versions, so `ctr images
 // info` or an executor can tell what a digest contains.
-func Labels() map[string]string {
+func Labels(node pins.Node) map[string]string {
 	l := map[string]string{
 		"org.opencontainers.image.title":   "sandpit-node",
-		"org.opencontainers.image.version": pins.NodeVersion,
-		"run.sandpit.node.version":         pins.NodeVersion,
+		"org.opencontainers.image.version": node.Version,
+		"run.sandpit.node.version":         node.Version,
 	}
 	for _, d := range pins.Debs {
 		l["run.sandpit.debian."+d.Name] = d.Version
@@ -66,7 +76,7 @@ func Image(ctx context.Context, in *inputs.Set, workDir string, created time.Tim
 	if err != nil {
 		return nil, fmt.Errorf("assemble rootfs: %w", err)
 	}
-	img, err := image.Base(fs, workDir, created, Labels())
+	img, err := image.Base(fs, workDir, created, Labels(in.Node))
 	if err != nil {
 		return nil, fmt.Errorf("build image: %w", err)
 	}
@@ -137,17 +147,25 @@ func Run(ctx context.Context, opts Options) (v1.Hash, error) {
 			return v1.Hash{}, err
 		}
 	}
+	major := opts.NodeMajor
+	if major == "" {
+		major = pins.DefaultNodeMajor
+	}
+	node, ok := pins.NodeByMajor(major)
+	if !ok {
+		return v1.Hash{}, fmt.Errorf("no pinned Node.js %s (have %v)", major, pins.NodeMajors())
+	}
 	ref := opts.Name
 	if ref == "" {
-		ref = DefaultName
+		ref = NameFor("node", major)
 		if variant != nil {
-			ref = variant.Ref
+			ref = NameFor(variant.Profile, major)
 		}
 	}
 	if _, err := Annotations(ref); err != nil {
 		return v1.Hash{}, err
 	}
-	f := &inputs.Fetcher{Dir: opts.CacheDir, Log: log}
+	f := &inputs.Fetcher{Dir: opts.CacheDir, Node: node, Log: log}
 	in, err := f.Fetch(ctx)
 	if err != nil {
 		return v1.Hash{}, fmt.Errorf("fetch inputs: %w", err)
@@ -157,12 +175,16 @@ func Run(ctx context.Context, opts Options) (v1.Hash, error) {
 		return v1.Hash{}, fmt.Errorf("create work dir: %w", err)
 	}
 	defer os.RemoveAll(work)
-	log.Info("building image", "node", pins.NodeVersion)
+	log.Info("building image", "node", node.Version)
 	img, err := Image(ctx, in, work, opts.Created)
 	if err != nil {
 		return v1.Hash{}, err
 	}
-	if variant != nil {
+	if variant != nil && variant.Shell {
+		if img, err = DebugImage(ctx, img, variant, f, work, opts.Created); err != nil {
+			return v1.Hash{}, err
+		}
+	} else if variant != nil {
 		modules, err := InstallVariant(ctx, variant, opts.CacheDir, log)
 		if err != nil {
 			return v1.Hash{}, err

@@ -135,10 +135,13 @@ func cleanModules(dir string) error {
 	})
 }
 
-// VariantLabels returns the labels of variant v: the base labels, its title,
+// VariantLabels returns the labels of variant v: base's labels, its title,
 // its name and the version of each top-level npm package.
-func VariantLabels(v *variants.Variant) map[string]string {
-	l := Labels()
+func VariantLabels(v *variants.Variant, base map[string]string) map[string]string {
+	l := maps.Clone(base)
+	if l == nil {
+		l = map[string]string{}
+	}
 	l["org.opencontainers.image.title"] = v.Title
 	l["run.sandpit.variant"] = v.Name
 	for name, version := range v.Packages {
@@ -165,7 +168,7 @@ func VariantImage(base v1.Image, v *variants.Variant, modules, workDir string, c
 		return nil, fmt.Errorf("variant %s: read config: %w", v.Name, err)
 	}
 	cfg := cf.Config.DeepCopy()
-	cfg.Labels = VariantLabels(v)
+	cfg.Labels = VariantLabels(v, cfg.Labels)
 	img, err = mutate.Config(img, *cfg)
 	if err != nil {
 		return nil, fmt.Errorf("variant %s: set labels: %w", v.Name, err)

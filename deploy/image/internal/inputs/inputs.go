@@ -31,6 +31,8 @@ import (
 
 // Set is the verified inputs of one build: paths to files in the cache.
 type Set struct {
+	// Node is the release NodeTarball holds.
+	Node pins.Node
 	// NodeTarball is the npm tarball of pins.NodePackage.
 	NodeTarball string
 	// Debs maps a Debian package name to its verified .deb file.
@@ -41,7 +43,10 @@ type Set struct {
 // still match their pins.
 type Fetcher struct {
 	Dir string
-	Log *slog.Logger
+	// Node is the Node.js release to fetch; the zero Node is the default
+	// line's.
+	Node pins.Node
+	Log  *slog.Logger
 }
 
 // DefaultCacheDir is $XDG_CACHE_HOME/sandpit/image, or ~/.cache/sandpit/image.
@@ -62,11 +67,15 @@ func (f *Fetcher) Fetch(ctx context.Context) (*Set, error) {
 	if err := os.MkdirAll(f.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create cache dir: %w", err)
 	}
-	node, err := f.node(ctx)
+	pin := f.Node
+	if pin.Version == "" {
+		pin, _ = pins.NodeByMajor(pins.DefaultNodeMajor)
+	}
+	node, err := f.node(ctx, pin)
 	if err != nil {
 		return nil, err
 	}
-	set := &Set{NodeTarball: node, Debs: map[string]string{}}
+	set := &Set{Node: pin, NodeTarball: node, Debs: map[string]string{}}
 	for _, d := range pins.Debs {
 		p, err := f.deb(ctx, d)
 		if err != nil {
@@ -84,31 +93,40 @@ func (f *Fetcher) logger() *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-func (f *Fetcher) node(ctx context.Context) (string, error) {
-	name := fmt.Sprintf("%s-%s.tgz", pins.NodePackage, pins.NodeVersion)
+func (f *Fetcher) node(ctx context.Context, pin pins.Node) (string, error) {
+	name := fmt.Sprintf("%s-%s.tgz", pins.NodePackage, pin.Version)
 	dst := filepath.Join(f.Dir, name)
 	verify := func(p string) error {
-		if err := VerifySHA256(p, pins.NodeSHA256); err != nil {
+		if err := VerifySHA256(p, pin.SHA256); err != nil {
 			return err
 		}
-		return VerifyIntegrity(p, pins.NodeIntegrity)
+		return VerifyIntegrity(p, pin.Integrity)
 	}
 	if cached(dst, verify, f.logger()) {
 		return dst, nil
 	}
-	f.logger().Info("fetching", "package", pins.NodePackage, "version", pins.NodeVersion)
+	f.logger().Info("fetching", "package", pins.NodePackage, "version", pin.Version)
 	tmp, err := os.MkdirTemp(f.Dir, ".fetch-node-")
 	if err != nil {
 		return "", fmt.Errorf("create temp dir: %w", err)
 	}
 	defer os.RemoveAll(tmp)
-	spec := pins.NodePackage + "@" + pins.NodeVersion
+	spec := pins.NodePackage + "@" + pin.Version
 	// --ignore-scripts: packing a registry spec runs no scripts today, but
 	// nothing from the package should ever run on the build machine.
 	if err := run(ctx, tmp, "npm", "pack", "--ignore-scripts", "--pack-destination", tmp, spec); err != nil {
 		return "", fmt.Errorf("npm pack %s: %w", spec, err)
 	}
 	return dst, install(filepath.Join(tmp, name), dst, verify)
+}
+
+// FetchDeb makes sure the pinned package d is in the cache, verified, and
+// returns its path: for a package only some images take.
+func (f *Fetcher) FetchDeb(ctx context.Context, d pins.Deb) (string, error) {
+	if err := os.MkdirAll(f.Dir, 0o755); err != nil {
+		return "", fmt.Errorf("create cache dir: %w", err)
+	}
+	return f.deb(ctx, d)
 }
 
 func (f *Fetcher) deb(ctx context.Context, d pins.Deb) (string, error) {

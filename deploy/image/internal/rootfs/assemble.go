@@ -228,6 +228,20 @@ func readDeb(ctx context.Context, deb string, keep func(string) bool) (map[strin
 	return got, readErr
 }
 
+// DebFile returns the regular file at p (in the merged-/usr layout, no
+// leading slash) of the .deb at deb.
+func DebFile(ctx context.Context, deb, p string) ([]byte, error) {
+	got, err := readDeb(ctx, deb, func(q string) bool { return q == p })
+	if err != nil {
+		return nil, err
+	}
+	e, ok := got[p]
+	if !ok || e.typ != tar.TypeReg {
+		return nil, fmt.Errorf("%s is not a file of %s", p, filepath.Base(deb))
+	}
+	return e.data, nil
+}
+
 // usrMerge maps a path as a bookworm .deb ships it (/lib/...) to where it
 // lives on a merged-/usr system (/usr/lib/...).
 func usrMerge(p string) string {

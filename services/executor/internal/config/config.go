@@ -102,6 +102,10 @@ type Config struct {
 	SecretsReload time.Duration
 }
 
+// DefaultImageAllowlist allows sandpit's node and node-sdk profiles, each
+// Node.js major; not node-debug.
+const DefaultImageAllowlist = "sandpit.local/node:*,sandpit.local/node-sdk:*"
+
 // Defaults of the sandboxes' init and user namespaces: tini where the image
 // puts it, and 1024 ranges of 65536 host ids from 2^31 (far above any
 // host's users and the usual /etc/subuid ranges, which start at 100000).
@@ -148,7 +152,7 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	fs.Var(uint32Value{&c.UserNSBase}, "userns-base", "first host uid and gid of the sandboxes' user namespaces (a multiple of 65536); keep the ranges clear of the host's users and of /etc/subuid")
 	fs.Var(uint32Value{&c.UserNSCount}, "userns-count", "ranges of 65536 host ids from --userns-base, one per running sandbox; at least --max-concurrent")
 	fs.StringVar(&c.Image, "image", "sandpit.local/node:24", "default sandbox image")
-	allow := fs.String("image-allowlist", "", "comma-separated images a request may name besides the default; a trailing * matches a prefix")
+	allow := fs.String("image-allowlist", DefaultImageAllowlist, "comma-separated images a request may name besides the default; a trailing * matches a prefix. A request names sandpit's images by profile (node, node-sdk, node-sdk:22 for sandpit.local/node-sdk:22); node-debug, which has a shell, is allowed only when listed here")
 	fs.StringVar(&c.NodePath, "node-path", "/usr/local/bin/node", "node binary inside the image")
 	fs.BoolVar(&c.Egress, "egress", false, "give sandboxes egress through the egress proxy on this host (which connects to --decision-listen); without it sandboxes have loopback only")
 	c.MaxNetworkLogBytes = decision.DefaultMaxNetworkLogBytes

@@ -165,10 +165,7 @@ func (s *Service) validate(req *executorv1.ExecuteRequest) (program, []limits.Vi
 
 	// Whether the image may be used is a permission, not a shape: admit
 	// checks it, after the request is known to be well formed.
-	p.image = req.GetImage()
-	if p.image == "" {
-		p.image = s.cfg.DefaultImage
-	}
+	p.image = s.imageRef(req.GetImage())
 	slices.SortFunc(vs, func(a, b limits.Violation) int { return strings.Compare(a.Field, b.Field) })
 	return p, vs
 }
@@ -218,6 +215,42 @@ func checkPath(p string) string {
 
 // imageAllowed matches ref against the allowlist; an entry ending in * is a
 // prefix.
+// ProfileRepository is where the images deploy/image builds are named:
+// PROFILE:MAJOR under it (sandpit.local/node-sdk:22).
+const ProfileRepository = "sandpit.local"
+
+// profileName is how a request names an image by profile: node, node-sdk,
+// node-sdk:22.
+var profileName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}(:[0-9]{1,3})?$`)
+
+// imageRef is the reference a request's image names: the default for none;
+// a profile, with the Node.js major of the default image unless it says
+// one, under ProfileRepository; anything else as it is.
+func (s *Service) imageRef(name string) string {
+	if name == "" {
+		return s.cfg.DefaultImage
+	}
+	if !profileName.MatchString(name) {
+		return name
+	}
+	profile, major, ok := strings.Cut(name, ":")
+	if !ok {
+		major = defaultMajor(s.cfg.DefaultImage)
+	}
+	return ProfileRepository + "/" + profile + ":" + major
+}
+
+// defaultMajor is the Node.js major of the default image when it is a
+// profile's (sandpit.local/node:24), else 24.
+func defaultMajor(def string) string {
+	if rest, ok := strings.CutPrefix(def, ProfileRepository+"/"); ok {
+		if _, major, ok := strings.Cut(rest, ":"); ok && major != "" {
+			return major
+		}
+	}
+	return "24"
+}
+
 func (s *Service) imageAllowed(ref string) bool {
 	for _, a := range s.cfg.ImageAllowlist {
 		if a == ref || (strings.HasSuffix(a, "*") && strings.HasPrefix(ref, strings.TrimSuffix(a, "*"))) {

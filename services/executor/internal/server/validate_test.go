@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
+	"github.com/sandpit-run/sandpit/services/executor/internal/config"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
 )
 
@@ -51,6 +52,39 @@ func TestImageAllowlist(t *testing.T) {
 		if got := s.imageAllowed(ref); got != want {
 			t.Errorf("imageAllowed(%q) = %v, want %v", ref, got, want)
 		}
+	}
+}
+
+// TestImageByProfile: a request names sandpit's images by profile, with
+// the default image's Node.js major unless it names one; the default
+// allowlist takes node and node-sdk of every major, never node-debug.
+func TestImageByProfile(t *testing.T) {
+	s := &Service{cfg: Config{DefaultImage: "sandpit.local/node:24", ImageAllowlist: strings.Split(config.DefaultImageAllowlist, ",")}}
+	tests := []struct {
+		name, ref string
+		allowed   bool
+	}{
+		{"", "sandpit.local/node:24", true},
+		{"node", "sandpit.local/node:24", true},
+		{"node-sdk", "sandpit.local/node-sdk:24", true},
+		{"node-sdk:22", "sandpit.local/node-sdk:22", true},
+		{"node:22", "sandpit.local/node:22", true},
+		{"node-debug", "sandpit.local/node-debug:24", false},
+		{"node-debug:22", "sandpit.local/node-debug:22", false},
+		{"acme-tools", "sandpit.local/acme-tools:24", false},
+		{"ghcr.io/acme/node:1", "ghcr.io/acme/node:1", false},
+		{"sandpit.local/node-sdk:22", "sandpit.local/node-sdk:22", true},
+		{"Node", "Node", false},
+	}
+	for _, tt := range tests {
+		ref := s.imageRef(tt.name)
+		if ref != tt.ref || s.imageAllowed(ref) != tt.allowed {
+			t.Errorf("image %q: %q allowed %v, want %q allowed %v", tt.name, ref, s.imageAllowed(ref), tt.ref, tt.allowed)
+		}
+	}
+	s.cfg.DefaultImage = "sandpit.local/node:22"
+	if got := s.imageRef("node-sdk"); got != "sandpit.local/node-sdk:22" {
+		t.Errorf("with node:22 the default, node-sdk is %q", got)
 	}
 }
 
