@@ -13,6 +13,8 @@ BUILD := $(CURDIR)/build
 IMAGE_TAR := $(BUILD)/sandpit-node.tar
 IMAGE_REF := sandpit.local/node:24
 IMAGE_SDK_TAR := $(BUILD)/sandpit-node-sdk.tar
+IMAGE_22_TAR := $(BUILD)/sandpit-node-22.tar
+IMAGE_DEBUG_TAR := $(BUILD)/sandpit-node-debug.tar
 IMAGE_DEPS := $(shell find deploy/image -name '*.go' -o -name 'go.*' -o -name '*.json')
 RUNC_INSTALL := /usr/local/lib/sandpit/runc
 CONTAINERD_SOCK ?= /run/containerd/containerd.sock
@@ -56,7 +58,16 @@ $(IMAGE_SDK_TAR): $(IMAGE_DEPS)
 	go run ./deploy/image/cmd/sandpit-image --variant sdk --out $(IMAGE_SDK_TAR)
 
 .PHONY: image-sdk
-image-sdk: $(IMAGE_SDK_TAR) ## build the test variant of the image with stripe, axios and openai at /node_modules
+image-sdk: $(IMAGE_SDK_TAR) ## build node-sdk (Node 24): the node image plus the SDKs people call at /node_modules
+
+$(IMAGE_22_TAR): $(IMAGE_DEPS)
+	go run ./deploy/image/cmd/sandpit-image --node 22 --out $(IMAGE_22_TAR)
+
+$(IMAGE_DEBUG_TAR): $(IMAGE_DEPS)
+	go run ./deploy/image/cmd/sandpit-image --variant debug --out $(IMAGE_DEBUG_TAR)
+
+.PHONY: images
+images: $(IMAGE_TAR) $(IMAGE_SDK_TAR) $(IMAGE_22_TAR) $(IMAGE_DEBUG_TAR) ## build node and node-sdk for Node 24, node for Node 22 and node-debug (the tests use all four)
 
 $(BIN)/stripe-mock: tools/stripemock/go.mod tools/stripemock/go.sum
 	cd tools/stripemock && GOWORK=off GOBIN=$(BIN) go install tool
@@ -87,7 +98,8 @@ lint: tools ## buf lint, buf format check, gofmt and go vet over every module
 	for m in $(MODULES); do (cd $$m && go vet $(INTEGRATION) ./...); done
 
 TEST_ENV = PYTHONDONTWRITEBYTECODE=1 SANDPIT_RUNC=$(BIN)/runc SANDPIT_IMAGE_TAR=$(IMAGE_TAR) SANDPIT_SDK_IMAGE_TAR=$(IMAGE_SDK_TAR) \
-	SANDPIT_GRPCURL=$(BIN)/grpcurl SANDPIT_STRIPE_MOCK=$(BIN)/stripe-mock SANDPIT_CHECK=$(BIN)/sandpit-check
+	SANDPIT_GRPCURL=$(BIN)/grpcurl SANDPIT_STRIPE_MOCK=$(BIN)/stripe-mock SANDPIT_CHECK=$(BIN)/sandpit-check \
+	SANDPIT_IMAGE22_TAR=$(IMAGE_22_TAR) SANDPIT_DEBUG_IMAGE_TAR=$(IMAGE_DEBUG_TAR)
 
 # Tests that need root, containerd, nftables, namespaces or a registry carry
 # the integration build tag; the rest are unit tests.
@@ -104,7 +116,7 @@ test-deps: deps
 	hack/install-deps.sh postgresql
 
 .PHONY: test
-test: test-deps tools runc image image-sdk stripe-mock check-cli checkgenerate lint examples unit ## run every test: unit (with -race), and integration against real containerd, runc, nftables and the image
+test: test-deps tools runc images stripe-mock check-cli checkgenerate lint examples unit ## run every test: unit (with -race), and integration against real containerd, runc, nftables and the image
 	for m in $(MODULES); do (cd $$m && $(TEST_ENV) go test $(GOTEST_FLAGS) $(INTEGRATION) ./...); done
 	$(RUNSC_TEST)
 
@@ -154,18 +166,18 @@ RUNSC_RUN := ^($(subst $(empty) $(empty),|,$(strip $(RUNSC_TESTS))))$$
 RUNSC_TEST = cd test && SANDPIT_RUNTIME=runsc $(TEST_ENV) go test $(GOTEST_FLAGS) -run '$(RUNSC_RUN)' ./e2e/
 
 .PHONY: test-runsc
-test-runsc: deps tools runc image image-sdk stripe-mock ## the hardening, limits and egress end-to-end tests with every sandbox under gVisor's runsc
+test-runsc: deps tools runc images stripe-mock ## the hardening, limits and egress end-to-end tests with every sandbox under gVisor's runsc
 	$(RUNSC_TEST)
 
 $(BIN)/containerd2/containerd: tools/containerd2/go.mod tools/containerd2/go.sum
 	cd tools/containerd2 && GOWORK=off go build -o $(BIN)/containerd2/ github.com/containerd/containerd/v2/cmd/containerd github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
 
 .PHONY: test-containerd2
-test-containerd2: deps tools runc image image-sdk stripe-mock check-cli $(BIN)/containerd2/containerd ## run the integration tests against containerd 2.x (pinned in tools/containerd2) instead of Debian's 1.6
+test-containerd2: deps tools runc images stripe-mock check-cli $(BIN)/containerd2/containerd ## run the integration tests against containerd 2.x (pinned in tools/containerd2) instead of Debian's 1.6
 	cd test && PATH=$(BIN)/containerd2:$$PATH SANDPIT_CONTAINERD=$(BIN)/containerd2/containerd $(TEST_ENV) go test $(GOTEST_FLAGS) ./e2e/
 
 .PHONY: bench
-bench: deps tools runc image image-sdk stripe-mock ## hello-world Execute latency vs bare node; proxy latency and throughput vs direct; what brokering a secret adds to a request
+bench: deps tools runc images stripe-mock ## hello-world Execute latency vs bare node; proxy latency and throughput vs direct; what brokering a secret adds to a request
 	cd test && $(TEST_ENV) go test -count=1 -run '^$$' -bench . -benchtime 40x -timeout 20m ./e2e/
 	cd services/egressproxy && go test -count=1 -run '^$$' -bench 'BrokeredRequest' -benchmem ./internal/proxy/
 
@@ -175,7 +187,7 @@ SOAK_SERIAL ?= 5000
 SOAK_CONCURRENT ?= 1000
 
 .PHONY: soak
-soak: deps tools runc image image-sdk stripe-mock ## the soak test, longer: SOAK_SERIAL executions in a row and SOAK_CONCURRENT at 16 concurrent, then every count back to its baseline
+soak: deps tools runc images stripe-mock ## the soak test, longer: SOAK_SERIAL executions in a row and SOAK_CONCURRENT at 16 concurrent, then every count back to its baseline
 	cd test && $(TEST_ENV) SANDPIT_SOAK_SERIAL=$(SOAK_SERIAL) SANDPIT_SOAK_CONCURRENT=$(SOAK_CONCURRENT) \
 		go test -count=1 -run '^TestSoakLeavesNothingBehind$$' -timeout 90m -v ./e2e/
 
@@ -192,14 +204,15 @@ binaries: ## build the executor, the egress proxy and sandpit-check
 	go build -o $(BIN)/sandpit-check ./services/executor/cmd/sandpit-check
 
 .PHONY: run
-run: deps runc image binaries ## install what is missing, start containerd if none runs, run the egress proxy and the executor (POLICY=file, default deploy/policy/example.yaml)
+run: deps runc image image-sdk binaries ## install what is missing, start containerd if none runs, run the egress proxy and the executor (POLICY=file, default deploy/policy/example.yaml)
 	install -D -m 0755 $(BIN)/runc $(RUNC_INSTALL)
 	hack/ensure-containerd.sh $(CONTAINERD_SOCK)
 	ctr --address $(CONTAINERD_SOCK) --namespace $(NAMESPACE) images import $(IMAGE_TAR)
+	ctr --address $(CONTAINERD_SOCK) --namespace $(NAMESPACE) images import $(IMAGE_SDK_TAR)
 	exec hack/run.sh $(BIN) $(CONTAINERD_SOCK) $(NAMESPACE) $(RUNC_INSTALL) $(IMAGE_REF) "$(POLICY)"
 
 .PHONY: install
-install: deps runc image binaries ## install binaries, runc, systemd units and the example policy (kept if present), import the image
+install: deps runc image image-sdk binaries ## install binaries, runc, systemd units and the example policy (kept if present), import the image
 	install -D -m 0755 $(BIN)/sandpit-executor /usr/local/bin/sandpit-executor
 	install -D -m 0755 $(BIN)/sandpit-egress-proxy /usr/local/bin/sandpit-egress-proxy
 	install -D -m 0755 $(BIN)/sandpit-check /usr/local/bin/sandpit-check
@@ -210,6 +223,7 @@ install: deps runc image binaries ## install binaries, runc, systemd units and t
 	[ -e /etc/sandpit/policy.yaml ] || install -D -m 0644 deploy/policy/example.yaml /etc/sandpit/policy.yaml
 	hack/ensure-containerd.sh $(CONTAINERD_SOCK)
 	ctr --address $(CONTAINERD_SOCK) --namespace $(NAMESPACE) images import $(IMAGE_TAR)
+	ctr --address $(CONTAINERD_SOCK) --namespace $(NAMESPACE) images import $(IMAGE_SDK_TAR)
 	@echo "installed; start with: systemctl daemon-reload && systemctl enable --now sandpit-egress-proxy sandpit-executor"
 
 .PHONY: clean

@@ -25,8 +25,13 @@ import (
 	"github.com/sandpit-run/sandpit/test/internal/containerdtest"
 )
 
-// sdkImage is the test variant of the image with stripe and axios.
-const sdkImage = "sandpit.local/node-sdk:24"
+// The profiles' images the tests import besides the default: node-sdk
+// (the SDKs people call), node on Node.js 22, and node-debug (a shell).
+const (
+	sdkImage   = "sandpit.local/node-sdk:24"
+	node22     = "sandpit.local/node:22"
+	debugImage = "sandpit.local/node-debug:24"
+)
 
 // env is the shared private containerd.
 var env *containerdtest.Env
@@ -47,13 +52,19 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	defer env.Stop()
-	sdkTar, err := containerdtest.Artifact("SANDPIT_SDK_IMAGE_TAR", "build/sandpit-node-sdk.tar")
-	if err == nil {
-		err = env.ImportImage(ctx, sdkTar, sdkImage)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e: SDK test image:", err)
-		return 1
+	for _, im := range []struct{ env, rel, ref string }{
+		{"SANDPIT_SDK_IMAGE_TAR", "build/sandpit-node-sdk.tar", sdkImage},
+		{"SANDPIT_IMAGE22_TAR", "build/sandpit-node-22.tar", node22},
+		{"SANDPIT_DEBUG_IMAGE_TAR", "build/sandpit-node-debug.tar", debugImage},
+	} {
+		tar, err := containerdtest.Artifact(im.env, im.rel)
+		if err == nil {
+			err = env.ImportImage(ctx, tar, im.ref)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "e2e: image", im.ref+":", err)
+			return 1
+		}
 	}
 	stateDir = filepath.Join(env.Dir, "executor")
 	return m.Run()
