@@ -122,6 +122,11 @@ func built(t *testing.T) (string, v1.Hash) {
 	return builtTar, builtDigest
 }
 
+func defaultNode() pins.Node {
+	n, _ := pins.NodeByMajor(pins.DefaultNodeMajor)
+	return n
+}
+
 func fileSHA(t *testing.T, p string) string {
 	t.Helper()
 	f, err := os.Open(p)
@@ -329,7 +334,7 @@ func TestImageManifestAndConfig(t *testing.T) {
 		{"user", c.User, "65532:65532"},
 		{"workdir", c.WorkingDir, "/sandbox"},
 		{"env", strings.Join(c.Env, " "), "PATH=/usr/local/bin SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"},
-		{"node label", c.Labels["run.sandpit.node.version"], pins.NodeVersion},
+		{"node label", c.Labels["run.sandpit.node.version"], defaultNode().Version},
 	}
 	for _, ch := range checks {
 		if ch.got != ch.want {
@@ -549,7 +554,7 @@ func TestNodeRunsFromRootfs(t *testing.T) {
 	tarPath, _ := built(t)
 	img, _ := loadLayout(t, tarPath)
 	dir := extractRootfs(t, img)
-	want := "v" + pins.NodeVersion
+	want := "v" + defaultNode().Version
 
 	t.Run("image loader", func(t *testing.T) {
 		// The image's own ld.so and libraries, not the host's: the loader is
