@@ -1,12 +1,22 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
 
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
+	"github.com/sandpit-run/sandpit/test/internal/containerdtest"
 )
 
 // TypeScript programs, each printing what it did and node's flags
@@ -114,4 +124,107 @@ func TestTypeScriptOnNode22(t *testing.T) {
 	}
 	e := startExecutor(t, executorOpts{allow: []string{image22}})
 	runTypeScript(t, e, image22, "v22.")
+}
+
+// TestTypeScriptFlagFollowsImageLabel: the executor decides on the
+// type-stripping flag by the node version the image's config label names.
+// The default image relabelled as Node 22.12 (a release that has type
+// stripping behind the flag) runs a .ts entrypoint with
+// --experimental-strip-types, which its real Node 24 accepts silently, and
+// a .js one without; the default image, labelled 24.21.0, runs .ts without
+// (TestTypeScriptEntrypoints).
+func TestTypeScriptFlagFollowsImageLabel(t *testing.T) {
+	const ref = "sandpit.local/node-labelled:22.12"
+	relabel(t, env.ImageRef, ref, "run.sandpit.node.version", "22.12.0")
+	e := startExecutor(t, executorOpts{allow: []string{ref}})
+	tests := []struct {
+		entrypoint, want string
+	}{
+		{"main.ts", `ts 5 v24.21.0 ["--experimental-strip-types"]` + "\n"},
+		{"main.js", `ts 5 v24.21.0 []` + "\n"},
+	}
+	for _, tt := range tests {
+		src := tsAnnotated
+		if tt.entrypoint == "main.js" {
+			src = `console.log("ts", Math.hypot(3, 4), process.version, JSON.stringify(process.execArgv))`
+		}
+		r := e.mustRun(t, &executorv1.ExecuteRequest{Image: ref, Code: src, Entrypoint: tt.entrypoint})
+		if got := string(r.stdout); got != tt.want || r.result.GetExitCode() != 0 || len(r.stderr) != 0 {
+			t.Errorf("%s: stdout %q exit %d stderr %q, want %q, exit 0, no stderr", tt.entrypoint, got, r.result.GetExitCode(), r.stderr, tt.want)
+		}
+	}
+}
+
+// relabel stores image from once more as to, with the config label key set
+// to value: the same layers under a new config and manifest, written to
+// the shared containerd under a lease and removed when the test ends.
+func relabel(t *testing.T, from, to, key, value string) {
+	t.Helper()
+	c, err := env.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := namespaces.WithNamespace(context.Background(), containerdtest.Namespace)
+	ctx, done, err := c.WithLease(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = done(context.WithoutCancel(ctx)) }()
+	img, err := c.GetImage(ctx, from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := c.ContentStore()
+	m, err := images.Manifest(ctx, cs, img.Target(), img.Platform())
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := content.ReadBlob(ctx, cs, m.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg ocispec.Image
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Config.Labels[key] = value
+	m.Config = writeJSON(ctx, t, cs, m.Config.MediaType, cfg, nil)
+	// The manifest's references keep its config and layers from the
+	// garbage collector once the lease ends.
+	refs := map[string]string{"containerd.io/gc.ref.content.config": m.Config.Digest.String()}
+	for i, l := range m.Layers {
+		refs[fmt.Sprintf("containerd.io/gc.ref.content.l.%d", i)] = l.Digest.String()
+	}
+	target := writeJSON(ctx, t, cs, ocispec.MediaTypeImageManifest, m, refs)
+	is := c.ImageService()
+	if _, err := is.Create(ctx, images.Image{Name: to, Target: target}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c, err := env.Client()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.Close()
+		if err := c.ImageService().Delete(namespaces.WithNamespace(context.Background(), containerdtest.Namespace), to); err != nil {
+			t.Errorf("remove image %s: %v", to, err)
+		}
+	})
+}
+
+// writeJSON stores v in cs as a blob of mediaType and returns its
+// descriptor.
+func writeJSON(ctx context.Context, t *testing.T, cs content.Store, mediaType string, v any, labels map[string]string) ocispec.Descriptor {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc := ocispec.Descriptor{MediaType: mediaType, Digest: digest.FromBytes(b), Size: int64(len(b))}
+	if err := content.WriteBlob(ctx, cs, desc.Digest.String(), bytes.NewReader(b), desc, content.WithLabels(labels)); err != nil {
+		t.Fatal(err)
+	}
+	return desc
 }
