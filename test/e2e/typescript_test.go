@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 
@@ -112,12 +111,13 @@ func TestTypeScriptEntrypoints(t *testing.T) {
 // image22 is the name the Node 22 image is imported under.
 const image22 = "sandpit.local/node:22"
 
-// TestTypeScriptOnNode22 runs the same programs on the Node 22 image, given
-// as an archive in SANDPIT_IMAGE22_TAR; without it the test is skipped.
+// TestTypeScriptOnNode22 runs the same programs on the Node 22 image, the
+// archive SANDPIT_IMAGE22_TAR names (default build/sandpit-node-22.tar,
+// which make images builds); without it the test is skipped.
 func TestTypeScriptOnNode22(t *testing.T) {
-	tar := os.Getenv("SANDPIT_IMAGE22_TAR")
-	if tar == "" {
-		t.Skip("SANDPIT_IMAGE22_TAR is not set: no Node 22 image to run on")
+	tar, err := containerdtest.Artifact("SANDPIT_IMAGE22_TAR", "build/sandpit-node-22.tar")
+	if err != nil {
+		t.Skip("no Node 22 image: ", err)
 	}
 	if err := env.ImportImage(context.Background(), tar, image22); err != nil {
 		t.Fatal(err)
