@@ -127,6 +127,7 @@ func TestInvalidRequests(t *testing.T) {
 		{"file and dir", &executorv1.ExecuteRequest{Files: []*executorv1.File{{Path: "a"}, {Path: "a/b.js"}}, Entrypoint: "a/b.js"}, "files"},
 		{"missing entrypoint", &executorv1.ExecuteRequest{Files: []*executorv1.File{{Path: "a.js"}, {Path: "b.js"}}}, "entrypoint"},
 		{"unknown entrypoint", &executorv1.ExecuteRequest{Files: []*executorv1.File{{Path: "a.js"}}, Entrypoint: "b.js"}, "entrypoint"},
+		{"tsx entrypoint (node strips no JSX)", &executorv1.ExecuteRequest{Code: "1", Entrypoint: "app.tsx"}, "entrypoint"},
 		{"bad label", &executorv1.ExecuteRequest{Code: "1", Labels: map[string]string{"Bad Key": "v"}}, `labels["Bad Key"]`},
 		{"arg with NUL", &executorv1.ExecuteRequest{Code: "1", Args: []string{"a\x00"}}, "args[0]"},
 		{"policy path not absolute", &executorv1.ExecuteRequest{Code: "1", Policy: &policyv1.Policy{Hosts: []*policyv1.HostPolicy{{

@@ -158,11 +158,17 @@ func (r *Runtime) ns(ctx context.Context) context.Context {
 	return namespaces.WithNamespace(ctx, r.cfg.Namespace)
 }
 
+// LabelNodeVersion is the image config label holding the Node.js version the
+// image carries ("24.21.0"), as deploy/image sets it.
+const LabelNodeVersion = "run.sandpit.node.version"
+
 // Image is an image resolved in containerd and unpacked for the snapshotter.
 type Image struct {
 	Ref    string
 	Digest string
-	image  containerd.Image
+	// NodeVersion is the image's LabelNodeVersion, empty when it has none.
+	NodeVersion string
+	image       containerd.Image
 }
 
 // ResolveImage finds ref in containerd and unpacks it if needed.
@@ -184,7 +190,11 @@ func (r *Runtime) ResolveImage(ctx context.Context, ref string) (Image, error) {
 			return Image{}, fmt.Errorf("unpack image %s: %w", ref, err)
 		}
 	}
-	return Image{Ref: ref, Digest: img.Target().Digest.String(), image: img}, nil
+	cfg, err := img.Spec(ctx)
+	if err != nil {
+		return Image{}, fmt.Errorf("read image config %s: %w", ref, err)
+	}
+	return Image{Ref: ref, Digest: img.Target().Digest.String(), NodeVersion: cfg.Config.Labels[LabelNodeVersion], image: img}, nil
 }
 
 // Spec is one execution's program and limits.

@@ -29,7 +29,8 @@ const cpuPeriod = 100_000
 // code read-only, its own namespaces (network: loopback only until
 // Spec.Network connects it; user: ids 0-65535 mapped from hostID, unless
 // hostID is 0) and cgroup limits for memory without swap, CPU, pids and
-// open files. With cfg.InitPath node runs as the init's child.
+// open files. With cfg.InitPath node runs as the init's child. A TypeScript
+// entrypoint gets the flag its image's node needs to strip types.
 func specOpts(s Spec, cfg Config, hostID uint32, cgroupPath, codeHostDir string, extra []specs.Mount) []oci.SpecOpts {
 	var argv []string
 	if cfg.InitPath != "" {
@@ -38,6 +39,7 @@ func specOpts(s Spec, cfg Config, hostID uint32, cgroupPath, codeHostDir string,
 	}
 	argv = append(argv, s.NodePath)
 	argv = append(argv, s.NodeFlags...)
+	argv = append(argv, typeScriptFlags(s.Image.NodeVersion, s.Entrypoint)...)
 	argv = append(argv, path.Join(CodeDir, s.Entrypoint))
 	argv = append(argv, s.Args...)
 	l := s.Limits

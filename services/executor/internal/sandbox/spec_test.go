@@ -442,3 +442,28 @@ func TestTmpInodes(t *testing.T) {
 		}
 	}
 }
+
+// TestSpecTypeScriptFlag checks where the type-stripping flag goes: after
+// the flags the executor contributes, before the entrypoint, and only for
+// a TypeScript entrypoint on a node that needs it.
+func TestSpecTypeScriptFlag(t *testing.T) {
+	tls := "--import=data:text/javascript;base64,MA=="
+	tests := []struct {
+		name, version, entrypoint string
+		want                      []string
+	}{
+		{"node 22.12, .ts", "22.12.0", "main.ts", []string{"/usr/local/bin/node", tls, StripTypesFlag, "/sandbox/main.ts", "arg"}},
+		{"node 22.23, .ts", "22.23.5", "main.ts", []string{"/usr/local/bin/node", tls, "/sandbox/main.ts", "arg"}},
+		{"node 22.12, .js", "22.12.0", "main.js", []string{"/usr/local/bin/node", tls, "/sandbox/main.js", "arg"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := Spec{Image: Image{NodeVersion: tt.version}, NodePath: "/usr/local/bin/node", Entrypoint: tt.entrypoint,
+				Args: []string{"arg"}, NodeFlags: []string{tls}, Limits: limits.Defaults}
+			got := generateSpec(t, s, Config{UID: 65532, GID: 65532}, 0, "/sandpit/x1", "/srv/x1/code", nil)
+			if !slices.Equal(got.Process.Args, tt.want) {
+				t.Errorf("args = %q, want %q", got.Process.Args, tt.want)
+			}
+		})
+	}
+}

@@ -115,6 +115,9 @@ func (s *Service) validate(req *executorv1.ExecuteRequest) (program, []limits.Vi
 	default:
 		bad("code", "no code: set code or files")
 	}
+	if path.Ext(p.entrypoint) == ".tsx" {
+		bad("entrypoint", "%q: node strips the types of .ts, .mts and .cts files but does not compile JSX; compile it to JavaScript first", p.entrypoint)
+	}
 
 	if len(req.GetArgs()) > maxArgs {
 		bad("args", "%d arguments, at most %d are allowed", len(req.GetArgs()), maxArgs)

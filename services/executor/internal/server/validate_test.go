@@ -37,6 +37,29 @@ func TestValidateSingleFileDefaults(t *testing.T) {
 	}
 }
 
+// TestValidateTypeScriptEntrypoints: .ts, .mts and .cts entrypoints are
+// accepted as given; .tsx, which node does not strip, is refused, as code
+// and as one of the files.
+func TestValidateTypeScriptEntrypoints(t *testing.T) {
+	s := &Service{cfg: Config{Defaults: limits.Defaults, Maxima: limits.Maxima, DefaultImage: "img"}}
+	for _, ep := range []string{"main.ts", "src/main.mts", "main.cts"} {
+		p, vs := s.validate(&executorv1.ExecuteRequest{Code: "let x: number = 1", Entrypoint: ep})
+		if len(vs) != 0 || p.entrypoint != ep {
+			t.Errorf("entrypoint %q: violations %v, entrypoint %q", ep, vs, p.entrypoint)
+		}
+	}
+	for name, req := range map[string]*executorv1.ExecuteRequest{
+		"code":     {Code: "<p/>", Entrypoint: "app.tsx"},
+		"files":    {Files: []*executorv1.File{{Path: "app.tsx", Content: []byte("<p/>")}, {Path: "lib.ts"}}, Entrypoint: "app.tsx"},
+		"one file": {Files: []*executorv1.File{{Path: "ui/app.tsx", Content: []byte("<p/>")}}},
+	} {
+		_, vs := s.validate(req)
+		if len(vs) != 1 || vs[0].Field != "entrypoint" || !strings.Contains(vs[0].Reason, "JSX") {
+			t.Errorf("%s: violations %v, want one on entrypoint naming JSX", name, vs)
+		}
+	}
+}
+
 func TestImageAllowlist(t *testing.T) {
 	s := &Service{cfg: Config{DefaultImage: "sandpit.local/node:24", ImageAllowlist: []string{"sandpit.local/node-sdk:*", "ghcr.io/acme/exact:1"}}}
 	tests := map[string]bool{

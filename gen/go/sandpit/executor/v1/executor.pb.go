@@ -165,7 +165,8 @@ type ExecuteRequest struct {
 	// Exactly one of code and files is set.
 	Files []*File `protobuf:"bytes,2,rep,name=files,proto3" json:"files,omitempty"`
 	// The file node runs, relative to /sandbox. Required with more than one
-	// file.
+	// file. A .ts, .mts or .cts entrypoint runs with node's type stripping;
+	// a .tsx one is refused (node compiles no JSX).
 	Entrypoint string `protobuf:"bytes,3,opt,name=entrypoint,proto3" json:"entrypoint,omitempty"`
 	// Arguments passed to the program after the entrypoint (process.argv[2:]).
 	Args []string `protobuf:"bytes,4,rep,name=args,proto3" json:"args,omitempty"`

@@ -38,7 +38,8 @@ export declare type ExecuteRequest = Message<"sandpit.executor.v1.ExecuteRequest
 
   /**
    * The file node runs, relative to /sandbox. Required with more than one
-   * file.
+   * file. A .ts, .mts or .cts entrypoint runs with node's type stripping;
+   * a .tsx one is refused (node compiles no JSX).
    *
    * @generated from field: string entrypoint = 3;
    */
