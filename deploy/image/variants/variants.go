@@ -41,6 +41,8 @@ type Variant struct {
 	PackageJSON, PackageLock []byte
 	// Shell adds a shell (busybox): the debug variant, for operators.
 	Shell bool
+	// Files are an operator's profile's own files (LoadProfile).
+	Files []File
 }
 
 var all = map[string]*Variant{

@@ -50,6 +50,7 @@ func run() error {
 	cache := flag.String("cache", defaultCache, "directory for downloaded inputs (reused when checksums match)")
 	name := flag.String("name", "", "image name recorded for containerd import (default "+build.NameFor("PROFILE", "MAJOR")+": node, or the variant's profile, and --node)")
 	variant := flag.String("variant", "", "build a test variant: "+strings.Join(variants.Names(), ", ")+" (default none: the node-only image)")
+	profile := flag.String("profile", "", "build an operator's profile file (YAML: name, npm directory, files) instead of a variant")
 	nodeMajor := flag.String("node", pins.DefaultNodeMajor, "Node.js release line: "+strings.Join(pins.NodeMajors(), ", "))
 	epoch := flag.Int64("source-date-epoch", defaultEpoch, "creation time and file mtime, in Unix seconds (default $SOURCE_DATE_EPOCH or 0)")
 	verbose := flag.Bool("v", false, "log progress to stderr")
@@ -68,6 +69,13 @@ func run() error {
 		if *variant != "" {
 			*out = "build/sandpit-node-" + *variant + ".tar"
 		}
+		if *profile != "" {
+			v, err := variants.LoadProfile(*profile)
+			if err != nil {
+				return err
+			}
+			*out = "build/sandpit-" + v.Name + ".tar"
+		}
 		if *nodeMajor != pins.DefaultNodeMajor {
 			*out = strings.TrimSuffix(*out, ".tar") + "-" + *nodeMajor + ".tar"
 		}
@@ -82,13 +90,14 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	digest, err := build.Run(ctx, build.Options{
-		Out:       *out,
-		CacheDir:  *cache,
-		Name:      *name,
-		Variant:   *variant,
-		NodeMajor: *nodeMajor,
-		Created:   time.Unix(*epoch, 0).UTC(),
-		Log:       log,
+		Out:         *out,
+		CacheDir:    *cache,
+		Name:        *name,
+		Variant:     *variant,
+		NodeMajor:   *nodeMajor,
+		ProfileFile: *profile,
+		Created:     time.Unix(*epoch, 0).UTC(),
+		Log:         log,
 	})
 	if err != nil {
 		return err

@@ -48,6 +48,9 @@ type Options struct {
 	// NodeMajor is the Node.js release line (pins.Nodes); empty is
 	// pins.DefaultNodeMajor.
 	NodeMajor string
+	// ProfileFile, instead of Variant, is an operator's profile
+	// (variants.LoadProfile).
+	ProfileFile string
 	// Created is the image creation time and every file's mtime. Keep it
 	// fixed (SOURCE_DATE_EPOCH) for reproducible output.
 	Created time.Time
@@ -141,11 +144,17 @@ func Run(ctx context.Context, opts Options) (v1.Hash, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	var variant *variants.Variant
-	if opts.Variant != "" {
-		var err error
-		if variant, err = variants.Get(opts.Variant); err != nil {
-			return v1.Hash{}, err
-		}
+	var err error
+	switch {
+	case opts.Variant != "" && opts.ProfileFile != "":
+		return v1.Hash{}, fmt.Errorf("a variant or a profile file, not both")
+	case opts.Variant != "":
+		variant, err = variants.Get(opts.Variant)
+	case opts.ProfileFile != "":
+		variant, err = variants.LoadProfile(opts.ProfileFile)
+	}
+	if err != nil {
+		return v1.Hash{}, err
 	}
 	major := opts.NodeMajor
 	if major == "" {
@@ -184,12 +193,17 @@ func Run(ctx context.Context, opts Options) (v1.Hash, error) {
 		if img, err = DebugImage(ctx, img, variant, f, work, opts.Created); err != nil {
 			return v1.Hash{}, err
 		}
-	} else if variant != nil {
+	} else if variant != nil && variant.PackageLock != nil {
 		modules, err := InstallVariant(ctx, variant, opts.CacheDir, log)
 		if err != nil {
 			return v1.Hash{}, err
 		}
 		if img, err = VariantImage(img, variant, modules, work, opts.Created); err != nil {
+			return v1.Hash{}, err
+		}
+	}
+	if variant != nil && len(variant.Files) > 0 {
+		if img, err = FilesImage(img, variant, work, opts.Created); err != nil {
 			return v1.Hash{}, err
 		}
 	}

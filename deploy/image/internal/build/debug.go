@@ -56,3 +56,36 @@ func DebugImage(ctx context.Context, base v1.Image, v *variants.Variant, f *inpu
 	cfg.Labels["run.sandpit.debian."+pins.DebugShell.Name] = pins.DebugShell.Version
 	return mutate.Config(img, *cfg)
 }
+
+// FilesImage returns base plus one layer with the files of an operator's
+// profile v, each 0644 (read-only to the sandbox user, never executable),
+// and v's labels.
+func FilesImage(base v1.Image, v *variants.Variant, workDir string, created time.Time) (v1.Image, error) {
+	dir := filepath.Join(workDir, "files-layer")
+	var dests []string
+	for _, f := range v.Files {
+		b, err := os.ReadFile(f.Src)
+		if err != nil {
+			return nil, fmt.Errorf("profile %s: %w", v.Name, err)
+		}
+		p := filepath.Join(dir, filepath.FromSlash(f.Dest))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			return nil, err
+		}
+		dests = append(dests, f.Dest)
+	}
+	img, err := image.AppendDir(base, dir, "/", workDir, created, fmt.Sprintf("sandpit-image: profile %s: files %v", v.Name, dests))
+	if err != nil {
+		return nil, fmt.Errorf("profile %s: %w", v.Name, err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, fmt.Errorf("profile %s: read config: %w", v.Name, err)
+	}
+	cfg := cf.Config.DeepCopy()
+	cfg.Labels = VariantLabels(v, cfg.Labels)
+	return mutate.Config(img, *cfg)
+}
