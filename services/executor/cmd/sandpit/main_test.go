@@ -1,0 +1,82 @@
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sandpit-run/sandpit/services/executor/internal/imageinspect"
+	"github.com/sandpit-run/sandpit/services/executor/internal/imageinspect/inspecttest"
+)
+
+// TestDefaultImageExitsZero: the default image passes, in the table and
+// in JSON.
+func TestDefaultImageExitsZero(t *testing.T) {
+	img := inspecttest.DefaultImage(t)
+	var out, errOut bytes.Buffer
+	if code := run([]string{"image", "inspect", img}, &out, &errOut); code != exitClean {
+		t.Fatalf("exit %d, want %d\n%s%s", code, exitClean, out.String(), errOut.String())
+	}
+	if !strings.Contains(out.String(), "no forbidden class") || strings.Contains(out.String(), "FORBIDDEN") {
+		t.Errorf("table:\n%s\nwant no forbidden class", out.String())
+	}
+	out.Reset()
+	if code := run([]string{"image", "inspect", "--json", img}, &out, &errOut); code != exitClean {
+		t.Fatalf("--json: exit %d, want %d\n%s", code, exitClean, errOut.String())
+	}
+	var got output
+	if err := json.Unmarshal(out.Bytes(), &got); err != nil || got.Format != imageinspect.FormatOCILayout ||
+		len(got.Forbidden) != 0 || got.Node.Version == "" {
+		t.Errorf("--json: %v\n%s\nwant an OCI layout, a node version and no forbidden class", err, out.String())
+	}
+}
+
+// TestExitStatuses: 1 while a class --allow does not name is present, 0
+// once every present class is allowed, 2 on a usage or read error; the
+// table marks forbidden findings and the JSON lists the forbidden classes,
+// from either archive format.
+func TestExitStatuses(t *testing.T) {
+	dir := t.TempDir()
+	ociTar, dockerTar := inspecttest.Archives(t, inspecttest.Image(t), dir)
+	notImage := inspecttest.WriteTar(t, dir, "other.tar", func(tw *tar.Writer) error {
+		return tw.WriteHeader(&tar.Header{Name: "README", Typeflag: tar.TypeReg, Mode: 0o644})
+	})
+	present := "shell,interpreter,network-tool,setuid,setgid,capability,world-writable"
+	tests := []struct {
+		name string
+		args []string
+		want int
+		out  string // in stdout
+	}{
+		{"oci", []string{"image", "inspect", ociTar}, exitForbidden, "/usr/bin/python3"},
+		{"docker", []string{"image", "inspect", dockerTar}, exitForbidden, "/usr/bin/curl"},
+		{"table marks", []string{"image", "inspect", ociTar}, exitForbidden, "name sh (link to busybox)  FORBIDDEN"},
+		{"all allowed", []string{"image", "inspect", "--allow", present, ociTar}, exitClean, "no forbidden class"},
+		{"one not allowed", []string{"image", "inspect", "--allow", strings.TrimSuffix(present, ",world-writable"), dockerTar}, exitForbidden, "forbidden: world-writable\n"},
+		{"json", []string{"image", "inspect", "--json", "--allow", "shell", ociTar}, exitForbidden, `"forbidden": [
+    "interpreter",`},
+		{"unknown class", []string{"image", "inspect", "--allow", "shell,rootkit", ociTar}, exitError, ""},
+		{"no image", []string{"image", "inspect"}, exitError, ""},
+		{"two images", []string{"image", "inspect", ociTar, dockerTar}, exitError, ""},
+		{"no command", nil, exitError, ""},
+		{"other command", []string{"image", "list"}, exitError, ""},
+		{"bad flag", []string{"image", "inspect", "--yaml", ociTar}, exitError, ""},
+		{"absent file", []string{"image", "inspect", filepath.Join(dir, "absent.tar")}, exitError, ""},
+		{"not an image", []string{"image", "inspect", notImage}, exitError, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			code := run(tt.args, &out, &errOut)
+			if code != tt.want || !strings.Contains(out.String(), tt.out) {
+				t.Errorf("exit %d, want %d; stdout:\n%s\nwant it to hold %q; stderr:\n%s", code, tt.want, out.String(), tt.out, errOut.String())
+			}
+			if tt.want == exitError && errOut.Len() == 0 {
+				t.Error("no message on stderr for an error")
+			}
+		})
+	}
+}
