@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -42,23 +43,14 @@ func DefaultImage(t *testing.T) string {
 	return p
 }
 
-// repoRoot is the directory holding go.work, found from the working
-// directory up.
+// repoRoot is the repository's root, found from where this file was
+// compiled: services/executor/internal/imageinspect/inspecttest.
 func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		return "", errors.New("no caller information to find the repository root by")
 	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.work above the working directory")
-		}
-		dir = parent
-	}
+	return filepath.Join(filepath.Dir(file), "..", "..", "..", "..", ".."), nil
 }
 
 // NodeVersion is the version the built image's node binary, label and
