@@ -6,7 +6,6 @@
 package imageinspect
 
 import (
-	"archive/tar"
 	"bytes"
 	"errors"
 	"fmt"
@@ -16,7 +15,6 @@ import (
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 )
 
 // Finding is one path of the image in one class, and why.
@@ -81,43 +79,31 @@ func (r *Report) Forbidden(allowed []Class) []Class {
 const NodePath = "/usr/local/bin/node"
 
 // Inspect reads img's layers, in order and with whiteouts applied (a file a
-// later layer deletes is not reported), and its config. The image may come
+// later layer deletes is not reported), and its config; findings come in
+// the order of Classes, then by path. The image may come
 // from an archive (Open) or, later, from containerd's content store.
 func Inspect(img v1.Image) (*Report, error) {
 	cfg, err := img.ConfigFile()
 	if err != nil {
 		return nil, fmt.Errorf("read image config: %w", err)
 	}
+	files, err := flatten(img)
+	if err != nil {
+		return nil, err
+	}
 	r := &Report{Findings: []Finding{}}
-	flat := mutate.Extract(img)
-	defer flat.Close()
-	tr := tar.NewReader(flat)
-	var binVersion string
-	for {
-		hdr, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("read image layers: %w", err)
-		}
-		found, sticky := classify(hdr)
+	for _, p := range sortedKeys(files) {
+		found, sticky := classify(files[p].hdr)
 		r.Findings = append(r.Findings, found...)
 		if sticky {
-			r.Sticky = append(r.Sticky, imagePath(hdr.Name))
-		}
-		if imagePath(hdr.Name) != NodePath {
-			continue
-		}
-		r.Node.Present = true
-		if hdr.Typeflag == tar.TypeReg {
-			if binVersion, err = scanNodeVersion(tr); err != nil {
-				return nil, fmt.Errorf("read %s: %w", NodePath, err)
-			}
+			r.Sticky = append(r.Sticky, p)
 		}
 	}
-	if binVersion != "" {
-		r.Node.Versions = append(r.Node.Versions, NodeVersion{Source: "binary " + NodePath, Version: binVersion})
+	if node, ok := files[NodePath]; ok {
+		r.Node.Present = true
+		if node.nodeVersion != "" {
+			r.Node.Versions = append(r.Node.Versions, NodeVersion{Source: "binary " + NodePath, Version: node.nodeVersion})
+		}
 	}
 	if v := cfg.Config.Labels["run.sandpit.node.version"]; v != "" {
 		r.Node.Versions = append(r.Node.Versions, NodeVersion{Source: "label run.sandpit.node.version", Version: v})
@@ -137,7 +123,6 @@ func Inspect(img v1.Image) (*Report, error) {
 		}
 		return a.Path < b.Path
 	})
-	sort.Strings(r.Sticky)
 	return r, nil
 }
 

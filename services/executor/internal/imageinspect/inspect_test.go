@@ -43,12 +43,13 @@ func TestDefaultImageHasNoForbiddenClass(t *testing.T) {
 }
 
 // builtFindings is what the image inspecttest builds holds: everything
-// but what its second layer deletes (perl, wget) and what nobody may
+// but what its second layer deletes (perl, wget, ruby) and what nobody may
 // execute (the bash completion named curl).
 var builtFindings = []imageinspect.Finding{
 	{Class: imageinspect.ClassNode, Path: "/usr/local/bin/node", Why: "name node"},
 	{Class: imageinspect.ClassShell, Path: "/bin/busybox", Why: "name busybox"},
 	{Class: imageinspect.ClassShell, Path: "/bin/sh", Why: "name sh (link to busybox)"},
+	{Class: imageinspect.ClassShell, Path: "/usr/bin/bash", Why: "name bash (link to ../../../bin/busybox)"},
 	{Class: imageinspect.ClassInterpreter, Path: "/usr/bin/python3", Why: "name python3"},
 	{Class: imageinspect.ClassNetworkTool, Path: "/usr/bin/curl", Why: "name curl"},
 	{Class: imageinspect.ClassSetuid, Path: "/usr/bin/su", Why: "mode 4755"},
@@ -58,8 +59,9 @@ var builtFindings = []imageinspect.Finding{
 }
 
 // TestBuiltImageListsEveryClass: each thing the built image holds is
-// listed with its class and why, files deleted by a whiteout or an opaque
-// whiteout in the later layer are not, and the same report comes from the
+// listed with its class and why (a link climbing above the root too);
+// files the later layer deletes by a whiteout, an opaque whiteout or a
+// file over their directory are not; and the same report comes from the
 // image in memory, its OCI layout tar and its docker-archive.
 func TestBuiltImageListsEveryClass(t *testing.T) {
 	img := inspecttest.Image(t)

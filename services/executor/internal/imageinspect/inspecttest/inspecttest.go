@@ -70,12 +70,14 @@ type entry struct {
 }
 
 // Image builds an image of two layers. The first holds python3, curl,
-// busybox with /bin/sh linking to it, a setuid su, a setgid wall, a file
-// with a capability, a world-writable /var/drop, /tmp (1777), perl and
-// /opt/tools/wget, a non-executable bash completion named curl, a
-// /usr/lib/python3 directory and a node whose bytes carry a release URL;
-// the second deletes perl with a whiteout and /opt/tools' old content
-// with an opaque whiteout, and adds /opt/tools/README.
+// busybox with /bin/sh linking to it (and /usr/bin/bash, by a relative
+// path climbing above the root), a setuid su, a setgid wall, a file with
+// a capability, a world-writable /var/drop, /tmp (1777), perl,
+// /opt/tools/wget, /srv/app/ruby, a non-executable bash completion named
+// curl, a /usr/lib/python3 directory and a node whose bytes carry a
+// release URL; the second deletes perl with a whiteout and /opt/tools' old
+// content with an opaque whiteout, adds /opt/tools/README, and replaces
+// the directory /srv/app by a file.
 func Image(t *testing.T) v1.Image {
 	t.Helper()
 	exe := func(name string) entry { return entry{name: name, typ: tar.TypeReg, mode: 0o755, body: "#!\n"} }
@@ -88,6 +90,8 @@ func Image(t *testing.T) v1.Image {
 		dir("usr/local/", 0o755), dir("usr/local/bin/", 0o755),
 		exe("usr/bin/python3"), exe("usr/bin/curl"), exe("bin/busybox"),
 		{name: "bin/sh", typ: tar.TypeSymlink, link: "busybox", mode: 0o777},
+		{name: "usr/bin/bash", typ: tar.TypeSymlink, link: "../../../bin/busybox", mode: 0o777},
+		dir("srv/", 0o755), dir("srv/app/", 0o755), exe("srv/app/ruby"),
 		{name: "usr/bin/su", typ: tar.TypeReg, mode: 0o4755, body: "su"},
 		{name: "usr/bin/wall", typ: tar.TypeReg, mode: 0o2755, body: "wall"},
 		{name: "usr/sbin/captool", typ: tar.TypeReg, mode: 0o755, body: "cap", pax: map[string]string{"SCHILY.xattr.security.capability": capability}},
@@ -101,6 +105,7 @@ func Image(t *testing.T) v1.Image {
 		{name: "usr/bin/.wh.perl", typ: tar.TypeReg, mode: 0o644},
 		{name: "opt/tools/.wh..wh..opq", typ: tar.TypeReg, mode: 0o644},
 		{name: "opt/tools/README", typ: tar.TypeReg, mode: 0o644, body: "tools"},
+		{name: "srv/app", typ: tar.TypeReg, mode: 0o644, body: "a file now"},
 	}
 	img, err := mutate.AppendLayers(empty.Image, layer(t, lower), layer(t, upper))
 	if err != nil {
