@@ -2,8 +2,18 @@ package imageinspect_test
 
 import (
 	"archive/tar"
+	"bytes"
+	"errors"
+	"io"
+	"os"
 	"reflect"
+	"strings"
 	"testing"
+
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/sandpit-run/sandpit/services/executor/internal/imageinspect"
 	"github.com/sandpit-run/sandpit/services/executor/internal/imageinspect/inspecttest"
@@ -133,5 +143,49 @@ func TestOpenRefusesWhatIsNoImage(t *testing.T) {
 	}
 	if _, _, _, err := imageinspect.Open(dir + "/absent.tar"); err == nil {
 		t.Error("an absent file opened as an image")
+	}
+}
+
+// TestTamperedBlobIsAnError: a layer blob of an OCI layout whose bytes are
+// no longer those its digest names is a read error, not a report. The
+// layer is stored uncompressed, so the changed bytes are still a valid
+// tar and only the digest can tell.
+func TestTamperedBlobIsAnError(t *testing.T) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	body := "original content"
+	if err := errors.Join(tw.WriteHeader(&tar.Header{Name: "etc/motd", Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(body))}),
+		func() error { _, err := io.WriteString(tw, body); return err }(), tw.Close()); err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, static.NewLayer(buf.Bytes(), types.OCIUncompressedLayer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ociTar, _ := inspecttest.Archives(t, img, t.TempDir())
+	inspectOCI := func() error {
+		read, _, closer, err := imageinspect.Open(ociTar)
+		if err != nil {
+			return err
+		}
+		defer closer.Close()
+		_, err = imageinspect.Inspect(read)
+		return err
+	}
+	if err := inspectOCI(); err != nil {
+		t.Fatalf("before tampering: %v", err)
+	}
+	b, err := os.ReadFile(ociTar)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Count(b, []byte(body)) != 1 {
+		t.Fatalf("%q is not once in the archive", body)
+	}
+	if err := os.WriteFile(ociTar, bytes.Replace(b, []byte(body), []byte("tampered content"), 1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := inspectOCI(); err == nil || !strings.Contains(err.Error(), "digest") {
+		t.Errorf("tampered layer: %v, want a digest mismatch", err)
 	}
 }

@@ -3,9 +3,12 @@ package imageinspect
 import (
 	"archive/tar"
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"path"
@@ -110,44 +113,84 @@ func (o *ociTar) open(name string) (io.ReadCloser, error) {
 	return io.NopCloser(io.NewSectionReader(o.f, s.off, s.size)), nil
 }
 
-func (o *ociTar) read(name string) ([]byte, error) {
-	rc, err := o.open(name)
+// openBlob opens the blob h names; reading it to its end fails when its
+// bytes are not h's, so what is inspected is what containerd would
+// import.
+func (o *ociTar) openBlob(h v1.Hash) (io.ReadCloser, error) {
+	if h.Algorithm != "sha256" {
+		return nil, fmt.Errorf("blob %s: only sha256 digests are read", h)
+	}
+	rc, err := o.open(path.Join("blobs", h.Algorithm, h.Hex))
 	if err != nil {
 		return nil, err
 	}
+	return &verified{ReadCloser: rc, want: h, h: sha256.New()}, nil
+}
+
+func (o *ociTar) readBlob(h v1.Hash) ([]byte, error) {
+	rc, err := o.openBlob(h)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
 	return io.ReadAll(rc)
 }
 
-func (o *ociTar) blob(h v1.Hash) string { return path.Join("blobs", h.Algorithm, h.Hex) }
+// verified hashes what is read through it and fails at the end when the
+// sum is not want.
+type verified struct {
+	io.ReadCloser
+	want v1.Hash
+	h    hash.Hash
+}
+
+func (v *verified) Read(p []byte) (int, error) {
+	n, err := v.ReadCloser.Read(p)
+	v.h.Write(p[:n])
+	if errors.Is(err, io.EOF) {
+		if got := hex.EncodeToString(v.h.Sum(nil)); got != v.want.Hex {
+			return n, fmt.Errorf("blob %s: its content's digest is sha256:%s", v.want, got)
+		}
+	}
+	return n, err
+}
 
 // ociImage picks the layout's one image: the only image manifest its index
 // (and the indexes it names) lists, else the only one for linux and this
 // machine's architecture.
 func ociImage(o *ociTar) (v1.Image, error) {
 	var found []v1.Descriptor
-	var walk func(name string, depth int) error
-	walk = func(name string, depth int) error {
-		raw, err := o.read(name)
-		if err != nil {
-			return err
-		}
+	var walk func(raw []byte, depth int) error
+	walk = func(raw []byte, depth int) error {
 		idx, err := v1.ParseIndexManifest(bytes.NewReader(raw))
 		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
+			return fmt.Errorf("image index: %w", err)
 		}
 		for _, d := range idx.Manifests {
 			switch {
 			case d.MediaType.IsImage():
 				found = append(found, d)
 			case d.MediaType.IsIndex() && depth < 4:
-				if err := walk(o.blob(d.Digest), depth+1); err != nil {
+				raw, err := o.readBlob(d.Digest)
+				if err == nil {
+					err = walk(raw, depth+1)
+				}
+				if err != nil {
 					return err
 				}
 			}
 		}
 		return nil
 	}
-	if err := walk("index.json", 0); err != nil {
+	rc, err := o.open("index.json")
+	if err != nil {
+		return nil, err
+	}
+	raw, err := io.ReadAll(rc)
+	if err == nil {
+		err = walk(raw, 0)
+	}
+	if err != nil {
 		return nil, err
 	}
 	if len(found) > 1 {
@@ -162,7 +205,7 @@ func ociImage(o *ociTar) (v1.Image, error) {
 	if len(found) != 1 {
 		return nil, fmt.Errorf("%d image manifests for linux/%s in the layout, want one", len(found), runtime.GOARCH)
 	}
-	raw, err := o.read(o.blob(found[0].Digest))
+	raw, err = o.readBlob(found[0].Digest)
 	if err != nil {
 		return nil, err
 	}
@@ -192,7 +235,7 @@ func (c *ociCore) RawConfigFile() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return c.o.read(c.o.blob(m.Config.Digest))
+	return c.o.readBlob(m.Config.Digest)
 }
 
 func (c *ociCore) LayerByDigest(h v1.Hash) (partial.CompressedLayer, error) {
@@ -218,5 +261,5 @@ func (l *ociLayer) Digest() (v1.Hash, error)            { return l.desc.Digest, 
 func (l *ociLayer) Size() (int64, error)                { return l.desc.Size, nil }
 func (l *ociLayer) MediaType() (types.MediaType, error) { return l.desc.MediaType, nil }
 func (l *ociLayer) Compressed() (io.ReadCloser, error) {
-	return l.o.open(l.o.blob(l.desc.Digest))
+	return l.o.openBlob(l.desc.Digest)
 }
