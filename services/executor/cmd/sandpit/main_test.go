@@ -13,24 +13,18 @@ import (
 	"github.com/sandpit-run/sandpit/services/executor/internal/imageinspect/inspecttest"
 )
 
-// TestDefaultImageExitsZero: the default image passes, in the table and
-// in JSON.
+// TestDefaultImageExitsZero: the default image passes; the JSON says it
+// is an OCI layout with node's version and no forbidden class. (The table
+// is tested on the built image: one pass over the default image's 46 MiB
+// layer is enough under the race detector.)
 func TestDefaultImageExitsZero(t *testing.T) {
-	img := inspecttest.DefaultImage(t)
 	var out, errOut bytes.Buffer
-	if code := run([]string{"image", "inspect", img}, &out, &errOut); code != exitClean {
+	if code := run([]string{"image", "inspect", "--json", inspecttest.DefaultImage(t)}, &out, &errOut); code != exitClean {
 		t.Fatalf("exit %d, want %d\n%s%s", code, exitClean, out.String(), errOut.String())
-	}
-	if !strings.Contains(out.String(), "no forbidden class") || strings.Contains(out.String(), "FORBIDDEN") {
-		t.Errorf("table:\n%s\nwant no forbidden class", out.String())
-	}
-	out.Reset()
-	if code := run([]string{"image", "inspect", "--json", img}, &out, &errOut); code != exitClean {
-		t.Fatalf("--json: exit %d, want %d\n%s", code, exitClean, errOut.String())
 	}
 	var got output
 	if err := json.Unmarshal(out.Bytes(), &got); err != nil || got.Format != imageinspect.FormatOCILayout ||
-		len(got.Forbidden) != 0 || got.Node.Version == "" {
+		len(got.Forbidden) != 0 || got.Forbidden == nil || got.Node.Version == "" {
 		t.Errorf("--json: %v\n%s\nwant an OCI layout, a node version and no forbidden class", err, out.String())
 	}
 }
