@@ -197,11 +197,20 @@ POLICY ?= deploy/policy/example.yaml
 check-cli: ## build sandpit-check (the Check RPC's CLI) into bin/
 	go build -o $(BIN)/sandpit-check ./services/executor/cmd/sandpit-check
 
+.PHONY: sandpit-cli
+sandpit-cli: ## build sandpit (the operator's CLI: sandpit image inspect) into bin/
+	go build -o $(BIN)/sandpit ./services/executor/cmd/sandpit
+
+.PHONY: inspect
+inspect: image sandpit-cli ## inspect the default image: exits 1 when it holds a shell, interpreter, network tool, setuid file...
+	$(BIN)/sandpit image inspect $(IMAGE_TAR)
+
 .PHONY: binaries
-binaries: ## build the executor, the egress proxy and sandpit-check
+binaries: ## build the executor, the egress proxy, sandpit-check and sandpit
 	go build -o $(BIN)/sandpit-executor ./services/executor/cmd/sandpit-executor
 	go build -o $(BIN)/sandpit-egress-proxy ./services/egressproxy/cmd/sandpit-egress-proxy
 	go build -o $(BIN)/sandpit-check ./services/executor/cmd/sandpit-check
+	go build -o $(BIN)/sandpit ./services/executor/cmd/sandpit
 
 .PHONY: run
 run: deps runc image image-sdk binaries ## install what is missing, start containerd if none runs, run the egress proxy and the executor (POLICY=file, default deploy/policy/example.yaml)
@@ -216,6 +225,7 @@ install: deps runc image image-sdk binaries ## install binaries, runc, systemd u
 	install -D -m 0755 $(BIN)/sandpit-executor /usr/local/bin/sandpit-executor
 	install -D -m 0755 $(BIN)/sandpit-egress-proxy /usr/local/bin/sandpit-egress-proxy
 	install -D -m 0755 $(BIN)/sandpit-check /usr/local/bin/sandpit-check
+	install -D -m 0755 $(BIN)/sandpit /usr/local/bin/sandpit
 	install -D -m 0755 $(BIN)/runc $(RUNC_INSTALL)
 	id -u sandpit-egress >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin sandpit-egress
 	install -D -m 0644 deploy/systemd/sandpit-executor.service /etc/systemd/system/sandpit-executor.service
