@@ -52,7 +52,10 @@ $(IMAGE_TAR): $(IMAGE_DEPS)
 	go run ./deploy/image/cmd/sandpit-image --out $(IMAGE_TAR)
 
 .PHONY: image
-image: $(IMAGE_TAR) ## build the node-only sandbox image archive
+image: $(IMAGE_TAR) ## build the node-only sandbox image archive; with PROFILE=file also an operator's profile into build/ (NODE=22 for Node.js 22)
+ifneq ($(PROFILE),)
+	go run ./deploy/image/cmd/sandpit-image --profile $(PROFILE) --node $(or $(NODE),24)
+endif
 
 $(IMAGE_SDK_TAR): $(IMAGE_DEPS)
 	go run ./deploy/image/cmd/sandpit-image --variant sdk --out $(IMAGE_SDK_TAR)

@@ -76,3 +76,38 @@ func TestNodeMajorsAndDebug(t *testing.T) {
 		}
 	}
 }
+
+// TestOperatorProfile builds the example operator profile twice: the same
+// digest; the node image's layers, then the npm packages at /node_modules,
+// then the profile's file at its place, 0644; named acme-tools:24.
+func TestOperatorProfile(t *testing.T) {
+	a, b := filepath.Join(testDir, "acme-a.tar"), filepath.Join(testDir, "acme-b.tar")
+	for _, out := range []string{a, b} {
+		if _, err := Run(context.Background(), Options{Out: out, CacheDir: cacheDir(t), ProfileFile: "../../examples/profile/profile.yaml", Created: time.Unix(0, 0)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if fileSHA(t, a) != fileSHA(t, b) {
+		t.Error("two builds of the example profile differ")
+	}
+	img, desc := loadLayout(t, a)
+	if desc.Annotations["io.containerd.image.name"] != "sandpit.local/acme-tools:24" {
+		t.Errorf("named %q", desc.Annotations["io.containerd.image.name"])
+	}
+	layers, _ := img.Layers()
+	if len(layers) != 3 {
+		t.Errorf("%d layers, want the base, the npm packages and the files", len(layers))
+	}
+	dir := extractRootfs(t, img)
+	st, err := os.Stat(filepath.Join(dir, "etc/acme/ca.pem"))
+	if err != nil || st.Mode().Perm() != 0o644 {
+		t.Errorf("the profile's file: %v %v, want mode 0644", st, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "node_modules/ms/index.js")); err != nil {
+		t.Errorf("the profile's npm package: %v", err)
+	}
+	cf, _ := img.ConfigFile()
+	if cf.Config.Labels["run.sandpit.npm.ms"] != "2.1.3" {
+		t.Errorf("labels %v", cf.Config.Labels)
+	}
+}

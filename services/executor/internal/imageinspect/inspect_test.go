@@ -52,6 +52,41 @@ func TestDefaultImageHasNoForbiddenClass(t *testing.T) {
 	}
 }
 
+// TestProfilesInspected: node-sdk holds no forbidden class; node-debug's
+// shell (busybox, and sh linking to it) is listed, and forbidden unless
+// allowed.
+func TestProfilesInspected(t *testing.T) {
+	inspect := func(env, name string) *imageinspect.Report {
+		t.Helper()
+		img, _, closer, err := imageinspect.Open(inspecttest.Archive(t, env, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer closer.Close()
+		r, err := imageinspect.Inspect(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	if r := inspect("SANDPIT_SDK_IMAGE_TAR", "sandpit-node-sdk.tar"); len(r.Forbidden(nil)) != 0 {
+		t.Errorf("node-sdk: forbidden %v: %+v", r.Forbidden(nil), r.Findings)
+	}
+	r := inspect("SANDPIT_DEBUG_IMAGE_TAR", "sandpit-node-debug.tar")
+	var shells []string
+	for _, f := range r.Findings {
+		if f.Class == imageinspect.ClassShell {
+			shells = append(shells, f.Path)
+		}
+	}
+	if !reflect.DeepEqual(shells, []string{"/usr/bin/busybox", "/usr/bin/sh"}) || !reflect.DeepEqual(r.Forbidden(nil), []imageinspect.Class{imageinspect.ClassShell}) {
+		t.Errorf("node-debug: shells %v, forbidden %v; want busybox and sh, and shell", shells, r.Forbidden(nil))
+	}
+	if got := r.Forbidden([]imageinspect.Class{imageinspect.ClassShell}); len(got) != 0 {
+		t.Errorf("node-debug with shell allowed: forbidden %v", got)
+	}
+}
+
 // builtFindings is what the image inspecttest builds holds: everything
 // but what its second layer deletes (perl, wget, ruby) and what nobody may
 // execute (the bash completion named curl).

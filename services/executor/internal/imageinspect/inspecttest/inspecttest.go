@@ -26,19 +26,27 @@ import (
 // test is skipped, or fails under CI (CI set), where make test builds it.
 func DefaultImage(t *testing.T) string {
 	t.Helper()
-	p := os.Getenv("SANDPIT_IMAGE_TAR")
+	return Archive(t, "SANDPIT_IMAGE_TAR", "sandpit-node.tar")
+}
+
+// Archive returns the image archive $env names, or build/name at the
+// repository's root; missing, the test is skipped, or fails under CI (make
+// test builds every one: make images).
+func Archive(t *testing.T, env, name string) string {
+	t.Helper()
+	p := os.Getenv(env)
 	if p == "" {
 		root, err := repoRoot()
 		if err != nil {
 			t.Fatal(err)
 		}
-		p = filepath.Join(root, "build", "sandpit-node.tar")
+		p = filepath.Join(root, "build", name)
 	}
 	if _, err := os.Stat(p); err != nil {
 		if os.Getenv("CI") != "" {
-			t.Fatalf("CI: the default image (make image builds it): %v", err)
+			t.Fatalf("CI: image %s (make images builds it): %v", name, err)
 		}
-		t.Skipf("no default image (make image builds it, or set SANDPIT_IMAGE_TAR): %v", err)
+		t.Skipf("no image %s (make images builds it, or set %s): %v", name, env, err)
 	}
 	return p
 }
