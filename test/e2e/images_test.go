@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 
@@ -97,7 +98,22 @@ func TestImageProfiles(t *testing.T) {
 		t.Errorf("node-debug on the default allowlist: %v (started %v), want PermissionDenied IMAGE_NOT_ALLOWED before anything ran", r.err, r.started)
 	}
 
-	dbg := startExecutor(t, executorOpts{allow: append(defaultAllowlist, debugImage)})
+	// Listed, node-debug is still refused by the image check for its
+	// shell, until the operator lets shells through.
+	listed := startExecutor(t, executorOpts{allow: append(defaultAllowlist, debugImage)})
+	r = listed.execute(t.Context(), &executorv1.ExecuteRequest{Image: "node-debug", Code: "1"})
+	if status.Code(r.err) != codes.PermissionDenied || !strings.Contains(r.err.Error(), "shell (/usr/bin/busybox, /usr/bin/sh)") || r.started != nil {
+		t.Errorf("node-debug listed, shells not allowed: %v, want PermissionDenied IMAGE_CONTENT_FORBIDDEN naming the shell", r.err)
+	}
+	insp, err := listed.client.InspectImage(t.Context(), &executorv1.InspectImageRequest{Image: "node-debug"})
+	if err != nil || !slices.Equal(insp.GetForbidden(), []string{"shell"}) || insp.GetImage() != debugImage || insp.GetNodeVersion() != "24.21.0" {
+		t.Errorf("InspectImage(node-debug): %v %v, want shell forbidden", insp, err)
+	}
+	if insp, err := listed.client.InspectImage(t.Context(), &executorv1.InspectImageRequest{Image: "node-sdk"}); err != nil || len(insp.GetForbidden()) != 0 || len(insp.GetFindings()) != 1 {
+		t.Errorf("InspectImage(node-sdk): %v %v, want node alone", insp, err)
+	}
+
+	dbg := startExecutor(t, executorOpts{allow: append(defaultAllowlist, debugImage), flags: []string{"--image-allow-classes", "shell"}})
 	var got profileReport
 	probe(t, dbg, &executorv1.ExecuteRequest{Image: "node-debug", Code: profileProbe, Args: []string{"[]"}}, &got)
 	if got.Spawn["sh"] != "ran" {

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 
 	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
@@ -149,7 +150,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (_ *
 	if err := a.checkRuntimes(); err != nil {
 		return nil, err
 	}
-	if _, err := a.rt.ResolveImage(ctx, cfg.Image); err != nil {
+	defaultImage, err := a.rt.ResolveImage(ctx, cfg.Image)
+	if err != nil {
 		return nil, fmt.Errorf("default image: %w (make image imports it)", err)
 	}
 
@@ -169,16 +171,21 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (_ *
 	a.slots = capacity.New(cfg.MaxConcurrent, cfg.MaxQueue)
 	a.shutdown, a.killAll = context.WithCancel(context.WithoutCancel(ctx))
 	svc := server.New(a.shutdown, server.Config{
-		Defaults:       cfg.Defaults,
-		Maxima:         cfg.Maxima,
-		DefaultImage:   cfg.Image,
-		ImageAllowlist: cfg.ImageAllowlist,
-		NodePath:       cfg.NodePath,
-		Runtimes:       cfg.Runtimes,
-		Egress:         eg,
-		Tenancy:        &server.Tenancy{Source: a.tenants, CertTenants: cfg.TLS.ClientCAFile != ""},
-		Secrets:        a.secrets,
+		Defaults:          cfg.Defaults,
+		Maxima:            cfg.Maxima,
+		DefaultImage:      cfg.Image,
+		ImageAllowlist:    cfg.ImageAllowlist,
+		NodePath:          cfg.NodePath,
+		Runtimes:          cfg.Runtimes,
+		Egress:            eg,
+		Tenancy:           &server.Tenancy{Source: a.tenants, CertTenants: cfg.TLS.ClientCAFile != ""},
+		Secrets:           a.secrets,
+		CheckImages:       cfg.CheckImages,
+		ImageAllowClasses: cfg.ImageAllowClasses,
 	}, a.rt, a.slots, server.NewMetrics(a.reg, a.slots), log)
+	if err := svc.CheckImage(ctx, defaultImage); err != nil {
+		return nil, fmt.Errorf("default image %s: %s", cfg.Image, status.Convert(err).Message())
+	}
 	var callerOpts []grpc.ServerOption
 	if cfg.TLS.Enabled() {
 		creds, err := grpcserve.ServerCredentials(cfg.TLS, log)

@@ -17,6 +17,7 @@ import (
 	"github.com/sandpit-run/sandpit/services/executor/internal/decisionlisten"
 	"github.com/sandpit-run/sandpit/services/executor/internal/firewall"
 	"github.com/sandpit-run/sandpit/services/executor/internal/identity"
+	"github.com/sandpit-run/sandpit/services/executor/internal/imageinspect"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
 	"github.com/sandpit-run/sandpit/services/executor/internal/netns"
 	"github.com/sandpit-run/sandpit/services/executor/internal/ociruntime"
@@ -54,7 +55,11 @@ type Config struct {
 
 	Image          string
 	ImageAllowlist []string
-	NodePath       string
+	// CheckImages refuses images the inspector finds a class of file in
+	// but node and ImageAllowClasses.
+	CheckImages       bool
+	ImageAllowClasses []imageinspect.Class
+	NodePath          string
 
 	Defaults, Maxima limits.Set
 
@@ -153,6 +158,8 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	fs.Var(uint32Value{&c.UserNSCount}, "userns-count", "ranges of 65536 host ids from --userns-base, one per running sandbox; at least --max-concurrent")
 	fs.StringVar(&c.Image, "image", "sandpit.local/node:24", "default sandbox image")
 	allow := fs.String("image-allowlist", DefaultImageAllowlist, "comma-separated images a request may name besides the default; a trailing * matches a prefix. A request names sandpit's images by profile (node, node-sdk, node-sdk:22 for sandpit.local/node-sdk:22); node-debug, which has a shell, is allowed only when listed here")
+	fs.BoolVar(&c.CheckImages, "image-check", true, "read every image before its first use (the image inspector) and refuse one holding a shell, another interpreter, a network tool, a package manager, a compiler, a setuid, setgid or capability file or a world-writable path (IMAGE_CONTENT_FORBIDDEN), but what --image-allow-classes names; the default image is checked at start")
+	allowClasses := fs.String("image-allow-classes", "", "comma-separated classes the image check lets through (shell for node-debug): shell, interpreter, network-tool, package-manager, compiler, setuid, setgid, capability, world-writable")
 	fs.StringVar(&c.NodePath, "node-path", "/usr/local/bin/node", "node binary inside the image")
 	fs.BoolVar(&c.Egress, "egress", false, "give sandboxes egress through the egress proxy on this host (which connects to --decision-listen); without it sandboxes have loopback only")
 	c.MaxNetworkLogBytes = decision.DefaultMaxNetworkLogBytes
@@ -194,6 +201,16 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	}
 	if err := envflag.Apply(fs, getenv); err != nil {
 		return c, err
+	}
+	for _, a := range strings.Split(*allowClasses, ",") {
+		if a = strings.TrimSpace(a); a == "" {
+			continue
+		}
+		cl, err := imageinspect.ParseClass(a)
+		if err != nil {
+			return c, fmt.Errorf("image-allow-classes: %w", err)
+		}
+		c.ImageAllowClasses = append(c.ImageAllowClasses, cl)
 	}
 	if *allow != "" {
 		for _, a := range strings.Split(*allow, ",") {

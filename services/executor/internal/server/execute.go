@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -23,6 +24,7 @@ import (
 	"github.com/sandpit-run/sandpit/services/executor/internal/capacity"
 	"github.com/sandpit-run/sandpit/services/executor/internal/decision"
 	"github.com/sandpit-run/sandpit/services/executor/internal/identity"
+	"github.com/sandpit-run/sandpit/services/executor/internal/imageinspect"
 	"github.com/sandpit-run/sandpit/services/executor/internal/limits"
 	"github.com/sandpit-run/sandpit/services/executor/internal/netns"
 	"github.com/sandpit-run/sandpit/services/executor/internal/ociruntime"
@@ -38,6 +40,8 @@ type Sandboxes interface {
 	// error wraps sandbox.ErrRuntimeUnavailable and says why not.
 	Installed(rt ociruntime.Name) error
 	Run(ctx context.Context, id string, spec sandbox.Spec, started func()) (sandbox.Outcome, error)
+	// Content is img's manifest, config and layers, to read.
+	Content(ctx context.Context, img sandbox.Image) (v1.Image, error)
 }
 
 // Network is one sandbox's attachment to the egress path.
@@ -92,6 +96,11 @@ type Config struct {
 	Tenancy *Tenancy
 	// Secrets holds the secrets requests may name; nil for none.
 	Secrets *secrets.Store
+	// CheckImages refuses an image that holds a class of file the
+	// inspector finds (a shell, an interpreter, ...) but node and
+	// ImageAllowClasses.
+	CheckImages       bool
+	ImageAllowClasses []imageinspect.Class
 }
 
 // DefaultSendGrace is SendGrace's default.
@@ -165,6 +174,9 @@ func (s *Service) Execute(req *executorv1.ExecuteRequest, stream grpc.ServerStre
 	}
 	defer release()
 	img, err := s.resolveImage(ctx, prog.image)
+	if err == nil {
+		err = s.CheckImage(ctx, img)
+	}
 	if err != nil {
 		return s.reject(err)
 	}
@@ -213,14 +225,18 @@ func (s *Service) admit(req *executorv1.ExecuteRequest) (program, error) {
 		return prog, invalidArgument(vs)
 	}
 	if !s.imageAllowed(prog.image) {
-		return prog, statusError(codes.PermissionDenied, ReasonImageNotAllowed,
-			"image "+prog.image+" is not on the executor's image allowlist", map[string]string{"image": prog.image})
+		return prog, imageNotAllowed(prog.image)
 	}
 	prog.runtime = s.cfg.Runtimes.Choose(ociruntime.Request{Image: prog.image})
 	if err := s.sb.Installed(prog.runtime); err != nil {
 		return prog, runtimeUnavailable(prog.image, prog.runtime)
 	}
 	return prog, nil
+}
+
+func imageNotAllowed(ref string) error {
+	return statusError(codes.PermissionDenied, ReasonImageNotAllowed,
+		"image "+ref+" is not on the executor's image allowlist", map[string]string{"image": ref})
 }
 
 // acquire takes an execution slot, waiting in the queue if there is room.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"io"
 	"log/slog"
 	"slices"
@@ -33,6 +34,15 @@ type fakeSandboxes struct {
 	// missing is a runtime Installed says is not installed.
 	missing ociruntime.Name
 	run     func(ctx context.Context, spec sandbox.Spec, started func()) (sandbox.Outcome, error)
+	// content is every image's content, for the inspector; nil is none.
+	content v1.Image
+}
+
+func (f *fakeSandboxes) Content(context.Context, sandbox.Image) (v1.Image, error) {
+	if f.content == nil {
+		return nil, errors.New("no image content in this test")
+	}
+	return f.content, nil
 }
 
 func (f *fakeSandboxes) ResolveImage(_ context.Context, ref string) (sandbox.Image, error) {

@@ -153,6 +153,213 @@ func (Termination) EnumDescriptor() ([]byte, []int) {
 	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{1}
 }
 
+// InspectImageRequest names the image to inspect.
+type InspectImageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As ExecuteRequest.image: a profile (node-sdk, node:22), an allowed
+	// reference, or empty for the default image.
+	Image         string `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InspectImageRequest) Reset() {
+	*x = InspectImageRequest{}
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InspectImageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InspectImageRequest) ProtoMessage() {}
+
+func (x *InspectImageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InspectImageRequest.ProtoReflect.Descriptor instead.
+func (*InspectImageRequest) Descriptor() ([]byte, []int) {
+	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *InspectImageRequest) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
+
+// InspectImageResponse is what the image holds.
+type InspectImageResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The reference inspected and its digest.
+	Image       string `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
+	ImageDigest string `protobuf:"bytes,2,opt,name=image_digest,json=imageDigest,proto3" json:"image_digest,omitempty"`
+	// The Node.js version its node binary says (else its labels), empty when
+	// none does.
+	NodeVersion string `protobuf:"bytes,3,opt,name=node_version,json=nodeVersion,proto3" json:"node_version,omitempty"`
+	// Every finding, in the order of classes then paths.
+	Findings []*ImageFinding `protobuf:"bytes,4,rep,name=findings,proto3" json:"findings,omitempty"`
+	// World-writable directories with the sticky bit (/tmp), which are not
+	// findings.
+	StickyWorldWritable []string `protobuf:"bytes,5,rep,name=sticky_world_writable,json=stickyWorldWritable,proto3" json:"sticky_world_writable,omitempty"`
+	// The classes found that the executor does not run (all but node and
+	// those its --image-allow-classes names). Execute refuses such an image
+	// with PermissionDenied (IMAGE_CONTENT_FORBIDDEN) when the executor
+	// checks images (--image-check, the default).
+	Forbidden     []string `protobuf:"bytes,6,rep,name=forbidden,proto3" json:"forbidden,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InspectImageResponse) Reset() {
+	*x = InspectImageResponse{}
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InspectImageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InspectImageResponse) ProtoMessage() {}
+
+func (x *InspectImageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InspectImageResponse.ProtoReflect.Descriptor instead.
+func (*InspectImageResponse) Descriptor() ([]byte, []int) {
+	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *InspectImageResponse) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
+
+func (x *InspectImageResponse) GetImageDigest() string {
+	if x != nil {
+		return x.ImageDigest
+	}
+	return ""
+}
+
+func (x *InspectImageResponse) GetNodeVersion() string {
+	if x != nil {
+		return x.NodeVersion
+	}
+	return ""
+}
+
+func (x *InspectImageResponse) GetFindings() []*ImageFinding {
+	if x != nil {
+		return x.Findings
+	}
+	return nil
+}
+
+func (x *InspectImageResponse) GetStickyWorldWritable() []string {
+	if x != nil {
+		return x.StickyWorldWritable
+	}
+	return nil
+}
+
+func (x *InspectImageResponse) GetForbidden() []string {
+	if x != nil {
+		return x.Forbidden
+	}
+	return nil
+}
+
+// ImageFinding is one file of a class the inspector looks for.
+type ImageFinding struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// node, shell, interpreter, network-tool, package-manager, compiler,
+	// setuid, setgid, capability or world-writable.
+	Class string `protobuf:"bytes,1,opt,name=class,proto3" json:"class,omitempty"`
+	// The file's path in the image.
+	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// What matched: "name python3", "mode 4755", "xattr security.capability".
+	Why           string `protobuf:"bytes,3,opt,name=why,proto3" json:"why,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageFinding) Reset() {
+	*x = ImageFinding{}
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageFinding) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageFinding) ProtoMessage() {}
+
+func (x *ImageFinding) ProtoReflect() protoreflect.Message {
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageFinding.ProtoReflect.Descriptor instead.
+func (*ImageFinding) Descriptor() ([]byte, []int) {
+	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ImageFinding) GetClass() string {
+	if x != nil {
+		return x.Class
+	}
+	return ""
+}
+
+func (x *ImageFinding) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *ImageFinding) GetWhy() string {
+	if x != nil {
+		return x.Why
+	}
+	return ""
+}
+
 // ExecuteRequest describes one execution: the code, its inputs and its limits.
 type ExecuteRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -213,7 +420,7 @@ type ExecuteRequest struct {
 
 func (x *ExecuteRequest) Reset() {
 	*x = ExecuteRequest{}
-	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[0]
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -225,7 +432,7 @@ func (x *ExecuteRequest) String() string {
 func (*ExecuteRequest) ProtoMessage() {}
 
 func (x *ExecuteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[0]
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -238,7 +445,7 @@ func (x *ExecuteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecuteRequest.ProtoReflect.Descriptor instead.
 func (*ExecuteRequest) Descriptor() ([]byte, []int) {
-	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{0}
+	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ExecuteRequest) GetCode() string {
@@ -331,7 +538,7 @@ type File struct {
 
 func (x *File) Reset() {
 	*x = File{}
-	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[1]
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -343,7 +550,7 @@ func (x *File) String() string {
 func (*File) ProtoMessage() {}
 
 func (x *File) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[1]
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -356,7 +563,7 @@ func (x *File) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use File.ProtoReflect.Descriptor instead.
 func (*File) Descriptor() ([]byte, []int) {
-	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{1}
+	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *File) GetPath() string {
@@ -401,7 +608,7 @@ type Limits struct {
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[2]
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -413,7 +620,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[2]
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -426,7 +633,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{2}
+	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Limits) GetTimeout() *durationpb.Duration {
@@ -504,7 +711,7 @@ type ExecuteResponse struct {
 
 func (x *ExecuteResponse) Reset() {
 	*x = ExecuteResponse{}
-	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[3]
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -516,7 +723,7 @@ func (x *ExecuteResponse) String() string {
 func (*ExecuteResponse) ProtoMessage() {}
 
 func (x *ExecuteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[3]
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -529,7 +736,7 @@ func (x *ExecuteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecuteResponse.ProtoReflect.Descriptor instead.
 func (*ExecuteResponse) Descriptor() ([]byte, []int) {
-	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{3}
+	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ExecuteResponse) GetEvent() isExecuteResponse_Event {
@@ -694,7 +901,7 @@ type NetworkEvent struct {
 
 func (x *NetworkEvent) Reset() {
 	*x = NetworkEvent{}
-	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[4]
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -706,7 +913,7 @@ func (x *NetworkEvent) String() string {
 func (*NetworkEvent) ProtoMessage() {}
 
 func (x *NetworkEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[4]
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -719,7 +926,7 @@ func (x *NetworkEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkEvent.ProtoReflect.Descriptor instead.
 func (*NetworkEvent) Descriptor() ([]byte, []int) {
-	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{4}
+	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *NetworkEvent) GetKind() NetworkEventKind {
@@ -894,7 +1101,7 @@ type NetworkLogEntry struct {
 
 func (x *NetworkLogEntry) Reset() {
 	*x = NetworkLogEntry{}
-	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[5]
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -906,7 +1113,7 @@ func (x *NetworkLogEntry) String() string {
 func (*NetworkLogEntry) ProtoMessage() {}
 
 func (x *NetworkLogEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[5]
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -919,7 +1126,7 @@ func (x *NetworkLogEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkLogEntry.ProtoReflect.Descriptor instead.
 func (*NetworkLogEntry) Descriptor() ([]byte, []int) {
-	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{5}
+	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *NetworkLogEntry) GetTimestamp() *timestamppb.Timestamp {
@@ -1033,7 +1240,7 @@ type Started struct {
 
 func (x *Started) Reset() {
 	*x = Started{}
-	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[6]
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1045,7 +1252,7 @@ func (x *Started) String() string {
 func (*Started) ProtoMessage() {}
 
 func (x *Started) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[6]
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1058,7 +1265,7 @@ func (x *Started) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Started.ProtoReflect.Descriptor instead.
 func (*Started) Descriptor() ([]byte, []int) {
-	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{6}
+	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Started) GetExecutionId() string {
@@ -1122,7 +1329,7 @@ type Output struct {
 
 func (x *Output) Reset() {
 	*x = Output{}
-	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[7]
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1134,7 +1341,7 @@ func (x *Output) String() string {
 func (*Output) ProtoMessage() {}
 
 func (x *Output) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[7]
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1147,7 +1354,7 @@ func (x *Output) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Output.ProtoReflect.Descriptor instead.
 func (*Output) Descriptor() ([]byte, []int) {
-	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{7}
+	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Output) GetData() []byte {
@@ -1252,7 +1459,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[8]
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1264,7 +1471,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[8]
+	mi := &file_sandpit_executor_v1_executor_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1277,7 +1484,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{8}
+	return file_sandpit_executor_v1_executor_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Result) GetTermination() Termination {
@@ -1480,7 +1687,20 @@ var File_sandpit_executor_v1_executor_proto protoreflect.FileDescriptor
 
 const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\n" +
-	"\"sandpit/executor/v1/executor.proto\x12\x13sandpit.executor.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1esandpit/policy/v1/policy.proto\"\xa1\x05\n" +
+	"\"sandpit/executor/v1/executor.proto\x12\x13sandpit.executor.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1esandpit/policy/v1/policy.proto\"+\n" +
+	"\x13InspectImageRequest\x12\x14\n" +
+	"\x05image\x18\x01 \x01(\tR\x05image\"\x83\x02\n" +
+	"\x14InspectImageResponse\x12\x14\n" +
+	"\x05image\x18\x01 \x01(\tR\x05image\x12!\n" +
+	"\fimage_digest\x18\x02 \x01(\tR\vimageDigest\x12!\n" +
+	"\fnode_version\x18\x03 \x01(\tR\vnodeVersion\x12=\n" +
+	"\bfindings\x18\x04 \x03(\v2!.sandpit.executor.v1.ImageFindingR\bfindings\x122\n" +
+	"\x15sticky_world_writable\x18\x05 \x03(\tR\x13stickyWorldWritable\x12\x1c\n" +
+	"\tforbidden\x18\x06 \x03(\tR\tforbidden\"J\n" +
+	"\fImageFinding\x12\x14\n" +
+	"\x05class\x18\x01 \x01(\tR\x05class\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x10\n" +
+	"\x03why\x18\x03 \x01(\tR\x03why\"\xa1\x05\n" +
 	"\x0eExecuteRequest\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\tR\x04code\x12/\n" +
 	"\x05files\x18\x02 \x03(\v2\x19.sandpit.executor.v1.FileR\x05files\x12\x1e\n" +
@@ -1623,9 +1843,10 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\x13TERMINATION_TIMEOUT\x10\x02\x12\x13\n" +
 	"\x0fTERMINATION_OOM\x10\x03\x12\x1c\n" +
 	"\x18TERMINATION_OUTPUT_LIMIT\x10\x04\x12\x18\n" +
-	"\x14TERMINATION_SHUTDOWN\x10\x052i\n" +
+	"\x14TERMINATION_SHUTDOWN\x10\x052\xce\x01\n" +
 	"\x0fExecutorService\x12V\n" +
-	"\aExecute\x12#.sandpit.executor.v1.ExecuteRequest\x1a$.sandpit.executor.v1.ExecuteResponse0\x01BFZDgithub.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1;executorv1b\x06proto3"
+	"\aExecute\x12#.sandpit.executor.v1.ExecuteRequest\x1a$.sandpit.executor.v1.ExecuteResponse0\x01\x12c\n" +
+	"\fInspectImage\x12(.sandpit.executor.v1.InspectImageRequest\x1a).sandpit.executor.v1.InspectImageResponseBFZDgithub.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1;executorv1b\x06proto3"
 
 var (
 	file_sandpit_executor_v1_executor_proto_rawDescOnce sync.Once
@@ -1640,63 +1861,69 @@ func file_sandpit_executor_v1_executor_proto_rawDescGZIP() []byte {
 }
 
 var file_sandpit_executor_v1_executor_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_sandpit_executor_v1_executor_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_sandpit_executor_v1_executor_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_sandpit_executor_v1_executor_proto_goTypes = []any{
 	(NetworkEventKind)(0),         // 0: sandpit.executor.v1.NetworkEventKind
 	(Termination)(0),              // 1: sandpit.executor.v1.Termination
-	(*ExecuteRequest)(nil),        // 2: sandpit.executor.v1.ExecuteRequest
-	(*File)(nil),                  // 3: sandpit.executor.v1.File
-	(*Limits)(nil),                // 4: sandpit.executor.v1.Limits
-	(*ExecuteResponse)(nil),       // 5: sandpit.executor.v1.ExecuteResponse
-	(*NetworkEvent)(nil),          // 6: sandpit.executor.v1.NetworkEvent
-	(*NetworkLogEntry)(nil),       // 7: sandpit.executor.v1.NetworkLogEntry
-	(*Started)(nil),               // 8: sandpit.executor.v1.Started
-	(*Output)(nil),                // 9: sandpit.executor.v1.Output
-	(*Result)(nil),                // 10: sandpit.executor.v1.Result
-	nil,                           // 11: sandpit.executor.v1.ExecuteRequest.EnvEntry
-	nil,                           // 12: sandpit.executor.v1.ExecuteRequest.LabelsEntry
-	nil,                           // 13: sandpit.executor.v1.ExecuteRequest.SecretsEntry
-	(*v1.Policy)(nil),             // 14: sandpit.policy.v1.Policy
-	(*durationpb.Duration)(nil),   // 15: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
-	(v1.Decision)(0),              // 17: sandpit.policy.v1.Decision
-	(v1.DenialCode)(0),            // 18: sandpit.policy.v1.DenialCode
-	(v1.Mode)(0),                  // 19: sandpit.policy.v1.Mode
+	(*InspectImageRequest)(nil),   // 2: sandpit.executor.v1.InspectImageRequest
+	(*InspectImageResponse)(nil),  // 3: sandpit.executor.v1.InspectImageResponse
+	(*ImageFinding)(nil),          // 4: sandpit.executor.v1.ImageFinding
+	(*ExecuteRequest)(nil),        // 5: sandpit.executor.v1.ExecuteRequest
+	(*File)(nil),                  // 6: sandpit.executor.v1.File
+	(*Limits)(nil),                // 7: sandpit.executor.v1.Limits
+	(*ExecuteResponse)(nil),       // 8: sandpit.executor.v1.ExecuteResponse
+	(*NetworkEvent)(nil),          // 9: sandpit.executor.v1.NetworkEvent
+	(*NetworkLogEntry)(nil),       // 10: sandpit.executor.v1.NetworkLogEntry
+	(*Started)(nil),               // 11: sandpit.executor.v1.Started
+	(*Output)(nil),                // 12: sandpit.executor.v1.Output
+	(*Result)(nil),                // 13: sandpit.executor.v1.Result
+	nil,                           // 14: sandpit.executor.v1.ExecuteRequest.EnvEntry
+	nil,                           // 15: sandpit.executor.v1.ExecuteRequest.LabelsEntry
+	nil,                           // 16: sandpit.executor.v1.ExecuteRequest.SecretsEntry
+	(*v1.Policy)(nil),             // 17: sandpit.policy.v1.Policy
+	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
+	(v1.Decision)(0),              // 20: sandpit.policy.v1.Decision
+	(v1.DenialCode)(0),            // 21: sandpit.policy.v1.DenialCode
+	(v1.Mode)(0),                  // 22: sandpit.policy.v1.Mode
 }
 var file_sandpit_executor_v1_executor_proto_depIdxs = []int32{
-	3,  // 0: sandpit.executor.v1.ExecuteRequest.files:type_name -> sandpit.executor.v1.File
-	11, // 1: sandpit.executor.v1.ExecuteRequest.env:type_name -> sandpit.executor.v1.ExecuteRequest.EnvEntry
-	4,  // 2: sandpit.executor.v1.ExecuteRequest.limits:type_name -> sandpit.executor.v1.Limits
-	12, // 3: sandpit.executor.v1.ExecuteRequest.labels:type_name -> sandpit.executor.v1.ExecuteRequest.LabelsEntry
-	14, // 4: sandpit.executor.v1.ExecuteRequest.policy:type_name -> sandpit.policy.v1.Policy
-	13, // 5: sandpit.executor.v1.ExecuteRequest.secrets:type_name -> sandpit.executor.v1.ExecuteRequest.SecretsEntry
-	15, // 6: sandpit.executor.v1.Limits.timeout:type_name -> google.protobuf.Duration
-	8,  // 7: sandpit.executor.v1.ExecuteResponse.started:type_name -> sandpit.executor.v1.Started
-	9,  // 8: sandpit.executor.v1.ExecuteResponse.stdout:type_name -> sandpit.executor.v1.Output
-	9,  // 9: sandpit.executor.v1.ExecuteResponse.stderr:type_name -> sandpit.executor.v1.Output
-	10, // 10: sandpit.executor.v1.ExecuteResponse.result:type_name -> sandpit.executor.v1.Result
-	6,  // 11: sandpit.executor.v1.ExecuteResponse.network:type_name -> sandpit.executor.v1.NetworkEvent
-	0,  // 12: sandpit.executor.v1.NetworkEvent.kind:type_name -> sandpit.executor.v1.NetworkEventKind
-	16, // 13: sandpit.executor.v1.NetworkEvent.time:type_name -> google.protobuf.Timestamp
-	17, // 14: sandpit.executor.v1.NetworkEvent.decision:type_name -> sandpit.policy.v1.Decision
-	15, // 15: sandpit.executor.v1.NetworkEvent.duration:type_name -> google.protobuf.Duration
-	18, // 16: sandpit.executor.v1.NetworkEvent.denial_code:type_name -> sandpit.policy.v1.DenialCode
-	16, // 17: sandpit.executor.v1.NetworkLogEntry.timestamp:type_name -> google.protobuf.Timestamp
-	17, // 18: sandpit.executor.v1.NetworkLogEntry.decision:type_name -> sandpit.policy.v1.Decision
-	18, // 19: sandpit.executor.v1.NetworkLogEntry.denial_code:type_name -> sandpit.policy.v1.DenialCode
-	4,  // 20: sandpit.executor.v1.Started.limits:type_name -> sandpit.executor.v1.Limits
-	19, // 21: sandpit.executor.v1.Started.policy_mode:type_name -> sandpit.policy.v1.Mode
-	1,  // 22: sandpit.executor.v1.Result.termination:type_name -> sandpit.executor.v1.Termination
-	15, // 23: sandpit.executor.v1.Result.wall_time:type_name -> google.protobuf.Duration
-	15, // 24: sandpit.executor.v1.Result.cpu_time:type_name -> google.protobuf.Duration
-	7,  // 25: sandpit.executor.v1.Result.network_log:type_name -> sandpit.executor.v1.NetworkLogEntry
-	2,  // 26: sandpit.executor.v1.ExecutorService.Execute:input_type -> sandpit.executor.v1.ExecuteRequest
-	5,  // 27: sandpit.executor.v1.ExecutorService.Execute:output_type -> sandpit.executor.v1.ExecuteResponse
-	27, // [27:28] is the sub-list for method output_type
-	26, // [26:27] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	4,  // 0: sandpit.executor.v1.InspectImageResponse.findings:type_name -> sandpit.executor.v1.ImageFinding
+	6,  // 1: sandpit.executor.v1.ExecuteRequest.files:type_name -> sandpit.executor.v1.File
+	14, // 2: sandpit.executor.v1.ExecuteRequest.env:type_name -> sandpit.executor.v1.ExecuteRequest.EnvEntry
+	7,  // 3: sandpit.executor.v1.ExecuteRequest.limits:type_name -> sandpit.executor.v1.Limits
+	15, // 4: sandpit.executor.v1.ExecuteRequest.labels:type_name -> sandpit.executor.v1.ExecuteRequest.LabelsEntry
+	17, // 5: sandpit.executor.v1.ExecuteRequest.policy:type_name -> sandpit.policy.v1.Policy
+	16, // 6: sandpit.executor.v1.ExecuteRequest.secrets:type_name -> sandpit.executor.v1.ExecuteRequest.SecretsEntry
+	18, // 7: sandpit.executor.v1.Limits.timeout:type_name -> google.protobuf.Duration
+	11, // 8: sandpit.executor.v1.ExecuteResponse.started:type_name -> sandpit.executor.v1.Started
+	12, // 9: sandpit.executor.v1.ExecuteResponse.stdout:type_name -> sandpit.executor.v1.Output
+	12, // 10: sandpit.executor.v1.ExecuteResponse.stderr:type_name -> sandpit.executor.v1.Output
+	13, // 11: sandpit.executor.v1.ExecuteResponse.result:type_name -> sandpit.executor.v1.Result
+	9,  // 12: sandpit.executor.v1.ExecuteResponse.network:type_name -> sandpit.executor.v1.NetworkEvent
+	0,  // 13: sandpit.executor.v1.NetworkEvent.kind:type_name -> sandpit.executor.v1.NetworkEventKind
+	19, // 14: sandpit.executor.v1.NetworkEvent.time:type_name -> google.protobuf.Timestamp
+	20, // 15: sandpit.executor.v1.NetworkEvent.decision:type_name -> sandpit.policy.v1.Decision
+	18, // 16: sandpit.executor.v1.NetworkEvent.duration:type_name -> google.protobuf.Duration
+	21, // 17: sandpit.executor.v1.NetworkEvent.denial_code:type_name -> sandpit.policy.v1.DenialCode
+	19, // 18: sandpit.executor.v1.NetworkLogEntry.timestamp:type_name -> google.protobuf.Timestamp
+	20, // 19: sandpit.executor.v1.NetworkLogEntry.decision:type_name -> sandpit.policy.v1.Decision
+	21, // 20: sandpit.executor.v1.NetworkLogEntry.denial_code:type_name -> sandpit.policy.v1.DenialCode
+	7,  // 21: sandpit.executor.v1.Started.limits:type_name -> sandpit.executor.v1.Limits
+	22, // 22: sandpit.executor.v1.Started.policy_mode:type_name -> sandpit.policy.v1.Mode
+	1,  // 23: sandpit.executor.v1.Result.termination:type_name -> sandpit.executor.v1.Termination
+	18, // 24: sandpit.executor.v1.Result.wall_time:type_name -> google.protobuf.Duration
+	18, // 25: sandpit.executor.v1.Result.cpu_time:type_name -> google.protobuf.Duration
+	10, // 26: sandpit.executor.v1.Result.network_log:type_name -> sandpit.executor.v1.NetworkLogEntry
+	5,  // 27: sandpit.executor.v1.ExecutorService.Execute:input_type -> sandpit.executor.v1.ExecuteRequest
+	2,  // 28: sandpit.executor.v1.ExecutorService.InspectImage:input_type -> sandpit.executor.v1.InspectImageRequest
+	8,  // 29: sandpit.executor.v1.ExecutorService.Execute:output_type -> sandpit.executor.v1.ExecuteResponse
+	3,  // 30: sandpit.executor.v1.ExecutorService.InspectImage:output_type -> sandpit.executor.v1.InspectImageResponse
+	29, // [29:31] is the sub-list for method output_type
+	27, // [27:29] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_sandpit_executor_v1_executor_proto_init() }
@@ -1704,7 +1931,7 @@ func file_sandpit_executor_v1_executor_proto_init() {
 	if File_sandpit_executor_v1_executor_proto != nil {
 		return
 	}
-	file_sandpit_executor_v1_executor_proto_msgTypes[3].OneofWrappers = []any{
+	file_sandpit_executor_v1_executor_proto_msgTypes[6].OneofWrappers = []any{
 		(*ExecuteResponse_Started)(nil),
 		(*ExecuteResponse_Stdout)(nil),
 		(*ExecuteResponse_Stderr)(nil),
@@ -1717,7 +1944,7 @@ func file_sandpit_executor_v1_executor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sandpit_executor_v1_executor_proto_rawDesc), len(file_sandpit_executor_v1_executor_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   12,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

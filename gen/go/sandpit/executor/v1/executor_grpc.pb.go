@@ -19,7 +19,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ExecutorService_Execute_FullMethodName = "/sandpit.executor.v1.ExecutorService/Execute"
+	ExecutorService_Execute_FullMethodName      = "/sandpit.executor.v1.ExecutorService/Execute"
+	ExecutorService_InspectImage_FullMethodName = "/sandpit.executor.v1.ExecutorService/InspectImage"
 )
 
 // ExecutorServiceClient is the client API for ExecutorService service.
@@ -35,6 +36,11 @@ type ExecutorServiceClient interface {
 	// naming the field before any sandbox exists; a full executor answers
 	// ResourceExhausted. Cancelling the call kills the sandbox.
 	Execute(ctx context.Context, in *ExecuteRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExecuteResponse], error)
+	// InspectImage reads an image the caller may run, as it is in the
+	// executor's containerd, without running anything, and reports what it
+	// holds besides node. An image outside the allowlist is PermissionDenied
+	// (IMAGE_NOT_ALLOWED), one not in containerd NotFound (IMAGE_NOT_FOUND).
+	InspectImage(ctx context.Context, in *InspectImageRequest, opts ...grpc.CallOption) (*InspectImageResponse, error)
 }
 
 type executorServiceClient struct {
@@ -64,6 +70,16 @@ func (c *executorServiceClient) Execute(ctx context.Context, in *ExecuteRequest,
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ExecutorService_ExecuteClient = grpc.ServerStreamingClient[ExecuteResponse]
 
+func (c *executorServiceClient) InspectImage(ctx context.Context, in *InspectImageRequest, opts ...grpc.CallOption) (*InspectImageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(InspectImageResponse)
+	err := c.cc.Invoke(ctx, ExecutorService_InspectImage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ExecutorServiceServer is the server API for ExecutorService service.
 // All implementations must embed UnimplementedExecutorServiceServer
 // for forward compatibility.
@@ -77,6 +93,11 @@ type ExecutorServiceServer interface {
 	// naming the field before any sandbox exists; a full executor answers
 	// ResourceExhausted. Cancelling the call kills the sandbox.
 	Execute(*ExecuteRequest, grpc.ServerStreamingServer[ExecuteResponse]) error
+	// InspectImage reads an image the caller may run, as it is in the
+	// executor's containerd, without running anything, and reports what it
+	// holds besides node. An image outside the allowlist is PermissionDenied
+	// (IMAGE_NOT_ALLOWED), one not in containerd NotFound (IMAGE_NOT_FOUND).
+	InspectImage(context.Context, *InspectImageRequest) (*InspectImageResponse, error)
 	mustEmbedUnimplementedExecutorServiceServer()
 }
 
@@ -89,6 +110,9 @@ type UnimplementedExecutorServiceServer struct{}
 
 func (UnimplementedExecutorServiceServer) Execute(*ExecuteRequest, grpc.ServerStreamingServer[ExecuteResponse]) error {
 	return status.Error(codes.Unimplemented, "method Execute not implemented")
+}
+func (UnimplementedExecutorServiceServer) InspectImage(context.Context, *InspectImageRequest) (*InspectImageResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method InspectImage not implemented")
 }
 func (UnimplementedExecutorServiceServer) mustEmbedUnimplementedExecutorServiceServer() {}
 func (UnimplementedExecutorServiceServer) testEmbeddedByValue()                         {}
@@ -122,13 +146,36 @@ func _ExecutorService_Execute_Handler(srv interface{}, stream grpc.ServerStream)
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ExecutorService_ExecuteServer = grpc.ServerStreamingServer[ExecuteResponse]
 
+func _ExecutorService_InspectImage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(InspectImageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ExecutorServiceServer).InspectImage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ExecutorService_InspectImage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ExecutorServiceServer).InspectImage(ctx, req.(*InspectImageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ExecutorService_ServiceDesc is the grpc.ServiceDesc for ExecutorService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
 var ExecutorService_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "sandpit.executor.v1.ExecutorService",
 	HandlerType: (*ExecutorServiceServer)(nil),
-	Methods:     []grpc.MethodDesc{},
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "InspectImage",
+			Handler:    _ExecutorService_InspectImage_Handler,
+		},
+	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "Execute",

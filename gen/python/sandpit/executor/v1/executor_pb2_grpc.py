@@ -21,6 +21,11 @@ class ExecutorServiceStub(object):
                 request_serializer=sandpit_dot_executor_dot_v1_dot_executor__pb2.ExecuteRequest.SerializeToString,
                 response_deserializer=sandpit_dot_executor_dot_v1_dot_executor__pb2.ExecuteResponse.FromString,
                 )
+        self.InspectImage = channel.unary_unary(
+                '/sandpit.executor.v1.ExecutorService/InspectImage',
+                request_serializer=sandpit_dot_executor_dot_v1_dot_executor__pb2.InspectImageRequest.SerializeToString,
+                response_deserializer=sandpit_dot_executor_dot_v1_dot_executor__pb2.InspectImageResponse.FromString,
+                )
 
 
 class ExecutorServiceServicer(object):
@@ -39,6 +44,16 @@ class ExecutorServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InspectImage(self, request, context):
+        """InspectImage reads an image the caller may run, as it is in the
+        executor's containerd, without running anything, and reports what it
+        holds besides node. An image outside the allowlist is PermissionDenied
+        (IMAGE_NOT_ALLOWED), one not in containerd NotFound (IMAGE_NOT_FOUND).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -46,6 +61,11 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.Execute,
                     request_deserializer=sandpit_dot_executor_dot_v1_dot_executor__pb2.ExecuteRequest.FromString,
                     response_serializer=sandpit_dot_executor_dot_v1_dot_executor__pb2.ExecuteResponse.SerializeToString,
+            ),
+            'InspectImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.InspectImage,
+                    request_deserializer=sandpit_dot_executor_dot_v1_dot_executor__pb2.InspectImageRequest.FromString,
+                    response_serializer=sandpit_dot_executor_dot_v1_dot_executor__pb2.InspectImageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -73,5 +93,22 @@ class ExecutorService(object):
         return grpc.experimental.unary_stream(request, target, '/sandpit.executor.v1.ExecutorService/Execute',
             sandpit_dot_executor_dot_v1_dot_executor__pb2.ExecuteRequest.SerializeToString,
             sandpit_dot_executor_dot_v1_dot_executor__pb2.ExecuteResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def InspectImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/sandpit.executor.v1.ExecutorService/InspectImage',
+            sandpit_dot_executor_dot_v1_dot_executor__pb2.InspectImageRequest.SerializeToString,
+            sandpit_dot_executor_dot_v1_dot_executor__pb2.InspectImageResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

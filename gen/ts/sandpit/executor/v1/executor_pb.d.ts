@@ -13,6 +13,120 @@ import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 export declare const file_sandpit_executor_v1_executor: GenFile;
 
 /**
+ * InspectImageRequest names the image to inspect.
+ *
+ * @generated from message sandpit.executor.v1.InspectImageRequest
+ */
+export declare type InspectImageRequest = Message<"sandpit.executor.v1.InspectImageRequest"> & {
+  /**
+   * As ExecuteRequest.image: a profile (node-sdk, node:22), an allowed
+   * reference, or empty for the default image.
+   *
+   * @generated from field: string image = 1;
+   */
+  image: string;
+};
+
+/**
+ * Describes the message sandpit.executor.v1.InspectImageRequest.
+ * Use `create(InspectImageRequestSchema)` to create a new message.
+ */
+export declare const InspectImageRequestSchema: GenMessage<InspectImageRequest>;
+
+/**
+ * InspectImageResponse is what the image holds.
+ *
+ * @generated from message sandpit.executor.v1.InspectImageResponse
+ */
+export declare type InspectImageResponse = Message<"sandpit.executor.v1.InspectImageResponse"> & {
+  /**
+   * The reference inspected and its digest.
+   *
+   * @generated from field: string image = 1;
+   */
+  image: string;
+
+  /**
+   * @generated from field: string image_digest = 2;
+   */
+  imageDigest: string;
+
+  /**
+   * The Node.js version its node binary says (else its labels), empty when
+   * none does.
+   *
+   * @generated from field: string node_version = 3;
+   */
+  nodeVersion: string;
+
+  /**
+   * Every finding, in the order of classes then paths.
+   *
+   * @generated from field: repeated sandpit.executor.v1.ImageFinding findings = 4;
+   */
+  findings: ImageFinding[];
+
+  /**
+   * World-writable directories with the sticky bit (/tmp), which are not
+   * findings.
+   *
+   * @generated from field: repeated string sticky_world_writable = 5;
+   */
+  stickyWorldWritable: string[];
+
+  /**
+   * The classes found that the executor does not run (all but node and
+   * those its --image-allow-classes names). Execute refuses such an image
+   * with PermissionDenied (IMAGE_CONTENT_FORBIDDEN) when the executor
+   * checks images (--image-check, the default).
+   *
+   * @generated from field: repeated string forbidden = 6;
+   */
+  forbidden: string[];
+};
+
+/**
+ * Describes the message sandpit.executor.v1.InspectImageResponse.
+ * Use `create(InspectImageResponseSchema)` to create a new message.
+ */
+export declare const InspectImageResponseSchema: GenMessage<InspectImageResponse>;
+
+/**
+ * ImageFinding is one file of a class the inspector looks for.
+ *
+ * @generated from message sandpit.executor.v1.ImageFinding
+ */
+export declare type ImageFinding = Message<"sandpit.executor.v1.ImageFinding"> & {
+  /**
+   * node, shell, interpreter, network-tool, package-manager, compiler,
+   * setuid, setgid, capability or world-writable.
+   *
+   * @generated from field: string class = 1;
+   */
+  class: string;
+
+  /**
+   * The file's path in the image.
+   *
+   * @generated from field: string path = 2;
+   */
+  path: string;
+
+  /**
+   * What matched: "name python3", "mode 4755", "xattr security.capability".
+   *
+   * @generated from field: string why = 3;
+   */
+  why: string;
+};
+
+/**
+ * Describes the message sandpit.executor.v1.ImageFinding.
+ * Use `create(ImageFindingSchema)` to create a new message.
+ */
+export declare const ImageFindingSchema: GenMessage<ImageFinding>;
+
+/**
  * ExecuteRequest describes one execution: the code, its inputs and its limits.
  *
  * @generated from message sandpit.executor.v1.ExecuteRequest
@@ -1013,6 +1127,19 @@ export declare const ExecutorService: GenService<{
     methodKind: "server_streaming";
     input: typeof ExecuteRequestSchema;
     output: typeof ExecuteResponseSchema;
+  },
+  /**
+   * InspectImage reads an image the caller may run, as it is in the
+   * executor's containerd, without running anything, and reports what it
+   * holds besides node. An image outside the allowlist is PermissionDenied
+   * (IMAGE_NOT_ALLOWED), one not in containerd NotFound (IMAGE_NOT_FOUND).
+   *
+   * @generated from rpc sandpit.executor.v1.ExecutorService.InspectImage
+   */
+  inspectImage: {
+    methodKind: "unary";
+    input: typeof InspectImageRequestSchema;
+    output: typeof InspectImageResponseSchema;
   },
 }>;
 
