@@ -137,6 +137,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (_ *
 		GID:           uint32(cfg.SandboxGID),
 		InitPath:      cfg.InitPath,
 		HostIDs:       hostIDs,
+		PullTimeout:   cfg.ImagePullTimeout,
 	}, sandbox.NewMetrics(a.reg), log)
 	if err != nil {
 		return nil, err

@@ -59,7 +59,10 @@ type Config struct {
 	// but node and ImageAllowClasses.
 	CheckImages       bool
 	ImageAllowClasses []imageinspect.Class
-	NodePath          string
+	// ImagePullTimeout bounds pulling an allowed image that is not in
+	// containerd; zero never pulls.
+	ImagePullTimeout time.Duration
+	NodePath         string
 
 	Defaults, Maxima limits.Set
 
@@ -158,6 +161,7 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	fs.Var(uint32Value{&c.UserNSCount}, "userns-count", "ranges of 65536 host ids from --userns-base, one per running sandbox; at least --max-concurrent")
 	fs.StringVar(&c.Image, "image", "sandpit.local/node:24", "default sandbox image")
 	allow := fs.String("image-allowlist", DefaultImageAllowlist, "comma-separated images a request may name besides the default; a trailing * matches a prefix. A request names sandpit's images by profile (node, node-sdk, node-sdk:22 for sandpit.local/node-sdk:22); node-debug, which has a shell, is allowed only when listed here")
+	fs.DurationVar(&c.ImagePullTimeout, "image-pull-timeout", 2*time.Minute, "an allowed image that is not in containerd (and not under sandpit.local/) is pulled from its registry within this long (plain HTTP only from a loopback registry); 0 never pulls (IMAGE_NOT_FOUND)")
 	fs.BoolVar(&c.CheckImages, "image-check", true, "read every image before its first use (the image inspector) and refuse one holding a shell, another interpreter, a network tool, a package manager, a compiler, a setuid, setgid or capability file or a world-writable path (IMAGE_CONTENT_FORBIDDEN), but what --image-allow-classes names; the default image is checked at start")
 	allowClasses := fs.String("image-allow-classes", "", "comma-separated classes the image check lets through (shell for node-debug): shell, interpreter, network-tool, package-manager, compiler, setuid, setgid, capability, world-writable")
 	fs.StringVar(&c.NodePath, "node-path", "/usr/local/bin/node", "node binary inside the image")
@@ -264,6 +268,8 @@ func (c Config) validate() error {
 		return errors.New("tenants-file and policy-store need callers to be authenticated: set --jwt-* keys or --tls-client-ca")
 	case c.TenantsReload <= 0:
 		return errors.New("tenants-reload-interval must be positive")
+	case c.ImagePullTimeout < 0:
+		return errors.New("image-pull-timeout must not be negative")
 	case c.SecretsReload <= 0:
 		return errors.New("secrets-reload-interval must be positive")
 	case c.SecretsDir != "" && !c.Egress:

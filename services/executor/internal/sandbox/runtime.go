@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path"
 	"path/filepath"
@@ -20,6 +21,8 @@ import (
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/containerd/v2/core/remotes/docker/config"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
@@ -29,8 +32,16 @@ import (
 	"github.com/sandpit-run/sandpit/services/executor/internal/ociruntime"
 )
 
-// ErrImageNotFound is returned when an image is not in containerd.
-var ErrImageNotFound = errors.New("image not found")
+// ErrImageNotFound is returned when an image is not in containerd (and
+// was not to be pulled); ErrImagePull when it was and could not be.
+var (
+	ErrImageNotFound = errors.New("image not found")
+	ErrImagePull     = errors.New("image pull failed")
+)
+
+// LocalRepository names the images sandpit builds and imports itself:
+// they are never pulled.
+const LocalRepository = "sandpit.local/"
 
 // Config says how the Runtime reaches containerd and what it runs.
 type Config struct {
@@ -59,6 +70,10 @@ type Config struct {
 	// HostIDs, when set, gives each sandbox a user namespace of its own
 	// with one of its ranges; nil runs sandboxes in the host's.
 	HostIDs *HostIDs
+	// PullTimeout, when positive, has an image that is not in containerd
+	// (and not under LocalRepository) pulled from its registry, within
+	// this long; zero never pulls.
+	PullTimeout time.Duration
 }
 
 // Runtime creates sandboxes through containerd.
@@ -175,6 +190,12 @@ type Image struct {
 func (r *Runtime) ResolveImage(ctx context.Context, ref string) (Image, error) {
 	ctx = r.ns(ctx)
 	img, err := r.client.GetImage(ctx, ref)
+	if errdefs.IsNotFound(err) && r.cfg.PullTimeout > 0 && !strings.HasPrefix(ref, LocalRepository) {
+		img, err = r.pull(ctx, ref)
+		if err != nil {
+			return Image{}, err
+		}
+	}
 	if errdefs.IsNotFound(err) {
 		return Image{}, fmt.Errorf("resolve image %s: %w", ref, ErrImageNotFound)
 	}
@@ -195,6 +216,37 @@ func (r *Runtime) ResolveImage(ctx context.Context, ref string) (Image, error) {
 		return Image{}, fmt.Errorf("read image config %s: %w", ref, err)
 	}
 	return Image{Ref: ref, Digest: img.Target().Digest.String(), NodeVersion: cfg.Config.Labels[LabelNodeVersion], image: img}, nil
+}
+
+// pull fetches ref from its registry (plain HTTP only for localhost and
+// loopback registries) and unpacks it, within PullTimeout.
+func (r *Runtime) pull(ctx context.Context, ref string) (containerd.Image, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.PullTimeout)
+	defer cancel()
+	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: config.ConfigureHosts(ctx, config.HostOptions{DefaultScheme: "https"})})
+	if host := strings.SplitN(ref, "/", 2)[0]; isLoopbackHost(host) {
+		resolver = docker.NewResolver(docker.ResolverOptions{PlainHTTP: true})
+	}
+	img, err := r.client.Pull(ctx, ref, containerd.WithPullUnpack, containerd.WithPullSnapshotter(r.cfg.Snapshotter), containerd.WithResolver(resolver),
+		containerd.WithPlatform("linux/amd64"))
+	if err != nil {
+		return nil, fmt.Errorf("pull image %s: %w: %w", ref, ErrImagePull, err)
+	}
+	return img, nil
+}
+
+// isLoopbackHost reports whether a registry host (host or host:port) is
+// this machine's loopback, which serves plain HTTP.
+func isLoopbackHost(host string) bool {
+	h := host
+	if hh, _, err := net.SplitHostPort(host); err == nil {
+		h = hh
+	}
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
 }
 
 // Spec is one execution's program and limits.

@@ -25,6 +25,7 @@ const (
 	ReasonInvalidArgument       = "INVALID_ARGUMENT"
 	ReasonImageNotAllowed       = "IMAGE_NOT_ALLOWED"
 	ReasonImageNotFound         = "IMAGE_NOT_FOUND"
+	ReasonImagePullFailed       = "IMAGE_PULL_FAILED"
 	ReasonRuntimeUnavailable    = "RUNTIME_UNAVAILABLE"
 	ReasonSlotsFull             = "SLOTS_FULL"
 	ReasonAddressPoolExhausted  = "ADDRESS_POOL_EXHAUSTED"

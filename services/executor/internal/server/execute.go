@@ -260,6 +260,11 @@ func (s *Service) resolveImage(ctx context.Context, ref string) (sandbox.Image, 
 	case errors.Is(err, sandbox.ErrImageNotFound):
 		return img, statusError(codes.NotFound, ReasonImageNotFound,
 			"image "+ref+" is not in the executor's containerd", map[string]string{"image": ref})
+	case errors.Is(err, sandbox.ErrImagePull) && ctx.Err() == nil:
+		s.log.Warn("image pull failed", "image", ref, "error", err)
+		return img, statusError(codes.Unavailable, ReasonImagePullFailed,
+			"image "+ref+" is not in the executor's containerd and could not be pulled from its registry (unreachable, refused, or no such image there); the executor's log has why",
+			map[string]string{"image": ref}, retry())
 	default:
 		return img, s.runtimeError(ctx, "", err)
 	}
