@@ -8,7 +8,6 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 
 	"github.com/sandpit-run/sandpit/deploy/image/internal/image"
 	"github.com/sandpit-run/sandpit/deploy/image/internal/inputs"
@@ -47,14 +46,7 @@ func DebugImage(ctx context.Context, base v1.Image, v *variants.Variant, f *inpu
 	if err != nil {
 		return nil, fmt.Errorf("variant %s: %w", v.Name, err)
 	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return nil, fmt.Errorf("variant %s: read config: %w", v.Name, err)
-	}
-	cfg := cf.Config.DeepCopy()
-	cfg.Labels = VariantLabels(v, cfg.Labels)
-	cfg.Labels["run.sandpit.debian."+pins.DebugShell.Name] = pins.DebugShell.Version
-	return mutate.Config(img, *cfg)
+	return labelled(img, v, map[string]string{"run.sandpit.debian." + pins.DebugShell.Name: pins.DebugShell.Version})
 }
 
 // FilesImage returns base plus one layer with the files of an operator's
@@ -81,11 +73,5 @@ func FilesImage(base v1.Image, v *variants.Variant, workDir string, created time
 	if err != nil {
 		return nil, fmt.Errorf("profile %s: %w", v.Name, err)
 	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return nil, fmt.Errorf("profile %s: read config: %w", v.Name, err)
-	}
-	cfg := cf.Config.DeepCopy()
-	cfg.Labels = VariantLabels(v, cfg.Labels)
-	return mutate.Config(img, *cfg)
+	return labelled(img, v, nil)
 }

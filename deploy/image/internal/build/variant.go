@@ -150,6 +150,22 @@ func VariantLabels(v *variants.Variant, base map[string]string) map[string]strin
 	return l
 }
 
+// labelled is img with v's labels (VariantLabels) and extra.
+func labelled(img v1.Image, v *variants.Variant, extra map[string]string) (v1.Image, error) {
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, fmt.Errorf("variant %s: read config: %w", v.Name, err)
+	}
+	cfg := cf.Config.DeepCopy()
+	cfg.Labels = VariantLabels(v, cfg.Labels)
+	maps.Copy(cfg.Labels, extra)
+	img, err = mutate.Config(img, *cfg)
+	if err != nil {
+		return nil, fmt.Errorf("variant %s: set labels: %w", v.Name, err)
+	}
+	return img, nil
+}
+
 // VariantImage returns base plus one layer holding the node_modules tree
 // at modules (from InstallVariant) at VariantModulesDir, with v's labels.
 // The base layer and the rest of the config are unchanged.
@@ -163,15 +179,8 @@ func VariantImage(base v1.Image, v *variants.Variant, modules, workDir string, c
 	if err != nil {
 		return nil, fmt.Errorf("variant %s: %w", v.Name, err)
 	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return nil, fmt.Errorf("variant %s: read config: %w", v.Name, err)
-	}
-	cfg := cf.Config.DeepCopy()
-	cfg.Labels = VariantLabels(v, cfg.Labels)
-	img, err = mutate.Config(img, *cfg)
-	if err != nil {
-		return nil, fmt.Errorf("variant %s: set labels: %w", v.Name, err)
+	if img, err = labelled(img, v, nil); err != nil {
+		return nil, err
 	}
 	return img, nil
 }
