@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"errors"
 	"io"
+	"log"
 	"net"
 	"net/http/httptest"
 	"os"
@@ -80,7 +81,7 @@ func layoutImage(t *testing.T, tarPath string) v1.Image {
 // runs; one the registry does not have, or on a registry that does not
 // answer, is UNAVAILABLE with IMAGE_PULL_FAILED, and nothing runs.
 func TestAllowedImageIsPulled(t *testing.T) {
-	srv := httptest.NewServer(registry.New(registry.Logger(nil)))
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	t.Cleanup(srv.Close)
 	host := strings.TrimPrefix(srv.URL, "http://")
 	tarPath, err := containerdtest.Artifact("SANDPIT_IMAGE_TAR", "build/sandpit-node.tar")
