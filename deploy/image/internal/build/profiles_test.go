@@ -14,10 +14,10 @@ import (
 	"github.com/sandpit-run/sandpit/deploy/image/internal/pins"
 )
 
-// TestNodeMajorsAndDebug builds node for Node.js 22 twice and node-debug
-// once: 22 is reproducible, named node:22, labelled and runs v22; the debug
-// image is the default image plus busybox and sh, whose shell runs, and is
-// named node-debug:24.
+// TestNodeMajorsAndDebug builds node for Node.js 22, node-debug, and
+// node-sdk and node-debug for 22, each twice: each is reproducible; 22 is
+// named node:22, labelled and runs v22; the debug image is the default
+// image plus busybox and sh, whose shell runs, and is named node-debug:24.
 func TestNodeMajorsAndDebug(t *testing.T) {
 	build := func(out, variant, major string) {
 		t.Helper()
@@ -47,8 +47,24 @@ func TestNodeMajorsAndDebug(t *testing.T) {
 		t.Errorf("node:22's node --version: %q %v", out, err)
 	}
 
-	d := filepath.Join(testDir, "debug.tar")
+	d, d2 := filepath.Join(testDir, "debug.tar"), filepath.Join(testDir, "debug2.tar")
 	build(d, "debug", "")
+	build(d2, "debug", "")
+	if fileSHA(t, d) != fileSHA(t, d2) {
+		t.Error("two builds of node-debug differ")
+	}
+	// The other profiles build for 22 too, twice the same.
+	for _, v := range []string{"sdk", "debug"} {
+		x, y := filepath.Join(testDir, v+"-22a.tar"), filepath.Join(testDir, v+"-22b.tar")
+		build(x, v, "22")
+		build(y, v, "22")
+		if fileSHA(t, x) != fileSHA(t, y) {
+			t.Errorf("two builds of %s for Node 22 differ", v)
+		}
+		if _, desc := loadLayout(t, x); !strings.HasSuffix(desc.Annotations["io.containerd.image.name"], ":22") {
+			t.Errorf("%s for 22 named %q", v, desc.Annotations["io.containerd.image.name"])
+		}
+	}
 	img, desc = loadLayout(t, d)
 	if desc.Annotations["io.containerd.image.name"] != "sandpit.local/node-debug:24" {
 		t.Errorf("node-debug named %q", desc.Annotations["io.containerd.image.name"])

@@ -77,3 +77,17 @@ func TestExitStatuses(t *testing.T) {
 		})
 	}
 }
+
+// TestDebugImageExitsNonZero: on node-debug the CLI lists the shell and
+// exits 1, and 0 once shells are allowed.
+func TestDebugImageExitsNonZero(t *testing.T) {
+	tar := inspecttest.Archive(t, "SANDPIT_DEBUG_IMAGE_TAR", "sandpit-node-debug.tar")
+	var out, errOut bytes.Buffer
+	if code := run([]string{"image", "inspect", tar}, &out, &errOut); code != exitForbidden || !strings.Contains(out.String(), "/usr/bin/sh") {
+		t.Errorf("node-debug: exit %d, want %d listing /usr/bin/sh:\n%s%s", code, exitForbidden, out.String(), errOut.String())
+	}
+	out.Reset()
+	if code := run([]string{"image", "inspect", "--allow", "shell", tar}, &out, &errOut); code != exitClean {
+		t.Errorf("node-debug with shells allowed: exit %d, want %d:\n%s", code, exitClean, out.String())
+	}
+}
