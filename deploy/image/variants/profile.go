@@ -37,6 +37,8 @@ const (
 )
 
 var (
+	// exactVersion is a pin npm cannot resolve to another version.
+	exactVersion  = regexp.MustCompile(`^[0-9]+\.[0-9]+\.[0-9]+$`)
 	profileNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
 	// reservedNames are sandpit's own profiles.
 	reservedNames = []string{"node", "node-sdk", "node-debug"}
@@ -98,9 +100,8 @@ func LoadProfile(p string) (*Variant, error) {
 		if err := json.Unmarshal(v.PackageJSON, &pj); err != nil {
 			return nil, bad("npm", "package.json: %v", err)
 		}
-		exact := regexp.MustCompile(`^[0-9]+\.[0-9]+\.[0-9]+$`)
 		for name, version := range pj.Dependencies {
-			if !exact.MatchString(version) {
+			if !exactVersion.MatchString(version) {
 				return nil, bad("npm", "package.json pins %s at %q: pin an exact version", name, version)
 			}
 			v.Packages[name] = version

@@ -3,7 +3,6 @@ package variants
 import (
 	"encoding/json"
 	"maps"
-	"regexp"
 	"testing"
 )
 
@@ -16,7 +15,6 @@ var reviewedBins = map[string]bool{"anthropic-ai-sdk": true, "uuid": true}
 // package-lock.json agree, and that every pin is an exact version with an
 // integrity hash in the lock file.
 func TestPinsConsistent(t *testing.T) {
-	exact := regexp.MustCompile(`^[0-9]+\.[0-9]+\.[0-9]+$`)
 	for _, name := range Names() {
 		v, err := Get(name)
 		if err != nil {
@@ -62,7 +60,7 @@ func TestPinsConsistent(t *testing.T) {
 			t.Errorf("%s: package-lock.json root dependencies %v, Packages %v (run npm install --package-lock-only)", name, lock.Packages[""].Dependencies, v.Packages)
 		}
 		for pkg, version := range v.Packages {
-			if !exact.MatchString(version) {
+			if !exactVersion.MatchString(version) {
 				t.Errorf("%s: %s pinned as %q, want an exact version", name, pkg, version)
 			}
 			if got := lock.Packages["node_modules/"+pkg].Version; got != version {

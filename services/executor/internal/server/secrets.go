@@ -37,15 +37,15 @@ func (s *Service) bindSecrets(req *executorv1.ExecuteRequest, tenant string, cha
 		envs = append(envs, env)
 	}
 	slices.Sort(envs) // the first refusal is the same every time
+	switch {
+	case s.cfg.Egress == nil || chain == nil:
+		return nil, refuse(envs[0], "this executor has no egress proxy configured, so no secret can reach a request")
+	case s.cfg.Secrets == nil:
+		return nil, refuse(envs[0], "this executor has no secret store (--secrets-dir or "+secrets.EnvPrefix+"* variables)")
+	}
 	var out []decision.Secret
 	for _, env := range envs {
 		name := req.GetSecrets()[env]
-		if s.cfg.Egress == nil || chain == nil {
-			return nil, refuse(env, "this executor has no egress proxy configured, so no secret can reach a request")
-		}
-		if s.cfg.Secrets == nil {
-			return nil, refuse(env, "this executor has no secret store (--secrets-dir or "+secrets.EnvPrefix+"* variables)")
-		}
 		b, ok := chain.SecretBinding(name)
 		if !ok {
 			return nil, refuse(env, fmt.Sprintf("no policy in force binds secret %q", name))

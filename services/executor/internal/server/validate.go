@@ -218,17 +218,14 @@ func checkPath(p string) string {
 
 // imageAllowed matches ref against the allowlist; an entry ending in * is a
 // prefix.
-// ProfileRepository is where the images deploy/image builds are named:
-// PROFILE:MAJOR under it (sandpit.local/node-sdk:22).
-const ProfileRepository = "sandpit.local"
-
 // profileName is how a request names an image by profile: node, node-sdk,
 // node-sdk:22.
 var profileName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}(:[0-9]{1,3})?$`)
 
 // imageRef is the reference a request's image names: the default for none;
 // a profile, with the Node.js major of the default image unless it says
-// one, under ProfileRepository; anything else as it is.
+// one, under sandbox.LocalRepository (sandpit.local/node-sdk:22); anything
+// else as it is.
 func (s *Service) imageRef(name string) string {
 	if name == "" {
 		return s.cfg.DefaultImage
@@ -240,13 +237,13 @@ func (s *Service) imageRef(name string) string {
 	if !ok {
 		major = defaultMajor(s.cfg.DefaultImage)
 	}
-	return ProfileRepository + "/" + profile + ":" + major
+	return sandbox.LocalRepository + profile + ":" + major
 }
 
 // defaultMajor is the Node.js major of the default image when it is a
 // profile's (sandpit.local/node:24), else 24.
 func defaultMajor(def string) string {
-	if rest, ok := strings.CutPrefix(def, ProfileRepository+"/"); ok {
+	if rest, ok := strings.CutPrefix(def, sandbox.LocalRepository); ok {
 		if _, major, ok := strings.Cut(rest, ":"); ok && major != "" {
 			return major
 		}
