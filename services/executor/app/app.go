@@ -39,8 +39,8 @@ import (
 	"github.com/sandpit-run/sandpit/services/executor/internal/sandbox"
 	"github.com/sandpit-run/sandpit/services/executor/internal/secrets"
 	"github.com/sandpit-run/sandpit/services/executor/internal/server"
-	"github.com/sandpit-run/sandpit/services/executor/internal/warmpool"
 	"github.com/sandpit-run/sandpit/services/executor/internal/tenants"
+	"github.com/sandpit-run/sandpit/services/executor/internal/warmpool"
 	"github.com/sandpit-run/sandpit/services/policy"
 )
 

@@ -95,8 +95,8 @@ type Config struct {
 	// default image are kept ready; WarmPoolMaxAge how long one is kept.
 	WarmPool       int
 	WarmPoolMaxAge time.Duration
-	MaxQueue      int
-	ShutdownGrace time.Duration
+	MaxQueue       int
+	ShutdownGrace  time.Duration
 
 	// JWT authenticates callers when it names a key.
 	JWT identity.Config

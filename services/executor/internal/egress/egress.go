@@ -166,9 +166,9 @@ type Attachment struct {
 	// NetworkError says why the sandbox has no egress, if it has none.
 	NetworkError string
 
-	e          *Egress
-	sb         *netns.Sandbox
-	caSHA256   string // of the CA the sandbox trusts; empty without one
+	e           *Egress
+	sb          *netns.Sandbox
+	caSHA256    string // of the CA the sandbox trusts; empty without one
 	unregister  func()
 	endOnce     sync.Once
 	releaseOnce sync.Once

@@ -41,7 +41,7 @@ func (e summaryEgress) Attach(context.Context, string, *policy.Compiled, chan<- 
 }
 
 func (summaryEgress) Policy(narrow *policy.Compiled) *policy.Compiled { return policy.Chain(narrow) }
-func (summaryEgress) Prepare() (Reservation, error)                  { return nil, errNoWarm }
+func (summaryEgress) Prepare() (Reservation, error)                   { return nil, errNoWarm }
 
 // TestMetrics runs executions that exit, time out and fail, and one that
 // is refused: each is counted once under the shared vocabulary, and what
