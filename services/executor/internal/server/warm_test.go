@@ -33,17 +33,39 @@ func TestFitsWarm(t *testing.T) {
 		t.Error("memory, CPU, pids and timeout are applied at the claim, yet they send a request cold")
 	}
 	cold := map[string]func(*program, *executorv1.ExecuteRequest, *sandbox.Image, *[]decision.Secret){
-		"another image":    func(_ *program, _ *executorv1.ExecuteRequest, i *sandbox.Image, _ *[]decision.Secret) { i.Ref = "sandpit.local/node-sdk:24" },
-		"runsc":            func(p *program, _ *executorv1.ExecuteRequest, _ *sandbox.Image, _ *[]decision.Secret) { p.runtime = ociruntime.Runsc },
-		"entrypoint":       func(p *program, _ *executorv1.ExecuteRequest, _ *sandbox.Image, _ *[]decision.Secret) { p.entrypoint = "index.mjs" },
-		"tmp size":         func(p *program, _ *executorv1.ExecuteRequest, _ *sandbox.Image, _ *[]decision.Secret) { p.limits.TmpBytes *= 2 },
-		"open files":       func(p *program, _ *executorv1.ExecuteRequest, _ *sandbox.Image, _ *[]decision.Secret) { p.limits.OpenFiles = 64 },
-		"/tmp inodes":      func(p *program, _ *executorv1.ExecuteRequest, _ *sandbox.Image, _ *[]decision.Secret) { p.limits.MemoryBytes = 32 << 20 },
-		"NODE_OPTIONS":     func(_ *program, r *executorv1.ExecuteRequest, _ *sandbox.Image, _ *[]decision.Secret) { r.Env["NODE_OPTIONS"] = "--max-old-space-size=64" },
-		"UV_THREADPOOL":    func(_ *program, r *executorv1.ExecuteRequest, _ *sandbox.Image, _ *[]decision.Secret) { r.Env["UV_THREADPOOL_SIZE"] = "1" },
-		"LD_PRELOAD":       func(_ *program, r *executorv1.ExecuteRequest, _ *sandbox.Image, _ *[]decision.Secret) { r.Env["LD_PRELOAD"] = "/x.so" },
-		"GLIBC_TUNABLES":   func(_ *program, r *executorv1.ExecuteRequest, _ *sandbox.Image, _ *[]decision.Secret) { r.Env["GLIBC_TUNABLES"] = "x" },
-		"a secret's NODE_": func(_ *program, _ *executorv1.ExecuteRequest, _ *sandbox.Image, s *[]decision.Secret) { *s = append(*s, decision.Secret{Env: "NODE_AUTH_TOKEN"}) },
+		"another image": func(_ *program, _ *executorv1.ExecuteRequest, i *sandbox.Image, _ *[]decision.Secret) {
+			i.Ref = "sandpit.local/node-sdk:24"
+		},
+		"runsc": func(p *program, _ *executorv1.ExecuteRequest, _ *sandbox.Image, _ *[]decision.Secret) {
+			p.runtime = ociruntime.Runsc
+		},
+		"entrypoint": func(p *program, _ *executorv1.ExecuteRequest, _ *sandbox.Image, _ *[]decision.Secret) {
+			p.entrypoint = "index.mjs"
+		},
+		"tmp size": func(p *program, _ *executorv1.ExecuteRequest, _ *sandbox.Image, _ *[]decision.Secret) {
+			p.limits.TmpBytes *= 2
+		},
+		"open files": func(p *program, _ *executorv1.ExecuteRequest, _ *sandbox.Image, _ *[]decision.Secret) {
+			p.limits.OpenFiles = 64
+		},
+		"/tmp inodes": func(p *program, _ *executorv1.ExecuteRequest, _ *sandbox.Image, _ *[]decision.Secret) {
+			p.limits.MemoryBytes = 32 << 20
+		},
+		"NODE_OPTIONS": func(_ *program, r *executorv1.ExecuteRequest, _ *sandbox.Image, _ *[]decision.Secret) {
+			r.Env["NODE_OPTIONS"] = "--max-old-space-size=64"
+		},
+		"UV_THREADPOOL": func(_ *program, r *executorv1.ExecuteRequest, _ *sandbox.Image, _ *[]decision.Secret) {
+			r.Env["UV_THREADPOOL_SIZE"] = "1"
+		},
+		"LD_PRELOAD": func(_ *program, r *executorv1.ExecuteRequest, _ *sandbox.Image, _ *[]decision.Secret) {
+			r.Env["LD_PRELOAD"] = "/x.so"
+		},
+		"GLIBC_TUNABLES": func(_ *program, r *executorv1.ExecuteRequest, _ *sandbox.Image, _ *[]decision.Secret) {
+			r.Env["GLIBC_TUNABLES"] = "x"
+		},
+		"a secret's NODE_": func(_ *program, _ *executorv1.ExecuteRequest, _ *sandbox.Image, s *[]decision.Secret) {
+			*s = append(*s, decision.Secret{Env: "NODE_AUTH_TOKEN"})
+		},
 	}
 	for name, mod := range cold {
 		if fits(mod) {
