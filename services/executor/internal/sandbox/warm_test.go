@@ -103,17 +103,13 @@ func TestClaimCgroup(t *testing.T) {
 		if base.cpu != 70*time.Millisecond || base.peak != nil {
 			t.Errorf("baseline %+v", base)
 		}
-		for f, want := range map[string]string{
+		wantFiles(t, map[string]string{
 			"memory/ns/x1/memory.limit_in_bytes":       "536870912",
 			"memory/ns/x1/memory.memsw.limit_in_bytes": "536870912",
 			"memory/ns/x1/memory.max_usage_in_bytes":   "0",
 			"cpu/ns/x1/cpu.cfs_quota_us":               "25000",
 			"pids/ns/x1/pids.max":                      "64",
-		} {
-			if got, _ := os.ReadFile(filepath.Join(cgroupRoot, f)); string(got) != want {
-				t.Errorf("%s = %q, want %q", f, got, want)
-			}
-		}
+		})
 	})
 	t.Run("v2", func(t *testing.T) {
 		cgroupRoot = t.TempDir()
@@ -133,15 +129,11 @@ func TestClaimCgroup(t *testing.T) {
 		if base.cpu != 70*time.Millisecond || base.peak == nil {
 			t.Errorf("baseline %+v", base)
 		}
-		for f, want := range map[string]string{
+		wantFiles(t, map[string]string{
 			"ns/x1/memory.max": "536870912",
 			"ns/x1/cpu.max":    "25000 100000",
 			"ns/x1/pids.max":   "64",
-		} {
-			if got, _ := os.ReadFile(filepath.Join(cgroupRoot, f)); string(got) != want {
-				t.Errorf("%s = %q, want %q", f, got, want)
-			}
-		}
+		})
 	})
 	t.Run("missing", func(t *testing.T) {
 		cgroupRoot = t.TempDir()
@@ -149,4 +141,14 @@ func TestClaimCgroup(t *testing.T) {
 			t.Error("claim of a missing cgroup succeeded")
 		}
 	})
+}
+
+// wantFiles checks the contents of files under cgroupRoot.
+func wantFiles(t *testing.T, want map[string]string) {
+	t.Helper()
+	for f, w := range want {
+		if got, _ := os.ReadFile(filepath.Join(cgroupRoot, f)); string(got) != w {
+			t.Errorf("%s = %q, want %q", f, got, w)
+		}
+	}
 }
