@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"time"
 
+	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"github.com/sandpit-run/sandpit/services/daemon/bound"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
 )
@@ -90,6 +91,11 @@ func (p *Proxy) gateServerName(ctx context.Context, info connInfo) (class, reaso
 			return "", "", v
 		case v.Passthrough:
 			return refusedSNINotAllowed, refused(v.Reason), v
+		case v.Code == policyv1.DenialCode_DENIAL_CODE_DECISION_UNAVAILABLE:
+			// No execution owns the source (yet: a warm sandbox before
+			// its claim): refused, and asked again next time, so that
+			// the execution that gets the address is not refused for it.
+			return refusedSNINotAllowed, refused(v.Reason), decide.Verdict{}
 		default:
 			a = gateAnswer{allowed: v.Forward(), reason: v.Reason, at: time.Now()}
 			p.rememberGate(info.src, key, a)

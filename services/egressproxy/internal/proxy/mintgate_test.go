@@ -11,6 +11,7 @@ import (
 	"time"
 
 	egressv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/egress/v1"
+	policyv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/policy/v1"
 	"github.com/sandpit-run/sandpit/services/daemon/metricstest"
 	"github.com/sandpit-run/sandpit/services/egressproxy/internal/decide"
 )
@@ -175,6 +176,42 @@ func TestServerNameGateRateLimited(t *testing.T) {
 		if r.GetReport().GetRefusal() != nil {
 			t.Fatalf("refusal reported per connection: %v", r)
 		}
+	}
+}
+
+// unownedTLS is a Decider for a source no execution owns (a warm sandbox
+// before its claim), asking the real one's decider as well, so that the
+// questions are counted, until owned is set.
+type unownedTLS struct {
+	Decider
+	owned *bool
+}
+
+func (u unownedTLS) AskTLS(ctx context.Context, q decide.TLSQuestion) (decide.Verdict, error) {
+	v, err := u.Decider.AskTLS(ctx, q)
+	if *u.owned {
+		return v, err
+	}
+	return decide.Verdict{Decision: policyv1.Decision_DECISION_DENY, RuleID: "no-execution", Reason: "no running execution owns source address",
+		Code: policyv1.DenialCode_DENIAL_CODE_DECISION_UNAVAILABLE}, nil
+}
+
+// TestServerNameGateForgetsUnowned: a name refused because no execution
+// owns the source is refused at the handshake but not remembered: once an
+// execution owns the address, its first connection is asked about and
+// allowed.
+func TestServerNameGateForgetsUnowned(t *testing.T) {
+	owned := false
+	e := setupWithLog(t, slog.DiscardHandler, func(c *Config) { c.Decider = unownedTLS{c.Decider, &owned} })
+	if e.handshake(t, "api.stripe.test") {
+		t.Fatal("handshake from a source no execution owns succeeded")
+	}
+	owned = true
+	if !e.handshake(t, "api.stripe.test") {
+		t.Fatal("the owning execution's handshake was refused by the answer for no execution")
+	}
+	if n := len(e.tlsQuestions()); n != 2 {
+		t.Fatalf("%d TLS questions, want 2", n)
 	}
 }
 

@@ -24,7 +24,8 @@ func (s *Service) decideTLS(q *egressv1.TlsServerName) (*egressv1.DecideResponse
 	e := s.reg.lookup(q.GetSourceIp())
 	if e == nil {
 		return &egressv1.DecideResponse{Decision: policyv1.Decision_DECISION_DENY, RuleId: "no-execution",
-			Reason: "no running execution owns source address " + q.GetSourceIp()}, pending{}
+			Reason:     "no running execution owns source address " + q.GetSourceIp(),
+			DenialCode: policyv1.DenialCode_DENIAL_CODE_DECISION_UNAVAILABLE}, pending{}
 	}
 	pol := e.policy()
 	if td := pol.DecideTLS(q.GetName(), q.GetPort()); td.Passthrough {

@@ -418,6 +418,9 @@ type Spec struct {
 	Released func()
 	// SandpitLabels are container labels of the executor's own.
 	SandpitLabels map[string]string
+	// Idle gives the sandbox the least CPU weight (a warm sandbox until
+	// its claim).
+	Idle bool
 }
 
 // Outcome is how a sandbox ended.

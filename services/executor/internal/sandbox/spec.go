@@ -23,6 +23,14 @@ const (
 // cpuPeriod is the CFS period; the quota is a share of it.
 const cpuPeriod = 100_000
 
+// idleCPUShares is the CPU weight of a warm sandbox booting (cgroup v1
+// shares; runc maps them to the v2 weight 1): it runs on what executions
+// leave. The claim sets the default, defaultCPUShares (v2: weight 100).
+const (
+	idleCPUShares    = 2
+	defaultCPUShares = 1024
+)
+
 // specOpts returns the OCI spec of one sandbox, hardened: an unprivileged
 // user with no capabilities and no_new_privs, the default seccomp profile, a
 // read-only root, a size-capped noexec /tmp as the only writable place, the
@@ -80,6 +88,9 @@ func specOpts(s Spec, cfg Config, hostID uint32, cgroupPath, codeHostDir string,
 		oci.WithPidsLimit(int64(l.Pids)),
 		withRlimits(rlimits(l)),
 		withOOMScoreAdj(1000),
+	}
+	if s.Idle {
+		opts = append(opts, oci.WithCPUShares(idleCPUShares))
 	}
 	if hostID != 0 {
 		ids := []specs.LinuxIDMapping{{ContainerID: 0, HostID: hostID, Size: UserNSSize}}

@@ -467,3 +467,16 @@ func TestSpecTypeScriptFlag(t *testing.T) {
 		})
 	}
 }
+
+// TestSpecIdle: a sandbox booted ahead of time has the least CPU weight;
+// one made for an execution keeps the runtime's default.
+func TestSpecIdle(t *testing.T) {
+	s := Spec{NodePath: "/usr/local/bin/node", Entrypoint: "main.js", Limits: limits.Defaults}
+	if got := generateSpec(t, s, Config{UID: 65532, GID: 65532}, 0, "/sandpit/x1", "/srv/x1/code", nil); got.Linux.Resources.CPU.Shares != nil {
+		t.Errorf("a cold sandbox has CPU shares %d, want the default", *got.Linux.Resources.CPU.Shares)
+	}
+	s.Idle = true
+	if got := generateSpec(t, s, Config{UID: 65532, GID: 65532}, 0, "/sandpit/x1", "/srv/x1/code", nil); deref(got.Linux.Resources.CPU.Shares) != idleCPUShares {
+		t.Errorf("a booting warm sandbox has CPU shares %v, want %d", got.Linux.Resources.CPU.Shares, idleCPUShares)
+	}
+}

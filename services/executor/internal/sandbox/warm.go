@@ -24,10 +24,11 @@ import (
 // A warm sandbox is booted ahead of time, for one execution: container,
 // task, cgroup and network made, node started with the flags and the
 // environment it reads at start-up, waiting on stdin for the program's
-// arguments and environment (warm_wait.mjs, imported last). Its claim
+// arguments and environment (warm_wait.mjs, imported last), at the least
+// CPU weight, so that booting takes only what executions leave. Its claim
 // writes the program's files into its code directory, which the sandbox
-// sees read-only, applies the request's memory, CPU and pids limits to its
-// cgroup and sends node the rest; node then loads the entrypoint as its
+// sees read-only, applies the request's memory, CPU and pids limits and the
+// default CPU weight to its cgroup and sends node the rest; node then loads the entrypoint as its
 // main module. Everything that differs between programs of one pool is
 // applied at the claim; what cannot be (node's options, the variables node
 // reads only at start-up, /tmp's size, the open-files limit) is the pool's,
@@ -82,6 +83,7 @@ func (r *Runtime) Boot(ctx context.Context, id string, spec Spec) (*Warm, error)
 	ctx = r.ns(ctx)
 	spec.NodeFlags = append(slices.Clone(spec.NodeFlags), warmWaitFlag)
 	spec.SandpitLabels = map[string]string{LabelWarm: "true"}
+	spec.Idle = true
 	spec.Files, spec.Args, spec.Stdin, spec.Labels = nil, nil, nil, nil
 	pr, pw := io.Pipe()
 	w := &Warm{ID: id, Born: time.Now(), r: r, stdin: pr, feed: pw, released: spec.Released,
@@ -222,6 +224,7 @@ func claimCgroupV2(dir string, l limits.Set) (baseline, error) {
 		[2]string{filepath.Join(dir, "memory.max"), strconv.FormatUint(l.MemoryBytes, 10)},
 		[2]string{filepath.Join(dir, "cpu.max"), fmt.Sprintf("%d %d", cpuQuota(l), cpuPeriod)},
 		[2]string{filepath.Join(dir, "pids.max"), strconv.FormatUint(uint64(l.Pids), 10)},
+		[2]string{filepath.Join(dir, "cpu.weight"), "100"},
 	); err != nil {
 		return base, err
 	}
@@ -259,6 +262,7 @@ func claimCgroupV1(path string, l limits.Set) (baseline, error) {
 	if err := writeCgroup(append(order,
 		[2]string{filepath.Join(cgroupRoot, "cpu", path, "cpu.cfs_period_us"), strconv.Itoa(cpuPeriod)},
 		[2]string{filepath.Join(cgroupRoot, "cpu", path, "cpu.cfs_quota_us"), strconv.FormatInt(cpuQuota(l), 10)},
+		[2]string{filepath.Join(cgroupRoot, "cpu", path, "cpu.shares"), strconv.Itoa(defaultCPUShares)},
 		[2]string{filepath.Join(cgroupRoot, "pids", path, "pids.max"), strconv.FormatUint(uint64(l.Pids), 10)},
 		// Writing 0 resets the peak to the current usage.
 		[2]string{filepath.Join(mem, "memory.max_usage_in_bytes"), "0"},

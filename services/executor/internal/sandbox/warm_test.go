@@ -93,6 +93,7 @@ func TestClaimCgroup(t *testing.T) {
 			"memory/ns/x1/memory.oom_control":          "oom_kill 0\n",
 			"cpu/ns/x1/cpu.cfs_quota_us":               "100000",
 			"cpu/ns/x1/cpu.cfs_period_us":              "100000",
+			"cpu/ns/x1/cpu.shares":                     "2",
 			"pids/ns/x1/pids.max":                      "128",
 			"cpuacct/ns/x1/cpuacct.usage":              "70000000",
 		})
@@ -108,6 +109,7 @@ func TestClaimCgroup(t *testing.T) {
 			"memory/ns/x1/memory.memsw.limit_in_bytes": "536870912",
 			"memory/ns/x1/memory.max_usage_in_bytes":   "0",
 			"cpu/ns/x1/cpu.cfs_quota_us":               "25000",
+			"cpu/ns/x1/cpu.shares":                     "1024",
 			"pids/ns/x1/pids.max":                      "64",
 		})
 	})
@@ -119,6 +121,7 @@ func TestClaimCgroup(t *testing.T) {
 			"ns/x1/memory.events": "oom_kill 0\n",
 			"ns/x1/cpu.max":       "100000 100000",
 			"ns/x1/pids.max":      "128",
+			"ns/x1/cpu.weight":    "1",
 			"ns/x1/cpu.stat":      "usage_usec 70000\n",
 		})
 		base, err := claimCgroup("/ns/x1", l)
@@ -133,6 +136,7 @@ func TestClaimCgroup(t *testing.T) {
 			"ns/x1/memory.max": "536870912",
 			"ns/x1/cpu.max":    "25000 100000",
 			"ns/x1/pids.max":   "64",
+			"ns/x1/cpu.weight": "100",
 		})
 	})
 	t.Run("missing", func(t *testing.T) {

@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"log/slog"
 	"sync/atomic"
 	"time"
@@ -216,8 +218,9 @@ func (x *execution) finalSends(last *executorv1.ExecuteResponse) bool {
 // HOME too.
 func environment(req map[string]string) []string {
 	env := []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + sandbox.TmpDir}
-	for k, v := range req {
-		env = append(env, k+"="+v)
+	// In name order, so that process.env's order is the same every run.
+	for _, k := range slices.Sorted(maps.Keys(req)) {
+		env = append(env, k+"="+req[k])
 	}
 	return env
 }
