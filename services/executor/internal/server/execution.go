@@ -2,9 +2,9 @@ package server
 
 import (
 	"context"
+	"log/slog"
 	"maps"
 	"slices"
-	"log/slog"
 	"sync/atomic"
 	"time"
 
