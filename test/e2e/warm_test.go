@@ -204,8 +204,10 @@ console.log(JSON.stringify([import.meta.url, import.meta.filename, typeof requir
 		{name: "stdin empty", req: code(readStdin), want: `["end",""]`},
 		{name: "stdin sync with bytes", req: withStdin(readStdinSync, "bytes"), want: `["sync","bytes"]`},
 		{name: "stdin sync empty", req: code(readStdinSync), want: `["sync",""]`},
+		// What stdin, stdout and stderr are (pipe, file, device, socket).
 		{name: "stdio kinds", req: code(`const fs = require("fs");
-console.log(JSON.stringify([0, 1, 2].map(fd => { const s = fs.fstatSync(fd); return [s.isFIFO(), s.isFile(), s.isCharacterDevice(), s.isSocket()]; }).concat([!!process.stdin.isTTY, !!process.stdout.isTTY])))`)},
+console.log(JSON.stringify([0, 1, 2].map(fd => { const s = fs.fstatSync(fd); return [s.isFIFO(), s.isFile(), s.isCharacterDevice(), s.isSocket()]; }).concat([!!process.stdin.isTTY, !!process.stdout.isTTY])))`),
+			report: true},
 		// A fresh /tmp is empty; /sandbox holds the request's files only.
 		{name: "readdir", req: code(`const fs = require("fs"); console.log(JSON.stringify([fs.readdirSync("/sandbox"), fs.readdirSync("/tmp")]))`),
 			want: `[["main.js"],[]]`},
@@ -255,6 +257,14 @@ func TestWarmLikeCold(t *testing.T) {
 			r := s.e.mustRun(t, c.req)
 			out[i] = sideOutcome{stdout: string(r.stdout), stderr: string(r.stderr), exit: r.result.GetExitCode(),
 				term: r.result.GetTermination(), warm: warmOf(r.started)}
+		}
+		warmStarts := 0
+		if pool > 0 {
+			warmStarts = len(cases)
+		}
+		metrics := s.e.app.MetricsAddr()
+		if w, c := executorMetric(t, metrics, `sandpit_execution_starts_total{path="warm"}`), executorMetric(t, metrics, `sandpit_execution_starts_total{path="cold"}`); int(w) != warmStarts || int(w+c) != len(cases) {
+			t.Errorf("sandpit_execution_starts_total: %v warm, %v cold; want %d warm of %d", w, c, warmStarts, len(cases))
 		}
 		return out
 	}
