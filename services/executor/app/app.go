@@ -40,6 +40,7 @@ import (
 	"github.com/sandpit-run/sandpit/services/executor/internal/secrets"
 	"github.com/sandpit-run/sandpit/services/executor/internal/server"
 	"github.com/sandpit-run/sandpit/services/executor/internal/tenants"
+	"github.com/sandpit-run/sandpit/services/executor/internal/warmpool"
 	"github.com/sandpit-run/sandpit/services/policy"
 )
 
@@ -91,6 +92,8 @@ type App struct {
 	srv, decider *grpc.Server
 	lis, metrics net.Listener
 	dlis         *decisionlisten.Listener
+	// pool is the warm pool, nil without one.
+	pool *warmpool.Pool
 
 	// shutdown ends every running sandbox when cancelled.
 	shutdown context.Context
@@ -171,7 +174,15 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (_ *
 
 	a.slots = capacity.New(cfg.MaxConcurrent, cfg.MaxQueue)
 	a.shutdown, a.killAll = context.WithCancel(context.WithoutCancel(ctx))
-	svc := server.New(a.shutdown, server.Config{
+	var svc *server.Service
+	var pool server.Pool
+	if cfg.WarmPool > 0 {
+		a.pool = warmpool.New(warmpool.Config{Size: cfg.WarmPool, MaxAge: cfg.WarmPoolMaxAge, Boot: func(ctx context.Context) (warmpool.Sandbox, error) {
+			return svc.BootWarm(ctx)
+		}}, a.reg, log)
+		pool = a.pool
+	}
+	svc = server.New(a.shutdown, server.Config{
 		Defaults:          cfg.Defaults,
 		Maxima:            cfg.Maxima,
 		DefaultImage:      cfg.Image,
@@ -183,6 +194,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (_ *
 		Secrets:           a.secrets,
 		CheckImages:       cfg.CheckImages,
 		ImageAllowClasses: cfg.ImageAllowClasses,
+		Pool:              pool,
 	}, a.rt, a.slots, server.NewMetrics(a.reg, a.slots), log)
 	if err := svc.CheckImage(ctx, defaultImage); err != nil {
 		return nil, fmt.Errorf("default image %s: %s", cfg.Image, status.Convert(err).Message())
@@ -426,6 +438,12 @@ func (a *App) Run(ctx context.Context) error {
 		a.reap(gctx)
 		return nil
 	})
+	if a.pool != nil {
+		g.Go(func() error {
+			a.pool.Run(gctx)
+			return nil
+		})
+	}
 	if a.tenantsFile != nil {
 		g.Go(func() error {
 			a.tenantsFile.Run(gctx, a.cfg.TenantsReload)
@@ -554,6 +572,15 @@ func (a *App) close() {
 	if a.dlis != nil {
 		_ = a.dlis.Close()
 	}
+	if a.rt != nil {
+		// Sandboxes still being removed release their networks, before
+		// the tables go.
+		dctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		if err := a.rt.Drain(dctx); err != nil {
+			a.log.Warn("sandboxes still being removed at shutdown; the next start sweeps them", "error", err)
+		}
+		cancel()
+	}
 	if a.eg != nil {
 		if err := a.eg.Close(); err != nil {
 			a.log.Error("close egress", "error", err)
@@ -582,6 +609,23 @@ func (n networks) Attach(ctx context.Context, id string, inline *policy.Compiled
 
 func (n networks) Policy(narrow *policy.Compiled) *policy.Compiled { return n.eg.Policy(narrow) }
 
+func (n networks) Prepare() (server.Reservation, error) {
+	att, err := n.eg.Prepare()
+	if err != nil {
+		return nil, err
+	}
+	return reservation{att}, nil
+}
+
+// reservation is a warm sandbox's network as the server uses it.
+type reservation struct{ *egress.Attachment }
+
+func (r reservation) Contribute(s *sandbox.Spec) { attachment(r).Contribute(s) }
+func (r reservation) Bind(id string, narrow *policy.Compiled, events chan<- *executorv1.NetworkEvent) server.Network {
+	r.Attachment.Bind(id, narrow, events)
+	return attachment(r)
+}
+
 // attachment is one sandbox's network as the server uses it.
 type attachment struct{ *egress.Attachment }
 
@@ -592,7 +636,7 @@ func (a attachment) Contribute(s *sandbox.Spec) {
 	s.NodeFlags = append(s.NodeFlags, a.NodeFlags...)
 }
 
-func (a attachment) Close() error                      { return a.Detach() }
+func (a attachment) Close() error                      { a.End(); return nil }
 func (a attachment) Summary() decision.Summary         { return a.Network.Summary() }
 func (a attachment) Problem() string                   { return a.NetworkError }
 func (a attachment) Observe(f func(decision.Observed)) { a.Network.Observe(f) }

@@ -91,8 +91,12 @@ type Config struct {
 	DNSPacketRate uint
 
 	MaxConcurrent int
-	MaxQueue      int
-	ShutdownGrace time.Duration
+	// WarmPool is how many warm sandboxes (booted ahead of time) of the
+	// default image are kept ready; WarmPoolMaxAge how long one is kept.
+	WarmPool       int
+	WarmPoolMaxAge time.Duration
+	MaxQueue       int
+	ShutdownGrace  time.Duration
 
 	// JWT authenticates callers when it names a key.
 	JWT identity.Config
@@ -109,6 +113,10 @@ type Config struct {
 	SecretsDir    string
 	SecretsReload time.Duration
 }
+
+// maxWarmPool bounds --warm-pool: each warm sandbox holds a node, a shim
+// and a network.
+const maxWarmPool = 64
 
 // DefaultImageAllowlist allows sandpit's node and node-sdk profiles, each
 // Node.js major; not node-debug.
@@ -184,6 +192,8 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&c.NetnsPrefix, "netns-prefix", netns.DefaultNamePrefix, "name prefix of the sandboxes' network namespaces under /run/netns; the executor owns every namespace with it")
 	fs.StringVar(&c.PolicyFile, "policy-file", "", "the operator's network policy (YAML), reloaded on change; empty denies every request")
 	fs.IntVar(&c.MaxConcurrent, "max-concurrent", 8, "executions running at once")
+	fs.IntVar(&c.WarmPool, "warm-pool", 2, "sandboxes of the default image booted ahead of time (container, network, node started and waiting), each for one execution that fits it: the default entrypoint, /tmp size and open-files limit, no NODE_*, UV_*, OPENSSL_*, SSL_*, LD_*, MALLOC_* or GLIBC_TUNABLES variable; others run cold. Refilled in the background; 0 disables")
+	fs.DurationVar(&c.WarmPoolMaxAge, "warm-pool-max-age", 10*time.Minute, "how long an unclaimed warm sandbox is kept before it is recycled")
 	fs.IntVar(&c.MaxQueue, "max-queue", 16, "executions waiting for a slot; past it requests get ResourceExhausted")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM, how long running executions may finish before they are killed")
 
@@ -238,8 +248,12 @@ func (c Config) validate() error {
 		return errors.New("sandbox-uid and sandbox-gid must not be 0")
 	case c.UserNS && (c.SandboxUID >= 1<<16 || c.SandboxGID >= 1<<16):
 		return errors.New("sandbox-uid and sandbox-gid must be below 65536 with --userns (a user namespace maps ids 0-65535)")
-	case c.UserNS && int(c.UserNSCount) < c.MaxConcurrent:
-		return fmt.Errorf("userns-count (%d) must be at least max-concurrent (%d): each running sandbox needs a range of its own", c.UserNSCount, c.MaxConcurrent)
+	case c.WarmPool < 0 || c.WarmPool > maxWarmPool:
+		return fmt.Errorf("warm-pool (%d) must be from 0 to %d", c.WarmPool, maxWarmPool)
+	case c.WarmPool > 0 && c.WarmPoolMaxAge < time.Second:
+		return fmt.Errorf("warm-pool-max-age (%s) must be at least 1s", c.WarmPoolMaxAge)
+	case c.UserNS && int(c.UserNSCount) < c.MaxConcurrent+c.WarmPool:
+		return fmt.Errorf("userns-count (%d) must be at least max-concurrent + warm-pool (%d): each sandbox, running or warm, needs a range of its own", c.UserNSCount, c.MaxConcurrent+c.WarmPool)
 	case c.UserNS && (c.UserNSBase < 1<<16 || c.UserNSBase%(1<<16) != 0 || uint64(c.UserNSBase)+uint64(c.UserNSCount)<<16 > 1<<32-1):
 		return errors.New("userns-base must be a non-zero multiple of 65536, and userns-base + 65536 × userns-count must stay below 2^32-1")
 	case c.MaxConcurrent < 1:

@@ -166,12 +166,13 @@ type Attachment struct {
 	// NetworkError says why the sandbox has no egress, if it has none.
 	NetworkError string
 
-	e          *Egress
-	sb         *netns.Sandbox
-	caSHA256   string // of the CA the sandbox trusts; empty without one
-	unregister func()
-	detachOnce sync.Once
-	detachErr  error
+	e           *Egress
+	sb          *netns.Sandbox
+	caSHA256    string // of the CA the sandbox trusts; empty without one
+	unregister  func()
+	endOnce     sync.Once
+	releaseOnce sync.Once
+	releaseErr  error
 }
 
 // ErrNoAddress is returned when the address pool is exhausted.
@@ -183,15 +184,24 @@ var ErrNoAddress = netns.ErrPoolExhausted
 // The sandbox trusts the CA of the proxy connected now; without one it
 // has no egress, and NetworkError says so.
 func (e *Egress) Attach(_ context.Context, id string, inline *policy.Compiled, events chan<- *executorv1.NetworkEvent) (*Attachment, error) {
+	a, err := e.Prepare()
+	if err != nil {
+		return nil, err
+	}
+	a.Bind(id, inline, events)
+	return a, nil
+}
+
+// Prepare reserves a sandbox's addresses and says what its spec needs for
+// egress through the proxy connected now, for no execution yet: until
+// Bind, the decision service denies its every request and query, and
+// reports them to no one. A warm sandbox is prepared when it boots.
+func (e *Egress) Prepare() (*Attachment, error) {
 	sb, err := e.net.Reserve()
 	if err != nil {
 		return nil, fmt.Errorf("create sandbox network: %w", err)
 	}
 	a := &Attachment{e: e, sb: sb}
-	live := &livePolicy{base: &e.base, inline: inline}
-	a.Network = decision.NewLiveExecution(id, live.current, events)
-	a.Network.UseLogBudget(e.logs)
-	a.unregister = e.reg.Register(sb.SandboxIP, a.Network)
 	a.ExtraFiles = []sandbox.File{{
 		Path:    resolvConfPath,
 		Content: []byte("nameserver " + sb.HostIP.String() + "\noptions timeout:2 attempts:2\n"),
@@ -205,6 +215,25 @@ func (e *Egress) Attach(_ context.Context, id string, inline *policy.Compiled, e
 		a.NetworkError = "egress proxy unavailable: no egress proxy has connected to the decision service"
 	}
 	return a, nil
+}
+
+// Bind registers execution id's policy (as Attach) for the prepared
+// sandbox's address.
+func (a *Attachment) Bind(id string, inline *policy.Compiled, events chan<- *executorv1.NetworkEvent) {
+	live := &livePolicy{base: &a.e.base, inline: inline}
+	a.Network = decision.NewLiveExecution(id, live.current, events)
+	a.Network.UseLogBudget(a.e.logs)
+	a.unregister = a.e.reg.Register(a.sb.SandboxIP, a.Network)
+}
+
+// Current reports whether the sandbox trusts what a sandbox prepared now
+// would: the CA of the proxy connected now, or no proxy then and now.
+func (a *Attachment) Current() bool {
+	px, ok := a.e.reg.Proxy()
+	if !ok {
+		return a.caSHA256 == ""
+	}
+	return px.CASHA256 == a.caSHA256
 }
 
 // Connect wires the network namespace at path (the sandbox's, created by
@@ -223,12 +252,21 @@ func (a *Attachment) Do(fn func() error) error { return a.sb.Do(fn) }
 // GatewayIP is the host end's address, the sandbox's default route.
 func (a *Attachment) GatewayIP() string { return a.sb.HostIP.String() }
 
-// Detach ends the execution's registration and removes its veth; it
-// sets NetworkError if the proxy was gone by the end, or had been replaced
-// by one with another CA, which the sandbox did not trust. Calls after the
-// first do nothing.
+// Detach ends the attachment: End, then Release.
 func (a *Attachment) Detach() error {
-	a.detachOnce.Do(func() {
+	a.End()
+	return a.Release()
+}
+
+// End ends the execution's registration, so no decision or event is made
+// for it after it returns; it sets NetworkError if the proxy was gone by
+// the end, or had been replaced by one with another CA, which the sandbox
+// did not trust. Calls after the first do nothing.
+func (a *Attachment) End() {
+	a.endOnce.Do(func() {
+		if a.unregister == nil {
+			return
+		}
 		a.unregister()
 		a.Network.ReleaseLog()
 		if a.NetworkError == "" {
@@ -239,14 +277,21 @@ func (a *Attachment) Detach() error {
 				a.NetworkError = "egress proxy unavailable: the proxy restarted with another CA during the execution; TLS connections after that failed"
 			}
 		}
+	})
+}
+
+// Release removes the sandbox's veth and gives its addresses back; call it
+// once the sandbox is gone. Calls after the first do nothing.
+func (a *Attachment) Release() error {
+	a.releaseOnce.Do(func() {
 		// The address goes back to the pool: its next sandbox must not
 		// inherit this one's DNS meter.
 		if err := firewall.ForgetDNSMeter(a.e.cfg.Table, a.sb.SandboxIP); err != nil {
 			a.e.log.Warn("forget the sandbox's DNS meter", "error", err)
 		}
-		a.detachErr = a.e.net.Delete(a.sb)
+		a.releaseErr = a.e.net.Delete(a.sb)
 	})
-	return a.detachErr
+	return a.releaseErr
 }
 
 // loadPolicy reads the operator's policy file, its decisions naming the

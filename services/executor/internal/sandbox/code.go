@@ -15,14 +15,11 @@ type File struct {
 	Content []byte
 }
 
-// writeCode lays the files out under dir, readable by anyone and writable by
+// writeCode lays the files out under dir (which exists), readable by anyone and writable by
 // no one, since the sandbox user is not the owner and the mount is read-only
 // anyway. Paths were validated by the caller; filepath.IsLocal is checked
 // again because a path escaping dir would write onto the host.
 func writeCode(dir string, files []File) error {
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		return fmt.Errorf("create code dir: %w", err)
-	}
 	for _, f := range files {
 		if !filepath.IsLocal(f.Path) {
 			return fmt.Errorf("write code: path %q is not local", f.Path)

@@ -11,6 +11,10 @@ type Metrics struct {
 	// Stuck counts sandboxes that did not end within a bound (stage: kill,
 	// drain).
 	Stuck *prometheus.CounterVec
+	// TeardownsInFlight are the sandboxes being removed after their
+	// Result; Teardowns counts the removals by result (ok, failed).
+	TeardownsInFlight prometheus.Gauge
+	Teardowns         *prometheus.CounterVec
 }
 
 // NewMetrics returns the metrics registered on reg; a nil reg registers
@@ -25,9 +29,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "sandpit_sandbox_stuck_total",
 			Help: "Sandboxes that did not end within a bound, by stage (kill, drain).",
 		}, []string{"stage"}),
+		TeardownsInFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sandpit_sandbox_teardowns_in_flight",
+			Help: "Sandboxes whose program ended and which are being removed (task, container, snapshot, files) in the background.",
+		}),
+		Teardowns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sandpit_sandbox_teardowns_total",
+			Help: "Sandboxes removed after their execution, by result: ok, or failed when something was left for the reaper.",
+		}, []string{"result"}),
 	}
+	m.Teardowns.WithLabelValues("ok")
+	m.Teardowns.WithLabelValues("failed")
 	if reg != nil {
-		reg.MustRegister(m.CleanupFailures, m.Stuck)
+		reg.MustRegister(m.CleanupFailures, m.Stuck, m.TeardownsInFlight, m.Teardowns)
 	}
 	return m
 }

@@ -89,6 +89,13 @@ type Runtime struct {
 	live map[string]bool
 	// dirty is set when a cleanup failed, so Reap has work.
 	dirty bool
+
+	// teardowns counts the sandboxes being removed in the background,
+	// teardownSlots bounds how many at once.
+	teardowns     sync.WaitGroup
+	teardownSlots chan struct{}
+
+	images imageCache
 }
 
 // New connects to containerd and checks what every sandbox depends on.
@@ -117,7 +124,8 @@ func New(ctx context.Context, cfg Config, m *Metrics, log *slog.Logger) (*Runtim
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	return &Runtime{client: client, cfg: cfg, log: log, metrics: m, runsc: newRunsc(cfg), live: map[string]bool{}}, nil
+	return &Runtime{client: client, cfg: cfg, log: log, metrics: m, runsc: newRunsc(cfg), live: map[string]bool{},
+		teardownSlots: make(chan struct{}, teardownConcurrency)}, nil
 }
 
 func (r *Runtime) enter(id string) {
@@ -160,8 +168,16 @@ func (r *Runtime) lost(ctx context.Context, err error) bool {
 	return verr != nil
 }
 
-// Close closes the connection to containerd.
-func (r *Runtime) Close() error { return r.client.Close() }
+// Close waits, bounded, for the sandboxes being removed and closes the
+// connection to containerd.
+func (r *Runtime) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*cleanupTimeout)
+	defer cancel()
+	if err := r.Drain(ctx); err != nil {
+		r.log.Warn("sandboxes still being removed at close; the next start sweeps them", "error", err)
+	}
+	return r.client.Close()
+}
 
 // Healthy reports whether containerd answers.
 func (r *Runtime) Healthy(ctx context.Context) error {
@@ -186,9 +202,25 @@ type Image struct {
 	image       containerd.Image
 }
 
-// ResolveImage finds ref in containerd and unpacks it if needed.
+// ResolveImage finds ref in containerd and unpacks it if needed. An image
+// resolved before is taken from a cache while containerd still names the
+// same digest by ref: one round trip instead of four.
 func (r *Runtime) ResolveImage(ctx context.Context, ref string) (Image, error) {
 	ctx = r.ns(ctx)
+	meta, err := r.client.ImageService().Get(ctx, ref)
+	if err == nil {
+		if img, ok := r.images.get(ref, meta.Target.Digest.String()); ok {
+			return img, nil
+		}
+	}
+	img, err := r.resolve(ctx, ref)
+	if err == nil {
+		r.images.put(img)
+	}
+	return img, err
+}
+
+func (r *Runtime) resolve(ctx context.Context, ref string) (Image, error) {
 	img, err := r.client.GetImage(ctx, ref)
 	if errdefs.IsNotFound(err) && r.cfg.PullTimeout > 0 && !strings.HasPrefix(ref, LocalRepository) {
 		img, err = r.pull(ctx, ref)
@@ -216,6 +248,33 @@ func (r *Runtime) ResolveImage(ctx context.Context, ref string) (Image, error) {
 		return Image{}, fmt.Errorf("read image config %s: %w", ref, err)
 	}
 	return Image{Ref: ref, Digest: img.Target().Digest.String(), NodeVersion: cfg.Config.Labels[LabelNodeVersion], image: img}, nil
+}
+
+// imageCache holds resolved, unpacked images by reference; an entry is
+// used only while its reference still names its digest, so a re-imported
+// or re-tagged image is resolved again.
+type imageCache struct {
+	mu sync.Mutex
+	m  map[string]Image
+}
+
+// maxCachedImages bounds the cache; past it, it starts over.
+const maxCachedImages = 64
+
+func (c *imageCache) get(ref, digest string) (Image, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	img, ok := c.m[ref]
+	return img, ok && img.Digest == digest
+}
+
+func (c *imageCache) put(img Image) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= maxCachedImages {
+		c.m = map[string]Image{}
+	}
+	c.m[img.Ref] = img
 }
 
 // pull fetches ref from its registry (plain HTTP only for localhost and
@@ -276,6 +335,11 @@ type Spec struct {
 	ExtraFiles []File
 	// Stdout and Stderr receive the program's output as it is written.
 	Stdout, Stderr io.Writer
+	// Released, when set, is called once the sandbox is gone, after Run
+	// returned.
+	Released func()
+	// SandpitLabels are container labels of the executor's own.
+	SandpitLabels map[string]string
 }
 
 // Outcome is how a sandbox ended.
@@ -321,163 +385,192 @@ var ErrStuck = errors.New("sandbox did not end in time")
 
 // Run runs spec in a new sandbox named id. started is called once the sandbox
 // exists, just before the program starts. The sandbox is killed when the
-// timeout passes or ctx ends. Run returns after the program exited, its
-// output was drained and its container, task, snapshot and code directory are
-// gone; every wait for that is bounded, and what could not be removed
-// (containerd gone, say) is left for Reap.
+// timeout passes or ctx ends. Run returns once the program exited and its
+// output was drained; every wait for that is bounded. Its container, task,
+// snapshot and code directory are removed after, in the background (see
+// Drain), and spec.Released is called once they are gone; what could not be
+// removed (containerd gone, say) is left for Reap.
 func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func()) (out Outcome, err error) {
 	ctx = r.ns(ctx)
-	// Cleanup must run even when the caller has gone.
-	cleanupCtx := context.WithoutCancel(ctx)
-	log := r.log.With("execution_id", id)
-	r.enter(id)
-	defer r.leave(id)
-	defer func() {
-		if err != nil && !errors.Is(err, ErrContainerdUnavailable) && r.lost(cleanupCtx, err) {
-			err = fmt.Errorf("%w: %w", ErrContainerdUnavailable, err)
-		}
-	}()
-
-	execDir := filepath.Join(r.cfg.StateDir, "executions", id)
-	if err := os.Mkdir(execDir, 0o711); err != nil {
-		return out, fmt.Errorf("create execution dir: %w", err)
-	}
-	defer func() {
-		if rmErr := os.RemoveAll(execDir); rmErr != nil {
-			r.cleanupFailed("code_dir", log, rmErr)
-		}
-	}()
-	codeDir := filepath.Join(execDir, "code")
-	if err := writeCode(codeDir, spec.Files); err != nil {
-		return out, err
-	}
-	extra, err := writeExtraFiles(filepath.Join(execDir, "extra"), spec.ExtraFiles)
+	defer r.lostContainerd(ctx, &err)
+	stdinSent := make(chan struct{})
+	// Always a pipe, closed once drained, as in a warm sandbox: node sees
+	// the same kind of stdin either way.
+	stdin := &closeOnEOF{r: bytes.NewReader(spec.Stdin), eof: stdinSent}
+	b, err := r.create(ctx, id, spec, stdin, spec.Stdout, spec.Stderr)
 	if err != nil {
+		if spec.Released != nil {
+			spec.Released()
+		}
 		return out, err
 	}
+	defer r.dispose(b, spec.Released)
+	b.stdinSent = stdinSent
+	started()
+	begin := time.Now()
+	if err := b.task.Start(ctx); err != nil {
+		// runsc reports a missing init here rather than at create.
+		return out, fmt.Errorf("start task: %w%s", err, r.createHint(err, b.hostID))
+	}
+	return b.wait(ctx, spec.Limits.Timeout, begin, baseline{})
+}
 
+// lostContainerd wraps *err in ErrContainerdUnavailable when containerd
+// went away.
+func (r *Runtime) lostContainerd(ctx context.Context, err *error) {
+	if *err != nil && !errors.Is(*err, ErrContainerdUnavailable) && r.lost(context.WithoutCancel(ctx), *err) {
+		*err = fmt.Errorf("%w: %w", ErrContainerdUnavailable, *err)
+	}
+}
+
+// box is one sandbox from its creation to its removal: its files on the
+// host, its container and its task.
+type box struct {
+	r          *Runtime
+	id         string
+	log        *slog.Logger
+	execDir    string
+	codeDir    string
+	cgroupPath string
+	hostID     uint32
+	releaseID  func()
+	container  containerd.Container
+	task       containerd.Task
+	// exited is closed once the task's exit status is in status.
+	exited chan struct{}
+	status containerd.ExitStatus
+	// stdinSent is closed once stdin was copied in full; the shim is then
+	// told to close the process's stdin.
+	stdinSent chan struct{}
 	// kept is set when the container or task could not be removed.
-	var kept bool
-	var hostID uint32
-	if r.cfg.HostIDs != nil {
-		var release func()
-		if hostID, release, err = r.cfg.HostIDs.Take(); err != nil {
-			return out, err
+	kept bool
+}
+
+// create makes the sandbox of spec named id, up to its created task with
+// its network connected, its standard streams wired to stdin, stdout and
+// stderr. On error what it made is removed before it returns.
+func (r *Runtime) create(ctx context.Context, id string, spec Spec, stdin io.Reader, stdout, stderr io.Writer) (_ *box, err error) {
+	r.enter(id)
+	b := &box{
+		r:          r,
+		id:         id,
+		log:        r.log.With("execution_id", id),
+		execDir:    filepath.Join(r.cfg.StateDir, "executions", id),
+		cgroupPath: path.Join("/", r.cfg.Namespace, id),
+		exited:     make(chan struct{}),
+	}
+	b.codeDir = filepath.Join(b.execDir, "code")
+	defer func() {
+		if err != nil {
+			r.remove(b)
 		}
-		// Freed only once the sandbox is certainly gone: a range whose
-		// processes may still run is never given to another sandbox.
-		defer func() {
-			if !kept {
-				release()
-			}
-		}()
+	}()
+	if err := os.Mkdir(b.execDir, 0o711); err != nil {
+		return b, fmt.Errorf("create execution dir: %w", err)
+	}
+	if err := os.Mkdir(b.codeDir, 0o755); err != nil {
+		return b, fmt.Errorf("create code dir: %w", err)
+	}
+	if err := writeCode(b.codeDir, spec.Files); err != nil {
+		return b, err
+	}
+	extra, err := writeExtraFiles(filepath.Join(b.execDir, "extra"), spec.ExtraFiles)
+	if err != nil {
+		return b, err
+	}
+	if r.cfg.HostIDs != nil {
+		if b.hostID, b.releaseID, err = r.cfg.HostIDs.Take(); err != nil {
+			return b, err
+		}
 	}
 
-	cgroupPath := path.Join("/", r.cfg.Namespace, id)
 	labels := map[string]string{LabelManaged: "true", LabelExecution: id}
 	for k, v := range spec.Labels {
 		labels[LabelUserPrefix+k] = v
 	}
-	container, err := r.client.NewContainer(ctx, id,
+	for k, v := range spec.SandpitLabels {
+		labels[k] = v
+	}
+	b.container, err = r.client.NewContainer(ctx, id,
 		containerd.WithContainerLabels(labels),
 		containerd.WithSnapshotter(r.cfg.Snapshotter),
 		containerd.WithNewSnapshotView(id, spec.Image.image, snapshots.WithLabels(map[string]string{LabelManaged: "true"})),
 		r.withRuntime(spec),
-		containerd.WithNewSpec(append(specOpts(spec, r.cfg, hostID, cgroupPath, codeDir, extra), runscSpecOpts(spec)...)...),
+		containerd.WithNewSpec(append(specOpts(spec, r.cfg, b.hostID, b.cgroupPath, b.codeDir, extra), runscSpecOpts(spec)...)...),
 	)
 	if err != nil {
-		return out, fmt.Errorf("create container: %w", err)
+		return b, fmt.Errorf("create container: %w", err)
 	}
-	defer func() {
-		dctx, cancel := context.WithTimeout(cleanupCtx, cleanupTimeout)
-		defer cancel()
-		if delErr := container.Delete(dctx, containerd.WithSnapshotCleanup); delErr != nil && !errdefs.IsNotFound(delErr) {
-			r.cleanupFailed("container", log, delErr)
-			kept = true
-		}
-	}()
-
-	var stdin io.Reader
-	stdinSent := make(chan struct{})
-	if len(spec.Stdin) > 0 {
-		stdin = &closeOnEOF{r: bytes.NewReader(spec.Stdin), eof: stdinSent}
-	}
-	task, err := container.NewTask(ctx, cio.NewCreator(cio.WithStreams(stdin, spec.Stdout, spec.Stderr)))
+	b.task, err = b.container.NewTask(ctx, cio.NewCreator(cio.WithStreams(stdin, stdout, stderr)))
 	if err != nil {
-		return out, fmt.Errorf("create task: %w%s", err, r.createHint(err, hostID))
+		return b, fmt.Errorf("create task: %w%s", err, r.createHint(err, b.hostID))
 	}
-	// Deferred first, so it runs last: a Delete that failed leaves the
-	// output copy running, and closing the FIFOs is what ends it.
-	defer closeIO(task.IO(), log)
-	defer func() {
-		dctx, cancel := context.WithTimeout(cleanupCtx, cleanupTimeout)
-		defer cancel()
-		if delErr := r.deleteTask(dctx, task); delErr != nil && !errdefs.IsNotFound(delErr) {
-			r.cleanupFailed("task", log, delErr)
-			kept = true
-		}
-	}()
-
 	if spec.Network != nil {
-		if err := spec.Network(fmt.Sprintf("/proc/%d/ns/net", task.Pid())); err != nil {
-			return out, err
+		if err := spec.Network(fmt.Sprintf("/proc/%d/ns/net", b.task.Pid())); err != nil {
+			return b, err
 		}
 	}
 	// Wait before Start, so that an exit right after start is not missed.
-	exitCh, err := task.Wait(cleanupCtx)
+	exitCh, err := b.task.Wait(context.WithoutCancel(ctx))
 	if err != nil {
-		return out, fmt.Errorf("wait task: %w", err)
+		return b, fmt.Errorf("wait task: %w", err)
 	}
-	started()
-	begin := time.Now()
-	if err := task.Start(ctx); err != nil {
-		// runsc reports a missing init here rather than at create.
-		return out, fmt.Errorf("start task: %w%s", err, r.createHint(err, hostID))
-	}
+	go func() {
+		b.status = <-exitCh
+		close(b.exited)
+	}()
+	return b, nil
+}
 
-	exited := make(chan struct{})
+// baseline is what a warm sandbox used before its program started, taken
+// off what the Outcome reports.
+type baseline struct {
+	cpu  time.Duration
+	oom  uint64
+	peak *os.File // memory.peak, reset at the claim; nil reads the file
+}
+
+// wait waits for the started program to exit, to time out or for ctx to
+// end, and reads what it used.
+func (b *box) wait(ctx context.Context, timeout time.Duration, begin time.Time, base baseline) (out Outcome, err error) {
+	r := b.r
+	cleanupCtx := context.WithoutCancel(ctx)
 	stdinClosed := make(chan struct{})
-	if stdin == nil {
-		close(stdinClosed)
-	} else {
-		// The shim keeps the process's stdin open until told to close it,
-		// so the program would never see EOF otherwise.
-		go func() {
-			defer close(stdinClosed)
-			select {
-			case <-stdinSent:
-				cctx, cancel := context.WithTimeout(cleanupCtx, cleanupTimeout)
-				defer cancel()
-				if err := task.CloseIO(cctx, containerd.WithStdinCloser); err != nil && !errdefs.IsNotFound(err) {
-					log.Warn("close stdin", "error", err)
-				}
-			case <-exited:
+	// The shim keeps the process's stdin open until told to close it, so
+	// the program would never see EOF otherwise.
+	go func() {
+		defer close(stdinClosed)
+		select {
+		case <-b.stdinSent:
+			cctx, cancel := context.WithTimeout(cleanupCtx, cleanupTimeout)
+			defer cancel()
+			if err := b.task.CloseIO(cctx, containerd.WithStdinCloser); err != nil && !errdefs.IsNotFound(err) {
+				b.log.Warn("close stdin", "error", err)
 			}
-		}()
-	}
+		case <-b.exited:
+		}
+	}()
 
-	timer := time.NewTimer(spec.Limits.Timeout)
+	timer := time.NewTimer(timeout)
 	defer timer.Stop()
-	var status containerd.ExitStatus
 	select {
-	case status = <-exitCh:
+	case <-b.exited:
 	case <-timer.C:
 		out.TimedOut = true
-		status, err = r.killAndWait(cleanupCtx, task, exitCh, log)
+		err = r.killAndWait(cleanupCtx, b, b.log)
 	case <-ctx.Done():
 		out.Killed = true
-		status, err = r.killAndWait(cleanupCtx, task, exitCh, log)
+		err = r.killAndWait(cleanupCtx, b, b.log)
 	}
 	out.WallTime = time.Since(begin)
-	close(exited)
 	<-stdinClosed
 	if err != nil {
 		return out, err
 	}
-	if err := status.Error(); err != nil {
+	if err := b.status.Error(); err != nil {
 		return out, fmt.Errorf("wait task: %w", err)
 	}
-	code := status.ExitCode()
+	code := b.status.ExitCode()
 	out.ExitCode = int32(code)
 	if code > 128 && code < 128+65 {
 		out.Signal = syscall.Signal(code - 128)
@@ -485,17 +578,98 @@ func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func())
 
 	// The PID namespace ends with node, so the pipes close and the copy
 	// finishes; the bound only guards against a stuck shim.
-	if !waitIO(task.IO(), drainTimeout) {
-		r.stuck("drain", log)
-		task.IO().Cancel()
+	if !waitIO(b.task.IO(), drainTimeout) {
+		r.stuck("drain", b.log)
+		b.task.IO().Cancel()
 	}
 
-	usage, err := readUsage(cgroupPath)
+	usage, err := readUsage(b.cgroupPath, base.peak)
 	if err != nil {
-		log.Warn("read cgroup usage", "error", err)
+		b.log.Warn("read cgroup usage", "error", err)
 	}
+	usage.CPU = max(usage.CPU-base.cpu, 0)
+	usage.OOMKills -= min(base.oom, usage.OOMKills)
 	out.Usage = usage
 	return out, nil
+}
+
+// dispose removes b in the background, at most teardownConcurrency at a
+// time, and then calls released (nil for none).
+func (r *Runtime) dispose(b *box, released func()) {
+	r.teardowns.Add(1)
+	r.metrics.TeardownsInFlight.Inc()
+	go func() {
+		defer r.teardowns.Done()
+		defer r.metrics.TeardownsInFlight.Dec()
+		r.teardownSlots <- struct{}{}
+		ok := r.remove(b)
+		<-r.teardownSlots
+		result := "ok"
+		if !ok {
+			result = "failed"
+		}
+		r.metrics.Teardowns.WithLabelValues(result).Inc()
+		if released != nil {
+			released()
+		}
+	}()
+}
+
+// Drain waits until every sandbox handed to the background removal is
+// gone, or ctx ends.
+func (r *Runtime) Drain(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		r.teardowns.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// teardownConcurrency bounds the sandboxes removed at once.
+const teardownConcurrency = 4
+
+// remove deletes b's task (killing what still runs), closes its output,
+// deletes its container and snapshot, frees its host ids and removes its
+// files; it reports whether everything went. Each containerd call is
+// bounded; what fails is left for Reap.
+func (r *Runtime) remove(b *box) bool {
+	defer r.leave(b.id)
+	ctx := r.ns(context.Background())
+	if b.task != nil {
+		dctx, cancel := context.WithTimeout(ctx, cleanupTimeout)
+		if err := r.deleteTask(dctx, b.task); err != nil && !errdefs.IsNotFound(err) {
+			r.cleanupFailed("task", b.log, err)
+			b.kept = true
+		}
+		cancel()
+		// A Delete that failed leaves the output copy running, and
+		// closing the FIFOs is what ends it.
+		closeIO(b.task.IO(), b.log)
+	}
+	if b.container != nil {
+		dctx, cancel := context.WithTimeout(ctx, cleanupTimeout)
+		if err := b.container.Delete(dctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
+			r.cleanupFailed("container", b.log, err)
+			b.kept = true
+		}
+		cancel()
+	}
+	// Freed only once the sandbox is certainly gone: a range whose
+	// processes may still run is never given to another sandbox.
+	if b.releaseID != nil && !b.kept {
+		b.releaseID()
+	}
+	if err := os.RemoveAll(b.execDir); err != nil {
+		r.cleanupFailed("code_dir", b.log, err)
+		return false
+	}
+	return !b.kept
 }
 
 // createHint says what an operator can do about a task that could not be
@@ -512,16 +686,16 @@ func (r *Runtime) createHint(err error, hostID uint32) string {
 	return ""
 }
 
-// killAndWait kills every process of the task and waits, bounded, for the
+// killAndWait kills every process of b's task and waits, bounded, for the
 // exit the kill causes.
-func (r *Runtime) killAndWait(ctx context.Context, task containerd.Task, exitCh <-chan containerd.ExitStatus, log *slog.Logger) (containerd.ExitStatus, error) {
-	r.kill(ctx, task, log)
+func (r *Runtime) killAndWait(ctx context.Context, b *box, log *slog.Logger) error {
+	r.kill(ctx, b.task, log)
 	select {
-	case st := <-exitCh:
-		return st, nil
+	case <-b.exited:
+		return nil
 	case <-time.After(killTimeout):
 		r.stuck("kill", log)
-		return containerd.ExitStatus{}, fmt.Errorf("%w: no exit %s after SIGKILL", ErrStuck, killTimeout)
+		return fmt.Errorf("%w: no exit %s after SIGKILL", ErrStuck, killTimeout)
 	}
 }
 

@@ -23,13 +23,14 @@ var cgroupRoot = "/sys/fs/cgroup"
 
 // readUsage reads the cgroup at path (the spec's cgroupsPath) from the v1
 // hierarchies when the memory controller is mounted there, else from the
-// unified v2 hierarchy.
-func readUsage(path string) (Usage, error) {
+// unified v2 hierarchy. peak, when set, is the v2 memory.peak opened (and
+// reset) earlier: the peak since the reset is read through it.
+func readUsage(path string, peak *os.File) (Usage, error) {
 	v1mem := filepath.Join(cgroupRoot, "memory", path)
 	if _, err := os.Stat(v1mem); err == nil {
 		return readUsageV1(path)
 	}
-	return readUsageV2(filepath.Join(cgroupRoot, path))
+	return readUsageV2(filepath.Join(cgroupRoot, path), peak)
 }
 
 func readUsageV1(path string) (Usage, error) {
@@ -53,9 +54,15 @@ func readUsageV1(path string) (Usage, error) {
 	return u, nil
 }
 
-func readUsageV2(dir string) (Usage, error) {
+func readUsageV2(dir string, peakFile *os.File) (Usage, error) {
 	var u Usage
-	peak, err := readUint(filepath.Join(dir, "memory.peak"))
+	var peak uint64
+	var err error
+	if peakFile != nil {
+		peak, err = preadUint(peakFile)
+	} else {
+		peak, err = readUint(filepath.Join(dir, "memory.peak"))
+	}
 	if err != nil {
 		return u, err
 	}
@@ -78,6 +85,20 @@ func readUint(path string) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("read cgroup file: %w", err)
 	}
+	return parseUint(path, b)
+}
+
+// preadUint reads f's value from its start, through the same descriptor.
+func preadUint(f *os.File) (uint64, error) {
+	b := make([]byte, 32)
+	n, err := f.ReadAt(b, 0)
+	if err != nil && n == 0 {
+		return 0, fmt.Errorf("read cgroup file: %w", err)
+	}
+	return parseUint(f.Name(), b[:n])
+}
+
+func parseUint(path string, b []byte) (uint64, error) {
 	v, err := strconv.ParseUint(string(bytes.TrimSpace(b)), 10, 64)
 	if err != nil {
 		return 0, fmt.Errorf("parse %s: %w", path, err)

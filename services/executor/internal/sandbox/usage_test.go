@@ -41,14 +41,14 @@ func TestReadUsage(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cgroupRoot = t.TempDir()
 			writeFiles(t, cgroupRoot, tt.files)
-			got, err := readUsage("/ns/x1")
+			got, err := readUsage("/ns/x1", nil)
 			if err != nil || got != tt.want {
 				t.Errorf("readUsage = %+v, %v; want %+v", got, err, tt.want)
 			}
 		})
 	}
 	cgroupRoot = t.TempDir()
-	if _, err := readUsage("/ns/missing"); err == nil {
+	if _, err := readUsage("/ns/missing", nil); err == nil {
 		t.Error("readUsage of a missing cgroup succeeded")
 	}
 }

@@ -40,6 +40,9 @@ type Sandboxes interface {
 	// error wraps sandbox.ErrRuntimeUnavailable and says why not.
 	Installed(rt ociruntime.Name) error
 	Run(ctx context.Context, id string, spec sandbox.Spec, started func()) (sandbox.Outcome, error)
+	// Boot boots a warm sandbox; RunWarm runs a program in one.
+	Boot(ctx context.Context, id string, spec sandbox.Spec) (*sandbox.Warm, error)
+	RunWarm(ctx context.Context, w *sandbox.Warm, spec sandbox.Spec, started func()) (sandbox.Outcome, error)
 	// Content is img's manifest, config and layers, to read.
 	Content(ctx context.Context, img sandbox.Image) (v1.Image, error)
 }
@@ -52,6 +55,8 @@ type Network interface {
 	// Close ends the attachment; no network event is sent after it
 	// returns. Calls after the first do nothing.
 	Close() error
+	// Release gives the sandbox's addresses back once it is gone.
+	Release() error
 	// Summary is what the Result reports of the execution's requests.
 	Summary() decision.Summary
 	// Problem says why the sandbox had no egress, or is empty.
@@ -67,6 +72,8 @@ type Network interface {
 // inline policy, nil for none.
 type Egress interface {
 	Attach(ctx context.Context, id string, narrow *policy.Compiled, events chan<- *executorv1.NetworkEvent) (Network, error)
+	// Prepare reserves a warm sandbox's egress, for no execution yet.
+	Prepare() (Reservation, error)
 	// Policy is what an execution attached with narrow would be decided
 	// by now: the operator's policy narrowed by it.
 	Policy(narrow *policy.Compiled) *policy.Compiled
@@ -101,6 +108,9 @@ type Config struct {
 	// ImageAllowClasses.
 	CheckImages       bool
 	ImageAllowClasses []imageinspect.Class
+	// Pool, when set, holds warm sandboxes of DefaultImage that requests
+	// which fit them run in (see fitsWarm).
+	Pool Pool
 }
 
 // DefaultSendGrace is SendGrace's default.
@@ -172,7 +182,14 @@ func (s *Service) Execute(req *executorv1.ExecuteRequest, stream grpc.ServerStre
 	if err != nil {
 		return s.reject(err)
 	}
-	defer release()
+	// handed is set once the sandbox holds the slot: it frees it when it
+	// is gone, after the Result.
+	handed := false
+	defer func() {
+		if !handed {
+			release()
+		}
+	}()
 	img, err := s.resolveImage(ctx, prog.image)
 	if err == nil {
 		err = s.CheckImage(ctx, img)
@@ -181,7 +198,12 @@ func (s *Service) Execute(req *executorv1.ExecuteRequest, stream grpc.ServerStre
 		return s.reject(err)
 	}
 
-	x := s.newExecution(ctx, stream)
+	w := s.takeWarm(prog, img, req, secretsUsed)
+	id := sandbox.NewID()
+	if w != nil {
+		id = w.w.ID
+	}
+	x := s.newExecution(ctx, stream, id)
 	if g.ident.Tenant != "" {
 		x.log = x.log.With("tenant", g.ident.Tenant, "tier", g.ident.Tier)
 		x.tenant, x.tier = g.ident.Tenant, g.ident.Tier
@@ -190,9 +212,14 @@ func (s *Service) Execute(req *executorv1.ExecuteRequest, stream grpc.ServerStre
 	stop := context.AfterFunc(s.shutdown, func() { x.cancel(errShutdown) })
 	defer stop()
 
-	net, err := s.attachNetwork(ctx, x, g.policy)
-	if err != nil {
-		return s.reject(err)
+	var net Network
+	switch {
+	case w == nil:
+		if net, err = s.attachNetwork(ctx, x, g.policy); err != nil {
+			return s.reject(err)
+		}
+	case w.net != nil:
+		net = w.net.Bind(x.id, g.policy, x.netEvents)
 	}
 	mode := policyv1.Mode_MODE_ENFORCE
 	if net != nil {
@@ -211,9 +238,25 @@ func (s *Service) Execute(req *executorv1.ExecuteRequest, stream grpc.ServerStre
 	if net != nil {
 		net.Contribute(&spec)
 	}
-	x.log.Info("execution starting", "image", img.Ref, "image_digest", img.Digest, "files", len(prog.files), "secrets", secretNames(secretsUsed))
+	spec.Released = func() {
+		if net != nil {
+			if err := net.Release(); err != nil {
+				x.log.Error("remove sandbox network", "error", err)
+			}
+		}
+		release()
+	}
+	handed = true
+	path := "cold"
+	if w != nil {
+		path = "warm"
+	}
+	s.metrics.starts.WithLabelValues(path).Inc()
+	x.log.Info("execution starting", "image", img.Ref, "image_digest", img.Digest, "files", len(prog.files), "secrets", secretNames(secretsUsed), "path", path)
 	s.metrics.running.Inc()
-	out, runErr := x.run(s.sb, spec, started(x.id, img, prog, g.ident, mode))
+	first := started(x.id, img, prog, g.ident, mode)
+	first.GetStarted().Warm = w != nil
+	out, runErr := x.run(s.sb, w, spec, first)
 	s.metrics.running.Dec()
 	return s.finish(x, net, prog, out, runErr)
 }
@@ -394,6 +437,9 @@ func (s *Service) runtimeError(ctx context.Context, id string, err error) error 
 	case errors.Is(err, sandbox.ErrRuntimeUnavailable):
 		return statusError(codes.FailedPrecondition, ReasonRuntimeUnavailable,
 			"the sandbox's OCI runtime is not installed on this executor", meta)
+	case errors.Is(err, sandbox.ErrWarmGone):
+		return statusError(codes.Unavailable, ReasonInternal,
+			"the sandbox booted for this execution ended before the program started; nothing ran; retry", meta, retry())
 	case errors.Is(err, sandbox.ErrStuck):
 		return statusError(codes.Internal, ReasonSandboxStuck,
 			"the sandbox did not end after it was killed; it has been left for the executor to remove", meta)

@@ -57,8 +57,23 @@ func (f *fakeSandboxes) Installed(rt ociruntime.Name) error {
 }
 
 func (f *fakeSandboxes) Run(ctx context.Context, _ string, spec sandbox.Spec, started func()) (sandbox.Outcome, error) {
+	if spec.Released != nil {
+		defer spec.Released()
+	}
 	return f.run(ctx, spec, started)
 }
+
+func (f *fakeSandboxes) Boot(context.Context, string, sandbox.Spec) (*sandbox.Warm, error) {
+	return nil, errors.New("no warm sandboxes in this test")
+}
+
+func (f *fakeSandboxes) RunWarm(context.Context, *sandbox.Warm, sandbox.Spec, func()) (sandbox.Outcome, error) {
+	return sandbox.Outcome{}, errors.New("no warm sandboxes in this test")
+}
+
+// errNoWarm is what the fake egresses' Prepare returns: no test here boots
+// warm sandboxes.
+var errNoWarm = errors.New("no warm sandboxes in this test")
 
 // fakeStream records what the handler sends.
 type fakeStream struct {
@@ -326,6 +341,7 @@ func (f fakeEgress) Attach(_ context.Context, _ string, narrow *policy.Compiled,
 }
 
 func (f fakeEgress) Policy(narrow *policy.Compiled) *policy.Compiled { return policy.Chain(narrow) }
+func (fakeEgress) Prepare() (Reservation, error)                     { return nil, errNoWarm }
 
 func TestAttachErrors(t *testing.T) {
 	tests := []struct {

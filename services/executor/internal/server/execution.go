@@ -48,8 +48,7 @@ type execution struct {
 	wouldBlock atomic.Uint32
 }
 
-func (s *Service) newExecution(ctx context.Context, stream grpc.ServerStreamingServer[executorv1.ExecuteResponse]) *execution {
-	id := sandbox.NewID()
+func (s *Service) newExecution(ctx context.Context, stream grpc.ServerStreamingServer[executorv1.ExecuteResponse], id string) *execution {
 	runCtx, cancel := context.WithCancelCause(ctx)
 	x := &execution{
 		id:        id,
@@ -89,12 +88,12 @@ func (x *execution) spec(nodePath string, img sandbox.Image, prog program, req *
 	}
 }
 
-// run runs the sandbox while the pump, the stream's only sender, sends its
+// run runs the sandbox, w when set, while the pump, the stream's only sender, sends its
 // events. It returns when Run has and every event Run produced was sent,
 // or, when the caller stops reading, at most sendGrace after Run: the pump
 // is then left blocked in Send, which returns once the handler has ended
 // the call (x.stalled says so, and nothing else may send).
-func (x *execution) run(sb Sandboxes, spec sandbox.Spec, first *executorv1.ExecuteResponse) (sandbox.Outcome, error) {
+func (x *execution) run(sb Sandboxes, w *warm, spec sandbox.Spec, first *executorv1.ExecuteResponse) (sandbox.Outcome, error) {
 	var (
 		out sandbox.Outcome
 		err error
@@ -102,6 +101,10 @@ func (x *execution) run(sb Sandboxes, spec sandbox.Spec, first *executorv1.Execu
 	runDone := make(chan struct{})
 	go func() {
 		defer close(runDone)
+		if w != nil {
+			out, err = sb.RunWarm(x.ctx, w.w, spec, func() { x.emit(first) })
+			return
+		}
 		out, err = sb.Run(x.ctx, x.id, spec, func() { x.emit(first) })
 	}()
 	x.bounded(runDone, func() { x.pump(runDone) })

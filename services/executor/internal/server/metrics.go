@@ -26,6 +26,9 @@ type Metrics struct {
 	eventsDropped prometheus.Counter
 	logOmitted    prometheus.Counter
 	decisions     *decisionCounter
+	// starts counts executions whose program started, by path: warm (a
+	// sandbox booted ahead of time) or cold.
+	starts *prometheus.CounterVec
 }
 
 // NewMetrics registers the executor's metrics on reg.
@@ -56,7 +59,13 @@ func NewMetrics(reg prometheus.Registerer, slots *capacity.Limiter) *Metrics {
 			Name: "sandpit_network_log_omitted_total",
 			Help: "Requests left out of an execution's network log by its bounds (each Result's network_log_omitted).",
 		}),
+		starts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sandpit_execution_starts_total",
+			Help: "Executions whose sandbox was set up, by path: warm (booted ahead of time, from the warm pool) or cold (created for it).",
+		}, []string{"path"}),
 	}
+	m.starts.WithLabelValues("warm")
+	m.starts.WithLabelValues("cold")
 	// Every termination exists from the start, so that a rate or an alert
 	// on one that never happened yet reads 0 rather than nothing.
 	for t := range executorv1.Termination_name {
@@ -66,7 +75,7 @@ func NewMetrics(reg prometheus.Registerer, slots *capacity.Limiter) *Metrics {
 	}
 	m.executions.WithLabelValues(terminationError)
 	m.decisions = newDecisionCounter(maxHostsPerTenant, maxDecisionSeries)
-	reg.MustRegister(m.decisions.vec, m.executions, m.duration, m.running, m.rejected, m.eventsDropped, m.logOmitted,
+	reg.MustRegister(m.decisions.vec, m.executions, m.duration, m.running, m.rejected, m.eventsDropped, m.logOmitted, m.starts,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sandpit_execution_queue_waiting",
 			Help: "Executions waiting for a slot.",

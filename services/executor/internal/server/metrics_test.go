@@ -28,6 +28,7 @@ type summaryNetwork struct{ sum decision.Summary }
 
 func (summaryNetwork) Contribute(*sandbox.Spec)        {}
 func (summaryNetwork) Close() error                    { return nil }
+func (summaryNetwork) Release() error                  { return nil }
 func (n summaryNetwork) Summary() decision.Summary     { return n.sum }
 func (summaryNetwork) Problem() string                 { return "" }
 func (summaryNetwork) Observe(func(decision.Observed)) {}
@@ -40,6 +41,7 @@ func (e summaryEgress) Attach(context.Context, string, *policy.Compiled, chan<- 
 }
 
 func (summaryEgress) Policy(narrow *policy.Compiled) *policy.Compiled { return policy.Chain(narrow) }
+func (summaryEgress) Prepare() (Reservation, error)                   { return nil, errNoWarm }
 
 // TestMetrics runs executions that exit, time out and fail, and one that
 // is refused: each is counted once under the shared vocabulary, and what

@@ -53,6 +53,8 @@ func (b bindingEgress) Policy(narrow *policy.Compiled) *policy.Compiled {
 	return policy.Chain(b.op, narrow)
 }
 
+func (bindingEgress) Prepare() (Reservation, error) { return nil, errNoWarm }
+
 // TestExecuteSecrets: a request's secrets reach the sandbox as
 // placeholders of their binding's shape and the execution's network as
 // values; a secret that is not in the store, or that no policy binds, or

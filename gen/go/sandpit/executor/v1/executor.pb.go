@@ -1233,7 +1233,10 @@ type Started struct {
 	// MODE_AUDIT when a policy in force for this execution is in audit mode
 	// (the tenant's, for a tenant rolling a policy out): requests it denies
 	// are forwarded and reported as DECISION_WOULD_BLOCK.
-	PolicyMode    v1.Mode `protobuf:"varint,7,opt,name=policy_mode,json=policyMode,proto3,enum=sandpit.policy.v1.Mode" json:"policy_mode,omitempty"`
+	PolicyMode v1.Mode `protobuf:"varint,7,opt,name=policy_mode,json=policyMode,proto3,enum=sandpit.policy.v1.Mode" json:"policy_mode,omitempty"`
+	// The program runs in a sandbox booted ahead of time (the executor's warm
+	// pool), used by this execution alone, as it would in one created for it.
+	Warm          bool `protobuf:"varint,8,opt,name=warm,proto3" json:"warm,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1315,6 +1318,13 @@ func (x *Started) GetPolicyMode() v1.Mode {
 		return x.PolicyMode
 	}
 	return v1.Mode(0)
+}
+
+func (x *Started) GetWarm() bool {
+	if x != nil {
+		return x.Warm
+	}
+	return false
 }
 
 // Output is a chunk of bytes the program wrote. Chunks are not aligned to
@@ -1786,7 +1796,7 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	" \x01(\tR\x06source\x12>\n" +
 	"\vdenial_code\x18\v \x01(\x0e2\x1d.sandpit.policy.v1.DenialCodeR\n" +
 	"denialCode\x12\x18\n" +
-	"\asecrets\x18\f \x03(\tR\asecrets\"\x80\x02\n" +
+	"\asecrets\x18\f \x03(\tR\asecrets\"\x94\x02\n" +
 	"\aStarted\x12!\n" +
 	"\fexecution_id\x18\x01 \x01(\tR\vexecutionId\x12\x14\n" +
 	"\x05image\x18\x02 \x01(\tR\x05image\x12!\n" +
@@ -1795,7 +1805,8 @@ const file_sandpit_executor_v1_executor_proto_rawDesc = "" +
 	"\x06tenant\x18\x05 \x01(\tR\x06tenant\x12\x12\n" +
 	"\x04tier\x18\x06 \x01(\tR\x04tier\x128\n" +
 	"\vpolicy_mode\x18\a \x01(\x0e2\x17.sandpit.policy.v1.ModeR\n" +
-	"policyMode\"\x1c\n" +
+	"policyMode\x12\x12\n" +
+	"\x04warm\x18\b \x01(\bR\x04warm\"\x1c\n" +
 	"\x06Output\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\"\xbc\n" +
 	"\n" +

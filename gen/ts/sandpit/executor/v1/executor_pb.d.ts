@@ -735,6 +735,14 @@ export declare type Started = Message<"sandpit.executor.v1.Started"> & {
    * @generated from field: sandpit.policy.v1.Mode policy_mode = 7;
    */
   policyMode: Mode;
+
+  /**
+   * The program runs in a sandbox booted ahead of time (the executor's warm
+   * pool), used by this execution alone, as it would in one created for it.
+   *
+   * @generated from field: bool warm = 8;
+   */
+  warm: boolean;
 };
 
 /**
