@@ -24,6 +24,8 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/encoding/prototext"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	executorv1 "github.com/sandpit-run/sandpit/gen/go/sandpit/executor/v1"
@@ -141,7 +143,9 @@ type sideCase struct {
 	wantExit int32
 	// stderrLines, when set, compares the first lines of stderr and its
 	// last line only: the stack's tail below the program's own frame
-	// (node's internals) is logged when it differs, not asserted.
+	// (node's internals) is logged when it differs, not asserted. On
+	// int-pool 333a3c1 the tails were the same too (both load main.js
+	// through the ESM loader, as both run node with --import).
 	stderrLines int
 	// report: a difference is logged, not asserted.
 	report bool
@@ -205,6 +209,8 @@ console.log(JSON.stringify([0, 1, 2].map(fd => { const s = fs.fstatSync(fd); ret
 		// A fresh /tmp is empty; /sandbox holds the request's files only.
 		{name: "readdir", req: code(`const fs = require("fs"); console.log(JSON.stringify([fs.readdirSync("/sandbox"), fs.readdirSync("/tmp")]))`),
 			want: `[["main.js"],[]]`},
+		{name: "code read-only", req: code(`try { require("fs").writeFileSync("/sandbox/main.js", "overwritten"); console.log("wrote"); } catch (e) { console.log(e.code); }`),
+			want: "EROFS"},
 		{name: "cwd hostname uid", req: code(`const os = require("os");
 console.log(JSON.stringify([process.cwd(), os.hostname(), process.getuid(), process.getgid(), os.userInfo().username, os.homedir()]))`),
 			want: `["/sandbox","sandbox",`},
@@ -231,6 +237,8 @@ type sideOutcome struct {
 	exit           int32
 	term           executorv1.Termination
 	warm           bool
+	// started is the Started event but for its execution id and warm.
+	started string
 }
 
 // TestWarmLikeCold runs every program of sideBySide on an executor with a
@@ -249,8 +257,10 @@ func TestWarmLikeCold(t *testing.T) {
 			}
 			c.req.Limits = &executorv1.Limits{Timeout: durationpb.New(15 * time.Second)}
 			r := s.e.mustRun(t, c.req)
+			started := proto.Clone(r.started).(*executorv1.Started)
+			started.ExecutionId, started.Warm = "", false
 			out[i] = sideOutcome{stdout: string(r.stdout), stderr: string(r.stderr), exit: r.result.GetExitCode(),
-				term: r.result.GetTermination(), warm: r.started.GetWarm()}
+				term: r.result.GetTermination(), warm: r.started.GetWarm(), started: prototext.Format(started)}
 		}
 		warmStarts := 0
 		if pool > 0 {
@@ -272,6 +282,9 @@ func TestWarmLikeCold(t *testing.T) {
 		w, k := warm[i], cold[i]
 		if !w.warm || k.warm {
 			t.Errorf("%s: Started.warm %v on the pool's executor, %v on the other; want true and false", c.name, w.warm, k.warm)
+		}
+		if w.started != k.started {
+			t.Errorf("%s: Started differs\nwarm: %s\ncold: %s", c.name, w.started, k.started)
 		}
 		for name, o := range map[string]sideOutcome{"warm": w, "cold": k} {
 			if !strings.Contains(o.stdout, c.want) || o.exit != c.wantExit || o.term != executorv1.Termination_TERMINATION_EXITED {
@@ -709,6 +722,14 @@ func (inv poolInventory) count(kind string) (n int) {
 func TestWarmLeftoversAfterKill(t *testing.T) {
 	skipUnderRunsc(t)
 	dir := t.TempDir()
+	// What is there before (a sandbox another test run left, say) is not
+	// this test's to answer for.
+	before := takePoolInventory(t, dir)
+	ours := func(inv poolInventory) []string {
+		return slices.DeleteFunc(append(inv.leftovers, inv.netns...), func(l string) bool {
+			return slices.Contains(before.leftovers, l) || slices.Contains(before.netns, l)
+		})
+	}
 	ports := netPorts{proxyGRPC: "127.0.0.1:" + itoa(freePort(t)), proxyPort: freePort(t), dnsPort: freePort(t)}
 	eg := startEgress(t, ports, basePolicy)
 	start := func() (*proc, string) {
@@ -719,26 +740,34 @@ func TestWarmLeftoversAfterKill(t *testing.T) {
 	}
 	p, metrics := start()
 	px := startProxy(t, ports, "unix://"+eg.decisionSocket, nil, "")
-	boot := waitWarm(t, metrics, 2)
+	waitWarm(t, metrics, 2)
 	old := takePoolInventory(t, dir)
-	t.Logf("full pool after %v: %d leftovers lines, %v, %d veths, nft %v", boot, len(old.leftovers), old.netns, old.veths, old.nft)
+	oldLines := ours(old)
+	t.Logf("full pool: %d things (%d before it), %d veths, nft %v", len(oldLines), len(before.leftovers), old.veths, old.nft)
 	if old.count("container") != 2 || old.count("task") != 2 || old.count("process in a sandbox cgroup") < 4 || old.veths != 2 {
-		t.Fatalf("a full pool of two holds %v and %d veths; want two containers, tasks and veths, and their inits and nodes", old.leftovers, old.veths)
+		t.Fatalf("a full pool of two holds %v and %d veths; want two containers, tasks and veths, and their inits and nodes", oldLines, old.veths)
 	}
 	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	<-p.done
-	if l := leftovers(t, dir, ""); len(l) == 0 {
+	if len(ours(takePoolInventory(t, dir))) == 0 {
 		t.Fatal("nothing left after SIGKILL; the test would prove nothing")
 	}
 
 	p2, metrics2 := start()
-	swept := takePoolInventory(t, dir)
-	for _, l := range append(old.leftovers, old.netns...) {
-		if slices.Contains(swept.leftovers, l) || slices.Contains(swept.netns, l) {
-			t.Errorf("the old pool's %s is still there after the new executor's start-up sweep", l)
-		}
+	// Swept means gone within a few seconds: shims exit shortly after
+	// their task is deleted.
+	still := func(lines []string) []string {
+		now := ours(takePoolInventory(t, dir))
+		return slices.DeleteFunc(slices.Clone(lines), func(l string) bool { return !slices.Contains(now, l) })
+	}
+	left := still(oldLines)
+	for deadline := time.Now().Add(5 * time.Second); len(left) > 0 && time.Now().Before(deadline); left = still(oldLines) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, l := range left {
+		t.Errorf("the old pool's %s is still there after the new executor's start-up sweep", l)
 	}
 	waitWarm(t, metrics2, 2)
 	refilled := takePoolInventory(t, dir)
@@ -760,10 +789,15 @@ func TestWarmLeftoversAfterKill(t *testing.T) {
 		t.Fatal("the executor did not exit after SIGTERM")
 	}
 	px.stop()
-	requireNoLeftovers(t, dir, "")
-	requireNoNetworkLeftovers(t)
-	if drained := takePoolInventory(t, dir); drained.nft["nft set elements"] != 0 {
-		t.Errorf("nftables set elements left after a drained pool: %v", drained.nft)
+	drained := ours(takePoolInventory(t, dir))
+	for deadline := time.Now().Add(5 * time.Second); len(drained) > 0 && time.Now().Before(deadline); drained = ours(takePoolInventory(t, dir)) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if len(drained) > 0 {
+		t.Errorf("left behind by the drained pool:\n%s", strings.Join(drained, "\n"))
+	}
+	if inv := takePoolInventory(t, dir); inv.veths != before.veths || inv.nft["nft set elements"] != 0 {
+		t.Errorf("%d veths (%d before) and nftables %v after a drained pool", inv.veths, before.veths, inv.nft)
 	}
 }
 
