@@ -34,6 +34,7 @@ func startApp(t *testing.T, ctd *containerdtest.Env, extra ...string) (a *app.Ap
 		"--state-dir", stateDir,
 		"--image", ctd.ImageRef,
 		"--shutdown-grace", "1s",
+		"--warm-pool", "0", // as executorArgs
 	}, append(ctd.RuntimeFlags(), extra...)...)
 	cfg, err := app.ParseConfig(args, func(string) string { return "" })
 	if err != nil {

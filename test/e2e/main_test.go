@@ -160,6 +160,9 @@ func executorArgs(o executorOpts) []string {
 		"--max-concurrent", strconv.Itoa(o.slots),
 		"--max-queue", strconv.Itoa(o.queue),
 		"--shutdown-grace", "0s",
+		// Cold unless a test asks for the warm pool (warm_test.go):
+		// pooled sandboxes are containers the leftover checks would count.
+		"--warm-pool", "0",
 	}
 	args = append(args, env.RuntimeFlags()...)
 	if o.egress != nil {

@@ -92,6 +92,7 @@ func startProc(t *testing.T, stateDir string, extra ...string) *proc {
 		"--containerd-namespace", containerdtest.Namespace,
 		"--state-dir", stateDir,
 		"--image", env.ImageRef,
+		"--warm-pool", "0", // as executorArgs
 	}, append(env.RuntimeFlags(), extra...)...)
 	p.cmd = exec.Command(executorBinary(t), args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs

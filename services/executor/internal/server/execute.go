@@ -244,6 +244,7 @@ func (s *Service) Execute(req *executorv1.ExecuteRequest, stream grpc.ServerStre
 				x.log.Error("remove sandbox network", "error", err)
 			}
 		}
+		s.metrics.running.Dec()
 		release()
 	}
 	handed = true
@@ -257,7 +258,6 @@ func (s *Service) Execute(req *executorv1.ExecuteRequest, stream grpc.ServerStre
 	first := started(x.id, img, prog, g.ident, mode)
 	first.GetStarted().Warm = w != nil
 	out, runErr := x.run(s.sb, w, spec, first)
-	s.metrics.running.Dec()
 	return s.finish(x, net, prog, out, runErr)
 }
 
