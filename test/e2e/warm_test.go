@@ -59,6 +59,7 @@ type warmStack struct {
 func startWarmStack(t *testing.T, pool int) *warmStack {
 	t.Helper()
 	skipUnderRunsc(t)
+	drainedAtShutdown(t)
 	ports := netPorts{proxyGRPC: "127.0.0.1:" + itoa(freePort(t)), proxyPort: freePort(t), dnsPort: freePort(t)}
 	s := &warmStack{logs: &lockedBuffer{}, pay: newStandIn(t, "pay.test"), githubSeen: &lockedBuffer{}}
 	s.github = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -74,6 +75,17 @@ func startWarmStack(t *testing.T, pool int) *warmStack {
 	s.proxy = startProxy(t, ports, s.e.deciderAddr, map[string]string{"pay.test": s.pay.addr(), "api.github.test": s.github.Listener.Addr().String()}, upstreamCAPEM(t))
 	s.e.waitProxy(t, s.proxy)
 	return s
+}
+
+// drainedAtShutdown checks, once the test's executor has stopped (call it
+// before starting the executor: cleanups run last to first), that its pool
+// was drained: nothing of a sandbox is left.
+func drainedAtShutdown(t *testing.T) {
+	t.Helper()
+	t.Cleanup(func() {
+		requireNoLeftovers(t, stateDir, "")
+		requireNoNetworkLeftovers(t)
+	})
 }
 
 // skipUnderRunsc skips a warm pool test where the tests' runtime is
@@ -743,7 +755,7 @@ func TestWarmLeftoversAfterKill(t *testing.T) {
 	waitWarm(t, metrics, 2)
 	old := takePoolInventory(t, dir)
 	oldLines := ours(old)
-	t.Logf("full pool: %d things (%d before it), %d veths, nft %v", len(oldLines), len(before.leftovers), old.veths, old.nft)
+	t.Logf("full pool: %d things, %d veths, nft %v; before it: %v", len(oldLines), old.veths, old.nft, before.leftovers)
 	if old.count("container") != 2 || old.count("task") != 2 || old.count("process in a sandbox cgroup") < 4 || old.veths != 2 {
 		t.Fatalf("a full pool of two holds %v and %d veths; want two containers, tasks and veths, and their inits and nodes", oldLines, old.veths)
 	}
@@ -808,6 +820,7 @@ func TestWarmLeftoversAfterKill(t *testing.T) {
 // CPU time count the program's run, not the pool's boot.
 func TestWarmLimitsAtClaim(t *testing.T) {
 	skipUnderRunsc(t)
+	drainedAtShutdown(t)
 	e := startExecutor(t, executorOpts{flags: warmFlags(2, "127.0.0.1:0")})
 	metrics := e.app.MetricsAddr()
 	t.Logf("the pool of two was full %v after the executor served", waitWarm(t, metrics, 2))
