@@ -373,12 +373,14 @@ func TestWarmNeverShared(t *testing.T) {
 	var seen []sandboxSeen
 	for i := range runs {
 		waitWarm(t, s.e.app.MetricsAddr(), 2)
-		stream, err := s.e.client.Execute(ctx, code(fmt.Sprintf(`const fs = require("fs");
+		// The handler comes first: the test signals as soon as it has
+		// read the line.
+		stream, err := s.e.client.Execute(ctx, code(fmt.Sprintf(`process.on("SIGUSR2", () => process.exit(0));
+setTimeout(() => process.exit(9), 30000);
+const fs = require("fs");
 fs.writeFileSync("/tmp/run-%d", "mine");
 const ns = n => fs.readlinkSync("/proc/self/ns/" + n);
-console.log(JSON.stringify({pid_ns: ns("pid"), net_ns: ns("net"), cgroup_ns: ns("cgroup"), cgroup: fs.readFileSync("/proc/self/cgroup", "utf8"), tmp: fs.readdirSync("/tmp")}));
-process.once("SIGUSR2", () => process.exit(0));
-setTimeout(() => process.exit(9), 30000);`, i)))
+console.log(JSON.stringify({pid_ns: ns("pid"), net_ns: ns("net"), cgroup_ns: ns("cgroup"), cgroup: fs.readFileSync("/proc/self/cgroup", "utf8"), tmp: fs.readdirSync("/tmp")}));`, i)))
 		if err != nil {
 			t.Fatal(err)
 		}
