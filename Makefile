@@ -180,7 +180,7 @@ test-containerd2: deps tools runc images stripe-mock check-cli $(BIN)/containerd
 	cd test && PATH=$(BIN)/containerd2:$$PATH SANDPIT_CONTAINERD=$(BIN)/containerd2/containerd $(TEST_ENV) go test $(GOTEST_FLAGS) ./e2e/
 
 .PHONY: bench
-bench: deps tools runc images stripe-mock ## hello-world Execute latency vs bare node; proxy latency and throughput vs direct; what brokering a secret adds to a request
+bench: deps tools runc images stripe-mock ## hello-world Execute latency (warm pool, cold, 20 at once) vs bare node and a warm sandbox's memory; proxy latency and throughput vs direct; what brokering a secret adds to a request
 	cd test && $(TEST_ENV) go test -count=1 -run '^$$' -bench . -benchtime 40x -timeout 20m ./e2e/
 	cd services/egressproxy && go test -count=1 -run '^$$' -bench 'BrokeredRequest' -benchmem ./internal/proxy/
 

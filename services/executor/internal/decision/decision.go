@@ -121,6 +121,9 @@ type Execution struct {
 	withSecrets, secretMisuse uint32
 
 	dnsQueries atomic.Uint32 // see overDNSBudget
+	// heard is when a question or report of the execution last came, in
+	// Unix nanoseconds; 0 before the first (see Settle).
+	heard atomic.Int64
 }
 
 // NewExecution returns the network state of execution id under p. Live
@@ -323,8 +326,31 @@ func (r *Registry) lookup(ip string) *Execution {
 		return nil
 	}
 	r.mu.RLock()
-	defer r.mu.RUnlock()
-	return r.byIP[a.Unmap()]
+	e := r.byIP[a.Unmap()]
+	r.mu.RUnlock()
+	if e != nil {
+		e.heard.Store(time.Now().UnixNano())
+	}
+	return e
+}
+
+// Settle waits, at most bound, until no exchange of the execution awaits
+// its outcome and nothing of it was heard for quiet: the proxy reports an
+// outcome when the exchange ends and refusals in batches, which may come
+// after the sandbox has exited. An execution that made no request returns
+// at once.
+func (e *Execution) Settle(quiet, bound time.Duration) {
+	deadline := time.Now().Add(bound)
+	for {
+		e.mu.Lock()
+		open := e.use.open
+		e.mu.Unlock()
+		heard := e.heard.Load()
+		if heard == 0 || (open == 0 && time.Since(time.Unix(0, heard)) >= quiet) || time.Now().After(deadline) {
+			return
+		}
+		time.Sleep(quiet / 10)
+	}
 }
 
 // Connected reports whether a proxy holds a Decide stream and has said
@@ -758,6 +784,7 @@ func (e *Execution) lost(p pending) {
 }
 
 func (e *Execution) outcome(p pending, o *egressv1.Outcome) {
+	e.heard.Store(time.Now().UnixNano())
 	e.settle(p.grant, o.GetBytesSent(), o.GetBytesReceived())
 	e.mu.Lock()
 	p.entry.StatusCode = o.GetStatusCode()

@@ -252,6 +252,15 @@ func (a *Attachment) Do(fn func() error) error { return a.sb.Do(fn) }
 // GatewayIP is the host end's address, the sandbox's default route.
 func (a *Attachment) GatewayIP() string { return a.sb.HostIP.String() }
 
+// End waits for the proxy's last reports of an execution that used the
+// network: until nothing of it was heard for settleQuiet (more than the
+// proxy's 10ms between two refusal reports) and no exchange awaits its
+// outcome, at most settleBound.
+const (
+	settleQuiet = 25 * time.Millisecond
+	settleBound = 250 * time.Millisecond
+)
+
 // Detach ends the attachment: End, then Release.
 func (a *Attachment) Detach() error {
 	a.End()
@@ -267,6 +276,9 @@ func (a *Attachment) End() {
 		if a.unregister == nil {
 			return
 		}
+		// What the proxy has yet to report of the execution counts in
+		// its Result: the sandbox may have exited before it came.
+		a.Network.Settle(settleQuiet, settleBound)
 		a.unregister()
 		a.Network.ReleaseLog()
 		if a.NetworkError == "" {
