@@ -15,7 +15,6 @@ import (
 	"regexp"
 	"runtime"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -23,6 +22,9 @@ import (
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/encoding/prototext"
 	"google.golang.org/protobuf/proto"
@@ -37,9 +39,6 @@ import (
 // promises: a program cannot tell it ran warm, no two executions share a
 // sandbox, an unclaimed sandbox has no egress, a killed executor's pool
 // is swept, and the request's limits hold from the program's first line.
-
-// warmLabel marks a pooled container in containerd.
-const warmLabel = "run.sandpit.warm"
 
 // warmStack is an executor with a warm pool of its own size and egress,
 // as the issue's users run it, with the proxy and stand-ins for pay.test
@@ -102,28 +101,37 @@ func warmFlags(pool int, metrics string) []string {
 	return []string{"--warm-pool", strconv.Itoa(pool), "--metrics-listen", metrics}
 }
 
-// executorMetric reads one sample of the executor's /metrics at addr,
-// named with its labels as exposed (sandpit_warm_sandboxes{state="ready"});
-// a sample not exposed (a gauge never set) reads 0.
-func executorMetric(t testing.TB, addr, sample string) float64 {
+// executorMetrics reads the executor's /metrics at addr.
+func executorMetrics(t testing.TB, addr string) map[string]*dto.MetricFamily {
 	t.Helper()
 	res, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + addr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer res.Body.Close()
-	body, err := io.ReadAll(res.Body)
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(res.Body)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("the executor's metrics: %v", err)
 	}
-	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, sample+" "); ok {
-			n, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatalf("metric %s: %v", line, err)
-			}
-			return n
+	return mfs
+}
+
+// metricValue is the value of family name's series whose label key has
+// value (its first series, when key is empty): a gauge's or a counter's,
+// or a histogram's mean; 0 when there is no such series.
+func metricValue(mfs map[string]*dto.MetricFamily, name, key, value string) float64 {
+	for _, m := range mfs[name].GetMetric() {
+		if key != "" && !slices.ContainsFunc(m.GetLabel(), func(l *dto.LabelPair) bool { return l.GetName() == key && l.GetValue() == value }) {
+			continue
 		}
+		switch {
+		case m.GetHistogram() != nil:
+			return m.GetHistogram().GetSampleSum() / float64(max(m.GetHistogram().GetSampleCount(), 1))
+		case m.GetCounter() != nil:
+			return m.GetCounter().GetValue()
+		}
+		return m.GetGauge().GetValue()
 	}
 	return 0
 }
@@ -134,8 +142,8 @@ func waitWarm(t testing.TB, addr string, n int) time.Duration {
 	t.Helper()
 	start := time.Now()
 	for deadline := start.Add(60 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		ready := executorMetric(t, addr, `sandpit_warm_sandboxes{state="ready"}`)
-		booting := executorMetric(t, addr, `sandpit_warm_sandboxes{state="booting"}`)
+		m := executorMetrics(t, addr)
+		ready, booting := metricValue(m, "sandpit_warm_sandboxes", "state", "ready"), metricValue(m, "sandpit_warm_sandboxes", "state", "booting")
 		if int(ready) == n && booting == 0 {
 			return time.Since(start)
 		}
@@ -278,8 +286,8 @@ func TestWarmLikeCold(t *testing.T) {
 		if pool > 0 {
 			warmStarts = len(cases)
 		}
-		metrics := s.e.app.MetricsAddr()
-		if w, c := executorMetric(t, metrics, `sandpit_execution_starts_total{path="warm"}`), executorMetric(t, metrics, `sandpit_execution_starts_total{path="cold"}`); int(w) != warmStarts || int(w+c) != len(cases) {
+		m := executorMetrics(t, s.e.app.MetricsAddr())
+		if w, c := metricValue(m, "sandpit_execution_starts_total", "path", "warm"), metricValue(m, "sandpit_execution_starts_total", "path", "cold"); int(w) != warmStarts || int(w+c) != len(cases) {
 			t.Errorf("sandpit_execution_starts_total: %v warm, %v cold; want %d warm of %d", w, c, warmStarts, len(cases))
 		}
 		return out
@@ -559,7 +567,7 @@ func TestWarmPreClaimDenied(t *testing.T) {
 }
 
 // pooledSandbox returns the id and task pid of the one ready pooled
-// sandbox (label warmLabel, task running).
+// sandbox (warmLabelFilter, task running).
 func pooledSandbox(t *testing.T) (string, int) {
 	t.Helper()
 	c, err := env.Client()
@@ -568,7 +576,7 @@ func pooledSandbox(t *testing.T) (string, int) {
 	}
 	defer c.Close()
 	ctx := containerdtest.WithNamespace(context.Background())
-	cs, err := c.Containers(ctx, `labels."`+warmLabel+`"==true`)
+	cs, err := c.Containers(ctx, warmLabelFilter)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -584,7 +592,7 @@ func pooledSandbox(t *testing.T) (string, int) {
 		}
 	}
 	if len(ids) != 1 {
-		t.Fatalf("running containers labelled %s: %v, want one", warmLabel, ids)
+		t.Fatalf("running containers with %s: %v, want one", warmLabelFilter, ids)
 	}
 	return ids[0], pid
 }
@@ -908,16 +916,11 @@ bomb();`)
 			}
 		}
 	}
-	median := func(ds []time.Duration) time.Duration {
-		s := slices.Clone(ds)
-		sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-		return s[len(s)/2]
-	}
+	median := func(ds []time.Duration) time.Duration { return percentile(ds, 50) }
 	wWall, wCPU, cWall, cCPU := median(times[true][0]), median(times[true][1]), median(times[false][0]), median(times[false][1])
-	boots := executorMetric(t, metrics, "sandpit_warm_boot_seconds_count")
-	boot := time.Duration(executorMetric(t, metrics, "sandpit_warm_boot_seconds_sum") / boots * float64(time.Second))
-	t.Logf("hello world, median of %d: warm wall %v cpu %v, cold wall %v cpu %v; mean boot of %v warm sandboxes %v; waits for the pool to refill %v",
-		rounds, wWall, wCPU, cWall, cCPU, boots, boot, refills)
+	boot := time.Duration(metricValue(executorMetrics(t, metrics), "sandpit_warm_boot_seconds", "", "") * float64(time.Second))
+	t.Logf("hello world, median of %d: warm wall %v cpu %v, cold wall %v cpu %v; mean boot of a warm sandbox %v; waits for the pool to refill %v",
+		rounds, wWall, wCPU, cWall, cCPU, boot, refills)
 	// A warm run's wall time is its program's, well under a boot (which
 	// starts node too; cold's wall time counts node's start, a few tens
 	// of milliseconds, too little a margin to assert under load); its
