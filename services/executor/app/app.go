@@ -438,6 +438,10 @@ func (a *App) Run(ctx context.Context) error {
 		a.reap(gctx)
 		return nil
 	})
+	g.Go(func() error {
+		a.rt.WatchImages(gctx)
+		return nil
+	})
 	if a.pool != nil {
 		g.Go(func() error {
 			a.pool.Run(gctx)

@@ -203,23 +203,71 @@ type Image struct {
 }
 
 // ResolveImage finds ref in containerd and unpacks it if needed. An image
-// resolved before is taken from a cache while containerd still names the
-// same digest by ref: one round trip instead of four.
+// resolved before is taken from a cache: at no cost while the cache follows
+// containerd's image events (WatchImages), which empty it at every change
+// of an image in the namespace; else while containerd, asked, still names
+// the same digest by ref.
 func (r *Runtime) ResolveImage(ctx context.Context, ref string) (Image, error) {
 	ctx = r.ns(ctx)
+	if img, ok := r.images.watched(ref); ok {
+		return img, nil
+	}
 	meta, err := r.client.ImageService().Get(ctx, ref)
 	if err == nil {
 		if img, ok := r.images.get(ref, meta.Target.Digest.String()); ok {
 			return img, nil
 		}
 	}
+	gen := r.images.generation()
 	img, err := r.resolve(ctx, ref)
 	if err == nil {
-		r.images.put(img)
+		r.images.put(img, gen)
 	}
 	return img, err
 }
 
+// subscribeSettle is how long an event subscription is given to reach
+// containerd before the cache relies on it.
+const subscribeSettle = 200 * time.Millisecond
+
+// WatchImages keeps the image cache in step with containerd's image
+// events until ctx ends, subscribing again after containerd went away.
+func (r *Runtime) WatchImages(ctx context.Context) {
+	ctx = r.ns(ctx)
+	filter := fmt.Sprintf(`topic~="/images/",namespace==%q`, r.cfg.Namespace)
+	for ctx.Err() == nil {
+		sctx, cancel := context.WithCancel(ctx)
+		evs, errs := r.client.Subscribe(sctx, filter)
+		// The subscription is made by a call of its own: give it time to
+		// reach containerd, then empty the cache, which catches what
+		// changed before.
+		select {
+		case <-time.After(subscribeSettle):
+			r.images.follow(true)
+		case <-errs:
+			cancel()
+			continue
+		case <-ctx.Done():
+		}
+	events:
+		for {
+			select {
+			case <-evs:
+				r.images.follow(true)
+			case <-errs:
+				break events
+			case <-ctx.Done():
+				break events
+			}
+		}
+		r.images.follow(false)
+		cancel()
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
 func (r *Runtime) resolve(ctx context.Context, ref string) (Image, error) {
 	img, err := r.client.GetImage(ctx, ref)
 	if errdefs.IsNotFound(err) && r.cfg.PullTimeout > 0 && !strings.HasPrefix(ref, LocalRepository) {
@@ -250,16 +298,28 @@ func (r *Runtime) resolve(ctx context.Context, ref string) (Image, error) {
 	return Image{Ref: ref, Digest: img.Target().Digest.String(), NodeVersion: cfg.Config.Labels[LabelNodeVersion], image: img}, nil
 }
 
-// imageCache holds resolved, unpacked images by reference; an entry is
-// used only while its reference still names its digest, so a re-imported
-// or re-tagged image is resolved again.
+// imageCache holds resolved, unpacked images by reference. While it
+// follows containerd's image events an entry is used as it is; otherwise
+// only while its reference still names its digest.
 type imageCache struct {
 	mu sync.Mutex
 	m  map[string]Image
+	// following is set while the events are followed; gen counts the
+	// times the cache was emptied, so that a resolve that raced an event
+	// is not kept.
+	following bool
+	gen       uint64
 }
 
 // maxCachedImages bounds the cache; past it, it starts over.
 const maxCachedImages = 64
+
+func (c *imageCache) watched(ref string) (Image, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	img, ok := c.m[ref]
+	return img, ok && c.following
+}
 
 func (c *imageCache) get(ref, digest string) (Image, bool) {
 	c.mu.Lock()
@@ -268,13 +328,31 @@ func (c *imageCache) get(ref, digest string) (Image, bool) {
 	return img, ok && img.Digest == digest
 }
 
-func (c *imageCache) put(img Image) {
+func (c *imageCache) generation() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.gen
+}
+
+// put keeps img unless the cache was emptied since generation gen.
+func (c *imageCache) put(img Image, gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if gen != c.gen {
+		return
+	}
 	if c.m == nil || len(c.m) >= maxCachedImages {
 		c.m = map[string]Image{}
 	}
 	c.m[img.Ref] = img
+}
+
+// follow empties the cache, and says whether events are followed now.
+func (c *imageCache) follow(on bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.m, c.following = nil, on
+	c.gen++
 }
 
 // pull fetches ref from its registry (plain HTTP only for localhost and

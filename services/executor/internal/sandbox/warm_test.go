@@ -152,3 +152,36 @@ func wantFiles(t *testing.T, want map[string]string) {
 		}
 	}
 }
+
+// TestImageCache: an entry serves as it is only while events are followed,
+// otherwise only for its digest; emptying the cache (an image event, or
+// following starting or stopping) drops a resolve that raced it.
+func TestImageCache(t *testing.T) {
+	var c imageCache
+	img := Image{Ref: "sandpit.local/node:24", Digest: "sha256:a"}
+	c.put(img, c.generation())
+	if _, ok := c.watched(img.Ref); ok {
+		t.Error("served without question while events are not followed")
+	}
+	if _, ok := c.get(img.Ref, "sha256:b"); ok {
+		t.Error("served for another digest")
+	}
+	if got, ok := c.get(img.Ref, "sha256:a"); !ok || got != img {
+		t.Error("not served for its digest")
+	}
+	c.follow(true)
+	if _, ok := c.watched(img.Ref); ok {
+		t.Error("an entry from before following survived it")
+	}
+	gen := c.generation()
+	c.put(img, gen)
+	if _, ok := c.watched(img.Ref); !ok {
+		t.Error("not served while events are followed")
+	}
+	gen = c.generation()
+	c.follow(true) // an image event
+	c.put(img, gen)
+	if _, ok := c.get(img.Ref, img.Digest); ok {
+		t.Error("a resolve that raced an image event was kept")
+	}
+}
