@@ -57,7 +57,7 @@ type warmStack struct {
 
 func startWarmStack(t *testing.T, pool int) *warmStack {
 	t.Helper()
-	skipUnderRunsc(t)
+	requireRunc(t)
 	drainedAtShutdown(t)
 	ports := netPorts{proxyGRPC: "127.0.0.1:" + itoa(freePort(t)), proxyPort: freePort(t), dnsPort: freePort(t)}
 	s := &warmStack{logs: &lockedBuffer{}, pay: newStandIn(t, "pay.test"), githubSeen: &lockedBuffer{}}
@@ -87,12 +87,13 @@ func drainedAtShutdown(t *testing.T) {
 	})
 }
 
-// skipUnderRunsc skips a warm pool test where the tests' runtime is
-// runsc: runsc requests go down the cold path by design.
-func skipUnderRunsc(t *testing.T) {
+// requireRunc fails a warm pool test where the tests' runtime is runsc:
+// runsc requests go down the cold path by design, so these tests are not
+// in the runsc run (RUNSC_TESTS in the Makefile).
+func requireRunc(t *testing.T) {
 	t.Helper()
 	if env.Runtime == "runsc" {
-		t.Skip("the warm pool serves runc sandboxes only")
+		t.Fatal("the warm pool serves runc sandboxes only; run this test under runc")
 	}
 }
 
@@ -266,7 +267,7 @@ type sideOutcome struct {
 // without a pool, both with egress: stdout, stderr, exit code and
 // termination are the same, and Started.warm says which ran warm.
 func TestWarmLikeCold(t *testing.T) {
-	skipUnderRunsc(t)
+	requireRunc(t)
 	cases := sideBySide()
 	runAll := func(t *testing.T, pool int) []sideOutcome {
 		s := startWarmStack(t, pool)
@@ -742,7 +743,7 @@ func (inv poolInventory) count(kind string) (n int) {
 // own today).
 // Then it is stopped with SIGTERM: the pool is drained, nothing is left.
 func TestWarmLeftoversAfterKill(t *testing.T) {
-	skipUnderRunsc(t)
+	requireRunc(t)
 	dir := t.TempDir()
 	// What is there before (a sandbox another test run left, say) is not
 	// this test's to answer for.
@@ -829,7 +830,7 @@ func TestWarmLeftoversAfterKill(t *testing.T) {
 // (OOM), CPU (throttled), pids (EAGAIN); and a warm hello world's wall and
 // CPU time count the program's run, not the pool's boot.
 func TestWarmLimitsAtClaim(t *testing.T) {
-	skipUnderRunsc(t)
+	requireRunc(t)
 	drainedAtShutdown(t)
 	e := startExecutor(t, executorOpts{flags: warmFlags(2, "127.0.0.1:0")})
 	metrics := e.app.MetricsAddr()
