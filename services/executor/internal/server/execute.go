@@ -202,6 +202,11 @@ func (s *Service) Execute(req *executorv1.ExecuteRequest, stream grpc.ServerStre
 	id := sandbox.NewID()
 	if w != nil {
 		id = w.w.ID
+		defer func() {
+			if !handed {
+				w.Discard()
+			}
+		}()
 	}
 	x := s.newExecution(ctx, stream, id)
 	if g.ident.Tenant != "" {
