@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -184,12 +185,12 @@ func TestServerNameGateRateLimited(t *testing.T) {
 // questions are counted, until owned is set.
 type unownedTLS struct {
 	Decider
-	owned *bool
+	owned *atomic.Bool
 }
 
 func (u unownedTLS) AskTLS(ctx context.Context, q decide.TLSQuestion) (decide.Verdict, error) {
 	v, err := u.Decider.AskTLS(ctx, q)
-	if *u.owned {
+	if u.owned.Load() {
 		return v, err
 	}
 	return decide.Verdict{Decision: policyv1.Decision_DECISION_DENY, RuleID: "no-execution", Reason: "no running execution owns source address",
@@ -201,12 +202,12 @@ func (u unownedTLS) AskTLS(ctx context.Context, q decide.TLSQuestion) (decide.Ve
 // execution owns the address, its first connection is asked about and
 // allowed.
 func TestServerNameGateForgetsUnowned(t *testing.T) {
-	owned := false
+	var owned atomic.Bool
 	e := setupWithLog(t, slog.DiscardHandler, func(c *Config) { c.Decider = unownedTLS{c.Decider, &owned} })
 	if e.handshake(t, "api.stripe.test") {
 		t.Fatal("handshake from a source no execution owns succeeded")
 	}
-	owned = true
+	owned.Store(true)
 	if !e.handshake(t, "api.stripe.test") {
 		t.Fatal("the owning execution's handshake was refused by the answer for no execution")
 	}
