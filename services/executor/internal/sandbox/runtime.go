@@ -487,9 +487,12 @@ func (r *Runtime) Run(ctx context.Context, id string, spec Spec, started func())
 	}
 	defer r.dispose(b, spec.Released)
 	b.stdinSent = stdinSent
+	if err := ctx.Err(); err != nil {
+		return out, err
+	}
 	started()
 	begin := time.Now()
-	if err := b.task.Start(ctx); err != nil {
+	if err := b.task.Start(context.WithoutCancel(ctx)); err != nil {
 		// runsc reports a missing init here rather than at create.
 		return out, fmt.Errorf("start task: %w%s", err, r.createHint(err, b.hostID))
 	}
@@ -531,6 +534,10 @@ type box struct {
 // its network connected, its standard streams wired to stdin, stdout and
 // stderr. On error what it made is removed before it returns.
 func (r *Runtime) create(ctx context.Context, id string, spec Spec, stdin io.Reader, stdout, stderr io.Writer) (_ *box, err error) {
+	// Not cut short by the caller: a task whose creation was cancelled
+	// half-way can leave a shim no task record points to.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
 	r.enter(id)
 	b := &box{
 		r:          r,

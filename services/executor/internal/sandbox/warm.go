@@ -98,7 +98,7 @@ func (r *Runtime) Boot(ctx context.Context, id string, spec Spec) (*Warm, error)
 	}
 	b.stdinSent = sent
 	w.b = b
-	if err := b.task.Start(ctx); err != nil {
+	if err := b.task.Start(context.WithoutCancel(ctx)); err != nil {
 		w.Discard()
 		return nil, fmt.Errorf("start warm sandbox: %w%s", err, r.createHint(err, b.hostID))
 	}
